@@ -1,0 +1,30 @@
+"""Grade hand-written backprop homework (makemore part 4 and friends) safely and explainably.
+
+Students: `from grader import check` and `check("logits", d_logits, logits)` in a notebook.
+Instructors: `grader check NOTEBOOK` on the command line, or `grader.grade_notebook(path)`.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Pin PyTorch's CPU kernels to the scalar ones before torch is imported anywhere through this package:
+# the vectorised tanh backward differs from (1 - h**2) * dh in the last bit, and in a processor-
+# dependent way, so `exact` would otherwise mean different things on different machines.
+os.environ["ATEN_CPU_CAPABILITY"] = "default"
+
+from grader.assets import names_path  # noqa: E402
+
+__all__ = ["check", "grade_notebook", "names_path"]
+
+
+def __getattr__(name: str):  # lazy: `grader --help` and friends should not pay for importing torch
+    if name == "check":
+        from grader.selfcheck import check
+
+        return check
+    if name == "grade_notebook":
+        from grader.grade import grade_notebook
+
+        return grade_notebook
+    raise AttributeError(name)

@@ -1,0 +1,110 @@
+"""The child process: runs a planned notebook with IPython and writes back plain tensors.
+
+Everything here runs next to untrusted student code, which can change anything in this process. So
+nothing this module writes is trusted: the grader reads back only tensors (safetensors cannot carry
+code) and a JSON summary, and checks both. It never sends back a verdict, only values.
+
+    python -m grader._child plan.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+
+def _error_line(exc: BaseException) -> str:
+    """`NameError: name 'x' is not defined (line 3)`, the line counted within the cell."""
+    line = None
+    if isinstance(exc, SyntaxError):
+        line = exc.lineno
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename.startswith("<ipython-input-"):
+            line = frame.lineno  # the innermost frame that is still in the cell itself
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    where = f" (line {line})" if line else ""
+    return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
+
+
+def _describe(value: object) -> str:
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return f"a {kind.__name__}"
+    return f"a {kind.__module__}.{kind.__qualname__}"
+
+
+def main(plan_path: str) -> int:
+    with open(plan_path, encoding="utf-8") as f:
+        plan = json.load(f)
+
+    import torch
+    from IPython.core.interactiveshell import InteractiveShell
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    # cache_size=0: no Out[] history, so no cell's displayed value can keep a forward graph alive.
+    shell = InteractiveShell.instance(cache_size=0)
+    ns = shell.user_ns
+    absent = object()
+
+    cells = plan["cells"]
+    outcomes: list[dict] = []
+    tensors: dict[str, torch.Tensor] = {}
+    values: dict[str, str] = {}
+    baselines: dict[str, dict[str, object]] = {}
+
+    def capture(cap: dict) -> None:
+        start_values = baselines.get(cap["exercise"], {})
+        for name in cap["variables"]:
+            value = ns.get(name, absent)
+            key = f"{cap['exercise']}/{name}"
+            if value is absent:
+                values[key] = "absent"
+            elif cap["start"] is not None and value is start_values.get(name, absent):
+                values[key] = "unchanged"
+            elif value is None:
+                values[key] = "none"
+            elif type(value) is torch.Tensor and value.layout == torch.strided and value.device.type == "cpu":
+                # clone: safetensors refuses tensors that share storage (d_emb is a view of d_embcat)
+                tensors[key] = value.detach().clone().contiguous()
+                values[key] = "tensor"
+            elif isinstance(value, torch.Tensor) and type(value) is not torch.Tensor:
+                values[key] = f"other:a {type(value).__name__} (a subclass of torch.Tensor)"
+            elif isinstance(value, torch.Tensor):
+                values[key] = f"other:a {value.layout} tensor on {value.device}"
+            else:
+                values[key] = "other:" + _describe(value)
+
+    with open(plan["progress"], "a", encoding="utf-8") as progress:
+        for position in range(len(cells) + 1):
+            for cap in plan["captures"]:
+                if cap["before"] == position:
+                    capture(cap)
+                if cap["start"] == position:
+                    baselines[cap["exercise"]] = {n: ns.get(n, absent) for n in cap["variables"]}
+            if position == len(cells):
+                break
+            cell = cells[position]
+            progress.write(f"{position}\n")
+            progress.flush()
+            grad_was = torch.is_grad_enabled()
+            if cell["no_grad"]:
+                torch.set_grad_enabled(False)
+            result = shell.run_cell(cell["source"], store_history=False, silent=False)
+            if cell["no_grad"]:
+                torch.set_grad_enabled(grad_was)
+            error = result.error_before_exec or result.error_in_exec
+            outcomes.append({"status": "error" if error else "ok", "error": _error_line(error) if error else ""})
+            sys.stdout.flush()
+
+    summary = json.dumps({"cells": outcomes, "values": values})
+    tmp = plan["result"] + ".tmp"
+    save_file(tensors, tmp, metadata={"grader": summary})
+    os.replace(tmp, plan["result"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1]))

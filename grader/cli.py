@@ -1,0 +1,39 @@
+"""The `grader` command: parse arguments, make one library call, print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from grader.errors import GraderError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grader", description="Grade hand-written backprop homework.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = commands.add_parser("check", help="grade one notebook and print points per gradient variable")
+    check.add_argument("notebook", metavar="NOTEBOOK", help="the .ipynb file to grade")
+    check.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    check.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit in seconds (default: the rubric's)")
+    check.add_argument("--assignment", metavar="NAME", help="grade as this assignment (default: from the notebook's metadata)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 report, 1 ungradable input, 2 usage)."""
+    args = _parser().parse_args(argv)
+    if args.timeout is not None and args.timeout <= 0:
+        _parser().error("--timeout must be positive")
+    from grader import grade, report  # after parsing: `--help` should not wait for torch
+
+    try:
+        result = grade.grade_notebook(args.notebook, assignment=args.assignment, timeout=args.timeout)
+    except GraderError as e:
+        print(f"grader: {e}", file=sys.stderr)
+        return e.exit_code
+    print(report.to_json(result) if args.json else report.to_text(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Stage 3: compare one answer with its reference. Pure functions, no notebook in sight.
+
+The three numbers of the lecture's `cmp` helper, made strict:
+
+* `exact`: same shape, same dtype, every element equal (IEEE equality: -0.0 equals 0.0);
+* `approximate`: same shape and dtype, and `torch.allclose` within the rubric's tolerance;
+* `maxdiff`: the largest absolute difference, computed in float64.
+
+Unlike `cmp`, nothing broadcasts: a `(1, 27)` answer for a `(27,)` gradient is a shape error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from grader.rubric import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
+
+STATUSES = ("exact", "approximate", "wrong", "shape", "dtype", "missing", "not_finite", "not_tensor", "error")
+"""Every status a variable can get; `exact` and `approximate` earn points."""
+PASSING = ("exact", "approximate")
+
+
+@dataclass(frozen=True)
+class NotTensor:
+    """Stands for a value that came back from a run but was not a plain tensor."""
+
+    description: str
+    """What it was, in words, e.g. `a list` or `a MyTensor (a subclass of torch.Tensor)`."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The verdict on one variable."""
+
+    status: str
+    """One of `STATUSES`."""
+    exact: bool
+    """Same shape, dtype and values."""
+    approximate: bool
+    """Same shape and dtype, and close within the tolerance."""
+    maxdiff: float | None
+    """Largest absolute difference, or None when the values cannot be compared."""
+    message: str
+    """One sentence for the student; empty for exact answers."""
+
+    @property
+    def passed(self) -> bool:
+        """Whether the answer earns its points."""
+        return self.status in PASSING
+
+
+def _fail(status: str, message: str) -> Comparison:
+    return Comparison(status=status, exact=False, approximate=False, maxdiff=None, message=message)
+
+
+def describe(value: object) -> str:
+    """A few words naming what kind of object `value` is."""
+    if isinstance(value, NotTensor):
+        return value.description
+    if isinstance(value, torch.Tensor):
+        return f"a {type(value).__name__} (a subclass of torch.Tensor)"
+    return f"a {type(value).__name__}"
+
+
+def _shape_hint(got: tuple[int, ...], want: tuple[int, ...]) -> str:
+    if len(got) == 2 and got == want[::-1]:
+        return " -- transposed?"
+    if math.prod(got) == math.prod(want) and [d for d in got if d != 1] == [d for d in want if d != 1]:
+        if len(got) > len(want):
+            return " -- summed with keepdim=True where the variable has no such dimension?"
+        return " -- keep the dimension (keepdim=True) so the shape matches the variable?"
+    return ""
+
+
+def compare(name: str, actual: object, expected: torch.Tensor, tolerance: Tolerance) -> Comparison:
+    """Compare the student's value `actual` for variable `name` with the reference `expected`."""
+    if actual is None:
+        return _fail("missing", f"{name} is None: replace the stub with your gradient")
+    if type(actual) is not torch.Tensor:
+        return _fail("not_tensor", f"{name} is {describe(actual)}; it must be a plain torch.Tensor")
+    if actual.layout != torch.strided or actual.device.type != "cpu":
+        return _fail("not_tensor", f"{name} is a {actual.layout} tensor on {actual.device}; use a dense CPU tensor")
+    actual = actual.detach()
+    got, want = tuple(actual.shape), tuple(expected.shape)
+    if got != want:
+        return _fail("shape", f"{name}: shape {got}, expected {want}{_shape_hint(got, want)}")
+    if actual.dtype != expected.dtype:
+        return _fail("dtype", f"{name}: dtype {actual.dtype}, expected {expected.dtype}")
+    finite = torch.isfinite(actual)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        return _fail("not_finite", f"{name}: {bad} of {actual.numel()} elements are NaN or infinite")
+    exact = bool(torch.equal(actual, expected))
+    maxdiff = float((actual.double() - expected.double()).abs().max()) if actual.numel() else 0.0
+    approximate = exact or bool(torch.allclose(actual, expected, rtol=tolerance.rtol, atol=tolerance.atol))
+    if exact:
+        return Comparison("exact", True, True, maxdiff, "")
+    if approximate:
+        return Comparison("approximate", False, True, maxdiff, "")
+    scale = float(expected.double().abs().max()) if expected.numel() else 0.0
+    return Comparison(
+        "wrong", False, False, maxdiff,
+        f"{name}: off by up to {maxdiff:.3g} where the gradient's entries are up to {scale:.3g} in size",
+    )
+
+
+def cmp_line(name: str, result: Comparison) -> str:
+    """One line in the style of the lecture's `cmp`: `logits | exact: True | approximate: True | maxdiff: 0.0`."""
+    maxdiff = "-" if result.maxdiff is None else repr(result.maxdiff)
+    line = f"{name:15s} | exact: {str(result.exact):5s} | approximate: {str(result.approximate):5s} | maxdiff: {maxdiff}"
+    if result.status not in PASSING:
+        line += f" | {result.message}"
+    return line
+
+
+def default_tolerance() -> Tolerance:
+    """`torch.allclose`'s own defaults."""
+    return Tolerance(rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL)

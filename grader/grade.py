@@ -1,0 +1,47 @@
+"""The library entry point: grade one notebook, stage by stage.
+
+load the notebook -> plan its run -> run it in a child process (while the reference is computed
+here) -> compare and score -> a `Report`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from grader import assets, notebook, reference, rubric as rubrics, sandbox
+from grader.score import Report, score
+
+
+def parameters(released_nb) -> dict[str, object]:
+    """The default values of the released notebook's `parameters` cell."""
+    ns: dict[str, object] = {}
+    exec(notebook.parameters_source(released_nb), ns)  # trusted: our own released notebook
+    return {k: v for k, v in ns.items() if not k.startswith("__")}
+
+
+def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: float | None = None) -> Report:
+    """Grade the notebook at `path` and return its `Report`.
+
+    Parameters
+    ----------
+    path: the student's notebook.
+    assignment: which assignment it is; by default the one its metadata names.
+    timeout: wall-clock limit in seconds for running it; by default the rubric's.
+
+    Raises `NotANotebook` or `UnknownAssignment` for input that cannot be graded at all; everything
+    that goes wrong inside the notebook is reported in the `Report` instead.
+    """
+    path = Path(path)
+    student = notebook.read(path)
+    rubric = rubrics.load(assignment or notebook.assignment_of(student, path))
+    released = notebook.read(rubric.released)
+    defaults = parameters(released)
+    data_files = {name: assets.data_dir() / file for name, file in rubric.data.items()}
+    plan = notebook.plan(student, released, rubric, defaults | {k: k_file for k, k_file in rubric.data.items()})
+
+    run = sandbox.start(plan, {rubric.data[k]: p for k, p in data_files.items()}, timeout or rubric.timeout)
+    try:
+        ref = reference.gradients(rubric, released, defaults | {k: str(p) for k, p in data_files.items()})
+    finally:
+        captured = run.wait()
+    return score(rubric, str(path), plan, captured, ref)

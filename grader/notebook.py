@@ -1,0 +1,188 @@
+"""Stage 1: load a submission and plan its run.
+
+Finds cells by metadata only (nbgrader `grade_id`, the papermill `parameters` tag), never by the text
+of their source. The plan is what the child process executes: the student's cells in the student's
+order, with locked cells restored to their released version, the grader's parameters injected after
+the `parameters` cell, the cells the rubric skips left out, and the points at which each exercise's
+variables are captured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from grader.errors import NotANotebook, UnknownAssignment
+from grader.rubric import Rubric
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """One code cell as the child will run it."""
+
+    label: str
+    """How messages name the cell, e.g. `cell 9 (ex1)`."""
+    source: str
+    """The code to run."""
+    no_grad: bool
+    """Run with autograd switched off."""
+
+
+@dataclass(frozen=True)
+class Capture:
+    """When to take a snapshot of one exercise's variables."""
+
+    exercise: str
+    """Exercise id."""
+    variables: tuple[str, ...]
+    """Variable names to capture."""
+    start: int | None
+    """Plan position of the exercise's answer cell; values not (re)assigned since then don't count."""
+    before: int
+    """Capture just before running the cell at this plan position (`len(cells)`: at the end)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the child process runs, and how to read what it returns."""
+
+    cells: tuple[PlannedCell, ...]
+    """Cells in execution order."""
+    captures: tuple[Capture, ...]
+    """One per exercise."""
+    notes: tuple[str, ...]
+    """What the grader changed or could not find, for the report."""
+
+
+PARAMS = "<parameters>"  # stands for the injected parameters cell among grade_ids
+
+
+def read(path: Path) -> nbformat.NotebookNode:
+    """Read and validate a notebook file, or raise `NotANotebook`."""
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+        nbformat.validate(nb)
+    except FileNotFoundError:
+        raise NotANotebook(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise NotANotebook(f"{path}: is a directory, not a notebook") from None
+    except Exception as e:  # nbformat raises several unrelated types for unreadable input
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NotANotebook(f"{path}: not a Jupyter notebook ({first})") from None
+    return nb
+
+
+def assignment_of(nb: nbformat.NotebookNode, path: Path) -> str:
+    """The assignment named in the notebook's metadata, or raise `UnknownAssignment`."""
+    name = nb.metadata.get("grader", {}).get("assignment")
+    if not isinstance(name, str) or not name:
+        raise UnknownAssignment(
+            f"{path}: the notebook's metadata does not name an assignment (grader.assignment); "
+            "was it made from one of the released notebooks? Pass --assignment NAME to say which"
+        )
+    return name
+
+
+def grade_id(cell: nbformat.NotebookNode) -> str | None:
+    """The cell's nbgrader grade_id, if it has one."""
+    gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+    return gid if isinstance(gid, str) else None
+
+
+def is_locked(cell: nbformat.NotebookNode) -> bool:
+    """Whether nbgrader marks the cell read-only."""
+    return bool(cell.get("metadata", {}).get("nbgrader", {}).get("locked"))
+
+
+def has_tag(cell: nbformat.NotebookNode, tag: str) -> bool:
+    """Whether the cell carries the given nbformat tag."""
+    tags = cell.get("metadata", {}).get("tags", [])
+    return isinstance(tags, list) and tag in tags
+
+
+def parameters_source(nb: nbformat.NotebookNode) -> str:
+    """Source of the cell tagged `parameters` (empty if there is none)."""
+    for cell in nb.cells:
+        if cell.cell_type == "code" and has_tag(cell, "parameters"):
+            return cell.source
+    return ""
+
+
+def injected_source(params: dict[str, object]) -> str:
+    """Code assigning `params`, as papermill's injected-parameters cell does."""
+    return "# Parameters injected by the grader\n" + "".join(f"{k} = {v!r}\n" for k, v in params.items())
+
+
+def _first_line(source: str) -> str:
+    lines = [ln for ln in source.strip().splitlines() if ln.strip()]
+    return lines[0].strip() if lines else ""
+
+
+def plan(student: nbformat.NotebookNode, released: nbformat.NotebookNode, rubric: Rubric,
+         params: dict[str, object]) -> Plan:
+    """Plan the grading run of `student` against the `released` notebook of `rubric`."""
+    locked = {grade_id(c): c for c in released.cells if c.cell_type == "code" and is_locked(c) and grade_id(c)}
+    released_order = [PARAMS if has_tag(c, "parameters") else grade_id(c) for c in released.cells if c.cell_type == "code"]
+    answer_ids = {ex.cell for ex in rubric.exercises}
+    no_grad, skip = set(rubric.no_grad_cells), set(rubric.skip_cells)
+
+    cells: list[PlannedCell] = []
+    gids: list[str | None] = []  # grade_id of each planned cell, for placing missing locked cells
+    notes: list[str] = []
+    seen: set[str] = set()
+    injected = False
+    for number, cell in enumerate(student.cells, start=1):
+        if cell.cell_type != "code":
+            continue
+        gid = grade_id(cell)
+        label = f"cell {number}" + (f" ({gid})" if gid else "")
+        source = cell.source
+        if gid in locked and gid not in seen:
+            if source.strip() != locked[gid].source.strip():
+                notes.append(f"{label} is locked but was edited: the released version was run instead")
+            source = locked[gid].source
+        first_time = gid is not None and gid not in seen
+        if gid:
+            seen.add(gid)
+        if gid in skip and first_time:
+            continue
+        cells.append(PlannedCell(label, source, no_grad=first_time and gid in no_grad))
+        gids.append(gid if first_time else None)
+        if has_tag(cell, "parameters") and not injected:
+            cells.append(PlannedCell("injected parameters", injected_source(params), no_grad=False))
+            gids.append(PARAMS)
+            injected = True
+
+    if not injected:
+        cells.insert(0, PlannedCell("injected parameters", injected_source(params), no_grad=False))
+        gids.insert(0, PARAMS)
+
+    # Locked cells the student deleted go back in after the cell that precedes them in the release.
+    for i, gid in enumerate(released_order):
+        if gid in locked and gid not in seen and gid not in skip:
+            previous = [g for g in released_order[:i] if g in gids]
+            at = gids.index(previous[-1]) + 1 if previous else 0
+            cells.insert(at, PlannedCell(f"released cell ({gid})", locked[gid].source, no_grad=gid in no_grad))
+            gids.insert(at, gid)
+            notes.append(f"locked cell {gid} was missing: the released version was run in its place")
+
+    starts = sorted((gids.index(gid), gid) for gid in answer_ids if gid in gids)
+    captures = []
+    for ex in rubric.exercises:
+        names = tuple(v.name for v in ex.variables)
+        if ex.cell in gids:
+            start = gids.index(ex.cell)
+            later = [p for p, _ in starts if p > start]
+            captures.append(Capture(ex.id, names, start, later[0] if later else len(cells)))
+        else:
+            notes.append(f"no answer cell {ex.cell} found: {ex.id} was graded on the values at the end of the notebook")
+            captures.append(Capture(ex.id, names, None, len(cells)))
+    return Plan(tuple(cells), tuple(captures), tuple(notes))
+
+
+def describe_cell(cell: PlannedCell) -> str:
+    """The cell's label and its first line of code, for one-line messages."""
+    first = _first_line(cell.source)
+    return f"{cell.label}: `{first[:60]}{'...' if len(first) > 60 else ''}`" if first else cell.label

@@ -1,0 +1,47 @@
+"""Stage 5: show a `Report`, as cmp-style text for a terminal or as one JSON object."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from grader.score import Report
+
+
+def _points(x: float) -> str:
+    return f"{x:g}"
+
+
+def to_dict(report: Report) -> dict:
+    """The `grader check --json` object (see the README for its fields)."""
+    return asdict(report) | {"exercises": [asdict(e) for e in report.exercises],
+                             "variables": [asdict(v) for v in report.variables],
+                             "notes": list(report.notes)}
+
+
+def to_json(report: Report) -> str:
+    """`to_dict` as indented JSON."""
+    return json.dumps(to_dict(report), indent=2)
+
+
+def to_text(report: Report) -> str:
+    """One cmp-style table per exercise, then the exercise and total scores."""
+    lines = [f"{report.assignment}: {report.notebook}"]
+    if report.status == "failed":
+        lines.append(f"FAILED: {report.error}")
+    for ex in report.exercises:
+        lines.append("")
+        lines.append(f"Exercise {ex.id}: {_points(ex.score)}/{_points(ex.max_score)}")
+        for v in (v for v in report.variables if v.exercise == ex.id):
+            maxdiff = "-" if v.maxdiff is None else f"{v.maxdiff:.3g}"
+            line = (f"  {v.of:15s} | exact: {str(v.exact):5s} | approximate: {str(v.approximate):5s} "
+                    f"| maxdiff: {maxdiff:9s} | {_points(v.points)}/{_points(v.max_points)}")
+            if v.message:
+                line += f"  {v.status}: {v.message}"
+            lines.append(line)
+    if report.notes:
+        lines.append("")
+        lines.extend(f"note: {n}" for n in report.notes)
+    lines.append("")
+    lines.append(f"Total: {_points(report.score)}/{_points(report.max_score)}")
+    return "\n".join(lines)

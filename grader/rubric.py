@@ -1,0 +1,147 @@
+"""Stage 0: what to grade. Loads an assignment's rubric (a TOML file beside its released notebook).
+
+A rubric names the cells of the released notebook by their nbgrader `grade_id` and lists, per
+exercise, the gradient variables to grade with their points and tolerances. Nothing else in the
+grader knows anything about a particular assignment.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from grader import assets
+from grader.errors import RubricError, UnknownAssignment
+
+# The defaults of `torch.allclose`, which the lecture's `cmp` uses.
+DEFAULT_RTOL = 1e-5
+DEFAULT_ATOL = 1e-8
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close counts as `approximate`: |actual - expected| <= atol + rtol * |expected|."""
+
+    rtol: float
+    """Relative tolerance."""
+    atol: float
+    """Absolute tolerance."""
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One graded gradient, e.g. `d_logits`, the gradient of the loss with respect to `logits`."""
+
+    name: str
+    """The student's variable, e.g. `d_logits`."""
+    of: str
+    """The forward-pass tensor it is the gradient of, e.g. `logits`."""
+    points: float
+    """Points earned when the variable is exact or approximate."""
+    tolerance: Tolerance
+    """Tolerance for `approximate`."""
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise: an answer cell and the variables it must produce."""
+
+    id: str
+    """Exercise id, e.g. `ex1`."""
+    cell: str
+    """nbgrader `grade_id` of the answer cell."""
+    variables: tuple[Variable, ...]
+    """The variables graded, in the order the report lists them."""
+
+    @property
+    def max_score(self) -> float:
+        """Points available in this exercise."""
+        return sum(v.points for v in self.variables)
+
+
+@dataclass(frozen=True)
+class Rubric:
+    """Everything the grader needs to know about one assignment."""
+
+    assignment: str
+    """Assignment name, as in the notebook metadata `grader.assignment`."""
+    released: Path
+    """The released (student) notebook: the source of locked cells and of the reference code."""
+    timeout: float
+    """Default wall-clock limit in seconds for running a submission."""
+    loss: str
+    """Name of the scalar the gradients are of."""
+    reference_cells: tuple[str, ...]
+    """grade_ids of the released cells the grader runs itself (with autograd) for the reference."""
+    no_grad_cells: tuple[str, ...]
+    """grade_ids of cells run with autograd switched off while grading (no graph to call .backward on)."""
+    skip_cells: tuple[str, ...]
+    """grade_ids of cells never run while grading (autograd's backward pass, self-checks)."""
+    data: dict[str, str]
+    """Parameter name -> data file (in the data folder) the grader points that parameter at."""
+    exercises: tuple[Exercise, ...]
+    """The graded exercises, in notebook order."""
+
+    @property
+    def max_score(self) -> float:
+        """Points available in the assignment."""
+        return sum(e.max_score for e in self.exercises)
+
+
+def known_assignments() -> list[str]:
+    """Names of the assignments the grader can grade."""
+    return sorted(p.stem for p in assets.assignments_dir().glob("*.toml"))
+
+
+def load(name: str) -> Rubric:
+    """Load the rubric of assignment `name` from the assignments folder."""
+    path = assets.assignments_dir() / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(known_assignments()) or "none"
+        raise UnknownAssignment(f"unknown assignment {name!r} (known: {known})")
+    return parse(tomllib.loads(path.read_text(encoding="utf-8")), path)
+
+
+def parse(raw: dict, path: Path) -> Rubric:
+    """Build a `Rubric` from the parsed TOML of the file at `path`."""
+    try:
+        default_tol = Tolerance(
+            rtol=float(raw.get("tolerance", {}).get("rtol", DEFAULT_RTOL)),
+            atol=float(raw.get("tolerance", {}).get("atol", DEFAULT_ATOL)),
+        )
+        overrides: dict = raw.get("variable", {})
+        exercises = []
+        for ex in raw["exercise"]:
+            variables = []
+            for name in ex["variables"]:
+                o = overrides.get(name, {})
+                variables.append(
+                    Variable(
+                        name=name,
+                        of=o.get("of", name.removeprefix("d_")),
+                        points=float(o.get("points", 1)),
+                        tolerance=Tolerance(
+                            rtol=float(o.get("rtol", default_tol.rtol)),
+                            atol=float(o.get("atol", default_tol.atol)),
+                        ),
+                    )
+                )
+            exercises.append(Exercise(id=ex["id"], cell=ex.get("cell", ex["id"]), variables=tuple(variables)))
+        unknown = set(overrides) - {v.name for e in exercises for v in e.variables}
+        if unknown:
+            raise RubricError(f"{path}: [variable] entries for ungraded names: {sorted(unknown)}")
+        return Rubric(
+            assignment=raw["assignment"],
+            released=path.with_name(raw["notebook"]),
+            timeout=float(raw.get("timeout", DEFAULT_TIMEOUT)),
+            loss=raw["loss"],
+            reference_cells=tuple(raw["reference_cells"]),
+            no_grad_cells=tuple(raw.get("no_grad_cells", ())),
+            skip_cells=tuple(raw.get("skip_cells", ())),
+            data=dict(raw.get("data", {})),
+            exercises=tuple(exercises),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise RubricError(f"{path}: malformed rubric ({type(e).__name__}: {e})") from e

@@ -1,0 +1,217 @@
+"""Stage 2: run a planned notebook in a separate child process and bring back its values.
+
+The only stage that touches student code, and it does so from a distance: the child is a fresh
+Python process (`grader._child`) in its own session and temporary working directory, with a minimal
+environment and a wall-clock limit after which its whole process group is killed. What comes back is
+a safetensors file (plain tensors plus a JSON summary), size-capped and validated here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from grader.compare import NotTensor
+from grader.errors import SandboxError
+from grader.notebook import Plan, describe_cell
+
+MAX_RESULT_BYTES = 256 * 2**20
+"""Largest result file read back; also the cap on any file the child writes (RLIMIT_FSIZE)."""
+OUTPUT_TAIL = 2000
+"""Characters of the child's own output kept for diagnostics."""
+
+MISSING = "missing"
+"""Stands for a variable that was not defined (as opposed to defined as None)."""
+UNCHANGED = "unchanged"
+"""Stands for a variable that the exercise's answer cell did not (re)assign."""
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """How one planned cell went."""
+
+    label: str
+    """The cell's label, e.g. `cell 9 (ex1)`."""
+    error: str
+    """`ExceptionType: message (line N)`, or empty if the cell ran without raising."""
+
+
+@dataclass(frozen=True)
+class Captured:
+    """What came back from one run of a submission."""
+
+    finished: bool
+    """The child ran every cell and returned its values."""
+    reason: str
+    """Why not, naming the cell, when `finished` is False."""
+    cells: tuple[CellOutcome, ...]
+    """One per planned cell that ran (empty when not finished)."""
+    values: dict[tuple[str, str], object]
+    """(exercise, variable) -> a tensor, None, `MISSING`, `UNCHANGED` or a `NotTensor`."""
+    seconds: float
+    """Wall-clock time of the child."""
+    output: str
+    """The tail of what the notebook printed."""
+
+
+def _limits() -> None:  # runs in the child between fork and exec
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_RESULT_BYTES, MAX_RESULT_BYTES))
+
+
+def _child_env(workdir: Path) -> dict[str, str]:
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(workdir),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": package_parent,  # so that a source checkout works like an installed package
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
+        "ATEN_CPU_CAPABILITY": "default",  # same kernels as the reference: `exact` means the same
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",  # plots render off screen
+    }
+    for passthrough in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TMPDIR"):
+        if passthrough in os.environ:
+            env[passthrough] = os.environ[passthrough]
+    return env
+
+
+class Run:
+    """A started child process; `wait()` returns its `Captured` values."""
+
+    def __init__(self, plan: Plan, data_files: dict[str, Path], timeout: float) -> None:
+        self.plan, self.timeout = plan, timeout
+        self.workdir = Path(tempfile.mkdtemp(prefix="grader-run-"))
+        for name, source in data_files.items():
+            shutil.copyfile(source, self.workdir / name)
+        self.progress = self.workdir / ".progress"
+        self.result = self.workdir / ".result.safetensors"
+        self.log = self.workdir / ".output.log"
+        plan_json = {
+            "cells": [{"source": c.source, "no_grad": c.no_grad} for c in plan.cells],
+            "captures": [asdict(c) for c in plan.captures],
+            "progress": str(self.progress),
+            "result": str(self.result),
+        }
+        plan_path = self.workdir / ".plan.json"
+        plan_path.write_text(json.dumps(plan_json), encoding="utf-8")
+        self.started = time.monotonic()
+        try:
+            with open(self.log, "wb") as log:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-P", "-m", "grader._child", str(plan_path)],
+                    cwd=self.workdir, env=_child_env(self.workdir), stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_limits,
+                )
+        except OSError as e:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise SandboxError(f"could not start the child process: {e}") from e
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self) -> Captured:
+        """Wait for the child (at most the timeout), kill whatever it left running, read its values."""
+        try:
+            timed_out = False
+            try:
+                self.process.wait(timeout=max(0.0, self.timeout - (time.monotonic() - self.started)))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            self._kill_group()  # also ends anything the notebook started in the background
+            self.process.wait()
+            seconds = time.monotonic() - self.started
+            output = self._tail()
+            if timed_out:
+                return self._unfinished(f"timed out after {self.timeout:g} s in {self._current_cell()}", seconds, output)
+            if self.process.returncode != 0 or not self.result.is_file():
+                return self._unfinished(self._death(), seconds, output)
+            return self._read(seconds, output)
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _tail(self) -> str:
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(max(0, self.log.stat().st_size - OUTPUT_TAIL))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def _current_cell(self) -> str:
+        try:
+            lines = self.progress.read_text(encoding="utf-8").split()
+            return describe_cell(self.plan.cells[int(lines[-1])])
+        except (OSError, ValueError, IndexError):
+            return "start-up, before the first cell"
+
+    def _death(self) -> str:
+        code = self.process.returncode
+        how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        return f"the notebook's process {how} in {self._current_cell()} (os._exit, a crash or running out of memory?)"
+
+    @staticmethod
+    def _unfinished(reason: str, seconds: float, output: str) -> Captured:
+        return Captured(False, reason, (), {}, seconds, output)
+
+    def _read(self, seconds: float, output: str) -> Captured:
+        size = self.result.stat().st_size
+        if size > MAX_RESULT_BYTES:
+            return self._unfinished(f"the notebook's results are too large ({size} bytes)", seconds, output)
+        try:
+            with safe_open(str(self.result), framework="pt") as f:
+                summary = json.loads((f.metadata() or {})["grader"])
+                tensors = {key: f.get_tensor(key) for key in f.keys()}
+            cells = summary["cells"]
+            kinds = summary["values"]
+            if len(cells) != len(self.plan.cells) or not isinstance(kinds, dict):
+                raise ValueError("the summary does not match the plan")
+        except (SafetensorError, ValueError, KeyError, TypeError) as e:
+            return self._unfinished(f"the notebook's results could not be read ({type(e).__name__})", seconds, output)
+
+        values: dict[tuple[str, str], object] = {}
+        for cap in self.plan.captures:
+            for name in cap.variables:
+                key = f"{cap.exercise}/{name}"
+                kind = kinds.get(key, "absent")
+                tensor = tensors.get(key)
+                if kind == "tensor" and type(tensor) is torch.Tensor and tensor.device.type == "cpu":
+                    value: object = tensor
+                elif kind == "none":
+                    value = None
+                elif kind == "unchanged":
+                    value = UNCHANGED
+                elif isinstance(kind, str) and kind.startswith("other:"):
+                    value = NotTensor(kind.removeprefix("other:")[:200])
+                else:
+                    value = MISSING
+                values[(cap.exercise, name)] = value
+        outcomes = tuple(
+            CellOutcome(c.label, str(o.get("error", ""))[:500] if isinstance(o, dict) else "")
+            for c, o in zip(self.plan.cells, cells)
+        )
+        return Captured(True, "", outcomes, values, seconds, output)
+
+
+def start(plan: Plan, data_files: dict[str, Path], timeout: float) -> Run:
+    """Start running `plan` in a child process; `data_files` (name -> path) are copied beside it."""
+    return Run(plan, data_files, timeout)
