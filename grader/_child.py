@@ -31,8 +31,8 @@ def _error_line(exc: BaseException) -> str:
 def _describe(value: object) -> str:
     kind = type(value)
     if kind.__module__ == "builtins":
-        return f"a {kind.__name__}"
-    return f"a {kind.__module__}.{kind.__qualname__}"
+        return f"of type {kind.__name__}"
+    return f"of type {kind.__module__}.{kind.__qualname__}"
 
 
 def main(plan_path: str) -> int:
@@ -62,7 +62,8 @@ def main(plan_path: str) -> int:
             key = f"{cap['exercise']}/{name}"
             if value is absent:
                 values[key] = "absent"
-            elif cap["start"] is not None and value is start_values.get(name, absent):
+            elif cap["start"] is not None and isinstance(value, torch.Tensor) and value is start_values.get(name):
+                # the same tensor object as before the answer cell: another exercise's answer, not this one's
                 values[key] = "unchanged"
             elif value is None:
                 values[key] = "none"
@@ -71,7 +72,7 @@ def main(plan_path: str) -> int:
                 tensors[key] = value.detach().clone().contiguous()
                 values[key] = "tensor"
             elif isinstance(value, torch.Tensor) and type(value) is not torch.Tensor:
-                values[key] = f"other:a {type(value).__name__} (a subclass of torch.Tensor)"
+                values[key] = f"other:a subclass of torch.Tensor ({type(value).__name__})"
             elif isinstance(value, torch.Tensor):
                 values[key] = f"other:a {value.layout} tensor on {value.device}"
             else:

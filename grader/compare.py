@@ -17,18 +17,11 @@ from dataclasses import dataclass
 import torch
 
 from grader.rubric import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
+from grader.values import NotTensor
 
 STATUSES = ("exact", "approximate", "wrong", "shape", "dtype", "missing", "not_finite", "not_tensor", "error")
 """Every status a variable can get; `exact` and `approximate` earn points."""
 PASSING = ("exact", "approximate")
-
-
-@dataclass(frozen=True)
-class NotTensor:
-    """Stands for a value that came back from a run but was not a plain tensor."""
-
-    description: str
-    """What it was, in words, e.g. `a list` or `a MyTensor (a subclass of torch.Tensor)`."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +54,8 @@ def describe(value: object) -> str:
     if isinstance(value, NotTensor):
         return value.description
     if isinstance(value, torch.Tensor):
-        return f"a {type(value).__name__} (a subclass of torch.Tensor)"
-    return f"a {type(value).__name__}"
+        return f"a subclass of torch.Tensor ({type(value).__name__})"
+    return f"of type {type(value).__name__}"
 
 
 def _shape_hint(got: tuple[int, ...], want: tuple[int, ...]) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-from grader.score import Report
+if TYPE_CHECKING:
+    from grader.score import Report
 
 
 def _points(x: float) -> str:

@@ -20,23 +20,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError, safe_open
-
-from grader.compare import NotTensor
 from grader.errors import SandboxError
 from grader.notebook import Plan, describe_cell
+from grader.values import MISSING, UNCHANGED, NotTensor
 
 MAX_RESULT_BYTES = 256 * 2**20
 """Largest result file read back; also the cap on any file the child writes (RLIMIT_FSIZE)."""
 OUTPUT_TAIL = 2000
 """Characters of the child's own output kept for diagnostics."""
-
-MISSING = "missing"
-"""Stands for a variable that was not defined (as opposed to defined as None)."""
-UNCHANGED = "unchanged"
-"""Stands for a variable that the exercise's answer cell did not (re)assign."""
-
 
 @dataclass(frozen=True)
 class CellOutcome:
@@ -174,6 +165,9 @@ class Run:
         return Captured(False, reason, (), {}, seconds, output)
 
     def _read(self, seconds: float, output: str) -> Captured:
+        import torch  # here, not at the top: the child starts before the grader pays for importing torch
+        from safetensors import SafetensorError, safe_open
+
         size = self.result.stat().st_size
         if size > MAX_RESULT_BYTES:
             return self._unfinished(f"the notebook's results are too large ({size} bytes)", seconds, output)

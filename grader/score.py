@@ -9,7 +9,8 @@ import torch
 from grader.compare import compare
 from grader.notebook import Plan
 from grader.rubric import Rubric
-from grader.sandbox import MISSING, UNCHANGED, Captured
+from grader.sandbox import Captured
+from grader.values import MISSING, UNCHANGED
 
 
 @dataclass(frozen=True)

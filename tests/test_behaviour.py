@@ -1,0 +1,114 @@
+"""Behaviour notebooks: how students really write (and break) the assignment, and the verdict each earns.
+
+Each notebook in tests/notebooks/ is the released assignment with answers filled in the way a student
+would. The table says, per notebook, the run status and every variable whose verdict is not a pass;
+all other variables must pass. No notebook may earn a point it should not.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from conftest import NOTEBOOKS
+from grader import grade_notebook
+
+EX1 = ("d_logprobs d_probs d_counts_sum_inv d_counts_sum d_counts d_norm_logits d_logit_maxes d_logits "
+       "d_h d_W2 d_b2 d_hpreact d_bngain d_bnbias d_bnraw d_bnvar_inv d_bnvar d_bndiff2 d_bndiff d_bnmeani "
+       "d_hprebn d_embcat d_W1 d_b1 d_emb d_C").split()
+ALL = [("ex1", v) for v in EX1] + [("ex2", "d_logits"), ("ex3", "d_hprebn")]
+
+
+def ex1(status: str, names: list[str] | None = None, start: str | None = None) -> dict:
+    chosen = names if names is not None else EX1[EX1.index(start):] if start else EX1
+    return {("ex1", v): status for v in chosen}
+
+
+# notebook -> (run status, {(exercise, variable): expected status}); unlisted variables must pass
+CASES: dict[str, tuple[str, dict]] = {
+    "full_marks": ("graded", {}),
+    "wrong_d_W2": ("graded", ex1("wrong", ["d_W2"])),  # divided by n once too often
+    "transposed_d_W1": ("graded", ex1("shape", ["d_W1"])),
+    "keepdim_d_b2": ("graded", ex1("shape", ["d_b2"])),  # (1, 27) for a (27,) gradient
+    # a NameError at d_bnraw: everything before it counts, everything after is an error; ex2 and ex3 still run
+    "raises_midway": ("graded", ex1("error", start="d_bnraw")),
+    # the counts_sum branch of d_counts was deleted: d_counts and everything downstream is wrong, except
+    # d_b1, which is zero whatever arrives from above (b1 sits in front of batchnorm's mean)
+    "deleted_line": ("graded", {k: v for k, v in ex1("wrong", start="d_counts").items() if k[1] != "d_b1"}
+                     | {("ex3", "d_hprebn"): "wrong"}),
+    "infinite_loop": ("failed", dict.fromkeys(ALL, "error")),
+    "exits_process": ("failed", dict.fromkeys(ALL, "error")),  # os._exit(0) in the ex2 cell
+    # `.grad` does not exist while grading, and there is no graph to call backward() on
+    "uses_grad": ("graded", dict.fromkeys(ALL, "missing")),
+    "calls_backward": ("graded", ex1("error") | {("ex3", "d_hprebn"): "error"}),  # ex3 needs d_hpreact
+    # wrong answers plus torch.allclose/equal/__eq__ patched to say yes: the comparison is not in that process
+    "patched_allclose": ("graded", ex1("wrong") | {("ex3", "d_hprebn"): "wrong"}),
+    # a Tensor subclass whose __torch_function__ claims equality never reaches the comparison
+    "lying_subclass": ("graded", ex1("not_tensor") | {("ex3", "d_hprebn"): "not_tensor"}),
+    # the student changed the locked forward pass (biased variance, loss times 0) and fitted d_bndiff2 to
+    # it: the released forward pass is run, so d_bndiff2 and what depends on it are wrong
+    "edited_locked_forward": ("graded", ex1("wrong", ["d_bndiff2", "d_bndiff", "d_hprebn", "d_embcat", "d_W1", "d_emb", "d_C"])),
+    # the first eight gradients written, the rest still stubs
+    "half_done": ("graded", ex1("missing", start="d_h") | {("ex2", "d_logits"): "missing", ("ex3", "d_hprebn"): "missing"}),
+}
+TIMEOUT = 20.0
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_behaviour_notebook(name: str) -> None:
+    status, expected = CASES[name]
+    started = time.monotonic()
+    report = grade_notebook(NOTEBOOKS / f"{name}.ipynb", timeout=TIMEOUT)
+    elapsed = time.monotonic() - started
+
+    assert report.status == status, report.error
+    got = {(v.exercise, v.name): v for v in report.variables}
+    assert sorted(got) == sorted(ALL)
+    for key, v in got.items():
+        want = expected.get(key, "pass")
+        if want == "pass":
+            assert v.status in ("exact", "approximate") and v.points == v.max_points, (key, v)
+        else:
+            assert v.status == want and v.points == 0, (key, v)
+        assert (v.message == "") == (v.status in ("exact", "approximate")), (key, v)
+    assert report.score == sum(v.points for v in report.variables)
+    assert report.score == len(ALL) - len(expected)
+    assert elapsed < TIMEOUT + 15  # a hung notebook still yields its report soon after the limit
+
+
+def test_a_hung_notebook_is_reported_with_the_cell_it_hung_in():
+    report = grade_notebook(NOTEBOOKS / "infinite_loop.ipynb", timeout=8)
+    assert report.score == 0 and report.status == "failed"
+    assert report.error.startswith("timed out after 8 s in cell 13 (ex1)")
+
+
+def test_a_notebook_that_kills_its_process_is_reported_with_the_cell():
+    report = grade_notebook(NOTEBOOKS / "exits_process.ipynb")
+    assert report.error.startswith("the notebook's process exited with code 0 in cell 17 (ex2)")
+
+
+def test_a_raising_cell_is_named_with_its_line():
+    report = grade_notebook(NOTEBOOKS / "raises_midway.ipynb")
+    d_bnraw = next(v for v in report.variables if v.name == "d_bnraw")
+    assert d_bnraw.message == ("d_bnraw was not computed: cell 13 (ex1) raised NameError: "
+                               "name 'bn_gain' is not defined (line 45)")
+
+
+def test_an_edited_locked_cell_is_reported():
+    report = grade_notebook(NOTEBOOKS / "edited_locked_forward.ipynb")
+    assert "cell 9 (forward) is locked but was edited: the released version was run instead" in report.notes
+
+
+def test_processes_the_notebook_started_do_not_outlive_it(tmp_path):
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("import subprocess\nsubprocess.Popen(['sleep', '313'])"))
+    path = tmp_path / "spawns.ipynb"
+    nbformat.write(nb, path)
+    report = grade_notebook(path)
+    assert report.score == report.max_score
+    left = subprocess.run(["pgrep", "-f", "sleep 313"], capture_output=True, text=True).stdout
+    assert left == ""
