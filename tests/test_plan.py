@@ -1,0 +1,81 @@
+"""Planning a run (no process started): locked cells, injected parameters, skipped cells, captures."""
+
+from __future__ import annotations
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from conftest import RELEASE
+from grader import notebook, rubric
+
+RUBRIC = rubric.load("backprop_ninja")
+RELEASED = nbformat.read(RELEASE, as_version=4)
+PARAMS = {"seed": 1, "data_path": "names.txt"}
+
+
+def _student(edit=None, drop=()) -> nbformat.NotebookNode:
+    nb = nbformat.read(RELEASE, as_version=4)
+    nb.cells = [c for c in nb.cells if notebook.grade_id(c) not in drop]
+    for c in nb.cells:
+        if edit and notebook.grade_id(c) in edit:
+            c.source = edit[notebook.grade_id(c)]
+    return nb
+
+
+def _labels(plan: notebook.Plan) -> list[str]:
+    return [c.label for c in plan.cells]
+
+
+def test_untouched_release_runs_every_code_cell_but_the_skipped_ones():
+    plan = notebook.plan(_student(), RELEASED, RUBRIC, PARAMS)
+    labels = _labels(plan)
+    assert labels[:3] == ["cell 3", "injected parameters", "cell 5 (setup)"]
+    assert not any(skip in label for label in labels for skip in ("autograd", "check_ex"))
+    assert plan.notes == ()
+    assert plan.cells[1].source == "# Parameters injected by the grader\nseed = 1\ndata_path = 'names.txt'\n"
+    assert [c.label for c in plan.cells if c.no_grad] == ["cell 9 (forward)"]
+
+
+def test_captures_span_from_each_answer_cell_to_the_next():
+    plan = notebook.plan(_student(), RELEASED, RUBRIC, PARAMS)
+    labels = _labels(plan)
+    by_ex = {c.exercise: c for c in plan.captures}
+    assert labels[by_ex["ex1"].start] == "cell 13 (ex1)"
+    assert labels[by_ex["ex1"].before] == "cell 17 (ex2)" == labels[by_ex["ex2"].start]
+    assert by_ex["ex3"].before == len(plan.cells)
+    assert len(by_ex["ex1"].variables) == 26
+
+
+def test_edited_locked_cell_is_restored_and_noted():
+    plan = notebook.plan(_student(edit={"forward": "loss = 0"}), RELEASED, RUBRIC, PARAMS)
+    forward = next(c for c in plan.cells if c.label == "cell 9 (forward)")
+    assert "bnvar = 1 / (n - 1)" in forward.source
+    assert plan.notes == ("cell 9 (forward) is locked but was edited: the released version was run instead",)
+
+
+def test_deleted_locked_cell_is_put_back_after_its_predecessor():
+    plan = notebook.plan(_student(drop={"init"}), RELEASED, RUBRIC, PARAMS)
+    labels = _labels(plan)
+    assert labels[labels.index("cell 5 (setup)") + 1] == "released cell (init)"
+    assert "locked cell init was missing: the released version was run in its place" in plan.notes
+
+
+def test_without_a_parameters_cell_the_parameters_go_first():
+    nb = new_notebook(cells=[new_markdown_cell("# mine"), new_code_cell("d_logits = None")])
+    plan = notebook.plan(nb, RELEASED, RUBRIC, PARAMS)
+    labels = _labels(plan)
+    assert labels[0] == "injected parameters"
+    # all locked code cells are restored, in release order, before the student's own cell
+    assert labels[1:5] == ["released cell (setup)", "released cell (init)", "released cell (forward)", "released cell (ex2_forward)"]
+    assert all(c.start is None and c.before == len(plan.cells) for c in plan.captures)
+    assert any("no answer cell ex1 found" in n for n in plan.notes)
+
+
+def test_a_student_copy_of_a_locked_cell_runs_as_written():
+    nb = _student()
+    forward = next(c for c in nb.cells if notebook.grade_id(c) == "forward")
+    copy = nbformat.from_dict(dict(forward))
+    copy.source = "print('my copy')"
+    nb.cells.append(copy)
+    plan = notebook.plan(nb, RELEASED, RUBRIC, PARAMS)
+    assert plan.cells[-1].source == "print('my copy')" and not plan.cells[-1].no_grad
