@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import threading
 from pathlib import Path
 
 import nbformat
@@ -19,6 +20,9 @@ import torch
 from grader.errors import GraderError, RubricError
 from grader.notebook import grade_id, injected_source
 from grader.rubric import Rubric
+
+# The reference cells use process-wide state (the `random` module's seed, stdout): one run at a time.
+_LOCK = threading.Lock()
 
 
 def _check_kernels() -> None:
@@ -38,7 +42,8 @@ def gradients(rubric: Rubric, released: nbformat.NotebookNode, params: dict[str,
         raise RubricError(f"{rubric.released}: no cells with grade_id {missing}")
     code = (injected_source(params),) + tuple(sources[gid] for gid in rubric.reference_cells)
     wanted = tuple(sorted({v.of for ex in rubric.exercises for v in ex.variables}))
-    return dict(_compute(code, rubric.loss, wanted, str(rubric.released)))
+    with _LOCK:
+        return dict(_compute(code, rubric.loss, wanted, str(rubric.released)))
 
 
 @functools.lru_cache(maxsize=16)

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
 import pytest
+import torch
 
 from conftest import RELEASE, SOLUTION
 from grader import assets, notebook, reference, rubric
@@ -87,3 +88,14 @@ def test_end_to_end_for_50_seeds(tmp_path):
         for seed, (good, bad) in zip(SEEDS, pool.map(both, SEEDS)):
             assert good.score == good.max_score, (seed, [v for v in good.variables if v.points == 0])
             assert [v.name for v in bad.variables if v.points == 0] == ["d_b1"], seed
+
+
+def test_references_computed_in_two_threads_match_sequential_ones():
+    params = [released_parameters(RELEASED) | {"seed": s, "data_path": assets.names_path()} for s in (101, 102)]
+    reference._compute.cache_clear()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        parallel = list(pool.map(lambda p: reference.gradients(RUBRIC, RELEASED, p), params))
+    reference._compute.cache_clear()
+    for p, got in zip(params, parallel):
+        want = reference.gradients(RUBRIC, RELEASED, p)
+        assert all(torch.equal(got[k], want[k]) for k in want)
