@@ -44,8 +44,12 @@ def main(plan_path: str) -> int:
     from safetensors.torch import save_file
 
     torch.set_num_threads(1)
+    class Shell(InteractiveShell):
+        def enable_gui(self, gui=None):  # `%matplotlib inline`: no event loop to start, figures render off screen
+            pass
+
     # cache_size=0: no Out[] history, so no cell's displayed value can keep a forward graph alive.
-    shell = InteractiveShell.instance(cache_size=0)
+    shell = Shell.instance(cache_size=0)
     ns = shell.user_ns
     absent = object()
 

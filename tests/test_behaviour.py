@@ -50,6 +50,8 @@ CASES: dict[str, tuple[str, dict]] = {
     # the student changed the locked forward pass (biased variance, loss times 0) and fitted d_bndiff2 to
     # it: the released forward pass is run, so d_bndiff2 and what depends on it are wrong
     "edited_locked_forward": ("graded", ex1("wrong", ["d_bndiff2", "d_bndiff", "d_hprebn", "d_embcat", "d_W1", "d_emb", "d_C"])),
+    # %matplotlib inline, plt.show(), !shell escapes, %time, prints and an extra cell of the student's own
+    "plots_and_magics": ("graded", {}),
     # the first eight gradients written, the rest still stubs
     "half_done": ("graded", ex1("missing", start="d_h") | {("ex2", "d_logits"): "missing", ("ex3", "d_hprebn"): "missing"}),
 }
