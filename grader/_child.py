@@ -41,13 +41,13 @@ def main(plan_path: str) -> int:
 
     import torch
     from IPython.core.interactiveshell import InteractiveShell
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    torch.set_num_threads(1)
     class Shell(InteractiveShell):
         def enable_gui(self, gui=None):  # `%matplotlib inline`: no event loop to start, figures render off screen
             pass
 
+    torch.set_num_threads(1)
     # cache_size=0: no Out[] history, so no cell's displayed value can keep a forward graph alive.
     shell = Shell.instance(cache_size=0)
     ns = shell.user_ns
@@ -57,7 +57,17 @@ def main(plan_path: str) -> int:
     outcomes: list[dict] = []
     tensors: dict[str, torch.Tensor] = {}
     values: dict[str, str] = {}
-    baselines: dict[str, dict[str, object]] = {}
+    baselines: dict[str, dict[str, tuple[object, object]]] = {}
+
+    def snapshot(value: object) -> tuple[object, object]:
+        # the object and, for tensors, a copy: an answer cell may also update an earlier tensor in place
+        return value, value.detach().clone() if type(value) is torch.Tensor else None
+
+    def unchanged(value: object, before: tuple[object, object] | None) -> bool:
+        if before is None or not isinstance(value, torch.Tensor) or value is not before[0]:
+            return False
+        copy = before[1]
+        return isinstance(copy, torch.Tensor) and copy.shape == value.shape and bool(torch.equal(copy, value.detach()))
 
     def capture(cap: dict) -> None:
         start_values = baselines.get(cap["exercise"], {})
@@ -66,8 +76,8 @@ def main(plan_path: str) -> int:
             key = f"{cap['exercise']}/{name}"
             if value is absent:
                 values[key] = "absent"
-            elif cap["start"] is not None and isinstance(value, torch.Tensor) and value is start_values.get(name):
-                # the same tensor object as before the answer cell: another exercise's answer, not this one's
+            elif unchanged(value, start_values.get(name)):
+                # the very tensor there was before the answer cell: another exercise's answer, not this one's
                 values[key] = "unchanged"
             elif value is None:
                 values[key] = "none"
@@ -82,32 +92,36 @@ def main(plan_path: str) -> int:
             else:
                 values[key] = "other:" + _describe(value)
 
-    with open(plan["progress"], "a", encoding="utf-8") as progress:
-        for position in range(len(cells) + 1):
-            for cap in plan["captures"]:
-                if cap["before"] == position:
-                    capture(cap)
-                if cap["start"] == position:
-                    baselines[cap["exercise"]] = {n: ns.get(n, absent) for n in cap["variables"]}
-            if position == len(cells):
-                break
-            cell = cells[position]
-            progress.write(f"{position}\n")
-            progress.flush()
-            grad_was = torch.is_grad_enabled()
-            if cell["no_grad"]:
-                torch.set_grad_enabled(False)
-            result = shell.run_cell(cell["source"], store_history=False, silent=False)
-            if cell["no_grad"]:
-                torch.set_grad_enabled(grad_was)
-            error = result.error_before_exec or result.error_in_exec
-            outcomes.append({"status": "error" if error else "ok", "error": _error_line(error) if error else ""})
-            sys.stdout.flush()
+    # Wait for the grader's go before running any student code: the grader finishes importing what it
+    # needs first, so nothing a notebook writes to disk can end up imported by the grader afterwards.
+    with os.fdopen(plan["go_fd"], "rb") as go:
+        if go.read(1) != b"1":
+            return 3
+    progress = os.fdopen(plan["progress_fd"], "w", encoding="utf-8")
+    for position in range(len(cells) + 1):
+        for cap in plan["captures"]:
+            if cap["before"] == position:
+                capture(cap)
+            if cap["start"] == position:
+                baselines[cap["exercise"]] = {n: snapshot(ns[n]) for n in cap["variables"] if n in ns}
+        if position == len(cells):
+            break
+        cell = cells[position]
+        progress.write(f"{position}\n")
+        progress.flush()
+        grad_was = torch.is_grad_enabled()
+        if cell["no_grad"]:
+            torch.set_grad_enabled(False)
+        result = shell.run_cell(cell["source"], store_history=False, silent=False)
+        if cell["no_grad"]:
+            torch.set_grad_enabled(grad_was)
+        error = result.error_before_exec or result.error_in_exec
+        outcomes.append({"status": "error" if error else "ok", "error": _error_line(error) if error else ""})
+        sys.stdout.flush()
 
     summary = json.dumps({"cells": outcomes, "values": values})
-    tmp = plan["result"] + ".tmp"
-    save_file(tensors, tmp, metadata={"grader": summary})
-    os.replace(tmp, plan["result"])
+    with os.fdopen(plan["result_fd"], "wb") as out:
+        out.write(save(tensors, metadata={"grader": summary}))
     return 0
 
 

@@ -22,8 +22,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (0 report, 1 ungradable input, 2 usage)."""
     args = _parser().parse_args(argv)
-    if args.timeout is not None and args.timeout <= 0:
-        _parser().error("--timeout must be positive")
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):
+        _parser().error("--timeout must be a positive number of seconds")
     from grader import grade, report  # after parsing: `--help` should not wait for torch
 
     try:

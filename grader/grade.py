@@ -50,12 +50,16 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: 
     # The child reads its own copy of each data file, under the file's name in its working directory.
     plan = notebook.plan(student, released, rubric, defaults | rubric.data)
 
-    # Start the child first: importing torch here and computing the reference overlap with its run.
+    # Start the child first: its start-up overlaps with importing torch here and computing the reference.
     run = sandbox.start(plan, {rubric.data[k]: p for k, p in data_files.items()}, timeout or rubric.timeout)
     try:
+        # Everything this process will need is imported before the notebook's first cell may run.
+        import safetensors.torch  # noqa: F401
+
         from grader import reference
         from grader.score import score
 
+        run.release()  # computing the reference imports nothing more (a test checks)
         ref = reference.gradients(rubric, released, defaults | {k: str(p) for k, p in data_files.items()})
     finally:
         captured = run.wait()

@@ -38,7 +38,7 @@ class Capture:
     """Exercise id."""
     variables: tuple[str, ...]
     """Variable names to capture."""
-    start: int | None
+    start: int
     """Plan position of the exercise's answer cell; values not (re)assigned since then don't count."""
     before: int
     """Capture just before running the cell at this plan position (`len(cells)`: at the end)."""
@@ -74,9 +74,13 @@ def read(path: Path) -> nbformat.NotebookNode:
     return nb
 
 
+def _dict(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def assignment_of(nb: nbformat.NotebookNode, path: Path) -> str:
     """The assignment named in the notebook's metadata, or raise `UnknownAssignment`."""
-    name = nb.metadata.get("grader", {}).get("assignment")
+    name = _dict(nb.metadata.get("grader")).get("assignment")
     if not isinstance(name, str) or not name:
         raise UnknownAssignment(
             f"{path}: the notebook's metadata does not name an assignment (grader.assignment); "
@@ -85,20 +89,29 @@ def assignment_of(nb: nbformat.NotebookNode, path: Path) -> str:
     return name
 
 
+def _nbgrader(cell: nbformat.NotebookNode) -> dict:
+    return _dict(_dict(cell.get("metadata")).get("nbgrader"))
+
+
 def grade_id(cell: nbformat.NotebookNode) -> str | None:
     """The cell's nbgrader grade_id, if it has one."""
-    gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
-    return gid if isinstance(gid, str) else None
+    gid = _nbgrader(cell).get("grade_id")
+    return gid if isinstance(gid, str) and gid else None
 
 
 def is_locked(cell: nbformat.NotebookNode) -> bool:
     """Whether nbgrader marks the cell read-only."""
-    return bool(cell.get("metadata", {}).get("nbgrader", {}).get("locked"))
+    return _nbgrader(cell).get("locked") is True
+
+
+def is_solution(cell: nbformat.NotebookNode) -> bool:
+    """Whether nbgrader marks the cell as an answer cell."""
+    return _nbgrader(cell).get("solution") is True
 
 
 def has_tag(cell: nbformat.NotebookNode, tag: str) -> bool:
     """Whether the cell carries the given nbformat tag."""
-    tags = cell.get("metadata", {}).get("tags", [])
+    tags = _dict(cell.get("metadata")).get("tags", [])
     return isinstance(tags, list) and tag in tags
 
 
@@ -125,39 +138,37 @@ def plan(student: nbformat.NotebookNode, released: nbformat.NotebookNode, rubric
     """Plan the grading run of `student` against the `released` notebook of `rubric`."""
     locked = {grade_id(c): c for c in released.cells if c.cell_type == "code" and is_locked(c) and grade_id(c)}
     released_order = [PARAMS if has_tag(c, "parameters") else grade_id(c) for c in released.cells if c.cell_type == "code"]
-    answer_ids = {ex.cell for ex in rubric.exercises}
     no_grad, skip = set(rubric.no_grad_cells), set(rubric.skip_cells)
+    protected = set(locked) | skip | no_grad | set(rubric.reference_cells)
 
     cells: list[PlannedCell] = []
     gids: list[str | None] = []  # grade_id of each planned cell, for placing missing locked cells
     notes: list[str] = []
     seen: set[str] = set()
-    injected = False
     for number, cell in enumerate(student.cells, start=1):
         if cell.cell_type != "code":
             continue
         gid = grade_id(cell)
         label = f"cell {number}" + (f" ({gid})" if gid else "")
+        if gid in protected and gid in seen:
+            # a copy of a locked cell would run the forward pass again, or PyTorch's backward pass
+            notes.append(f"{label} repeats the locked cell {gid}: it was not run")
+            continue
         source = cell.source
-        if gid in locked and gid not in seen:
+        if gid in locked:
             if source.strip() != locked[gid].source.strip():
                 notes.append(f"{label} is locked but was edited: the released version was run instead")
             source = locked[gid].source
         first_time = gid is not None and gid not in seen
         if gid:
             seen.add(gid)
-        if gid in skip and first_time:
+        if gid in skip:
             continue
-        cells.append(PlannedCell(label, source, no_grad=first_time and gid in no_grad))
+        cells.append(PlannedCell(label, source, no_grad=gid in no_grad))
         gids.append(gid if first_time else None)
-        if has_tag(cell, "parameters") and not injected:
+        if has_tag(cell, "parameters") and PARAMS not in gids:
             cells.append(PlannedCell("injected parameters", injected_source(params), no_grad=False))
             gids.append(PARAMS)
-            injected = True
-
-    if not injected:
-        cells.insert(0, PlannedCell("injected parameters", injected_source(params), no_grad=False))
-        gids.insert(0, PARAMS)
 
     # Locked cells the student deleted go back in after the cell that precedes them in the release.
     for i, gid in enumerate(released_order):
@@ -168,17 +179,23 @@ def plan(student: nbformat.NotebookNode, released: nbformat.NotebookNode, rubric
             gids.insert(at, gid)
             notes.append(f"locked cell {gid} was missing: the released version was run in its place")
 
-    starts = sorted((gids.index(gid), gid) for gid in answer_ids if gid in gids)
+    if PARAMS not in gids:
+        # No tagged cell: inject right before the first cell that uses the parameters, so that an
+        # untagged cell of the student's own setting them cannot override them.
+        at = min((gids.index(g) for g in rubric.reference_cells if g in gids), default=0)
+        cells.insert(at, PlannedCell("injected parameters", injected_source(params), no_grad=False))
+        gids.insert(at, PARAMS)
+        notes.append("no cell is tagged `parameters`: the grader's parameters were set before the setup cell")
+
+    starts = sorted(gids.index(ex.cell) for ex in rubric.exercises if ex.cell in gids)
     captures = []
     for ex in rubric.exercises:
-        names = tuple(v.name for v in ex.variables)
-        if ex.cell in gids:
-            start = gids.index(ex.cell)
-            later = [p for p, _ in starts if p > start]
-            captures.append(Capture(ex.id, names, start, later[0] if later else len(cells)))
-        else:
-            notes.append(f"no answer cell {ex.cell} found: {ex.id} was graded on the values at the end of the notebook")
-            captures.append(Capture(ex.id, names, None, len(cells)))
+        if ex.cell not in gids:
+            notes.append(f"no answer cell {ex.cell} found: {ex.id} earns no points")
+            continue
+        start = gids.index(ex.cell)
+        later = [p for p in starts if p > start]
+        captures.append(Capture(ex.id, tuple(v.name for v in ex.variables), start, later[0] if later else len(cells)))
     return Plan(tuple(cells), tuple(captures), tuple(notes))
 
 

@@ -97,10 +97,11 @@ def known_assignments() -> list[str]:
 
 def load(name: str) -> Rubric:
     """Load the rubric of assignment `name` from the assignments folder."""
-    path = assets.assignments_dir() / f"{name}.toml"
-    if not path.is_file():
+    # Only names of rubrics shipped with the grader: the name comes from a student's notebook metadata.
+    if name not in known_assignments():
         known = ", ".join(known_assignments()) or "none"
         raise UnknownAssignment(f"unknown assignment {name!r} (known: {known})")
+    path = assets.assignments_dir() / f"{name}.toml"
     return parse(tomllib.loads(path.read_text(encoding="utf-8")), path)
 
 
@@ -132,9 +133,12 @@ def parse(raw: dict, path: Path) -> Rubric:
         unknown = set(overrides) - {v.name for e in exercises for v in e.variables}
         if unknown:
             raise RubricError(f"{path}: [variable] entries for ungraded names: {sorted(unknown)}")
+        released = path.with_name(raw["notebook"])
+        if released.parent != path.parent:
+            raise RubricError(f"{path}: the released notebook must sit beside the rubric")
         return Rubric(
             assignment=raw["assignment"],
-            released=path.with_name(raw["notebook"]),
+            released=released,
             timeout=float(raw.get("timeout", DEFAULT_TIMEOUT)),
             loss=raw["loss"],
             reference_cells=tuple(raw["reference_cells"]),

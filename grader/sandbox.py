@@ -84,35 +84,59 @@ def _child_env(workdir: Path) -> dict[str, str]:
 
 
 class Run:
-    """A started child process; `wait()` returns its `Captured` values."""
+    """A started child process: `release()` lets it run the notebook, `wait()` returns its values.
+
+    The child's output, progress and result go to anonymous temporary files that this process opened
+    (and the child inherited as file descriptors), so nothing is read back by a path that the notebook
+    could have replaced with a FIFO or a symlink.
+    """
 
     def __init__(self, plan: Plan, data_files: dict[str, Path], timeout: float) -> None:
         self.plan, self.timeout = plan, timeout
         self.workdir = Path(tempfile.mkdtemp(prefix="grader-run-"))
-        for name, source in data_files.items():
-            shutil.copyfile(source, self.workdir / name)
-        self.progress = self.workdir / ".progress"
-        self.result = self.workdir / ".result.safetensors"
-        self.log = self.workdir / ".output.log"
-        plan_json = {
-            "cells": [{"source": c.source, "no_grad": c.no_grad} for c in plan.cells],
-            "captures": [asdict(c) for c in plan.captures],
-            "progress": str(self.progress),
-            "result": str(self.result),
-        }
-        plan_path = self.workdir / ".plan.json"
-        plan_path.write_text(json.dumps(plan_json), encoding="utf-8")
-        self.started = time.monotonic()
+        self.output, self.progress, self.result = (tempfile.TemporaryFile() for _ in range(3))
+        go_read, self._go = os.pipe()
         try:
-            with open(self.log, "wb") as log:
-                self.process = subprocess.Popen(
-                    [sys.executable, "-P", "-m", "grader._child", str(plan_path)],
-                    cwd=self.workdir, env=_child_env(self.workdir), stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_limits,
-                )
+            for name, source in data_files.items():
+                shutil.copyfile(source, self.workdir / name)
+            plan_path = self.workdir / ".plan.json"
+            plan_path.write_text(json.dumps({
+                "cells": [{"source": c.source, "no_grad": c.no_grad} for c in plan.cells],
+                "captures": [asdict(c) for c in plan.captures],
+                "go_fd": go_read, "progress_fd": self.progress.fileno(), "result_fd": self.result.fileno(),
+            }), encoding="utf-8")
+            self.started = time.monotonic()
+            self.process = subprocess.Popen(
+                [sys.executable, "-P", "-m", "grader._child", str(plan_path)],
+                cwd=self.workdir, env=_child_env(self.workdir), stdin=subprocess.DEVNULL,
+                stdout=self.output, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_limits,
+                pass_fds=(go_read, self.progress.fileno(), self.result.fileno()),
+            )
         except OSError as e:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._close()
             raise SandboxError(f"could not start the child process: {e}") from e
+        finally:
+            os.close(go_read)
+
+    def release(self) -> None:
+        """Let the child start running the notebook's cells."""
+        if self._go is not None:
+            try:
+                os.write(self._go, b"1")
+            except BrokenPipeError:  # the child is already gone; wait() will say so
+                pass
+            self._close_go()
+
+    def _close_go(self) -> None:
+        if self._go is not None:
+            os.close(self._go)
+            self._go = None
+
+    def _close(self) -> None:
+        self._close_go()
+        for f in (self.output, self.progress, self.result):
+            f.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _kill_group(self) -> None:
         try:
@@ -122,6 +146,7 @@ class Run:
 
     def wait(self) -> Captured:
         """Wait for the child (at most the timeout), kill whatever it left running, read its values."""
+        self._close_go()  # without a release the child stops before the first cell
         try:
             timed_out = False
             try:
@@ -134,30 +159,35 @@ class Run:
             output = self._tail()
             if timed_out:
                 return self._unfinished(f"timed out after {self.timeout:g} s in {self._current_cell()}", seconds, output)
-            if self.process.returncode != 0 or not self.result.is_file():
+            if self.process.returncode != 0:
                 return self._unfinished(self._death(), seconds, output)
             return self._read(seconds, output)
         finally:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._close()
 
     def _tail(self) -> str:
-        try:
-            with open(self.log, "rb") as f:
-                f.seek(max(0, self.log.stat().st_size - OUTPUT_TAIL))
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        size = self.output.seek(0, os.SEEK_END)
+        self.output.seek(max(0, size - OUTPUT_TAIL))
+        return self.output.read().decode("utf-8", "replace")
 
     def _current_cell(self) -> str:
+        self.progress.seek(0)
+        lines = self.progress.read(1 << 20).split()
         try:
-            lines = self.progress.read_text(encoding="utf-8").split()
             return describe_cell(self.plan.cells[int(lines[-1])])
-        except (OSError, ValueError, IndexError):
+        except (ValueError, IndexError):
             return "start-up, before the first cell"
 
     def _death(self) -> str:
         code = self.process.returncode
-        how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:  # real-time signals have no name
+                name = str(-code)
+            how = f"was killed by signal {name}"
+        else:
+            how = f"exited with code {code}"
         return f"the notebook's process {how} in {self._current_cell()} (os._exit, a crash or running out of memory?)"
 
     @staticmethod
@@ -165,19 +195,24 @@ class Run:
         return Captured(False, reason, (), {}, seconds, output)
 
     def _read(self, seconds: float, output: str) -> Captured:
-        import torch  # here, not at the top: the child starts before the grader pays for importing torch
-        from safetensors import SafetensorError, safe_open
+        import torch
+        from safetensors import SafetensorError
+        from safetensors.torch import load
 
-        size = self.result.stat().st_size
+        size = self.result.seek(0, os.SEEK_END)
+        if size == 0:  # e.g. os._exit(0): the process ended well, but before it could send its values
+            return self._unfinished(self._death(), seconds, output)
         if size > MAX_RESULT_BYTES:
             return self._unfinished(f"the notebook's results are too large ({size} bytes)", seconds, output)
+        self.result.seek(0)
+        raw = self.result.read()
         try:
-            with safe_open(str(self.result), framework="pt") as f:
-                summary = json.loads((f.metadata() or {})["grader"])
-                tensors = {key: f.get_tensor(key) for key in f.keys()}
-            cells = summary["cells"]
-            kinds = summary["values"]
-            if len(cells) != len(self.plan.cells) or not isinstance(kinds, dict):
+            tensors = load(raw)
+            # safetensors' own layout: an 8-byte little-endian header length, then the JSON header
+            header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+            summary = json.loads(header["__metadata__"]["grader"])
+            cells, kinds = summary["cells"], summary["values"]
+            if not isinstance(cells, list) or len(cells) != len(self.plan.cells) or not isinstance(kinds, dict):
                 raise ValueError("the summary does not match the plan")
         except (SafetensorError, ValueError, KeyError, TypeError) as e:
             return self._unfinished(f"the notebook's results could not be read ({type(e).__name__})", seconds, output)

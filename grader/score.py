@@ -76,9 +76,11 @@ class Report:
 
 
 def _span_errors(plan: Plan, captured: Captured, exercise: str) -> list[str]:
+    """Errors of the cells from the exercise's answer cell up to its capture, the answer cell's first."""
     cap = next(c for c in plan.captures if c.exercise == exercise)
-    first = 0 if cap.start is None else cap.start
-    return [f"{o.label} raised {o.error}" for o in captured.cells[first : cap.before] if o.error]
+    span = list(captured.cells[cap.start : cap.before])
+    span.sort(key=lambda o: o is not captured.cells[cap.start])
+    return [f"{o.label} raised {o.error}" for o in span if o.error]
 
 
 def score(rubric: Rubric, notebook: str, plan: Plan, captured: Captured,
@@ -86,11 +88,15 @@ def score(rubric: Rubric, notebook: str, plan: Plan, captured: Captured,
     """Grade every variable of `rubric` from the values `captured` by running `plan`."""
     results: list[VariableResult] = []
     for ex in rubric.exercises:
-        errors = _span_errors(plan, captured, ex.id) if captured.finished else []
+        found = any(c.exercise == ex.id for c in plan.captures)
+        errors = _span_errors(plan, captured, ex.id) if captured.finished and found else []
         for var in ex.variables:
             value = captured.values.get((ex.id, var.name), MISSING)
             if not captured.finished:
                 status, exact, approx, maxdiff, message = "error", False, False, None, "the notebook did not run to the end"
+            elif not found:
+                status, exact, approx, maxdiff = "missing", False, False, None
+                message = f"{var.name}: the notebook has no answer cell {ex.cell} (was it deleted, or its metadata lost?)"
             elif value is MISSING or value is UNCHANGED or (value is None and errors):
                 if errors:
                     status, message = "error", f"{var.name} was not computed: {errors[0]}"

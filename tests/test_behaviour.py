@@ -52,6 +52,13 @@ CASES: dict[str, tuple[str, dict]] = {
     "edited_locked_forward": ("graded", ex1("wrong", ["d_bndiff2", "d_bndiff", "d_hprebn", "d_embcat", "d_W1", "d_emb", "d_C"])),
     # %matplotlib inline, plt.show(), !shell escapes, %time, prints and an extra cell of the student's own
     "plots_and_magics": ("graded", {}),
+    # copies of the locked forward and autograd cells placed first, answers read from .grad: copies don't run
+    "copies_locked_cells": ("graded", dict.fromkeys(ALL, "error")),
+    # ex2 and ex3 answer cells deleted: Exercise 1's d_logits and d_hprebn do not count for them
+    "deleted_answer_cells": ("graded", {("ex2", "d_logits"): "missing", ("ex3", "d_hprebn"): "missing"}),
+    # ex2 answered by updating Exercise 1's d_logits in place: that is an answer of its own
+    "in_place_answer": ("graded", {}),
+    "dies_by_signal": ("failed", dict.fromkeys(ALL, "error")),  # os.kill(os.getpid(), 40) in ex3
     # the first eight gradients written, the rest still stubs
     "half_done": ("graded", ex1("missing", start="d_h") | {("ex2", "d_logits"): "missing", ("ex3", "d_hprebn"): "missing"}),
 }
@@ -89,6 +96,8 @@ def test_a_hung_notebook_is_reported_with_the_cell_it_hung_in():
 def test_a_notebook_that_kills_its_process_is_reported_with_the_cell():
     report = grade_notebook(NOTEBOOKS / "exits_process.ipynb")
     assert report.error.startswith("the notebook's process exited with code 0 in cell 17 (ex2)")
+    report = grade_notebook(NOTEBOOKS / "dies_by_signal.ipynb")
+    assert report.error.startswith("the notebook's process was killed by signal 40 in cell 21 (ex3)")
 
 
 def test_a_raising_cell_is_named_with_its_line():

@@ -67,15 +67,38 @@ def test_without_a_parameters_cell_the_parameters_go_first():
     assert labels[0] == "injected parameters"
     # all locked code cells are restored, in release order, before the student's own cell
     assert labels[1:5] == ["released cell (setup)", "released cell (init)", "released cell (forward)", "released cell (ex2_forward)"]
-    assert all(c.start is None and c.before == len(plan.cells) for c in plan.captures)
-    assert any("no answer cell ex1 found" in n for n in plan.notes)
+    assert plan.captures == ()
+    assert "no answer cell ex1 found: ex1 earns no points" in plan.notes
+    assert "no cell is tagged `parameters`: the grader's parameters were set before the setup cell" in plan.notes
 
 
-def test_a_student_copy_of_a_locked_cell_runs_as_written():
+def test_without_the_tag_the_parameters_still_win_over_an_untagged_parameters_cell():
+    nb = _student()
+    for c in nb.cells:
+        c.metadata.pop("tags", None)
+    plan = notebook.plan(nb, RELEASED, RUBRIC, PARAMS)
+    labels = _labels(plan)
+    assert labels[:3] == ["cell 3", "injected parameters", "cell 5 (setup)"]
+
+
+def test_copies_of_locked_cells_do_not_run():
     nb = _student()
     forward = next(c for c in nb.cells if notebook.grade_id(c) == "forward")
-    copy = nbformat.from_dict(dict(forward))
-    copy.source = "print('my copy')"
-    nb.cells.append(copy)
+    autograd = next(c for c in nb.cells if notebook.grade_id(c) == "autograd")
+    copies = [nbformat.from_dict(dict(forward)), nbformat.from_dict(dict(autograd))]
+    nb.cells[3:3] = copies  # before the originals, as an attacker who read the source would
     plan = notebook.plan(nb, RELEASED, RUBRIC, PARAMS)
-    assert plan.cells[-1].source == "print('my copy')" and not plan.cells[-1].no_grad
+    assert [c.label for c in plan.cells if c.label.endswith("(forward)")] == ["cell 4 (forward)"]
+    assert plan.cells[[c.label for c in plan.cells].index("cell 4 (forward)")].no_grad
+    assert not any("autograd" in c.label for c in plan.cells)
+    assert "cell 11 (forward) repeats the locked cell forward: it was not run" in plan.notes
+
+
+def test_metadata_of_the_wrong_type_is_ignored_not_a_crash():
+    nb = _student()
+    nb.metadata["grader"] = "backprop_ninja"
+    nb.cells[0].metadata["nbgrader"] = ["x"]
+    nb.cells[2].metadata["tags"] = "parameters"
+    assert notebook.grade_id(nb.cells[0]) is None
+    plan = notebook.plan(nb, RELEASED, RUBRIC, PARAMS)
+    assert "injected parameters" in _labels(plan)

@@ -7,6 +7,8 @@ comparison, for 50 seeds; the slow one does the same end to end through `grade_n
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import io
 from concurrent.futures import ThreadPoolExecutor
 
@@ -99,3 +101,21 @@ def test_references_computed_in_two_threads_match_sequential_ones():
     for p, got in zip(params, parallel):
         want = reference.gradients(RUBRIC, RELEASED, p)
         assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_computing_the_reference_imports_no_module():
+    # The grader lets the notebook run once its imports are done and then computes the reference: a module
+    # imported only now could be one a hostile notebook has just written to disk.
+    code = """
+import sys
+import safetensors.torch
+from grader import assets, grade, notebook, reference, report, rubric, score
+r = rubric.load("backprop_ninja")
+released = notebook.read(r.released)
+params = grade.released_parameters(released) | {"data_path": assets.names_path()}
+before = set(sys.modules)
+reference.gradients(r, released, params)
+print(sorted(set(sys.modules) - before))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
