@@ -122,7 +122,10 @@ def main(plan_path: str) -> int:
     summary = json.dumps({"cells": outcomes, "values": values})
     with os.fdopen(plan["result_fd"], "wb") as out:
         out.write(save(tensors, metadata={"grader": summary}))
-    return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip the interpreter's clean-up: tearing down torch takes half a second and nothing is left to save.
+    os._exit(0)
 
 
 if __name__ == "__main__":

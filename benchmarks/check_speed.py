@@ -1,0 +1,47 @@
+"""How long `grader check` takes on one notebook, against `python -c "import torch"` measured in the same run.
+
+    python benchmarks/check_speed.py [--runs 5] [NOTEBOOK]
+
+Prints the median wall time of each and their ratio. The grader cannot be faster than one torch
+import (its child process needs one); the ratio says how far from that floor it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def median_seconds(command: list[str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebook", nargs="?", default=str(ROOT / "solutions" / "backprop_ninja.ipynb"))
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    grader = shutil.which("grader") or str(Path(sys.executable).parent / "grader")
+
+    median_seconds([grader, "check", args.notebook], 1)  # warm the file cache for both
+    baseline = median_seconds([sys.executable, "-c", "import torch"], args.runs)
+    check = median_seconds([grader, "check", args.notebook], args.runs)
+    print(f"python -c 'import torch'   median of {args.runs}: {baseline:6.2f} s")
+    print(f"grader check {Path(args.notebook).name}   median of {args.runs}: {check:6.2f} s")
+    print(f"ratio grader check / import torch: {check / baseline:.2f}")
+
+
+if __name__ == "__main__":
+    main()
