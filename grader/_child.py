@@ -34,6 +34,82 @@ def _describe(value: object) -> str:
         return f"of type {kind.__name__}"
     return f"of type {kind.__module__}.{kind.__qualname__}"
 
+REFUSED = "autograd is not allowed in this exercise: write the gradient by hand"
+
+
+class AutogradRefused(RuntimeError):
+    """Raised in place of every autograd entry point while student code runs."""
+
+
+def _refuse(*args: object, **kwargs: object) -> None:
+    raise AutogradRefused(REFUSED)
+
+
+def _autograd_patches(torch) -> list[tuple[object, str, object]]:
+    """(owner, attribute, replacement) for every public way into autograd."""
+
+    def set_grad_enabled(mode: bool):
+        if mode:
+            _refuse()
+        return torch.no_grad()
+
+    def requires_grad_(self, requires_grad: bool = True):
+        if requires_grad:
+            _refuse()
+        return self
+
+    import torch.autograd.forward_ad
+    import torch.autograd.functional
+    import torch.func
+
+    patches: list[tuple[object, str, object]] = [
+        (torch.Tensor, "backward", _refuse),
+        (torch.Tensor, "retain_grad", _refuse),
+        (torch.Tensor, "requires_grad_", requires_grad_),
+        (torch.autograd, "backward", _refuse),
+        (torch.autograd, "grad", _refuse),
+        (torch, "enable_grad", _refuse),
+        (torch.autograd, "enable_grad", _refuse),
+        (torch.autograd.grad_mode, "enable_grad", _refuse),
+        (torch, "set_grad_enabled", set_grad_enabled),
+        (torch.autograd, "set_grad_enabled", set_grad_enabled),
+        (torch.autograd.grad_mode, "set_grad_enabled", set_grad_enabled),
+    ]
+    for name in ("jacobian", "hessian", "vjp", "jvp", "hvp", "vhp"):
+        patches.append((torch.autograd.functional, name, _refuse))
+    for name in ("dual_level", "make_dual", "unpack_dual"):  # forward-mode AD does not need grad mode
+        patches.append((torch.autograd.forward_ad, name, _refuse))
+    for name in ("grad", "grad_and_value", "vjp", "jvp", "jacrev", "jacfwd", "hessian", "linearize"):
+        for module in (torch.func, sys.modules.get("torch._functorch.apis"), sys.modules.get("torch._functorch.eager_transforms")):
+            if module is not None and hasattr(module, name):
+                patches.append((module, name, _refuse))
+    return patches
+
+
+class Guard:
+    """While active: grad mode off and every public autograd entry point raises `AutogradRefused`."""
+
+    def __init__(self, torch) -> None:
+        self.torch = torch
+        self.patches = _autograd_patches(torch)
+        self.originals = [(owner, name, getattr(owner, name)) for owner, name, _ in self.patches]
+        self.depth = 0
+
+    def __enter__(self) -> None:
+        self.depth += 1
+        if self.depth == 1:
+            self.grad_was = self.torch.is_grad_enabled()
+            self.torch.set_grad_enabled(False)
+            for owner, name, replacement in self.patches:
+                setattr(owner, name, replacement)
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            for owner, name, original in self.originals:
+                setattr(owner, name, original)
+            self.torch._C._set_grad_enabled(self.grad_was)
+
 
 def main(plan_path: str) -> int:
     with open(plan_path, encoding="utf-8") as f:
@@ -52,6 +128,7 @@ def main(plan_path: str) -> int:
     shell = Shell.instance(cache_size=0)
     ns = shell.user_ns
     absent = object()
+    guard = Guard(torch)
 
     cells = plan["cells"]
     outcomes: list[dict] = []
@@ -84,7 +161,8 @@ def main(plan_path: str) -> int:
             elif type(value) is torch.Tensor and value.layout == torch.strided and value.device.type == "cpu":
                 # clone: safetensors refuses tensors that share storage (d_emb is a view of d_embcat)
                 tensors[key] = value.detach().clone().contiguous()
-                values[key] = "tensor"
+                # answers are computed with grad mode off: a graph behind one means autograd was switched back on
+                values[key] = "tensor+graph" if value.grad_fn is not None else "tensor"
             elif isinstance(value, torch.Tensor) and type(value) is not torch.Tensor:
                 values[key] = f"other:a subclass of torch.Tensor ({type(value).__name__})"
             elif isinstance(value, torch.Tensor):
@@ -112,7 +190,11 @@ def main(plan_path: str) -> int:
         grad_was = torch.is_grad_enabled()
         if cell["no_grad"]:
             torch.set_grad_enabled(False)
-        result = shell.run_cell(cell["source"], store_history=False, silent=False)
+        if cell["guarded"]:
+            with guard:
+                result = shell.run_cell(cell["source"], store_history=False, silent=False)
+        else:
+            result = shell.run_cell(cell["source"], store_history=False, silent=False)
         if cell["no_grad"]:
             torch.set_grad_enabled(grad_was)
         error = result.error_before_exec or result.error_in_exec

@@ -19,7 +19,8 @@ import torch
 from grader.rubric import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
 from grader.values import NotTensor
 
-STATUSES = ("exact", "approximate", "wrong", "shape", "dtype", "missing", "not_finite", "not_tensor", "error")
+STATUSES = ("exact", "approximate", "wrong", "shape", "dtype", "missing", "not_finite", "not_tensor", "error",
+            "autograd_used", "suspicious")
 """Every status a variable can get; `exact` and `approximate` earn points."""
 PASSING = ("exact", "approximate")
 

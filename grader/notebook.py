@@ -28,6 +28,8 @@ class PlannedCell:
     """The code to run."""
     no_grad: bool
     """Run with autograd switched off."""
+    guarded: bool = False
+    """Student code: run with autograd refused (`autograd is not allowed in this exercise`)."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,7 @@ def plan(student: nbformat.NotebookNode, released: nbformat.NotebookNode, rubric
             seen.add(gid)
         if gid in skip:
             continue
-        cells.append(PlannedCell(label, source, no_grad=gid in no_grad))
+        cells.append(PlannedCell(label, source, no_grad=gid in no_grad, guarded=gid not in locked))
         gids.append(gid if first_time else None)
         if has_tag(cell, "parameters") and PARAMS not in gids:
             cells.append(PlannedCell("injected parameters", injected_source(params), no_grad=False))

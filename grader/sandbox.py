@@ -22,7 +22,7 @@ from pathlib import Path
 
 from grader.errors import SandboxError
 from grader.notebook import Plan, describe_cell
-from grader.values import MISSING, UNCHANGED, NotTensor
+from grader.values import MISSING, UNCHANGED, Flag, NotTensor
 
 MAX_RESULT_BYTES = 256 * 2**20
 """Largest result file read back; also the cap on any file the child writes (RLIMIT_FSIZE)."""
@@ -101,7 +101,7 @@ class Run:
                 shutil.copyfile(source, self.workdir / name)
             plan_path = self.workdir / ".plan.json"
             plan_path.write_text(json.dumps({
-                "cells": [{"source": c.source, "no_grad": c.no_grad} for c in plan.cells],
+                "cells": [{"source": c.source, "no_grad": c.no_grad, "guarded": c.guarded} for c in plan.cells],
                 "captures": [asdict(c) for c in plan.captures],
                 "go_fd": go_read, "progress_fd": self.progress.fileno(), "result_fd": self.result.fileno(),
             }), encoding="utf-8")
@@ -225,6 +225,8 @@ class Run:
                 tensor = tensors.get(key)
                 if kind == "tensor" and type(tensor) is torch.Tensor and tensor.device.type == "cpu":
                     value: object = tensor
+                elif kind == "tensor+graph":
+                    value = Flag("suspicious", "it carries an autograd graph: grad mode was switched back on in the answer")
                 elif kind == "none":
                     value = None
                 elif kind == "unchanged":

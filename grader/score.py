@@ -8,9 +8,10 @@ import torch
 
 from grader.compare import compare
 from grader.notebook import Plan
-from grader.rubric import Rubric
+from grader.rubric import Exercise, Rubric
 from grader.sandbox import Captured
-from grader.values import MISSING, UNCHANGED
+from grader.scan import scan
+from grader.values import MISSING, UNCHANGED, Flag
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,30 @@ def _span_errors(plan: Plan, captured: Captured, exercise: str) -> list[str]:
     return [f"{o.label} raised {o.error}" for o in span if o.error]
 
 
+def _scan_flags(plan: Plan, ex: Exercise) -> dict[str, Flag]:
+    """Variable -> the first finding of the static scan of the exercise's answer cell that concerns it."""
+    cap = next((c for c in plan.captures if c.exercise == ex.id), None)
+    if cap is None:
+        return {}
+    cell = plan.cells[cap.start]
+    names = [v.name for v in ex.variables]
+    flags: dict[str, Flag] = {}
+    # Tricks that hide code (exec, computed getattr, private torch APIs) count wherever the student put
+    # them; plain autograd use counts in the answer cell (a scratch cell may print a .grad; at run time
+    # the guard refuses autograd in every cell the student wrote anyway).
+    answers = {c.start for c in plan.captures}
+    elsewhere = [(c, f) for i, c in enumerate(plan.cells) if c.guarded and i not in answers
+                 for f in scan(c.source) if f.status == "suspicious"]
+    for where, f in [(cell, f) for f in scan(cell.source)] + elsewhere:
+        # a finding in a statement that assigns graded variables concerns those; anywhere else, all of them
+        concerned = [n for n in names if n in f.targets] if where is cell else []
+        rule = "autograd is not allowed in this exercise" if f.status == "autograd_used" else \
+            "code that could hide autograd is not allowed in graded notebooks"
+        for n in concerned or names:
+            flags.setdefault(n, Flag(f.status, f"line {f.line} of {where.label} uses {f.what}: {rule}"))
+    return flags
+
+
 def score(rubric: Rubric, notebook: str, plan: Plan, captured: Captured,
           reference: dict[str, torch.Tensor]) -> Report:
     """Grade every variable of `rubric` from the values `captured` by running `plan`."""
@@ -90,13 +115,17 @@ def score(rubric: Rubric, notebook: str, plan: Plan, captured: Captured,
     for ex in rubric.exercises:
         found = any(c.exercise == ex.id for c in plan.captures)
         errors = _span_errors(plan, captured, ex.id) if captured.finished and found else []
+        flags = _scan_flags(plan, ex)
         for var in ex.variables:
             value = captured.values.get((ex.id, var.name), MISSING)
+            flag = flags.get(var.name) or (value if isinstance(value, Flag) else None)
             if not captured.finished:
                 status, exact, approx, maxdiff, message = "error", False, False, None, "the notebook did not run to the end"
             elif not found:
                 status, exact, approx, maxdiff = "missing", False, False, None
                 message = f"{var.name}: the notebook has no answer cell {ex.cell} (was it deleted, or its metadata lost?)"
+            elif flag is not None:
+                status, exact, approx, maxdiff, message = flag.status, False, False, None, f"{var.name}: {flag.reason}"
             elif value is MISSING or value is UNCHANGED or (value is None and errors):
                 if errors:
                     status, message = "error", f"{var.name} was not computed: {errors[0]}"

@@ -16,3 +16,13 @@ class NotTensor:
 
     description: str
     """What it was, in words, e.g. `a list` or `a MyTensor (a subclass of torch.Tensor)`."""
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A verdict reached without comparing values: the answer used autograd, or looked like it tried to."""
+
+    status: str
+    """`autograd_used` or `suspicious`."""
+    reason: str
+    """Why, for the report."""

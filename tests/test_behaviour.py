@@ -41,8 +41,18 @@ CASES: dict[str, tuple[str, dict]] = {
     "infinite_loop": ("failed", dict.fromkeys(ALL, "error")),
     "exits_process": ("failed", dict.fromkeys(ALL, "error")),  # os._exit(0) in the ex2 cell
     # `.grad` does not exist while grading, and there is no graph to call backward() on
-    "uses_grad": ("graded", dict.fromkeys(ALL, "missing")),
-    "calls_backward": ("graded", ex1("error") | {("ex3", "d_hprebn"): "error"}),  # ex3 needs d_hpreact
+    "uses_grad": ("graded", dict.fromkeys(ALL, "autograd_used")),
+    "calls_backward": ("graded", ex1("autograd_used") | {("ex3", "d_hprebn"): "error"}),  # ex3 needs d_hpreact
+    # autograd on requires_grad_() copies at the end of an honest Exercise 1: the whole answer cell is flagged
+    "requires_grad_copies": ("graded", ex1("autograd_used")),
+    "autograd_grad_call": ("graded", ex1("autograd_used", ["d_W1"])),  # d_W1 = torch.autograd.grad(...)
+    "func_grad": ("graded", ex1("autograd_used", ["d_W2"])),  # d_W2 = torch.func.grad(...)(W2)
+    "enable_grad_block": ("graded", ex1("autograd_used")),  # `with torch.enable_grad():` assigns nothing graded
+    "getattr_trick": ("graded", ex1("suspicious", ["d_b2"])),  # getattr(b2, "gr" + "ad")
+    # autograd in a helper cell the scan does not judge: the run-time guard refuses it when called
+    "sneaky_helper": ("graded", ex1("error", ["d_W2"])),
+    # torch._C._set_grad_enabled(True) in a cell of the student's own: suspicious, and it taints everything
+    "private_api_helper": ("graded", dict.fromkeys(ALL, "suspicious")),
     # wrong answers plus torch.allclose/equal/__eq__ patched to say yes: the comparison is not in that process
     "patched_allclose": ("graded", ex1("wrong") | {("ex3", "d_hprebn"): "wrong"}),
     # a Tensor subclass whose __torch_function__ claims equality never reaches the comparison
@@ -53,7 +63,7 @@ CASES: dict[str, tuple[str, dict]] = {
     # %matplotlib inline, plt.show(), !shell escapes, %time, prints and an extra cell of the student's own
     "plots_and_magics": ("graded", {}),
     # copies of the locked forward and autograd cells placed first, answers read from .grad: copies don't run
-    "copies_locked_cells": ("graded", dict.fromkeys(ALL, "error")),
+    "copies_locked_cells": ("graded", dict.fromkeys(ALL, "autograd_used")),
     # ex2 and ex3 answer cells deleted: Exercise 1's d_logits and d_hprebn do not count for them
     "deleted_answer_cells": ("graded", {("ex2", "d_logits"): "missing", ("ex3", "d_hprebn"): "missing"}),
     # ex2 answered by updating Exercise 1's d_logits in place: that is an answer of its own
@@ -82,6 +92,8 @@ def test_behaviour_notebook(name: str) -> None:
         else:
             assert v.status == want and v.points == 0, (key, v)
         assert (v.message == "") == (v.status in ("exact", "approximate")), (key, v)
+        if v.status == "autograd_used":
+            assert "autograd is not allowed in this exercise" in v.message
     assert report.score == sum(v.points for v in report.variables)
     assert report.score == len(ALL) - len(expected)
     assert elapsed < TIMEOUT + 15  # a hung notebook still yields its report soon after the limit

@@ -1,0 +1,114 @@
+"""A static look at answer cells: does the code reach for autograd, or for tricks that could hide it?
+
+Works on the Python syntax tree (magics translated by IPython first), never on the raw text. The
+run-time guard in the child refuses autograd calls; this scan also catches what a run cannot see,
+such as reading `.grad` or building a name with `getattr` so that no call happens by its plain name.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from IPython.core.inputtransformer2 import TransformerManager
+
+AUTOGRAD_ATTRIBUTES = frozenset({"grad", "backward", "retain_grad", "requires_grad_", "enable_grad",
+                                 "set_grad_enabled", "autograd", "func"})
+AUTOGRAD_MODULES = ("torch.autograd", "torch.func", "functorch", "torch._functorch")
+DYNAMIC_CALLS = frozenset({"exec", "eval", "compile", "__import__", "globals", "vars", "locals"})
+DYNAMIC_ATTRIBUTE_CALLS = frozenset({"getattr", "setattr", "delattr"})
+DUNDER_ESCAPES = frozenset({"__dict__", "__globals__", "__builtins__", "__subclasses__", "__getattribute__",
+                            "__code__", "__closure__", "__class__", "__bases__", "__mro__"})
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One flagged construct in an answer cell."""
+
+    line: int
+    """Line within the cell."""
+    status: str
+    """`autograd_used` or `suspicious`."""
+    what: str
+    """What was found, e.g. `.backward()` or `getattr with a computed name`."""
+    targets: tuple[str, ...]
+    """Names assigned by the statement it is in (empty if it assigns nothing)."""
+
+
+def _dotted(node: ast.AST) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def _targets(stmt: ast.stmt) -> tuple[str, ...]:
+    if isinstance(stmt, ast.Assign):
+        nodes = stmt.targets
+    elif isinstance(stmt, (ast.AugAssign, ast.AnnAssign)):
+        nodes = [stmt.target]
+    else:
+        return ()
+    names = []
+    for target in nodes:
+        for node in ast.walk(target):
+            if isinstance(node, ast.Name):
+                names.append(node.id)
+    return tuple(names)
+
+
+def _flags(node: ast.AST) -> list[tuple[str, str]]:
+    """(status, what) for one node."""
+    if isinstance(node, ast.Attribute):
+        if node.attr in AUTOGRAD_ATTRIBUTES:
+            dotted = _dotted(node)
+            if node.attr in ("autograd", "func") and not dotted.startswith("torch."):
+                return []
+            return [("autograd_used", f"`.{node.attr}`")]
+        if node.attr in DUNDER_ESCAPES:
+            return [("suspicious", f"`.{node.attr}`")]
+        if node.attr.startswith("_") and not node.attr.startswith("__"):
+            return [("suspicious", f"the private attribute `.{node.attr}`")]
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        if isinstance(node, ast.ImportFrom):
+            modules += [f"{node.module}.{a.name}" for a in node.names]
+        if any(m == mod or m.startswith(mod + ".") for m in modules for mod in AUTOGRAD_MODULES):
+            return [("autograd_used", "an import from torch.autograd / torch.func")]
+        if any(m.split(".")[0] == "importlib" for m in modules):
+            return [("suspicious", "importlib")]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        if node.func.id in DYNAMIC_CALLS:
+            return [("suspicious", f"`{node.func.id}()`")]
+        if node.func.id in DYNAMIC_ATTRIBUTE_CALLS and len(node.args) >= 2:
+            name = node.args[1]
+            if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
+                return [("suspicious", f"`{node.func.id}` with a computed attribute name")]
+            if name.value in AUTOGRAD_ATTRIBUTES:
+                return [("autograd_used", f"`{node.func.id}(..., {name.value!r})`")]
+    if isinstance(node, ast.Name) and node.id in ("importlib", "functorch", "__builtins__"):
+        return [("suspicious" if node.id != "functorch" else "autograd_used", f"`{node.id}`")]
+    return []
+
+
+def scan(source: str) -> tuple[Finding, ...]:
+    """Every flagged construct in one cell's source, in line order."""
+    try:
+        tree = ast.parse(TransformerManager().transform_cell(source))
+    except (SyntaxError, ValueError):
+        return ()  # it will not run either; the run reports the syntax error
+    findings: list[Finding] = []
+
+    def visit(node: ast.AST, targets: tuple[str, ...]) -> None:
+        if isinstance(node, ast.stmt):
+            targets = _targets(node) or targets
+        for status, what in _flags(node):
+            findings.append(Finding(getattr(node, "lineno", 0), status, what, targets))
+        for child in ast.iter_child_nodes(node):
+            visit(child, targets)
+
+    visit(tree, ())
+    return tuple(sorted(findings, key=lambda f: f.line))
