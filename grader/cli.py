@@ -17,6 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     check.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit in seconds (default: the rubric's)")
     check.add_argument("--assignment", metavar="NAME", help="grade as this assignment (default: from the notebook's metadata)")
+    check.add_argument("--hidden-runs", metavar="FILE",
+                       help="a TOML file of [[hidden_run]] parameter tables to use instead of the published ones")
     return parser
 
 
@@ -25,10 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.timeout is not None and not 0 < args.timeout < float("inf"):
         _parser().error("--timeout must be a positive number of seconds")
-    from grader import grade, report  # after parsing: `--help` should not wait for torch
+    from grader import grade, report, rubric  # after parsing: `--help` should not wait for torch
 
     try:
-        result = grade.grade_notebook(args.notebook, assignment=args.assignment, timeout=args.timeout)
+        hidden = rubric.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
+        result = grade.grade_notebook(args.notebook, assignment=args.assignment, timeout=args.timeout, hidden_runs=hidden)
     except GraderError as e:
         print(f"grader: {e}", file=sys.stderr)
         return e.exit_code

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from grader import assets, notebook, rubric as rubrics, sandbox
+from grader.errors import RubricError
 
 if TYPE_CHECKING:
     from grader.score import Report
@@ -24,15 +25,17 @@ def released_parameters(released_nb) -> dict[str, object]:
 
 
 def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: float | None = None,
-                   parameters: dict[str, object] | None = None) -> Report:
+                   parameters: dict[str, object] | None = None,
+                   hidden_runs: tuple[dict[str, object], ...] | None = None) -> Report:
     """Grade the notebook at `path` and return its `Report`.
 
     Parameters
     ----------
     path: the student's notebook.
     assignment: which assignment it is; by default the one its metadata names.
-    timeout: wall-clock limit in seconds for running it; by default the rubric's.
+    timeout: wall-clock limit in seconds for running it (each run); by default the rubric's.
     parameters: values for the `parameters` cell (e.g. `{"seed": 7}`); the rest keep their defaults.
+    hidden_runs: parameter overrides of the hidden re-runs; by default the rubric's, `()` for none.
 
     Raises `NotANotebook` or `UnknownAssignment` for input that cannot be graded at all; everything
     that goes wrong inside the notebook is reported in the `Report` instead.
@@ -41,26 +44,38 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: 
     student = notebook.read(path)
     rubric = rubrics.load(assignment or notebook.assignment_of(student, path))
     released = notebook.read(rubric.released)
-    defaults = released_parameters(released)
-    unknown = set(parameters or {}) - set(defaults)
-    if unknown:
-        raise ValueError(f"{rubric.assignment} has no parameters {sorted(unknown)} (it has {sorted(defaults)})")
-    defaults |= parameters or {}
+    published = released_parameters(released)
+    hidden = rubric.hidden_runs if hidden_runs is None else tuple(hidden_runs)
+    for overrides in (parameters or {}, *hidden):
+        unknown = set(overrides) - set(published)
+        if unknown:
+            raise RubricError(f"{rubric.assignment} has no parameters {sorted(unknown)} (it has {sorted(published)})")
+    main = published | (parameters or {})
+    settings = [main] + [main | h for h in hidden]
+    labels = ["the notebook's parameters"] + [f"hidden run {i}" for i in range(1, len(settings))]
     data_files = {name: assets.data_dir() / file for name, file in rubric.data.items()}
-    # The child reads its own copy of each data file, under the file's name in its working directory.
-    plan = notebook.plan(student, released, rubric, defaults | rubric.data)
+    copies = {rubric.data[k]: p for k, p in data_files.items()}
 
-    # Start the child first: its start-up overlaps with importing torch here and computing the reference.
-    run = sandbox.start(plan, {rubric.data[k]: p for k, p in data_files.items()}, timeout or rubric.timeout)
+    # The child reads its own copy of each data file, under the file's name in its working directory.
+    plans = [notebook.plan(student, released, rubric, p | rubric.data) for p in settings]
+    # Start every run first: their start-up overlaps with importing torch here and computing references.
+    runs: list[sandbox.Run] = []
     try:
+        for plan in plans:
+            runs.append(sandbox.start(plan, copies, timeout or rubric.timeout))
         # Everything this process will need is imported before the notebook's first cell may run.
         import safetensors.torch  # noqa: F401
 
         from grader import reference
-        from grader.score import score
+        from grader.score import GradedRun, score
 
-        run.release()  # computing the reference imports nothing more (a test checks)
-        ref = reference.gradients(rubric, released, defaults | {k: str(p) for k, p in data_files.items()})
+        for run in runs:
+            run.release()  # computing the references imports nothing more (a test checks)
+        refs = [reference.gradients(rubric, released, p | {k: str(f) for k, f in data_files.items()}) for p in settings]
     finally:
-        captured = run.wait()
-    return score(rubric, str(path), plan, captured, ref)
+        captured = [run.wait() for run in runs]
+    graded = [
+        GradedRun(label, tuple(k for k in p if p[k] != main[k]), plan, c, ref)
+        for label, p, plan, c, ref in zip(labels, settings, plans, captured, refs)
+    ]
+    return score(rubric, str(path), graded, published)

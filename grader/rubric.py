@@ -83,6 +83,8 @@ class Rubric:
     """Parameter name -> data file (in the data folder) the grader points that parameter at."""
     exercises: tuple[Exercise, ...]
     """The graded exercises, in notebook order."""
+    hidden_runs: tuple[dict[str, object], ...] = ()
+    """Parameter overrides of the re-runs a variable must also pass (the published defaults)."""
 
     @property
     def max_score(self) -> float:
@@ -146,6 +148,24 @@ def parse(raw: dict, path: Path) -> Rubric:
             skip_cells=tuple(raw.get("skip_cells", ())),
             data=dict(raw.get("data", {})),
             exercises=tuple(exercises),
+            hidden_runs=hidden_runs(raw, path),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise RubricError(f"{path}: malformed rubric ({type(e).__name__}: {e})") from e
+
+
+def hidden_runs(raw: dict, path: Path) -> tuple[dict[str, object], ...]:
+    """The `[[hidden_run]]` tables of a parsed TOML file: parameter overrides, one table per run."""
+    runs = raw.get("hidden_run", [])
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and r for r in runs):
+        raise RubricError(f"{path}: [[hidden_run]] must be tables of parameter values")
+    return tuple(dict(r) for r in runs)
+
+
+def load_hidden_runs(path: Path) -> tuple[dict[str, object], ...]:
+    """An instructor's own hidden runs, from a TOML file of `[[hidden_run]]` tables kept out of the release."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise RubricError(f"{path}: cannot read hidden runs ({e})") from None
+    return hidden_runs(raw, Path(path))

@@ -38,6 +38,8 @@ class VariableResult:
     """Points available."""
     message: str
     """What is wrong, for the student; empty when full points."""
+    runs: tuple[str, ...] = ()
+    """The status in each run: the notebook's own parameters first, then the hidden re-runs."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,18 @@ class ExerciseResult:
     """Points earned."""
     max_score: float
     """Points available."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """How one run of the notebook went (hidden runs name no parameter values)."""
+
+    label: str
+    """`the notebook's parameters` or `hidden run N`."""
+    status: str
+    """`graded`, or `failed` when it did not run to the end."""
+    error: str
+    """Why it failed, or empty."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,8 @@ class Report:
     """Per variable, in rubric order."""
     notes: tuple[str, ...]
     """What the grader changed in the notebook and which cells raised."""
+    runs: tuple[RunSummary, ...] = ()
+    """Each run: the notebook's parameters first, then the hidden re-runs."""
 
 
 def _span_errors(plan: Plan, captured: Captured, exercise: str) -> list[str]:
@@ -108,51 +124,116 @@ def _scan_flags(plan: Plan, ex: Exercise) -> dict[str, Flag]:
     return flags
 
 
-def score(rubric: Rubric, notebook: str, plan: Plan, captured: Captured,
-          reference: dict[str, torch.Tensor]) -> Report:
-    """Grade every variable of `rubric` from the values `captured` by running `plan`."""
+@dataclass(frozen=True)
+class GradedRun:
+    """One run of the notebook, with what is needed to grade it."""
+
+    label: str
+    """How the report names the run, e.g. `hidden run 2`; hidden values never appear in it."""
+    changed: tuple[str, ...]
+    """Names of the parameters that differ from the notebook's own run."""
+    plan: Plan
+    """What was run."""
+    captured: Captured
+    """What came back."""
+    reference: dict[str, torch.Tensor]
+    """The reference gradients for this run's parameters."""
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    status: str
+    exact: bool
+    approximate: bool
+    maxdiff: float | None
+    message: str
+
+    @property
+    def passed(self) -> bool:
+        return self.status in ("exact", "approximate")
+
+
+def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> _Verdict:
+    plan, captured = run.plan, run.captured
+    found = any(c.exercise == ex.id for c in plan.captures)
+    value = captured.values.get((ex.id, var.name), MISSING)
+    flag = flags.get(var.name) or (value if isinstance(value, Flag) else None)
+    if not captured.finished:
+        return _Verdict("error", False, False, None, f"{var.name}: the notebook did not run to the end ({captured.reason})")
+    if not found:
+        return _Verdict("missing", False, False, None,
+                        f"{var.name}: the notebook has no answer cell {ex.cell} (was it deleted, or its metadata lost?)")
+    if flag is not None:
+        return _Verdict(flag.status, False, False, None, f"{var.name}: {flag.reason}")
+    errors = _span_errors(plan, captured, ex.id)
+    if value is MISSING or value is UNCHANGED or (value is None and errors):
+        if errors:
+            return _Verdict("error", False, False, None, f"{var.name} was not computed: {errors[0]}")
+        if value is UNCHANGED:
+            return _Verdict("missing", False, False, None, f"{var.name} was not assigned in the {ex.cell} answer cell")
+        return _Verdict("missing", False, False, None, f"{var.name} is not defined")
+    c = compare(var.name, value, run.reference[var.of], var.tolerance)
+    return _Verdict(c.status, c.exact, c.approximate, c.maxdiff, c.message)
+
+
+def _hint(changed: tuple[str, ...], defaults: dict[str, object]) -> str:
+    """A guess at why an answer is right for the published parameters only (no hidden value in it)."""
+    guesses = []
+    if "batch_size" in changed and isinstance(defaults.get("batch_size"), int):
+        b = defaults["batch_size"]
+        guesses.append(f"a literal {b} or {b - 1} (use n, the batch size)")
+    if "n_hidden" in changed and isinstance(defaults.get("n_hidden"), int):
+        guesses.append(f"a literal {defaults['n_hidden']} (use the tensors' shapes)")
+    if "seed" in changed:
+        guesses.append("numbers copied from one run (compute them from the tensors)")
+    return f": is there {' or '.join(guesses)} in your code?" if guesses else ""
+
+
+def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[str, object]) -> Report:
+    """Grade every variable of `rubric`: it earns its points only if it passes in every run.
+
+    `runs[0]` is the run with the notebook's published parameters; the others are hidden re-runs.
+    `defaults` are the published parameters (for hints; never a hidden value).
+    """
+    main = runs[0]
     results: list[VariableResult] = []
     for ex in rubric.exercises:
-        found = any(c.exercise == ex.id for c in plan.captures)
-        errors = _span_errors(plan, captured, ex.id) if captured.finished and found else []
-        flags = _scan_flags(plan, ex)
+        flags = _scan_flags(main.plan, ex)
         for var in ex.variables:
-            value = captured.values.get((ex.id, var.name), MISSING)
-            flag = flags.get(var.name) or (value if isinstance(value, Flag) else None)
-            if not captured.finished:
-                status, exact, approx, maxdiff, message = "error", False, False, None, "the notebook did not run to the end"
-            elif not found:
-                status, exact, approx, maxdiff = "missing", False, False, None
-                message = f"{var.name}: the notebook has no answer cell {ex.cell} (was it deleted, or its metadata lost?)"
-            elif flag is not None:
-                status, exact, approx, maxdiff, message = flag.status, False, False, None, f"{var.name}: {flag.reason}"
-            elif value is MISSING or value is UNCHANGED or (value is None and errors):
-                if errors:
-                    status, message = "error", f"{var.name} was not computed: {errors[0]}"
-                elif value is UNCHANGED:
-                    status, message = "missing", f"{var.name} was not assigned in the {ex.cell} answer cell"
+            verdicts = [_verdict(ex, var, run, flags) for run in runs]
+            first = verdicts[0]
+            failing = next(((run, v) for run, v in zip(runs[1:], verdicts[1:]) if not v.passed), None)
+            status, message = first.status, first.message
+            if first.passed and failing is not None:
+                run, v = failing
+                status = v.status
+                if run.captured.finished:
+                    what = v.message.split(": ", 1)[-1] if v.status in ("wrong", "shape", "dtype", "not_finite") else v.status
+                    message = (f"{var.name} is right with the notebook's parameters but not in {run.label} "
+                               f"(other {', '.join(run.changed)}; {what}){_hint(run.changed, defaults)}")
                 else:
-                    status, message = "missing", f"{var.name} is not defined"
-                exact = approx = False
-                maxdiff = None
-            else:
-                c = compare(var.name, value, reference[var.of], var.tolerance)
-                status, exact, approx, maxdiff, message = c.status, c.exact, c.approximate, c.maxdiff, c.message
-            earned = var.points if status in ("exact", "approximate") else 0.0
-            results.append(VariableResult(ex.id, var.name, var.of, status, exact, approx, maxdiff, earned, var.points, message))
+                    message = f"{var.name} is right with the notebook's parameters but {run.label} did not finish: {run.captured.reason}"
+            passed = all(v.passed for v in verdicts)
+            results.append(VariableResult(
+                ex.id, var.name, var.of, status, first.exact, first.approximate, first.maxdiff,
+                var.points if passed else 0.0, var.points, "" if passed else message,
+                runs=tuple(v.status for v in verdicts),
+            ))
     exercises = tuple(
         ExerciseResult(ex.id, sum(r.points for r in results if r.exercise == ex.id), ex.max_score)
         for ex in rubric.exercises
     )
-    notes = plan.notes + tuple(f"{o.label} raised {o.error}" for o in captured.cells if o.error)
+    notes = main.plan.notes + tuple(f"{o.label} raised {o.error}" for o in main.captured.cells if o.error)
+    notes += tuple(f"{run.label} did not finish: {run.captured.reason}" for run in runs[1:] if not run.captured.finished)
     return Report(
         assignment=rubric.assignment,
         notebook=notebook,
-        status="graded" if captured.finished else "failed",
-        error=captured.reason,
+        status="graded" if main.captured.finished else "failed",
+        error=main.captured.reason,
         score=sum(e.score for e in exercises),
         max_score=rubric.max_score,
         exercises=exercises,
         variables=tuple(results),
         notes=notes,
+        runs=tuple(RunSummary(run.label, "graded" if run.captured.finished else "failed", run.captured.reason) for run in runs),
     )

@@ -37,9 +37,11 @@ def test_untouched_release_earns_zero_with_every_variable_missing():
     assert report["status"] == "graded" and report["error"] == "" and report["score"] == 0
     assert len(report["variables"]) == 28
     assert {v["status"] for v in report["variables"]} == {"missing"}
-    assert set(report) == {"assignment", "notebook", "status", "error", "score", "max_score", "exercises", "variables", "notes"}
+    assert set(report) == {"assignment", "notebook", "status", "error", "score", "max_score", "exercises", "variables",
+                           "notes", "runs"}
     assert set(report["variables"][0]) == {"exercise", "name", "of", "status", "exact", "approximate", "maxdiff",
-                                           "points", "max_points", "message"}
+                                           "points", "max_points", "message", "runs"}
+    assert [r["label"] for r in report["runs"]] == ["the notebook's parameters", "hidden run 1", "hidden run 2"]
 
 
 def test_release_is_what_the_solution_produces():
