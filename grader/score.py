@@ -208,7 +208,7 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                 run, v = failing
                 status = v.status
                 if run.captured.finished:
-                    what = v.message.split(": ", 1)[-1] if v.status in ("wrong", "shape", "dtype", "not_finite") else v.status
+                    what = v.message.removeprefix(f"{var.name}: ").removeprefix(f"{var.name} ")
                     message = (f"{var.name} is right with the notebook's parameters but not in {run.label} "
                                f"(other {', '.join(run.changed)}; {what}){_hint(run.changed, defaults)}")
                 else:

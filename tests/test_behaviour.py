@@ -21,7 +21,7 @@ EX1 = ("d_logprobs d_probs d_counts_sum_inv d_counts_sum d_counts d_norm_logits 
 ALL = [("ex1", v) for v in EX1] + [("ex2", "d_logits"), ("ex3", "d_hprebn")]
 
 
-def ex1(status: str, names: list[str] | None = None, start: str | None = None) -> dict:
+def ex1(status: str | tuple[str, ...], names: list[str] | None = None, start: str | None = None) -> dict:
     chosen = names if names is not None else EX1[EX1.index(start):] if start else EX1
     return {("ex1", v): status for v in chosen}
 
@@ -69,6 +69,11 @@ CASES: dict[str, tuple[str, dict]] = {
     # ex2 answered by updating Exercise 1's d_logits in place: that is an answer of its own
     "in_place_answer": ("graded", {}),
     "dies_by_signal": ("failed", dict.fromkeys(ALL, "error")),  # os.kill(os.getpid(), 40) in ex3
+    # 1/31 in d_bndiff2 and /32 in Exercise 2: right for the published batch size, wrong for the hidden one
+    "hardcoded_batch": ("graded", ex1("wrong", ["d_bndiff2", "d_bndiff", "d_hprebn", "d_embcat", "d_W1", "d_emb", "d_C"])
+                        | {("ex2", "d_logits"): "wrong"}),
+    # a correct Exercise 1 pasted in as numbers: right for the published run only
+    "copied_numbers": ("graded", ex1(("wrong", "shape")) | {("ex3", "d_hprebn"): "error"}),  # ex3 uses the pasted d_hpreact
     # the first eight gradients written, the rest still stubs
     "half_done": ("graded", ex1("missing", start="d_h") | {("ex2", "d_logits"): "missing", ("ex3", "d_hprebn"): "missing"}),
 }
@@ -90,7 +95,7 @@ def test_behaviour_notebook(name: str) -> None:
         if want == "pass":
             assert v.status in ("exact", "approximate") and v.points == v.max_points, (key, v)
         else:
-            assert v.status == want and v.points == 0, (key, v)
+            assert v.status in (want if isinstance(want, tuple) else (want,)) and v.points == 0, (key, v)
         assert (v.message == "") == (v.status in ("exact", "approximate")), (key, v)
         if v.status == "autograd_used":
             assert "autograd is not allowed in this exercise" in v.message
@@ -135,3 +140,12 @@ def test_processes_the_notebook_started_do_not_outlive_it(tmp_path):
     assert report.score == report.max_score
     left = subprocess.run(["pgrep", "-f", "sleep 313"], capture_output=True, text=True).stdout
     assert left == ""
+
+
+def test_a_hard_coded_batch_size_is_named_without_the_hidden_value():
+    report = grade_notebook(NOTEBOOKS / "hardcoded_batch.ipynb")
+    d_bndiff2 = next(v for v in report.variables if v.name == "d_bndiff2")
+    assert d_bndiff2.runs == ("exact", "wrong", "wrong") or d_bndiff2.runs[0] == "exact"
+    assert d_bndiff2.message.startswith("d_bndiff2 is right with the notebook's parameters but not in hidden run")
+    assert d_bndiff2.message.endswith("is there a literal 32 or 31 (use n, the batch size) in your code?")
+    assert "19" not in d_bndiff2.message
