@@ -146,29 +146,70 @@ def main(plan_path: str) -> int:
         copy = before[1]
         return isinstance(copy, torch.Tensor) and copy.shape == value.shape and bool(torch.equal(copy, value.detach()))
 
+    def record(key: str, value: object, numbers: bool = False) -> None:
+        """Store one value for the grader: a plain tensor, or a word on what it was instead."""
+        if value is absent:
+            values[key] = "absent"
+        elif value is None:
+            values[key] = "none"
+        elif numbers and type(value) in (int, float):
+            tensors[key] = torch.tensor(float(value), dtype=torch.float64)
+            values[key] = "tensor"
+        elif type(value) is torch.Tensor and value.layout == torch.strided and value.device.type == "cpu":
+            # clone: safetensors refuses tensors that share storage (d_emb is a view of d_embcat)
+            tensors[key] = value.detach().clone().contiguous()
+            # answers are computed with grad mode off: a graph behind one means autograd was switched back on
+            values[key] = "tensor+graph" if value.grad_fn is not None else "tensor"
+        elif isinstance(value, torch.Tensor) and type(value) is not torch.Tensor:
+            values[key] = f"other:a subclass of torch.Tensor ({type(value).__name__})"
+        elif isinstance(value, torch.Tensor):
+            values[key] = f"other:a {value.layout} tensor on {value.device}"
+        else:
+            values[key] = "other:" + _describe(value)
+
     def capture(cap: dict) -> None:
         start_values = baselines.get(cap["exercise"], {})
         for name in cap["variables"]:
             value = ns.get(name, absent)
             key = f"{cap['exercise']}/{name}"
-            if value is absent:
-                values[key] = "absent"
-            elif unchanged(value, start_values.get(name)):
+            if unchanged(value, start_values.get(name)):
                 # the very tensor there was before the answer cell: another exercise's answer, not this one's
                 values[key] = "unchanged"
-            elif value is None:
-                values[key] = "none"
-            elif type(value) is torch.Tensor and value.layout == torch.strided and value.device.type == "cpu":
-                # clone: safetensors refuses tensors that share storage (d_emb is a view of d_embcat)
-                tensors[key] = value.detach().clone().contiguous()
-                # answers are computed with grad mode off: a graph behind one means autograd was switched back on
-                values[key] = "tensor+graph" if value.grad_fn is not None else "tensor"
-            elif isinstance(value, torch.Tensor) and type(value) is not torch.Tensor:
-                values[key] = f"other:a subclass of torch.Tensor ({type(value).__name__})"
-            elif isinstance(value, torch.Tensor):
-                values[key] = f"other:a {value.layout} tensor on {value.device}"
             else:
-                values[key] = "other:" + _describe(value)
+                record(key, value, numbers=cap["function"] is not None)
+
+    counters: dict[str, list[int]] = {}
+
+    def install_recorder(cap: dict) -> None:
+        """Wrap the answer's function so that the calls the grader grades are recorded."""
+        exercise, name = cap["exercise"], cap["function"]
+        fn = ns.get(name)
+        if not callable(fn) or getattr(fn, "_grader_recorder", False):
+            return
+        counter = counters.setdefault(exercise, [0])
+
+        def recorder(*args, **kwargs):
+            call = counter[0]
+            counter[0] += 1
+            try:
+                with guard:  # the student's code, even when a locked cell calls it
+                    out = fn(*args, **kwargs)
+            except BaseException as exc:
+                if call in cap["calls"]:
+                    values[f"{exercise}/{call}/!error"] = "error:" + _error_line(exc)
+                raise
+            if call in cap["calls"]:
+                for j, arg in enumerate(args):
+                    record(f"{exercise}/{call}/arg{j}", arg)
+                for j, weight in enumerate(ns.get(cap["wrt"]) or []):
+                    record(f"{exercise}/{call}/param{j}", weight)
+                outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+                for j, returned in enumerate(cap["returns"]):
+                    record(f"{exercise}/{call}/{returned}", outs[j] if j < len(outs) else absent)
+            return out
+
+        recorder._grader_recorder = True
+        ns[name] = recorder
 
     # Wait for the grader's go before running any student code: the grader finishes importing what it
     # needs first, so nothing a notebook writes to disk can end up imported by the grader afterwards.
@@ -184,6 +225,9 @@ def main(plan_path: str) -> int:
                 baselines[cap["exercise"]] = {n: snapshot(ns[n]) for n in cap["variables"] if n in ns}
         if position == len(cells):
             break
+        for cap in plan["captures"]:
+            if cap["function"] and position > cap["start"]:
+                install_recorder(cap)
         cell = cells[position]
         progress.write(f"{position}\n")
         progress.flush()

@@ -50,7 +50,7 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: 
         unknown = set(overrides) - set(published)
         if unknown:
             raise RubricError(f"{rubric.assignment} has no parameters {sorted(unknown)} (it has {sorted(published)})")
-    main = published | (parameters or {})
+    main = published | (rubric.grading_parameters or {}) | (parameters or {})
     settings = [main] + [main | h for h in hidden]
     labels = ["the notebook's parameters"] + [f"hidden run {i}" for i in range(1, len(settings))]
     data_files = {name: assets.data_dir() / file for name, file in rubric.data.items()}
@@ -74,8 +74,36 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: 
         refs = [reference.gradients(rubric, released, p | {k: str(f) for k, f in data_files.items()}) for p in settings]
     finally:
         captured = [run.wait() for run in runs]
+    for p, c, ref in zip(settings, captured, refs):
+        ref.update(_replayed_calls(rubric, p | {k: str(f) for k, f in data_files.items()}, c))
     graded = [
         GradedRun(label, tuple(k for k in p if p[k] != main[k]), plan, c, ref)
         for label, p, plan, c, ref in zip(labels, settings, plans, captured, refs)
     ]
     return score(rubric, str(path), graded, published)
+
+
+def _replayed_calls(rubric: rubrics.Rubric, params: dict[str, object], captured) -> dict[str, object]:
+    """Autograd's answers to the recorded calls of function exercises: `<exercise>@<call>` -> gradients."""
+    from grader import reference
+
+    out: dict[str, object] = {}
+    for ex in rubric.exercises:
+        if ex.function is None or not captured.finished:
+            continue
+        calls = {}
+        for call in ex.function.calls:
+            args = _numbered(captured.values, ex.id, f"{call}/arg")
+            weights = _numbered(captured.values, ex.id, f"{call}/param")
+            if args or weights:
+                calls[call] = (args, weights)
+        for call, grads in reference.call_gradients(rubric, ex, params, calls).items():
+            out[f"{ex.id}@{call}"] = grads
+    return out
+
+
+def _numbered(values: dict, exercise: str, prefix: str) -> list:
+    found = []
+    while (exercise, f"{prefix}{len(found)}") in values:
+        found.append(values[(exercise, f"{prefix}{len(found)}")])
+    return found

@@ -44,6 +44,14 @@ class Capture:
     """Plan position of the exercise's answer cell; values not (re)assigned since then don't count."""
     before: int
     """Capture just before running the cell at this plan position (`len(cells)`: at the end)."""
+    function: str | None = None
+    """For an answer that is a function: its name; its calls are recorded from the answer cell on."""
+    calls: tuple[int, ...] = ()
+    """Which calls to record (0 = the first)."""
+    returns: tuple[str, ...] = ()
+    """Names for the values a recorded call returns, in order."""
+    wrt: str | None = None
+    """Name of the list of tensors whose values are recorded with each call (the weights at that step)."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +192,7 @@ def plan(student: nbformat.NotebookNode, released: nbformat.NotebookNode, rubric
     if PARAMS not in gids:
         # No tagged cell: inject right before the first cell that uses the parameters, so that an
         # untagged cell of the student's own setting them cannot override them.
-        at = min((gids.index(g) for g in rubric.reference_cells if g in gids), default=0)
+        at = min((gids.index(g) for g in rubric.setup_cells + rubric.reference_cells if g in gids), default=0)
         cells.insert(at, PlannedCell("injected parameters", injected_source(params), no_grad=False))
         gids.insert(at, PARAMS)
         notes.append("no cell is tagged `parameters`: the grader's parameters were set before the setup cell")
@@ -197,7 +205,15 @@ def plan(student: nbformat.NotebookNode, released: nbformat.NotebookNode, rubric
             continue
         start = gids.index(ex.cell)
         later = [p for p in starts if p > start]
-        captures.append(Capture(ex.id, tuple(v.name for v in ex.variables), start, later[0] if later else len(cells)))
+        before = later[0] if later else len(cells)
+        f = ex.function
+        if f is None:
+            captures.append(Capture(ex.id, tuple(v.name for v in ex.variables), start, before))
+        else:
+            # the training loop that calls the function comes after the answer cell: capture at the end
+            result = (f.training.result.name,) if f.training else ()
+            captures.append(Capture(ex.id, result, start, len(cells), function=f.name, calls=f.calls,
+                                    returns=tuple(v.name for v in ex.variables), wrt=f.wrt))
     return Plan(tuple(cells), tuple(captures), tuple(notes))
 
 

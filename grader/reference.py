@@ -1,9 +1,10 @@
-"""The reference gradients, computed by the grader itself with autograd.
+"""The reference, computed by the grader itself with autograd.
 
-Runs the released notebook's own setup and forward cells (trusted code, never the student's) with the
-same parameters as the graded run, then asks autograd for the gradient of the loss with respect to
-every tensor a graded variable is the gradient of. Results are cached per parameter set, so grading
-many notebooks pays for the reference once.
+Runs the released notebook's own cells (trusted code, never the student's) with the same parameters
+as the graded run and asks autograd for the gradients. The setup cells (the data set) run once per
+value of the rubric's `setup_parameters` and are shared by all runs. For an answer that is a function,
+the grader replays each recorded call with autograd: the released forward pass, at the weights and on
+the batch of that very call.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from pathlib import Path
 import nbformat
 import torch
 
+from grader import notebook, rubric as rubrics
 from grader.errors import GraderError, RubricError
 from grader.notebook import grade_id, injected_source
-from grader.rubric import Rubric
+from grader.rubric import Exercise, Rubric
 
 # The reference cells use process-wide state (the `random` module's seed, stdout): one run at a time.
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
 
 
 def _check_kernels() -> None:
@@ -34,36 +36,119 @@ def _check_kernels() -> None:
         )
 
 
-def gradients(rubric: Rubric, released: nbformat.NotebookNode, params: dict[str, object]) -> dict[str, torch.Tensor]:
-    """Reference gradient of `rubric.loss` for every graded tensor (forward name -> gradient)."""
-    sources = {grade_id(c): c.source for c in released.cells if c.cell_type == "code"}
-    missing = [gid for gid in rubric.reference_cells if gid not in sources]
+def _sources(rubric: Rubric) -> dict[str, str]:
+    released = notebook.read(rubric.released)
+    return {grade_id(c): c.source for c in released.cells if c.cell_type == "code" and grade_id(c)}
+
+
+def _run(ns: dict, sources: dict[str, str], cells: tuple[str, ...], where: str) -> None:
+    missing = [gid for gid in cells if gid not in sources]
     if missing:
-        raise RubricError(f"{rubric.released}: no cells with grade_id {missing}")
-    code = (injected_source(params),) + tuple(sources[gid] for gid in rubric.reference_cells)
-    wanted = tuple(sorted({v.of for ex in rubric.exercises for v in ex.variables}))
+        raise RubricError(f"{where}: no cells with grade_id {missing}")
+    with torch.enable_grad(), contextlib.redirect_stdout(io.StringIO()):
+        for gid in cells:
+            exec(compile(sources[gid], f"<{Path(where).name} reference cell {gid}>", "exec"), ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _after_setup(assignment: str, setup_params: tuple) -> dict:
+    """The namespace after the setup cells (shared: callers copy it, never change it)."""
+    _check_kernels()
+    rubric = rubrics.load(assignment)
+    ns: dict = {"__name__": "__reference__"}
+    exec(injected_source(dict(setup_params)), ns)
+    _run(ns, _sources(rubric), rubric.setup_cells, str(rubric.released))
+    return ns
+
+
+def _namespace(rubric: Rubric, params: dict[str, object], cells: tuple[str, ...]) -> dict:
+    """A fresh namespace: the shared setup, then the parameters and `cells`."""
+    base = _after_setup(rubric.assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
+    ns = dict(base)
+    exec(injected_source(params), ns)
+    _run(ns, _sources(rubric), cells, str(rubric.released))
+    return ns
+
+
+def gradients(rubric: Rubric, released: nbformat.NotebookNode, params: dict[str, object]) -> dict[str, object]:
+    """Reference of every graded variable of the plain exercises (forward name -> gradient), and of
+    the training runs of function exercises (`<exercise>:<result>` -> a float64 scalar)."""
     with _LOCK:
-        return dict(_compute(code, rubric.loss, wanted, str(rubric.released)))
+        return dict(_gradients(rubric.assignment, tuple(params.items())))
 
 
 @functools.lru_cache(maxsize=16)
-def _compute(code: tuple[str, ...], loss_name: str, wanted: tuple[str, ...], where: str) -> tuple[tuple[str, torch.Tensor], ...]:
-    _check_kernels()
-    ns: dict[str, object] = {"__name__": "__reference__"}
-    with torch.enable_grad(), contextlib.redirect_stdout(io.StringIO()):
-        for i, source in enumerate(code):
-            exec(compile(source, f"<{Path(where).name} reference cell {i}>", "exec"), ns)
+def _gradients(assignment: str, params_items: tuple) -> tuple[tuple[str, object], ...]:
+    rubric = rubrics.load(assignment)
+    params = dict(params_items)
+    where = str(rubric.released)
+    out: list[tuple[str, object]] = []
+    plain = [ex for ex in rubric.exercises if ex.function is None]
+    if plain:
+        ns = _namespace(rubric, params, rubric.reference_cells)
+        wanted = sorted({v.of for ex in plain for v in ex.variables})
         tensors = {name: ns.get(name) for name in wanted}
         absent = [name for name, t in tensors.items() if not isinstance(t, torch.Tensor)]
-        if absent or not isinstance(ns.get(loss_name), torch.Tensor):
-            raise RubricError(f"{where}: the reference cells do not define {absent or [loss_name]}")
-        for t in tensors.values():
-            if t.requires_grad and not t.is_leaf:
-                t.retain_grad()
-        ns[loss_name].backward()
-    grads = []
-    for name, t in tensors.items():
-        if t.grad is None:
-            raise RubricError(f"{where}: {name} gets no gradient from {loss_name}")
-        grads.append((name, t.grad.detach().clone()))
-    return tuple(grads)
+        if absent or not isinstance(ns.get(rubric.loss), torch.Tensor):
+            raise RubricError(f"{where}: the reference cells do not define {absent or [rubric.loss]}")
+        with torch.enable_grad():
+            for t in tensors.values():
+                if t.requires_grad and not t.is_leaf:
+                    t.retain_grad()
+            ns[rubric.loss].backward()
+        for name, t in tensors.items():
+            if t.grad is None:
+                raise RubricError(f"{where}: {name} gets no gradient from {rubric.loss}")
+            out.append((name, t.grad.detach().clone()))
+    for ex in rubric.exercises:
+        if ex.function is not None and ex.function.training is not None:
+            out.append((f"{ex.id}:{ex.function.training.result.name}", _training(rubric, ex, params)))
+    return tuple(out)
+
+
+def _training(rubric: Rubric, ex: Exercise, params: dict[str, object]) -> torch.Tensor:
+    """The training run of a function exercise, with autograd standing in for the student's function."""
+    f = ex.function
+    ns = _namespace(rubric, params, f.reference_cells)
+
+    def with_autograd(Xb, Yb, *rest):
+        with torch.enable_grad():
+            loss = ns[f.forward](Xb, Yb)[0]
+            return torch.autograd.grad(loss, ns[f.wrt])
+
+    ns[f.name] = with_autograd
+    _run(ns, _sources(rubric), f.training.cells, str(rubric.released))
+    result = ns[f.training.result.name]
+    if isinstance(result, torch.Tensor):
+        return result.detach().clone()
+    return torch.tensor(float(result), dtype=torch.float64)  # the child sends plain numbers the same way
+
+
+def call_gradients(rubric: Rubric, ex: Exercise, params: dict[str, object],
+                   calls: dict[int, tuple[list, list]]) -> dict[int, tuple[torch.Tensor, ...] | str]:
+    """For each recorded call (inputs, weights at that step): autograd's gradients, or why it cannot replay."""
+    f = ex.function
+    out: dict[int, tuple[torch.Tensor, ...] | str] = {}
+    with _LOCK:
+        ns = _namespace(rubric, params, f.reference_cells)
+        weights = list(ns[f.wrt])
+        homes = [[k for k, v in ns.items() if v is w] for w in weights]  # the globals the forward pass reads
+        for call, (args, recorded) in calls.items():
+            if len(args) < 2 or len(recorded) != len(weights) or any(
+                    not isinstance(r, torch.Tensor) or r.shape != w.shape or r.dtype != w.dtype
+                    for r, w in zip(recorded, weights)):
+                out[call] = "the recorded weights or batch do not fit the network"
+                continue
+            leaves = [r.detach().clone().requires_grad_(True) for r in recorded]
+            for names, leaf in zip(homes, leaves):
+                for name in names:
+                    ns[name] = leaf
+            try:
+                with torch.enable_grad():
+                    loss = ns[f.forward](args[0], args[1])[0]
+                    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            except Exception as e:  # a batch that does not index the embedding, say
+                out[call] = f"the recorded batch cannot be replayed ({type(e).__name__})"
+                continue
+            out[call] = tuple(torch.zeros_like(l) if g is None else g.detach() for g, l in zip(grads, leaves))
+    return out

@@ -45,6 +45,34 @@ class Variable:
 
 
 @dataclass(frozen=True)
+class Training:
+    """A short training run graded by its result against the same run with autograd."""
+
+    cells: tuple[str, ...]
+    """grade_ids of the released cells that train and evaluate."""
+    result: Variable
+    """The number they leave behind (e.g. `train_loss`), with its points and tolerance."""
+
+
+@dataclass(frozen=True)
+class Function:
+    """An answer that is a function, graded on the calls the notebook makes to it."""
+
+    name: str
+    """The function the answer cell defines, e.g. `backward`."""
+    forward: str
+    """Released function `(Xb, Yb) -> (loss, ...)` whose gradients the answer must return."""
+    wrt: str
+    """Name of the list of tensors the gradients are of, in the order they are returned."""
+    reference_cells: tuple[str, ...]
+    """Released cells (after the setup cells) that define `forward` and `wrt`."""
+    calls: tuple[int, ...]
+    """Which calls (0 = the first) are graded."""
+    training: Training | None
+    """The training run to grade too, if any."""
+
+
+@dataclass(frozen=True)
 class Exercise:
     """One exercise: an answer cell and the variables it must produce."""
 
@@ -53,12 +81,15 @@ class Exercise:
     cell: str
     """nbgrader `grade_id` of the answer cell."""
     variables: tuple[Variable, ...]
-    """The variables graded, in the order the report lists them."""
+    """The variables graded, in the order the report lists them (for a function: what it returns)."""
+    function: Function | None = None
+    """Set when the answer is a function the notebook calls."""
 
     @property
     def max_score(self) -> float:
         """Points available in this exercise."""
-        return sum(v.points for v in self.variables)
+        training = self.function.training if self.function else None
+        return sum(v.points for v in self.variables) + (training.result.points if training else 0.0)
 
 
 @dataclass(frozen=True)
@@ -73,6 +104,10 @@ class Rubric:
     """Default wall-clock limit in seconds for running a submission."""
     loss: str
     """Name of the scalar the gradients are of."""
+    setup_cells: tuple[str, ...]
+    """grade_ids of the released cells that build the data; run once per `setup_parameters` values."""
+    setup_parameters: tuple[str, ...]
+    """The only parameters the setup cells read."""
     reference_cells: tuple[str, ...]
     """grade_ids of the released cells the grader runs itself (with autograd) for the reference."""
     no_grad_cells: tuple[str, ...]
@@ -85,6 +120,8 @@ class Rubric:
     """The graded exercises, in notebook order."""
     hidden_runs: tuple[dict[str, object], ...] = ()
     """Parameter overrides of the re-runs a variable must also pass (the published defaults)."""
+    grading_parameters: dict[str, object] | None = None
+    """Parameters the grader always sets (e.g. a short training run)."""
 
     @property
     def max_score(self) -> float:
@@ -131,7 +168,20 @@ def parse(raw: dict, path: Path) -> Rubric:
                         ),
                     )
                 )
-            exercises.append(Exercise(id=ex["id"], cell=ex.get("cell", ex["id"]), variables=tuple(variables)))
+            function = None
+            if "function" in ex:
+                training = None
+                if "training" in ex:
+                    t = ex["training"]
+                    result = Variable(name=t["result"], of=t["result"], points=float(t.get("points", 1)),
+                                      tolerance=Tolerance(rtol=float(t.get("rtol", default_tol.rtol)),
+                                                          atol=float(t.get("atol", 0.0))))
+                    training = Training(cells=tuple(t["cells"]), result=result)
+                function = Function(name=ex["function"], forward=ex["forward"], wrt=ex["wrt"],
+                                    reference_cells=tuple(ex["reference_cells"]),
+                                    calls=tuple(int(c) for c in ex["calls"]), training=training)
+            exercises.append(Exercise(id=ex["id"], cell=ex.get("cell", ex["id"]), variables=tuple(variables),
+                                      function=function))
         unknown = set(overrides) - {v.name for e in exercises for v in e.variables}
         if unknown:
             raise RubricError(f"{path}: [variable] entries for ungraded names: {sorted(unknown)}")
@@ -143,12 +193,15 @@ def parse(raw: dict, path: Path) -> Rubric:
             released=released,
             timeout=float(raw.get("timeout", DEFAULT_TIMEOUT)),
             loss=raw["loss"],
+            setup_cells=tuple(raw.get("setup_cells", ())),
+            setup_parameters=tuple(raw.get("setup_parameters", ())),
             reference_cells=tuple(raw["reference_cells"]),
             no_grad_cells=tuple(raw.get("no_grad_cells", ())),
             skip_cells=tuple(raw.get("skip_cells", ())),
             data=dict(raw.get("data", {})),
             exercises=tuple(exercises),
             hidden_runs=hidden_runs(raw, path),
+            grading_parameters=dict(raw.get("grading_parameters", {})),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise RubricError(f"{path}: malformed rubric ({type(e).__name__}: {e})") from e

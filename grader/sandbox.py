@@ -22,7 +22,7 @@ from pathlib import Path
 
 from grader.errors import SandboxError
 from grader.notebook import Plan, describe_cell
-from grader.values import MISSING, UNCHANGED, Flag, NotTensor
+from grader.values import MISSING, UNCHANGED, Flag, NotTensor, Raised
 
 MAX_RESULT_BYTES = 256 * 2**20
 """Largest result file read back; also the cap on any file the child writes (RLIMIT_FSIZE)."""
@@ -218,24 +218,29 @@ class Run:
             return self._unfinished(f"the notebook's results could not be read ({type(e).__name__})", seconds, output)
 
         values: dict[tuple[str, str], object] = {}
-        for cap in self.plan.captures:
-            for name in cap.variables:
-                key = f"{cap.exercise}/{name}"
-                kind = kinds.get(key, "absent")
-                tensor = tensors.get(key)
-                if kind == "tensor" and type(tensor) is torch.Tensor and tensor.device.type == "cpu":
-                    value: object = tensor
-                elif kind == "tensor+graph":
-                    value = Flag("suspicious", "it carries an autograd graph: grad mode was switched back on in the answer")
-                elif kind == "none":
-                    value = None
-                elif kind == "unchanged":
-                    value = UNCHANGED
-                elif isinstance(kind, str) and kind.startswith("other:"):
-                    value = NotTensor(kind.removeprefix("other:")[:200])
-                else:
-                    value = MISSING
-                values[(cap.exercise, name)] = value
+        exercises = {cap.exercise for cap in self.plan.captures}
+        for key, kind in list(kinds.items())[:100_000]:
+            exercise, _, name = str(key).partition("/")
+            if exercise not in exercises or not name:
+                continue
+            tensor = tensors.get(key)
+            if kind in ("tensor", "tensor+graph") and not (type(tensor) is torch.Tensor and tensor.device.type == "cpu"):
+                value: object = MISSING
+            elif kind == "tensor":
+                value = tensor
+            elif kind == "tensor+graph":
+                value = Flag("suspicious", "it carries an autograd graph: grad mode was switched back on in the answer")
+            elif kind == "none":
+                value = None
+            elif kind == "unchanged":
+                value = UNCHANGED
+            elif isinstance(kind, str) and kind.startswith("other:"):
+                value = NotTensor(kind.removeprefix("other:")[:200])
+            elif isinstance(kind, str) and kind.startswith("error:"):
+                value = Raised(kind.removeprefix("error:")[:500])
+            else:
+                value = MISSING
+            values[(exercise, name)] = value
         outcomes = tuple(
             CellOutcome(c.label, str(o.get("error", ""))[:500] if isinstance(o, dict) else "")
             for c, o in zip(self.plan.cells, cells)

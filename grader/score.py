@@ -11,7 +11,7 @@ from grader.notebook import Plan
 from grader.rubric import Exercise, Rubric
 from grader.sandbox import Captured
 from grader.scan import scan
-from grader.values import MISSING, UNCHANGED, Flag
+from grader.values import MISSING, UNCHANGED, Flag, Raised
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,8 @@ def _scan_flags(plan: Plan, ex: Exercise) -> dict[str, Flag]:
         return {}
     cell = plan.cells[cap.start]
     names = [v.name for v in ex.variables]
+    if ex.function is not None and ex.function.training is not None:
+        names.append(ex.function.training.result.name)
     flags: dict[str, Flag] = {}
     # Tricks that hide code (exec, computed getattr, private torch APIs) count wherever the student put
     # them; plain autograd use counts in the answer cell (a scratch cell may print a .grad; at run time
@@ -136,8 +138,8 @@ class GradedRun:
     """What was run."""
     captured: Captured
     """What came back."""
-    reference: dict[str, torch.Tensor]
-    """The reference gradients for this run's parameters."""
+    reference: dict[str, object]
+    """The reference for this run's parameters: gradients by forward name, `<ex>@<call>` tuples, `<ex>:<result>`."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,65 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> _Verd
     return _Verdict(c.status, c.exact, c.approximate, c.maxdiff, c.message)
 
 
+def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str, Flag]) -> _Verdict:
+    """A value the answer's function returned: right at every recorded call, or the first call it is not."""
+    captured = run.captured
+    if not captured.finished or not any(c.exercise == ex.id for c in run.plan.captures):
+        return _verdict(ex, var, run, flags)
+    flag = flags.get(var.name)
+    if flag is not None:
+        return _Verdict(flag.status, False, False, None, f"{var.name}: {flag.reason}")
+    fn = ex.function.name
+    verdicts = []
+    for call in ex.function.calls:
+        step = "the first step" if call == 0 else f"step {call + 1}, after the weights moved"
+        raised = captured.values.get((ex.id, f"{call}/!error"))
+        value = captured.values.get((ex.id, f"{call}/{var.name}"), MISSING)
+        ref = run.reference.get(f"{ex.id}@{call}")
+        if isinstance(raised, Raised):
+            v = _Verdict("error", False, False, None, f"{var.name}: {fn}() raised {raised.error} at {step}")
+        elif value is MISSING:
+            errors = _span_errors(run.plan, captured, ex.id)
+            why = f": {errors[0]}" if errors else ""
+            v = _Verdict("missing", False, False, None, f"{var.name}: {fn}() was not called {call + 1} times{why}")
+        elif isinstance(value, Flag):
+            v = _Verdict(value.status, False, False, None, f"{var.name}: {value.reason}")
+        elif isinstance(ref, str) or ref is None:
+            v = _Verdict("error", False, False, None, f"{var.name}: at {step}, {ref or 'no reference'}")
+        else:
+            c = compare(var.name, value, ref[j], var.tolerance)
+            message = c.message
+            if not c.passed and len(verdicts) and verdicts[0].passed:
+                message = f"{var.name} is right at the first step but not at {step}: {c.message.removeprefix(var.name + ': ')}"
+            elif not c.passed:
+                message = f"{c.message} (at {step})"
+            v = _Verdict(c.status, c.exact, c.approximate, c.maxdiff, message)
+        verdicts.append(v)
+        if not v.passed:
+            return v
+    return verdicts[0]
+
+
+def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> _Verdict:
+    result = ex.function.training.result
+    if result.name in flags and run.captured.finished:
+        return _Verdict(flags[result.name].status, False, False, None, f"{result.name}: {flags[result.name].reason}")
+    if not run.captured.finished:
+        return _Verdict("error", False, False, None, f"{result.name}: the notebook did not run to the end ({run.captured.reason})")
+    value = run.captured.values.get((ex.id, result.name), MISSING)
+    errors = _span_errors(run.plan, run.captured, ex.id) if any(c.exercise == ex.id for c in run.plan.captures) else []
+    if errors:  # the training stopped early: its loss says nothing
+        return _Verdict("error", False, False, None, f"{result.name}: the training did not run to the end: {errors[0]}")
+    if value is MISSING:
+        return _Verdict("missing", False, False, None, f"{result.name} was not computed")
+    c = compare(result.name, value, run.reference[f"{ex.id}:{result.name}"], result.tolerance)
+    message = c.message
+    if c.status == "wrong":
+        message = (f"{result.name}: the loss after the short training run is off by {c.maxdiff:.3g} from a run "
+                   "with autograd's gradients")
+    return _Verdict(c.status, c.exact, c.approximate, c.maxdiff, message)
+
+
 def _hint(changed: tuple[str, ...], defaults: dict[str, object]) -> str:
     """A guess at why an answer is right for the published parameters only (no hidden value in it)."""
     guesses = []
@@ -199,8 +260,16 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
     results: list[VariableResult] = []
     for ex in rubric.exercises:
         flags = _scan_flags(main.plan, ex)
-        for var in ex.variables:
-            verdicts = [_verdict(ex, var, run, flags) for run in runs]
+        items = list(ex.variables)
+        if ex.function is not None and ex.function.training is not None:
+            items.append(ex.function.training.result)
+        for j, var in enumerate(items):
+            if ex.function is None:
+                verdicts = [_verdict(ex, var, run, flags) for run in runs]
+            elif j < len(ex.variables):
+                verdicts = [_function_verdict(ex, j, var, run, flags) for run in runs]
+            else:
+                verdicts = [_training_verdict(ex, run, flags) for run in runs]
             first = verdicts[0]
             failing = next(((run, v) for run, v in zip(runs[1:], verdicts[1:]) if not v.passed), None)
             status, message = first.status, first.message
@@ -209,8 +278,9 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                 status = v.status
                 if run.captured.finished:
                     what = v.message.removeprefix(f"{var.name}: ").removeprefix(f"{var.name} ")
+                    hint = _hint(run.changed, defaults) if ex.function is None else ""
                     message = (f"{var.name} is right with the notebook's parameters but not in {run.label} "
-                               f"(other {', '.join(run.changed)}; {what}){_hint(run.changed, defaults)}")
+                               f"(other {', '.join(run.changed)}; {what}){hint}")
                 else:
                     message = f"{var.name} is right with the notebook's parameters but {run.label} did not finish: {run.captured.reason}"
             passed = all(v.passed for v in verdicts)

@@ -26,3 +26,11 @@ class Flag:
     """`autograd_used` or `suspicious`."""
     reason: str
     """Why, for the report."""
+
+
+@dataclass(frozen=True)
+class Raised:
+    """Stands for a recorded call of the student's function that raised."""
+
+    error: str
+    """`ExceptionType: message (line N)`."""

@@ -18,7 +18,9 @@ from grader import grade_notebook
 EX1 = ("d_logprobs d_probs d_counts_sum_inv d_counts_sum d_counts d_norm_logits d_logit_maxes d_logits "
        "d_h d_W2 d_b2 d_hpreact d_bngain d_bnbias d_bnraw d_bnvar_inv d_bnvar d_bndiff2 d_bndiff d_bnmeani "
        "d_hprebn d_embcat d_W1 d_b1 d_emb d_C").split()
-ALL = [("ex1", v) for v in EX1] + [("ex2", "d_logits"), ("ex3", "d_hprebn")]
+EX4 = ["d_C", "d_W1", "d_b1", "d_W2", "d_b2", "d_bngain", "d_bnbias"]
+EX123 = [("ex1", v) for v in EX1] + [("ex2", "d_logits"), ("ex3", "d_hprebn")]
+ALL = EX123 + [("ex4", v) for v in EX4 + ["loss"]]
 
 
 def ex1(status: str | tuple[str, ...], names: list[str] | None = None, start: str | None = None) -> dict:
@@ -41,7 +43,7 @@ CASES: dict[str, tuple[str, dict]] = {
     "infinite_loop": ("failed", dict.fromkeys(ALL, "error")),
     "exits_process": ("failed", dict.fromkeys(ALL, "error")),  # os._exit(0) in the ex2 cell
     # `.grad` does not exist while grading, and there is no graph to call backward() on
-    "uses_grad": ("graded", dict.fromkeys(ALL, "autograd_used")),
+    "uses_grad": ("graded", dict.fromkeys(EX123, "autograd_used")),
     "calls_backward": ("graded", ex1("autograd_used") | {("ex3", "d_hprebn"): "error"}),  # ex3 needs d_hpreact
     # autograd on requires_grad_() copies at the end of an honest Exercise 1: the whole answer cell is flagged
     "requires_grad_copies": ("graded", ex1("autograd_used")),
@@ -63,7 +65,7 @@ CASES: dict[str, tuple[str, dict]] = {
     # %matplotlib inline, plt.show(), !shell escapes, %time, prints and an extra cell of the student's own
     "plots_and_magics": ("graded", {}),
     # copies of the locked forward and autograd cells placed first, answers read from .grad: copies don't run
-    "copies_locked_cells": ("graded", dict.fromkeys(ALL, "autograd_used")),
+    "copies_locked_cells": ("graded", dict.fromkeys(EX123, "autograd_used")),
     # ex2 and ex3 answer cells deleted: Exercise 1's d_logits and d_hprebn do not count for them
     "deleted_answer_cells": ("graded", {("ex2", "d_logits"): "missing", ("ex3", "d_hprebn"): "missing"}),
     # ex2 answered by updating Exercise 1's d_logits in place: that is an answer of its own
@@ -74,8 +76,13 @@ CASES: dict[str, tuple[str, dict]] = {
                         | {("ex2", "d_logits"): "wrong"}),
     # a correct Exercise 1 pasted in as numbers: right for the published run only
     "copied_numbers": ("graded", ex1(("wrong", "shape")) | {("ex3", "d_hprebn"): "error"}),  # ex3 uses the pasted d_hpreact
+    # Exercise 4 with a stale copy of W1: right at the first step, wrong after the weights moved
+    "ex4_stale_weights": ("graded", {("ex4", "d_C"): "wrong", ("ex4", "loss"): "wrong"}),
+    # Exercise 4 leaves d_b1 as None: the first update fails, and with it the training
+    "ex4_forgets_d_b1": ("graded", {("ex4", v): "missing" for v in EX4} | {("ex4", "loss"): "error"}),
     # the first eight gradients written, the rest still stubs
-    "half_done": ("graded", ex1("missing", start="d_h") | {("ex2", "d_logits"): "missing", ("ex3", "d_hprebn"): "missing"}),
+    "half_done": ("graded", ex1("missing", start="d_h") | {("ex2", "d_logits"): "missing", ("ex3", "d_hprebn"): "missing"}
+                  | {("ex4", v): "missing" for v in EX4} | {("ex4", "loss"): "error"}),
 }
 TIMEOUT = 20.0
 
@@ -149,3 +156,9 @@ def test_a_hard_coded_batch_size_is_named_without_the_hidden_value():
     assert d_bndiff2.message.startswith("d_bndiff2 is right with the notebook's parameters but not in hidden run")
     assert d_bndiff2.message.endswith("is there a literal 32 or 31 (use n, the batch size) in your code?")
     assert "19" not in d_bndiff2.message
+
+
+def test_a_backward_pass_that_breaks_once_the_weights_move_is_named():
+    report = grade_notebook(NOTEBOOKS / "ex4_stale_weights.ipynb", hidden_runs=())
+    d_C = next(v for v in report.variables if v.exercise == "ex4" and v.name == "d_C")
+    assert d_C.message.startswith("d_C is right at the first step but not at step 25, after the weights moved")

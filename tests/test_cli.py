@@ -56,14 +56,14 @@ def test_renamed_notebook_without_metadata_grades_with_assignment_flag(tmp_path)
     nbformat.write(nb, path)
     proc = run("check", str(path), "--assignment", "backprop_ninja", "--json")
     assert proc.returncode == 0
-    assert json.loads(proc.stdout)["score"] == 27
+    assert json.loads(proc.stdout)["score"] == 35
 
 
 def test_table_from_an_unrelated_directory(tmp_path):
     proc = run("check", str(NOTEBOOKS / "keepdim_d_b2.ipynb"), cwd=tmp_path)
     assert proc.returncode == 0
     lines = proc.stdout.splitlines()
-    assert "Exercise ex1: 25/26" in lines and lines[-1] == "Total: 27/28"
+    assert "Exercise ex1: 25/26" in lines and lines[-1] == "Total: 35/36"
     b2 = next(ln for ln in lines if ln.strip().startswith("b2 "))
     assert "0/1" in b2 and "shape (1, 27), expected (27,)" in b2
     assert any(ln.strip().startswith("logprobs        | exact: True  | approximate: True  | maxdiff: 0") for ln in lines)

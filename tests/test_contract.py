@@ -25,18 +25,21 @@ def _check_json(path) -> tuple[int, dict]:
 def test_solution_earns_full_marks_with_every_ex1_gradient_exact():
     code, report = _check_json(SOLUTION)
     assert code == 0
-    assert report["status"] == "graded" and report["score"] == report["max_score"] == 28
+    assert report["status"] == "graded" and report["score"] == report["max_score"] == 36
     ex1 = [v for v in report["variables"] if v["exercise"] == "ex1"]
     assert len(ex1) == 26 and all(v["status"] == "exact" and v["maxdiff"] == 0.0 for v in ex1)
-    assert [e["score"] for e in report["exercises"]] == [26, 1, 1]
+    assert [e["score"] for e in report["exercises"]] == [26, 1, 1, 8]
+    assert all(v["runs"] == [v["status"]] * 3 or set(v["runs"]) <= {"exact", "approximate"} for v in report["variables"])
 
 
 def test_untouched_release_earns_zero_with_every_variable_missing():
     code, report = _check_json(RELEASE)
     assert code == 0
     assert report["status"] == "graded" and report["error"] == "" and report["score"] == 0
-    assert len(report["variables"]) == 28
-    assert {v["status"] for v in report["variables"]} == {"missing"}
+    assert len(report["variables"]) == 36
+    assert {v["status"] for v in report["variables"] if v["name"] != "loss"} == {"missing"}
+    loss = next(v for v in report["variables"] if v["name"] == "loss")  # the training stops at the first update
+    assert loss["status"] == "error" and loss["message"].startswith("loss: the training did not run to the end")
     assert set(report) == {"assignment", "notebook", "status", "error", "score", "max_score", "exercises", "variables",
                            "notes", "runs"}
     assert set(report["variables"][0]) == {"exercise", "name", "of", "status", "exact", "approximate", "maxdiff",
@@ -58,14 +61,15 @@ def test_release_is_clean_and_stubs_every_variable():
             assert "BEGIN SOLUTION" not in cell.source
     answers = {notebook.grade_id(c): c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")}
     for ex in RUBRIC.exercises:
-        stubs = re.findall(r"^(d_\w+) = None$", answers[ex.cell], re.M)
+        stubs = re.findall(r"^\s*(d_\w+) = None$", answers[ex.cell], re.M)
         assert stubs == [v.name for v in ex.variables]
 
 
 def test_rubric_names_cells_that_exist_with_the_right_roles():
     nb = nbformat.read(RELEASE, as_version=4)
     cells = {notebook.grade_id(c): c for c in nb.cells if notebook.grade_id(c)}
-    for gid in RUBRIC.reference_cells + RUBRIC.no_grad_cells + RUBRIC.skip_cells:
+    function_cells = tuple(g for ex in RUBRIC.exercises if ex.function for g in ex.function.reference_cells)
+    for gid in RUBRIC.setup_cells + RUBRIC.reference_cells + RUBRIC.no_grad_cells + RUBRIC.skip_cells + function_cells:
         assert notebook.is_locked(cells[gid]), gid
     for ex in RUBRIC.exercises:
         meta = cells[ex.cell].metadata["nbgrader"]
@@ -75,7 +79,8 @@ def test_rubric_names_cells_that_exist_with_the_right_roles():
 
 def test_parameters_cell_holds_the_documented_defaults():
     params = released_parameters(nbformat.read(RELEASE, as_version=4))
-    assert params == {"seed": 2147483647, "batch_size": 32, "n_embd": 10, "n_hidden": 64, "data_path": None}
+    assert params == {"seed": 2147483647, "batch_size": 32, "n_embd": 10, "n_hidden": 64, "data_path": None,
+                      "ex4_n_hidden": 200, "max_steps": 200000}
 
 
 def test_strip_solutions_keeps_indentation_and_rejects_unbalanced_markers():

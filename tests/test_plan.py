@@ -42,7 +42,9 @@ def test_captures_span_from_each_answer_cell_to_the_next():
     by_ex = {c.exercise: c for c in plan.captures}
     assert labels[by_ex["ex1"].start] == "cell 13 (ex1)"
     assert labels[by_ex["ex1"].before] == "cell 17 (ex2)" == labels[by_ex["ex2"].start]
-    assert by_ex["ex3"].before == len(plan.cells)
+    assert labels[by_ex["ex3"].before] == "cell 25 (ex4)" == labels[by_ex["ex4"].start]
+    assert by_ex["ex4"].before == len(plan.cells) and by_ex["ex4"].function == "backward"
+    assert by_ex["ex4"].calls == (0, 24) and by_ex["ex4"].variables == ("loss",)
     assert len(by_ex["ex1"].variables) == 26
 
 

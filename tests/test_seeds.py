@@ -39,21 +39,21 @@ def solution_cells() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def after_setup(solution_cells) -> dict:
-    ns = released_parameters(RELEASED) | {"data_path": assets.names_path()}
+    ns = released_parameters(RELEASED) | RUBRIC.grading_parameters | {"data_path": assets.names_path()}
     with contextlib.redirect_stdout(io.StringIO()):
         exec(solution_cells["setup"], ns)
     return ns
 
 
 def _grade_in_process(cells: dict[str, str], base: dict, seed: int, ex1: str) -> dict[tuple[str, str], str]:
-    params = released_parameters(RELEASED) | {"seed": seed, "data_path": assets.names_path()}
+    params = released_parameters(RELEASED) | RUBRIC.grading_parameters | {"seed": seed, "data_path": assets.names_path()}
     ref = reference.gradients(RUBRIC, RELEASED, params)
     ns = dict(base) | {"seed": seed}
     verdicts = {}
     with contextlib.redirect_stdout(io.StringIO()):
         exec(cells["init"], ns)
         exec(cells["forward"], ns)
-        for ex in RUBRIC.exercises:
+        for ex in (e for e in RUBRIC.exercises if e.function is None):
             exec(ex1 if ex.id == "ex1" else _answers(cells[ex.cell]), ns)
             for v in ex.variables:
                 verdicts[(ex.id, v.name)] = compare(v.name, ns[v.name], ref[v.of], v.tolerance).status
@@ -67,6 +67,7 @@ def test_full_marks_and_a_caught_planted_error_for_50_seeds(solution_cells, afte
     for seed in SEEDS:
         verdicts = _grade_in_process(solution_cells, after_setup, seed, right)
         assert all(s in ("exact", "approximate") for s in verdicts.values()), (seed, verdicts)
+        assert len(verdicts) == 28
         assert all(s == "exact" for (ex, _), s in verdicts.items() if ex == "ex1"), seed
         verdicts = _grade_in_process(solution_cells, after_setup, seed, planted)
         assert verdicts[("ex1", "d_b1")] == "wrong", seed
@@ -93,11 +94,11 @@ def test_end_to_end_for_50_seeds(tmp_path):
 
 
 def test_references_computed_in_two_threads_match_sequential_ones():
-    params = [released_parameters(RELEASED) | {"seed": s, "data_path": assets.names_path()} for s in (101, 102)]
-    reference._compute.cache_clear()
+    params = [released_parameters(RELEASED) | RUBRIC.grading_parameters | {"seed": s, "data_path": assets.names_path()} for s in (101, 102)]
+    reference._gradients.cache_clear()
     with ThreadPoolExecutor(max_workers=2) as pool:
         parallel = list(pool.map(lambda p: reference.gradients(RUBRIC, RELEASED, p), params))
-    reference._compute.cache_clear()
+    reference._gradients.cache_clear()
     for p, got in zip(params, parallel):
         want = reference.gradients(RUBRIC, RELEASED, p)
         assert all(torch.equal(got[k], want[k]) for k in want)
@@ -112,7 +113,7 @@ import safetensors.torch
 from grader import assets, grade, notebook, reference, report, rubric, score
 r = rubric.load("backprop_ninja")
 released = notebook.read(r.released)
-params = grade.released_parameters(released) | {"data_path": assets.names_path()}
+params = grade.released_parameters(released) | r.grading_parameters | {"data_path": assets.names_path()}
 before = set(sys.modules)
 reference.gradients(r, released, params)
 print(sorted(set(sys.modules) - before))
