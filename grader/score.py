@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from grader.compare import compare
+from grader.compare import Comparison, compare
 from grader.notebook import Plan
 from grader.rubric import Exercise, Rubric
 from grader.sandbox import Captured
@@ -142,50 +142,36 @@ class GradedRun:
     """The reference for this run's parameters: gradients by forward name, `<ex>@<call>` tuples, `<ex>:<result>`."""
 
 
-@dataclass(frozen=True)
-class _Verdict:
-    status: str
-    exact: bool
-    approximate: bool
-    maxdiff: float | None
-    message: str
-
-    @property
-    def passed(self) -> bool:
-        return self.status in ("exact", "approximate")
-
-
-def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> _Verdict:
+def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Comparison:
     plan, captured = run.plan, run.captured
     found = any(c.exercise == ex.id for c in plan.captures)
     value = captured.values.get((ex.id, var.name), MISSING)
     flag = flags.get(var.name) or (value if isinstance(value, Flag) else None)
     if not captured.finished:
-        return _Verdict("error", False, False, None, f"{var.name}: the notebook did not run to the end ({captured.reason})")
+        return Comparison("error", False, False, None, f"{var.name}: the notebook did not run to the end ({captured.reason})")
     if not found:
-        return _Verdict("missing", False, False, None,
+        return Comparison("missing", False, False, None,
                         f"{var.name}: the notebook has no answer cell {ex.cell} (was it deleted, or its metadata lost?)")
     if flag is not None:
-        return _Verdict(flag.status, False, False, None, f"{var.name}: {flag.reason}")
+        return Comparison(flag.status, False, False, None, f"{var.name}: {flag.reason}")
     errors = _span_errors(plan, captured, ex.id)
     if value is MISSING or value is UNCHANGED or (value is None and errors):
         if errors:
-            return _Verdict("error", False, False, None, f"{var.name} was not computed: {errors[0]}")
+            return Comparison("error", False, False, None, f"{var.name} was not computed: {errors[0]}")
         if value is UNCHANGED:
-            return _Verdict("missing", False, False, None, f"{var.name} was not assigned in the {ex.cell} answer cell")
-        return _Verdict("missing", False, False, None, f"{var.name} is not defined")
-    c = compare(var.name, value, run.reference[var.of], var.tolerance)
-    return _Verdict(c.status, c.exact, c.approximate, c.maxdiff, c.message)
+            return Comparison("missing", False, False, None, f"{var.name} was not assigned in the {ex.cell} answer cell")
+        return Comparison("missing", False, False, None, f"{var.name} is not defined")
+    return compare(var.name, value, run.reference[var.of], var.tolerance)
 
 
-def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str, Flag]) -> _Verdict:
+def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str, Flag]) -> Comparison:
     """A value the answer's function returned: right at every recorded call, or the first call it is not."""
     captured = run.captured
     if not captured.finished or not any(c.exercise == ex.id for c in run.plan.captures):
         return _verdict(ex, var, run, flags)
     flag = flags.get(var.name)
     if flag is not None:
-        return _Verdict(flag.status, False, False, None, f"{var.name}: {flag.reason}")
+        return Comparison(flag.status, False, False, None, f"{var.name}: {flag.reason}")
     fn = ex.function.name
     verdicts = []
     for call in ex.function.calls:
@@ -194,15 +180,15 @@ def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str
         value = captured.values.get((ex.id, f"{call}/{var.name}"), MISSING)
         ref = run.reference.get(f"{ex.id}@{call}")
         if isinstance(raised, Raised):
-            v = _Verdict("error", False, False, None, f"{var.name}: {fn}() raised {raised.error} at {step}")
+            v = Comparison("error", False, False, None, f"{var.name}: {fn}() raised {raised.error} at {step}")
         elif value is MISSING:
             errors = _span_errors(run.plan, captured, ex.id)
             why = f": {errors[0]}" if errors else ""
-            v = _Verdict("missing", False, False, None, f"{var.name}: {fn}() was not called {call + 1} times{why}")
+            v = Comparison("missing", False, False, None, f"{var.name}: {fn}() was not called {call + 1} times{why}")
         elif isinstance(value, Flag):
-            v = _Verdict(value.status, False, False, None, f"{var.name}: {value.reason}")
+            v = Comparison(value.status, False, False, None, f"{var.name}: {value.reason}")
         elif isinstance(ref, str) or ref is None:
-            v = _Verdict("error", False, False, None, f"{var.name}: at {step}, {ref or 'no reference'}")
+            v = Comparison("error", False, False, None, f"{var.name}: at {step}, {ref or 'no reference'}")
         else:
             c = compare(var.name, value, ref[j], var.tolerance)
             message = c.message
@@ -210,31 +196,31 @@ def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str
                 message = f"{var.name} is right at the first step but not at {step}: {c.message.removeprefix(var.name + ': ')}"
             elif not c.passed:
                 message = f"{c.message} (at {step})"
-            v = _Verdict(c.status, c.exact, c.approximate, c.maxdiff, message)
+            v = Comparison(c.status, c.exact, c.approximate, c.maxdiff, message)
         verdicts.append(v)
         if not v.passed:
             return v
     return verdicts[0]
 
 
-def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> _Verdict:
+def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> Comparison:
     result = ex.function.training.result
     if result.name in flags and run.captured.finished:
-        return _Verdict(flags[result.name].status, False, False, None, f"{result.name}: {flags[result.name].reason}")
+        return Comparison(flags[result.name].status, False, False, None, f"{result.name}: {flags[result.name].reason}")
     if not run.captured.finished:
-        return _Verdict("error", False, False, None, f"{result.name}: the notebook did not run to the end ({run.captured.reason})")
+        return Comparison("error", False, False, None, f"{result.name}: the notebook did not run to the end ({run.captured.reason})")
     value = run.captured.values.get((ex.id, result.name), MISSING)
     errors = _span_errors(run.plan, run.captured, ex.id) if any(c.exercise == ex.id for c in run.plan.captures) else []
     if errors:  # the training stopped early: its loss says nothing
-        return _Verdict("error", False, False, None, f"{result.name}: the training did not run to the end: {errors[0]}")
+        return Comparison("error", False, False, None, f"{result.name}: the training did not run to the end: {errors[0]}")
     if value is MISSING:
-        return _Verdict("missing", False, False, None, f"{result.name} was not computed")
+        return Comparison("missing", False, False, None, f"{result.name} was not computed")
     c = compare(result.name, value, run.reference[f"{ex.id}:{result.name}"], result.tolerance)
     message = c.message
     if c.status == "wrong":
         message = (f"{result.name}: the loss after the short training run is off by {c.maxdiff:.3g} from a run "
                    "with autograd's gradients")
-    return _Verdict(c.status, c.exact, c.approximate, c.maxdiff, message)
+    return Comparison(c.status, c.exact, c.approximate, c.maxdiff, message)
 
 
 def _hint(changed: tuple[str, ...], defaults: dict[str, object]) -> str:
