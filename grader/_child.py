@@ -77,7 +77,8 @@ def _autograd_patches(torch) -> list[tuple[object, str, object]]:
     ]
     for name in ("jacobian", "hessian", "vjp", "jvp", "hvp", "vhp"):
         patches.append((torch.autograd.functional, name, _refuse))
-    for name in ("dual_level", "make_dual", "unpack_dual"):  # forward-mode AD does not need grad mode
+    # forward-mode AD does not need grad mode; unpack_dual stays: printing a tensor calls it
+    for name in ("dual_level", "make_dual"):
         patches.append((torch.autograd.forward_ad, name, _refuse))
     for name in ("grad", "grad_and_value", "vjp", "jvp", "jacrev", "jacfwd", "hessian", "linearize"):
         for module in (torch.func, sys.modules.get("torch._functorch.apis"), sys.modules.get("torch._functorch.eager_transforms")):
@@ -178,19 +179,32 @@ def main(plan_path: str) -> int:
             else:
                 record(key, value, numbers=cap["function"] is not None)
 
+    keep: list[object] = []
     counters: dict[str, list[int]] = {}
+    recorders: set[int] = set()  # ids of our wrappers (an attribute could be faked by the notebook)
+    inside: list[bool] = [False]
 
     def install_recorder(cap: dict) -> None:
         """Wrap the answer's function so that the calls the grader grades are recorded."""
         exercise, name = cap["exercise"], cap["function"]
         fn = ns.get(name)
-        if not callable(fn) or getattr(fn, "_grader_recorder", False):
+        if not callable(fn) or id(fn) in recorders:
             return
         counter = counters.setdefault(exercise, [0])
 
         def recorder(*args, **kwargs):
+            if inside[0]:  # a call from within the function itself is not a training step
+                with guard:
+                    return fn(*args, **kwargs)
             call = counter[0]
             counter[0] += 1
+            if call in cap["calls"]:
+                # inputs and weights as they are before the call: the function cannot change what is recorded
+                for j, arg in enumerate(args):
+                    record(f"{exercise}/{call}/arg{j}", arg)
+                for j, weight in enumerate(list(ns.get(cap["wrt"]) or [])):
+                    record(f"{exercise}/{call}/param{j}", weight)
+            inside[0] = True
             try:
                 with guard:  # the student's code, even when a locked cell calls it
                     out = fn(*args, **kwargs)
@@ -198,17 +212,16 @@ def main(plan_path: str) -> int:
                 if call in cap["calls"]:
                     values[f"{exercise}/{call}/!error"] = "error:" + _error_line(exc)
                 raise
+            finally:
+                inside[0] = False
             if call in cap["calls"]:
-                for j, arg in enumerate(args):
-                    record(f"{exercise}/{call}/arg{j}", arg)
-                for j, weight in enumerate(ns.get(cap["wrt"]) or []):
-                    record(f"{exercise}/{call}/param{j}", weight)
                 outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
                 for j, returned in enumerate(cap["returns"]):
                     record(f"{exercise}/{call}/{returned}", outs[j] if j < len(outs) else absent)
             return out
 
-        recorder._grader_recorder = True
+        recorders.add(id(recorder))
+        keep.append(recorder)  # ids stay unique while the wrapper lives
         ns[name] = recorder
 
     # Wait for the grader's go before running any student code: the grader finishes importing what it
@@ -216,6 +229,29 @@ def main(plan_path: str) -> int:
     with os.fdopen(plan["go_fd"], "rb") as go:
         if go.read(1) != b"1":
             return 3
+    # Locked cells must see what earlier locked cells left, not what student code made of it: before each
+    # one, names set by locked cells are put back, builtins shadowed by the notebook are uncovered, and
+    # torch's own functions are restored. From the first answer cell on, locked cells run guarded too.
+    import builtins
+
+    import torch.nn.functional
+
+    modules = (torch, torch.nn.functional, torch.Tensor)
+    pristine = [(m, dict(vars(m))) for m in modules]
+    locked_names: dict[str, object] = {}
+    first_answer = min((cap["start"] for cap in plan["captures"]), default=len(cells))
+
+    def restore_for_locked_cell() -> None:
+        for name in [n for n in ns if hasattr(builtins, n) and n not in locked_names and not n.startswith("_")]:
+            del ns[name]
+        for name, obj in locked_names.items():
+            if ns.get(name, absent) is not obj:
+                ns[name] = obj
+        for module, attributes in pristine:
+            for name, obj in attributes.items():
+                if module.__dict__.get(name, absent) is not obj:
+                    setattr(module, name, obj)
+
     progress = os.fdopen(plan["progress_fd"], "w", encoding="utf-8")
     for position in range(len(cells) + 1):
         for cap in plan["captures"]:
@@ -234,11 +270,16 @@ def main(plan_path: str) -> int:
         grad_was = torch.is_grad_enabled()
         if cell["no_grad"]:
             torch.set_grad_enabled(False)
-        if cell["guarded"]:
+        if not cell["guarded"]:
+            restore_for_locked_cell()
+            before = dict(ns)
+        if cell["guarded"] or position > first_answer:
             with guard:
                 result = shell.run_cell(cell["source"], store_history=False, silent=False)
         else:
             result = shell.run_cell(cell["source"], store_history=False, silent=False)
+        if not cell["guarded"]:
+            locked_names.update((k, v) for k, v in ns.items() if before.get(k, absent) is not v)
         if cell["no_grad"]:
             torch.set_grad_enabled(grad_was)
         error = result.error_before_exec or result.error_in_exec

@@ -139,6 +139,9 @@ def call_gradients(rubric: Rubric, ex: Exercise, params: dict[str, object],
                     for r, w in zip(recorded, weights)):
                 out[call] = "the recorded weights or batch do not fit the network"
                 continue
+            if call == 0 and not all(torch.equal(r, w.detach()) for r, w in zip(recorded, weights)):
+                out[call] = "the weights were not the released initial weights when training started"
+                continue
             leaves = [r.detach().clone().requires_grad_(True) for r in recorded]
             for names, leaf in zip(homes, leaves):
                 for name in names:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from IPython.core.inputtransformer2 import TransformerManager
 
 AUTOGRAD_ATTRIBUTES = frozenset({"grad", "backward", "retain_grad", "requires_grad_", "enable_grad",
-                                 "set_grad_enabled", "autograd", "func"})
+                                 "set_grad_enabled", "autograd", "func", "grad_fn", "next_functions"})
+HIDING_NAMES = frozenset({"importlib", "__builtins__", "gc", "attrgetter", "methodcaller", "inspect", "ctypes"})
 AUTOGRAD_MODULES = ("torch.autograd", "torch.func", "functorch", "torch._functorch")
 DYNAMIC_CALLS = frozenset({"exec", "eval", "compile", "__import__", "globals", "vars", "locals"})
 DYNAMIC_ATTRIBUTE_CALLS = frozenset({"getattr", "setattr", "delattr"})
@@ -80,6 +81,9 @@ def _flags(node: ast.AST) -> list[tuple[str, str]]:
             return [("autograd_used", "an import from torch.autograd / torch.func")]
         if any(m.split(".")[0] == "importlib" for m in modules):
             return [("suspicious", "importlib")]
+    if isinstance(node, ast.Name) and node.id in DYNAMIC_ATTRIBUTE_CALLS | DYNAMIC_CALLS and isinstance(node.ctx, ast.Load) \
+            and not getattr(node, "_called", False):
+        return [("suspicious", f"`{node.id}` used as a value")]
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         if node.func.id in DYNAMIC_CALLS:
             return [("suspicious", f"`{node.func.id}()`")]
@@ -89,8 +93,16 @@ def _flags(node: ast.AST) -> list[tuple[str, str]]:
                 return [("suspicious", f"`{node.func.id}` with a computed attribute name")]
             if name.value in AUTOGRAD_ATTRIBUTES:
                 return [("autograd_used", f"`{node.func.id}(..., {name.value!r})`")]
-    if isinstance(node, ast.Name) and node.id in ("importlib", "functorch", "__builtins__"):
-        return [("suspicious" if node.id != "functorch" else "autograd_used", f"`{node.id}`")]
+    if isinstance(node, ast.Name) and node.id == "functorch":
+        return [("autograd_used", "`functorch`")]
+    if isinstance(node, ast.Name) and node.id in HIDING_NAMES:
+        return [("suspicious", f"`{node.id}`")]
+    if isinstance(node, ast.Attribute) and node.attr in ("modules", "attrgetter", "get_objects") and _dotted(node).split(".")[0] in ("sys", "operator", "gc"):
+        return [("suspicious", f"`{_dotted(node)}`")]
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        if any(m.split(".")[0] in ("gc", "inspect", "ctypes") for m in modules):
+            return [("suspicious", "an import of gc, inspect or ctypes")]
     return []
 
 
@@ -101,6 +113,10 @@ def scan(source: str) -> tuple[Finding, ...]:
     except (SyntaxError, ValueError):
         return ()  # it will not run either; the run reports the syntax error
     findings: list[Finding] = []
+
+    for node in ast.walk(tree):  # mark names in call position, so that only other uses count as "a value"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            node.func._called = True
 
     def visit(node: ast.AST, targets: tuple[str, ...]) -> None:
         if isinstance(node, ast.stmt):

@@ -262,13 +262,13 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
             if first.passed and failing is not None:
                 run, v = failing
                 status = v.status
+                # no comparison text, shape or error message here: they could give a hidden value away
+                hint = _hint(run.changed, defaults) if ex.function is None else ""
                 if run.captured.finished:
-                    what = v.message.removeprefix(f"{var.name}: ").removeprefix(f"{var.name} ")
-                    hint = _hint(run.changed, defaults) if ex.function is None else ""
-                    message = (f"{var.name} is right with the notebook's parameters but not in {run.label} "
-                               f"(other {', '.join(run.changed)}; {what}){hint}")
+                    message = (f"{var.name} is right with the notebook's parameters but {v.status.replace('_', ' ')} "
+                               f"in {run.label} (other {', '.join(run.changed)}){hint}")
                 else:
-                    message = f"{var.name} is right with the notebook's parameters but {run.label} did not finish: {run.captured.reason}"
+                    message = f"{var.name} is right with the notebook's parameters but {run.label} did not run to the end{hint}"
             passed = all(v.passed for v in verdicts)
             results.append(VariableResult(
                 ex.id, var.name, var.of, status, first.exact, first.approximate, first.maxdiff,
@@ -280,7 +280,7 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
         for ex in rubric.exercises
     )
     notes = main.plan.notes + tuple(f"{o.label} raised {o.error}" for o in main.captured.cells if o.error)
-    notes += tuple(f"{run.label} did not finish: {run.captured.reason}" for run in runs[1:] if not run.captured.finished)
+    notes += tuple(f"{run.label} did not run to the end" for run in runs[1:] if not run.captured.finished)
     return Report(
         assignment=rubric.assignment,
         notebook=notebook,
@@ -291,5 +291,6 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
         exercises=exercises,
         variables=tuple(results),
         notes=notes,
-        runs=tuple(RunSummary(run.label, "graded" if run.captured.finished else "failed", run.captured.reason) for run in runs),
+        runs=tuple(RunSummary(run.label, "graded" if run.captured.finished else "failed", run.captured.reason if run is main else "")
+                   for run in runs),
     )

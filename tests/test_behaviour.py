@@ -80,6 +80,12 @@ CASES: dict[str, tuple[str, dict]] = {
     "ex4_stale_weights": ("graded", {("ex4", "d_C"): "wrong", ("ex4", "loss"): "wrong"}),
     # Exercise 4 leaves d_b1 as None: the first update fails, and with it the training
     "ex4_forgets_d_b1": ("graded", {("ex4", v): "missing" for v in EX4} | {("ex4", "loss"): "error"}),
+    # the answer cell rebinds `forward` to one that hides autograd behind `ga = getattr`: flagged, and the
+    # locked training loop gets the released `forward` back
+    "ex4_rebinds_forward": ("graded", {("ex4", v): "suspicious" for v in EX4 + ["loss"]}),
+    # backward() zeroes the weights and returns the gradients that are right at zero weights: the weights
+    # are recorded before the call, and the first step must start from the released initial weights
+    "ex4_zeroes_weights": ("graded", {("ex4", v): "wrong" for v in EX4 + ["loss"]} | {("ex4", "d_b1"): "error"}),
     # the first eight gradients written, the rest still stubs
     "half_done": ("graded", ex1("missing", start="d_h") | {("ex2", "d_logits"): "missing", ("ex3", "d_hprebn"): "missing"}
                   | {("ex4", v): "missing" for v in EX4} | {("ex4", "loss"): "error"}),
