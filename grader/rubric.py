@@ -155,6 +155,8 @@ def parse(raw: dict, path: Path) -> Rubric:
         exercises = []
         for ex in raw["exercise"]:
             variables = []
+            # an exercise may set its own default tolerance; [variable.NAME] still overrides it
+            ex_tol = Tolerance(rtol=float(ex.get("rtol", default_tol.rtol)), atol=float(ex.get("atol", default_tol.atol)))
             for name in ex["variables"]:
                 o = overrides.get(name, {})
                 variables.append(
@@ -163,8 +165,8 @@ def parse(raw: dict, path: Path) -> Rubric:
                         of=o.get("of", name.removeprefix("d_")),
                         points=float(o.get("points", 1)),
                         tolerance=Tolerance(
-                            rtol=float(o.get("rtol", default_tol.rtol)),
-                            atol=float(o.get("atol", default_tol.atol)),
+                            rtol=float(o.get("rtol", ex_tol.rtol)),
+                            atol=float(o.get("atol", ex_tol.atol)),
                         ),
                     )
                 )

@@ -158,8 +158,8 @@ def test_processes_the_notebook_started_do_not_outlive_it(tmp_path):
 def test_a_hard_coded_batch_size_is_named_without_the_hidden_value():
     report = grade_notebook(NOTEBOOKS / "hardcoded_batch.ipynb")
     d_bndiff2 = next(v for v in report.variables if v.name == "d_bndiff2")
-    assert d_bndiff2.runs == ("exact", "wrong", "wrong") or d_bndiff2.runs[0] == "exact"
-    assert d_bndiff2.message.startswith("d_bndiff2 is right with the notebook's parameters but not in hidden run")
+    assert d_bndiff2.runs == ("exact", "exact", "wrong")
+    assert d_bndiff2.message.startswith("d_bndiff2 is right with the notebook's parameters but wrong in hidden run 2 (other batch_size)")
     assert d_bndiff2.message.endswith("is there a literal 32 or 31 (use n, the batch size) in your code?")
     assert "19" not in d_bndiff2.message
 

@@ -31,4 +31,4 @@ def test_non_editable_install_grades_a_notebook_from_an_unrelated_directory(tmp_
                           capture_output=True, text=True, cwd=elsewhere, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["status"] == "graded" and report["score"] == report["max_score"] == 28
+    assert report["status"] == "graded" and report["score"] == report["max_score"] == 36
