@@ -37,8 +37,14 @@ def _check_kernels() -> None:
 
 
 def _sources(rubric: Rubric) -> dict[str, str]:
-    released = notebook.read(rubric.released)
-    return {grade_id(c): c.source for c in released.cells if c.cell_type == "code" and grade_id(c)}
+    return dict(_released_sources(str(rubric.released)))
+
+
+@functools.lru_cache(maxsize=8)
+def _released_sources(path: str) -> tuple[tuple[str, str], ...]:
+    # read and validated once: every reference computation of every run needs these cells
+    released = notebook.read(Path(path))
+    return tuple((grade_id(c), c.source) for c in released.cells if c.cell_type == "code" and grade_id(c))
 
 
 def _run(ns: dict, sources: dict[str, str], cells: tuple[str, ...], where: str) -> None:
