@@ -15,14 +15,14 @@ os.environ["ATEN_CPU_CAPABILITY"] = "default"
 
 from grader.assets import names_path  # noqa: E402
 
-__all__ = ["check", "grade_notebook", "names_path"]
+__all__ = ["check", "check_training", "grade_notebook", "names_path"]
 
 
 def __getattr__(name: str):  # lazy: `grader --help` and friends should not pay for importing torch
-    if name == "check":
-        from grader.selfcheck import check
+    if name in ("check", "check_training"):
+        from grader import selfcheck
 
-        return check
+        return getattr(selfcheck, name)
     if name == "grade_notebook":
         from grader.grade import grade_notebook
 

@@ -19,6 +19,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--assignment", metavar="NAME", help="grade as this assignment (default: from the notebook's metadata)")
     check.add_argument("--hidden-runs", metavar="FILE",
                        help="a TOML file of [[hidden_run]] parameter tables to use instead of the published ones")
+    gradebook = commands.add_parser(
+        "gradebook", help="grade an nbgrader course's submitted/ folder and write the scores into its gradebook")
+    gradebook.add_argument("course", metavar="COURSE", help="the nbgrader course directory")
+    gradebook.add_argument("assignment", metavar="ASSIGNMENT", help="the assignment's name in that course")
+    gradebook.add_argument("--db", metavar="URL", help="the gradebook's database URL (default: COURSE/gradebook.db)")
+    gradebook.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
     return parser
 
 
@@ -29,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error("--timeout must be a positive number of seconds")
     from grader import grade, report, rubric  # after parsing: `--help` should not wait for torch
 
+    if args.command == "gradebook":
+        return _gradebook(args)
     try:
         hidden = rubric.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
         result = grade.grade_notebook(args.notebook, assignment=args.assignment, timeout=args.timeout, hidden_runs=hidden)
@@ -36,6 +44,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grader: {e}", file=sys.stderr)
         return e.exit_code
     print(report.to_json(result) if args.json else report.to_text(result))
+    return 0
+
+
+def _gradebook(args: argparse.Namespace) -> int:
+    from grader import gradebook
+
+    def progress(done: gradebook.Recorded) -> None:
+        r, s = done.report, done.submission
+        outcome = f"{r.score:g}/{r.max_score:g}" + ("" if r.status == "graded" else f" ({r.error})") if r else done.error
+        print(f"{s.student}  {s.notebook}  {outcome}", flush=True)
+
+    try:
+        done = gradebook.grade_course(args.course, args.assignment, db_url=args.db, timeout=args.timeout, progress=progress)
+    except GraderError as e:
+        print(f"grader: {e}", file=sys.stderr)
+        return e.exit_code
+    print(f"{len(done)} submissions of {args.assignment} graded and written to the gradebook")
     return 0
 
 

@@ -1,66 +1,51 @@
-"""Make a released (student) notebook from an instructor's solution notebook.
+"""Make the released (student) notebooks from the instructor's solutions, with nbgrader.
 
-Follows nbgrader's conventions, so that nbgrader's `generate_assignment` can take over later:
-the lines from `### BEGIN SOLUTION` to `### END SOLUTION` in solution cells become one stub line,
-and every output and execution count is cleared. The `d_x = None` stubs students start from sit
-outside the solution regions, so they survive.
+    python -m grader.release [NAME ...]     (default: every notebook in solutions/)
 
-    python -m grader.release solutions/backprop_ninja.ipynb assignments/backprop_ninja.ipynb
+The repository is not laid out as an nbgrader course (`solutions/NAME.ipynb`, `assignments/NAME.ipynb`),
+so this makes one in a temporary directory: `source/NAME/NAME.ipynb` and the repository's
+`nbgrader_config.py`, runs the real `nbgrader generate_assignment NAME` there, and copies
+`release/NAME/NAME.ipynb` back into `assignments/`. Needs nbgrader (`pip install .[nbgrader]`).
 """
 
 from __future__ import annotations
 
-import copy
+import shutil
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
-import nbformat
-
-BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-STUBS = {"code": "# YOUR CODE HERE", "markdown": "YOUR ANSWER HERE"}
-
-
-def strip_solutions(source: str, stub: str) -> str:
-    """Replace every solution region of `source` with `stub`, at the region's indentation."""
-    out: list[str] = []
-    inside = False
-    for line in source.splitlines():
-        if line.strip() == BEGIN:
-            if inside:
-                raise ValueError("nested ### BEGIN SOLUTION")
-            inside = True
-            out.append(line[: len(line) - len(line.lstrip())] + stub)
-        elif line.strip() == END:
-            if not inside:
-                raise ValueError("### END SOLUTION without a BEGIN")
-            inside = False
-        elif not inside:
-            out.append(line)
-    if inside:
-        raise ValueError("### BEGIN SOLUTION without an END")
-    return "\n".join(out)
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
-def release(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Return the released version of a solution notebook (the input is not modified)."""
-    nb = copy.deepcopy(solution)
-    for cell in nb.cells:
-        if cell.get("metadata", {}).get("nbgrader", {}).get("solution"):
-            cell.source = strip_solutions(cell.source, STUBS[cell.cell_type])
-        if cell.cell_type == "code":
-            cell.outputs = []
-            cell.execution_count = None
-    return nb
+def generate(solution: Path, out: Path, config: Path = REPOSITORY / "nbgrader_config.py") -> Path:
+    """Run `nbgrader generate_assignment` on `solution` and write the released notebook to `out`."""
+    name = solution.stem
+    with tempfile.TemporaryDirectory(prefix="grader-release-") as tmp:
+        course = Path(tmp)
+        (course / "source" / name).mkdir(parents=True)
+        shutil.copyfile(solution, course / "source" / name / solution.name)
+        shutil.copyfile(config, course / "nbgrader_config.py")
+        proc = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", name, "--force"],
+                              cwd=course, capture_output=True, text=True)
+        released = course / "release" / name / solution.name
+        if proc.returncode != 0 or not released.is_file():
+            raise RuntimeError(f"nbgrader generate_assignment {name} failed:\n{proc.stdout}{proc.stderr}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(released, out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m grader.release SOLUTION OUT`."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m grader.release SOLUTION.ipynb OUT.ipynb", file=sys.stderr)
-        return 2
-    nb = release(nbformat.read(args[0], as_version=4))
-    nbformat.validate(nb)
-    nbformat.write(nb, args[1])
+    """Regenerate assignments/NAME.ipynb for each NAME (default: all solutions)."""
+    names = sys.argv[1:] if argv is None else argv
+    solutions = [REPOSITORY / "solutions" / f"{n}.ipynb" for n in names] or sorted((REPOSITORY / "solutions").glob("*.ipynb"))
+    for solution in solutions:
+        if not solution.is_file():
+            print(f"no solution notebook {solution}", file=sys.stderr)
+            return 2
+        print(generate(solution, REPOSITORY / "assignments" / solution.name))
     return 0
 
 

@@ -84,6 +84,8 @@ class Exercise:
     """The variables graded, in the order the report lists them (for a function: what it returns)."""
     function: Function | None = None
     """Set when the answer is a function the notebook calls."""
+    test_cell: str | None = None
+    """nbgrader `grade_id` of the test cell that scores this exercise in nbgrader (worth `max_score`)."""
 
     @property
     def max_score(self) -> float:
@@ -183,7 +185,7 @@ def parse(raw: dict, path: Path) -> Rubric:
                                     reference_cells=tuple(ex["reference_cells"]),
                                     calls=tuple(int(c) for c in ex["calls"]), training=training)
             exercises.append(Exercise(id=ex["id"], cell=ex.get("cell", ex["id"]), variables=tuple(variables),
-                                      function=function))
+                                      function=function, test_cell=ex.get("test_cell")))
         unknown = set(overrides) - {v.name for e in exercises for v in e.variables}
         if unknown:
             raise RubricError(f"{path}: [variable] entries for ungraded names: {sorted(unknown)}")

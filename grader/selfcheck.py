@@ -1,11 +1,19 @@
-"""`check()`: the self-check students call inside their notebook, like the lecture's `cmp`."""
+"""The self-checks students call inside their notebook, like the lecture's `cmp`.
+
+They also score the notebook's test cells under nbgrader (each returns or sums to the cell's points),
+so they print to standard output only: nbgrader gives a test cell nothing if it writes to stderr,
+and a PyTorch warning would.
+"""
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 
 from grader import rubric
-from grader.compare import compare, cmp_line
+from grader.compare import Comparison, compare, cmp_line
 from grader.rubric import Tolerance
 
 
@@ -34,10 +42,90 @@ def check(name: str, actual: object, tensor: torch.Tensor, tolerance: Tolerance 
     tensor: the forward-pass tensor whose `.grad` PyTorch filled in, e.g. `logits`.
     tolerance: how close is close enough; by default the assignment's rubric for `d_<name>`.
     """
-    expected = getattr(tensor, "grad", None)
-    if not isinstance(expected, torch.Tensor):
-        print(f"{name:15s} | no reference: {name}.grad is None -- run the forward pass and loss.backward() first")
-        return False
-    result = compare(f"d_{name}", actual, expected.detach(), tolerance or _tolerance_for(f"d_{name}"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = getattr(tensor, "grad", None)
+        if not isinstance(expected, torch.Tensor):
+            print(f"{name:15s} | no reference: {name}.grad is None -- run the forward pass and loss.backward() first")
+            return False
+        result = compare(f"d_{name}", actual, expected.detach(), tolerance or _tolerance_for(f"d_{name}"))
     print(cmp_line(name, result))
     return result.passed
+
+
+def check_training(forward: Callable, backward: Callable, parameters: Sequence[torch.Tensor], names: Sequence[str],
+                   X: torch.Tensor, Y: torch.Tensor, *, batch_size: int, generator: torch.Generator,
+                   steps: int = 25, lr: float = 0.1, loss_rtol: float = 1e-4) -> int:
+    """Train for `steps` steps with your `backward`, then with autograd's gradients; return the points.
+
+    Both runs start from the current weights and the generator's current state, and both are put back
+    afterwards, so the notebook's own training loop is not affected. The gradients your `backward`
+    returns are compared with autograd's (at the same weights, on the same batch) at the first and at
+    the last step; the minibatch loss at the last step is compared with the autograd run's.
+
+    Parameters
+    ----------
+    forward: `(Xb, Yb) -> (loss, intermediates)`, reading the weights in `parameters`.
+    backward: your function, `(Xb, Yb, *intermediates) -> gradients`, one per parameter.
+    parameters: the weights, updated in place (as the training loop does) and restored at the end.
+    names: a label per parameter, e.g. `"W1"`.
+    X, Y: the training set; each step draws `batch_size` rows with `generator`.
+
+    Returns one point per parameter whose gradient passes at both steps, plus one for the loss.
+    """
+    start = [p.detach().clone() for p in parameters]
+    state = generator.get_state()
+    checked = (0, steps - 1)
+    passed = dict.fromkeys(names, True)
+
+    def autograd_gradients(Xb: torch.Tensor, Yb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.enable_grad():
+            return torch.autograd.grad(forward(Xb, Yb)[0], list(parameters), allow_unused=True)
+
+    def train(yours: bool) -> float:
+        loss = torch.tensor(float("nan"))
+        for step in range(steps):
+            ix = torch.randint(0, X.shape[0], (batch_size,), generator=generator)
+            Xb, Yb = X[ix], Y[ix]
+            with torch.no_grad():
+                loss, intermediates = forward(Xb, Yb)
+            if not yours:
+                grads = autograd_gradients(Xb, Yb)
+            else:
+                with torch.no_grad():
+                    grads = tuple(backward(Xb, Yb, *intermediates))
+                if step in checked:
+                    for name, got, want in zip(names, grads, autograd_gradients(Xb, Yb)):
+                        want = torch.zeros_like(start[names.index(name)]) if want is None else want.detach()
+                        result = compare(f"d_{name}", got, want, _tolerance_for(f"d_{name}"))
+                        print(cmp_line(f"{name} @{step + 1}", result))
+                        passed[name] = passed[name] and result.passed
+            with torch.no_grad():
+                for p, grad in zip(parameters, grads):
+                    p.data += -lr * grad
+        return float(loss)
+
+    def restore() -> None:
+        with torch.no_grad():
+            for p, s in zip(parameters, start):
+                p.data.copy_(s)
+        generator.set_state(state)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            try:
+                mine = train(yours=True)
+            except Exception as e:  # the student's mistake, not ours: say so on stdout
+                # the run stopped before its last step, so no gradient was checked there: no points
+                print(f"backward() or the update with its gradients raised {type(e).__name__}: {e}")
+                return 0
+            finally:
+                restore()
+            reference = train(yours=False)
+        finally:
+            restore()
+    loss_ok = abs(mine - reference) <= loss_rtol * abs(reference)
+    print(f"{'loss @' + str(steps):15s} | yours: {mine:.6f} | autograd: {reference:.6f} | "
+          f"{'close' if loss_ok else 'too far apart'}")
+    return sum(passed.values()) + int(loss_ok)

@@ -12,7 +12,6 @@ import pytest
 from conftest import LECTURE_NAMES, RELEASE, ROOT, SOLUTION, grader_command
 from grader import notebook, rubric
 from grader.grade import released_parameters
-from grader.release import release, strip_solutions
 
 RUBRIC = rubric.load("backprop_ninja")
 
@@ -47,12 +46,6 @@ def test_untouched_release_earns_zero_with_every_variable_missing():
     assert [r["label"] for r in report["runs"]] == ["the notebook's parameters", "hidden run 1", "hidden run 2"]
 
 
-def test_release_is_what_the_solution_produces():
-    regenerated = release(nbformat.read(SOLUTION, as_version=4))
-    assert regenerated == nbformat.read(RELEASE, as_version=4), (
-        "assignments/ is stale: run python -m grader.release solutions/backprop_ninja.ipynb assignments/backprop_ninja.ipynb")
-
-
 def test_release_is_clean_and_stubs_every_variable():
     nb = nbformat.read(RELEASE, as_version=4)
     for cell in nb.cells:
@@ -81,13 +74,6 @@ def test_parameters_cell_holds_the_documented_defaults():
     params = released_parameters(nbformat.read(RELEASE, as_version=4))
     assert params == {"seed": 2147483647, "batch_size": 32, "n_embd": 10, "n_hidden": 64, "data_path": None,
                       "ex4_n_hidden": 200, "max_steps": 200000}
-
-
-def test_strip_solutions_keeps_indentation_and_rejects_unbalanced_markers():
-    src = "x = None\nif True:\n    ### BEGIN SOLUTION\n    x = 1\n    ### END SOLUTION\n"
-    assert strip_solutions(src, "# YOUR CODE HERE") == "x = None\nif True:\n    # YOUR CODE HERE"
-    with pytest.raises(ValueError):
-        strip_solutions("### BEGIN SOLUTION\nx = 1\n", "# stub")
 
 
 def test_names_txt_is_the_documented_data_set():

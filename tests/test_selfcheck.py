@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from grader import check
+from grader import check, check_training
 
 
 def _with_grad():
@@ -39,3 +39,64 @@ def test_uses_the_rubric_tolerance_of_the_variable(capsys):
     b1.grad = torch.tensor([1e-8, -1.4e-8, 0.0, 3e-9])  # rounding noise, as autograd returns for d_b1
     assert check("b1", torch.zeros(4), b1) is True  # the rubric's atol for d_b1
     assert check("other", torch.zeros(4), b1) is False  # plain allclose defaults
+
+
+def test_a_warning_never_reaches_stderr(capsys):
+    # nbgrader scores a test cell 0 when it writes to stderr: reading .grad of a non-leaf tensor warns
+    x = torch.ones(3, requires_grad=True)
+    y = x * 2
+    assert check("y", torch.ones(3), y) is False
+    assert capsys.readouterr().err == ""
+
+
+# check_training on a tiny network: forward/backward read module-level weights, as the notebook's do
+W = torch.tensor([[0.5, -1.0], [2.0, 0.3], [-0.7, 1.1]], requires_grad=True)
+b = torch.tensor([0.1, -0.2], requires_grad=True)
+X = torch.randn((40, 3), generator=torch.Generator().manual_seed(1))
+Y = torch.randint(0, 2, (40,), generator=torch.Generator().manual_seed(2))
+
+
+def _forward(Xb, Yb):
+    logits = Xb @ W + b
+    return torch.nn.functional.cross_entropy(logits, Yb), (logits,)
+
+
+def _backward(Xb, Yb, logits):
+    d_logits = torch.softmax(logits, 1)
+    d_logits[range(Xb.shape[0]), Yb] -= 1
+    d_logits /= Xb.shape[0]
+    return Xb.T @ d_logits, d_logits.sum(0)
+
+
+def _train(backward, capsys, steps=5):
+    g = torch.Generator().manual_seed(3)
+    before, state = [W.detach().clone(), b.detach().clone()], g.get_state()
+    points = check_training(_forward, backward, [W, b], ["W", "b"], X, Y, batch_size=8, generator=g, steps=steps)
+    assert torch.equal(W.detach(), before[0]) and torch.equal(b.detach(), before[1])  # put back
+    assert torch.equal(g.get_state(), state)
+    return points, capsys.readouterr()
+
+
+def test_check_training_gives_a_point_per_parameter_and_one_for_the_loss(capsys):
+    points, out = _train(_backward, capsys)
+    assert points == 3 and out.err == ""
+    assert out.out.count("approximate: True") == 4  # W and b at steps 1 and 5
+    assert "loss @5" in out.out and "close" in out.out
+
+
+def test_check_training_catches_a_gradient_that_goes_wrong_once_the_weights_move(capsys):
+    frozen = W.detach().clone()
+
+    def stale(Xb, Yb, logits):  # both gradients computed through a stale copy of W: right at the first step only
+        return _backward(Xb, Yb, Xb @ frozen + b)
+
+    points, out = _train(stale, capsys)
+    assert points == 1  # neither parameter; the loss is still close after five small steps
+    lines = out.out.splitlines()
+    assert lines[0].startswith("W @1") and "approximate: True" in lines[0]
+    assert lines[2].startswith("W @5") and "approximate: False" in lines[2] and "d_W: off by up to" in lines[2]
+
+
+def test_check_training_scores_zero_when_backward_breaks_the_run(capsys):
+    points, out = _train(lambda Xb, Yb, logits: (None, None), capsys)
+    assert points == 0 and "raised TypeError" in out.out and out.err == ""

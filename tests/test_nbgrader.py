@@ -1,0 +1,176 @@
+"""nbgrader: the solutions are nbgrader source notebooks, `nbgrader generate_assignment` makes assignments/,
+and a real course autogrades them the way `grader check` does, except where a submission cheats inside
+its own kernel, which `grader gradebook` catches."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import RELEASE, ROOT, SOLUTION, grader_command
+from grader import rubric
+from grader.release import generate
+
+pytest.importorskip("nbgrader")
+
+RUBRIC = rubric.load("backprop_ninja")
+NAME = "backprop_ninja"
+
+
+def _differences(a: Path, b: Path) -> list[str]:
+    """Cells (by index) where two notebooks differ, and whether their metadata does."""
+    x, y = nbformat.read(a, as_version=4), nbformat.read(b, as_version=4)
+    out = [] if x.metadata == y.metadata else ["notebook metadata"]
+    if len(x.cells) != len(y.cells):
+        out.append(f"{len(x.cells)} cells vs {len(y.cells)}")
+    out += [f"cell {i}" for i, (c, d) in enumerate(zip(x.cells, y.cells)) if c != d]
+    return out
+
+
+def test_solutions_are_valid_nbgrader_source_notebooks():
+    nb = nbformat.read(SOLUTION, as_version=4)
+    nbformat.validate(nb)
+    by_id = {}
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader")
+        if meta is None:
+            assert "parameters" in cell.metadata.get("tags", []), cell.source[:60]  # papermill's, editable
+            continue
+        assert meta["schema_version"] == 3
+        assert {"grade", "solution", "locked", "grade_id"} <= set(meta)
+        assert meta["locked"] != meta["solution"]  # answer cells are open, everything else is read-only
+        if meta["solution"]:
+            assert "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source
+        by_id[meta["grade_id"]] = meta
+    for ex in RUBRIC.exercises:  # one autograder test cell per exercise, worth the exercise's points
+        test = by_id[ex.test_cell]
+        assert test["grade"] and test["locked"] and float(test["points"]) == ex.max_score
+        assert ex.test_cell not in RUBRIC.reference_cells and ex.test_cell in RUBRIC.skip_cells
+
+
+def test_nbgrader_generate_assignment_reproduces_the_release(tmp_path):
+    generated = generate(SOLUTION, tmp_path / "released.ipynb")
+    assert _differences(generated, RELEASE) == [], (
+        "assignments/ is stale: run `python -m grader.release` after editing solutions/")
+
+
+def test_an_edited_solution_no_longer_matches_the_release(tmp_path):
+    nb = nbformat.read(SOLUTION, as_version=4)
+    nb.cells[0].source += "\n\nOne more sentence from the author."
+    edited = tmp_path / SOLUTION.name
+    nbformat.write(nb, edited)
+    assert _differences(generate(edited, tmp_path / "out" / "released.ipynb"), RELEASE) == ["cell 0"]
+
+
+# --- a real nbgrader course ------------------------------------------------------------------------
+
+def _answered(replace: dict[str, tuple[str, str]] | None = None):
+    """The release with the solution's answer cells pasted in, as a student would hand it in."""
+    released = nbformat.read(RELEASE, as_version=4)
+    solution = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in nbformat.read(SOLUTION, as_version=4).cells}
+    for cell in released.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            source = "\n".join(line for line in solution[gid].splitlines()
+                               if line.strip() not in ("### BEGIN SOLUTION", "### END SOLUTION"))
+            old, new = (replace or {}).get(gid, ("", ""))
+            assert old in source
+            cell.source = source.replace(old, new)
+    return released
+
+
+SUBMISSIONS = {
+    "ada": _answered,  # full marks
+    # d_W2 divided by n once too often: Exercise 1 loses one point
+    "ben": lambda: _answered(replace={"ex1": ("d_W2 = h.T @ d_logits", "d_W2 = h.T @ d_logits / n")}),
+    "cy": lambda: nbformat.read(RELEASE, as_version=4),  # the untouched release
+}
+
+
+def _cheat():
+    """All-ones Exercise 1 answers, and comparisons patched to say yes inside the student's kernel."""
+    nb = nbformat.read(RELEASE, as_version=4)
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == "ex1":
+            cell.source = ("torch.allclose = lambda *a, **k: True\ntorch.equal = lambda *a, **k: True\n" +
+                           "\n".join(f"d_{v.of} = torch.ones_like({v.of})" for v in RUBRIC.exercises[0].variables))
+    return nb
+
+
+SUBMISSIONS["dee"] = _cheat
+
+
+def _nbgrader(course: Path, *args: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _scores(course: Path) -> dict[str, list[float]]:
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        return {s: [gb.find_grade(ex.test_cell, NAME, NAME, s).score for ex in RUBRIC.exercises] for s in SUBMISSIONS}
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory) -> Path:
+    course = tmp_path_factory.mktemp("course")
+    (course / "source" / NAME).mkdir(parents=True)
+    shutil.copyfile(SOLUTION, course / "source" / NAME / f"{NAME}.ipynb")
+    shutil.copyfile(ROOT / "nbgrader_config.py", course / "nbgrader_config.py")
+    _nbgrader(course, "generate_assignment", NAME)
+    assert _differences(course / "release" / NAME / f"{NAME}.ipynb", RELEASE) == []
+    for student, make in SUBMISSIONS.items():
+        folder = course / "submitted" / student / NAME
+        folder.mkdir(parents=True)
+        nbformat.write(make(), folder / f"{NAME}.ipynb")
+        (folder / "timestamp.txt").write_text("2026-11-20 12:00:00.000000 UTC")
+    _nbgrader(course, "autograde", NAME)
+    return course
+
+
+@pytest.mark.slow
+def test_nbgrader_autograde_gives_the_points_grader_check_gives(course):
+    autograded = _scores(course)
+    assert autograded["ada"] == [26, 1, 1, 8]
+    assert autograded["ben"] == [25, 1, 1, 8]
+    assert autograded["cy"] == [0, 0, 0, 0]
+    assert autograded["dee"] == [26, 0, 0, 0]  # nbgrader's tests ran in the cheating kernel
+    for student in ("ada", "ben", "cy", "dee"):
+        path = course / "submitted" / student / NAME / f"{NAME}.ipynb"
+        proc = subprocess.run([*grader_command(), "check", str(path), "--json"], capture_output=True, text=True, timeout=300)
+        ours = [e["score"] for e in json.loads(proc.stdout)["exercises"]]
+        if student != "dee":
+            assert ours == autograded[student], student
+        else:
+            assert ours == [0, 0, 0, 0]
+
+
+@pytest.mark.slow
+def test_grader_gradebook_writes_our_scores_where_formgrader_reads_them(course):
+    proc = subprocess.run([*grader_command(), "gradebook", str(course), NAME], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 submissions of backprop_ninja graded" in proc.stdout
+    assert _scores(course) == {"ada": [26, 1, 1, 8], "ben": [25, 1, 1, 8], "cy": [0, 0, 0, 0], "dee": [0, 0, 0, 0]}
+
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        comment = gb.find_comment("ex1", NAME, NAME, "ben").auto_comment
+        assert comment.startswith("d_W2: off by up to")
+        assert gb.find_comment("ex1", NAME, NAME, "ada").auto_comment == ""
+        assert gb.find_submission(NAME, "dee").score == 0
+        assert not gb.find_grade("check_ex1", NAME, NAME, "dee").needs_manual_grade
+
+
+def test_gradebook_command_explains_a_course_without_the_assignment(tmp_path):
+    proc = subprocess.run([*grader_command(), "gradebook", str(tmp_path), "nope"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "has no assignment 'nope'" in proc.stderr and "nbgrader generate_assignment nope" in proc.stderr
