@@ -25,18 +25,37 @@ def _parser() -> argparse.ArgumentParser:
     gradebook.add_argument("assignment", metavar="ASSIGNMENT", help="the assignment's name in that course")
     gradebook.add_argument("--db", metavar="URL", help="the gradebook's database URL (default: COURSE/gradebook.db)")
     gradebook.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
+
+    gradescope = commands.add_parser("gradescope", help="build a Gradescope autograder, or run it on a submission")
+    steps = gradescope.add_subparsers(dest="step", required=True, metavar="STEP")
+    build = steps.add_parser("build", help="write an autograder zip to upload to Gradescope")
+    build.add_argument("assignment", metavar="ASSIGNMENT", help="the assignment to grade, e.g. backprop_ninja")
+    build.add_argument("--out", metavar="ZIP", default="autograder.zip", help="where to write it (default: autograder.zip)")
+    build.add_argument("--torch-index-url", metavar="URL", help="where setup.sh gets PyTorch (default: PyTorch's CPU builds)")
+    run_step = steps.add_parser("run", help="grade a submission folder and write results.json (what run_autograder does)")
+    run_step.add_argument("submission", metavar="SUBMISSION", help="the folder holding the submitted notebook")
+    run_step.add_argument("results", metavar="RESULTS", help="the results.json to write")
+    run_step.add_argument("--assignment", metavar="NAME", required=True, help="the assignment to grade it as")
+    run_step.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
+    for step in (build, run_step):
+        step.add_argument("--hidden-visibility", default="after_published", metavar="WHEN",
+                          choices=["hidden", "after_due_date", "after_published", "visible"],
+                          help="when students see the hidden re-runs' details (default: after_published)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (0 report, 1 ungradable input, 2 usage)."""
     args = _parser().parse_args(argv)
-    if args.timeout is not None and not 0 < args.timeout < float("inf"):
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and not 0 < timeout < float("inf"):
         _parser().error("--timeout must be a positive number of seconds")
     from grader import grade, report, rubric  # after parsing: `--help` should not wait for torch
 
     if args.command == "gradebook":
         return _gradebook(args)
+    if args.command == "gradescope":
+        return _gradescope(args)
     try:
         hidden = rubric.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
         result = grade.grade_notebook(args.notebook, assignment=args.assignment, timeout=args.timeout, hidden_runs=hidden)
@@ -61,6 +80,25 @@ def _gradebook(args: argparse.Namespace) -> int:
         print(f"grader: {e}", file=sys.stderr)
         return e.exit_code
     print(f"{len(done)} submissions of {args.assignment} graded and written to the gradebook")
+    return 0
+
+
+def _gradescope(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from grader import gradescope
+
+    try:
+        if args.step == "build":
+            index = gradescope.TORCH_CPU_INDEX if args.torch_index_url is None else args.torch_index_url
+            print(gradescope.build(args.assignment, Path(args.out), args.hidden_visibility, index))
+            return 0
+        out = gradescope.run(Path(args.submission), Path(args.results), args.assignment, args.hidden_visibility,
+                             args.timeout)
+    except GraderError as e:
+        print(f"grader: {e}", file=sys.stderr)
+        return e.exit_code
+    print(f"{out['score']:g} points; results written to {args.results}")
     return 0
 
 
