@@ -114,8 +114,8 @@ ROOT="${{AUTOGRADER_ROOT:-/autograder}}"
 TORCH_INDEX_URL="${{TORCH_INDEX_URL-{index}}}"   # empty: the default index
 
 PYTHON=""
-for p in python3.13 python3.12 python3.11; do
-  if command -v "$p" >/dev/null; then PYTHON="$p"; break; fi
+for p in python3 python3.13 python3.12 python3.11; do  # the first that runs and is 3.11 or newer
+  if "$p" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then PYTHON="$p"; break; fi
 done
 if [ -z "$PYTHON" ]; then  # Ubuntu 22.04 ships Python 3.10; the grader needs 3.11 or newer
   apt-get update && apt-get install -y python3.11 python3.11-venv
