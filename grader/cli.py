@@ -19,6 +19,16 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--assignment", metavar="NAME", help="grade as this assignment (default: from the notebook's metadata)")
     check.add_argument("--hidden-runs", metavar="FILE",
                        help="a TOML file of [[hidden_run]] parameter tables to use instead of the published ones")
+    grade = commands.add_parser("grade", help="grade a whole class into a folder of reports, grades.csv and a summary")
+    grade.add_argument("submissions", metavar="SUBMISSION", nargs="+",
+                       help="notebooks, folders of them (nbgrader's submitted/ too) or zips of an LMS download")
+    grade.add_argument("--assignment", metavar="NAME", required=True, help="the assignment to grade them as")
+    grade.add_argument("--out", metavar="DIR", required=True, help="where the reports and the gradebook go")
+    grade.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                       help="submissions graded at once (default: the number of cores)")
+    grade.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
+    grade.add_argument("--force", action="store_true", help="grade again even where a report for the same content exists")
+
     gradebook = commands.add_parser(
         "gradebook", help="grade an nbgrader course's submitted/ folder and write the scores into its gradebook")
     gradebook.add_argument("course", metavar="COURSE", help="the nbgrader course directory")
@@ -52,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error("--timeout must be a positive number of seconds")
     from grader import grade, report, rubric  # after parsing: `--help` should not wait for torch
 
+    if args.command == "grade":
+        return _grade(args)
     if args.command == "gradebook":
         return _gradebook(args)
     if args.command == "gradescope":
@@ -63,6 +75,59 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grader: {e}", file=sys.stderr)
         return e.exit_code
     print(report.to_json(result) if args.json else report.to_text(result))
+    return 0
+
+
+class _Progress:
+    """A bar with rate and ETA on a terminal; one plain line per submission otherwise."""
+
+    def __init__(self, total: int) -> None:
+        import time
+
+        self.total, self.done, self.clock, self.started = total, 0, time.monotonic, time.monotonic()
+        self.bar = sys.stderr.isatty()
+
+    def __call__(self, outcome) -> None:
+        self.done += 1
+        r = outcome.report
+        what = f"{outcome.submission.student}: {r['score']:g}/{r['max_score']:g}" + (" (kept)" if outcome.reused else "")
+        if not self.bar:
+            print(f"[{self.done}/{self.total}] {what}", file=sys.stderr, flush=True)
+            return
+        elapsed = self.clock() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate else 0.0
+        filled = round(30 * self.done / self.total)
+        print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {rate:.1f}/s "
+              f"ETA {int(eta) // 60}:{int(eta) % 60:02d}  {what[:40]:40s}", end="", file=sys.stderr, flush=True)
+        if self.done == self.total:
+            print(file=sys.stderr)
+
+
+def _grade(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from grader import batch, rubric
+
+    if args.jobs < 1:
+        _parser().error("--jobs must be at least 1")
+    out = Path(args.out)
+    try:
+        rubric.load(args.assignment)
+        with tempfile.TemporaryDirectory(prefix="grader-batch-") as scratch:
+            found = batch.discover([Path(s) for s in args.submissions], args.assignment, Path(scratch))
+            for problem in found.problems:
+                print(f"note: {problem}", file=sys.stderr)
+            batch.grade_all(found, args.assignment, out, jobs=args.jobs, timeout=args.timeout, force=args.force,
+                            progress=_Progress(len(found.submissions)))
+            summary = batch.write_outputs(out, args.assignment, found)
+    except GraderError as e:
+        print(f"grader: {e}", file=sys.stderr)
+        return e.exit_code
+    print(batch.summary_text(summary, found.problems))
+    print(f"grades: {out / 'grades.csv'}; reports: {out / 'reports'}; feedback: {out / 'feedback'}; "
+          f"summary: {out / 'summary.png'}")
     return 0
 
 

@@ -1,0 +1,346 @@
+"""Grade a whole class: find the submissions, grade them in parallel, keep every grade.
+
+find submissions (files, folders, nbgrader's layout, LMS zips) -> grade each one (skipping those
+whose content already has a report) -> write its report atomically the moment it is ready ->
+rebuild grades.csv, the feedback files and the class summary from the reports on disk.
+
+The reports on disk are the gradebook: a batch killed at any moment and started again grades only
+what has no report yet, and ends with the same files as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from grader import report as reports, rubric as rubrics
+from grader.errors import GraderError
+from grader.rubric import Rubric
+
+MAX_ZIP_BYTES = 2 * 2**30
+"""Largest total size of the files extracted from one zip."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One student's notebook, as found."""
+
+    student: str
+    """The student's id: the nbgrader folder name, an LMS download's name field, or the file stem."""
+    path: Path
+    """The notebook file (extracted from a zip into the batch's scratch folder where need be)."""
+    digest: str
+    """sha256 of the file's bytes: a report is reused only for the very same submission."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """What `discover` found."""
+
+    submissions: tuple[Submission, ...]
+    """One per student, sorted by student id."""
+    problems: tuple[str, ...]
+    """Duplicates and inputs that hold no notebook, one sentence each."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One submission's grade, as written to the reports folder."""
+
+    submission: Submission
+    """Which one."""
+    report: dict
+    """The `grader check --json` object, plus `student` and `sha256`."""
+    reused: bool
+    """True when an earlier run's report for the same content was kept."""
+
+
+# --- finding submissions ----------------------------------------------------------------------------
+
+_LMS = re.compile(r"^(?P<student>[A-Za-z0-9-]+)_(?:LATE_)?\d+_\d+_")  # Canvas: name_[LATE_]userid_subid_file
+
+
+def _student_of(path: Path, root: Path, assignment: str) -> str:
+    relative = path.relative_to(root)
+    if len(relative.parts) >= 3 and relative.parts[-2] == assignment:  # nbgrader: <student>/<assignment>/x.ipynb
+        return relative.parts[-3]
+    m = _LMS.match(path.name)
+    return m["student"] if m else path.stem
+
+
+def _safe_id(student: str) -> str:
+    """The id as a file name: letters, digits and `._@-` only, never starting with a dot."""
+    return re.sub(r"[^A-Za-z0-9._@-]", "_", student).lstrip(".") or "_"
+
+
+def _extract(archive: Path, scratch: Path) -> Path:
+    """Unpack the notebooks of a zip into `scratch` (nothing outside it, nothing over the size cap)."""
+    dest = Path(tempfile.mkdtemp(prefix=_safe_id(archive.stem) + "-", dir=scratch))
+    total = 0
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            name = Path(info.filename)
+            if info.is_dir() or name.suffix != ".ipynb" or name.is_absolute() or ".." in name.parts \
+                    or "__MACOSX" in name.parts or ".ipynb_checkpoints" in name.parts:
+                continue
+            total += info.file_size
+            if total > MAX_ZIP_BYTES:
+                raise GraderError(f"{archive}: more than {MAX_ZIP_BYTES} bytes of notebooks")
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as out:
+                out.write(src.read(MAX_ZIP_BYTES + 1))
+    return dest
+
+
+def _notebooks(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts and p.is_file())
+
+
+def discover(inputs: Iterable[Path], assignment: str, scratch: Path) -> Found:
+    """Find one notebook per student in `inputs` (files, folders, zips); zips are unpacked into `scratch`."""
+    candidates: list[tuple[str, Path]] = []
+    problems: list[str] = []
+    for given in inputs:
+        given = Path(given)
+        if given.is_file() and zipfile.is_zipfile(given):
+            try:
+                root = _extract(given, scratch)
+            except (zipfile.BadZipFile, OSError) as e:
+                problems.append(f"{given}: cannot unpack ({e})")
+                continue
+            found = _notebooks(root)
+        elif given.is_dir():
+            root, found = given, _notebooks(given)
+        elif given.exists():
+            root, found = given.parent, [given]
+        else:
+            problems.append(f"{given}: no such file or folder")
+            continue
+        if not found:
+            problems.append(f"{given}: no notebook (.ipynb) in it")
+        candidates += [(_student_of(p, root, assignment), p) for p in found]
+    by_student: dict[str, list[Path]] = {}
+    for student, path in candidates:
+        by_student.setdefault(_safe_id(student), []).append(path)
+    submissions = []
+    for student, paths in sorted(by_student.items()):
+        if len(paths) > 1:
+            problems.append(f"{student}: {len(paths)} notebooks ({', '.join(str(p) for p in paths)}); "
+                            f"graded {paths[0]}")
+        submissions.append(Submission(student, paths[0], hashlib.sha256(paths[0].read_bytes()).hexdigest()))
+    return Found(tuple(submissions), tuple(problems))
+
+
+# --- grading and writing ------------------------------------------------------------------------------
+
+def _write_atomically(path: Path, content: str | bytes) -> None:
+    """Replace `path` with `content` in one step: a reader (or a killed batch) sees the old file or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def failed_report(rubric: Rubric, notebook: str, reason: str) -> dict:
+    """The report of a submission that could not be graded at all: 0 for every variable, and why."""
+    variables = [
+        {"exercise": ex.id, "name": v.name, "of": v.of, "status": "error", "exact": False, "approximate": False,
+         "maxdiff": None, "points": 0.0, "max_points": v.points, "message": f"{v.name}: {reason}", "runs": []}
+        for ex in rubric.exercises
+        for v in (*ex.variables, *((ex.function.training.result,) if ex.function and ex.function.training else ()))
+    ]
+    return {"assignment": rubric.assignment, "notebook": notebook, "status": "failed", "error": reason,
+            "score": 0.0, "max_score": rubric.max_score,
+            "exercises": [{"id": ex.id, "score": 0.0, "max_score": ex.max_score} for ex in rubric.exercises],
+            "variables": variables, "notes": [], "runs": []}
+
+
+def _existing(path: Path, digest: str) -> dict | None:
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) and found.get("sha256") == digest else None
+
+
+def grade_one(submission: Submission, rubric: Rubric, timeout: float | None) -> dict:
+    """Grade one submission as `rubric`'s assignment; a notebook that cannot be read gets a failed report."""
+    from grader.grade import grade_notebook
+
+    try:
+        report = reports.to_dict(grade_notebook(submission.path, assignment=rubric.assignment, timeout=timeout))
+    except GraderError as e:
+        report = failed_report(rubric, str(submission.path), str(e))
+    return {"student": submission.student, "sha256": submission.digest, **report}
+
+
+def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeout: float | None = None,
+              force: bool = False, progress: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """Grade every submission in `found` into `out/reports/`, `jobs` at a time, reusing matching reports."""
+    rubric = rubrics.load(assignment)
+    folder = out / "reports"
+    outcomes: list[Outcome] = []
+    todo = []
+    for s in found.submissions:
+        kept = None if force else _existing(folder / f"{s.student}.json", s.digest)
+        if kept is not None:
+            outcomes.append(Outcome(s, kept, reused=True))
+            if progress:
+                progress(outcomes[-1])
+        else:
+            todo.append(s)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # each grade runs its own child processes
+        futures = {pool.submit(grade_one, s, rubric, timeout): s for s in todo}
+        for future in as_completed(futures):
+            s = futures[future]
+            report = future.result()
+            _write_atomically(folder / f"{s.student}.json", json.dumps(report, indent=2))
+            outcomes.append(Outcome(s, report, reused=False))
+            if progress:
+                progress(outcomes[-1])
+    return sorted(outcomes, key=lambda o: o.submission.student)
+
+
+# --- what the instructor reads ------------------------------------------------------------------------
+
+def _columns(rubric: Rubric) -> list[str]:
+    return [f"{ex.id}:{v.name}" for ex in rubric.exercises
+            for v in (*ex.variables, *((ex.function.training.result,) if ex.function and ex.function.training else ()))]
+
+
+def gradebook_csv(rubric: Rubric, report_files: Iterable[dict]) -> str:
+    """grades.csv: a row per student, the total, the points per variable, the status and the error."""
+    columns = _columns(rubric)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["student", "status", "score", "max_score", *columns, "error"])
+    for r in sorted(report_files, key=lambda r: r["student"]):
+        points = {f"{v['exercise']}:{v['name']}": v["points"] for v in r["variables"]}
+        writer.writerow([r["student"], r["status"], f"{r['score']:g}", f"{r['max_score']:g}",
+                         *(f"{points.get(c, 0.0):g}" for c in columns), r["error"]])
+    return buffer.getvalue()
+
+
+def feedback_markdown(report: dict) -> str:
+    """A feedback page a student can read anywhere: the score, then what lost points and why."""
+    lines = [f"# {report['assignment']}: {report['score']:g}/{report['max_score']:g}", ""]
+    if report["status"] == "failed":
+        lines += [f"**Your notebook did not run to the end:** {report['error']}", ""]
+    for ex in report["exercises"]:
+        lines += [f"## Exercise {ex['id']}: {ex['score']:g}/{ex['max_score']:g}", ""]
+        lost = [v for v in report["variables"] if v["exercise"] == ex["id"] and v["points"] < v["max_points"]]
+        lines += [f"- `{v['name']}` ({v['status']}): {v['message']}" for v in lost] or ["Every gradient is right."]
+        lines.append("")
+    if report["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The class at a glance."""
+
+    students: int
+    """How many were graded."""
+    scores: tuple[float, ...]
+    """Every total, sorted."""
+    max_score: float
+    """Points available."""
+    right: tuple[tuple[str, float], ...]
+    """Per variable (`ex1:d_probs`), the share of students who earned its points, in rubric order."""
+    failed: int
+    """Notebooks that did not run to the end."""
+
+
+def summarize(rubric: Rubric, report_files: list[dict]) -> Summary:
+    """Score distribution and, per variable, the share of the class that got it right (pure)."""
+    n = len(report_files)
+    columns = _columns(rubric)
+    earned = dict.fromkeys(columns, 0)
+    for r in report_files:
+        for v in r["variables"]:
+            key = f"{v['exercise']}:{v['name']}"
+            if key in earned and v["points"] >= v["max_points"] > 0:
+                earned[key] += 1
+    return Summary(n, tuple(sorted(r["score"] for r in report_files)), rubric.max_score,
+                   tuple((c, earned[c] / n if n else 0.0) for c in columns),
+                   sum(r["status"] == "failed" for r in report_files))
+
+
+def summary_text(summary: Summary, problems: Iterable[str] = ()) -> str:
+    """The class summary as plain text: the distribution, then the variables from hardest to easiest."""
+    s = summary
+    lines = [f"{s.students} students graded, {s.failed} notebooks did not run to the end"]
+    if s.scores:
+        median = s.scores[len(s.scores) // 2]
+        lines.append(f"scores out of {s.max_score:g}: min {s.scores[0]:g}, median {median:g}, max {s.scores[-1]:g}")
+        bins = 5
+        counts = [0] * bins
+        for x in s.scores:
+            counts[min(bins - 1, int(bins * x / s.max_score)) if s.max_score else 0] += 1
+        for i, c in enumerate(counts):
+            lo, hi = s.max_score * i / bins, s.max_score * (i + 1) / bins
+            lines.append(f"  {lo:5.1f} - {hi:5.1f} {'#' * c} {c}")
+        lines.append("share of the class with each gradient right, hardest first:")
+        for name, share in sorted(s.right, key=lambda x: x[1]):
+            lines.append(f"  {name:22s} {share:6.0%}  {'#' * round(20 * share)}")
+    lines += [f"note: {p}" for p in problems]
+    return "\n".join(lines)
+
+
+def summary_png(summary: Summary, path: Path) -> None:
+    """The same summary as a picture: the score histogram and the share right per variable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, _ in summary.right]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, max(4, 0.25 * len(names))),
+                                      gridspec_kw={"width_ratios": [1, 1.3]})
+    left.hist(summary.scores, bins=min(20, max(1, int(summary.max_score))), range=(0, summary.max_score or 1))
+    left.set(title=f"Scores ({summary.students} students)", xlabel=f"points out of {summary.max_score:g}",
+             ylabel="students")
+    right.barh(range(len(names)), [share for _, share in summary.right])
+    right.set_yticks(range(len(names)), names, fontsize=7)
+    right.invert_yaxis()
+    right.set(xlim=(0, 1), title="Share of the class with the gradient right", xlabel="share of students")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    _write_atomically(path, buffer.getvalue())
+
+
+def write_outputs(out: Path, assignment: str, found: Found) -> Summary:
+    """Rebuild grades.csv, the feedback files and the summary from the reports of `found`'s students."""
+    rubric = rubrics.load(assignment)
+    loaded = []
+    for s in found.submissions:
+        report = _existing(out / "reports" / f"{s.student}.json", s.digest)
+        if report is not None:
+            loaded.append(report)
+            _write_atomically(out / "feedback" / f"{s.student}.md", feedback_markdown(report))
+    _write_atomically(out / "grades.csv", gradebook_csv(rubric, loaded))
+    summary = summarize(rubric, loaded)
+    _write_atomically(out / "summary.txt", summary_text(summary, found.problems) + "\n")
+    summary_png(summary, out / "summary.png")
+    return summary
