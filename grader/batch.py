@@ -197,6 +197,8 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
     """Grade every submission in `found` into `out/reports/`, `jobs` at a time, reusing matching reports."""
     rubric = rubrics.load(assignment)
     folder = out / "reports"
+    for stale in folder.glob(".*.json.*"):  # a write that a killed batch left half done
+        stale.unlink(missing_ok=True)
     outcomes: list[Outcome] = []
     todo = []
     for s in found.submissions:
