@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grader import report as reports, rubric as rubrics
-from grader.errors import GraderError
+from grader.errors import GraderError, NotANotebook
 from grader.rubric import Rubric
 
 MAX_ZIP_BYTES = 2 * 2**30
@@ -187,7 +187,7 @@ def grade_one(submission: Submission, rubric: Rubric, timeout: float | None) -> 
 
     try:
         report = reports.to_dict(grade_notebook(submission.path, assignment=rubric.assignment, timeout=timeout))
-    except GraderError as e:
+    except NotANotebook as e:  # the student's file; anything else is the grader's problem and stops the batch
         report = failed_report(rubric, str(submission.path), str(e))
     return {"student": submission.student, "sha256": submission.digest, **report}
 

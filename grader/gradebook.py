@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grader import rubric as rubrics
-from grader.errors import GraderError
+from grader.errors import GraderError, NotANotebook
 from grader.grade import grade_notebook
 from grader.score import Report
 
@@ -51,12 +51,22 @@ def submissions(course: Path, assignment: str) -> Iterator[Submission]:
             yield Submission(student=folder.parent.name, notebook=path.stem, path=path)
 
 
-def _comment(report: Report, exercise: str) -> str:
-    """The auto comment of an answer cell: what is wrong with each variable that lost points."""
+def _comment(report: Report, exercise: str) -> str | None:
+    """The auto comment of an answer cell: what is wrong with each variable that lost points (None: nothing)."""
     lines = [v.message for v in report.variables if v.exercise == exercise and v.points < v.max_points]
     if report.status == "failed":
         lines.insert(0, f"The notebook did not run to the end: {report.error}")
-    return "\n".join(lines)
+    return "\n".join(lines) or None
+
+
+def _timestamp(submission: Submission):
+    """The submission time nbgrader's collect recorded in timestamp.txt, if any (for late penalties)."""
+    from nbgrader.utils import parse_utc
+
+    try:
+        return parse_utc((submission.path.parent / "timestamp.txt").read_text().strip())
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def record(gradebook, assignment: str, submission: Submission, report: Report | None, rubric: rubrics.Rubric,
@@ -65,16 +75,16 @@ def record(gradebook, assignment: str, submission: Submission, report: Report | 
     from nbgrader.api import MissingEntry
 
     gradebook.update_or_create_student(submission.student)
-    try:
-        gradebook.find_submission(assignment, submission.student)
-    except MissingEntry:
-        gradebook.add_submission(assignment, submission.student)
+    timestamp = _timestamp(submission)
+    gradebook.update_or_create_submission(assignment, submission.student,
+                                          **({"timestamp": timestamp} if timestamp else {}))
     scores = {e.id: e.score for e in report.exercises} if report else {}
     for ex in rubric.exercises:
         if ex.test_cell is None:
             continue
         grade = gradebook.find_grade(ex.test_cell, submission.notebook, assignment, submission.student)
-        grade.auto_score = float(scores.get(ex.id, 0.0))
+        # the course may have changed the cell's points: scale, as its own partial credit would never exceed them
+        grade.auto_score = float(scores.get(ex.id, 0.0)) * grade.max_score / ex.max_score if ex.max_score else 0.0
         grade.needs_manual_grade = grade.manual_score is not None  # a hand-entered score: have it reviewed
         try:
             comment = gradebook.find_comment(ex.cell, submission.notebook, assignment, submission.student)
@@ -84,15 +94,40 @@ def record(gradebook, assignment: str, submission: Submission, report: Report | 
     gradebook.db.commit()
 
 
+def _ours(gradebook, course: Path, assignment: str) -> dict[str, rubrics.Rubric]:
+    """The assignment's notebooks that are ours (by the course's own release), with their rubrics.
+
+    Raises `GraderError` when one of them lacks a test cell its rubric scores (an older course version).
+    """
+    from grader import notebook as notebooks
+
+    ours: dict[str, rubrics.Rubric] = {}
+    for nb in gradebook.find_assignment(assignment).notebooks:
+        for folder in ("release", "source"):
+            path = course / folder / assignment / f"{nb.name}.ipynb"
+            if path.is_file():
+                name = notebooks.read(path).metadata.get("grader", {}).get("assignment")
+                if isinstance(name, str) and name in rubrics.known_assignments():
+                    ours[nb.name] = rubrics.load(name)
+                break
+        if nb.name in ours:
+            cells = {c.name for c in nb.grade_cells}
+            missing = [ex.test_cell for ex in ours[nb.name].exercises if ex.test_cell and ex.test_cell not in cells]
+            if missing:
+                raise GraderError(f"{assignment}/{nb.name} in this course has no test cells {missing}: "
+                                  "regenerate it from the current solutions/ notebook")
+    return ours
+
+
 def grade_course(course: str | Path, assignment: str, *, db_url: str | None = None, timeout: float | None = None,
                  progress: Callable[[Recorded], None] | None = None) -> list[Recorded]:
     """Grade every submission of `assignment` in the nbgrader course at `course`; record each in its gradebook.
 
     Parameters
     ----------
-    course: the course directory (with `submitted/` and, by default, `gradebook.db`).
+    course: the course directory (with `submitted/`, `release/` or `source/`, and by default `gradebook.db`).
     assignment: the assignment's name in nbgrader (it must have been through `generate_assignment`).
-    db_url: the gradebook's database URL; by default `sqlite:///<course>/gradebook.db`.
+    db_url: the gradebook's database URL; by default `sqlite:///<course>/gradebook.db`, which must exist.
     timeout: wall-clock limit per run of a notebook; by default the rubric's.
     progress: called with each submission's outcome as soon as it is recorded.
     """
@@ -102,38 +137,26 @@ def grade_course(course: str | Path, assignment: str, *, db_url: str | None = No
         raise GraderError("writing to an nbgrader gradebook needs nbgrader: pip install 'backprop-grader[nbgrader]'") from None
 
     course = Path(course).resolve()
+    if db_url is None and not (course / "gradebook.db").is_file():
+        raise GraderError(f"{course} is not an nbgrader course: it has no gradebook.db (or pass --db URL)")
     url = db_url or f"sqlite:///{course / 'gradebook.db'}"
     done: list[Recorded] = []
     with Gradebook(url) as gradebook:
         try:
-            notebooks = {nb.name for nb in gradebook.find_assignment(assignment).notebooks}
+            ours = _ours(gradebook, course, assignment)
         except MissingEntry:
             raise GraderError(f"the gradebook at {url} has no assignment {assignment!r}: "
                               f"run `nbgrader generate_assignment {assignment}` first") from None
-        ours: dict[str, str] = {}  # notebook name -> our assignment, from the course's own copy, not the student's
         for submission in submissions(course, assignment):
-            if submission.notebook not in notebooks:
-                continue  # nbgrader ignores notebooks that are not part of the assignment; so do we
-            if submission.notebook not in ours:
-                ours[submission.notebook] = _assignment_of_release(course, assignment, submission.notebook)
-            rubric = rubrics.load(ours[submission.notebook])
+            rubric = ours.get(submission.notebook)
+            if rubric is None:
+                continue  # not a notebook of this assignment, or not one we grade: nbgrader's business
             try:
                 report, error = grade_notebook(submission.path, assignment=rubric.assignment, timeout=timeout), ""
-            except GraderError as e:  # not a notebook at all: 0 for every test cell, and why
+            except NotANotebook as e:  # the student's file is no notebook: 0 for every test cell, and why
                 report, error = None, str(e)
             record(gradebook, assignment, submission, report, rubric, error)
             done.append(Recorded(submission, report, error))
             if progress:
                 progress(done[-1])
     return done
-
-
-def _assignment_of_release(course: Path, assignment: str, notebook: str) -> str:
-    """Which of our assignments a notebook of the course is, read from the course's own release (or source)."""
-    from grader import notebook as notebooks
-
-    for folder in ("release", "source"):
-        path = course / folder / assignment / f"{notebook}.ipynb"
-        if path.is_file():
-            return notebooks.assignment_of(notebooks.read(path), path)
-    raise GraderError(f"cannot tell which assignment {assignment}/{notebook} is: no release/ or source/ copy")

@@ -21,11 +21,14 @@ import zipfile
 from pathlib import Path
 
 from grader import assets, rubric as rubrics
-from grader.errors import GraderError
+from grader.errors import GraderError, NotANotebook
+from grader.compare import PASSING
 from grader.score import Report
 
 VISIBILITIES = ("hidden", "after_due_date", "after_published", "visible")
 """Gradescope's visibility settings, from most to least private."""
+MAX_OUTPUT = 64_000
+"""Characters of top-level output at most (a notebook can raise in many cells)."""
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 """Where PyTorch publishes its CPU-only builds (PyPI's Linux wheels are the large CUDA ones)."""
 
@@ -38,19 +41,18 @@ def results(report: Report, execution_time: float, hidden_visibility: str = "aft
     """Gradescope's results.json object for one graded notebook (pure)."""
     tests = []
     for v in report.variables:
-        verdict = "exact" if v.status == "exact" else "approximate" if v.status == "approximate" else v.status
         maxdiff = "" if v.maxdiff is None else f", maxdiff {v.maxdiff:.3g}"
         tests.append({
             "name": _test_name(v.exercise, v.name),
             "score": v.points,
             "max_score": v.max_points,
             "status": "passed" if v.points >= v.max_points else "failed",
-            "output": v.message or f"{v.name}: {verdict}{maxdiff}",
+            "output": v.message or f"{v.name}: {v.status}{maxdiff}",
             "visibility": "visible",
         })
     for i, run in enumerate(report.runs[1:], start=1):
         failing = [f"{_test_name(v.exercise, v.name)}: {v.runs[i]}" for v in report.variables
-                   if len(v.runs) > i and v.runs[i] not in ("exact", "approximate")]
+                   if len(v.runs) > i and v.runs[i] not in PASSING]
         detail = "ran to the end" if run.status == "graded" else "did not run to the end"
         output = f"{run.label} {detail}; " + ("every variable was right." if not failing else
                                               "not right in this run:\n" + "\n".join(failing))
@@ -62,26 +64,28 @@ def results(report: Report, execution_time: float, hidden_visibility: str = "aft
         summary += f"\nThe notebook did not run to the end: {report.error}"
     if report.notes:
         summary += "\n" + "\n".join(f"note: {n}" for n in report.notes)
-    return {"score": report.score, "execution_time": round(execution_time, 3), "output": summary,
+    return {"score": report.score, "execution_time": round(execution_time), "output": summary[:MAX_OUTPUT],
             "visibility": "visible", "stdout_visibility": "hidden", "tests": tests}
 
 
 def failure(reason: str, execution_time: float) -> dict:
     """results.json for a submission that could not be graded at all: score 0 and why."""
-    return {"score": 0.0, "execution_time": round(execution_time, 3), "output": reason,
+    return {"score": 0.0, "execution_time": round(execution_time), "output": reason[:MAX_OUTPUT],
             "visibility": "visible", "stdout_visibility": "hidden", "tests": []}
 
 
 def find_notebook(submission: Path, expected: str) -> Path:
     """The submitted notebook: the one named like the release if there is one, else the only one."""
-    found = sorted(p for p in submission.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+    found = sorted((p for p in submission.rglob("*.ipynb")
+                    if not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(submission).parts)),
+                   key=lambda p: (len(p.parts), str(p)))  # the shallowest first: a zip's folder, not its copies
     if not found:
-        raise GraderError(f"no notebook (.ipynb) in the submission: upload {expected}")
+        raise NotANotebook(f"no notebook (.ipynb) in the submission: upload {expected}")
     named = [p for p in found if p.name == expected]
     if named:
         return named[0]
     if len(found) > 1:
-        raise GraderError(f"{len(found)} notebooks in the submission and none named {expected}: upload only that one")
+        raise NotANotebook(f"{len(found)} notebooks in the submission and none named {expected}: upload only that one")
     return found[0]
 
 
@@ -96,11 +100,12 @@ def run(submission: Path, results_path: Path, assignment: str, hidden_visibility
         notebook = find_notebook(submission, rubric.released.name)
         out = results(grade_notebook(notebook, assignment=assignment, timeout=timeout),
                       time.monotonic() - started, hidden_visibility)
-    except GraderError as e:  # nothing to grade: still a valid results.json, with the reason
+    except NotANotebook as e:  # the student's upload: still a valid results.json, with the reason
+        # (an unknown assignment or a sandbox that cannot start is ours: it fails the autograder instead)
         out = failure(str(e), time.monotonic() - started)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = results_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2), encoding="utf-8")
+    tmp.write_text(json.dumps(out, indent=2, allow_nan=False), encoding="utf-8")
     tmp.replace(results_path)
     return out
 
@@ -114,12 +119,16 @@ ROOT="${{AUTOGRADER_ROOT:-/autograder}}"
 TORCH_INDEX_URL="${{TORCH_INDEX_URL-{index}}}"   # empty: the default index
 
 PYTHON=""
-for p in python3 python3.13 python3.12 python3.11; do  # the first that runs and is 3.11 or newer
-  if "$p" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then PYTHON="$p"; break; fi
+for p in python3 python3.13 python3.12 python3.11; do  # the first that runs, is 3.11 or newer and has venv
+  if "$p" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then PYTHON="$p"; break; fi
 done
-if [ -z "$PYTHON" ]; then  # Ubuntu 22.04 ships Python 3.10; the grader needs 3.11 or newer
-  apt-get update && apt-get install -y python3.11 python3.11-venv
-  PYTHON=python3.11
+if [ -z "$PYTHON" ]; then  # Ubuntu 22.04 ships Python 3.10, 24.04 may lack venv; the grader needs 3.11+
+  apt-get update
+  if python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    apt-get install -y python3-venv && PYTHON=python3
+  else
+    apt-get install -y python3.11 python3.11-venv && PYTHON=python3.11
+  fi
 fi
 "$PYTHON" -m venv "$ROOT/venv"
 # PyTorch's CPU build first, at the version the grader was built with (the same kernels, the same `exact`)
@@ -165,7 +174,10 @@ def _package_tree(dest: Path, assignment: str) -> None:
     for path in (rubric.released, rubric.released.with_name(f"{assignment}.toml")):
         shutil.copyfile(path, shipped / "assignments" / path.name)
     shutil.copytree(assets.data_dir(), shipped / "data", ignore=shutil.ignore_patterns("*.py", "*.md", "__pycache__"))
-    dist = importlib.metadata.distribution("backprop-grader")
+    try:
+        dist = importlib.metadata.distribution("backprop-grader")
+    except importlib.metadata.PackageNotFoundError:
+        raise GraderError("building the autograder needs the package installed: pip install .") from None
     # the runtime dependencies only; torch is installed first by setup.sh, pinned
     needed = [r for r in (dist.requires or []) if "extra ==" not in r]
     (dest / "pyproject.toml").write_text(PYPROJECT.format(version=dist.version, dependencies=json.dumps(needed)),
@@ -179,6 +191,8 @@ def build(assignment: str, out: Path, hidden_visibility: str = "after_published"
         raise GraderError(f"--hidden-visibility must be one of {', '.join(VISIBILITIES)}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", assignment):
         raise GraderError(f"not an assignment name: {assignment!r}")
+    if not re.fullmatch(r"[A-Za-z0-9:/._~%+-]*", torch_index_url):  # it goes into setup.sh as is
+        raise GraderError(f"not a plain URL: {torch_index_url!r}")
     rubrics.load(assignment)  # an unknown name fails here, with the names we know
     torch_version = importlib.metadata.version("torch").split("+")[0]
     with tempfile.TemporaryDirectory(prefix="grader-gradescope-") as tmp:

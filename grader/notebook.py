@@ -210,9 +210,12 @@ def plan(student: nbformat.NotebookNode, released: nbformat.NotebookNode, rubric
         if f is None:
             captures.append(Capture(ex.id, tuple(v.name for v in ex.variables), start, before))
         else:
-            # the training loop that calls the function comes after the answer cell: capture at the end
+            # the training loop that calls the function comes after the answer cell: capture right after
+            # it, so that a scratch cell of the student's further down cannot stop or change its result
+            training = [i for i, g in enumerate(gids) if f.training and g in f.training.cells and i > start]
             result = (f.training.result.name,) if f.training else ()
-            captures.append(Capture(ex.id, result, start, len(cells), function=f.name, calls=f.calls,
+            end = training[-1] + 1 if training else len(cells)
+            captures.append(Capture(ex.id, result, start, end, function=f.name, calls=f.calls,
                                     returns=tuple(v.name for v in ex.variables), wrt=f.wrt))
     return Plan(tuple(cells), tuple(captures), tuple(notes))
 

@@ -10,6 +10,7 @@ so this makes one in a temporary directory: `source/NAME/NAME.ipynb` and the rep
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -27,8 +28,11 @@ def generate(solution: Path, out: Path, config: Path = REPOSITORY / "nbgrader_co
         (course / "source" / name).mkdir(parents=True)
         shutil.copyfile(solution, course / "source" / name / solution.name)
         shutil.copyfile(config, course / "nbgrader_config.py")
+        # nbgrader runs `alembic` to make its gradebook: find it beside this interpreter even when the
+        # virtual environment is not activated
+        env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
         proc = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", name, "--force"],
-                              cwd=course, capture_output=True, text=True)
+                              cwd=course, capture_output=True, text=True, env=env)
         released = course / "release" / name / solution.name
         if proc.returncode != 0 or not released.is_file():
             raise RuntimeError(f"nbgrader generate_assignment {name} failed:\n{proc.stdout}{proc.stderr}")

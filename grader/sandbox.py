@@ -26,6 +26,9 @@ from grader.values import MISSING, UNCHANGED, Flag, NotTensor, Raised
 
 MAX_RESULT_BYTES = 256 * 2**20
 """Largest result file read back; also the cap on any file the child writes (RLIMIT_FSIZE)."""
+MEMORY_LIMIT = 2 * 2**30
+"""Bytes of data (heap and anonymous mappings, RLIMIT_DATA) a child may use. Not an address-space cap:
+PyTorch and OpenBLAS reserve far more virtual memory than they touch."""
 OUTPUT_TAIL = 2000
 """Characters of the child's own output kept for diagnostics."""
 
@@ -60,6 +63,7 @@ class Captured:
 def _limits() -> None:  # runs in the child between fork and exec
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_RESULT_BYTES, MAX_RESULT_BYTES))
+    resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_LIMIT, MEMORY_LIMIT))
     if _PRCTL is not None:  # Linux: die with the grader, even if it is killed with SIGKILL
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 

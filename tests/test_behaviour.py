@@ -168,3 +168,17 @@ def test_a_backward_pass_that_breaks_once_the_weights_move_is_named():
     report = grade_notebook(NOTEBOOKS / "ex4_stale_weights.ipynb", hidden_runs=())
     d_C = next(v for v in report.variables if v.exercise == "ex4" and v.name == "d_C")
     assert d_C.message.startswith("d_C is right at the first step but not at step 25, after the weights moved")
+
+
+def test_a_memory_bomb_in_a_scratch_cell_is_stopped_and_costs_nothing_else(tmp_path):
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("hoard = []\nwhile True:\n    hoard.append(bytearray(10**8))"))
+    nb.cells.append(nbformat.v4.new_code_cell("import torch\nhuge = torch.empty(2**31)"))
+    path = tmp_path / "memory_bomb.ipynb"
+    nbformat.write(nb, path)
+    report = grade_notebook(path, hidden_runs=())
+    assert report.score == report.max_score  # the training result was taken before these cells ran
+    assert any(n.endswith("raised MemoryError (line 3)") for n in report.notes)
+    assert any("can't allocate memory" in n for n in report.notes)

@@ -16,7 +16,7 @@ from conftest import NOTEBOOKS, SOLUTION, grader_command
 from grader import gradescope
 
 VISIBILITY = {"hidden", "after_due_date", "after_published", "visible"}
-TOP = {"score": (int, float), "execution_time": (int, float), "output": str, "visibility": str,
+TOP = {"score": (int, float), "execution_time": int, "output": str, "visibility": str,
        "stdout_visibility": str, "extra_data": dict, "tests": list, "leaderboard": list}
 TEST = {"score": (int, float), "max_score": (int, float), "status": str, "name": str, "name_format": str,
         "number": str, "output": str, "output_format": str, "tags": list, "visibility": str, "extra_data": dict}
@@ -31,8 +31,13 @@ def assert_spec_valid(results: dict) -> None:
             assert isinstance(results[key], kind), key
     for key in ("visibility", "stdout_visibility"):
         assert results.get(key, "visible") in VISIBILITY
+    names = [t["name"] for t in results.get("tests", [])]
+    assert len(names) == len(set(names))
+    if results.get("tests"):
+        assert sum(t["score"] for t in results["tests"]) == results["score"]
     for test in results.get("tests", []):
         assert set(test) <= set(TEST), set(test) - set(TEST)
+        assert 0 <= test["score"] <= test["max_score"] or test["max_score"] == 0 == test["score"]
         for key, kind in TEST.items():
             if key in test:
                 assert isinstance(test[key], kind), (key, test)

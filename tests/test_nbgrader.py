@@ -112,11 +112,11 @@ def _nbgrader(course: Path, *args: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _scores(course: Path) -> dict[str, list[float]]:
+def _scores(course: Path, students=SUBMISSIONS) -> dict[str, list[float]]:
     from nbgrader.api import Gradebook
 
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        return {s: [gb.find_grade(ex.test_cell, NAME, NAME, s).score for ex in RUBRIC.exercises] for s in SUBMISSIONS}
+        return {s: [gb.find_grade(ex.test_cell, NAME, NAME, s).score for ex in RUBRIC.exercises] for s in students}
 
 
 @pytest.fixture(scope="module")
@@ -155,22 +155,36 @@ def test_nbgrader_autograde_gives_the_points_grader_check_gives(course):
 
 @pytest.mark.slow
 def test_grader_gradebook_writes_our_scores_where_formgrader_reads_them(course):
-    proc = subprocess.run([*grader_command(), "gradebook", str(course), NAME], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert "4 submissions of backprop_ninja graded" in proc.stdout
-    assert _scores(course) == {"ada": [26, 1, 1, 8], "ben": [25, 1, 1, 8], "cy": [0, 0, 0, 0], "dee": [0, 0, 0, 0]}
-
     from nbgrader.api import Gradebook
 
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        comment = gb.find_comment("ex1", NAME, NAME, "ben").auto_comment
-        assert comment.startswith("d_W2: off by up to")
-        assert gb.find_comment("ex1", NAME, NAME, "ada").auto_comment == ""
+    url = f"sqlite:///{course / 'gradebook.db'}"
+    with Gradebook(url) as gb:  # a grader's hand-entered score, which must survive
+        gb.find_grade("check_ex2", NAME, NAME, "ben").manual_score = 0.5
+        gb.db.commit()
+    # a late submission that nbgrader never autograded: our command creates its records
+    (course / "submitted" / "eve" / NAME).mkdir(parents=True)
+    nbformat.write(_answered(), course / "submitted" / "eve" / NAME / f"{NAME}.ipynb")
+    (course / "submitted" / "eve" / NAME / "timestamp.txt").write_text("2026-11-21 09:30:00.000000 UTC")
+
+    proc = subprocess.run([*grader_command(), "gradebook", str(course), NAME], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "5 submissions of backprop_ninja graded" in proc.stdout
+    scores = _scores(course, [*SUBMISSIONS, "eve"])
+    assert scores == {"ada": [26, 1, 1, 8], "ben": [25, 0.5, 1, 8], "cy": [0, 0, 0, 0], "dee": [0, 0, 0, 0],
+                      "eve": [26, 1, 1, 8]}
+
+    with Gradebook(url) as gb:
+        assert gb.find_comment("ex1", NAME, NAME, "ben").auto_comment.startswith("d_W2: off by up to")
+        assert gb.find_comment("ex1", NAME, NAME, "ada").auto_comment is None
         assert gb.find_submission(NAME, "dee").score == 0
-        assert not gb.find_grade("check_ex1", NAME, NAME, "dee").needs_manual_grade
+        ben = gb.find_grade("check_ex2", NAME, NAME, "ben")
+        assert ben.auto_score == 1 and ben.manual_score == 0.5 and ben.needs_manual_grade
+        assert not gb.find_grade("check_ex2", NAME, NAME, "ada").needs_manual_grade
+        assert gb.find_submission(NAME, "eve").timestamp.isoformat().startswith("2026-11-21T09:30")
 
 
-def test_gradebook_command_explains_a_course_without_the_assignment(tmp_path):
-    proc = subprocess.run([*grader_command(), "gradebook", str(tmp_path), "nope"], capture_output=True, text=True, timeout=120)
+def test_gradebook_command_refuses_a_folder_that_is_not_a_course(tmp_path):
+    proc = subprocess.run([*grader_command(), "gradebook", str(tmp_path), NAME], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    assert "has no assignment 'nope'" in proc.stderr and "nbgrader generate_assignment nope" in proc.stderr
+    assert proc.stderr == f"grader: {tmp_path} is not an nbgrader course: it has no gradebook.db (or pass --db URL)\n"
+    assert not (tmp_path / "gradebook.db").exists()

@@ -100,3 +100,8 @@ def test_check_training_catches_a_gradient_that_goes_wrong_once_the_weights_move
 def test_check_training_scores_zero_when_backward_breaks_the_run(capsys):
     points, out = _train(lambda Xb, Yb, logits: (None, None), capsys)
     assert points == 0 and "raised TypeError" in out.out and out.err == ""
+
+
+def test_check_training_gives_nothing_for_gradients_it_did_not_get(capsys):
+    points, out = _train(lambda Xb, Yb, logits: _backward(Xb, Yb, logits)[:1], capsys)
+    assert points == 0 and "returned 1 gradients for 2 parameters" in out.out
