@@ -106,7 +106,7 @@ def classroom(tmp_path_factory) -> Path:
 def test_a_batch_grades_everyone_and_a_killed_batch_resumes_to_the_same_gradebook(classroom, tmp_path):
     whole = _grade(tmp_path / "whole", classroom)
     assert whole.returncode == 0, whole.stderr
-    rows = {r["student"]: r for r in csv.DictReader(open(tmp_path / "whole" / "grades.csv"))}
+    rows = {r["student"]: r for r in csv.DictReader(io.StringIO((tmp_path / "whole" / "grades.csv").read_text()))}
     assert {k: (r["status"], r["score"]) for k, r in rows.items()} == {
         "exits_process": ("failed", "0"), "full_marks": ("graded", "36"), "half_done": ("graded", "8"),
         "keepdim_d_b2": ("graded", "35"), "not_json": ("failed", "0"), "wrong_d_W2": ("graded", "35")}
