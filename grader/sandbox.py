@@ -64,21 +64,22 @@ def _limits() -> None:  # runs in the child between fork and exec
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_RESULT_BYTES, MAX_RESULT_BYTES))
     resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_LIMIT, MEMORY_LIMIT))
-    if _PRCTL is not None:  # Linux: die with the grader, even if it is killed with SIGKILL
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # Linux: die with the grader, even if it is SIGKILLed
+        _LIBC.unshare(_CLONE_NEWNET)  # a network of its own with nothing in it (needs root; else no effect)
 
 
-def _prctl():
+def _libc():
     try:
         import ctypes
 
-        return ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-    except (OSError, AttributeError):
+        return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+    except OSError:
         return None
 
 
-_PR_SET_PDEATHSIG = 1
-_PRCTL = _prctl()  # looked up here: between fork and exec the child should only make the call
+_PR_SET_PDEATHSIG, _CLONE_NEWNET = 1, 0x40000000
+_LIBC = _libc()  # looked up here: between fork and exec the child should only make the calls
 
 
 def _child_env(workdir: Path) -> dict[str, str]:

@@ -182,3 +182,26 @@ def test_a_memory_bomb_in_a_scratch_cell_is_stopped_and_costs_nothing_else(tmp_p
     assert report.score == report.max_score  # the training result was taken before these cells ran
     assert any(n.endswith("raised MemoryError (line 3)") for n in report.notes)
     assert any("can't allocate memory" in n for n in report.notes)
+
+
+def test_a_notebook_cannot_reach_the_network_where_the_platform_allows_a_namespace(tmp_path):
+    import os
+    import socket
+
+    import nbformat
+
+    if os.geteuid() != 0:
+        pytest.skip("a private network namespace needs root here")
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5).sendall(b'leak')"))
+    path = tmp_path / "phones_home.ipynb"
+    nbformat.write(nb, path)
+    try:
+        report = grade_notebook(path, hidden_runs=())
+    finally:
+        server.close()
+    assert report.score == report.max_score
+    assert any("raised OSError: [Errno 101] Network is unreachable" in n for n in report.notes), report.notes
