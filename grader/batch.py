@@ -165,7 +165,7 @@ def failed_report(rubric: Rubric, notebook: str, reason: str) -> dict:
         {"exercise": ex.id, "name": v.name, "of": v.of, "status": "error", "exact": False, "approximate": False,
          "maxdiff": None, "points": 0.0, "max_points": v.points, "message": f"{v.name}: {reason}", "runs": []}
         for ex in rubric.exercises
-        for v in (*ex.variables, *((ex.function.training.result,) if ex.function and ex.function.training else ()))
+        for v in ex.graded
     ]
     return {"assignment": rubric.assignment, "notebook": notebook, "status": "failed", "error": reason,
             "score": 0.0, "max_score": rubric.max_score,
@@ -224,8 +224,7 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
 # --- what the instructor reads ------------------------------------------------------------------------
 
 def _columns(rubric: Rubric) -> list[str]:
-    return [f"{ex.id}:{v.name}" for ex in rubric.exercises
-            for v in (*ex.variables, *((ex.function.training.result,) if ex.function and ex.function.training else ()))]
+    return [f"{ex.id}:{v.name}" for ex in rubric.exercises for v in ex.graded]
 
 
 def gradebook_csv(rubric: Rubric, report_files: Iterable[dict]) -> str:

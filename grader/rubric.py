@@ -88,10 +88,15 @@ class Exercise:
     """nbgrader `grade_id` of the test cell that scores this exercise in nbgrader (worth `max_score`)."""
 
     @property
+    def graded(self) -> tuple[Variable, ...]:
+        """Everything that earns points: the variables, then the training run's result if there is one."""
+        training = self.function.training if self.function else None
+        return self.variables + ((training.result,) if training else ())
+
+    @property
     def max_score(self) -> float:
         """Points available in this exercise."""
-        training = self.function.training if self.function else None
-        return sum(v.points for v in self.variables) + (training.result.points if training else 0.0)
+        return sum(v.points for v in self.graded)
 
 
 @dataclass(frozen=True)

@@ -106,9 +106,7 @@ def _scan_flags(plan: Plan, ex: Exercise) -> dict[str, Flag]:
     if cap is None:
         return {}
     cell = plan.cells[cap.start]
-    names = [v.name for v in ex.variables]
-    if ex.function is not None and ex.function.training is not None:
-        names.append(ex.function.training.result.name)
+    names = [v.name for v in ex.graded]
     flags: dict[str, Flag] = {}
     # Tricks that hide code (exec, computed getattr, private torch APIs) count wherever the student put
     # them; plain autograd use counts in the answer cell (a scratch cell may print a .grad; at run time
@@ -246,10 +244,7 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
     results: list[VariableResult] = []
     for ex in rubric.exercises:
         flags = _scan_flags(main.plan, ex)
-        items = list(ex.variables)
-        if ex.function is not None and ex.function.training is not None:
-            items.append(ex.function.training.result)
-        for j, var in enumerate(items):
+        for j, var in enumerate(ex.graded):
             if ex.function is None:
                 verdicts = [_verdict(ex, var, run, flags) for run in runs]
             elif j < len(ex.variables):

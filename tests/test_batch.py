@@ -60,8 +60,7 @@ def test_discover_reads_every_layout_and_reports_duplicates(tmp_path):
 def _report(student: str, points: dict[str, float], status: str = "graded") -> dict:
     variables = [{"exercise": ex.id, "name": v.name, "points": points.get(v.name, v.points), "max_points": v.points,
                   "status": "exact" if points.get(v.name, v.points) else "wrong", "message": "" if points.get(v.name, 1) else f"{v.name}: off"}
-                 for ex in RUBRIC.exercises
-                 for v in (*ex.variables, *((ex.function.training.result,) if ex.function and ex.function.training else ()))]
+                 for ex in RUBRIC.exercises for v in ex.graded]
     score = sum(v["points"] for v in variables)
     return {"student": student, "assignment": "backprop_ninja", "status": status, "error": "", "score": score,
             "max_score": RUBRIC.max_score, "exercises": [{"id": ex.id, "score": sum(v["points"] for v in variables
