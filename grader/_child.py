@@ -1,15 +1,21 @@
-"""The child process: runs a planned notebook with IPython and writes back plain tensors.
+"""The worker process: runs planned notebooks with IPython and writes back plain tensors.
 
-Everything here runs next to untrusted student code, which can change anything in this process. So
-nothing this module writes is trusted: the grader reads back only tensors (safetensors cannot carry
-code) and a JSON summary, and checks both. It never sends back a verdict, only values.
+The worker imports torch and runs the released setup cells once (our code, no student's); then, for
+each run the grader asks for, it forks a supervisor, which forks the run itself in its confinement
+(`grader._confine`). The run carries on from the worker's state, so no run pays for Python's start-up,
+`import torch` or reading the data again.
 
-    python -m grader._child plan.json
+Everything a run does happens next to untrusted student code, which can change anything in that
+process. So nothing a run writes is trusted: the grader reads back only tensors (safetensors cannot
+carry code) and a JSON summary, and checks both. It never sends back a verdict, only values.
+
+    python -m grader._child SPEC_JSON SOCKET_FD
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import os
 import sys
 import traceback
@@ -112,53 +118,53 @@ class Guard:
             self.torch._C._set_grad_enabled(self.grad_was)
 
 
-def main(plan_path: str) -> int:
-    with open(plan_path, encoding="utf-8") as f:
-        plan = json.load(f)
+class Runner:
+    """Runs planned cells in one IPython shell and collects the values the grader asked for.
 
-    import torch
-    from IPython.core.interactiveshell import InteractiveShell
-    from safetensors.torch import save
+    Made once in the worker; each run is a fork that carries on from the worker's state. A `Runner` is
+    made before any notebook code has run, so `pristine` holds torch's own functions.
+    """
 
-    class Shell(InteractiveShell):
-        def enable_gui(self, gui=None):  # `%matplotlib inline`: no event loop to start, figures render off screen
-            pass
+    def __init__(self, torch, shell, pristine: list[tuple[object, dict]]) -> None:
+        self.torch, self.shell, self.ns, self.pristine = torch, shell, shell.user_ns, pristine
+        self.guard = Guard(torch)
+        self.cells: list[dict] = []
+        self.captures: list[dict] = []
+        self.outcomes: list[dict] = []
+        self.tensors: dict[str, object] = {}
+        self.values: dict[str, str] = {}
+        self.baselines: dict[str, dict[str, tuple[object, object]]] = {}
+        self.locked_names: dict[str, object] = {}
+        self.keep: list[object] = []
+        self.counters: dict[str, list[int]] = {}
+        self.recorders: set[int] = set()  # ids of our wrappers (an attribute could be faked by the notebook)
+        self.inside = [False]
 
-    torch.set_num_threads(1)
-    # cache_size=0: no Out[] history, so no cell's displayed value can keep a forward graph alive.
-    shell = Shell.instance(cache_size=0)
-    ns = shell.user_ns
-    absent = object()
-    guard = Guard(torch)
-
-    cells = plan["cells"]
-    outcomes: list[dict] = []
-    tensors: dict[str, torch.Tensor] = {}
-    values: dict[str, str] = {}
-    baselines: dict[str, dict[str, tuple[object, object]]] = {}
-
-    def snapshot(value: object) -> tuple[object, object]:
+    # --- values -----------------------------------------------------------------------------------
+    def snapshot(self, value: object) -> tuple[object, object]:
         # the object and, for tensors, a copy: an answer cell may also update an earlier tensor in place
-        return value, value.detach().clone() if type(value) is torch.Tensor else None
+        return value, value.detach().clone() if type(value) is self.torch.Tensor else None
 
-    def unchanged(value: object, before: tuple[object, object] | None) -> bool:
+    def unchanged(self, value: object, before: tuple[object, object] | None) -> bool:
+        torch = self.torch
         if before is None or not isinstance(value, torch.Tensor) or value is not before[0]:
             return False
         copy = before[1]
         return isinstance(copy, torch.Tensor) and copy.shape == value.shape and bool(torch.equal(copy, value.detach()))
 
-    def record(key: str, value: object, numbers: bool = False) -> None:
+    def record(self, key: str, value: object, numbers: bool = False) -> None:
         """Store one value for the grader: a plain tensor, or a word on what it was instead."""
-        if value is absent:
+        torch, values = self.torch, self.values
+        if value is _ABSENT:
             values[key] = "absent"
         elif value is None:
             values[key] = "none"
         elif numbers and type(value) in (int, float):
-            tensors[key] = torch.tensor(float(value), dtype=torch.float64)
+            self.tensors[key] = torch.tensor(float(value), dtype=torch.float64)
             values[key] = "tensor"
         elif type(value) is torch.Tensor and value.layout == torch.strided and value.device.type == "cpu":
             # clone: safetensors refuses tensors that share storage (d_emb is a view of d_embcat)
-            tensors[key] = value.detach().clone().contiguous()
+            self.tensors[key] = value.detach().clone().contiguous()
             # answers are computed with grad mode off: a graph behind one means autograd was switched back on
             values[key] = "tensor+graph" if value.grad_fn is not None else "tensor"
         elif isinstance(value, torch.Tensor) and type(value) is not torch.Tensor:
@@ -168,29 +174,25 @@ def main(plan_path: str) -> int:
         else:
             values[key] = "other:" + _describe(value)
 
-    def capture(cap: dict) -> None:
-        start_values = baselines.get(cap["exercise"], {})
+    def capture(self, cap: dict) -> None:
+        start_values = self.baselines.get(cap["exercise"], {})
         for name in cap["variables"]:
-            value = ns.get(name, absent)
+            value = self.ns.get(name, _ABSENT)
             key = f"{cap['exercise']}/{name}"
-            if unchanged(value, start_values.get(name)):
+            if self.unchanged(value, start_values.get(name)):
                 # the very tensor there was before the answer cell: another exercise's answer, not this one's
-                values[key] = "unchanged"
+                self.values[key] = "unchanged"
             else:
-                record(key, value, numbers=cap["function"] is not None)
+                self.record(key, value, numbers=cap["function"] is not None)
 
-    keep: list[object] = []
-    counters: dict[str, list[int]] = {}
-    recorders: set[int] = set()  # ids of our wrappers (an attribute could be faked by the notebook)
-    inside: list[bool] = [False]
-
-    def install_recorder(cap: dict) -> None:
+    def install_recorder(self, cap: dict) -> None:
         """Wrap the answer's function so that the calls the grader grades are recorded."""
-        exercise, name = cap["exercise"], cap["function"]
+        exercise, name, ns, guard, inside = cap["exercise"], cap["function"], self.ns, self.guard, self.inside
         fn = ns.get(name)
-        if not callable(fn) or id(fn) in recorders:
+        if not callable(fn) or id(fn) in self.recorders:
             return
-        counter = counters.setdefault(exercise, [0])
+        counter = self.counters.setdefault(exercise, [0])
+        record, values = self.record, self.values
 
         def recorder(*args, **kwargs):
             if inside[0]:  # a call from within the function itself is not a training step
@@ -217,83 +219,280 @@ def main(plan_path: str) -> int:
             if call in cap["calls"]:
                 outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
                 for j, returned in enumerate(cap["returns"]):
-                    record(f"{exercise}/{call}/{returned}", outs[j] if j < len(outs) else absent)
+                    record(f"{exercise}/{call}/{returned}", outs[j] if j < len(outs) else _ABSENT)
             return out
 
-        recorders.add(id(recorder))
-        keep.append(recorder)  # ids stay unique while the wrapper lives
+        self.recorders.add(id(recorder))
+        self.keep.append(recorder)  # ids stay unique while the wrapper lives
         ns[name] = recorder
 
-    # Wait for the grader's go before running any student code: the grader finishes importing what it
-    # needs first, so nothing a notebook writes to disk can end up imported by the grader afterwards.
-    with os.fdopen(plan["go_fd"], "rb") as go:
-        if go.read(1) != b"1":
-            return 3
-    # Locked cells must see what earlier locked cells left, not what student code made of it: before each
-    # one, names set by locked cells are put back, builtins shadowed by the notebook are uncovered, and
-    # torch's own functions are restored. From the first answer cell on, locked cells run guarded too.
-    import builtins
+    # --- cells ------------------------------------------------------------------------------------
+    def restore_for_locked_cell(self) -> None:
+        """Locked cells see what earlier locked cells left, not what student code made of it."""
+        import builtins
 
-    import torch.nn.functional
-
-    modules = (torch, torch.nn.functional, torch.Tensor)
-    pristine = [(m, dict(vars(m))) for m in modules]
-    locked_names: dict[str, object] = {}
-    first_answer = min((cap["start"] for cap in plan["captures"]), default=len(cells))
-
-    def restore_for_locked_cell() -> None:
-        for name in [n for n in ns if hasattr(builtins, n) and n not in locked_names and not n.startswith("_")]:
-            del ns[name]
-        for name, obj in locked_names.items():
-            if ns.get(name, absent) is not obj:
+        ns = self.ns
+        for name in [n for n in ns if hasattr(builtins, n) and n not in self.locked_names and not n.startswith("_")]:
+            del ns[name]  # a builtin the notebook shadowed
+        for name, obj in self.locked_names.items():
+            if ns.get(name, _ABSENT) is not obj:
                 ns[name] = obj
-        for module, attributes in pristine:
+        for module, attributes in self.pristine:
             for name, obj in attributes.items():
-                if module.__dict__.get(name, absent) is not obj:
+                if module.__dict__.get(name, _ABSENT) is not obj:
                     setattr(module, name, obj)
 
-    progress = os.fdopen(plan["progress_fd"], "w", encoding="utf-8")
-    for position in range(len(cells) + 1):
-        for cap in plan["captures"]:
-            if cap["before"] == position:
-                capture(cap)
-            if cap["start"] == position:
-                baselines[cap["exercise"]] = {n: snapshot(ns[n]) for n in cap["variables"] if n in ns}
-        if position == len(cells):
-            break
-        for cap in plan["captures"]:
-            if cap["function"] and position > cap["start"]:
-                install_recorder(cap)
-        cell = cells[position]
+    def run_cell(self, position: int, progress) -> dict:
+        """Run one planned cell; returns its outcome."""
+        torch, cell = self.torch, self.cells[position]
+        first_answer = min((cap["start"] for cap in self.captures), default=len(self.cells))
         progress.write(f"{position}\n")
         progress.flush()
         grad_was = torch.is_grad_enabled()
         if cell["no_grad"]:
             torch.set_grad_enabled(False)
         if not cell["guarded"]:
-            restore_for_locked_cell()
-            before = dict(ns)
-        if cell["guarded"] or position > first_answer:
-            with guard:
-                result = shell.run_cell(cell["source"], store_history=False, silent=False)
+            self.restore_for_locked_cell()
+            before = dict(self.ns)
+        if cell["guarded"] or position > first_answer:  # from the first answer on, locked cells run guarded too
+            with self.guard:
+                result = self.shell.run_cell(cell["source"], store_history=False, silent=False)
         else:
-            result = shell.run_cell(cell["source"], store_history=False, silent=False)
+            result = self.shell.run_cell(cell["source"], store_history=False, silent=False)
         if not cell["guarded"]:
-            locked_names.update((k, v) for k, v in ns.items() if before.get(k, absent) is not v)
+            self.locked_names.update((k, v) for k, v in self.ns.items() if before.get(k, _ABSENT) is not v)
         if cell["no_grad"]:
             torch.set_grad_enabled(grad_was)
         error = result.error_before_exec or result.error_in_exec
-        outcomes.append({"status": "error" if error else "ok", "error": _error_line(error) if error else ""})
         sys.stdout.flush()
+        return {"status": "error" if error else "ok", "error": _error_line(error) if error else ""}
 
-    summary = json.dumps({"cells": outcomes, "values": values})
-    with os.fdopen(plan["result_fd"], "wb") as out:
-        out.write(save(tensors, metadata={"grader": summary}))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip the interpreter's clean-up: tearing down torch takes half a second and nothing is left to save.
-    os._exit(0)
+    def run(self, cells: list[dict], captures: list[dict], start: int, progress) -> None:
+        """Run `cells` from position `start` to the end, taking the captures on the way."""
+        self.cells, self.captures = cells, captures
+        for position in range(start, len(cells) + 1):
+            for cap in captures:
+                if cap["before"] == position:
+                    self.capture(cap)
+                if cap["start"] == position:
+                    self.baselines[cap["exercise"]] = {n: self.snapshot(self.ns[n]) for n in cap["variables"] if n in self.ns}
+            if position == len(cells):
+                break
+            for cap in captures:
+                if cap["function"] and position > cap["start"]:
+                    self.install_recorder(cap)
+            self.outcomes.append(self.run_cell(position, progress))
+
+    def result(self) -> bytes:
+        """The safetensors file the grader reads: the tensors, and a JSON summary as metadata."""
+        from safetensors.torch import save
+
+        summary = json.dumps({"cells": self.outcomes, "values": self.values})
+        return save(self.tensors, metadata={"grader": summary})
+
+
+_ABSENT = object()
+
+
+# --- the worker -------------------------------------------------------------------------------------
+
+class Worker:
+    """A process with torch imported and the released setup cells run, that forks one child per run."""
+
+    def __init__(self, spec: dict) -> None:
+        import random
+
+        import torch
+        import torch.nn.functional
+        from IPython.core.interactiveshell import InteractiveShell
+        from traitlets.config import Config
+
+        import safetensors.torch  # noqa: F401  (every run needs it: import it once, here)
+
+        class Shell(InteractiveShell):
+            def enable_gui(self, gui=None):  # `%matplotlib inline`: no event loop to start, figures render off screen
+                pass
+
+        torch.set_num_threads(1)
+        config = Config()
+        config.HistoryManager.enabled = False  # no SQLite file and no saving thread to carry across fork()
+        # cache_size=0: no Out[] history, so no cell's displayed value can keep a forward graph alive.
+        self.shell = Shell.instance(config=config, cache_size=0)
+        self.torch, self.random, self.spec = torch, random, spec
+        self.pristine = [(m, dict(vars(m))) for m in (torch, torch.nn.functional, torch.Tensor)]
+        self.initial = dict(self.shell.user_ns)
+        self.rng = self._rng_state()
+        self.data = {name: open(path, "rb").read() for name, path in spec["data"].items()}
+        self.warm = Runner(torch, self.shell, self.pristine)
+        prefix = spec["prefix"]
+        with open(os.devnull, "w") as quiet:
+            self.warm.run(prefix, [], 0, quiet)  # stops at the end of the prefix: no captures in it
+        failed = [o["error"] for o in self.warm.outcomes if o["error"]]
+        if failed:
+            raise RuntimeError(f"the released setup cells failed in the worker: {failed[0]}")
+        self.warmed_rng = self._rng_state()
+        self._warm_up(spec.get("warm_up", []))
+
+    def _rng_state(self) -> tuple:
+        return self.torch.get_rng_state(), self.random.getstate()
+
+    def _set_rng(self, state: tuple) -> None:
+        self.torch.set_rng_state(state[0])
+        self.random.setstate(state[1])
+
+    def _warm_up(self, sources: list[str]) -> None:
+        """Run the released cells after the setup once, on a copy of the namespace, and forget them.
+
+        The first call of many torch operations is slow (lazy initialisation); doing it here once saves
+        it in every run forked later.
+        """
+        import contextlib
+        import io
+
+        scratch = dict(self.shell.user_ns)
+        grad_was = self.torch.is_grad_enabled()
+        with contextlib.redirect_stdout(io.StringIO()):
+            for source in sources:
+                try:
+                    exec(compile(self.shell.transform_cell(source), "<warm-up>", "exec"), scratch)
+                except BaseException:
+                    pass  # a released stub may well raise; the warm-up is only for torch's sake
+        self.torch.set_grad_enabled(grad_was)
+        self._set_rng(self.warmed_rng)
+
+    def serve(self, sock) -> None:
+        """Fork a supervised child for each job until the grader closes the socket."""
+        import gc
+        import socket
+
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
+        gc.collect()
+        gc.freeze()  # keeps the objects made so far out of later collections: fewer pages copied per fork
+        sock.sendall(b"ready\n")
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(sock, 64, 8)
+            except (ConnectionError, OSError):
+                return
+            if not message:
+                return
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    sock.close()
+                    self._supervise(fds)
+                finally:
+                    os._exit(70)
+            for fd in fds:
+                os.close(fd)
+
+    def _supervise(self, fds: list[int]) -> None:
+        """The supervisor: starts the run in its confinement, waits at most the timeout, reports."""
+        import select
+        import time
+
+        from grader import _confine
+
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _confine.die_with_parent()
+        os.setsid()
+        job_fd, output_fd, progress_fd, result_fd, status_fd = fds
+        with os.fdopen(job_fd, "rb") as f:
+            job = json.loads(f.read())
+        confined = False
+        try:
+            confined = _confine.new_namespaces()
+        except OSError as e:
+            job["warning"] = f"no private namespaces ({e})"
+        uid = _confine.UID_BASE + os.getpid()
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(status_fd)
+                self._run(job, confined, uid, output_fd, progress_fd, result_fd)
+            finally:
+                os._exit(71)
+        for fd in (output_fd, progress_fd, result_fd):
+            os.close(fd)
+        timed_out = False
+        pidfd = os.pidfd_open(pid)
+        if not select.select([pidfd], [], [], job["timeout"])[0]:
+            timed_out = True
+            os.kill(pid, signal.SIGKILL)  # process 1 of its namespace: everything in it dies too
+        _, status, usage = os.wait4(pid, 0)
+        if not confined:
+            try:
+                os.killpg(pid, signal.SIGKILL)  # what it left running in its process group
+            except (ProcessLookupError, PermissionError):
+                pass
+        report = {"returncode": os.waitstatus_to_exitcode(status), "timed_out": timed_out,
+                  "seconds": time.monotonic() - started, "max_rss_kb": usage.ru_maxrss,
+                  "confined": confined, "warning": job.get("warning", "")}
+        os.write(status_fd, json.dumps(report).encode() + b"\n")
+        os._exit(0)
+
+    def _run(self, job: dict, confined: bool, uid: int, output_fd: int, progress_fd: int, result_fd: int) -> None:
+        """The run itself: confine this process, then run the student's cells."""
+        from grader import _confine
+
+        _confine.die_with_parent()
+        os.setsid()  # a group of its own, killed as one where there is no PID namespace
+        workdir = "/tmp/run"
+        if confined:
+            _confine.private_view(self.spec["hidden"], self.spec["needed"], workdir, self.spec["limits"]["tmp_size"])
+        else:
+            import tempfile
+
+            workdir = tempfile.mkdtemp(prefix="grader-run-")
+        for name, content in self.data.items():
+            with open(os.path.join(workdir, name), "wb") as f:
+                f.write(content)
+        os.dup2(output_fd, 1)
+        os.dup2(output_fd, 2)
+        os.close(output_fd)
+        _confine.drop_privileges(_confine.Limits(**self.spec["limits"]), workdir, uid)
+        os.chdir(workdir)
+        os.environ["HOME"] = os.environ["TMPDIR"] = workdir
+        if job["start"] > 0:
+            runner = self.warm  # carries on from the worker's state after the setup cells
+            runner.outcomes = runner.outcomes[: job["start"]]
+            runner.cells = job["cells"]
+            for position in job["preamble"]:  # this run's parameters, where they differ from the worker's
+                runner.outcomes[position] = runner.run_cell(position, open(os.devnull, "w"))
+        else:  # the notebook's own set-up differs from the release: start from an empty namespace
+            ns = self.shell.user_ns
+            ns.clear()
+            ns.update(self.initial)
+            self._set_rng(self.rng)
+            runner = Runner(self.torch, self.shell, self.pristine)
+        with os.fdopen(progress_fd, "w", encoding="utf-8") as progress:
+            runner.run(job["cells"], job["captures"], job["start"], progress)
+        content = runner.result()
+        with os.fdopen(result_fd, "wb") as out:
+            out.write(content)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Skip the interpreter's clean-up: tearing down torch takes half a second and nothing is left to save.
+        os._exit(0)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m grader._child SPEC_JSON SOCKET_FD`: become a worker for the grader at the socket's end."""
+    import socket
+
+    spec_path, fd = argv
+    sock = socket.socket(fileno=int(fd))
+    with open(spec_path, encoding="utf-8") as f:
+        spec = json.load(f)
+    try:
+        worker = Worker(spec)
+    except BaseException as e:
+        sock.sendall(f"error {_error_line(e)}\n".encode())
+        return 1
+    worker.serve(sock)
+    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1]))
+    raise SystemExit(main(sys.argv[1:]))

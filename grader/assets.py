@@ -30,3 +30,8 @@ def data_dir() -> Path:
 def names_path() -> str:
     """Path of `names.txt`, the data set of the makemore exercises (for notebooks to read)."""
     return str(data_dir() / "names.txt")
+
+
+def solutions_dir() -> Path:
+    """The instructor's solution notebooks (in a source checkout; a wheel carries none)."""
+    return _REPOSITORY / "solutions"

@@ -24,9 +24,28 @@ def released_parameters(released_nb) -> dict[str, object]:
     return {k: v for k, v in ns.items() if not k.startswith("__")}
 
 
+def hidden_folders(rubric: rubrics.Rubric) -> list[Path]:
+    """Folders no run may read: the rubric and released notebook's, and the solutions'."""
+    return [rubric.released.parent, assets.solutions_dir()]
+
+
+def _worker(pool: sandbox.Pool, rubric: rubrics.Rubric, released, params: dict[str, object],
+            data_files: dict[str, Path]) -> sandbox.Worker:
+    """The warm worker for `params`' setup parameters: the release's cells up to the last setup cell run."""
+    key = (rubric.assignment, tuple(repr(params.get(k)) for k in rubric.setup_parameters))
+
+    def make():
+        cells = notebook.plan(released, released, rubric, params).cells
+        last = max((i for i, c in enumerate(cells) if c.grade_id in rubric.setup_cells), default=-1)
+        return cells[: last + 1], [c.source for c in cells[last + 1 :]], data_files
+
+    return pool.worker(key, make)
+
+
 def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: float | None = None,
                    parameters: dict[str, object] | None = None,
-                   hidden_runs: tuple[dict[str, object], ...] | None = None) -> Report:
+                   hidden_runs: tuple[dict[str, object], ...] | None = None,
+                   pool: sandbox.Pool | None = None) -> Report:
     """Grade the notebook at `path` and return its `Report`.
 
     Parameters
@@ -36,6 +55,7 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: 
     timeout: wall-clock limit in seconds for running it (each run); by default the rubric's.
     parameters: values for the `parameters` cell (e.g. `{"seed": 7}`); the rest keep their defaults.
     hidden_runs: parameter overrides of the hidden re-runs; by default the rubric's, `()` for none.
+    pool: warm workers to run it in, shared between calls (a batch); by default a pool of its own.
 
     Raises `NotANotebook` or `UnknownAssignment` for input that cannot be graded at all; everything
     that goes wrong inside the notebook is reported in the `Report` instead.
@@ -56,24 +76,30 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: 
     data_files = {name: assets.data_dir() / file for name, file in rubric.data.items()}
     copies = {rubric.data[k]: p for k, p in data_files.items()}
 
-    # The child reads its own copy of each data file, under the file's name in its working directory.
+    # The run reads its own copy of each data file, under the file's name in its working directory.
     plans = [notebook.plan(student, released, rubric, p | rubric.data) for p in settings]
-    # Start every run first: their start-up overlaps with importing torch here and computing references.
+    own_pool = pool is None
+    pool = pool or sandbox.Pool(hidden_folders(rubric))
     runs: list[sandbox.Run] = []
     try:
-        for plan in plans:
-            runs.append(sandbox.start(plan, copies, timeout or rubric.timeout))
+        for p, plan in zip(settings, plans):
+            worker = _worker(pool, rubric, released, p | rubric.data, copies)
+            runs.append(worker.start(plan, timeout or rubric.timeout, setup_matches=True))
         # Everything this process will need is imported before the notebook's first cell may run.
         import safetensors.torch  # noqa: F401
 
         from grader import reference
         from grader.score import GradedRun, score
 
-        for run in runs:
-            run.release()  # computing the references imports nothing more (a test checks)
-        refs = [reference.gradients(rubric, released, p | {k: str(f) for k, f in data_files.items()}) for p in settings]
+        try:
+            for run in runs:
+                run.release()  # computing the references imports nothing more (a test checks)
+            refs = [reference.gradients(rubric, released, p | {k: str(f) for k, f in data_files.items()}) for p in settings]
+        finally:
+            captured = [run.wait() for run in runs]
     finally:
-        captured = [run.wait() for run in runs]
+        if own_pool:
+            pool.close()
     for p, c, ref in zip(settings, captured, refs):
         ref.update(_replayed_calls(rubric, p | {k: str(f) for k, f in data_files.items()}, c))
     graded = [

@@ -30,6 +30,8 @@ class PlannedCell:
     """Run with autograd switched off."""
     guarded: bool = False
     """Student code: run with autograd refused (`autograd is not allowed in this exercise`)."""
+    grade_id: str | None = None
+    """The nbgrader grade_id of the cell it came from, if any (`<parameters>` for the injected one)."""
 
 
 @dataclass(frozen=True)
@@ -174,10 +176,10 @@ def plan(student: nbformat.NotebookNode, released: nbformat.NotebookNode, rubric
             seen.add(gid)
         if gid in skip:
             continue
-        cells.append(PlannedCell(label, source, no_grad=gid in no_grad, guarded=gid not in locked))
+        cells.append(PlannedCell(label, source, no_grad=gid in no_grad, guarded=gid not in locked, grade_id=gid))
         gids.append(gid if first_time else None)
         if has_tag(cell, "parameters") and PARAMS not in gids:
-            cells.append(PlannedCell("injected parameters", injected_source(params), no_grad=False))
+            cells.append(PlannedCell("injected parameters", injected_source(params), no_grad=False, grade_id=PARAMS))
             gids.append(PARAMS)
 
     # Locked cells the student deleted go back in after the cell that precedes them in the release.
@@ -185,7 +187,7 @@ def plan(student: nbformat.NotebookNode, released: nbformat.NotebookNode, rubric
         if gid in locked and gid not in seen and gid not in skip:
             previous = [g for g in released_order[:i] if g in gids]
             at = gids.index(previous[-1]) + 1 if previous else 0
-            cells.insert(at, PlannedCell(f"released cell ({gid})", locked[gid].source, no_grad=gid in no_grad))
+            cells.insert(at, PlannedCell(f"released cell ({gid})", locked[gid].source, no_grad=gid in no_grad, grade_id=gid))
             gids.insert(at, gid)
             notes.append(f"locked cell {gid} was missing: the released version was run in its place")
 
@@ -193,7 +195,7 @@ def plan(student: nbformat.NotebookNode, released: nbformat.NotebookNode, rubric
         # No tagged cell: inject right before the first cell that uses the parameters, so that an
         # untagged cell of the student's own setting them cannot override them.
         at = min((gids.index(g) for g in rubric.setup_cells + rubric.reference_cells if g in gids), default=0)
-        cells.insert(at, PlannedCell("injected parameters", injected_source(params), no_grad=False))
+        cells.insert(at, PlannedCell("injected parameters", injected_source(params), no_grad=False, grade_id=PARAMS))
         gids.insert(at, PARAMS)
         notes.append("no cell is tagged `parameters`: the grader's parameters were set before the setup cell")
 

@@ -1,8 +1,9 @@
-"""Stage 2: run a planned notebook in a separate child process and bring back its values.
+"""Stage 2: run a planned notebook away from the grader and bring back its values.
 
-The only stage that touches student code, and it does so from a distance: the child is a fresh
-Python process (`grader._child`) in its own session and temporary working directory, with a minimal
-environment and a wall-clock limit after which its whole process group is killed. What comes back is
+The only stage that touches student code, and it does so from a distance. A worker process
+(`grader._child`) imports torch and runs the released setup cells once; each run is a fork of it,
+confined as `grader._confine` describes (its own user, PID, mount and network namespaces on Linux as
+root), with a wall-clock limit after which it and everything it started are killed. What comes back is
 a safetensors file (plain tensors plus a JSON summary), size-capped and validated here.
 """
 
@@ -11,23 +12,35 @@ from __future__ import annotations
 import json
 import os
 import resource
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from grader import _confine
+from grader._confine import Limits
 from grader.errors import SandboxError
-from grader.notebook import Plan, describe_cell
+from grader.notebook import PARAMS, Plan, PlannedCell, describe_cell
 from grader.values import MISSING, UNCHANGED, Flag, NotTensor, Raised
 
-MAX_RESULT_BYTES = 256 * 2**20
-"""Largest result file read back; also the cap on any file the child writes (RLIMIT_FSIZE)."""
+MAX_RESULT_BYTES = 64 * 2**20
+"""Largest result file read back."""
+FILE_LIMIT = 64 * 2**20
+"""Largest file a run may write, its captured output included (RLIMIT_FSIZE)."""
+WORKER_START_TIMEOUT = 120.0
+"""Seconds a worker may take to import torch and run the setup cells."""
+SUPERVISOR_GRACE = 30.0
+"""Seconds past a run's timeout to wait for its supervisor's report before giving up on it."""
 MEMORY_LIMIT = 2 * 2**30
-"""Bytes of data (heap and anonymous mappings, RLIMIT_DATA) a child may use. Not an address-space cap:
+"""Bytes of data (heap and anonymous mappings, RLIMIT_DATA) a run may use. Not an address-space cap:
 PyTorch and OpenBLAS reserve far more virtual memory than they touch."""
 OUTPUT_TAIL = 2000
 """Characters of the child's own output kept for diagnostics."""
@@ -60,26 +73,13 @@ class Captured:
     """The tail of what the notebook printed."""
 
 
-def _limits() -> None:  # runs in the child between fork and exec
+DEFAULT_LIMITS = Limits(memory=MEMORY_LIMIT, file_size=FILE_LIMIT, processes=64, tmp_size=256 * 2**20)
+"""What each run may use unless the caller says otherwise."""
+
+
+def _worker_limits() -> None:  # runs in the worker between fork and exec
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_RESULT_BYTES, MAX_RESULT_BYTES))
-    resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_LIMIT, MEMORY_LIMIT))
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # Linux: die with the grader, even if it is SIGKILLed
-        _LIBC.unshare(_CLONE_NEWNET)  # a network of its own with nothing in it (needs root; else no effect)
-
-
-def _libc():
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-    except OSError:
-        return None
-
-
-_PR_SET_PDEATHSIG, _CLONE_NEWNET = 1, 0x40000000
-_LIBC = _libc()  # looked up here: between fork and exec the child should only make the calls
+    _confine.die_with_parent()  # Linux: the worker and its runs end with the grader, even if it is SIGKILLed
 
 
 def _child_env(workdir: Path) -> dict[str, str]:
@@ -97,89 +97,237 @@ def _child_env(workdir: Path) -> dict[str, str]:
         "OPENBLAS_NUM_THREADS": "1",
         "MPLBACKEND": "Agg",  # plots render off screen
     }
-    for passthrough in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TMPDIR"):
+    for passthrough in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if passthrough in os.environ:
             env[passthrough] = os.environ[passthrough]
     return env
 
 
-class Run:
-    """A started child process: `release()` lets it run the notebook, `wait()` returns its values.
+def _plain(cells: tuple[PlannedCell, ...] | list[PlannedCell]) -> list[dict]:
+    return [{"source": c.source, "no_grad": c.no_grad, "guarded": c.guarded} for c in cells]
 
-    The child's output, progress and result go to anonymous temporary files that this process opened
-    (and the child inherited as file descriptors), so nothing is read back by a path that the notebook
-    could have replaced with a FIFO or a symlink.
+
+def _needed() -> list[Path]:
+    """Folders a run must still be able to read: Python, its packages and the grader itself."""
+    return [Path(p).resolve() for p in (sys.prefix, sys.base_prefix, *sys.path, Path(__file__).parent) if p]
+
+
+def _hideable(paths: list[Path]) -> list[str]:
+    needed = _needed()
+    out = []
+    for path in paths:
+        path = Path(path).resolve()
+        if path.is_dir() and path != Path("/") and not any(n == path or path in n.parents for n in needed):
+            out.append(str(path))
+    return out
+
+
+class Worker:
+    """The grader's handle on one worker process: torch imported and the released setup cells run.
+
+    One per assignment and value of the setup parameters (the data file). `submit` may be called from
+    several threads at once; each run is a fork of the worker, confined as `grader._confine` says.
     """
 
-    def __init__(self, plan: Plan, data_files: dict[str, Path], timeout: float) -> None:
-        self.plan, self.timeout = plan, timeout
-        self.workdir = Path(tempfile.mkdtemp(prefix="grader-run-"))
-        self.output, self.progress, self.result = (tempfile.TemporaryFile() for _ in range(3))
-        go_read, self._go = os.pipe()
+    def __init__(self, prefix: tuple[PlannedCell, ...], warm_up: list[str], data_files: dict[str, Path],
+                 hidden: list[Path], limits: Limits) -> None:
+        self.prefix = prefix
+        self.workdir = Path(tempfile.mkdtemp(prefix="grader-worker-"))
+        self.lock = threading.Lock()
+        self.ready = False
+        for name, source in data_files.items():
+            shutil.copyfile(source, self.workdir / name)
+        spec = {
+            "prefix": _plain(prefix), "warm_up": warm_up,
+            "data": {name: str(self.workdir / name) for name in data_files},
+            "hidden": _hideable([*hidden, self.workdir]), "needed": sorted({str(p) for p in _needed() if p.is_dir()}),
+            "limits": asdict(limits),
+        }
+        spec_path = self.workdir / "spec.json"
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            for name, source in data_files.items():
-                shutil.copyfile(source, self.workdir / name)
-            plan_path = self.workdir / ".plan.json"
-            plan_path.write_text(json.dumps({
-                "cells": [{"source": c.source, "no_grad": c.no_grad, "guarded": c.guarded} for c in plan.cells],
-                "captures": [asdict(c) for c in plan.captures],
-                "go_fd": go_read, "progress_fd": self.progress.fileno(), "result_fd": self.result.fileno(),
-            }), encoding="utf-8")
-            self.started = time.monotonic()
             self.process = subprocess.Popen(
-                [sys.executable, "-P", "-m", "grader._child", str(plan_path)],
+                [sys.executable, "-P", "-m", "grader._child", str(spec_path), str(theirs.fileno())],
                 cwd=self.workdir, env=_child_env(self.workdir), stdin=subprocess.DEVNULL,
-                stdout=self.output, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_limits,
-                pass_fds=(go_read, self.progress.fileno(), self.result.fileno()),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                preexec_fn=_worker_limits, pass_fds=(theirs.fileno(),),
             )
         except OSError as e:
-            self._close()
-            raise SandboxError(f"could not start the child process: {e}") from e
+            self.close()
+            raise SandboxError(f"could not start the worker process: {e}") from e
         finally:
-            os.close(go_read)
+            theirs.close()
 
-    def release(self) -> None:
-        """Let the child start running the notebook's cells."""
-        if self._go is not None:
+    def _wait_ready(self) -> None:
+        if self.ready:
+            return
+        self.sock.settimeout(WORKER_START_TIMEOUT)
+        try:
+            line = self.sock.recv(4096).decode("utf-8", "replace").strip()
+        except (TimeoutError, OSError) as e:
+            line = f"no answer ({e})"
+        finally:
+            self.sock.settimeout(None)
+        if line != "ready":
+            stderr = ""
+            if self.process.poll() is not None and self.process.stderr is not None:
+                stderr = self.process.stderr.read().decode("utf-8", "replace")[-OUTPUT_TAIL:]
+            raise SandboxError(f"the worker process did not start: {line or 'it exited'} {stderr}".strip())
+        self.ready = True
+
+    def submit(self, fds: list[int]) -> None:
+        """Hand the worker one run: the job file, then the output, progress, result and status files."""
+        with self.lock:
+            self._wait_ready()
             try:
-                os.write(self._go, b"1")
-            except BrokenPipeError:  # the child is already gone; wait() will say so
-                pass
-            self._close_go()
+                socket.send_fds(self.sock, [b"run"], fds)
+            except OSError as e:
+                raise SandboxError(f"the worker process is gone ({e})") from e
 
-    def _close_go(self) -> None:
-        if self._go is not None:
-            os.close(self._go)
-            self._go = None
+    def start(self, plan: Plan, timeout: float, setup_matches: bool) -> Run:
+        """A run of `plan`, not yet submitted (see `Run.release`)."""
+        start, preamble = warm_start(plan, self.prefix) if setup_matches else (0, [])
+        return Run(self, plan, start, preamble, timeout)
 
-    def _close(self) -> None:
-        self._close_go()
-        for f in (self.output, self.progress, self.result):
-            f.close()
+    def close(self) -> None:
+        """Stop the worker (its runs end with it) and remove its folder."""
+        self.sock.close()
+        process = getattr(self, "process", None)
+        if process is not None:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stderr is not None:
+                process.stderr.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def _kill_group(self) -> None:
+
+def warm_start(plan: Plan, prefix: tuple[PlannedCell, ...]) -> tuple[int, list[int]]:
+    """Where a run of `plan` can start from the worker's state: (first position to run, parameter cells to re-run).
+
+    Only where the plan begins with exactly the worker's cells (the released parameters cell and the
+    setup cells, byte for byte); the injected parameters may differ, and are then run again.
+    """
+    if len(plan.cells) < len(prefix):
+        return 0, []
+    preamble = []
+    for i, (ours, theirs) in enumerate(zip(plan.cells, prefix)):
+        if ours.grade_id == theirs.grade_id == PARAMS:
+            if ours.source != theirs.source:
+                preamble.append(i)
+        elif (ours.source, ours.no_grad, ours.guarded) != (theirs.source, theirs.no_grad, theirs.guarded):
+            return 0, []
+    return len(prefix), preamble
+
+
+class Pool:
+    """Warm workers, one per assignment and data set, shared by every notebook graded while it is open."""
+
+    def __init__(self, hidden: list[Path] | tuple[Path, ...] = (), limits: Limits = DEFAULT_LIMITS) -> None:
+        self.hidden, self.limits = list(hidden), limits
+        self.workers: dict[tuple, Worker] = {}
+        self.lock = threading.Lock()
+
+    def worker(self, key: tuple, make: Callable[[], tuple[tuple[PlannedCell, ...], list[str], dict[str, Path]]]) -> Worker:
+        """The worker for `key`, started with `make()` -> (prefix, warm-up sources, data files) if need be."""
+        with self.lock:
+            if key not in self.workers:
+                prefix, warm_up, data_files = make()
+                self.workers[key] = Worker(prefix, warm_up, data_files, self.hidden, self.limits)
+            return self.workers[key]
+
+    def close(self) -> None:
+        """Stop every worker."""
+        with self.lock:
+            for worker in self.workers.values():
+                worker.close()
+            self.workers.clear()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Run:
+    """One run of a notebook in the worker: `release()` sends it, `wait()` returns its values.
+
+    The run's output, progress and result go to anonymous temporary files that this process opened and
+    handed over as file descriptors, so nothing is read back by a path that the notebook could have
+    replaced with a FIFO or a symlink.
+    """
+
+    def __init__(self, worker: Worker, plan: Plan, start: int, preamble: list[int], timeout: float) -> None:
+        self.worker, self.plan, self.start, self.preamble, self.timeout = worker, plan, start, preamble, timeout
+        self.output, self.progress, self.result = (tempfile.TemporaryFile() for _ in range(3))
+        self.status: int | None = None
+        self.returncode = 0
+        self.started = time.monotonic()
+
+    def release(self) -> None:
+        """Send the run to the worker: from here on the notebook's cells run."""
+        job = tempfile.TemporaryFile()
+        job.write(json.dumps({"cells": _plain(self.plan.cells), "captures": [asdict(c) for c in self.plan.captures],
+                              "start": self.start, "preamble": self.preamble, "timeout": self.timeout}).encode())
+        job.seek(0)
+        status_read, status_write = os.pipe()
         try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            self.started = time.monotonic()
+            self.worker.submit([job.fileno(), self.output.fileno(), self.progress.fileno(), self.result.fileno(),
+                                status_write])
+            self.status = status_read
+        except BaseException:
+            os.close(status_read)
+            raise
+        finally:
+            os.close(status_write)
+            job.close()
+
+    def _close(self) -> None:
+        if self.status is not None:
+            os.close(self.status)
+            self.status = None
+        for f in (self.output, self.progress, self.result):
+            f.close()
+
+    def _report(self) -> dict | None:
+        """The supervisor's report, or None if it never came."""
+        assert self.status is not None
+        deadline = self.started + self.timeout + SUPERVISOR_GRACE
+        data = b""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.status], [], [], left)[0]:
+                return None
+            chunk = os.read(self.status, 4096)
+            if not chunk:
+                break
+            data += chunk
+        try:
+            report = json.loads(data)
+        except ValueError:
+            return None
+        return report if isinstance(report, dict) else None
 
     def wait(self) -> Captured:
-        """Wait for the child (at most the timeout), kill whatever it left running, read its values."""
-        self._close_go()  # without a release the child stops before the first cell
+        """Wait for the run (at most the timeout), then read its values."""
         try:
-            timed_out = False
-            try:
-                self.process.wait(timeout=max(0.0, self.timeout - (time.monotonic() - self.started)))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            self._kill_group()  # also ends anything the notebook started in the background
-            self.process.wait()
-            seconds = time.monotonic() - self.started
+            if self.status is None:
+                return self._unfinished("the run was never started", 0.0, "")
+            report = self._report()
             output = self._tail()
-            if timed_out:
+            if report is None:
+                return self._unfinished("the run's supervisor did not report back (the worker was stopped?)",
+                                        time.monotonic() - self.started, output)
+            seconds = float(report.get("seconds", 0.0))
+            self.returncode = int(report.get("returncode", 1))
+            if report.get("timed_out"):
                 return self._unfinished(f"timed out after {self.timeout:g} s in {self._current_cell()}", seconds, output)
-            if self.process.returncode != 0:
+            if self.returncode != 0:
                 return self._unfinished(self._death(), seconds, output)
             return self._read(seconds, output)
         finally:
@@ -199,7 +347,10 @@ class Run:
             return "start-up, before the first cell"
 
     def _death(self) -> str:
-        code = self.process.returncode
+        code = self.returncode
+        where = self._current_cell()
+        if code == -signal.SIGXFSZ:
+            return f"the notebook wrote more than {FILE_LIMIT // 2**20} MB (output or a file) in {where}"
         if code < 0:
             try:
                 name = signal.Signals(-code).name
@@ -208,11 +359,12 @@ class Run:
             how = f"was killed by signal {name}"
         else:
             how = f"exited with code {code}"
-        return f"the notebook's process {how} in {self._current_cell()} (os._exit, a crash or running out of memory?)"
+        return f"the notebook's process {how} in {where} (os._exit, a crash or running out of memory?)"
 
     @staticmethod
     def _unfinished(reason: str, seconds: float, output: str) -> Captured:
         return Captured(False, reason, (), {}, seconds, output)
+
 
     def _read(self, seconds: float, output: str) -> Captured:
         import torch
@@ -266,8 +418,3 @@ class Run:
             for c, o in zip(self.plan.cells, cells)
         )
         return Captured(True, "", outcomes, values, seconds, output)
-
-
-def start(plan: Plan, data_files: dict[str, Path], timeout: float) -> Run:
-    """Start running `plan` in a child process; `data_files` (name -> path) are copied beside it."""
-    return Run(plan, data_files, timeout)
