@@ -294,6 +294,32 @@ class Runner:
 _ABSENT = object()
 
 
+def _ends_within(pid: int, seconds: float) -> bool:
+    """Whether child `pid` ends within `seconds` (it is left to be reaped)."""
+    import select
+    import time
+
+    if hasattr(os, "pidfd_open"):  # Linux 5.3+: sleep until it ends
+        return bool(select.select([os.pidfd_open(pid)], [], [], seconds)[0])
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def _stray_processes() -> int:
+    """In process 1 of a PID namespace: how many other processes are still running there (zombies reaped)."""
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
+    return sum(1 for p in os.listdir("/proc") if p.isdigit() and p != "1")
+
+
 # --- the worker -------------------------------------------------------------------------------------
 
 class Worker:
@@ -388,7 +414,6 @@ class Worker:
 
     def _supervise(self, fds: list[int]) -> None:
         """The supervisor: starts the run in its confinement, waits at most the timeout, reports."""
-        import select
         import time
 
         from grader import _confine
@@ -406,45 +431,81 @@ class Worker:
             job["warning"] = f"no private namespaces ({e})"
         uid = _confine.UID_BASE + os.getpid()
         started = time.monotonic()
+        init_read, init_write = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(status_fd)
-                self._run(job, confined, uid, output_fd, progress_fd, result_fd)
+                os.close(init_read)
+                self._init(job, confined, uid, output_fd, progress_fd, result_fd, init_write)
             finally:
                 os._exit(71)
-        for fd in (output_fd, progress_fd, result_fd):
+        for fd in (output_fd, progress_fd, result_fd, init_write):
             os.close(fd)
-        timed_out = False
-        pidfd = os.pidfd_open(pid)
-        if not select.select([pidfd], [], [], job["timeout"])[0]:
-            timed_out = True
+        timed_out = not _ends_within(pid, job["timeout"])
+        if timed_out:
             os.kill(pid, signal.SIGKILL)  # process 1 of its namespace: everything in it dies too
-        _, status, usage = os.wait4(pid, 0)
+        os.waitpid(pid, 0)
         if not confined:
             try:
                 os.killpg(pid, signal.SIGKILL)  # what it left running in its process group
             except (ProcessLookupError, PermissionError):
                 pass
-        report = {"returncode": os.waitstatus_to_exitcode(status), "timed_out": timed_out,
-                  "seconds": time.monotonic() - started, "max_rss_kb": usage.ru_maxrss,
+        with os.fdopen(init_read, "rb") as f:
+            run = json.loads(f.read() or b"{}")
+        report = {"returncode": run.get("returncode", -signal.SIGKILL), "timed_out": timed_out, "stray": run.get("stray", 0),
+                  "sandbox_error": run.get("sandbox_error", ""),
+                  "seconds": time.monotonic() - started, "max_rss_kb": run.get("max_rss_kb", 0),
                   "confined": confined, "warning": job.get("warning", "")}
         os.write(status_fd, json.dumps(report).encode() + b"\n")
         os._exit(0)
 
-    def _run(self, job: dict, confined: bool, uid: int, output_fd: int, progress_fd: int, result_fd: int) -> None:
-        """The run itself: confine this process, then run the student's cells."""
+    def _init(self, job: dict, confined: bool, uid: int, output_fd: int, progress_fd: int, result_fd: int,
+              init_write: int) -> None:
+        """Process 1 of the run's namespaces: sets up its view of the files, starts the run, reports how it ended.
+
+        The notebook does not run as process 1 itself: the kernel spares process 1 the signals it sends
+        itself, and a notebook should behave as it would anywhere else.
+        """
         from grader import _confine
 
         _confine.die_with_parent()
         os.setsid()  # a group of its own, killed as one where there is no PID namespace
         workdir = "/tmp/run"
-        if confined:
-            _confine.private_view(self.spec["hidden"], self.spec["needed"], workdir, self.spec["limits"]["tmp_size"])
-        else:
-            import tempfile
+        try:
+            if confined:
+                _confine.private_view(self.spec["hidden"], self.spec["needed"], workdir, self.spec["limits"]["tmp_size"])
+            else:
+                import tempfile
 
-            workdir = tempfile.mkdtemp(prefix="grader-run-")
+                workdir = tempfile.mkdtemp(prefix="grader-run-")
+        except OSError as e:  # ours, not the notebook's: the grader stops with this message
+            os.write(init_write, json.dumps({"sandbox_error": f"{type(e).__name__}: {e}"}).encode())
+            os._exit(0)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(init_write)
+                self._run(job, uid, workdir, output_fd, progress_fd, result_fd)
+            finally:
+                os._exit(71)
+        for fd in (output_fd, progress_fd, result_fd):
+            os.close(fd)
+        _, status, usage = os.wait4(pid, 0)
+        stray = _stray_processes() if confined else 0
+        os.write(init_write, json.dumps({"returncode": os.waitstatus_to_exitcode(status),
+                                         "max_rss_kb": usage.ru_maxrss, "stray": stray}).encode())
+        if not confined:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+        os._exit(0)
+
+    def _run(self, job: dict, uid: int, workdir: str, output_fd: int, progress_fd: int, result_fd: int) -> None:
+        """The run itself: drop privileges, then run the student's cells."""
+        from grader import _confine
+
+        _confine.die_with_parent()
         for name, content in self.data.items():
             with open(os.path.join(workdir, name), "wb") as f:
                 f.write(content)
@@ -452,6 +513,9 @@ class Worker:
         os.dup2(output_fd, 2)
         os.close(output_fd)
         _confine.drop_privileges(_confine.Limits(**self.spec["limits"]), workdir, uid)
+        # Python ignores SIGXFSZ; restored, writing past the file-size cap ends the run with a clear reason
+        # instead of an error inside the error handler that would print the error
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
         os.chdir(workdir)
         os.environ["HOME"] = os.environ["TMPDIR"] = workdir
         if job["start"] > 0:

@@ -105,7 +105,7 @@ def _untraversable(path: str) -> str | None:
 
 
 def private_view(hidden: list[str], needed: list[str], workdir: str, tmp_size: int) -> None:
-    """In the run (process 1 of its namespaces): hide folders, private /tmp, /dev/shm and /proc.
+    """In the run (process 1 of its namespaces): hide folders and files, private /tmp, /dev/shm and /proc.
 
     Folders in `needed` (Python, its packages, the grader) stay readable even where they sit under
     something covered: under /tmp, or under a folder other users may not enter such as /root (where
@@ -115,12 +115,14 @@ def private_view(hidden: list[str], needed: list[str], workdir: str, tmp_size: i
     for path in hidden:
         if os.path.isdir(path):
             _mount("hidden", path, "tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "size=4k,mode=0555")
+        elif os.path.isfile(path):  # a file in a folder the run needs (a notebook beside the grader): empty it
+            _mount("/dev/null", path, None, _MS_BIND)
     flags = _MS_NOSUID | _MS_NODEV
     covers = {"/tmp": f"size={tmp_size},mode=1777"}
     for path in needed:
         closed = _untraversable(path)
-        if closed and closed != path:
-            covers.setdefault(closed, "size=4k,mode=0755")
+        if closed and closed != path and not any(closed.startswith(c + os.sep) for c in covers):
+            covers.setdefault(closed, "size=4k,mode=0755")  # (under /tmp, the fresh /tmp covers it already)
     keep = {}  # needed folders under a cover, held open so that they can be put back after it
     for path in needed:
         if os.path.isdir(path) and any(path.startswith(c + os.sep) for c in covers):

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader import report as reports, rubric as rubrics
+from grader import report as reports, rubric as rubrics, sandbox
 from grader.errors import GraderError, NotANotebook
 from grader.rubric import Rubric
 
@@ -51,6 +51,8 @@ class Found:
     """One per student, sorted by student id."""
     problems: tuple[str, ...]
     """Duplicates and inputs that hold no notebook, one sentence each."""
+    roots: tuple[Path, ...] = ()
+    """The folders the submissions were found in (a zip's: where it was unpacked); hidden from every run."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ def discover(inputs: Iterable[Path], assignment: str, scratch: Path) -> Found:
     """Find one notebook per student in `inputs` (files, folders, zips); zips are unpacked into `scratch`."""
     candidates: list[tuple[str, Path]] = []
     problems: list[str] = []
+    roots: list[Path] = []
     for given in inputs:
         given = Path(given)
         if given.is_file() and zipfile.is_zipfile(given):
@@ -127,6 +130,7 @@ def discover(inputs: Iterable[Path], assignment: str, scratch: Path) -> Found:
         else:
             problems.append(f"{given}: no such file or folder")
             continue
+        roots.append(root)
         if not found:
             problems.append(f"{given}: no notebook (.ipynb) in it")
         candidates += [(_student_of(p, root, assignment), p) for p in found]
@@ -139,7 +143,7 @@ def discover(inputs: Iterable[Path], assignment: str, scratch: Path) -> Found:
             problems.append(f"{student}: {len(paths)} notebooks ({', '.join(str(p) for p in paths)}); "
                             f"graded {paths[0]}")
         submissions.append(Submission(student, paths[0], hashlib.sha256(paths[0].read_bytes()).hexdigest()))
-    return Found(tuple(submissions), tuple(problems))
+    return Found(tuple(submissions), tuple(problems), tuple(dict.fromkeys(roots)))
 
 
 # --- grading and writing ------------------------------------------------------------------------------
@@ -181,12 +185,13 @@ def _existing(path: Path, digest: str) -> dict | None:
     return found if isinstance(found, dict) and found.get("sha256") == digest else None
 
 
-def grade_one(submission: Submission, rubric: Rubric, timeout: float | None) -> dict:
+def grade_one(submission: Submission, rubric: Rubric, timeout: float | None, pool: sandbox.Pool | None = None) -> dict:
     """Grade one submission as `rubric`'s assignment; a notebook that cannot be read gets a failed report."""
     from grader.grade import grade_notebook
 
     try:
-        report = reports.to_dict(grade_notebook(submission.path, assignment=rubric.assignment, timeout=timeout))
+        report = reports.to_dict(grade_notebook(submission.path, assignment=rubric.assignment, timeout=timeout,
+                                                pool=pool))
     except NotANotebook as e:  # the student's file; anything else is the grader's problem and stops the batch
         report = failed_report(rubric, str(submission.path), str(e))
     return {"student": submission.student, "sha256": submission.digest, **report}
@@ -209,8 +214,14 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
                 progress(outcomes[-1])
         else:
             todo.append(s)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # each grade runs its own child processes
-        futures = {pool.submit(grade_one, s, rubric, timeout): s for s in todo}
+    if not todo:
+        return sorted(outcomes, key=lambda o: o.submission.student)
+    from grader.grade import hidden_folders
+
+    # No run may read the solutions, the rubric, the other submissions or what this batch writes.
+    hidden = [*hidden_folders(rubric), out.resolve(), *found.roots, *(s.path for s in found.submissions)]
+    with sandbox.Pool(hidden) as workers, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(grade_one, s, rubric, timeout, workers): s for s in todo}
         for future in as_completed(futures):
             s = futures[future]
             report = future.result()

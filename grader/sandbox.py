@@ -71,6 +71,8 @@ class Captured:
     """Wall-clock time of the child."""
     output: str
     """The tail of what the notebook printed."""
+    peak_memory_mb: float = 0.0
+    """Largest resident memory of the run's process, in MB (pages shared with the worker included)."""
 
 
 DEFAULT_LIMITS = Limits(memory=MEMORY_LIMIT, file_size=FILE_LIMIT, processes=64, tmp_size=256 * 2**20)
@@ -113,13 +115,15 @@ def _needed() -> list[Path]:
 
 
 def _hideable(paths: list[Path]) -> list[str]:
+    """The folders and files of `paths` that exist and hold nothing a run needs, outermost first."""
     needed = _needed()
-    out = []
-    for path in paths:
-        path = Path(path).resolve()
-        if path.is_dir() and path != Path("/") and not any(n == path or path in n.parents for n in needed):
-            out.append(str(path))
-    return out
+    out: list[Path] = []
+    for path in sorted({Path(p).resolve() for p in paths}, key=lambda p: len(p.parts)):
+        if not path.exists() or path == Path("/") or any(n == path or path in n.parents for n in needed):
+            continue
+        if not any(o in path.parents for o in out if o.is_dir()):  # already hidden with its folder
+            out.append(path)
+    return [str(p) for p in out]
 
 
 class Worker:
@@ -266,6 +270,7 @@ class Run:
         self.output, self.progress, self.result = (tempfile.TemporaryFile() for _ in range(3))
         self.status: int | None = None
         self.returncode = 0
+        self.peak_memory_mb = 0.0
         self.started = time.monotonic()
 
     def release(self) -> None:
@@ -323,12 +328,20 @@ class Run:
             if report is None:
                 return self._unfinished("the run's supervisor did not report back (the worker was stopped?)",
                                         time.monotonic() - self.started, output)
+            if report.get("sandbox_error"):
+                raise SandboxError(f"could not confine the notebook's run: {report['sandbox_error']}")
             seconds = float(report.get("seconds", 0.0))
             self.returncode = int(report.get("returncode", 1))
+            self.peak_memory_mb = round(float(report.get("max_rss_kb", 0)) / 1024, 1)
             if report.get("timed_out"):
                 return self._unfinished(f"timed out after {self.timeout:g} s in {self._current_cell()}", seconds, output)
             if self.returncode != 0:
                 return self._unfinished(self._death(), seconds, output)
+            if report.get("stray"):
+                # they could have rewritten the results after the notebook's own process wrote them
+                return self._unfinished(f"the notebook left {report['stray']} processes running when it ended "
+                                        "(os.fork, multiprocessing or a background subprocess?): its results "
+                                        "cannot be trusted", seconds, output)
             return self._read(seconds, output)
         finally:
             self._close()
@@ -361,9 +374,8 @@ class Run:
             how = f"exited with code {code}"
         return f"the notebook's process {how} in {where} (os._exit, a crash or running out of memory?)"
 
-    @staticmethod
-    def _unfinished(reason: str, seconds: float, output: str) -> Captured:
-        return Captured(False, reason, (), {}, seconds, output)
+    def _unfinished(self, reason: str, seconds: float, output: str) -> Captured:
+        return Captured(False, reason, (), {}, seconds, output, self.peak_memory_mb)
 
 
     def _read(self, seconds: float, output: str) -> Captured:
@@ -417,4 +429,4 @@ class Run:
             CellOutcome(c.label, str(o.get("error", ""))[:500] if isinstance(o, dict) else "")
             for c, o in zip(self.plan.cells, cells)
         )
-        return Captured(True, "", outcomes, values, seconds, output)
+        return Captured(True, "", outcomes, values, seconds, output, self.peak_memory_mb)

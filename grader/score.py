@@ -90,6 +90,8 @@ class Report:
     """What the grader changed in the notebook and which cells raised."""
     runs: tuple[RunSummary, ...] = ()
     """Each run: the notebook's parameters first, then the hidden re-runs."""
+    peak_memory_mb: float = 0.0
+    """Largest resident memory of any of its runs, in MB."""
 
 
 def _span_errors(plan: Plan, captured: Captured, exercise: str) -> list[str]:
@@ -288,4 +290,5 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
         notes=notes,
         runs=tuple(RunSummary(run.label, "graded" if run.captured.finished else "failed", run.captured.reason if run is main else "")
                    for run in runs),
+        peak_memory_mb=max((run.captured.peak_memory_mb for run in runs), default=0.0),
     )

@@ -1,0 +1,179 @@
+"""How fast `grader grade` grades a class, against the physical floor and against nbgrader, in one run.
+
+    python benchmarks/batch_speed.py [--students 40] [--timeout 5] [--jobs 2] [--skip-nbgrader]
+
+Makes N synthetic submissions of backprop_ninja (mostly correct, some wrong, a few that crash, one
+that never ends), then measures on the same submissions:
+
+- `grader grade` (with the rubric's two hidden re-runs), wall time, in a fresh output folder;
+- the physical floor: the time the cells after the shared setup take (the answers, and the locked
+  forward pass and short training run they feed), every run of every submission, one after another
+  in this one warm process; a submission that never ends counts for its timeout;
+- `nbgrader autograde` of the same notebooks in a temporary nbgrader course, the same per-cell timeout.
+
+and prints the ratios, and the largest peak memory of any run (a fork of the warm worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("ATEN_CPU_CAPABILITY", "default")  # the grader's kernels, before torch is imported
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import nbformat  # noqa: E402
+
+from grader import assets, notebook, rubric as rubrics  # noqa: E402
+from grader.grade import released_parameters  # noqa: E402
+
+NAME = "backprop_ninja"
+SOLUTION = ROOT / "solutions" / f"{NAME}.ipynb"
+RELEASE = ROOT / "assignments" / f"{NAME}.ipynb"
+
+
+def _answered(replace: tuple[str, str, str] | None = None) -> nbformat.NotebookNode:
+    """The release with the solution's answers pasted in; `replace` = (cell, old, new) edits one answer."""
+    released = nbformat.read(RELEASE, as_version=4)
+    solution = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in nbformat.read(SOLUTION, as_version=4).cells}
+    for cell in released.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            cell.source = "\n".join(line for line in solution[gid].splitlines() if "### " not in line)
+            if replace and replace[0] == gid:
+                assert replace[1] in cell.source
+                cell.source = cell.source.replace(replace[1], replace[2])
+    return released
+
+
+WRONG = [("ex1", "d_W2 = h.T @ d_logits", "d_W2 = h.T @ d_logits / n"),
+         ("ex1", "d_b2 = d_logits.sum(0)", "d_b2 = d_logits.sum(1)"),
+         ("ex2", "d_logits[range(n), Yb] -= 1", "d_logits[range(n), Yb] -= 2")]
+
+
+def make_class(folder: Path, students: int) -> dict[str, str]:
+    """Write the submissions (nbgrader's layout); returns student -> kind."""
+    kinds = {}
+    for i in range(students):
+        kind = "timeout" if i == students - 1 else "crash" if i % 13 == 5 else "wrong" if i % 5 == 2 else "correct"
+        if kind == "correct":
+            nb = _answered()
+        elif kind == "wrong":
+            nb = _answered(WRONG[i % len(WRONG)])
+        else:
+            nb = _answered(("ex1", "d_probs =", "undefined_name + 1\nd_probs =") if kind == "crash"
+                           else ("ex1", "d_probs =", "while True:\n    pass\nd_probs ="))
+        student = f"s{i:03d}"
+        (folder / student / NAME).mkdir(parents=True)
+        nbformat.write(nb, str(folder / student / NAME / f"{NAME}.ipynb"))
+        kinds[student] = kind
+    return kinds
+
+
+def grader_grade(submitted: Path, out: Path, jobs: int, timeout: float) -> float:
+    grader = shutil.which("grader") or str(Path(sys.executable).parent / "grader")
+    started = time.perf_counter()
+    subprocess.run([grader, "grade", str(submitted), "--assignment", NAME, "--out", str(out), "--jobs", str(jobs),
+                    "--timeout", str(timeout)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def physical_floor(submitted: Path, kinds: dict[str, str], timeout: float) -> float:
+    """Seconds the cells after the shared setup take, all runs of all submissions, in one warm process."""
+    import torch
+    from IPython.core.interactiveshell import InteractiveShell
+
+    torch.set_num_threads(1)
+    rubric = rubrics.load(NAME)
+    released = notebook.read(rubric.released)
+    main = released_parameters(released) | (rubric.grading_parameters or {}) | {"data_path": assets.names_path()}
+    settings = [main] + [main | h for h in rubric.hidden_runs]
+    shell = InteractiveShell.instance(cache_size=0)
+    first = notebook.plan(released, released, rubric, main).cells
+    setup = max(i for i, c in enumerate(first) if c.grade_id in rubric.setup_cells)
+    for cell in first[: setup + 1]:
+        shell.run_cell(cell.source, silent=True)
+    after_setup = dict(shell.user_ns)
+    total = 0.0
+    devnull = open(os.devnull, "w")
+    for student, kind in sorted(kinds.items()):
+        if kind == "timeout":
+            total += timeout * len(settings)
+            continue
+        nb = notebook.read(submitted / student / NAME / f"{NAME}.ipynb")
+        for params in settings:
+            cells = notebook.plan(nb, released, rubric, params).cells
+            shell.user_ns.clear()
+            shell.user_ns.update(after_setup)
+            stdout, sys.stdout = sys.stdout, devnull
+            try:
+                shell.run_cell(notebook.injected_source(params), silent=True)
+                started = time.perf_counter()
+                for cell in cells[setup + 1 :]:
+                    with torch.set_grad_enabled(not cell.no_grad):
+                        shell.run_cell(cell.source, silent=True)
+                total += time.perf_counter() - started
+            finally:
+                sys.stdout = stdout
+    return total
+
+
+def nbgrader_autograde(submitted: Path, timeout: float) -> float:
+    """Wall time of `nbgrader autograde` on the same submissions, in a new course."""
+    course = Path(tempfile.mkdtemp(prefix="nbgrader-course-"))
+    try:
+        (course / "source" / NAME).mkdir(parents=True)
+        shutil.copyfile(SOLUTION, course / "source" / NAME / f"{NAME}.ipynb")
+        shutil.copyfile(ROOT / "nbgrader_config.py", course / "nbgrader_config.py")
+        nbgrader = [sys.executable, "-m", "nbgrader"]
+        subprocess.run([*nbgrader, "generate_assignment", NAME], cwd=course, check=True, capture_output=True)
+        shutil.copytree(submitted, course / "submitted")
+        started = time.perf_counter()
+        subprocess.run([*nbgrader, "autograde", NAME, f"--Execute.timeout={int(timeout)}"], cwd=course,
+                       check=True, capture_output=True)
+        return time.perf_counter() - started
+    finally:
+        shutil.rmtree(course, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--students", type=int, default=40)
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per notebook (nbgrader: per cell)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--skip-nbgrader", action="store_true", help="do not run nbgrader (it takes minutes)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="batch-speed-") as tmp:
+        submitted = Path(tmp) / "submitted"
+        kinds = make_class(submitted, args.students)
+        counts = {k: list(kinds.values()).count(k) for k in ("correct", "wrong", "crash", "timeout")}
+        print(f"{args.students} submissions: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+        ours = grader_grade(submitted, Path(tmp) / "out", args.jobs, args.timeout)
+        reports = [json.loads(p.read_text()) for p in (Path(tmp) / "out" / "reports").glob("*.json")]
+        peak = max((r.get("peak_memory_mb") or 0 for r in reports), default=0)
+        floor = physical_floor(submitted, kinds, args.timeout)
+        theirs = None if args.skip_nbgrader else nbgrader_autograde(submitted, args.timeout)
+
+    n = args.students
+    print(f"grader grade (--jobs {args.jobs}, 2 hidden re-runs): {ours:7.2f} s  ({n / ours:6.2f} notebooks/s)")
+    print(f"physical floor (one warm process, serial):     {floor:7.2f} s")
+    if theirs is not None:
+        print(f"nbgrader autograde:                            {theirs:7.2f} s  ({n / theirs:6.2f} notebooks/s)")
+    print(f"ratio grader grade / physical floor:        {ours / floor:6.2f}   (target: at most 3)")
+    if theirs is not None:
+        print(f"throughput grader grade / nbgrader:         {theirs / ours:6.2f}   (target: at least 30)")
+    print(f"largest peak memory of a run:               {peak:6.0f} MB (target: under 500)")
+
+
+if __name__ == "__main__":
+    main()
