@@ -6,6 +6,7 @@ here) -> compare and score -> a `Report`.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -15,6 +16,12 @@ from grader.errors import RubricError
 
 if TYPE_CHECKING:
     from grader.score import Report
+
+
+@functools.lru_cache(maxsize=8)
+def _released(path: str, mtime_ns: int):
+    """The released notebook, read once per batch (never changed by the stages that use it)."""
+    return notebook.read(Path(path))
 
 
 def released_parameters(released_nb) -> dict[str, object]:
@@ -63,7 +70,7 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: 
     path = Path(path)
     student = notebook.read(path)
     rubric = rubrics.load(assignment or notebook.assignment_of(student, path))
-    released = notebook.read(rubric.released)
+    released = _released(str(rubric.released), rubric.released.stat().st_mtime_ns)
     published = released_parameters(released)
     hidden = rubric.hidden_runs if hidden_runs is None else tuple(hidden_runs)
     for overrides in (parameters or {}, *hidden):

@@ -8,6 +8,8 @@ such as reading `.grad` or building a name with `getattr` so that no call happen
 from __future__ import annotations
 
 import ast
+import functools
+import threading
 from dataclasses import dataclass
 
 from IPython.core.inputtransformer2 import TransformerManager
@@ -106,12 +108,17 @@ def _flags(node: ast.AST) -> list[tuple[str, str]]:
     return []
 
 
+_PARSING = threading.Lock()  # CPython 3.11's ast is not thread-safe (gh-106905: "recursion depth mismatch")
+
+
+@functools.lru_cache(maxsize=4096)  # a batch scans the same released and copied cells again and again
 def scan(source: str) -> tuple[Finding, ...]:
     """Every flagged construct in one cell's source, in line order."""
     try:
-        tree = ast.parse(TransformerManager().transform_cell(source))
-    except (SyntaxError, ValueError):
-        return ()  # it will not run either; the run reports the syntax error
+        with _PARSING:
+            tree = ast.parse(TransformerManager().transform_cell(source))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return ()  # it will not run either; the run reports the error
     findings: list[Finding] = []
 
     for node in ast.walk(tree):  # mark names in call position, so that only other uses count as "a value"
