@@ -20,6 +20,8 @@ import os
 import sys
 import traceback
 
+from grader import _confine
+
 
 def _error_line(exc: BaseException) -> str:
     """`NameError: name 'x' is not defined (line 3)`, the line counted within the cell."""
@@ -139,6 +141,7 @@ class Runner:
         self.counters: dict[str, list[int]] = {}
         self.recorders: set[int] = set()  # ids of our wrappers (an attribute could be faked by the notebook)
         self.inside = [False]
+        self.owner = os.getpid()
 
     # --- values -----------------------------------------------------------------------------------
     def snapshot(self, value: object) -> tuple[object, object]:
@@ -282,6 +285,8 @@ class Runner:
                 if cap["function"] and position > cap["start"]:
                     self.install_recorder(cap)
             self.outcomes.append(self.run_cell(position, progress))
+            if os.getpid() != self.owner:  # a copy the notebook forked: it must not go on and write results
+                os._exit(0)
 
     def result(self) -> bytes:
         """The safetensors file the grader reads: the tensors, and a JSON summary as metadata."""
@@ -292,21 +297,35 @@ class Runner:
 
 
 _ABSENT = object()
+MAX_RUNS = 16
+"""Most runs in one job (a submission's own parameters and its hidden re-runs)."""
 
 
-def _ends_within(pid: int, seconds: float) -> bool:
-    """Whether child `pid` ends within `seconds` (it is left to be reaped)."""
+def _ends_within(pid: int, seconds: float, ticks: int, extensions: int) -> bool:
+    """Whether child `pid` ends in time: within `seconds`, counted again from each byte read on the
+    `ticks` pipe (a new run begins), at most `extensions` times. The child is left to be reaped."""
     import select
     import time
 
-    if hasattr(os, "pidfd_open"):  # Linux 5.3+: sleep until it ends
-        return bool(select.select([os.pidfd_open(pid)], [], [], seconds)[0])
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+    pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None  # Linux 5.3+: sleep until it ends
+    watched = [ticks] + ([pidfd] if pidfd is not None else [])
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        ready = select.select(watched, [], [], left if pidfd is not None else min(left, 0.005))[0]
+        if pidfd is not None and pidfd in ready:
             return True
-        time.sleep(0.005)
-    return False
+        if pidfd is None and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        if ticks in ready:
+            count = len(os.read(ticks, 64))
+            if count == 0:
+                watched.remove(ticks)  # every writer is gone: the job is ending
+            elif extensions > 0:
+                extensions -= min(count, extensions)
+                deadline = time.monotonic() + seconds
 
 
 def _stray_processes() -> int:
@@ -323,9 +342,14 @@ def _stray_processes() -> int:
 # --- the worker -------------------------------------------------------------------------------------
 
 class Worker:
-    """A process with torch imported and the released setup cells run, that forks one child per run."""
+    """A process with torch imported and the released setup cells run, that forks one child per job.
+
+    A job is one submission: all its runs (its own parameters, then the hidden re-runs), one after
+    another in one confined process, each starting again from the state after the setup cells.
+    """
 
     def __init__(self, spec: dict) -> None:
+        import builtins
         import random
 
         import torch
@@ -344,19 +368,23 @@ class Worker:
         config.HistoryManager.enabled = False  # no SQLite file and no saving thread to carry across fork()
         # cache_size=0: no Out[] history, so no cell's displayed value can keep a forward graph alive.
         self.shell = Shell.instance(config=config, cache_size=0)
-        self.torch, self.random, self.spec = torch, random, spec
+        self.torch, self.random, self.builtins, self.spec = torch, random, builtins, spec
         self.pristine = [(m, dict(vars(m))) for m in (torch, torch.nn.functional, torch.Tensor)]
+        self.pristine_builtins = dict(vars(builtins))
         self.initial = dict(self.shell.user_ns)
         self.rng = self._rng_state()
         self.data = {name: open(path, "rb").read() for name, path in spec["data"].items()}
         self.warm = Runner(torch, self.shell, self.pristine)
-        prefix = spec["prefix"]
         with open(os.devnull, "w") as quiet:
-            self.warm.run(prefix, [], 0, quiet)  # stops at the end of the prefix: no captures in it
+            self.warm.run(spec["prefix"], [], 0, quiet)  # stops at the end of the prefix: no captures in it
         failed = [o["error"] for o in self.warm.outcomes if o["error"]]
         if failed:
             raise RuntimeError(f"the released setup cells failed in the worker: {failed[0]}")
         self.warmed_rng = self._rng_state()
+        self.after_setup = dict(self.shell.user_ns)
+        # copies of the data the setup made: a run that changes it in place must not change the next run's
+        self.setup_tensors = {k: (v, v._version, v.clone()) for k, v in self.after_setup.items()
+                              if type(v) is torch.Tensor}
         self._warm_up(spec.get("warm_up", []))
 
     def _rng_state(self) -> tuple:
@@ -387,7 +415,7 @@ class Worker:
         self._set_rng(self.warmed_rng)
 
     def serve(self, sock) -> None:
-        """Fork a supervised child for each job until the grader closes the socket."""
+        """Fork a supervisor for each job until the grader closes the socket."""
         import gc
         import socket
 
@@ -397,7 +425,7 @@ class Worker:
         sock.sendall(b"ready\n")
         while True:
             try:
-                message, fds, _, _ = socket.recv_fds(sock, 64, 8)
+                message, fds, _, _ = socket.recv_fds(sock, 64, 2 + 3 * MAX_RUNS)
             except (ConnectionError, OSError):
                 return
             if not message:
@@ -413,15 +441,13 @@ class Worker:
                 os.close(fd)
 
     def _supervise(self, fds: list[int]) -> None:
-        """The supervisor: starts the run in its confinement, waits at most the timeout, reports."""
+        """The supervisor: starts the job in its confinement, gives each run at most the timeout, reports."""
         import time
-
-        from grader import _confine
 
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _confine.die_with_parent()
         os.setsid()
-        job_fd, output_fd, progress_fd, result_fd, status_fd = fds
+        job_fd, status_fd, *run_fds = fds
         with os.fdopen(job_fd, "rb") as f:
             job = json.loads(f.read())
         confined = False
@@ -432,17 +458,19 @@ class Worker:
         uid = _confine.UID_BASE + os.getpid()
         started = time.monotonic()
         init_read, init_write = os.pipe()
+        ticks_read, ticks_write = os.pipe()  # one byte from the job as each run after the first begins
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(status_fd)
                 os.close(init_read)
-                self._init(job, confined, uid, output_fd, progress_fd, result_fd, init_write)
+                os.close(ticks_read)
+                self._init(job, confined, uid, run_fds, init_write, ticks_write)
             finally:
                 os._exit(71)
-        for fd in (output_fd, progress_fd, result_fd, init_write):
+        for fd in (*run_fds, init_write, ticks_write):
             os.close(fd)
-        timed_out = not _ends_within(pid, job["timeout"])
+        timed_out = not _ends_within(pid, job["timeout"], ticks_read, len(job["runs"]) - 1)
         if timed_out:
             os.kill(pid, signal.SIGKILL)  # process 1 of its namespace: everything in it dies too
         os.waitpid(pid, 0)
@@ -452,23 +480,20 @@ class Worker:
             except (ProcessLookupError, PermissionError):
                 pass
         with os.fdopen(init_read, "rb") as f:
-            run = json.loads(f.read() or b"{}")
-        report = {"returncode": run.get("returncode", -signal.SIGKILL), "timed_out": timed_out, "stray": run.get("stray", 0),
-                  "sandbox_error": run.get("sandbox_error", ""),
-                  "seconds": time.monotonic() - started, "max_rss_kb": run.get("max_rss_kb", 0),
+            ended = json.loads(f.read() or b"{}")
+        report = {"returncode": ended.get("returncode", -signal.SIGKILL), "timed_out": timed_out,
+                  "stray": ended.get("stray", 0), "sandbox_error": ended.get("sandbox_error", ""),
+                  "seconds": time.monotonic() - started, "max_rss_kb": ended.get("max_rss_kb", 0),
                   "confined": confined, "warning": job.get("warning", "")}
         os.write(status_fd, json.dumps(report).encode() + b"\n")
         os._exit(0)
 
-    def _init(self, job: dict, confined: bool, uid: int, output_fd: int, progress_fd: int, result_fd: int,
-              init_write: int) -> None:
-        """Process 1 of the run's namespaces: sets up its view of the files, starts the run, reports how it ended.
+    def _init(self, job: dict, confined: bool, uid: int, run_fds: list[int], init_write: int, ticks_write: int) -> None:
+        """Process 1 of the job's namespaces: sets up its view of the files, starts the job, reports how it ended.
 
         The notebook does not run as process 1 itself: the kernel spares process 1 the signals it sends
         itself, and a notebook should behave as it would anywhere else.
         """
-        from grader import _confine
-
         _confine.die_with_parent()
         os.setsid()  # a group of its own, killed as one where there is no PID namespace
         workdir = "/tmp/run"
@@ -486,10 +511,10 @@ class Worker:
         if pid == 0:
             try:
                 os.close(init_write)
-                self._run(job, uid, workdir, output_fd, progress_fd, result_fd)
+                self._run_all(job, uid, workdir, run_fds, ticks_write)
             finally:
                 os._exit(71)
-        for fd in (output_fd, progress_fd, result_fd):
+        for fd in (*run_fds, ticks_write):
             os.close(fd)
         _, status, usage = os.wait4(pid, 0)
         stray = _stray_processes() if confined else 0
@@ -501,44 +526,79 @@ class Worker:
             shutil.rmtree(workdir, ignore_errors=True)
         os._exit(0)
 
-    def _run(self, job: dict, uid: int, workdir: str, output_fd: int, progress_fd: int, result_fd: int) -> None:
-        """The run itself: drop privileges, then run the student's cells."""
-        from grader import _confine
-
+    def _run_all(self, job: dict, uid: int, workdir: str, run_fds: list[int], ticks_write: int) -> None:
+        """The job itself: drop privileges, then each run in turn, each from the state after the setup."""
         _confine.die_with_parent()
-        for name, content in self.data.items():
-            with open(os.path.join(workdir, name), "wb") as f:
-                f.write(content)
-        os.dup2(output_fd, 1)
-        os.dup2(output_fd, 2)
-        os.close(output_fd)
+        self._write_data(workdir)
         _confine.drop_privileges(_confine.Limits(**self.spec["limits"]), workdir, uid)
         # Python ignores SIGXFSZ; restored, writing past the file-size cap ends the run with a clear reason
         # instead of an error inside the error handler that would print the error
         signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-        os.chdir(workdir)
         os.environ["HOME"] = os.environ["TMPDIR"] = workdir
-        if job["start"] > 0:
-            runner = self.warm  # carries on from the worker's state after the setup cells
-            runner.outcomes = runner.outcomes[: job["start"]]
-            runner.cells = job["cells"]
-            for position in job["preamble"]:  # this run's parameters, where they differ from the worker's
-                runner.outcomes[position] = runner.run_cell(position, open(os.devnull, "w"))
-        else:  # the notebook's own set-up differs from the release: start from an empty namespace
+        prefix_names = dict(self.warm.locked_names)
+        prefix_outcomes = list(self.warm.outcomes)
+        for i, run in enumerate(job["runs"]):
+            output_fd, progress_fd, result_fd = run_fds[3 * i : 3 * i + 3]
+            if i > 0:
+                os.write(ticks_write, b"1")  # a new run: the supervisor restarts the clock
+                self._reset(workdir)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(output_fd, 1)
+            os.dup2(output_fd, 2)
+            os.close(output_fd)
+            os.chdir(workdir)
+            runner = Runner(self.torch, self.shell, self.pristine)
             ns = self.shell.user_ns
             ns.clear()
-            ns.update(self.initial)
-            self._set_rng(self.rng)
-            runner = Runner(self.torch, self.shell, self.pristine)
-        with os.fdopen(progress_fd, "w", encoding="utf-8") as progress:
-            runner.run(job["cells"], job["captures"], job["start"], progress)
-        content = runner.result()
-        with os.fdopen(result_fd, "wb") as out:
-            out.write(content)
+            if run["start"] > 0:  # carries on from the worker's state after the setup cells
+                ns.update(self.after_setup)
+                self._set_rng(self.warmed_rng)
+                runner.locked_names = {k: ns.get(k, v) for k, v in prefix_names.items()}
+                runner.outcomes = prefix_outcomes[: run["start"]]
+                runner.cells = run["cells"]
+                with open(os.devnull, "w") as quiet:
+                    for position in run["preamble"]:  # this run's parameters, where they differ from the worker's
+                        runner.outcomes[position] = runner.run_cell(position, quiet)
+            else:  # the notebook's own set-up differs from the release: start from an empty namespace
+                ns.update(self.initial)
+                self._set_rng(self.rng)
+            with os.fdopen(progress_fd, "w", encoding="utf-8") as progress:
+                runner.run(run["cells"], run["captures"], run["start"], progress)
+            content = runner.result()
+            with os.fdopen(result_fd, "wb") as out:
+                out.write(content)
+            del runner, content
         sys.stdout.flush()
         sys.stderr.flush()
         # Skip the interpreter's clean-up: tearing down torch takes half a second and nothing is left to save.
         os._exit(0)
+
+    def _write_data(self, workdir: str) -> None:
+        for name, content in self.data.items():
+            with open(os.path.join(workdir, name), "wb") as f:
+                f.write(content)
+
+    def _reset(self, workdir: str) -> None:
+        """Between two runs of a job: undo what the last one could have changed outside its namespace."""
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        for name, obj in self.pristine_builtins.items():
+            if vars(self.builtins).get(name, _ABSENT) is not obj:
+                setattr(self.builtins, name, obj)
+        for module, attributes in self.pristine:
+            for name, obj in attributes.items():
+                if module.__dict__.get(name, _ABSENT) is not obj:
+                    setattr(module, name, obj)
+        for name, (tensor, version, copy) in self.setup_tensors.items():
+            if tensor._version != version:  # changed in place: the next run gets the data as the setup made it
+                fresh = copy.clone()
+                self.setup_tensors[name] = (fresh, fresh._version, copy)
+                self.after_setup[name] = fresh
+        self.torch._C._set_grad_enabled(True)
+        try:
+            self._write_data(workdir)
+        except OSError:
+            pass  # e.g. the last run filled its disk: this run will say so itself
 
 
 def main(argv: list[str]) -> int:

@@ -87,11 +87,15 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: 
     plans = [notebook.plan(student, released, rubric, p | rubric.data) for p in settings]
     own_pool = pool is None
     pool = pool or sandbox.Pool(hidden_folders(rubric))
-    runs: list[sandbox.Run] = []
+    # One job per worker (per data set): the runs of a job go one after another in one process.
+    groups: dict[int, tuple[sandbox.Worker, list[int]]] = {}
+    for i, p in enumerate(settings):
+        worker = _worker(pool, rubric, released, p | rubric.data, copies)
+        groups.setdefault(id(worker), (worker, []))[1].append(i)
+    jobs = [(w.start([plans[i] for i in runs], [labels[i] for i in runs], timeout or rubric.timeout), runs)
+            for w, runs in groups.values()]
+    captured: list = [None] * len(settings)
     try:
-        for p, plan in zip(settings, plans):
-            worker = _worker(pool, rubric, released, p | rubric.data, copies)
-            runs.append(worker.start(plan, timeout or rubric.timeout, setup_matches=True))
         # Everything this process will need is imported before the notebook's first cell may run.
         import safetensors.torch  # noqa: F401
 
@@ -99,11 +103,13 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: 
         from grader.score import GradedRun, score
 
         try:
-            for run in runs:
-                run.release()  # computing the references imports nothing more (a test checks)
+            for job, _ in jobs:
+                job.release()  # computing the references imports nothing more (a test checks)
             refs = [reference.gradients(rubric, released, p | {k: str(f) for k, f in data_files.items()}) for p in settings]
         finally:
-            captured = [run.wait() for run in runs]
+            for job, runs in jobs:
+                for i, c in zip(runs, job.wait()):
+                    captured[i] = c
     finally:
         if own_pool:
             pool.close()

@@ -73,6 +73,8 @@ class Captured:
     """The tail of what the notebook printed."""
     peak_memory_mb: float = 0.0
     """Largest resident memory of the run's process, in MB (pages shared with the worker included)."""
+    notes: tuple[str, ...] = ()
+    """What else the grader saw, e.g. processes the notebook left running."""
 
 
 DEFAULT_LIMITS = Limits(memory=MEMORY_LIMIT, file_size=FILE_LIMIT, processes=64, tmp_size=256 * 2**20)
@@ -189,10 +191,10 @@ class Worker:
             except OSError as e:
                 raise SandboxError(f"the worker process is gone ({e})") from e
 
-    def start(self, plan: Plan, timeout: float, setup_matches: bool) -> Run:
-        """A run of `plan`, not yet submitted (see `Run.release`)."""
-        start, preamble = warm_start(plan, self.prefix) if setup_matches else (0, [])
-        return Run(self, plan, start, preamble, timeout)
+    def start(self, plans: list[Plan], labels: list[str], timeout: float) -> Job:
+        """A job running `plans` one after another (named `labels` in messages), not yet submitted."""
+        return Job(self, [Run(plan, label, *warm_start(plan, self.prefix)) for plan, label in zip(plans, labels)],
+                   timeout)
 
     def close(self) -> None:
         """Stop the worker (its runs end with it) and remove its folder."""
@@ -258,93 +260,51 @@ class Pool:
 
 
 class Run:
-    """One run of a notebook in the worker: `release()` sends it, `wait()` returns its values.
+    """One run of a job: its plan, and the anonymous files its output, progress and values go to.
 
-    The run's output, progress and result go to anonymous temporary files that this process opened and
-    handed over as file descriptors, so nothing is read back by a path that the notebook could have
-    replaced with a FIFO or a symlink.
+    The files were opened by this process and handed over as file descriptors, so nothing is read back
+    by a path that the notebook could have replaced with a FIFO or a symlink.
     """
 
-    def __init__(self, worker: Worker, plan: Plan, start: int, preamble: list[int], timeout: float) -> None:
-        self.worker, self.plan, self.start, self.preamble, self.timeout = worker, plan, start, preamble, timeout
+    def __init__(self, plan: Plan, label: str, start: int, preamble: list[int]) -> None:
+        self.plan, self.label, self.start, self.preamble = plan, label, start, preamble
         self.output, self.progress, self.result = (tempfile.TemporaryFile() for _ in range(3))
-        self.status: int | None = None
         self.returncode = 0
         self.peak_memory_mb = 0.0
-        self.started = time.monotonic()
+        self.notes: tuple[str, ...] = ()
 
-    def release(self) -> None:
-        """Send the run to the worker: from here on the notebook's cells run."""
-        job = tempfile.TemporaryFile()
-        job.write(json.dumps({"cells": _plain(self.plan.cells), "captures": [asdict(c) for c in self.plan.captures],
-                              "start": self.start, "preamble": self.preamble, "timeout": self.timeout}).encode())
-        job.seek(0)
-        status_read, status_write = os.pipe()
-        try:
-            self.started = time.monotonic()
-            self.worker.submit([job.fileno(), self.output.fileno(), self.progress.fileno(), self.result.fileno(),
-                                status_write])
-            self.status = status_read
-        except BaseException:
-            os.close(status_read)
-            raise
-        finally:
-            os.close(status_write)
-            job.close()
+    def job(self) -> dict:
+        return {"cells": _plain(self.plan.cells), "captures": [asdict(c) for c in self.plan.captures],
+                "start": self.start, "preamble": self.preamble}
 
-    def _close(self) -> None:
-        if self.status is not None:
-            os.close(self.status)
-            self.status = None
+    def fds(self) -> list[int]:
+        return [self.output.fileno(), self.progress.fileno(), self.result.fileno()]
+
+    def started(self) -> bool:
+        return self.progress.seek(0, os.SEEK_END) > 0
+
+    def close(self) -> None:
         for f in (self.output, self.progress, self.result):
             f.close()
 
-    def _report(self) -> dict | None:
-        """The supervisor's report, or None if it never came."""
-        assert self.status is not None
-        deadline = self.started + self.timeout + SUPERVISOR_GRACE
-        data = b""
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.status], [], [], left)[0]:
-                return None
-            chunk = os.read(self.status, 4096)
-            if not chunk:
-                break
-            data += chunk
-        try:
-            report = json.loads(data)
-        except ValueError:
-            return None
-        return report if isinstance(report, dict) else None
-
-    def wait(self) -> Captured:
-        """Wait for the run (at most the timeout), then read its values."""
-        try:
-            if self.status is None:
-                return self._unfinished("the run was never started", 0.0, "")
-            report = self._report()
-            output = self._tail()
-            if report is None:
-                return self._unfinished("the run's supervisor did not report back (the worker was stopped?)",
-                                        time.monotonic() - self.started, output)
-            if report.get("sandbox_error"):
-                raise SandboxError(f"could not confine the notebook's run: {report['sandbox_error']}")
-            seconds = float(report.get("seconds", 0.0))
-            self.returncode = int(report.get("returncode", 1))
-            self.peak_memory_mb = round(float(report.get("max_rss_kb", 0)) / 1024, 1)
-            if report.get("timed_out"):
-                return self._unfinished(f"timed out after {self.timeout:g} s in {self._current_cell()}", seconds, output)
-            if self.returncode != 0:
-                return self._unfinished(self._death(), seconds, output)
-            if report.get("stray"):
-                # they could have rewritten the results after the notebook's own process wrote them
-                return self._unfinished(f"the notebook left {report['stray']} processes running when it ended "
-                                        "(os.fork, multiprocessing or a background subprocess?): its results "
-                                        "cannot be trusted", seconds, output)
+    def captured(self, report: dict | None, timeout: float, seconds: float, current: Run | None) -> Captured:
+        """What came back from this run, given the supervisor's `report` and the run that was going on last."""
+        output = self._tail()
+        self.peak_memory_mb = round(float((report or {}).get("max_rss_kb", 0)) / 1024, 1)
+        self.returncode = int((report or {}).get("returncode", 1))
+        stray = int((report or {}).get("stray", 0))
+        self.notes = (f"the notebook left {stray} processes running when it ended; they were killed",) if stray else ()
+        if report is None:
+            return self._unfinished("the run's supervisor did not report back (the worker was stopped?)", seconds, output)
+        if self.result.seek(0, os.SEEK_END) > 0 and self is not current:
             return self._read(seconds, output)
-        finally:
-            self._close()
+        if not self.started() and current is not None and current is not self:
+            return self._unfinished(f"it did not run: the notebook's process ended in {current.label}", seconds, output)
+        if report.get("timed_out") and self is current:
+            return self._unfinished(f"timed out after {timeout:g} s in {self._current_cell()}", seconds, output)
+        if self.returncode != 0:
+            return self._unfinished(self._death(), seconds, output)
+        return self._read(seconds, output)
 
     def _tail(self) -> str:
         size = self.output.seek(0, os.SEEK_END)
@@ -375,7 +335,7 @@ class Run:
         return f"the notebook's process {how} in {where} (os._exit, a crash or running out of memory?)"
 
     def _unfinished(self, reason: str, seconds: float, output: str) -> Captured:
-        return Captured(False, reason, (), {}, seconds, output, self.peak_memory_mb)
+        return Captured(False, reason, (), {}, seconds, output, self.peak_memory_mb, self.notes)
 
 
     def _read(self, seconds: float, output: str) -> Captured:
@@ -429,4 +389,76 @@ class Run:
             CellOutcome(c.label, str(o.get("error", ""))[:500] if isinstance(o, dict) else "")
             for c, o in zip(self.plan.cells, cells)
         )
-        return Captured(True, "", outcomes, values, seconds, output, self.peak_memory_mb)
+        return Captured(True, "", outcomes, values, seconds, output, self.peak_memory_mb, self.notes)
+
+
+class Job:
+    """All runs of one submission, in one confined process of the worker: `release()` sends them,
+    `wait()` returns what each brought back.
+
+    The runs go one after another, each from the state after the setup cells, each with `timeout`
+    seconds of its own.
+    """
+
+    def __init__(self, worker: Worker, runs: list[Run], timeout: float) -> None:
+        self.worker, self.runs, self.timeout = worker, runs, timeout
+        self.status: int | None = None
+        self.started = time.monotonic()
+
+    def release(self) -> None:
+        """Send the job to the worker: from here on the notebook's cells run."""
+        job = tempfile.TemporaryFile()
+        job.write(json.dumps({"runs": [r.job() for r in self.runs], "timeout": self.timeout}).encode())
+        job.seek(0)
+        status_read, status_write = os.pipe()
+        try:
+            self.started = time.monotonic()
+            self.worker.submit([job.fileno(), status_write, *(fd for r in self.runs for fd in r.fds())])
+            self.status = status_read
+        except BaseException:
+            os.close(status_read)
+            raise
+        finally:
+            os.close(status_write)
+            job.close()
+
+    def _report(self) -> dict | None:
+        """The supervisor's report, or None if it never came."""
+        assert self.status is not None
+        deadline = self.started + self.timeout * len(self.runs) + SUPERVISOR_GRACE
+        data = b""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.status], [], [], left)[0]:
+                return None
+            chunk = os.read(self.status, 4096)
+            if not chunk:
+                break
+            data += chunk
+        try:
+            report = json.loads(data)
+        except ValueError:
+            return None
+        return report if isinstance(report, dict) else None
+
+    def wait(self) -> list[Captured]:
+        """Wait for the job (at most the timeout per run), then read each run's values."""
+        try:
+            if self.status is None:
+                return [r._unfinished("the run was never started", 0.0, "") for r in self.runs]
+            report = self._report()
+            if report is not None and report.get("sandbox_error"):
+                raise SandboxError(f"could not confine the notebook's run: {report['sandbox_error']}")
+            seconds = float((report or {}).get("seconds", time.monotonic() - self.started))
+            # the run that was going on when the process ended: the last one that started
+            current = next((r for r in reversed(self.runs) if r.started()), None)
+            finished = all(r.result.seek(0, os.SEEK_END) > 0 for r in self.runs)
+            if report is not None and not report.get("timed_out") and report.get("returncode") == 0 and finished:
+                current = None
+            return [r.captured(report, self.timeout, seconds, current) for r in self.runs]
+        finally:
+            if self.status is not None:
+                os.close(self.status)
+                self.status = None
+            for r in self.runs:
+                r.close()

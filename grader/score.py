@@ -277,6 +277,7 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
         for ex in rubric.exercises
     )
     notes = main.plan.notes + tuple(f"{o.label} raised {o.error}" for o in main.captured.cells if o.error)
+    notes += main.captured.notes
     notes += tuple(f"{run.label} did not run to the end" for run in runs[1:] if not run.captured.finished)
     return Report(
         assignment=rubric.assignment,

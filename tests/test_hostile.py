@@ -44,8 +44,8 @@ def _fingerprint(folder: Path) -> dict[str, str]:
 ATTACKS = {
     "infinite_loop": (SOLUTION, "while True:\n    pass", "timed out after 10 s in cell"),
     "memory_bomb": (RELEASE, "hog = torch.ones(2**31)  # 8 GiB", "d_logprobs was not computed"),
-    # its processes fork for as long as any of them can: it runs out its time, or leaves processes behind
-    "fork_bomb": (SOLUTION, "import os\nwhile True:\n    os.fork()", ("processes running", "timed out after 10 s")),
+    # its processes fork for as long as any of them can: the notebook runs out of time, or its fork fails
+    "fork_bomb": (RELEASE, "import os\nwhile True:\n    os.fork()", ("BlockingIOError", "timed out after 10 s")),
     "gigabyte_of_output": (SOLUTION, "line = 'x' * 1023\nfor _ in range(2**20):\n    print(line)", "wrote more than"),
     "exits_quietly": (SOLUTION, "import os\nos._exit(0)", "exited with code 0"),
     "kills_its_parent": (RELEASE, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", "PermissionError"),
