@@ -357,13 +357,14 @@ class Worker:
         from IPython.core.interactiveshell import InteractiveShell
         from traitlets.config import Config
 
-        import safetensors.torch  # noqa: F401  (every run needs it: import it once, here)
+        import safetensors.torch  # (every run needs it: import it once, here)
 
         class Shell(InteractiveShell):
             def enable_gui(self, gui=None):  # `%matplotlib inline`: no event loop to start, figures render off screen
                 pass
 
         torch.set_num_threads(1)
+        safetensors.torch.save({"warm": torch.zeros(1)})  # imports what saving needs (numpy) here, not in a run
         config = Config()
         config.HistoryManager.enabled = False  # no SQLite file and no saving thread to carry across fork()
         # cache_size=0: no Out[] history, so no cell's displayed value can keep a forward graph alive.
@@ -512,6 +513,8 @@ class Worker:
             try:
                 os.close(init_write)
                 self._run_all(job, uid, workdir, run_fds, ticks_write)
+            except BaseException:  # ours, or the notebook's doing: either way the report shows the traceback
+                traceback.print_exc()
             finally:
                 os._exit(71)
         for fd in (*run_fds, ticks_write):

@@ -112,8 +112,12 @@ def _plain(cells: tuple[PlannedCell, ...] | list[PlannedCell]) -> list[dict]:
 
 
 def _needed() -> list[Path]:
-    """Folders a run must still be able to read: Python, its packages and the grader itself."""
-    return [Path(p).resolve() for p in (sys.prefix, sys.base_prefix, *sys.path, Path(__file__).parent) if p]
+    """Folders a run must still be able to read: Python, its packages and the grader itself.
+
+    Each as given and as resolved: a module imported through a symlinked path must be found there too.
+    """
+    given = [Path(os.path.abspath(p)) for p in (sys.prefix, sys.base_prefix, *sys.path, Path(__file__).parent) if p]
+    return list(dict.fromkeys([*given, *(p.resolve() for p in given)]))
 
 
 def _hideable(paths: list[Path]) -> list[str]:
