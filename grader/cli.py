@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     if timeout is not None and not 0 < timeout < float("inf"):
         _parser().error("--timeout must be a positive number of seconds")
     from grader import grade, report, rubric  # after parsing: `--help` should not wait for torch
+    from grader._confine import available
+
+    if args.command in ("check", "grade") and not available():
+        print("grader: warning: notebooks run without isolation here (it needs Linux and root): they can read "
+              "your files and use the network; only the time, memory and file-size limits hold", file=sys.stderr)
 
     if args.command == "grade":
         return _grade(args)
@@ -172,6 +177,9 @@ def run() -> None:
 
     Tearing down torch at exit takes about half a second and there is nothing left to clean up.
     """
+    # jsonschema (under nbformat) imports rfc3987_syntax where it is installed, only to check "iri" formats,
+    # which the notebook schema does not use; building that package's grammar takes most of a second.
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]  (None: "not importable")
     try:
         code = main()
         sys.stdout.flush()
