@@ -240,10 +240,11 @@ class Runner:
         for name, obj in self.locked_names.items():
             if ns.get(name, _ABSENT) is not obj:
                 ns[name] = obj
-        for module, attributes in self.pristine:
-            for name, obj in attributes.items():
-                if module.__dict__.get(name, _ABSENT) is not obj:
-                    setattr(module, name, obj)
+        self.restore_modules()
+
+    def restore_modules(self) -> None:
+        """Put back torch's and the builtins' own functions, and the output streams: our code uses them too."""
+        _restore(self.pristine)
 
     def run_cell(self, position: int, progress) -> dict:
         """Run one planned cell; returns its outcome."""
@@ -274,6 +275,8 @@ class Runner:
         """Run `cells` from position `start` to the end, taking the captures on the way."""
         self.cells, self.captures = cells, captures
         for position in range(start, len(cells) + 1):
+            if any(position in (cap["before"], cap["start"]) for cap in captures):
+                self.restore_modules()  # the capture must not run the notebook's replacements
             for cap in captures:
                 if cap["before"] == position:
                     self.capture(cap)
@@ -292,6 +295,7 @@ class Runner:
         """The safetensors file the grader reads: the tensors, and a JSON summary as metadata."""
         from safetensors.torch import save
 
+        self.restore_modules()
         summary = json.dumps({"cells": self.outcomes, "values": self.values})
         return save(self.tensors, metadata={"grader": summary})
 
@@ -299,6 +303,15 @@ class Runner:
 _ABSENT = object()
 MAX_RUNS = 16
 """Most runs in one job (a submission's own parameters and its hidden re-runs)."""
+
+
+def _restore(pristine: list[tuple[object, dict]]) -> None:
+    """Put back the attributes of each module as they were when `pristine` was taken, and the output streams."""
+    for module, attributes in pristine:
+        for name, obj in attributes.items():
+            if module.__dict__.get(name, _ABSENT) is not obj:
+                setattr(module, name, obj)
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
 
 
 def _ends_within(pid: int, seconds: float, ticks: int, extensions: int) -> bool:
@@ -369,9 +382,8 @@ class Worker:
         config.HistoryManager.enabled = False  # no SQLite file and no saving thread to carry across fork()
         # cache_size=0: no Out[] history, so no cell's displayed value can keep a forward graph alive.
         self.shell = Shell.instance(config=config, cache_size=0)
-        self.torch, self.random, self.builtins, self.spec = torch, random, builtins, spec
-        self.pristine = [(m, dict(vars(m))) for m in (torch, torch.nn.functional, torch.Tensor)]
-        self.pristine_builtins = dict(vars(builtins))
+        self.torch, self.random, self.spec = torch, random, spec
+        self.pristine = [(m, dict(vars(m))) for m in (torch, torch.nn.functional, torch.Tensor, builtins)]
         self.initial = dict(self.shell.user_ns)
         self.rng = self._rng_state()
         self.data = {name: open(path, "rb").read() for name, path in spec["data"].items()}
@@ -584,14 +596,7 @@ class Worker:
 
     def _reset(self, workdir: str) -> None:
         """Between two runs of a job: undo what the last one could have changed outside its namespace."""
-        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-        for name, obj in self.pristine_builtins.items():
-            if vars(self.builtins).get(name, _ABSENT) is not obj:
-                setattr(self.builtins, name, obj)
-        for module, attributes in self.pristine:
-            for name, obj in attributes.items():
-                if module.__dict__.get(name, _ABSENT) is not obj:
-                    setattr(module, name, obj)
+        _restore(self.pristine)
         for name, (tensor, version, copy) in self.setup_tensors.items():
             if tensor._version != version:  # changed in place: the next run gets the data as the setup made it
                 fresh = copy.clone()

@@ -198,8 +198,12 @@ def grade_one(submission: Submission, rubric: Rubric, timeout: float | None, poo
 
 
 def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeout: float | None = None,
-              force: bool = False, progress: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Grade every submission in `found` into `out/reports/`, `jobs` at a time, reusing matching reports."""
+              force: bool = False, progress: Callable[[Outcome], None] | None = None,
+              limits: sandbox.Limits = sandbox.DEFAULT_LIMITS) -> list[Outcome]:
+    """Grade every submission in `found` into `out/reports/`, `jobs` at a time, reusing matching reports.
+
+    `limits` caps each run (memory, file size, processes, its /tmp).
+    """
     rubric = rubrics.load(assignment)
     folder = out / "reports"
     for stale in folder.glob(".*.json.*"):  # a write that a killed batch left half done
@@ -220,7 +224,7 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
 
     # No run may read the solutions, the rubric, the other submissions or what this batch writes.
     hidden = [*hidden_folders(rubric), out.resolve(), *found.roots, *(s.path for s in found.submissions)]
-    with sandbox.Pool(hidden) as workers, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with sandbox.Pool(hidden, limits) as workers, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = {pool.submit(grade_one, s, rubric, timeout, workers): s for s in todo}
         for future in as_completed(futures):
             s = futures[future]

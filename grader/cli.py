@@ -17,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     check.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit in seconds (default: the rubric's)")
     check.add_argument("--assignment", metavar="NAME", help="grade as this assignment (default: from the notebook's metadata)")
+    check.add_argument("--memory", type=float, metavar="MB", help="memory cap per process of the notebook (default: 2048)")
     check.add_argument("--hidden-runs", metavar="FILE",
                        help="a TOML file of [[hidden_run]] parameter tables to use instead of the published ones")
     grade = commands.add_parser("grade", help="grade a whole class into a folder of reports, grades.csv and a summary")
@@ -27,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
                        help="submissions graded at once (default: the number of cores)")
     grade.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
+    grade.add_argument("--memory", type=float, metavar="MB", help="memory cap per process of a notebook (default: 2048)")
     grade.add_argument("--force", action="store_true", help="grade again even where a report for the same content exists")
 
     gradebook = commands.add_parser(
@@ -60,13 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     timeout = getattr(args, "timeout", None)
     if timeout is not None and not 0 < timeout < float("inf"):
         _parser().error("--timeout must be a positive number of seconds")
-    from grader import grade, report, rubric  # after parsing: `--help` should not wait for torch
+    from grader import grade, report, rubric, sandbox  # after parsing: `--help` should not wait for torch
     from grader._confine import available
 
     if args.command in ("check", "grade") and not available():
         print("grader: warning: notebooks run without isolation here (it needs Linux and root): they can read "
               "your files and use the network; only the time, memory and file-size limits hold", file=sys.stderr)
 
+    memory = getattr(args, "memory", None)
+    if memory is not None and not 64 <= memory < float("inf"):
+        _parser().error("--memory must be at least 64 (MB)")
     if args.command == "grade":
         return _grade(args)
     if args.command == "gradebook":
@@ -75,12 +80,25 @@ def main(argv: list[str] | None = None) -> int:
         return _gradescope(args)
     try:
         hidden = rubric.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
-        result = grade.grade_notebook(args.notebook, assignment=args.assignment, timeout=args.timeout, hidden_runs=hidden)
+        with sandbox.Pool(limits=_limits(args)) as pool:
+            result = grade.grade_notebook(args.notebook, assignment=args.assignment, timeout=args.timeout,
+                                          hidden_runs=hidden, pool=pool)
     except GraderError as e:
         print(f"grader: {e}", file=sys.stderr)
         return e.exit_code
     print(report.to_json(result) if args.json else report.to_text(result))
     return 0
+
+
+def _limits(args: argparse.Namespace):
+    """The sandbox's limits, with --memory if given."""
+    import dataclasses
+
+    from grader import sandbox
+
+    if getattr(args, "memory", None) is None:
+        return sandbox.DEFAULT_LIMITS
+    return dataclasses.replace(sandbox.DEFAULT_LIMITS, memory=int(args.memory * 2**20))
 
 
 class _Progress:
@@ -125,7 +143,7 @@ def _grade(args: argparse.Namespace) -> int:
             for problem in found.problems:
                 print(f"note: {problem}", file=sys.stderr)
             batch.grade_all(found, args.assignment, out, jobs=args.jobs, timeout=args.timeout, force=args.force,
-                            progress=_Progress(len(found.submissions)))
+                            progress=_Progress(len(found.submissions)), limits=_limits(args))
             summary = batch.write_outputs(out, args.assignment, found)
     except GraderError as e:
         print(f"grader: {e}", file=sys.stderr)

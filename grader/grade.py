@@ -86,7 +86,8 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: 
     # The run reads its own copy of each data file, under the file's name in its working directory.
     plans = [notebook.plan(student, released, rubric, p | rubric.data) for p in settings]
     own_pool = pool is None
-    pool = pool or sandbox.Pool(hidden_folders(rubric))
+    pool = pool or sandbox.Pool()
+    pool.hide(hidden_folders(rubric))
     # One job per worker (per data set): the runs of a job go one after another in one process.
     groups: dict[int, tuple[sandbox.Worker, list[int]]] = {}
     for i, p in enumerate(settings):

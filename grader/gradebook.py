@@ -10,13 +10,14 @@ report's messages as the auto comment of its answer cell, so formgrader shows th
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader import rubric as rubrics
+from grader import rubric as rubrics, sandbox
 from grader.errors import GraderError, NotANotebook
-from grader.grade import grade_notebook
+from grader.grade import grade_notebook, hidden_folders
 from grader.score import Report
 
 
@@ -141,18 +142,23 @@ def grade_course(course: str | Path, assignment: str, *, db_url: str | None = No
         raise GraderError(f"{course} is not an nbgrader course: it has no gradebook.db (or pass --db URL)")
     url = db_url or f"sqlite:///{course / 'gradebook.db'}"
     done: list[Recorded] = []
-    with Gradebook(url) as gradebook:
+    with Gradebook(url) as gradebook, contextlib.ExitStack() as stack:
         try:
             ours = _ours(gradebook, course, assignment)
         except MissingEntry:
             raise GraderError(f"the gradebook at {url} has no assignment {assignment!r}: "
                               f"run `nbgrader generate_assignment {assignment}` first") from None
+        # One warm worker for the whole course. No run may read the course (the other students, the
+        # gradebook), the solutions or the rubric.
+        hidden = [course, *(folder for r in ours.values() for folder in hidden_folders(r))]
+        pool = stack.enter_context(sandbox.Pool(hidden))
         for submission in submissions(course, assignment):
             rubric = ours.get(submission.notebook)
             if rubric is None:
                 continue  # not a notebook of this assignment, or not one we grade: nbgrader's business
             try:
-                report, error = grade_notebook(submission.path, assignment=rubric.assignment, timeout=timeout), ""
+                report, error = grade_notebook(submission.path, assignment=rubric.assignment, timeout=timeout,
+                                               pool=pool), ""
             except NotANotebook as e:  # the student's file is no notebook: 0 for every test cell, and why
                 report, error = None, str(e)
             record(gradebook, assignment, submission, report, rubric, error)

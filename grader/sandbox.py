@@ -241,6 +241,11 @@ class Pool:
         self.workers: dict[tuple, Worker] = {}
         self.lock = threading.Lock()
 
+    def hide(self, paths: list[Path]) -> None:
+        """Also hide `paths` from the runs of workers started from now on."""
+        with self.lock:
+            self.hidden += [p for p in paths if p not in self.hidden]
+
     def worker(self, key: tuple, make: Callable[[], tuple[tuple[PlannedCell, ...], list[str], dict[str, Path]]]) -> Worker:
         """The worker for `key`, started with `make()` -> (prefix, warm-up sources, data files) if need be."""
         with self.lock:

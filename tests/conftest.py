@@ -35,3 +35,12 @@ def grader_command() -> list[str]:
     """The installed `grader` console script of the environment running the tests."""
     script = Path(sys.executable).parent / "grader"
     return [str(script)] if script.exists() else [sys.executable, "-m", "grader"]
+
+
+@pytest.fixture(scope="session")
+def pool():
+    """One warm worker for the whole session (torch imported and the data built once), as a batch has."""
+    from grader import grade, rubric, sandbox
+
+    with sandbox.Pool(grade.hidden_folders(rubric.load("backprop_ninja"))) as workers:
+        yield workers

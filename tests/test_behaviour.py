@@ -94,10 +94,10 @@ TIMEOUT = 20.0
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_behaviour_notebook(name: str) -> None:
+def test_behaviour_notebook(name: str, pool) -> None:
     status, expected = CASES[name]
     started = time.monotonic()
-    report = grade_notebook(NOTEBOOKS / f"{name}.ipynb", timeout=TIMEOUT)
+    report = grade_notebook(NOTEBOOKS / f"{name}.ipynb", timeout=TIMEOUT, pool=pool)
     elapsed = time.monotonic() - started
 
     assert report.status == status, report.error
@@ -117,46 +117,46 @@ def test_behaviour_notebook(name: str) -> None:
     assert elapsed < TIMEOUT + 15  # a hung notebook still yields its report soon after the limit
 
 
-def test_a_hung_notebook_is_reported_with_the_cell_it_hung_in():
-    report = grade_notebook(NOTEBOOKS / "infinite_loop.ipynb", timeout=8)
+def test_a_hung_notebook_is_reported_with_the_cell_it_hung_in(pool):
+    report = grade_notebook(NOTEBOOKS / "infinite_loop.ipynb", timeout=8, pool=pool)
     assert report.score == 0 and report.status == "failed"
     assert report.error.startswith("timed out after 8 s in cell 13 (ex1)")
 
 
-def test_a_notebook_that_kills_its_process_is_reported_with_the_cell():
-    report = grade_notebook(NOTEBOOKS / "exits_process.ipynb")
+def test_a_notebook_that_kills_its_process_is_reported_with_the_cell(pool):
+    report = grade_notebook(NOTEBOOKS / "exits_process.ipynb", pool=pool)
     assert report.error.startswith("the notebook's process exited with code 0 in cell 17 (ex2)")
-    report = grade_notebook(NOTEBOOKS / "dies_by_signal.ipynb")
+    report = grade_notebook(NOTEBOOKS / "dies_by_signal.ipynb", pool=pool)
     assert report.error.startswith("the notebook's process was killed by signal 40 in cell 21 (ex3)")
 
 
-def test_a_raising_cell_is_named_with_its_line():
-    report = grade_notebook(NOTEBOOKS / "raises_midway.ipynb")
+def test_a_raising_cell_is_named_with_its_line(pool):
+    report = grade_notebook(NOTEBOOKS / "raises_midway.ipynb", pool=pool)
     d_bnraw = next(v for v in report.variables if v.name == "d_bnraw")
     assert d_bnraw.message == ("d_bnraw was not computed: cell 13 (ex1) raised NameError: "
                                "name 'bn_gain' is not defined (line 45)")
 
 
-def test_an_edited_locked_cell_is_reported():
-    report = grade_notebook(NOTEBOOKS / "edited_locked_forward.ipynb")
+def test_an_edited_locked_cell_is_reported(pool):
+    report = grade_notebook(NOTEBOOKS / "edited_locked_forward.ipynb", pool=pool)
     assert "cell 9 (forward) is locked but was edited: the released version was run instead" in report.notes
 
 
-def test_processes_the_notebook_started_do_not_outlive_it(tmp_path):
+def test_processes_the_notebook_started_do_not_outlive_it(tmp_path, pool):
     import nbformat
 
     nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import subprocess\nsubprocess.Popen(['sleep', '313'])"))
     path = tmp_path / "spawns.ipynb"
     nbformat.write(nb, path)
-    report = grade_notebook(path)
+    report = grade_notebook(path, pool=pool)
     assert report.score == report.max_score
     left = subprocess.run(["pgrep", "-f", "sleep 313"], capture_output=True, text=True).stdout
     assert left == ""
 
 
-def test_a_hard_coded_batch_size_is_named_without_the_hidden_value():
-    report = grade_notebook(NOTEBOOKS / "hardcoded_batch.ipynb")
+def test_a_hard_coded_batch_size_is_named_without_the_hidden_value(pool):
+    report = grade_notebook(NOTEBOOKS / "hardcoded_batch.ipynb", pool=pool)
     d_bndiff2 = next(v for v in report.variables if v.name == "d_bndiff2")
     assert d_bndiff2.runs == ("exact", "exact", "wrong")
     assert d_bndiff2.message.startswith("d_bndiff2 is right with the notebook's parameters but wrong in hidden run 2 (other batch_size)")
@@ -164,13 +164,13 @@ def test_a_hard_coded_batch_size_is_named_without_the_hidden_value():
     assert "19" not in d_bndiff2.message
 
 
-def test_a_backward_pass_that_breaks_once_the_weights_move_is_named():
-    report = grade_notebook(NOTEBOOKS / "ex4_stale_weights.ipynb", hidden_runs=())
+def test_a_backward_pass_that_breaks_once_the_weights_move_is_named(pool):
+    report = grade_notebook(NOTEBOOKS / "ex4_stale_weights.ipynb", hidden_runs=(), pool=pool)
     d_C = next(v for v in report.variables if v.exercise == "ex4" and v.name == "d_C")
     assert d_C.message.startswith("d_C is right at the first step but not at step 25, after the weights moved")
 
 
-def test_a_memory_bomb_in_a_scratch_cell_is_stopped_and_costs_nothing_else(tmp_path):
+def test_a_memory_bomb_in_a_scratch_cell_is_stopped_and_costs_nothing_else(tmp_path, pool):
     import nbformat
 
     nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
@@ -178,13 +178,13 @@ def test_a_memory_bomb_in_a_scratch_cell_is_stopped_and_costs_nothing_else(tmp_p
     nb.cells.append(nbformat.v4.new_code_cell("import torch\nhuge = torch.empty(2**31)"))
     path = tmp_path / "memory_bomb.ipynb"
     nbformat.write(nb, path)
-    report = grade_notebook(path, hidden_runs=())
+    report = grade_notebook(path, hidden_runs=(), pool=pool)
     assert report.score == report.max_score  # the training result was taken before these cells ran
     assert any(n.endswith("raised MemoryError (line 3)") for n in report.notes)
     assert any("can't allocate memory" in n for n in report.notes)
 
 
-def test_a_notebook_cannot_reach_the_network_where_the_platform_allows_a_namespace(tmp_path):
+def test_a_notebook_cannot_reach_the_network_where_the_platform_allows_a_namespace(tmp_path, pool):
     import os
     import socket
 
@@ -200,7 +200,7 @@ def test_a_notebook_cannot_reach_the_network_where_the_platform_allows_a_namespa
     path = tmp_path / "phones_home.ipynb"
     nbformat.write(nb, path)
     try:
-        report = grade_notebook(path, hidden_runs=())
+        report = grade_notebook(path, hidden_runs=(), pool=pool)
     finally:
         server.close()
     assert report.score == report.max_score

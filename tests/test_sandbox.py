@@ -1,0 +1,69 @@
+"""The warm worker: where a run may start from the state after the setup, and that each run of a
+submission starts from that state however the run before it left things."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from conftest import NOTEBOOKS, RELEASE
+from grader import grade_notebook, notebook, rubric as rubrics, sandbox
+from grader.grade import released_parameters
+
+RUBRIC = rubrics.load("backprop_ninja")
+
+
+def _prefix_and_plans(student: nbformat.NotebookNode):
+    released = notebook.read(RELEASE)
+    main = released_parameters(released) | RUBRIC.grading_parameters | RUBRIC.data
+    cells = notebook.plan(released, released, RUBRIC, main).cells
+    last = max(i for i, c in enumerate(cells) if c.grade_id in RUBRIC.setup_cells)
+    settings = [main] + [main | h for h in RUBRIC.hidden_runs]
+    return cells[: last + 1], [notebook.plan(student, released, RUBRIC, p) for p in settings]
+
+
+def test_a_run_starts_after_the_setup_when_its_first_cells_are_the_released_ones():
+    prefix, plans = _prefix_and_plans(notebook.read(NOTEBOOKS / "full_marks.ipynb"))
+    injected = next(i for i, c in enumerate(prefix) if c.grade_id == notebook.PARAMS)
+    assert sandbox.warm_start(plans[0], prefix) == (len(prefix), [])
+    # hidden runs: other parameters, run again after the worker's state
+    assert sandbox.warm_start(plans[1], prefix) == (len(prefix), [injected])
+    assert sandbox.warm_start(plans[2], prefix) == (len(prefix), [injected])
+
+
+def test_a_run_whose_first_cells_differ_starts_from_nothing():
+    nb = notebook.read(NOTEBOOKS / "full_marks.ipynb")
+    cell = next(c for c in nb.cells if c.cell_type == "code" and notebook.has_tag(c, "parameters"))
+    cell.source = cell.source.replace("batch_size = 32", "batch_size = 32  # my own note")
+    prefix, plans = _prefix_and_plans(nb)
+    assert all(sandbox.warm_start(p, prefix) == (0, []) for p in plans)
+
+
+def _full_marks_with(tmp_path, code: str, where: str = "end"):
+    nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
+    if where == "end":
+        nb.cells.append(nbformat.v4.new_code_cell(code))
+    else:  # first
+        cell = next(c for c in nb.cells if c.cell_type == "code" and notebook.has_tag(c, "parameters"))
+        cell.source += "\n" + code
+    path = tmp_path / "submission.ipynb"
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_a_notebook_with_its_own_parameters_cell_is_graded_from_scratch(tmp_path, pool):
+    report = grade_notebook(_full_marks_with(tmp_path, "learning_note = 'mine'", where="first"), pool=pool)
+    assert (report.status, report.score) == ("graded", report.max_score)
+
+
+@pytest.mark.parametrize("mess", [
+    "Xtr.zero_()\nYtr.zero_()",  # the data the setup made, changed in place
+    "import builtins\nbuiltins.len = lambda x: 0\nbuiltins.range = None",  # builtins replaced
+    "import torch\ntorch.randn = torch.zeros\ntorch.Tensor.sum = lambda *a, **k: 0",  # torch patched
+    "import sys, io\nsys.stdout = io.StringIO()",  # output swallowed
+])
+def test_each_run_starts_clean_whatever_the_run_before_left(tmp_path, pool, mess):
+    # the mess comes at the end of each run: the hidden runs after the first must not see it
+    report = grade_notebook(_full_marks_with(tmp_path, mess), pool=pool)
+    assert (report.status, report.score) == ("graded", report.max_score), report.notes
+    assert [r.status for r in report.runs] == ["graded"] * 3
