@@ -258,16 +258,20 @@ class Runner:
         if not cell["guarded"]:
             self.restore_for_locked_cell()
             before = dict(self.ns)
-        if cell["guarded"] or position > first_answer:  # from the first answer on, locked cells run guarded too
-            with self.guard:
+        try:
+            if cell["guarded"] or position > first_answer:  # from the first answer on, locked cells run guarded too
+                with self.guard:
+                    result = self.shell.run_cell(cell["source"], store_history=False, silent=False)
+            else:
                 result = self.shell.run_cell(cell["source"], store_history=False, silent=False)
-        else:
-            result = self.shell.run_cell(cell["source"], store_history=False, silent=False)
+            error = result.error_before_exec or result.error_in_exec
+        except BaseException as e:  # IPython itself failed, e.g. on builtins the cell replaced
+            error = e
+        self.restore_modules()  # what runs next is ours: it needs the real builtins and torch
         if not cell["guarded"]:
             self.locked_names.update((k, v) for k, v in self.ns.items() if before.get(k, _ABSENT) is not v)
         if cell["no_grad"]:
             torch.set_grad_enabled(grad_was)
-        error = result.error_before_exec or result.error_in_exec
         sys.stdout.flush()
         return {"status": "error" if error else "ok", "error": _error_line(error) if error else ""}
 
@@ -275,8 +279,6 @@ class Runner:
         """Run `cells` from position `start` to the end, taking the captures on the way."""
         self.cells, self.captures = cells, captures
         for position in range(start, len(cells) + 1):
-            if any(position in (cap["before"], cap["start"]) for cap in captures):
-                self.restore_modules()  # the capture must not run the notebook's replacements
             for cap in captures:
                 if cap["before"] == position:
                     self.capture(cap)
@@ -307,9 +309,21 @@ MAX_RUNS = 16
 
 def _restore(pristine: list[tuple[object, dict]]) -> None:
     """Put back the attributes of each module as they were when `pristine` was taken, and the output streams."""
+    import types
+
     for module, attributes in pristine:
+        current = module.__dict__
+        if current.keys() != attributes.keys():
+            # added since: `torch.Tensor.sum = ...` shadows the method of the C base class. Submodules
+            # imported since stay (their parent module's attribute is set only when first imported).
+            for name in [n for n in current if n not in attributes]:
+                if not isinstance(current[name], types.ModuleType):
+                    try:
+                        delattr(module, name)
+                    except (AttributeError, TypeError):
+                        pass
         for name, obj in attributes.items():
-            if module.__dict__.get(name, _ABSENT) is not obj:
+            if current.get(name, _ABSENT) is not obj:
                 setattr(module, name, obj)
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
 

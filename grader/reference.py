@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import threading
 from pathlib import Path
@@ -135,6 +136,15 @@ def call_gradients(rubric: Rubric, ex: Exercise, params: dict[str, object],
     """For each recorded call (inputs, weights at that step): autograd's gradients, or why it cannot replay."""
     f = ex.function
     out: dict[int, tuple[torch.Tensor, ...] | str] = {}
+    key = (rubric.assignment, ex.id, repr(sorted(params.items())))
+    digests = {call: _digest([*args, *recorded]) for call, (args, recorded) in calls.items()}
+    with _LOCK:
+        for call, digest in digests.items():
+            if digest is not None and (key, digest) in _REPLAYED:
+                out[call] = _REPLAYED[(key, digest)]  # e.g. the first step: the same for every student
+    calls = {c: v for c, v in calls.items() if c not in out}
+    if not calls:
+        return out
     with _LOCK:
         ns = _namespace(rubric, params, f.reference_cells)
         weights = list(ns[f.wrt])
@@ -160,4 +170,23 @@ def call_gradients(rubric: Rubric, ex: Exercise, params: dict[str, object],
                 out[call] = f"the recorded batch cannot be replayed ({type(e).__name__})"
                 continue
             out[call] = tuple(torch.zeros_like(l) if g is None else g.detach() for g, l in zip(grads, leaves))
+            if digests[call] is not None:
+                if len(_REPLAYED) >= 256:
+                    _REPLAYED.pop(next(iter(_REPLAYED)))
+                _REPLAYED[(key, digests[call])] = out[call]
     return out
+
+
+_REPLAYED: dict[tuple, tuple[torch.Tensor, ...] | str] = {}
+"""Replayed calls by the content of their inputs and weights (the oldest go first past 256)."""
+
+
+def _digest(tensors: list) -> str | None:
+    """A hash of the dtypes, shapes and bytes of `tensors`, or None if any is not a plain CPU tensor."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if type(t) is not torch.Tensor or t.device.type != "cpu" or t.layout != torch.strided:
+            return None
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
