@@ -8,7 +8,7 @@ that never ends), then measures on the same submissions:
 - `grader grade` (with the rubric's two hidden re-runs), wall time, in a fresh output folder;
 - the physical floor: the time the cells after the shared setup take (the answers, and the locked
   forward pass and short training run they feed), every run of every submission, one after another
-  in this one warm process; a submission that never ends counts for its timeout;
+  in this one warm process; a submission that never ends counts for its timeout, once;
 - `nbgrader autograde` of the same notebooks in a temporary nbgrader course, the same per-cell timeout.
 
 and prints the ratios, and the largest peak memory of any run (a fork of the warm worker).
@@ -64,7 +64,7 @@ def make_class(folder: Path, students: int) -> dict[str, str]:
     """Write the submissions (nbgrader's layout); returns student -> kind."""
     kinds = {}
     for i in range(students):
-        kind = "timeout" if i == students - 1 else "crash" if i % 13 == 5 else "wrong" if i % 5 == 2 else "correct"
+        kind = "timeout" if i == students // 2 else "crash" if i % 13 == 5 else "wrong" if i % 5 == 2 else "correct"
         if kind == "correct":
             nb = _answered()
         elif kind == "wrong":
@@ -107,7 +107,7 @@ def physical_floor(submitted: Path, kinds: dict[str, str], timeout: float) -> fl
     devnull = open(os.devnull, "w")
     for student, kind in sorted(kinds.items()):
         if kind == "timeout":
-            total += timeout * len(settings)
+            total += timeout  # its first run must be waited out; the grader does not start the others
             continue
         nb = notebook.read(submitted / student / NAME / f"{NAME}.ipynb")
         for params in settings:
@@ -149,7 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--students", type=int, default=40)
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per notebook (nbgrader: per cell)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--jobs", type=int, default=(os.cpu_count() or 1) + 1, help="as `grader grade`'s default")
     parser.add_argument("--skip-nbgrader", action="store_true", help="do not run nbgrader (it takes minutes)")
     args = parser.parse_args()
 

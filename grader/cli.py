@@ -25,8 +25,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="notebooks, folders of them (nbgrader's submitted/ too) or zips of an LMS download")
     grade.add_argument("--assignment", metavar="NAME", required=True, help="the assignment to grade them as")
     grade.add_argument("--out", metavar="DIR", required=True, help="where the reports and the gradebook go")
-    grade.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
-                       help="submissions graded at once (default: the number of cores)")
+    # one more than the cores: while one submission's results are being scored here, the cores stay busy
+    grade.add_argument("--jobs", type=int, default=(os.cpu_count() or 1) + 1, metavar="N",
+                       help="submissions graded at once (default: the number of cores plus one)")
     grade.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
     grade.add_argument("--memory", type=float, metavar="MB", help="memory cap per process of a notebook (default: 2048)")
     grade.add_argument("--force", action="store_true", help="grade again even where a report for the same content exists")

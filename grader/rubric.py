@@ -7,6 +7,7 @@ grader knows anything about a particular assignment.
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,11 @@ def load(name: str) -> Rubric:
         known = ", ".join(known_assignments()) or "none"
         raise UnknownAssignment(f"unknown assignment {name!r} (known: {known})")
     path = assets.assignments_dir() / f"{name}.toml"
+    return _parsed(path, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(path: Path, mtime_ns: int) -> Rubric:  # a batch loads the same rubric for every submission
     return parse(tomllib.loads(path.read_text(encoding="utf-8")), path)
 
 
