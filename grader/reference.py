@@ -26,6 +26,8 @@ from grader.rubric import Exercise, Rubric
 
 # The reference cells use process-wide state (the `random` module's seed, stdout): one run at a time.
 _LOCK = threading.RLock()
+TARGETS = "#targets"
+"""Key of the batch's target classes among the references (for hints)."""
 
 
 def _check_kernels() -> None:
@@ -107,6 +109,8 @@ def _gradients(assignment: str, params_items: tuple) -> tuple[tuple[str, object]
             if t.grad is None:
                 raise RubricError(f"{where}: {name} gets no gradient from {rubric.loss}")
             out.append((name, t.grad.detach().clone()))
+        if rubric.targets and isinstance(ns.get(rubric.targets), torch.Tensor):
+            out.append((TARGETS, ns[rubric.targets].detach().clone()))
     for ex in rubric.exercises:
         if ex.function is not None and ex.function.training is not None:
             out.append((f"{ex.id}:{ex.function.training.result.name}", _training(rubric, ex, params)))

@@ -130,6 +130,8 @@ class Rubric:
     """Parameter overrides of the re-runs a variable must also pass (the published defaults)."""
     grading_parameters: dict[str, object] | None = None
     """Parameters the grader always sets (e.g. a short training run)."""
+    targets: str | None = None
+    """Name of the batch's target classes in the forward pass (e.g. `Yb`), for hints; its length is n."""
 
     @property
     def max_score(self) -> float:
@@ -217,6 +219,7 @@ def parse(raw: dict, path: Path) -> Rubric:
             exercises=tuple(exercises),
             hidden_runs=hidden_runs(raw, path),
             grading_parameters=dict(raw.get("grading_parameters", {})),
+            targets=raw.get("targets"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise RubricError(f"{path}: malformed rubric ({type(e).__name__}: {e})") from e

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from grader.compare import Comparison, compare
+from grader.hints import diagnose
+from grader.reference import TARGETS
 from grader.notebook import Plan
 from grader.rubric import Exercise, Rubric
 from grader.sandbox import Captured
@@ -161,7 +164,16 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
         if value is UNCHANGED:
             return Comparison("missing", False, False, None, f"{var.name} was not assigned in the {ex.cell} answer cell")
         return Comparison("missing", False, False, None, f"{var.name} is not defined")
-    return compare(var.name, value, run.reference[var.of], var.tolerance)
+    result = compare(var.name, value, run.reference[var.of], var.tolerance)
+    if result.status == "wrong":
+        targets = run.reference.get(TARGETS)
+        hint = diagnose(var.name, value, run.reference[var.of],
+                        others={v.name: run.reference[v.of] for v in ex.variables if v.of in run.reference},
+                        n=targets.numel() if isinstance(targets, torch.Tensor) else None,
+                        targets=targets if isinstance(targets, torch.Tensor) else None)
+        if hint:
+            result = dataclasses.replace(result, message=f"{var.name}: {hint} ({result.message.partition(': ')[2]})")
+    return result
 
 
 def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str, Flag]) -> Comparison:

@@ -96,7 +96,7 @@ def test_a_wrong_gradient_fails_its_own_test_with_the_reason(autograder):
     failed = [t for t in results["tests"] if t["status"] == "failed"]
     assert [t["name"] for t in failed] == ["Ex1 d_W2", "Hidden run 1", "Hidden run 2"]
     assert failed[1]["output"] == "hidden run 1 ran to the end; not right in this run:\nEx1 d_W2: wrong"
-    assert failed[0]["score"] == 0 and failed[0]["output"].startswith("d_W2: off by up to")
+    assert failed[0]["score"] == 0 and failed[0]["output"].startswith("d_W2: it is the right gradient times 1/n (= 1/32)")
     assert sum(t["score"] for t in results["tests"]) == results["score"]
 
 

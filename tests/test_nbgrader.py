@@ -174,7 +174,7 @@ def test_grader_gradebook_writes_our_scores_where_formgrader_reads_them(course):
                       "eve": [26, 1, 1, 8]}
 
     with Gradebook(url) as gb:
-        assert gb.find_comment("ex1", NAME, NAME, "ben").auto_comment.startswith("d_W2: off by up to")
+        assert gb.find_comment("ex1", NAME, NAME, "ben").auto_comment.startswith("d_W2: it is the right gradient times 1/n (= 1/32)")
         assert gb.find_comment("ex1", NAME, NAME, "ada").auto_comment is None
         assert gb.find_submission(NAME, "dee").score == 0
         ben = gb.find_grade("check_ex2", NAME, NAME, "ben")

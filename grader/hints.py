@@ -1,0 +1,92 @@
+"""What a wrong gradient most likely is: one sentence naming the mistake, or nothing. Pure functions.
+
+Each check compares the student's tensor with the reference (or with the references of the other
+variables) and speaks only when the match is unmistakable: the student's values must equal the
+transformed reference within a tolerance far tighter than the distance to the reference itself. A
+wrong hint misleads more than none, so when nothing matches the message says only how far off it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+MATCH_RTOL, MATCH_ATOL = 1e-4, 1e-7
+"""How close a transformed reference must be to the answer for a hint to be given."""
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=MATCH_RTOL, atol=MATCH_ATOL))
+
+
+def _factors(n: int | None) -> list[tuple[str, float]]:
+    """Constant factors students get wrong, named as they would write them."""
+    named = [("2", 2.0), ("1/2", 0.5), ("-2", -2.0), ("-1/2", -0.5)]
+    if n and n > 1:
+        named = [(f"n (= {n})", float(n)), (f"1/n (= 1/{n})", 1 / n), (f"n/(n-1) (= {n}/{n - 1})", n / (n - 1)),
+                 (f"(n-1)/n (= {n - 1}/{n})", (n - 1) / n), (f"1/(n-1) (= 1/{n - 1})", 1 / (n - 1)),
+                 (f"n-1 (= {n - 1})", float(n - 1)), (f"n² (= {n * n})", float(n * n)),
+                 (f"1/n² (= 1/{n * n})", 1 / (n * n))] + named
+    return named
+
+
+def _some_rows_or_columns(bad: torch.Tensor, targets: torch.Tensor | None) -> str:
+    """Where a 2-D answer is wrong, when that is a telling part of it."""
+    rows, cols = bad.shape
+    if targets is not None and targets.shape == (rows,):
+        at_targets = torch.zeros_like(bad)
+        at_targets[torch.arange(rows), targets.long().clamp(0, cols - 1)] = True
+        if bool((bad == at_targets).all()):
+            return "wrong exactly at the target entries (row i, column Yb[i]) and right everywhere else"
+        if bool(at_targets[bad].all()) and int(bad.sum()) < rows:
+            return "wrong only at some of the target entries (row i, column Yb[i])"
+    wrong_rows = torch.nonzero(bad.any(1)).flatten().tolist()
+    wrong_cols = torch.nonzero(bad.any(0)).flatten().tolist()
+    if len(wrong_rows) <= min(3, rows // 4):
+        return f"wrong only in row{'s' if len(wrong_rows) > 1 else ''} {', '.join(map(str, wrong_rows))} of {rows}"
+    if len(wrong_cols) <= min(3, cols // 4):
+        return f"wrong only in column{'s' if len(wrong_cols) > 1 else ''} {', '.join(map(str, wrong_cols))} of {cols}"
+    return ""
+
+
+def diagnose(name: str, actual: torch.Tensor, expected: torch.Tensor, *,
+             others: Mapping[str, torch.Tensor] | None = None, branches: Mapping[str, torch.Tensor] | None = None,
+             n: int | None = None, targets: torch.Tensor | None = None) -> str:
+    """The likely mistake behind a wrong answer of the right shape and dtype, or "" when unsure.
+
+    Parameters
+    ----------
+    name: the student's variable, e.g. `d_probs`.
+    actual, expected: the answer and the reference (same shape and dtype, not close).
+    others: references of the other variables of the exercise (`d_logits` -> tensor), for mix-ups.
+    branches: for a variable with several uses, the part of its gradient that flows back from each
+        use (`counts_sum` -> tensor): an answer equal to one of them misses the other paths.
+    n: the batch size, to name factors such as 1/n.
+    targets: the batch's target classes (`Yb`), to recognise mistakes only at the target entries.
+    """
+    a, e = actual.detach().double(), expected.detach().double()
+    if a.numel() == 0:
+        return ""
+    if not bool(a.any()):
+        return "it is all zeros: is the gradient still a stub, or does nothing flow back into it?"
+    if _close(a, -e):
+        return "the sign is flipped"
+    scale = float((e * e).sum())
+    if scale > 0:
+        c = float((a * e).sum()) / scale
+        if _close(a, c * e):
+            for label, value in _factors(n):
+                if abs(c - value) <= 1e-4 * abs(value):
+                    return f"it is the right gradient times {label}: a factor too many or too few?"
+    for part, gradient in (branches or {}).items():
+        if _close(a, gradient.double()):
+            return (f"it holds only the gradient flowing back from {part}: the variable is used more than once, "
+                    f"so the gradients from each use must be added (+=)")
+    for other, gradient in (others or {}).items():
+        if other != name and _close(a, gradient.double()):
+            return f"it equals the gradient {other}: a mix-up of names?"
+    if a.dim() == 2:
+        bad = ~torch.isclose(a, e, rtol=MATCH_RTOL, atol=MATCH_ATOL)
+        return _some_rows_or_columns(bad, targets)
+    return ""
