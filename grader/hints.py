@@ -90,3 +90,14 @@ def diagnose(name: str, actual: torch.Tensor, expected: torch.Tensor, *,
         bad = ~torch.isclose(a, e, rtol=MATCH_RTOL, atol=MATCH_ATOL)
         return _some_rows_or_columns(bad, targets)
     return ""
+
+
+def wrong_axis(got: tuple[int, ...], want: tuple[int, ...], n: int | None) -> str:
+    """For a shape mismatch: a sum over the batch's axis where another axis was meant, or the reverse."""
+    if not n or got == want or len(got) > len(want):
+        return ""
+    if n in got and n not in want:
+        return "summed over the wrong axis (this shape keeps the batch's n rows; the gradient sums over them)?"
+    if n in want and n not in got and len(got) == len(want):
+        return "summed over the batch (n rows) where another axis was meant?"
+    return ""

@@ -28,6 +28,8 @@ from grader.rubric import Exercise, Rubric
 _LOCK = threading.RLock()
 TARGETS = "#targets"
 """Key of the batch's target classes among the references (for hints)."""
+PARTS = "#parts:"
+"""Prefix of the keys of per-use gradients: `#parts:counts` -> {"counts_sum": ..., "probs": ...}."""
 
 
 def _check_kernels() -> None:
@@ -104,17 +106,79 @@ def _gradients(assignment: str, params_items: tuple) -> tuple[tuple[str, object]
             for t in tensors.values():
                 if t.requires_grad and not t.is_leaf:
                     t.retain_grad()
-            ns[rubric.loss].backward()
+            ns[rubric.loss].backward(retain_graph=True)  # kept for the per-use parts below
         for name, t in tensors.items():
             if t.grad is None:
                 raise RubricError(f"{where}: {name} gets no gradient from {rubric.loss}")
             out.append((name, t.grad.detach().clone()))
+        for name, parts in _parts_by_use(tensors).items():
+            out.append((PARTS + name, parts))
         if rubric.targets and isinstance(ns.get(rubric.targets), torch.Tensor):
             out.append((TARGETS, ns[rubric.targets].detach().clone()))
     for ex in rubric.exercises:
         if ex.function is not None and ex.function.training is not None:
             out.append((f"{ex.id}:{ex.function.training.result.name}", _training(rubric, ex, params)))
     return tuple(out)
+
+
+def _parts_by_use(named: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """For each named tensor used by two or more named tensors, the gradient flowing back from each use.
+
+    Walks autograd's graph backwards from each named tensor `y` with its gradient, calling each node's
+    backward function, and stops at the next named tensors: what arrives at `x` is the part of `x`'s
+    gradient that comes through `y` alone. A use whose part is negligible (the max path into `logits`)
+    is left out. Where a node cannot be replayed this way, that use is left out.
+    """
+    node_names = {t.grad_fn: name for name, t in named.items() if t.grad_fn is not None}
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for y_name, y in named.items():
+        if y.grad_fn is None or y.grad is None:
+            continue
+        # the nodes between y and the named tensors it is computed from, in an order where each comes
+        # after every node that feeds it a gradient
+        order, seen = [], set()
+
+        def visit(node) -> None:
+            if node is None or node in seen or (node in node_names and node is not y.grad_fn) \
+                    or hasattr(node, "variable"):  # a leaf's AccumulateGrad: calling it would add to .grad
+                return
+            seen.add(node)
+            for nxt, _ in node.next_functions:
+                visit(nxt)
+            order.append(node)
+
+        visit(y.grad_fn)
+        pending: dict[object, torch.Tensor] = {y.grad_fn: y.grad}
+        arrived: dict[str, torch.Tensor] = {}
+        try:
+            for node in reversed(order):
+                grad = pending.pop(node, None)
+                if grad is None:
+                    continue
+                outs = node(grad)
+                outs = outs if isinstance(outs, tuple) else (outs,)
+                for (nxt, _), g in zip(node.next_functions, outs):
+                    if nxt is None or g is None:
+                        continue
+                    if nxt in node_names:
+                        x = node_names[nxt]
+                        arrived[x] = arrived[x] + g if x in arrived else g
+                    else:
+                        pending[nxt] = pending[nxt] + g if nxt in pending else g
+        except (RuntimeError, TypeError):
+            continue
+        for x, g in arrived.items():
+            parts.setdefault(x, {})[y_name] = g.detach()
+    out = {}
+    for x, by_use in parts.items():
+        total = named[x].grad
+        if total is None:
+            continue
+        scale = float(total.abs().max()) or 1.0
+        kept = {y: g for y, g in by_use.items() if g.shape == total.shape and float(g.abs().max()) > 1e-6 * scale}
+        if len(kept) >= 2:
+            out[x] = kept
+    return out
 
 
 def _training(rubric: Rubric, ex: Exercise, params: dict[str, object]) -> torch.Tensor:

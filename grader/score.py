@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from grader.compare import Comparison, compare
-from grader.hints import diagnose
-from grader.reference import TARGETS
+from grader.hints import diagnose, wrong_axis
+from grader.reference import PARTS, TARGETS
 from grader.notebook import Plan
 from grader.rubric import Exercise, Rubric
 from grader.sandbox import Captured
@@ -167,12 +167,20 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
     result = compare(var.name, value, run.reference[var.of], var.tolerance)
     if result.status == "wrong":
         targets = run.reference.get(TARGETS)
+        parts = run.reference.get(PARTS + var.of)
         hint = diagnose(var.name, value, run.reference[var.of],
                         others={v.name: run.reference[v.of] for v in ex.variables if v.of in run.reference},
+                        branches=parts if isinstance(parts, dict) else None,
                         n=targets.numel() if isinstance(targets, torch.Tensor) else None,
                         targets=targets if isinstance(targets, torch.Tensor) else None)
         if hint:
             result = dataclasses.replace(result, message=f"{var.name}: {hint} ({result.message.partition(': ')[2]})")
+    elif result.status == "shape" and " -- " not in result.message and isinstance(value, torch.Tensor):
+        targets = run.reference.get(TARGETS)
+        hint = wrong_axis(tuple(value.shape), tuple(run.reference[var.of].shape),
+                          targets.numel() if isinstance(targets, torch.Tensor) else None)
+        if hint:
+            result = dataclasses.replace(result, message=f"{result.message} -- {hint}")
     return result
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grader.hints import diagnose
+from grader.hints import diagnose, wrong_axis
 
 g = torch.Generator().manual_seed(7)
 N = 32
@@ -50,3 +50,9 @@ def test_a_branch_missing_its_other_path_is_named():
 ])
 def test_no_hint_when_nothing_matches_with_confidence(answer):
     assert diagnose("d_x", answer, REF, others={"d_other": OTHER}, n=N, targets=TARGETS) == ""
+
+
+def test_a_sum_over_the_wrong_axis_is_named():
+    assert wrong_axis((32,), (27,), 32).startswith("summed over the wrong axis")  # d_b2 = d_logits.sum(1)
+    assert wrong_axis((32, 1), (1, 64), 32).startswith("summed over the wrong axis")  # d_bnbias = ....sum(1, keepdim=True)
+    assert wrong_axis((64,), (32, 64), 32) == ""  # not a sum mistake
