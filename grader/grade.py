@@ -117,6 +117,7 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: 
             pool.close()
     for p, c, ref in zip(settings, captured, refs):
         ref.update(_replayed_calls(rubric, p | {k: str(f) for k, f in data_files.items()}, c))
+        ref.update(_local_references(rubric, p | {k: str(f) for k, f in data_files.items()}, c))
     graded = [
         GradedRun(label, tuple(k for k in p if p[k] != main[k]), plan, c, ref)
         for label, p, plan, c, ref in zip(labels, settings, plans, captured, refs)
@@ -140,6 +141,22 @@ def _replayed_calls(rubric: rubrics.Rubric, params: dict[str, object], captured)
                 calls[call] = (args, weights)
         for call, grads in reference.call_gradients(rubric, ex, params, calls).items():
             out[f"{ex.id}@{call}"] = grads
+    return out
+
+
+def _local_references(rubric: rubrics.Rubric, params: dict[str, object], captured) -> dict[str, object]:
+    """Per plain exercise, what each gradient should be given the student's own gradients below it in the
+    chain (`<LOCAL><exercise>:<forward name>` -> tensor): each step judged on its own."""
+    from grader import reference
+
+    if not captured.finished:
+        return {}
+    out: dict[str, object] = {}
+    for ex in rubric.exercises:
+        if ex.function is None and len(ex.variables) > 1:
+            answers = {v.of: captured.values.get((ex.id, v.name)) for v in ex.variables}
+            for x, t in reference.local_references(rubric, params, answers).items():
+                out[f"{reference.LOCAL}{ex.id}:{x}"] = t
     return out
 
 

@@ -28,6 +28,8 @@ from grader.rubric import Exercise, Rubric
 _LOCK = threading.RLock()
 TARGETS = "#targets"
 """Key of the batch's target classes among the references (for hints)."""
+LOCAL = "#local:"
+"""Prefix of the keys of local references: `#local:ex1:counts` -> tensor (see `local_references`)."""
 PARTS = "#parts:"
 """Prefix of the keys of per-use gradients: `#parts:counts` -> {"counts_sum": ..., "probs": ...}."""
 
@@ -88,97 +90,163 @@ def gradients(rubric: Rubric, released: nbformat.NotebookNode, params: dict[str,
         return dict(_gradients(rubric.assignment, tuple(params.items())))
 
 
+@functools.lru_cache(maxsize=8)
+def _graph(assignment: str, params_items: tuple) -> dict[str, torch.Tensor]:
+    """The released forward pass with autograd: every graded forward tensor, its `.grad` set, the graph kept."""
+    rubric = rubrics.load(assignment)
+    params = dict(params_items)
+    where = str(rubric.released)
+    plain = [ex for ex in rubric.exercises if ex.function is None]
+    ns = _namespace(rubric, params, rubric.reference_cells)
+    wanted = sorted({v.of for ex in plain for v in ex.variables})
+    tensors = {name: ns.get(name) for name in wanted}
+    absent = [name for name, t in tensors.items() if not isinstance(t, torch.Tensor)]
+    if absent or not isinstance(ns.get(rubric.loss), torch.Tensor):
+        raise RubricError(f"{where}: the reference cells do not define {absent or [rubric.loss]}")
+    with torch.enable_grad():
+        for t in tensors.values():
+            if t.requires_grad and not t.is_leaf:
+                t.retain_grad()
+        ns[rubric.loss].backward(retain_graph=True)  # kept: the per-use parts and local references walk it
+    for name, t in tensors.items():
+        if t.grad is None:
+            raise RubricError(f"{where}: {name} gets no gradient from {rubric.loss}")
+    if rubric.targets and isinstance(ns.get(rubric.targets), torch.Tensor):
+        tensors[TARGETS] = ns[rubric.targets].detach()
+    return tensors
+
+
 @functools.lru_cache(maxsize=16)
 def _gradients(assignment: str, params_items: tuple) -> tuple[tuple[str, object], ...]:
     rubric = rubrics.load(assignment)
     params = dict(params_items)
-    where = str(rubric.released)
     out: list[tuple[str, object]] = []
-    plain = [ex for ex in rubric.exercises if ex.function is None]
-    if plain:
-        ns = _namespace(rubric, params, rubric.reference_cells)
-        wanted = sorted({v.of for ex in plain for v in ex.variables})
-        tensors = {name: ns.get(name) for name in wanted}
-        absent = [name for name, t in tensors.items() if not isinstance(t, torch.Tensor)]
-        if absent or not isinstance(ns.get(rubric.loss), torch.Tensor):
-            raise RubricError(f"{where}: the reference cells do not define {absent or [rubric.loss]}")
-        with torch.enable_grad():
-            for t in tensors.values():
-                if t.requires_grad and not t.is_leaf:
-                    t.retain_grad()
-            ns[rubric.loss].backward(retain_graph=True)  # kept for the per-use parts below
-        for name, t in tensors.items():
-            if t.grad is None:
-                raise RubricError(f"{where}: {name} gets no gradient from {rubric.loss}")
-            out.append((name, t.grad.detach().clone()))
-        for name, parts in _parts_by_use(tensors).items():
-            out.append((PARTS + name, parts))
-        if rubric.targets and isinstance(ns.get(rubric.targets), torch.Tensor):
-            out.append((TARGETS, ns[rubric.targets].detach().clone()))
+    if any(ex.function is None for ex in rubric.exercises):
+        with _LOCK:
+            graph = _graph(assignment, params_items)
+            named = {k: t for k, t in graph.items() if k != TARGETS}
+            out += [(name, t.grad.detach().clone()) for name, t in named.items()]
+            if TARGETS in graph:
+                out.append((TARGETS, graph[TARGETS].clone()))
+            out += [(PARTS + name, parts) for name, parts in _parts_by_use(assignment, params_items).items()]
     for ex in rubric.exercises:
         if ex.function is not None and ex.function.training is not None:
             out.append((f"{ex.id}:{ex.function.training.result.name}", _training(rubric, ex, params)))
     return tuple(out)
 
 
-def _parts_by_use(named: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+@functools.lru_cache(maxsize=8)
+def _cut(assignment: str, params_items: tuple) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """The forward pass cut at every graded tensor: name -> (the tensor, the named tensors it is made from).
+
+    The reference cells run again, statement by statement; right after a statement makes a graded
+    tensor, the name is rebound to a detached copy that requires grad. So each tensor's graph reaches
+    back only to the named tensors it is computed from directly, and autograd's gradient of it with
+    respect to them is the local step alone (broadcasting and all).
+    """
+    import ast
+
+    rubric = rubrics.load(assignment)
+    params = dict(params_items)
+    wanted = {v.of for ex in rubric.exercises if ex.function is None for v in ex.variables}
+    base = _after_setup(rubric.assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
+    ns = dict(base)
+    exec(injected_source(params), ns)
+    sources = _sources(rubric)
+    made: dict[str, torch.Tensor] = {}  # name -> the tensor as its statement made it (with its graph)
+    leaves: dict[str, torch.Tensor] = {}  # name -> the detached copy later statements use
+    with torch.enable_grad(), contextlib.redirect_stdout(io.StringIO()):
+        for gid in rubric.reference_cells:
+            for statement in ast.parse(sources[gid]).body:
+                exec(compile(ast.Module([statement], []), f"<reference cell {gid}>", "exec"), ns)
+                for name in wanted:
+                    value = ns.get(name)
+                    if isinstance(value, torch.Tensor) and value.requires_grad and value is not leaves.get(name):
+                        made[name] = value
+                        if value.grad_fn is not None:
+                            ns[name] = leaves[name] = value.detach().requires_grad_(True)
+                        else:
+                            leaves[name] = value  # a parameter: a leaf already
+    out = {}
+    for name, value in made.items():
+        inputs = {x: leaf for x, leaf in leaves.items() if x != name}
+        if value.grad_fn is None:
+            out[name] = (value, {})
+            continue
+        used = torch.autograd.grad(value.sum(), list(inputs.values()), allow_unused=True, retain_graph=True)
+        out[name] = (value, {x: leaf for (x, leaf), g in zip(inputs.items(), used) if g is not None})
+    return out
+
+
+def _flow(assignment: str, params_items: tuple, y: str, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The gradient that `grad`, put on graded tensor `y`, sends to each named tensor `y` is made from."""
+    value, inputs = _cut(assignment, params_items)[y]
+    if not inputs:
+        return {}
+    with torch.enable_grad():
+        # (value * grad).sum() rather than grad_outputs=grad: the same products, and torch imports sympy
+        # the first time grad_outputs is given
+        grads = torch.autograd.grad((value * grad).sum(), list(inputs.values()), retain_graph=True)
+    return {x: g.detach() for x, g in zip(inputs, grads)}
+
+
+def _uses(assignment: str, params_items: tuple) -> dict[str, dict[str, torch.Tensor]]:
+    """x -> {y: the part of x's gradient that comes back through y}, for every named x and its users y."""
+    references = dict(_graph(assignment, params_items))
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for y in _cut(assignment, params_items):
+        for x, g in _flow(assignment, params_items, y, references[y].grad).items():
+            parts.setdefault(x, {})[y] = g
+    return parts
+
+
+def _parts_by_use(assignment: str, params_items: tuple) -> dict[str, dict[str, torch.Tensor]]:
     """For each named tensor used by two or more named tensors, the gradient flowing back from each use.
 
-    Walks autograd's graph backwards from each named tensor `y` with its gradient, calling each node's
-    backward function, and stops at the next named tensors: what arrives at `x` is the part of `x`'s
-    gradient that comes through `y` alone. A use whose part is negligible (the max path into `logits`)
-    is left out. Where a node cannot be replayed this way, that use is left out.
+    A use whose part is negligible (the max path into `logits`) is left out.
     """
-    node_names = {t.grad_fn: name for name, t in named.items() if t.grad_fn is not None}
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for y_name, y in named.items():
-        if y.grad_fn is None or y.grad is None:
-            continue
-        # the nodes between y and the named tensors it is computed from, in an order where each comes
-        # after every node that feeds it a gradient
-        order, seen = [], set()
-
-        def visit(node) -> None:
-            if node is None or node in seen or (node in node_names and node is not y.grad_fn) \
-                    or hasattr(node, "variable"):  # a leaf's AccumulateGrad: calling it would add to .grad
-                return
-            seen.add(node)
-            for nxt, _ in node.next_functions:
-                visit(nxt)
-            order.append(node)
-
-        visit(y.grad_fn)
-        pending: dict[object, torch.Tensor] = {y.grad_fn: y.grad}
-        arrived: dict[str, torch.Tensor] = {}
-        try:
-            for node in reversed(order):
-                grad = pending.pop(node, None)
-                if grad is None:
-                    continue
-                outs = node(grad)
-                outs = outs if isinstance(outs, tuple) else (outs,)
-                for (nxt, _), g in zip(node.next_functions, outs):
-                    if nxt is None or g is None:
-                        continue
-                    if nxt in node_names:
-                        x = node_names[nxt]
-                        arrived[x] = arrived[x] + g if x in arrived else g
-                    else:
-                        pending[nxt] = pending[nxt] + g if nxt in pending else g
-        except (RuntimeError, TypeError):
-            continue
-        for x, g in arrived.items():
-            parts.setdefault(x, {})[y_name] = g.detach()
+    named = _graph(assignment, params_items)
     out = {}
-    for x, by_use in parts.items():
+    for x, by_use in _uses(assignment, params_items).items():
         total = named[x].grad
-        if total is None:
-            continue
         scale = float(total.abs().max()) or 1.0
         kept = {y: g for y, g in by_use.items() if g.shape == total.shape and float(g.abs().max()) > 1e-6 * scale}
         if len(kept) >= 2:
             out[x] = kept
     return out
+
+
+def local_references(rubric: Rubric, params: dict[str, object], answers: dict[str, object]) -> dict[str, torch.Tensor]:
+    """What each gradient should be, given the student's own gradients of the tensors that use it.
+
+    `answers` maps forward names to the student's gradients (`"probs"` -> their `d_probs`). For a
+    tensor `x` all of whose users `y` have an answer of the right shape and dtype, the local reference
+    is the sum over its users of what their answers send back to `x` through the released forward
+    pass: an answer equal to it got its own step right, whatever was wrong before it.
+    """
+    if not any(ex.function is None for ex in rubric.exercises):
+        return {}
+    with _LOCK:
+        key = (rubric.assignment, tuple(params.items()))
+        named = _graph(*key)
+        users = _USERS.get(key)
+        if users is None:
+            users = _USERS[key] = {x: tuple(by_use) for x, by_use in _uses(*key).items()}
+        sent: dict[str, dict[str, torch.Tensor] | None] = {}
+        for y in {y for by_use in users.values() for y in by_use}:
+            answer = answers.get(y)
+            ok = type(answer) is torch.Tensor and answer.shape == named[y].shape and answer.dtype == named[y].dtype
+            sent[y] = _flow(*key, y, answer.detach()) if ok else None
+        out: dict[str, torch.Tensor] = {}
+        for x, by_use in users.items():
+            parts = [(sent[y] or {}).get(x) for y in by_use]
+            if x in answers and all(p is not None for p in parts):
+                out[x] = sum(parts[1:], parts[0])
+        return out
+
+
+_USERS: dict[tuple, dict[str, tuple[str, ...]]] = {}
+"""Per forward pass (assignment and parameters): the named tensors that use each named tensor."""
 
 
 def _training(rubric: Rubric, ex: Exercise, params: dict[str, object]) -> torch.Tensor:

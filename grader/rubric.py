@@ -132,6 +132,9 @@ class Rubric:
     """Parameters the grader always sets (e.g. a short training run)."""
     targets: str | None = None
     """Name of the batch's target classes in the forward pass (e.g. `Yb`), for hints; its length is n."""
+    credit: str = "local"
+    """`local`: a gradient earns its points when its own step is right, even if an earlier one is wrong
+    (cascade-free); `chain`: only when its value is right."""
 
     @property
     def max_score(self) -> float:
@@ -220,9 +223,16 @@ def parse(raw: dict, path: Path) -> Rubric:
             hidden_runs=hidden_runs(raw, path),
             grading_parameters=dict(raw.get("grading_parameters", {})),
             targets=raw.get("targets"),
+            credit=_credit(raw.get("credit", "local"), path),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise RubricError(f"{path}: malformed rubric ({type(e).__name__}: {e})") from e
+
+
+def _credit(value: object, path: Path) -> str:
+    if value not in ("local", "chain"):
+        raise RubricError(f"{path}: credit must be \"local\" or \"chain\", not {value!r}")
+    return str(value)
 
 
 def hidden_runs(raw: dict, path: Path) -> tuple[dict[str, object], ...]:

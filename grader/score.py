@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from grader.compare import Comparison, compare
+from grader.compare import PASSING, Comparison, compare
 from grader.hints import diagnose, wrong_axis
-from grader.reference import PARTS, TARGETS
+from grader.reference import LOCAL, PARTS, TARGETS
 from grader.notebook import Plan
 from grader.rubric import Exercise, Rubric
 from grader.sandbox import Captured
@@ -43,6 +43,9 @@ class VariableResult:
     """What is wrong, for the student; empty when full points."""
     runs: tuple[str, ...] = ()
     """The status in each run: the notebook's own parameters first, then the hidden re-runs."""
+    local_status: str = ""
+    """The status of this backward step judged on its own, from the student's own gradients of the
+    tensors that use it (cascade-free); the same as `status` where that cannot be judged."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class ExerciseResult:
     """Points earned."""
     max_score: float
     """Points available."""
+    root_cause: str = ""
+    """The first variable of the exercise whose own step is wrong, when it has later ones that are
+    off only because of it."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,20 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
     return result
 
 
+def _local_verdict(ex: Exercise, var, run: GradedRun, plain: Comparison) -> Comparison:
+    """The step judged on its own: the answer against what it should be given the student's gradients
+    of the tensors that use it. The plain verdict where that cannot be judged or does not differ."""
+    if plain.status != "wrong":
+        return plain
+    local = run.reference.get(f"{LOCAL}{ex.id}:{var.of}")
+    value = run.captured.values.get((ex.id, var.name))
+    if not isinstance(local, torch.Tensor) or type(value) is not torch.Tensor:
+        return plain
+    if not bool(value.any()) and bool(run.reference[var.of].abs().gt(var.tolerance.atol).any()):
+        return plain  # zeros all the way down are "consistent" too: they never earn a step's credit
+    return compare(var.name, value, local, var.tolerance)
+
+
 def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str, Flag]) -> Comparison:
     """A value the answer's function returned: right at every recorded call, or the first call it is not."""
     captured = run.captured
@@ -256,6 +276,29 @@ def _hint(changed: tuple[str, ...], defaults: dict[str, object]) -> str:
     return f": is there {' or '.join(guesses)} in your code?" if guesses else ""
 
 
+LOCAL_ONLY = "{name}: this step is right for the gradients it was computed from; its value is off only because of an earlier mistake"
+
+
+def _root_cause(ex: Exercise, results: list[VariableResult]) -> str:
+    """The first variable of `ex` whose own step is wrong, if a later one is off only because of it."""
+    mine = [r for r in results if r.exercise == ex.id]
+    first = next((r for r in mine if r.local_status not in PASSING), None)
+    followers = [r for r in mine if r.status not in PASSING and r.local_status in PASSING]
+    return first.name if first is not None and followers else ""
+
+
+def _name_root_causes(rubric: Rubric, results: list[VariableResult]) -> list[VariableResult]:
+    """Say in each message that is off only because of an earlier mistake which variable that is."""
+    out = []
+    for r in results:
+        ex = next(e for e in rubric.exercises if e.id == r.exercise)
+        root = _root_cause(ex, results)
+        if root and r.message == LOCAL_ONLY.format(name=r.name):
+            r = dataclasses.replace(r, message=f"{r.message}, in {root}")
+        out.append(r)
+    return out
+
+
 def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[str, object]) -> Report:
     """Grade every variable of `rubric`: it earns its points only if it passes in every run.
 
@@ -267,8 +310,10 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
     for ex in rubric.exercises:
         flags = _scan_flags(main.plan, ex)
         for j, var in enumerate(ex.graded):
+            local = None
             if ex.function is None:
                 verdicts = [_verdict(ex, var, run, flags) for run in runs]
+                local = [_local_verdict(ex, var, run, v) for run, v in zip(runs, verdicts)]
             elif j < len(ex.variables):
                 verdicts = [_function_verdict(ex, j, var, run, flags) for run in runs]
             else:
@@ -287,13 +332,21 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                 else:
                     message = f"{var.name} is right with the notebook's parameters but {run.label} did not run to the end{hint}"
             passed = all(v.passed for v in verdicts)
+            local_status = status
+            if local is not None:
+                local_failing = next((v for v in local if not v.passed), None)
+                local_status = local_failing.status if local_failing else local[0].status
+                if rubric.credit == "local" and local_failing is None and not passed:
+                    passed, message = True, LOCAL_ONLY.format(name=var.name)
             results.append(VariableResult(
                 ex.id, var.name, var.of, status, first.exact, first.approximate, first.maxdiff,
-                var.points if passed else 0.0, var.points, "" if passed else message,
-                runs=tuple(v.status for v in verdicts),
+                var.points if passed else 0.0, var.points, "" if status in PASSING else message,
+                runs=tuple(v.status for v in verdicts), local_status=local_status,
             ))
+    results = _name_root_causes(rubric, results)
     exercises = tuple(
-        ExerciseResult(ex.id, sum(r.points for r in results if r.exercise == ex.id), ex.max_score)
+        ExerciseResult(ex.id, sum(r.points for r in results if r.exercise == ex.id), ex.max_score,
+                       _root_cause(ex, results))
         for ex in rubric.exercises
     )
     notes = main.plan.notes + tuple(f"{o.label} raised {o.error}" for o in main.captured.cells if o.error)

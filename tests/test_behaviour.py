@@ -108,12 +108,14 @@ def test_behaviour_notebook(name: str, pool) -> None:
         if want == "pass":
             assert v.status in ("exact", "approximate") and v.points == v.max_points, (key, v)
         else:
-            assert v.status in (want if isinstance(want, tuple) else (want,)) and v.points == 0, (key, v)
+            # cascade-free credit: a value off only because of an earlier mistake keeps its points
+            earned = v.max_points if v.local_status in ("exact", "approximate") else 0
+            assert v.status in (want if isinstance(want, tuple) else (want,)) and v.points == earned, (key, v)
         assert (v.message == "") == (v.status in ("exact", "approximate")), (key, v)
         if v.status == "autograd_used":
             assert "autograd is not allowed in this exercise" in v.message
     assert report.score == sum(v.points for v in report.variables)
-    assert report.score == len(ALL) - len(expected)
+    assert len(ALL) - len(expected) <= report.score
     assert elapsed < TIMEOUT + 15  # a hung notebook still yields its report soon after the limit
 
 

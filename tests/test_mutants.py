@@ -108,3 +108,32 @@ def test_a_typical_mistake_gets_its_hint(tmp_path, pool, cell, old, new, variabl
     verdict = next(v for v in report.variables if v.exercise == exercise and v.name == variable)
     assert verdict.points == 0, verdict
     assert hint in verdict.message, verdict.message
+
+
+def test_one_early_mistake_costs_one_variable_and_is_named_the_root_cause(tmp_path, pool):
+    # only d_probs is wrong (twice too large); every later line of Exercise 1 is right
+    path = _mutant(tmp_path, "ex1", "d_probs = (1.0 / probs) * d_logprobs", "d_probs = 2 * (1.0 / probs) * d_logprobs")
+    report = grade_notebook(path, pool=pool)
+    ex1 = [v for v in report.variables if v.exercise == "ex1"]
+    assert [v.name for v in ex1 if v.points < v.max_points] == ["d_probs"]
+    assert sum(v.status == "wrong" for v in ex1) > 20  # the values below it are all off ...
+    assert all(v.local_status in ("exact", "approximate") for v in ex1 if v.name != "d_probs")  # ... their steps are not
+    assert next(e for e in report.exercises if e.id == "ex1").root_cause == "d_probs"
+    d_counts = next(v for v in ex1 if v.name == "d_counts")
+    assert d_counts.message.endswith("off only because of an earlier mistake, in d_probs")
+
+
+def test_zeros_all_the_way_down_earn_no_credit(tmp_path, pool):
+    # consistent with each other, but nothing was computed: only the exactly-zero references may pass
+    zeros = "\n".join(f"{v} = torch.zeros_like({v[2:]})" for v in (
+        "d_logprobs", "d_probs", "d_counts_sum_inv", "d_counts_sum", "d_counts", "d_norm_logits", "d_logits", "d_h",
+        "d_W2", "d_b2", "d_hpreact", "d_bngain", "d_bnbias", "d_bnraw", "d_bnvar_inv", "d_bnvar", "d_bndiff2",
+        "d_bndiff", "d_bnmeani", "d_hprebn", "d_embcat", "d_W1", "d_emb", "d_C"))
+    nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
+    answer = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex1")
+    answer.source = zeros + "\nd_logit_maxes = torch.zeros_like(logit_maxes)\nd_b1 = torch.zeros_like(b1)"
+    path = tmp_path / "zeros.ipynb"
+    nbformat.write(nb, str(path))
+    report = grade_notebook(path, hidden_runs=(), pool=pool)
+    earned = sorted(v.name for v in report.variables if v.exercise == "ex1" and v.points)
+    assert earned == ["d_b1", "d_logit_maxes"]  # their true gradients are zero up to rounding
