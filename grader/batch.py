@@ -185,16 +185,20 @@ def _existing(path: Path, digest: str) -> dict | None:
     return found if isinstance(found, dict) and found.get("sha256") == digest else None
 
 
-def grade_one(submission: Submission, rubric: Rubric, timeout: float | None, pool: sandbox.Pool | None = None) -> dict:
-    """Grade one submission as `rubric`'s assignment; a notebook that cannot be read gets a failed report."""
-    from grader.grade import grade_notebook
+def grade_one(submission: Submission, rubric: Rubric, timeout: float | None,
+              pool: sandbox.Pool | None = None) -> tuple[dict, str | None]:
+    """Grade one submission as `rubric`'s assignment: its report, and its HTML feedback page (None for a
+    notebook that cannot be read, which gets a failed report)."""
+    from grader import feedback
+    from grader.grade import grade_with_runs, feedback_edges
 
     try:
-        report = reports.to_dict(grade_notebook(submission.path, assignment=rubric.assignment, timeout=timeout,
-                                                pool=pool))
+        graded, runs = grade_with_runs(submission.path, assignment=rubric.assignment, timeout=timeout, pool=pool)
     except NotANotebook as e:  # the student's file; anything else is the grader's problem and stops the batch
-        report = failed_report(rubric, str(submission.path), str(e))
-    return {"student": submission.student, "sha256": submission.digest, **report}
+        return {"student": submission.student, "sha256": submission.digest,
+                **failed_report(rubric, str(submission.path), str(e))}, None
+    page = feedback.page(graded, runs, feedback_edges(rubric))
+    return {"student": submission.student, "sha256": submission.digest, **reports.to_dict(graded)}, page
 
 
 def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeout: float | None = None,
@@ -228,7 +232,9 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
         futures = {pool.submit(grade_one, s, rubric, timeout, workers): s for s in todo}
         for future in as_completed(futures):
             s = futures[future]
-            report = future.result()
+            report, page = future.result()
+            if page is not None:  # before the report: a report on disk means its page is there too
+                _write_atomically(out / "feedback" / f"{s.student}.html", page)
             _write_atomically(folder / f"{s.student}.json", json.dumps(report, indent=2))
             outcomes.append(Outcome(s, report, reused=False))
             if progress:

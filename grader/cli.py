@@ -17,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     check.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit in seconds (default: the rubric's)")
     check.add_argument("--assignment", metavar="NAME", help="grade as this assignment (default: from the notebook's metadata)")
+    check.add_argument("--html", metavar="FILE", help="also write the feedback page (pictures of what is wrong) to FILE")
     check.add_argument("--memory", type=float, metavar="MB", help="memory cap per process of the notebook (default: 2048)")
     check.add_argument("--hidden-runs", metavar="FILE",
                        help="a TOML file of [[hidden_run]] parameter tables to use instead of the published ones")
@@ -82,8 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hidden = rubric.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
         with sandbox.Pool(limits=_limits(args)) as pool:
-            result = grade.grade_notebook(args.notebook, assignment=args.assignment, timeout=args.timeout,
-                                          hidden_runs=hidden, pool=pool)
+            result, runs = grade.grade_with_runs(args.notebook, assignment=args.assignment, timeout=args.timeout,
+                                                 hidden_runs=hidden, pool=pool)
+        if args.html:
+            from pathlib import Path
+
+            from grader import feedback
+
+            Path(args.html).write_text(feedback.page(result, runs, grade.feedback_edges(rubric.load(result.assignment))),
+                                       encoding="utf-8")
     except GraderError as e:
         print(f"grader: {e}", file=sys.stderr)
         return e.exit_code

@@ -53,7 +53,16 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: 
                    parameters: dict[str, object] | None = None,
                    hidden_runs: tuple[dict[str, object], ...] | None = None,
                    pool: sandbox.Pool | None = None) -> Report:
-    """Grade the notebook at `path` and return its `Report`.
+    """Grade the notebook at `path` and return its `Report` (the parameters: see `grade_with_runs`)."""
+    return grade_with_runs(path, assignment=assignment, timeout=timeout, parameters=parameters,
+                           hidden_runs=hidden_runs, pool=pool)[0]
+
+
+def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout: float | None = None,
+                    parameters: dict[str, object] | None = None,
+                    hidden_runs: tuple[dict[str, object], ...] | None = None,
+                    pool: sandbox.Pool | None = None) -> tuple[Report, list]:
+    """Grade the notebook at `path`: its `Report`, and each run with its values and references (for pictures).
 
     Parameters
     ----------
@@ -122,7 +131,17 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: 
         GradedRun(label, tuple(k for k in p if p[k] != main[k]), plan, c, ref)
         for label, p, plan, c, ref in zip(labels, settings, plans, captured, refs)
     ]
-    return score(rubric, str(path), graded, published)
+    return score(rubric, str(path), graded, published), graded
+
+
+def feedback_edges(rubric: rubrics.Rubric) -> dict[str, tuple[str, ...]]:
+    """The graded forward tensors and those each is computed from, with the published parameters."""
+    from grader import reference
+
+    released = _released(str(rubric.released), rubric.released.stat().st_mtime_ns)
+    params = released_parameters(released) | (rubric.grading_parameters or {}) | {
+        k: str(assets.data_dir() / f) for k, f in rubric.data.items()}
+    return reference.forward_edges(rubric, params)
 
 
 def _replayed_calls(rubric: rubrics.Rubric, params: dict[str, object], captured) -> dict[str, object]:

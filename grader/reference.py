@@ -178,6 +178,12 @@ def _cut(assignment: str, params_items: tuple) -> dict[str, tuple[torch.Tensor, 
     return out
 
 
+def forward_edges(rubric: Rubric, params: dict[str, object]) -> dict[str, tuple[str, ...]]:
+    """Graded forward tensor -> the graded tensors it is computed from directly (for pictures)."""
+    with _LOCK:
+        return {name: tuple(inputs) for name, (_, inputs) in _cut(rubric.assignment, tuple(params.items())).items()}
+
+
 def _flow(assignment: str, params_items: tuple, y: str, grad: torch.Tensor) -> dict[str, torch.Tensor]:
     """The gradient that `grad`, put on graded tensor `y`, sends to each named tensor `y` is made from."""
     value, inputs = _cut(assignment, params_items)[y]

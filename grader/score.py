@@ -201,7 +201,22 @@ def _local_verdict(ex: Exercise, var, run: GradedRun, plain: Comparison) -> Comp
         return plain
     if not bool(value.any()) and bool(run.reference[var.of].abs().gt(var.tolerance.atol).any()):
         return plain  # zeros all the way down are "consistent" too: they never earn a step's credit
-    return compare(var.name, value, local, var.tolerance)
+    result = compare(var.name, value, local, var.tolerance)
+    if result.status == "wrong":  # what is wrong with the step itself
+        hint = diagnose(var.name, value, local, n=_n(run), targets=_targets(run))
+        if hint:
+            result = dataclasses.replace(result, message=f"{var.name}: {hint} ({result.message.partition(': ')[2]})")
+    return result
+
+
+def _targets(run: GradedRun) -> torch.Tensor | None:
+    targets = run.reference.get(TARGETS)
+    return targets if isinstance(targets, torch.Tensor) else None
+
+
+def _n(run: GradedRun) -> int | None:
+    targets = _targets(run)
+    return targets.numel() if targets is not None else None
 
 
 def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str, Flag]) -> Comparison:
@@ -338,6 +353,9 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                 local_status = local_failing.status if local_failing else local[0].status
                 if rubric.credit == "local" and local_failing is None and not passed:
                     passed, message = True, LOCAL_ONLY.format(name=var.name)
+                elif (first.status == local[0].status == "wrong" and local[0] is not first
+                      and first.message.startswith(f"{var.name}: off by up to") and " (off by up to" in local[0].message):
+                    message = local[0].message  # below an earlier mistake: say what is wrong with this step
             results.append(VariableResult(
                 ex.id, var.name, var.of, status, first.exact, first.approximate, first.maxdiff,
                 var.points if passed else 0.0, var.points, "" if status in PASSING else message,

@@ -114,6 +114,8 @@ def test_a_batch_grades_everyone_and_a_killed_batch_resumes_to_the_same_gradeboo
     assert report["student"] == "wrong_d_W2" and len(report["sha256"]) == 64 and report["score"] == 35
     assert (tmp_path / "whole" / "summary.png").read_bytes()[:4] == b"\x89PNG"
     assert "d_W2" in (tmp_path / "whole" / "feedback" / "wrong_d_W2.md").read_text()
+    page = (tmp_path / "whole" / "feedback" / "wrong_d_W2.html").read_text()
+    assert "d_W2: it is the right gradient times 1/n" in page and "data:image/png;base64," in page
 
     # kill a batch with SIGKILL as soon as its first report is on disk, then run it again
     out = tmp_path / "killed"
