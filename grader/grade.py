@@ -176,6 +176,15 @@ def _local_references(rubric: rubrics.Rubric, params: dict[str, object], capture
             answers = {v.of: captured.values.get((ex.id, v.name)) for v in ex.variables}
             for x, t in reference.local_references(rubric, params, answers).items():
                 out[f"{reference.LOCAL}{ex.id}:{x}"] = t
+        if ex.function is None and ex.given:
+            # the student's own gradient of `given`, from the exercise that asks for it
+            source = next(((e.id, v.name) for e in rubric.exercises for v in e.variables
+                           if v.of == ex.given and e.id != ex.id), None)
+            gradient = captured.values.get(source) if source else None
+            for v in ex.variables:
+                t = reference.local_from(rubric, params, ex.given, gradient, v.of)
+                if t is not None:
+                    out[f"{reference.LOCAL}{ex.id}:{v.of}"] = t
     return out
 
 

@@ -251,6 +251,21 @@ def local_references(rubric: Rubric, params: dict[str, object], answers: dict[st
         return out
 
 
+def local_from(rubric: Rubric, params: dict[str, object], given: str, gradient: object, wrt: str) -> torch.Tensor | None:
+    """The gradient of `wrt` that `gradient`, put on forward tensor `given`, sends back through the released
+    forward pass (all paths): what an exercise starting from the student's own gradient of `given` should
+    give. None if that gradient is not a tensor of `given`'s shape and dtype."""
+    with _LOCK:
+        named = _graph(rubric.assignment, tuple(params.items()))
+        y, x = named.get(given), named.get(wrt)
+        if y is None or x is None or type(gradient) is not torch.Tensor or gradient.shape != y.shape \
+                or gradient.dtype != y.dtype:
+            return None
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad((y * gradient.detach()).sum(), [x], retain_graph=True)
+        return g.detach()
+
+
 _USERS: dict[tuple, dict[str, tuple[str, ...]]] = {}
 """Per forward pass (assignment and parameters): the named tensors that use each named tensor."""
 

@@ -87,6 +87,9 @@ class Exercise:
     """Set when the answer is a function the notebook calls."""
     test_cell: str | None = None
     """nbgrader `grade_id` of the test cell that scores this exercise in nbgrader (worth `max_score`)."""
+    given: str | None = None
+    """The forward tensor whose gradient, as the student computed it in another exercise, the answer
+    starts from (Exercise 3 starts from `d_hpreact`): its step is judged from that gradient too."""
 
     @property
     def graded(self) -> tuple[Variable, ...]:
@@ -201,7 +204,7 @@ def parse(raw: dict, path: Path) -> Rubric:
                                     reference_cells=tuple(ex["reference_cells"]),
                                     calls=tuple(int(c) for c in ex["calls"]), training=training)
             exercises.append(Exercise(id=ex["id"], cell=ex.get("cell", ex["id"]), variables=tuple(variables),
-                                      function=function, test_cell=ex.get("test_cell")))
+                                      function=function, test_cell=ex.get("test_cell"), given=ex.get("given")))
         unknown = set(overrides) - {v.name for e in exercises for v in e.variables}
         if unknown:
             raise RubricError(f"{path}: [variable] entries for ungraded names: {sorted(unknown)}")

@@ -116,6 +116,7 @@ def test_one_early_mistake_costs_one_variable_and_is_named_the_root_cause(tmp_pa
     report = grade_notebook(path, pool=pool)
     ex1 = [v for v in report.variables if v.exercise == "ex1"]
     assert [v.name for v in ex1 if v.points < v.max_points] == ["d_probs"]
+    assert report.score == report.max_score - 1  # Exercise 3, which starts from d_hpreact, keeps its point too
     assert sum(v.status == "wrong" for v in ex1) > 20  # the values below it are all off ...
     assert all(v.local_status in ("exact", "approximate") for v in ex1 if v.name != "d_probs")  # ... their steps are not
     assert next(e for e in report.exercises if e.id == "ex1").root_cause == "d_probs"
