@@ -302,6 +302,38 @@ def _root_cause(ex: Exercise, results: list[VariableResult]) -> str:
     return first.name if first is not None and followers else ""
 
 
+def _credible_roots_only(rubric: Rubric, results: list[VariableResult], main: GradedRun) -> list[VariableResult]:
+    """Take back the step credit of an exercise whose first wrong step is not a near miss.
+
+    A chain of answers that are consistent with each other but not attempts at the gradient (all ones,
+    say: `d_emb` = ones is "right" for `d_embcat` = ones) must not earn credit. An honest first mistake
+    (a factor, a sign, a missing term) points the same way as the reference, or has the wrong shape.
+    """
+    out = list(results)
+    for ex in rubric.exercises:
+        root = next((r for r in results if r.exercise == ex.id and r.local_status not in PASSING), None)
+        if root is None or root.status in ("shape", "dtype") or _near_miss(ex, root, main):
+            continue
+        for i, r in enumerate(out):
+            if r.exercise == ex.id and r.status not in PASSING and r.points:
+                out[i] = dataclasses.replace(r, points=0.0, local_status=r.status, message=(
+                    f"{r.name}: off because of an earlier gradient ({root.name}), which is not an attempt at it"))
+    return out
+
+
+def _near_miss(ex: Exercise, root: VariableResult, main: GradedRun) -> bool:
+    answer, reference = main.captured.values.get((ex.id, root.name)), main.reference.get(root.of)
+    if type(answer) is not torch.Tensor or not isinstance(reference, torch.Tensor) or answer.shape != reference.shape:
+        return False
+    a, r = answer.double().flatten(), reference.double().flatten()
+    norms = float(a.norm() * r.norm())
+    return norms > 0 and abs(float(a @ r)) / norms >= NEAR_MISS
+
+
+NEAR_MISS = 0.5
+"""Least |cosine| between the first wrong answer and its reference for the steps after it to earn credit."""
+
+
 def _name_root_causes(rubric: Rubric, results: list[VariableResult]) -> list[VariableResult]:
     """Say in each message that is off only because of an earlier mistake which variable that is."""
     out = []
@@ -361,6 +393,7 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                 var.points if passed else 0.0, var.points, "" if status in PASSING else message,
                 runs=tuple(v.status for v in verdicts), local_status=local_status,
             ))
+    results = _credible_roots_only(rubric, results, main)
     results = _name_root_causes(rubric, results)
     exercises = tuple(
         ExerciseResult(ex.id, sum(r.points for r in results if r.exercise == ex.id), ex.max_score,

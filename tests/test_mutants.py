@@ -138,3 +138,15 @@ def test_zeros_all_the_way_down_earn_no_credit(tmp_path, pool):
     report = grade_notebook(path, hidden_runs=(), pool=pool)
     earned = sorted(v.name for v in report.variables if v.exercise == "ex1" and v.points)
     assert earned == ["d_b1", "d_logit_maxes"]  # their true gradients are zero up to rounding
+
+
+def test_answers_consistent_with_each_other_but_no_attempt_earn_nothing(tmp_path, pool):
+    # all ones: d_emb = ones is what d_embcat = ones sends back through the view, but nothing was derived
+    nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
+    answer = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex1")
+    names = [line.split(" = ")[0] for line in answer.source.splitlines() if line.endswith(" = None")]
+    answer.source = "\n".join(f"{v} = torch.ones_like({v[2:]})" for v in names)
+    path = tmp_path / "ones.ipynb"
+    nbformat.write(nb, str(path))
+    report = grade_notebook(path, hidden_runs=(), pool=pool)
+    assert len(names) == 26 and sum(v.points for v in report.variables if v.exercise == "ex1") == 0
