@@ -25,7 +25,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
-_CLONE_NEWNS, _CLONE_NEWPID, _CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
+_CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWPID, _CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = (
     1, 2, 4, 8, 32, 4096, 0x4000, 0x40000)
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
@@ -81,7 +81,8 @@ def new_namespaces() -> bool:
     if not available():
         return False
     assert _LIBC is not None
-    _check(_LIBC.unshare(_CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWNET), "unshare")
+    # IPC: System V shared memory made by a run goes with it, and counts for nobody else
+    _check(_LIBC.unshare(_CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWIPC), "unshare")
     return True
 
 
@@ -139,8 +140,27 @@ def private_view(hidden: list[str], needed: list[str], workdir: str, tmp_size: i
             _mount("none", cover, None, _MS_REMOUNT | _MS_RDONLY | flags, "size=4k,mode=0755")
     if os.path.isdir("/dev/shm"):
         _mount("shm", "/dev/shm", "tmpfs", flags, f"size={tmp_size},mode=1777")
+    for shared in ("/var/tmp", "/run/lock"):  # other folders everyone may write to: private and small
+        if os.path.isdir(shared) and not os.path.islink(shared):
+            _mount("private", shared, "tmpfs", flags, "size=1m,mode=1777")
+    try:  # the rest of the root file system read-only in this view (where the container allows)
+        _mount("none", "/", None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY)
+    except OSError:
+        pass  # a user id of its own still cannot write root's files
     _mount("proc", "/proc", "proc", flags | _MS_NOEXEC)
     os.makedirs(workdir, mode=0o700)
+
+
+def _mapped_bytes() -> int:
+    """This process's virtual memory size (VmSize), or 0 where /proc cannot say."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def drop_privileges(limits: Limits, workdir: str, uid: int) -> None:
@@ -148,6 +168,11 @@ def drop_privileges(limits: Limits, workdir: str, uid: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size, limits.file_size))
     resource.setrlimit(resource.RLIMIT_DATA, (limits.memory, limits.memory))
+    # RLIMIT_DATA does not count shared mappings (mmap of anonymous shared memory): cap the address space
+    # too, at what the fork of the worker already maps (torch's reservations included) plus the memory cap
+    mapped = _mapped_bytes()
+    if mapped:
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + limits.memory, mapped + limits.memory))
     if available():
         resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
         os.chown(workdir, uid, uid)

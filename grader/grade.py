@@ -32,8 +32,10 @@ def released_parameters(released_nb) -> dict[str, object]:
 
 
 def hidden_folders(rubric: rubrics.Rubric) -> list[Path]:
-    """Folders no run may read: the rubric and released notebook's, and the solutions'."""
-    return [rubric.released.parent, assets.solutions_dir()]
+    """Folders no run may read: the rubric and released notebook's, the solutions', and a checkout's
+    tests and git history."""
+    repository = assets.solutions_dir().parent  # a source checkout: its tests and history hold solutions too
+    return [rubric.released.parent, assets.solutions_dir(), repository / "tests", repository / ".git"]
 
 
 def _worker(pool: sandbox.Pool, rubric: rubrics.Rubric, released, params: dict[str, object],

@@ -98,8 +98,14 @@ def run(submission: Path, results_path: Path, assignment: str, hidden_visibility
     try:
         rubric = rubrics.load(assignment)
         notebook = find_notebook(submission, rubric.released.name)
-        out = results(grade_notebook(notebook, assignment=assignment, timeout=timeout),
-                      time.monotonic() - started, hidden_visibility)
+        from grader import sandbox
+
+        # the zip's own copy of the package, rubric included, sits in the autograder's source folder
+        results_folder = results_path.resolve().parent
+        hidden = [results_folder.parent / "source"] if results_folder.name == "results" else []
+        with sandbox.Pool(hidden) as pool:
+            report = grade_notebook(notebook, assignment=assignment, timeout=timeout, pool=pool)
+        out = results(report, time.monotonic() - started, hidden_visibility)
     except NotANotebook as e:  # the student's upload: still a valid results.json, with the reason
         # (an unknown assignment or a sandbox that cannot start is ours: it fails the autograder instead)
         out = failure(str(e), time.monotonic() - started)

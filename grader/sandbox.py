@@ -367,7 +367,7 @@ class Run:
             cells, kinds = summary["cells"], summary["values"]
             if not isinstance(cells, list) or len(cells) != len(self.plan.cells) or not isinstance(kinds, dict):
                 raise ValueError("the summary does not match the plan")
-        except (SafetensorError, ValueError, KeyError, TypeError) as e:
+        except (SafetensorError, ValueError, KeyError, TypeError, RecursionError, MemoryError, OverflowError) as e:
             return self._unfinished(f"the notebook's results could not be read ({type(e).__name__})", seconds, output)
 
         values: dict[tuple[str, str], object] = {}

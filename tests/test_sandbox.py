@@ -67,3 +67,33 @@ def test_each_run_starts_clean_whatever_the_run_before_left(tmp_path, pool, mess
     report = grade_notebook(_full_marks_with(tmp_path, mess), pool=pool)
     assert (report.status, report.score) == ("graded", report.max_score), report.notes
     assert [r.status for r in report.runs] == ["graded"] * 3
+
+
+def test_results_forged_to_crash_the_parser_fail_that_notebook_only(tmp_path, pool):
+    # every regular file the run holds open gets a safetensors header nested 100,000 deep, then it exits
+    code = """import json, os, stat
+meta = json.dumps({"__metadata__": {"grader": "[" * 100000 + "]" * 100000}}).encode()
+for fd in range(3, 256):
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.write(fd, len(meta).to_bytes(8, "little") + meta)
+    except OSError:
+        pass
+os._exit(0)"""
+    report = grade_notebook(_full_marks_with(tmp_path, code), pool=pool)
+    assert report.status == "failed" and report.score == 0
+    assert "could not be read" in report.error or "exited with code 0" in report.error
+
+
+def test_a_replayed_call_must_be_a_minibatch_of_the_training_loop(tmp_path, pool):
+    # the notebook calls its backward() once more itself, with most of the training set: the grader,
+    # which replays recorded calls with autograd in its own process, must not take that call
+    nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
+    index = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == "ex4")
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(
+        "with torch.no_grad():\n    big = Xtr[:2000], Ytr[:2000]\n    backward(*big, *forward(*big)[1])"))
+    path = tmp_path / "big_call.ipynb"
+    nbformat.write(nb, str(path))
+    report = grade_notebook(path, hidden_runs=(), pool=pool)
+    d_C = next(v for v in report.variables if v.exercise == "ex4" and v.name == "d_C")
+    assert d_C.points == 0 and "not a minibatch of the training loop" in d_C.message, d_C.message
