@@ -185,19 +185,19 @@ def _existing(path: Path, digest: str) -> dict | None:
     return found if isinstance(found, dict) and found.get("sha256") == digest else None
 
 
-def grade_one(submission: Submission, rubric: Rubric, timeout: float | None,
-              pool: sandbox.Pool | None = None) -> tuple[dict, str | None]:
+def grade_one(submission: Submission, rubric: Rubric, timeout: float | None, pool: sandbox.Pool | None = None,
+              edges: dict[str, tuple[str, ...]] | None = None) -> tuple[dict, str | None]:
     """Grade one submission as `rubric`'s assignment: its report, and its HTML feedback page (None for a
-    notebook that cannot be read, which gets a failed report)."""
+    notebook that cannot be read, which gets a failed report). `edges`: `grade.feedback_edges(rubric)`."""
     from grader import feedback
-    from grader.grade import grade_with_runs, feedback_edges
+    from grader.grade import feedback_edges, grade_with_runs
 
     try:
         graded, runs = grade_with_runs(submission.path, assignment=rubric.assignment, timeout=timeout, pool=pool)
     except NotANotebook as e:  # the student's file; anything else is the grader's problem and stops the batch
         return {"student": submission.student, "sha256": submission.digest,
                 **failed_report(rubric, str(submission.path), str(e))}, None
-    page = feedback.page(graded, runs, feedback_edges(rubric))
+    page = feedback.page(graded, runs, feedback_edges(rubric) if edges is None else edges)
     return {"student": submission.student, "sha256": submission.digest, **reports.to_dict(graded)}, page
 
 
@@ -224,12 +224,13 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
             todo.append(s)
     if not todo:
         return sorted(outcomes, key=lambda o: o.submission.student)
-    from grader.grade import hidden_folders
+    from grader.grade import feedback_edges, hidden_folders
 
     # No run may read the solutions, the rubric, the other submissions or what this batch writes.
     hidden = [*hidden_folders(rubric), out.resolve(), *found.roots, *(s.path for s in found.submissions)]
     with sandbox.Pool(hidden, limits) as workers, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(grade_one, s, rubric, timeout, workers): s for s in todo}
+        edges = feedback_edges(rubric)
+        futures = {pool.submit(grade_one, s, rubric, timeout, workers, edges): s for s in todo}
         for future in as_completed(futures):
             s = futures[future]
             report, page = future.result()

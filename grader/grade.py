@@ -93,6 +93,7 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
     labels = ["the notebook's parameters"] + [f"hidden run {i}" for i in range(1, len(settings))]
     data_files = {name: assets.data_dir() / file for name, file in rubric.data.items()}
     copies = {rubric.data[k]: p for k, p in data_files.items()}
+    with_data = [p | {k: str(f) for k, f in data_files.items()} for p in settings]  # as the grader's references read them
 
     # The run reads its own copy of each data file, under the file's name in its working directory.
     plans = [notebook.plan(student, released, rubric, p | rubric.data) for p in settings]
@@ -116,7 +117,7 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
 
         try:
             # The references first: they take about as long as the worker takes to start, the first time.
-            refs = [reference.gradients(rubric, released, p | {k: str(f) for k, f in data_files.items()}) for p in settings]
+            refs = [reference.gradients(rubric, released, p) for p in with_data]
             for job, _ in jobs:
                 job.release()
         finally:
@@ -126,9 +127,9 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
     finally:
         if own_pool:
             pool.close()
-    for p, c, ref in zip(settings, captured, refs):
-        ref.update(_replayed_calls(rubric, p | {k: str(f) for k, f in data_files.items()}, c))
-        ref.update(_local_references(rubric, p | {k: str(f) for k, f in data_files.items()}, c))
+    for p, c, ref in zip(with_data, captured, refs):
+        ref.update(_replayed_calls(rubric, p, c))
+        ref.update(_local_references(rubric, p, c))
     graded = [
         GradedRun(label, tuple(k for k in p if p[k] != main[k]), plan, c, ref)
         for label, p, plan, c, ref in zip(labels, settings, plans, captured, refs)

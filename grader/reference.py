@@ -196,6 +196,7 @@ def _flow(assignment: str, params_items: tuple, y: str, grad: torch.Tensor) -> d
     return {x: g.detach() for x, g in zip(inputs, grads)}
 
 
+@functools.lru_cache(maxsize=8)
 def _uses(assignment: str, params_items: tuple) -> dict[str, dict[str, torch.Tensor]]:
     """x -> {y: the part of x's gradient that comes back through y}, for every named x and its users y."""
     references = dict(_graph(assignment, params_items))
@@ -235,9 +236,7 @@ def local_references(rubric: Rubric, params: dict[str, object], answers: dict[st
     with _LOCK:
         key = (rubric.assignment, tuple(params.items()))
         named = _graph(*key)
-        users = _USERS.get(key)
-        if users is None:
-            users = _USERS[key] = {x: tuple(by_use) for x, by_use in _uses(*key).items()}
+        users = _uses(*key)  # (shared, cached: read, never changed)
         sent: dict[str, dict[str, torch.Tensor] | None] = {}
         for y in {y for by_use in users.values() for y in by_use}:
             answer = answers.get(y)
@@ -264,10 +263,6 @@ def local_from(rubric: Rubric, params: dict[str, object], given: str, gradient: 
         with torch.enable_grad():
             (g,) = torch.autograd.grad((y * gradient.detach()).sum(), [x], retain_graph=True)
         return g.detach()
-
-
-_USERS: dict[tuple, dict[str, tuple[str, ...]]] = {}
-"""Per forward pass (assignment and parameters): the named tensors that use each named tensor."""
 
 
 def _training(rubric: Rubric, ex: Exercise, params: dict[str, object]) -> torch.Tensor:

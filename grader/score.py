@@ -172,19 +172,14 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
         return Comparison("missing", False, False, None, f"{var.name} is not defined")
     result = compare(var.name, value, run.reference[var.of], var.tolerance)
     if result.status == "wrong":
-        targets = run.reference.get(TARGETS)
         parts = run.reference.get(PARTS + var.of)
         hint = diagnose(var.name, value, run.reference[var.of],
                         others={v.name: run.reference[v.of] for v in ex.variables if v.of in run.reference},
-                        branches=parts if isinstance(parts, dict) else None,
-                        n=targets.numel() if isinstance(targets, torch.Tensor) else None,
-                        targets=targets if isinstance(targets, torch.Tensor) else None)
+                        branches=parts if isinstance(parts, dict) else None, n=_n(run), targets=_targets(run))
         if hint:
             result = dataclasses.replace(result, message=f"{var.name}: {hint} ({result.message.partition(': ')[2]})")
     elif result.status == "shape" and " -- " not in result.message and isinstance(value, torch.Tensor):
-        targets = run.reference.get(TARGETS)
-        hint = wrong_axis(tuple(value.shape), tuple(run.reference[var.of].shape),
-                          targets.numel() if isinstance(targets, torch.Tensor) else None)
+        hint = wrong_axis(tuple(value.shape), tuple(run.reference[var.of].shape), _n(run))
         if hint:
             result = dataclasses.replace(result, message=f"{result.message} -- {hint}")
     return result

@@ -95,6 +95,15 @@ def _mutant(tmp_path, cell: str, old: str, new: str):
     return path
 
 
+def _with_ex1(tmp_path, source: str):
+    """The full-marks notebook with `source` as its whole Exercise 1 answer."""
+    nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
+    next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex1").source = source
+    path = tmp_path / "ex1.ipynb"
+    nbformat.write(nb, str(path))
+    return path
+
+
 def test_the_mutants_are_many_and_of_many_kinds():
     assert len(MUTANTS) >= 40
     assert len({hint.split(" (")[0].split(":")[0] for *_, hint in MUTANTS}) >= 12
@@ -130,23 +139,15 @@ def test_zeros_all_the_way_down_earn_no_credit(tmp_path, pool):
         "d_logprobs", "d_probs", "d_counts_sum_inv", "d_counts_sum", "d_counts", "d_norm_logits", "d_logits", "d_h",
         "d_W2", "d_b2", "d_hpreact", "d_bngain", "d_bnbias", "d_bnraw", "d_bnvar_inv", "d_bnvar", "d_bndiff2",
         "d_bndiff", "d_bnmeani", "d_hprebn", "d_embcat", "d_W1", "d_emb", "d_C"))
-    nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
-    answer = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex1")
-    answer.source = zeros + "\nd_logit_maxes = torch.zeros_like(logit_maxes)\nd_b1 = torch.zeros_like(b1)"
-    path = tmp_path / "zeros.ipynb"
-    nbformat.write(nb, str(path))
-    report = grade_notebook(path, hidden_runs=(), pool=pool)
+    source = zeros + "\nd_logit_maxes = torch.zeros_like(logit_maxes)\nd_b1 = torch.zeros_like(b1)"
+    report = grade_notebook(_with_ex1(tmp_path, source), hidden_runs=(), pool=pool)
     earned = sorted(v.name for v in report.variables if v.exercise == "ex1" and v.points)
     assert earned == ["d_b1", "d_logit_maxes"]  # their true gradients are zero up to rounding
 
 
 def test_answers_consistent_with_each_other_but_no_attempt_earn_nothing(tmp_path, pool):
     # all ones: d_emb = ones is what d_embcat = ones sends back through the view, but nothing was derived
-    nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
-    answer = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex1")
     names = [v.name for v in rubric.load("backprop_ninja").exercises[0].variables]
-    answer.source = "\n".join(f"{v} = torch.ones_like({v[2:]})" for v in names)
-    path = tmp_path / "ones.ipynb"
-    nbformat.write(nb, str(path))
-    report = grade_notebook(path, hidden_runs=(), pool=pool)
+    source = "\n".join(f"{v} = torch.ones_like({v[2:]})" for v in names)
+    report = grade_notebook(_with_ex1(tmp_path, source), hidden_runs=(), pool=pool)
     assert len(names) == 26 and sum(v.points for v in report.variables if v.exercise == "ex1") == 0
