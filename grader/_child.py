@@ -605,6 +605,7 @@ class Worker:
 
     def _write_data(self, workdir: str) -> None:
         for name, content in self.data.items():
+            os.makedirs(os.path.dirname(os.path.join(workdir, name)), exist_ok=True)  # `data/names.txt`
             with open(os.path.join(workdir, name), "wb") as f:
                 f.write(content)
 

@@ -19,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--assignment", metavar="NAME", help="grade as this assignment (default: from the notebook's metadata)")
     check.add_argument("--html", metavar="FILE", help="also write the feedback page (pictures of what is wrong) to FILE")
     check.add_argument("--memory", type=float, metavar="MB", help="memory cap per process of the notebook (default: 2048)")
+    check.add_argument("--data", metavar="PATH",
+                       help="lecture notebooks: the names.txt their code reads (default: the grader's data/names.txt)")
     check.add_argument("--hidden-runs", metavar="FILE",
                        help="a TOML file of [[hidden_run]] parameter tables to use instead of the published ones")
     grade = commands.add_parser("grade", help="grade a whole class into a folder of reports, grades.csv and a summary")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         hidden = rubric.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
         with sandbox.Pool(limits=_limits(args)) as pool:
             result, runs = grade.grade_with_runs(args.notebook, assignment=args.assignment, timeout=args.timeout,
-                                                 hidden_runs=hidden, pool=pool)
+                                                 hidden_runs=hidden, pool=pool, data=args.data)
         if args.html:
             from pathlib import Path
 

@@ -6,7 +6,8 @@ The three numbers of the lecture's `cmp` helper, made strict:
 * `approximate`: same shape and dtype, and `torch.allclose` within the rubric's tolerance;
 * `maxdiff`: the largest absolute difference, computed in float64.
 
-Unlike `cmp`, nothing broadcasts: a `(1, 27)` answer for a `(27,)` gradient is a shape error.
+Unlike `cmp`, nothing broadcasts: a `(1, 27)` answer for a `(27,)` gradient is a shape error, unless the
+rubric's tolerance says `broadcast` (lecture notebooks): then it is credited with a warning.
 """
 
 from __future__ import annotations
@@ -62,11 +63,16 @@ def describe(value: object) -> str:
 def _shape_hint(got: tuple[int, ...], want: tuple[int, ...]) -> str:
     if len(got) == 2 and got == want[::-1]:
         return " -- transposed?"
-    if math.prod(got) == math.prod(want) and [d for d in got if d != 1] == [d for d in want if d != 1]:
+    if math.prod(got) == math.prod(want) and same_but_ones(got, want):
         if len(got) > len(want):
             return " -- summed with keepdim=True where the variable has no such dimension?"
         return " -- keep the dimension (keepdim=True) so the shape matches the variable?"
     return ""
+
+
+def same_but_ones(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    """Whether two shapes differ only by dimensions of size 1 (`(64,)` and `(1, 64)`)."""
+    return [d for d in got if d != 1] == [d for d in want if d != 1]
 
 
 def compare(name: str, actual: object, expected: torch.Tensor, tolerance: Tolerance) -> Comparison:
@@ -79,7 +85,14 @@ def compare(name: str, actual: object, expected: torch.Tensor, tolerance: Tolera
         return _fail("not_tensor", f"{name} is a {actual.layout} tensor on {actual.device}; use a dense CPU tensor")
     actual = actual.detach()
     got, want = tuple(actual.shape), tuple(expected.shape)
-    if got != want:
+    warning = ""
+    if got != want and tolerance.broadcast and same_but_ones(got, want):
+        # the lecture's cmp compares with broadcasting: credit it as cmp would, and say how to match
+        actual = actual.reshape(want)
+        fix = "keepdim=True in the sum" if len(got) < len(want) else f"no keepdim, or .view{want}"
+        warning = (f"{name}: shape {got} where the tensor is {want}; credited (the lecture's cmp broadcasts), "
+                   f"but use {fix} to match")
+    elif got != want:
         return _fail("shape", f"{name}: shape {got}, expected {want}{_shape_hint(got, want)}")
     if actual.dtype != expected.dtype:
         return _fail("dtype", f"{name}: dtype {actual.dtype}, expected {expected.dtype}")
@@ -91,9 +104,9 @@ def compare(name: str, actual: object, expected: torch.Tensor, tolerance: Tolera
     maxdiff = float((actual.double() - expected.double()).abs().max()) if actual.numel() else 0.0
     approximate = exact or bool(torch.allclose(actual, expected, rtol=tolerance.rtol, atol=tolerance.atol))
     if exact:
-        return Comparison("exact", True, True, maxdiff, "")
+        return Comparison("exact", True, True, maxdiff, warning)
     if approximate:
-        return Comparison("approximate", False, True, maxdiff, "")
+        return Comparison("approximate", False, True, maxdiff, warning)
     scale = float(expected.double().abs().max()) if expected.numel() else 0.0
     return Comparison(
         "wrong", False, False, maxdiff,

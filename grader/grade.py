@@ -54,16 +54,16 @@ def _worker(pool: sandbox.Pool, rubric: rubrics.Rubric, released, params: dict[s
 def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: float | None = None,
                    parameters: dict[str, object] | None = None,
                    hidden_runs: tuple[dict[str, object], ...] | None = None,
-                   pool: sandbox.Pool | None = None) -> Report:
+                   pool: sandbox.Pool | None = None, data: str | Path | None = None) -> Report:
     """Grade the notebook at `path` and return its `Report` (the parameters: see `grade_with_runs`)."""
     return grade_with_runs(path, assignment=assignment, timeout=timeout, parameters=parameters,
-                           hidden_runs=hidden_runs, pool=pool)[0]
+                           hidden_runs=hidden_runs, pool=pool, data=data)[0]
 
 
 def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout: float | None = None,
                     parameters: dict[str, object] | None = None,
                     hidden_runs: tuple[dict[str, object], ...] | None = None,
-                    pool: sandbox.Pool | None = None) -> tuple[Report, list]:
+                    pool: sandbox.Pool | None = None, data: str | Path | None = None) -> tuple[Report, list]:
     """Grade the notebook at `path`: its `Report`, and each run with its values and references (for pictures).
 
     Parameters
@@ -74,12 +74,24 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
     parameters: values for the `parameters` cell (e.g. `{"seed": 7}`); the rest keep their defaults.
     hidden_runs: parameter overrides of the hidden re-runs; by default the rubric's, `()` for none.
     pool: warm workers to run it in, shared between calls (a batch); by default a pool of its own.
+    data: the data set a lecture notebook reads as `names.txt` (default: the grader's); lecture notebooks only.
+
+    A notebook whose metadata names no assignment is graded as the lecture's own notebook if it looks
+    like one (`grader.lecture`): its own forward pass, Exercises 1-3, no parameters or hidden re-runs.
 
     Raises `NotANotebook` or `UnknownAssignment` for input that cannot be graded at all; everything
     that goes wrong inside the notebook is reported in the `Report` instead.
     """
     path = Path(path)
     student = notebook.read(path)
+    from grader import lecture
+
+    if assignment == rubrics.LECTURE or (assignment is None and not lecture.has_our_metadata(student)):
+        if parameters or hidden_runs:
+            raise RubricError("lecture notebooks have no parameters cell and no hidden re-runs")
+        return _grade_lecture(path, student, data=data, timeout=timeout, pool=pool)
+    if data is not None:
+        raise RubricError("--data is for lecture notebooks; an assignment reads the data set its rubric names")
     rubric = rubrics.load(assignment or notebook.assignment_of(student, path))
     released = _released(str(rubric.released), rubric.released.stat().st_mtime_ns)
     published = released_parameters(released)
@@ -129,7 +141,7 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
             pool.close()
     for p, c, ref in zip(with_data, captured, refs):
         ref.update(_replayed_calls(rubric, p, c))
-        ref.update(_local_references(rubric, p, c))
+        ref.update(_local_references(rubric, p, c, ref))
     graded = [
         GradedRun(label, tuple(k for k in p if p[k] != main[k]), plan, c, ref)
         for label, p, plan, c, ref in zip(labels, settings, plans, captured, refs)
@@ -137,10 +149,108 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
     return score(rubric, str(path), graded, published), graded
 
 
+def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: float | None,
+                   pool: sandbox.Pool | None) -> tuple[Report, list]:
+    """A lecture notebook: recognise it, run it up to Exercise 3, and grade it against the lecture's
+    forward pass run here on the parameters and minibatch its run produced."""
+    import dataclasses
+
+    from grader import lecture, reference
+    from grader.errors import GraderError
+    from grader.score import GradedRun, score
+
+    recognised = lecture.recognise(student, path)
+    rubric = lecture.rubric_for(recognised)
+    plan = lecture.plan(student, recognised, rubric)
+    data_path = Path(data) if data is not None else assets.data_dir() / "names.txt"
+    if not data_path.is_file():
+        raise GraderError(f"--data {data_path}: no such file")
+    own_pool = pool is None
+    pool = pool or sandbox.Pool()
+    pool.hide(hidden_folders(rubric))
+    worker = pool.worker((rubrics.LECTURE, str(data_path.resolve())),
+                         lambda: ((), [lecture.warm_up_source()], {f: data_path for f in lecture.DATA_FILES}))
+    try:
+        job = worker.start([plan], ["the notebook as it is"], timeout or rubric.timeout)
+        job.release()
+        captured = job.wait()[0]
+    finally:
+        if own_pool:
+            pool.close()
+
+    refs: dict[str, object] = {}
+    notes: list[str] = []
+    if captured.finished:
+        params, problem = _lecture_parameters(recognised, captured)
+        if not problem:
+            try:
+                refs = reference.gradients(rubric, None, params)
+                notes += _forward_differences(rubric, recognised, captured, params)
+                refs.update(_local_references(rubric, params, captured, refs))
+            except Exception as e:  # e.g. a minibatch that does not index the embedding table
+                problem = f"the lecture's forward pass does not run on the notebook's tensors ({type(e).__name__}: {e})"
+        if problem:
+            captured = dataclasses.replace(captured, finished=False, reason=problem)
+    run = GradedRun("the notebook as it is", (), plan, captured, refs)
+    result = score(rubric, str(path), [run], {})
+    graded = {(v.exercise, v.name): v.approximate for v in result.variables}
+    checks = lecture.saved_checks(student, recognised, graded) if captured.finished else ()
+    saved = lecture.saved_note(student, checks)
+    result = dataclasses.replace(result, notes=result.notes + tuple(notes) + ((saved,) if saved else ()),
+                                 saved_checks=checks)
+    return result, [run]
+
+
+def _lecture_parameters(recognised, captured) -> tuple[dict[str, object], str]:
+    """The lecture reference's parameters (a file of the run's parameters and minibatch), or why there are none."""
+    import torch
+
+    from grader import lecture
+
+    forward = dict(recognised.forward)
+    values = {w: captured.values.get((lecture.FORWARD, forward[w])) if w in forward else None for w in lecture.LEAVES}
+    bad = [forward.get(w, w) for w, v in values.items() if type(v) is not torch.Tensor]
+    if bad:
+        return {}, (f"the notebook left no tensor {', '.join(bad)} before Exercise 1; the grader needs the parameters "
+                    f"and the minibatch (the lecture's {', '.join(lecture.LEAVES)}, or the same names with underscores)")
+    wrong = [forward[w] for w in lecture.LEAVES[:7] if not values[w].is_floating_point()] + \
+            [forward[w] for w in lecture.LEAVES[7:] if values[w].is_floating_point()]
+    if wrong:
+        return {}, f"{', '.join(wrong)} in the notebook do not have the lecture's kinds (float parameters, integer batch)"
+    return {"leaves": lecture.leaves(values)}, ""
+
+
+def _forward_differences(rubric: rubrics.Rubric, recognised, captured, params: dict[str, object]) -> list[str]:
+    """A note if the notebook's forward pass is not the lecture's on its own tensors (the first tensor that differs)."""
+    import torch
+
+    from grader import lecture, reference
+
+    forward = dict(recognised.forward)
+    ours = reference.forward_values(rubric, params)
+    order = [v.of for v in reversed(rubric.exercises[0].variables)]  # (listed from the loss back)
+    for name in order:
+        theirs = captured.values.get((lecture.FORWARD, forward.get(name, "")))
+        mine = ours.get(name)
+        if type(theirs) is not torch.Tensor or mine is None:
+            continue
+        if theirs.shape != mine.shape or theirs.dtype != mine.dtype or not torch.allclose(theirs, mine, rtol=1e-4, atol=1e-5):
+            diff = f"off by up to {(theirs.double() - mine.double()).abs().max().item():.3g}" \
+                if theirs.shape == mine.shape else f"shape {tuple(theirs.shape)}, not {tuple(mine.shape)}"
+            return [f"the notebook's {forward[name]} is not what the lecture's forward pass gives on its parameters and "
+                    f"minibatch ({diff}): the gradients are graded against the lecture's forward pass, so those that "
+                    f"depend on {name} may be marked wrong"]
+    return []
+
+
 def feedback_edges(rubric: rubrics.Rubric) -> dict[str, tuple[str, ...]]:
     """The graded forward tensors and those each is computed from, with the published parameters."""
     from grader import reference
 
+    if rubric.assignment == rubrics.LECTURE:
+        from grader import lecture
+
+        return reference.forward_edges(rubric, {"leaves": lecture.leaves(lecture.example_leaves())})
     released = _released(str(rubric.released), rubric.released.stat().st_mtime_ns)
     params = released_parameters(released) | (rubric.grading_parameters or {}) | {
         k: str(assets.data_dir() / f) for k, f in rubric.data.items()}
@@ -166,7 +276,7 @@ def _replayed_calls(rubric: rubrics.Rubric, params: dict[str, object], captured)
     return out
 
 
-def _local_references(rubric: rubrics.Rubric, params: dict[str, object], captured) -> dict[str, object]:
+def _local_references(rubric: rubrics.Rubric, params: dict[str, object], captured, refs: dict) -> dict[str, object]:
     """Per plain exercise, what each gradient should be given the student's own gradients below it in the
     chain (`<LOCAL><exercise>:<forward name>` -> tensor): each step judged on its own."""
     from grader import reference
@@ -176,19 +286,33 @@ def _local_references(rubric: rubrics.Rubric, params: dict[str, object], capture
     out: dict[str, object] = {}
     for ex in rubric.exercises:
         if ex.function is None and len(ex.variables) > 1:
-            answers = {v.of: captured.values.get((ex.id, v.name)) for v in ex.variables}
+            answers = {v.of: _fitted(captured.values.get((ex.id, v.name)), v, refs) for v in ex.variables}
             for x, t in reference.local_references(rubric, params, answers).items():
                 out[f"{reference.LOCAL}{ex.id}:{x}"] = t
         if ex.function is None and ex.given:
             # the student's own gradient of `given`, from the exercise that asks for it
             source = next(((e.id, v.name) for e in rubric.exercises for v in e.variables
                            if v.of == ex.given and e.id != ex.id), None)
-            gradient = captured.values.get(source) if source else None
+            source_var = next((v for e in rubric.exercises for v in e.variables if (e.id, v.name) == source), None)
+            gradient = _fitted(captured.values.get(source), source_var, refs) if source else None
             for v in ex.variables:
                 t = reference.local_from(rubric, params, ex.given, gradient, v.of)
                 if t is not None:
                     out[f"{reference.LOCAL}{ex.id}:{v.of}"] = t
     return out
+
+
+def _fitted(value: object, var, refs: dict) -> object:
+    """`value`, reshaped to its reference's shape where the rubric credits broadcastable shapes."""
+    import torch
+
+    from grader.compare import same_but_ones
+
+    ref = refs.get(var.of) if var is not None else None
+    if (var is not None and var.tolerance.broadcast and type(value) is torch.Tensor and isinstance(ref, torch.Tensor)
+            and value.shape != ref.shape and same_but_ones(tuple(value.shape), tuple(ref.shape))):
+        return value.reshape(ref.shape)
+    return value
 
 
 def _numbered(values: dict, exercise: str, prefix: str) -> list:

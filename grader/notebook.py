@@ -66,6 +66,8 @@ class Plan:
     """One per exercise."""
     notes: tuple[str, ...]
     """What the grader changed or could not find, for the report."""
+    unfound: tuple[tuple[str, str, str], ...] = ()
+    """(exercise, variable or "" for all of its variables, why): answers the grader could not locate."""
 
 
 PARAMS = "<parameters>"  # stands for the injected parameters cell among grade_ids

@@ -116,6 +116,12 @@ def _graph(assignment: str, params_items: tuple) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def forward_values(rubric: Rubric, params: dict[str, object]) -> dict[str, torch.Tensor]:
+    """The graded forward tensors' values (detached), as the reference's forward pass made them."""
+    with _LOCK:
+        return {k: t.detach() for k, t in _graph(rubric.assignment, tuple(params.items())).items() if k != TARGETS}
+
+
 @functools.lru_cache(maxsize=16)
 def _gradients(assignment: str, params_items: tuple) -> tuple[tuple[str, object], ...]:
     rubric = rubrics.load(assignment)

@@ -37,7 +37,7 @@ def to_text(report: Report) -> str:
             line = (f"  {v.of:15s} | exact: {str(v.exact):5s} | approximate: {str(v.approximate):5s} "
                     f"| maxdiff: {maxdiff:9s} | {_points(v.points)}/{_points(v.max_points)}")
             if v.message:
-                line += f"  {v.status}: {v.message}"
+                line += f"  {'warning' if v.status in ('exact', 'approximate') else v.status}: {v.message}"
             lines.append(line)
     hidden = report.runs[1:]
     if hidden:

@@ -29,6 +29,9 @@ class Tolerance:
     """Relative tolerance."""
     atol: float
     """Absolute tolerance."""
+    broadcast: bool = False
+    """Also credit an answer whose shape differs only by size-1 dimensions (as the lecture's `cmp`, which
+    broadcasts, does), with a warning that names the fix."""
 
 
 @dataclass(frozen=True)
@@ -150,8 +153,15 @@ def known_assignments() -> list[str]:
     return sorted(p.stem for p in assets.assignments_dir().glob("*.toml"))
 
 
+LECTURE = "lecture"
+"""The built-in rubric for the lecture's own notebook (see `grader.lecture`); not an assignment of the course."""
+
+
 def load(name: str) -> Rubric:
-    """Load the rubric of assignment `name` from the assignments folder."""
+    """Load the rubric of assignment `name` from the assignments folder (or the built-in `lecture` one)."""
+    if name == LECTURE:
+        path = Path(__file__).resolve().parent / "lecture" / "lecture.toml"
+        return _parsed(path, path.stat().st_mtime_ns)
     # Only names of rubrics shipped with the grader: the name comes from a student's notebook metadata.
     if name not in known_assignments():
         known = ", ".join(known_assignments()) or "none"
@@ -171,13 +181,15 @@ def parse(raw: dict, path: Path) -> Rubric:
         default_tol = Tolerance(
             rtol=float(raw.get("tolerance", {}).get("rtol", DEFAULT_RTOL)),
             atol=float(raw.get("tolerance", {}).get("atol", DEFAULT_ATOL)),
+            broadcast=_flag(raw.get("tolerance", {}).get("broadcast", False), path, "tolerance.broadcast"),
         )
         overrides: dict = raw.get("variable", {})
         exercises = []
         for ex in raw["exercise"]:
             variables = []
             # an exercise may set its own default tolerance; [variable.NAME] still overrides it
-            ex_tol = Tolerance(rtol=float(ex.get("rtol", default_tol.rtol)), atol=float(ex.get("atol", default_tol.atol)))
+            ex_tol = Tolerance(rtol=float(ex.get("rtol", default_tol.rtol)), atol=float(ex.get("atol", default_tol.atol)),
+                               broadcast=default_tol.broadcast)
             for name in ex["variables"]:
                 o = overrides.get(name, {})
                 variables.append(
@@ -188,6 +200,7 @@ def parse(raw: dict, path: Path) -> Rubric:
                         tolerance=Tolerance(
                             rtol=float(o.get("rtol", ex_tol.rtol)),
                             atol=float(o.get("atol", ex_tol.atol)),
+                            broadcast=ex_tol.broadcast,
                         ),
                     )
                 )
@@ -230,6 +243,12 @@ def parse(raw: dict, path: Path) -> Rubric:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise RubricError(f"{path}: malformed rubric ({type(e).__name__}: {e})") from e
+
+
+def _flag(value: object, path: Path, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise RubricError(f"{path}: {key} must be true or false, not {value!r}")
+    return value
 
 
 def _credit(value: object, path: Path) -> str:

@@ -146,6 +146,7 @@ class Worker:
         self.lock = threading.Lock()
         self.ready = False
         for name, source in data_files.items():
+            (self.workdir / name).parent.mkdir(parents=True, exist_ok=True)  # `data/names.txt`
             shutil.copyfile(source, self.workdir / name)
         spec = {
             "prefix": _plain(prefix), "warm_up": warm_up,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,9 @@ from grader.rubric import Exercise, Rubric
 from grader.sandbox import Captured
 from grader.scan import scan
 from grader.values import MISSING, UNCHANGED, Flag, Raised
+
+if TYPE_CHECKING:
+    from grader.lecture import SavedCheck
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ class Report:
     """Each run: the notebook's parameters first, then the hidden re-runs."""
     peak_memory_mb: float = 0.0
     """Largest resident memory of any of its runs, in MB."""
+    saved_checks: tuple[SavedCheck, ...] = ()
+    """Lecture notebooks: their own saved `cmp` printouts beside the grader's verdicts."""
 
 
 def _span_errors(plan: Plan, captured: Captured, exercise: str) -> list[str]:
@@ -116,7 +122,8 @@ def _scan_flags(plan: Plan, ex: Exercise) -> dict[str, Flag]:
     cap = next((c for c in plan.captures if c.exercise == ex.id), None)
     if cap is None:
         return {}
-    cell = plan.cells[cap.start]
+    # the answer cell; in a lecture notebook, every cell of the exercise's section
+    cells = [c for c in plan.cells[cap.start : cap.before] if c.grade_id == ex.cell] or [plan.cells[cap.start]]
     names = [v.name for v in ex.graded]
     flags: dict[str, Flag] = {}
     # Tricks that hide code (exec, computed getattr, private torch APIs) count wherever the student put
@@ -125,9 +132,9 @@ def _scan_flags(plan: Plan, ex: Exercise) -> dict[str, Flag]:
     answers = {c.start for c in plan.captures}
     elsewhere = [(c, f) for i, c in enumerate(plan.cells) if c.guarded and i not in answers
                  for f in scan(c.source) if f.status == "suspicious"]
-    for where, f in [(cell, f) for f in scan(cell.source)] + elsewhere:
+    for where, f in [(cell, f) for cell in cells for f in scan(cell.source)] + elsewhere:
         # a finding in a statement that assigns graded variables concerns those; anywhere else, all of them
-        concerned = [n for n in names if n in f.targets] if where is cell else []
+        concerned = [n for n in names if n in f.targets] if any(where is c for c in cells) else []
         rule = "autograd is not allowed in this exercise" if f.status == "autograd_used" else \
             "code that could hide autograd is not allowed in graded notebooks"
         for n in concerned or names:
@@ -158,6 +165,9 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
     flag = flags.get(var.name) or (value if isinstance(value, Flag) else None)
     if not captured.finished:
         return Comparison("error", False, False, None, f"{var.name}: the notebook did not run to the end ({captured.reason})")
+    unfound = {(e, v): why for e, v, why in plan.unfound}
+    if (ex.id, "") in unfound or (ex.id, var.name) in unfound:
+        return Comparison("missing", False, False, None, f"{var.name}: {unfound.get((ex.id, var.name)) or unfound[(ex.id, '')]}")
     if not found:
         return Comparison("missing", False, False, None,
                         f"{var.name}: the notebook has no answer cell {ex.cell} (was it deleted, or its metadata lost?)")
@@ -385,7 +395,7 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                     message = local[0].message  # below an earlier mistake: say what is wrong with this step
             results.append(VariableResult(
                 ex.id, var.name, var.of, status, first.exact, first.approximate, first.maxdiff,
-                var.points if passed else 0.0, var.points, "" if status in PASSING else message,
+                var.points if passed else 0.0, var.points, message,  # (a passing answer's: a warning, or empty)
                 runs=tuple(v.status for v in verdicts), local_status=local_status,
             ))
     results = _credible_roots_only(rubric, results, main)

@@ -1,0 +1,623 @@
+"""Lecture notebooks: the lecture's own makemore part 4 notebook, graded as learners keep it.
+
+Such a notebook carries no metadata of ours. It is recognised from its code, read top to bottom:
+
+recognise (which cells are which exercise, which of its names are the lecture's tensors, which
+variable holds each gradient) -> plan (the cells the child runs: up to Exercise 3, made safe and quick
+to run here) -> [the run, the reference and the score: `grade.py`] -> saved checks (whether the
+notebook's own saved `cmp` printouts agree with the grader).
+
+Pure functions of the notebook: nothing here runs its code.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import re
+import threading
+from dataclasses import dataclass
+
+import nbformat
+from IPython.core.inputtransformer2 import TransformerManager
+
+from grader import rubric as rubrics
+from grader.errors import UnknownAssignment
+from grader.notebook import Capture, Plan, PlannedCell
+
+LEAVES = ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias", "Xb", "Yb")
+"""The tensors the grader's reference needs from the run: the parameters and the minibatch."""
+FORWARD = "#forward"
+"""Id of the capture that takes the forward pass's tensors, just before Exercise 1."""
+DATA_FILES = ("names.txt", "data/names.txt")
+"""Where the run finds the data set (both hold the file given with --data)."""
+STAND_IN = "_grader_stand_in"
+GRAD_ATTRIBUTES = frozenset({"backward", "retain_grad", "grad", "autograd"})
+MARKER = re.compile(r"^[\s#*>]*exercise\s*([1-4])\b", re.IGNORECASE | re.MULTILINE)
+SHELL_CELL_MAGICS = frozenset({"bash", "sh", "shell", "script", "system", "writefile", "html", "javascript", "js"})
+SHELL_LINE = re.compile(r"^(\s*)(?:!|%(?:pip|conda|cd|sx|system|run|load|env|mamba|bookmark)\b)")
+_PARSING = threading.Lock()  # (CPython 3.11's ast is not thread-safe)
+
+
+@dataclass(frozen=True)
+class Section:
+    """The cells of one exercise."""
+
+    exercise: str
+    """`ex1`, `ex2` or `ex3`."""
+    cells: tuple[int, ...]
+    """Indices (in `nb.cells`) of its code cells that run."""
+    found_by: str
+    """How it was found, for the report."""
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """Which of the notebook's variables holds the gradient of one of the lecture's tensors."""
+
+    exercise: str
+    """Exercise id."""
+    of: str
+    """The lecture's name of the tensor, e.g. `bngain`."""
+    name: str
+    """The notebook's variable, e.g. `d_bn_gain` (a guess in the notebook's style when not found)."""
+    how: str
+    """`cmp` (a check call names it), `name` (assigned under a matching name) or `` (not found)."""
+
+
+@dataclass(frozen=True)
+class Recognised:
+    """A lecture notebook mapped onto the lecture rubric."""
+
+    sections: tuple[Section, ...]
+    """Exercises 1-3, those found."""
+    forward: tuple[tuple[str, str], ...]
+    """(the lecture's name, the notebook's name) of the parameters, the batch and the forward tensors."""
+    gradients: tuple[Gradient, ...]
+    """One per graded variable of the lecture rubric, in its order."""
+    last: int
+    """Index of the last cell the run needs; the cells after it are not run."""
+    notes: tuple[str, ...]
+    """How the mapping was made and what could not be found."""
+
+
+@dataclass(frozen=True)
+class SavedCheck:
+    """One of the notebook's own `cmp` printouts, saved in its outputs, beside the grader's verdict."""
+
+    exercise: str
+    """Exercise id."""
+    variable: str
+    """The notebook's gradient variable."""
+    saved_approximate: bool
+    """What the printout said."""
+    graded_approximate: bool
+    """What the grader found (the value against the reference, before any step credit)."""
+
+    @property
+    def agrees(self) -> bool:
+        """Whether the two say the same."""
+        return self.saved_approximate == self.graded_approximate
+
+
+# --- reading cells -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Cell:
+    index: int
+    number: int  # 1-based position among all cells, as messages name them
+    source: str  # with shell escapes neutralised, magics translated: plain Python
+    tree: ast.Module | None
+    shell: tuple[str, ...]  # the shell escapes that were neutralised
+    marker: int | None
+
+    @property
+    def label(self) -> str:
+        return f"cell {self.number}"
+
+
+def _key(name: str) -> str:
+    """Names compared loosely: `bn_var_inv` is the lecture's `bnvar_inv`."""
+    return name.replace("_", "").lower()
+
+
+def _gradient_key(name: str) -> str | None:
+    """`dbn_gain` and `d_bngain` -> `bngain`; None for a name that does not start with d."""
+    if name.startswith("d_") and len(name) > 2:
+        return _key(name[2:])
+    if name.startswith("d") and len(name) > 1:
+        return _key(name[1:])
+    return None
+
+
+def _neutralised(source: str) -> tuple[str, tuple[str, ...]]:
+    """The cell with its shell escapes (`!wget`, `%pip`, `%%bash`) replaced by `pass`: what was replaced."""
+    lines = source.splitlines()
+    first = next((ln.strip() for ln in lines if ln.strip()), "")
+    if first.startswith("%%") and first[2:].split(" ")[0] in SHELL_CELL_MAGICS:
+        return "pass\n", (first,)
+    shell = []
+    for i, line in enumerate(lines):
+        m = SHELL_LINE.match(line)
+        if m:
+            shell.append(line.strip())
+            lines[i] = m.group(1) + "pass"
+    return "\n".join(lines) + "\n", tuple(shell)
+
+
+def _read(nb: nbformat.NotebookNode) -> list[_Cell]:
+    cells = []
+    pending_marker = None  # a markdown heading "Exercise N" marks the next code cell
+    for index, cell in enumerate(nb.cells):
+        text = cell.source if isinstance(cell.source, str) else "".join(cell.source)
+        found = MARKER.search(text) if cell.cell_type in ("markdown", "code") else None
+        if cell.cell_type == "markdown":
+            pending_marker = int(found.group(1)) if found else pending_marker
+            continue
+        if cell.cell_type != "code":
+            continue
+        plain, shell = _neutralised(text)
+        try:
+            with _PARSING:
+                translated = TransformerManager().transform_cell(plain)
+                tree = ast.parse(translated)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            translated, tree = plain, None
+        marker = int(found.group(1)) if found and _comment_marker(text) else pending_marker
+        pending_marker = None
+        cells.append(_Cell(index, index + 1, translated, tree, shell, marker))
+    return cells
+
+
+def _comment_marker(text: str) -> bool:
+    """Whether `Exercise N` appears in a comment line of a code cell (not in its code or a string)."""
+    return any(MARKER.match(line) for line in text.splitlines() if line.strip().startswith("#"))
+
+
+def _walk(node: ast.AST):
+    """Every node below `node`, not descending into function and class bodies."""
+    for child in ast.iter_child_nodes(node):
+        yield child
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            yield from _walk(child)
+
+
+def _stored(node: ast.AST) -> list[str]:
+    """Names `node` assigns (loop variables aside), outside function bodies."""
+    loops = {id(n) for s in [node, *_walk(node)] if isinstance(s, (ast.For, ast.comprehension))
+             for n in ast.walk(s.target)}
+    return [n.id for n in [node, *_walk(node)] if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+            and id(n) not in loops]
+
+
+@dataclass(frozen=True)
+class _Call:
+    cell: int  # index in nb.cells
+    label: str | None  # the string first argument, if there is one
+    gradient: str  # the second argument's name
+    tensor: str  # the third argument's name
+
+
+def _checkers(cells: list[_Cell]) -> set[str]:
+    """Functions the notebook defines to compare a gradient with autograd's (the lecture's `cmp`, renamed or not)."""
+    out = set()
+    for c in cells:
+        for node in ast.walk(c.tree) if c.tree else ():
+            if isinstance(node, ast.FunctionDef) and len(node.args.args) >= 3 and any(
+                    isinstance(n, ast.Attribute) and n.attr == "grad" for n in ast.walk(node)):
+                out.add(node.name)
+    return out
+
+
+def _calls(cell: _Cell, checkers: set[str], tensors: set[str]) -> list[_Call]:
+    """The check calls of a cell, in order: `cmp('probs', dprobs, probs)` and the like."""
+    out = []
+    for node in _walk(cell.tree) if cell.tree else ():
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) >= 3):
+            continue
+        label, gradient, tensor = node.args[:3]
+        if not (isinstance(gradient, ast.Name) and isinstance(tensor, ast.Name)):
+            continue
+        labelled = isinstance(label, ast.Constant) and isinstance(label.value, str)
+        if node.func.id in checkers or (labelled and _key(tensor.id) in tensors):
+            out.append(_Call(cell.index, label.value if labelled else None, gradient.id, tensor.id))
+    return out
+
+
+def _is_check(stmt: ast.stmt, checkers: set[str]) -> bool:
+    """A statement that only checks: it calls a checker or reads `.grad`, and assigns nothing."""
+    nodes = [stmt, *_walk(stmt)]
+    checks = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in checkers for n in nodes) or \
+        any(isinstance(n, ast.Attribute) and n.attr == "grad" for n in nodes)
+    return checks and not _stored(stmt) and not isinstance(stmt, (ast.FunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom))
+
+
+def _is_autograd(stmt: ast.stmt) -> bool:
+    """A statement of PyTorch's own backward pass (`loss.backward()`, `t.retain_grad()`, `p.grad = None`)."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)):
+        return False
+    return any(isinstance(n, ast.Attribute) and n.attr in GRAD_ATTRIBUTES for n in [stmt, *_walk(stmt)])
+
+
+# --- recognising ---------------------------------------------------------------------------------
+
+
+def has_our_metadata(nb: nbformat.NotebookNode) -> bool:
+    """Whether the notebook names an assignment in its metadata (a released notebook of ours)."""
+    meta = nb.metadata.get("grader")
+    return isinstance(meta, dict) and bool(meta.get("assignment"))
+
+
+def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
+    """Map a lecture-style notebook onto the lecture rubric, or raise `UnknownAssignment`."""
+    rubric = rubrics.load(rubrics.LECTURE)
+    cells = _read(nb)
+    wanted = list(dict.fromkeys([*LEAVES, *(v.of for ex in rubric.exercises for v in ex.variables), rubric.loss]))
+    keys = {_key(w) for w in wanted}
+    checkers = _checkers(cells)
+    calls = {c.index: _calls(c, checkers, keys) for c in cells}
+    stores = {c.index: [n for s in (c.tree.body if c.tree else []) for n in _stored(s)] for c in cells}
+
+    ex1_keys = {_key(v.of) for v in rubric.exercises[0].variables} - {"logits", "hprebn"}
+
+    def answers(c: _Cell, allowed: set[str]) -> bool:
+        return any(_gradient_key(n) in allowed for n in stores[c.index]) or \
+            any(_key(k.tensor) in allowed for k in calls[c.index])
+
+    # Sections: by their `# Exercise N` comments (or markdown headings); else by what the cells compute.
+    starts: dict[int, tuple[int, str]] = {}
+    for c in cells:
+        if c.marker and c.marker not in starts and all(c.index > s for s, _ in starts.values()):
+            starts[c.marker] = (c.index, f"`Exercise {c.marker}` in or above {c.label}")
+    if 1 not in starts:
+        first = next((c for c in cells if answers(c, ex1_keys)), None)
+        if first is not None:
+            starts[1] = (first.index, f"its gradients, from {first.label}")
+    for k, key in ((2, "logits"), (3, "hprebn")):
+        if k not in starts and 1 in starts:
+            after = max(s for s, _ in starts.values())
+            found = next((c for c in cells if c.index > after and answers(c, {key}) and not answers(c, ex1_keys)), None)
+            if found is not None:
+                starts[k] = (found.index, f"its gradient of {key}, in {found.label}")
+
+    forward = _forward_names(cells, wanted, starts.get(1, (len(nb.cells), ""))[0], calls)
+    found_forward = sum(1 for w in wanted if w in forward)
+    if 1 not in starts or found_forward < len(wanted) // 2:
+        raise UnknownAssignment(
+            f"{path}: the notebook's metadata names no assignment, and it does not look like the lecture's backprop "
+            f"notebook either ({'no Exercise 1 cell' if 1 not in starts else 'too few of its tensors'} found); "
+            "pass --assignment NAME to grade it as one of ours")
+
+    order = sorted(starts.items(), key=lambda kv: kv[1][0])
+    sections, gradients, notes = [], [], []
+    style = _style(stores, calls)
+    for k, (start, how) in order:
+        if k == 4:
+            continue
+        end = next((s for kk, (s, _) in order if s > start), len(nb.cells))
+        ex = rubric.exercises[k - 1]
+        mine = {_key(v.of) for v in ex.variables}
+        in_section = [c for c in cells if start <= c.index < end]
+        needed = [c.index for c in in_section if answers(c, mine) or calls[c.index]]
+        if not needed:
+            continue
+        sections.append(Section(ex.id, tuple(c.index for c in in_section if c.index <= needed[-1]), how))
+    found_ids = {s.exercise for s in sections}
+    for ex in rubric.exercises:
+        section = next((s for s in sections if s.exercise == ex.id), None)
+        for v in ex.variables:
+            gradients.append(_gradient(ex.id, v.of, section, calls, stores, forward, style))
+    last = max((s.cells[-1] for s in sections), default=-1)
+
+    notes.append("graded as the lecture's own notebook (it names no assignment): " + "; ".join(
+        f"Exercise {s.exercise[2:]} in {_cell_range(s.cells)} (found by {s.found_by})" for s in sections))
+    by_cmp = sum(g.how == "cmp" for g in gradients)
+    by_name = sum(g.how == "name" for g in gradients)
+    notes.append(f"gradients matched to the lecture's tensors: {by_cmp} by the tensor passed to a check call "
+                 f"({', '.join(sorted(checkers)) or 'cmp'}), {by_name} by their names")
+    lost = [g for g in gradients if not g.how and g.exercise in found_ids]
+    if lost:
+        notes.append(f"{len(lost)} gradient{'s' if len(lost) > 1 else ''} not found: " + ", ".join(
+            f"{g.of} ({g.exercise})" for g in lost) + " (no check call names the tensor, and no d<name> or d_<name> "
+            "is assigned in its exercise)")
+    renamed = [(ours, theirs) for ours, theirs in forward.items() if ours != theirs]
+    if renamed:
+        notes.append("the notebook's own names for the lecture's tensors: " + ", ".join(f"{t} for {o}" for o, t in renamed))
+    absent = [w for w in wanted if w not in forward]
+    if absent:
+        notes.append(f"not found in the forward pass (before Exercise 1): {', '.join(absent)}")
+    return Recognised(tuple(sections), tuple(forward.items()), tuple(gradients), last, tuple(notes))
+
+
+def _cell_range(indices: tuple[int, ...]) -> str:
+    first, last = indices[0] + 1, indices[-1] + 1
+    return f"cell {first}" if first == last else f"cells {first}-{last}"
+
+
+def _forward_names(cells: list[_Cell], wanted: list[str], before: int, calls: dict[int, list[_Call]]) -> dict[str, str]:
+    """The lecture's name -> the notebook's, for the tensors assigned before Exercise 1 (the last assignment wins,
+    a name spelled exactly as in the lecture first)."""
+    assigned: list[str] = []
+    for c in cells:
+        if c.index < before and c.tree is not None:
+            assigned += [n for s in c.tree.body for n in _stored(s)]
+    named = set(assigned)
+    out = {}
+    for w in wanted:
+        if w in named:
+            out[w] = w
+            continue
+        candidates = [n for n in assigned if _key(n) == _key(w)]
+        if candidates:
+            out[w] = candidates[-1]
+    return out
+
+
+def _style(stores: dict[int, list[str]], calls: dict[int, list[_Call]]) -> str:
+    names = [n for ns in stores.values() for n in ns] + [k.gradient for ks in calls.values() for k in ks]
+    underscored = sum(n.startswith("d_") for n in names)
+    plain = sum(n.startswith("d") and not n.startswith("d_") for n in names)
+    return "d_" if underscored > plain else "d"
+
+
+def _gradient(exercise: str, of: str, section: Section | None, calls: dict[int, list[_Call]],
+              stores: dict[int, list[str]], forward: dict[str, str], style: str) -> Gradient:
+    guess = style + forward.get(of, of)
+    if section is None:
+        return Gradient(exercise, of, guess, "")
+    checked = [k for i in section.cells for k in calls[i] if _key(k.tensor) == _key(of)]
+    if checked:
+        return Gradient(exercise, of, checked[-1].gradient, "cmp")
+    named = [n for i in section.cells for n in stores[i] if _gradient_key(n) == _key(of)]
+    if named:
+        return Gradient(exercise, of, named[-1], "name")
+    return Gradient(exercise, of, guess, "")
+
+
+def rubric_for(rec: Recognised) -> rubrics.Rubric:
+    """The lecture rubric with the notebook's own gradient names, so that messages name its variables."""
+    rubric = rubrics.load(rubrics.LECTURE)
+    names = {(g.exercise, g.of): g.name for g in rec.gradients}
+    exercises = tuple(
+        dataclasses.replace(ex, variables=tuple(dataclasses.replace(v, name=names[(ex.id, v.of)]) for v in ex.variables))
+        for ex in rubric.exercises)
+    return dataclasses.replace(rubric, exercises=exercises)
+
+
+# --- planning the run ----------------------------------------------------------------------------
+
+STAND_IN_SOURCE = f'''\
+class _GraderStandIn:
+    """Stands in for a module that is not installed where the grader runs: every attribute is itself,
+    and a call returns its first argument (`tqdm(range(n))`, `ic(x)`, `drive.mount(path)`)."""
+
+    def __getattr__(self, name):
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return args[0] if args else None
+
+
+{STAND_IN} = _GraderStandIn()
+'''
+
+
+def _missing(module: str) -> bool:
+    """Whether `module` cannot be imported here (without importing anything: only top-level names are looked up)."""
+    if module == "google.colab" or module.startswith("google.colab."):
+        return True  # Colab's own package
+    top = module.split(".")[0]
+    try:
+        return not top or importlib.util.find_spec(top) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def _edit(text: str, edits: list[tuple[ast.AST, str]]) -> str:
+    """`text` with each node's span replaced (the line count kept, so line numbers in errors stay right)."""
+    lines = text.split("\n")
+    for node, new in sorted(edits, key=lambda e: (e[0].lineno, e[0].col_offset), reverse=True):
+        first, last = node.lineno - 1, node.end_lineno - 1
+        head = lines[first].encode()[: node.col_offset].decode(errors="replace")
+        tail = lines[last].encode()[node.end_col_offset :].decode(errors="replace")
+        lines[first : last + 1] = [head + new + tail] + [""] * (last - first)
+    return "\n".join(lines)
+
+
+def _rewrite(cell: _Cell, role: str, checkers: set[str]) -> tuple[str, list[str], bool]:
+    """What the run executes for `cell` (role `before` Exercise 1, or `exercise`), what changed, and
+    whether the stand-in is needed."""
+    notes = [f"{cell.label}: `{s[:60]}` was not run (no shell or network while grading; the data set comes "
+             "from --data)" for s in cell.shell]
+    if cell.tree is None:
+        return cell.source, notes, False
+    edits: list[tuple[ast.AST, str]] = []
+    stand_in = False
+    stripped = [s for s in cell.tree.body if (_is_autograd(s) if role == "before" else _is_check(s, checkers))]
+    for s in stripped:
+        edits.append((s, "pass"))
+    if stripped:
+        lines = f"line {stripped[0].lineno}" if len(stripped) == 1 else \
+            f"lines {stripped[0].lineno}-{stripped[-1].end_lineno}"
+        notes.append(f"{cell.label}: {lines} not run: " + (
+            "PyTorch's own backward pass (the grader asks autograd itself, from your tensors)" if role == "before"
+            else "checks against autograd's gradients (the grader compares every gradient itself)"))
+    skipped = {id(n) for s in stripped for n in ast.walk(s)}
+    for node in ast.walk(cell.tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            if isinstance(node, ast.ImportFrom):
+                gone = (node.level > 0 or _missing(module or "")) and module != "__future__"
+                names = [a.asname or a.name for a in node.names if a.name != "*"]
+                shown = f"from {'.' * node.level}{module or ''} import ..."
+            else:
+                gone = any(_missing(a.name) for a in node.names)
+                names = [a.asname or a.name.split(".")[0] for a in node.names]
+                shown = "import " + ", ".join(a.name for a in node.names)
+            if gone and names:
+                edits.append((node, " = ".join(names) + f" = {STAND_IN}"))
+                stand_in = True
+                notes.append(f"{cell.label}: `{shown}`: not installed here; {', '.join(names)} stand"
+                             f"{'s' if len(names) == 1 else ''} in as a no-op")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "cuda" \
+                and not node.args:
+            edits.append((node.func, ast.unparse(node.func.value) + ".cpu"))
+            notes.append(f"{cell.label}: `.cuda()` ran as `.cpu()` (no GPU while grading)")
+        elif role == "before" and isinstance(node, ast.Call):
+            for arg in node.args[:1]:
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.endswith(".txt") \
+                        and arg.value.removeprefix("./") not in DATA_FILES and "\n" not in arg.value:
+                    edits.append((arg, repr("names.txt")))
+                    notes.append(f"{cell.label}: reads {arg.value!r}: it read the data set given with --data instead")
+    return _edit(cell.source, edits), notes, stand_in
+
+
+def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> Plan:
+    """The run of a lecture notebook: its cells up to Exercise 3, the forward pass with autograd off and
+    without PyTorch's backward pass, the exercises' cells guarded and without their check calls."""
+    cells = _read(nb)
+    checkers = _checkers(cells)
+    first = rec.sections[0].cells[0] if rec.sections else len(nb.cells)
+    section_of = {i: s.exercise for s in rec.sections for i in range(s.cells[0], s.cells[-1] + 1)}
+    planned: list[PlannedCell] = []
+    positions: dict[int, int] = {}
+    notes: list[str] = list(rec.notes)
+    needs_stand_in = False
+    for c in cells:
+        if c.index > rec.last:
+            continue
+        role = "before" if c.index < first else "exercise"
+        source, changed, stand_in = _rewrite(c, role, checkers)
+        notes += changed
+        needs_stand_in |= stand_in
+        positions[c.index] = len(planned)
+        if role == "before":
+            planned.append(PlannedCell(c.label, source, no_grad=True, guarded=False))
+        else:
+            exercise = section_of.get(c.index) or _section_before(rec, c.index)
+            planned.append(PlannedCell(f"{c.label} ({exercise})", source, no_grad=False, guarded=True, grade_id=exercise))
+    skipped = [c for c in cells if c.index > rec.last]
+    if skipped:
+        loops = [(c, c.source.splitlines()[n.lineno - 1].strip()) for c in skipped if c.tree
+                 for n in ast.walk(c.tree) if isinstance(n, (ast.For, ast.While))]
+        # the training loop: the one over `max_steps` or a large literal, if there is one
+        loops.sort(key=lambda cl: not re.search(r"range\(.*(steps|\d{4,})", cl[1]))
+        what = f", among them the loop `{loops[0][1][:60]}` in {loops[0][0].label}" if loops else ""
+        notes.append(f"{_cell_range((skipped[0].index, skipped[-1].index))} not run{what}: lecture notebooks are "
+                     "graded on Exercises 1-3")
+    if needs_stand_in:
+        planned.insert(0, PlannedCell("the grader's stand-in for missing modules", STAND_IN_SOURCE, no_grad=False,
+                                      guarded=False))
+        positions = {i: p + 1 for i, p in positions.items()}
+
+    forward_names = tuple(dict.fromkeys(theirs for _, theirs in rec.forward))
+    starts = sorted(positions[s.cells[0]] for s in rec.sections)
+    captures = [Capture(FORWARD, forward_names, starts[0] if starts else len(planned), starts[0] if starts else len(planned))]
+    unfound = []
+    for ex in rubric.exercises:
+        section = next((s for s in rec.sections if s.exercise == ex.id), None)
+        if section is None:
+            unfound.append((ex.id, "", f"no cells for Exercise {ex.id[2:]} were found (no `# Exercise {ex.id[2:]}` "
+                                       "comment, and no cell computing its gradient after Exercise 1)"))
+            continue
+        start = positions[section.cells[0]]
+        later = [p for p in starts if p > start]
+        captures.append(Capture(ex.id, tuple(v.name for v in ex.variables), start, later[0] if later else len(planned)))
+        for g in rec.gradients:
+            if g.exercise == ex.id and not g.how:
+                unfound.append((ex.id, g.name, f"not found in Exercise {ex.id[2:]} (no check call names {g.of}; "
+                                               f"no d{g.of} or d_{g.of} is assigned)"))
+    return Plan(tuple(planned), tuple(captures), tuple(notes), tuple(unfound))
+
+
+def _section_before(rec: Recognised, index: int) -> str:
+    return max((s for s in rec.sections if s.cells[0] <= index), key=lambda s: s.cells[0]).exercise
+
+
+# --- saved printouts -----------------------------------------------------------------------------
+
+SAVED_LINE = re.compile(r"^\s*(?P<label>[^|\n]*?)\s*\|\s*exact\s*:?\s*(?P<exact>True|False)\s*\|\s*approx\w*\s*:?\s*"
+                        r"(?P<approx>True|False)", re.IGNORECASE | re.MULTILINE)
+
+
+def saved_checks(nb: nbformat.NotebookNode, rec: Recognised, graded: dict[tuple[str, str], bool]) -> tuple[SavedCheck, ...]:
+    """The last saved `cmp` printout of each graded variable, beside the grader's `approximate` for it.
+
+    A printout is matched to a variable through the check call in the cell's source whose label it
+    prints (labels have typos; the tensor passed to the call says which variable it is).
+    """
+    cells = {c.index: c for c in _read(nb)}
+    checkers = _checkers(list(cells.values()))
+    tensors = {_key(ours) for ours, _ in rec.forward}
+    names = {(g.exercise, _key(g.of)): g.name for g in rec.gradients}
+    found: dict[tuple[str, str], bool] = {}
+    for section in rec.sections:
+        for i in section.cells:
+            by_label = {k.label.strip(): _key(k.tensor) for k in _calls(cells[i], checkers, tensors) if k.label}
+            text = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+                           for o in nb.cells[i].get("outputs", []) if o.get("output_type") == "stream")
+            for m in SAVED_LINE.finditer(text):
+                tensor = by_label.get(m.group("label").strip())
+                name = names.get((section.exercise, tensor)) if tensor else None
+                if name is not None:
+                    found[(section.exercise, name)] = m.group("approx").lower() == "true"
+    return tuple(SavedCheck(ex, name, saved, graded[(ex, name)]) for (ex, name), saved in found.items()
+                 if (ex, name) in graded)
+
+
+def saved_note(nb: nbformat.NotebookNode, checks: tuple[SavedCheck, ...]) -> str:
+    """One line on how the saved printouts compare with the grader's verdicts."""
+    if not checks:
+        return ""
+    disagree = [c for c in checks if not c.agrees]
+    counts = [c.get("execution_count") for c in nb.cells if c.cell_type == "code" and c.get("execution_count")]
+    stale = " (the saved outputs come from cells run out of order: some may be older than the code)" \
+        if counts != sorted(counts) else ""
+    if not disagree:
+        return f"your saved cmp printouts agree with the grader on all {len(checks)} checks they show"
+    shown = ", ".join(f"{c.variable} (saved approximate: {c.saved_approximate}, graded: {c.graded_approximate})"
+                      for c in disagree)
+    return (f"your saved cmp printouts disagree with the grader on {len(disagree)} of {len(checks)} checks: {shown}; "
+            f"was the cell edited after it ran?{stale}")
+
+
+# --- the reference's input -----------------------------------------------------------------------
+
+
+def leaves(tensors: dict[str, object]) -> bytes:
+    """The parameters and minibatch as the lecture reference reads them (its `leaves` parameter):
+    safetensors bytes, so that the same tensors give the same parameter (and the reference's caches hit)."""
+    from safetensors.torch import save
+
+    return save({k: t.detach().contiguous() for k, t in tensors.items()})
+
+
+def example_leaves(n_hidden: int = 64, batch: int = 32) -> dict[str, object]:
+    """Parameters and a minibatch of the lecture's shapes (for the warm-up and the picture of the graph)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    return {
+        "C": torch.randn((27, 10), generator=g), "W1": torch.randn((30, n_hidden), generator=g) * 0.3,
+        "b1": torch.randn(n_hidden, generator=g) * 0.1, "W2": torch.randn((n_hidden, 27), generator=g) * 0.1,
+        "b2": torch.randn(27, generator=g) * 0.1, "bngain": torch.randn((1, n_hidden), generator=g) * 0.1 + 1,
+        "bnbias": torch.randn((1, n_hidden), generator=g) * 0.1,
+        "Xb": torch.randint(0, 27, (batch, 3), generator=g), "Yb": torch.randint(0, 27, (batch,), generator=g),
+    }
+
+
+def warm_up_source() -> str:
+    """What the worker runs once before forking runs: the lecture's forward pass on example tensors."""
+    from grader import notebook
+    from grader.notebook import grade_id
+
+    released = notebook.read(rubrics.load(rubrics.LECTURE).released)
+    forward = next(c.source for c in released.cells if grade_id(c) == "forward")
+    tensors = "\n".join(f"{k} = _t[{k!r}]" for k in LEAVES)
+    return ("from grader.lecture import example_leaves\n_t = example_leaves()\n" + tensors +
+            "\nn = Xb.shape[0]\nimport torch\nimport torch.nn.functional as F\n" + forward +
+            "\nF.cross_entropy(logits, Yb); F.softmax(logits, 1); F.one_hot(Yb, 27)\n")

@@ -1,0 +1,335 @@
+"""Notebooks written the way learners keep the lecture's makemore part 4 notebook (for test_lecture.py).
+
+`lecture_notebook(...)` builds one: no metadata of ours, the lecture's structure (data, `cmp`, parameters,
+minibatch, a chunked forward pass with PyTorch's backward pass in the same cell, Exercises 1-4, then
+calibration and sampling), with the variations learners' copies have: naming style, a renamed checker,
+Colab data paths and shell escapes, half-done exercises, planted mistakes, saved outputs.
+"""
+
+from __future__ import annotations
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+# (forward name, the line computing its gradient in Exercise 1), from the loss back; `{d}` is the prefix.
+EX1 = [
+    ("logprobs", "{d}logprobs = torch.zeros_like(logprobs)\n{d}logprobs[range(n), Yb] = -1.0 / n"),
+    ("probs", "{d}probs = (1.0 / probs) * {d}logprobs"),
+    ("counts_sum_inv", "{d}counts_sum_inv = (counts * {d}probs).sum(1, keepdim=True)"),
+    ("counts", "{d}counts = counts_sum_inv * {d}probs"),
+    ("counts_sum", "{d}counts_sum = (-counts_sum**-2) * {d}counts_sum_inv\n{d}counts += torch.ones_like(counts) * {d}counts_sum"),
+    ("norm_logits", "{d}norm_logits = counts * {d}counts"),
+    ("logit_maxes", "{d}logits = {d}norm_logits.clone()\n{d}logit_maxes = (-{d}norm_logits).sum(1, keepdim=True)"),
+    ("logits", "{d}logits += F.one_hot(logits.max(1).indices, num_classes=logits.shape[1]) * {d}logit_maxes"),
+    ("h", "{d}h = {d}logits @ W2.T"),
+    ("W2", "{d}W2 = h.T @ {d}logits"),
+    ("b2", "{d}b2 = {d}logits.sum(0)"),
+    ("hpreact", "{d}hpreact = (1.0 - h**2) * {d}h"),
+    ("bngain", "{d}bngain = (bnraw * {d}hpreact).sum(0, keepdim=True)"),
+    ("bnbias", "{d}bnbias = {d}hpreact.sum(0, keepdim=True)"),
+    ("bnraw", "{d}bnraw = bngain * {d}hpreact"),
+    ("bnvar_inv", "{d}bnvar_inv = (bndiff * {d}bnraw).sum(0, keepdim=True)"),
+    ("bnvar", "{d}bnvar = (-0.5 * (bnvar + 1e-5)**-1.5) * {d}bnvar_inv"),
+    ("bndiff2", "{d}bndiff2 = (1.0 / (n - 1)) * torch.ones_like(bndiff2) * {d}bnvar"),
+    ("bndiff", "{d}bndiff = bnvar_inv * {d}bnraw\n{d}bndiff += (2 * bndiff) * {d}bndiff2"),
+    ("bnmeani", "{d}bnmeani = (-{d}bndiff).sum(0)  # (64,): the lecture's cmp broadcasts it against (1, 64)"),
+    ("hprebn", "{d}hprebn = {d}bndiff.clone()\n{d}hprebn += 1.0 / n * (torch.ones_like(hprebn) * {d}bnmeani)"),
+    ("embcat", "{d}embcat = {d}hprebn @ W1.T"),
+    ("W1", "{d}W1 = embcat.T @ {d}hprebn"),
+    ("b1", "{d}b1 = {d}hprebn.sum(0)"),
+    ("emb", "{d}emb = {d}embcat.view(emb.shape)"),
+    ("C", "{d}C = torch.zeros_like(C)\nfor k in range(Xb.shape[0]):\n    for j in range(Xb.shape[1]):\n"
+          "        {d}C[Xb[k, j]] += {d}emb[k, j]"),
+]
+ORDER = [name for name, _ in EX1]
+
+CHECKERS = {
+    "cmp": '''# utility function we will use later when comparing manual gradients to PyTorch gradients
+def cmp(s, dt, t):
+    ex = torch.all(dt == t.grad).item()
+    app = torch.allclose(dt, t.grad)
+    maxdiff = (dt - t.grad).abs().max().item()
+    print(f'{s:15s} | exact: {str(ex):5s} | approximate: {str(app):5s} | maxdiff: {maxdiff}')''',
+    # a learner's variant: another name, a shape check, and `t.grad is None` handled
+    "compare_gradients": '''def compare_gradients(label, mine, t):
+    if t.grad is None:
+        print(f"{label:15s} | no .grad: did you call retain_grad()?")
+        return
+    if mine.shape != t.grad.shape:
+        print(f"{label:15s} | shape {tuple(mine.shape)} vs {tuple(t.grad.shape)}")
+    exact = torch.all(mine == t.grad).item()
+    approx = torch.allclose(mine, t.grad)
+    print(f"{label:15s} | exact : {exact} | approx : {approx} | max_diff : {(mine - t.grad).abs().max().item():.2e}")''',
+}
+
+FORWARD = '''# forward pass, chunked into steps small enough to backward through one at a time
+emb = C[Xb]
+embcat = emb.view(emb.shape[0], -1)
+# Linear layer 1
+hprebn = embcat @ W1 + b1
+# BatchNorm layer
+bnmeani = 1/n*hprebn.sum(0, keepdim=True)
+bndiff = hprebn - bnmeani
+bndiff2 = bndiff**2
+bnvar = 1/(n-1)*(bndiff2).sum(0, keepdim=True)  # Bessel's correction
+bnvar_inv = (bnvar + 1e-5)**-0.5
+bnraw = bndiff * bnvar_inv
+hpreact = bngain * bnraw + bnbias
+# Non-linearity
+h = torch.tanh(hpreact)
+# Linear layer 2
+logits = h @ W2 + b2
+# cross entropy loss, by hand
+logit_maxes = logits.max(1, keepdim=True).values
+norm_logits = logits - logit_maxes
+counts = norm_logits.exp()
+counts_sum = counts.sum(1, keepdims=True)
+counts_sum_inv = counts_sum**-1
+probs = counts * counts_sum_inv
+logprobs = probs.log()
+loss = -logprobs[range(n), Yb].mean()
+
+# PyTorch backward pass
+for p in parameters:
+    p.grad = None
+for t in [logprobs, probs, counts, counts_sum, counts_sum_inv, norm_logits, logit_maxes, logits, h, hpreact,
+          bnraw, bnvar_inv, bnvar, bndiff2, bndiff, hprebn, bnmeani, embcat, emb]:
+    t.retain_grad()
+loss.backward()
+loss'''
+
+EX4 = '''# Exercise 4: putting it all together!
+n_embd = 10
+n_hidden = 200
+g = torch.Generator().manual_seed(2147483647)
+C = torch.randn((vocab_size, n_embd), generator=g)
+W1 = torch.randn((n_embd * block_size, n_hidden), generator=g) * (5/3)/((n_embd * block_size)**0.5)
+b1 = torch.randn(n_hidden, generator=g) * 0.1
+W2 = torch.randn((n_hidden, vocab_size), generator=g) * 0.1
+b2 = torch.randn(vocab_size, generator=g) * 0.1
+bngain = torch.randn((1, n_hidden))*0.1 + 1.0
+bnbias = torch.randn((1, n_hidden))*0.1
+parameters = [C, W1, b1, W2, b2, bngain, bnbias]
+for p in parameters:
+    p.requires_grad = True
+
+max_steps = 200000
+batch_size = 32
+n = batch_size
+lossi = []
+
+with torch.no_grad():
+    for i in tqdm(range(max_steps)):
+        ix = torch.randint(0, Xtr.shape[0], (batch_size,), generator=g)
+        Xb, Yb = Xtr[ix], Ytr[ix]
+        emb = C[Xb]
+        embcat = emb.view(emb.shape[0], -1)
+        hprebn = embcat @ W1 + b1
+        bnmean = hprebn.mean(0, keepdim=True)
+        bnvar = hprebn.var(0, keepdim=True, unbiased=True)
+        bnvar_inv = (bnvar + 1e-5)**-0.5
+        bnraw = (hprebn - bnmean) * bnvar_inv
+        hpreact = bngain * bnraw + bnbias
+        h = torch.tanh(hpreact)
+        logits = h @ W2 + b2
+        loss = F.cross_entropy(logits, Yb)
+        dlogits = F.softmax(logits, 1)
+        dlogits[range(n), Yb] -= 1
+        dlogits /= n
+        dW2 = h.T @ dlogits
+        db2 = dlogits.sum(0)
+        dh = dlogits @ W2.T
+        dhpreact = (1.0 - h**2) * dh
+        dbngain = (bnraw * dhpreact).sum(0, keepdim=True)
+        dbnbias = dhpreact.sum(0, keepdim=True)
+        dhprebn = bngain*bnvar_inv/n * (n*dhpreact - dhpreact.sum(0) - n/(n-1)*bnraw*(dhpreact*bnraw).sum(0))
+        dembcat = dhprebn @ W1.T
+        dW1 = embcat.T @ dhprebn
+        db1 = dhprebn.sum(0)
+        demb = dembcat.view(emb.shape)
+        dC = torch.zeros_like(C)
+        for k in range(Xb.shape[0]):
+            for j in range(Xb.shape[1]):
+                dC[Xb[k, j]] += demb[k, j]
+        grads = [dC, dW1, db1, dW2, db2, dbngain, dbnbias]
+        lr = 0.1 if i < 100000 else 0.01
+        for p, grad in zip(parameters, grads):
+            p.data += -lr * grad
+        if i % 10000 == 0:
+            print(f'{i:7d}/{max_steps:7d}: {loss.item():.4f}')
+        lossi.append(loss.log10().item())
+        # if i >= 100: # TODO: delete early breaking when you're ready to train the full net
+        #     break'''
+
+AFTER = [
+    '''# calibrate the batch norm at the end of training
+with torch.no_grad():
+    emb = C[Xtr]
+    embcat = emb.view(emb.shape[0], -1)
+    hpreact = embcat @ W1 + b1
+    bnmean = hpreact.mean(0, keepdim=True)
+    bnvar = hpreact.var(0, keepdim=True, unbiased=True)''',
+    '''plt.plot(torch.tensor(lossi).view(-1, 1000).mean(1))
+plt.show()''',
+    '''# sample from the model
+g = torch.Generator().manual_seed(2147483647 + 10)
+for _ in range(20):
+    out = []
+    context = [0] * block_size
+    while True:
+        emb = C[torch.tensor([context])]
+        h = torch.tanh(bngain * (emb.view(1, -1) @ W1 + b1 - bnmean) * (bnvar + 1e-5)**-0.5 + bnbias)
+        probs = F.softmax(h @ W2 + b2, dim=1)
+        ix = torch.multinomial(probs, num_samples=1, generator=g).item()
+        context = context[1:] + [ix]
+        out.append(ix)
+        if ix == 0:
+            break
+    print(''.join(itos[i] for i in out))''',
+]
+
+
+def _code(source: str, outputs: list | None = None, count: int | None = None):
+    cell = new_code_cell(source, outputs=outputs or [], execution_count=count)
+    return cell
+
+
+def lecture_notebook(*, style: str = "d", checker: str = "cmp", data_path: str = "names.txt", colab: bool = False,
+                     wget: bool = False, ex1_upto: str | None = None, mistakes: dict[str, str] | None = None,
+                     copied: tuple[str, ...] = (), saved_outputs: dict[str, bool] | None = None,
+                     tqdm: bool = True, markers: bool = True) -> nbformat.NotebookNode:
+    """A lecture-style notebook.
+
+    style: "d" (`dlogprobs`) or "d_" (`d_logprobs`). checker: "cmp" or "compare_gradients".
+    ex1_upto: stop Exercise 1 after this variable (half done: the rest of its checks commented out).
+    mistakes: forward name -> the Exercise 1 line(s) to use instead (with `{d}`).
+    copied: forward names whose Exercise 1 gradient is copied from autograd (`dhpreact = hpreact.grad`).
+    saved_outputs: forward name -> the `approximate` flag its saved cmp printout shows (Exercise 1).
+    """
+    d = style
+    mistakes = mistakes or {}
+    cells = [new_markdown_cell("## makemore: becoming a backprop ninja")]
+    if colab:
+        cells.append(_code("from google.colab import drive\ndrive.mount('/content/drive')"))
+    if wget:
+        cells.append(_code("# download the names.txt file from github\n"
+                           "!wget https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"))
+    imports = "import torch\nimport torch.nn.functional as F\nimport matplotlib.pyplot as plt # for making figures\n%matplotlib inline"
+    if tqdm:
+        imports += "\nfrom tqdm.notebook import tqdm"
+    else:
+        imports += "\ntqdm = lambda x: x"
+    cells.append(_code(imports))
+    cells.append(_code(f"# read in all the words\nwords = open({data_path!r}, 'r').read().splitlines()\n"
+                       "print(len(words))\nprint(max(len(w) for w in words))\nprint(words[:8])"))
+    cells.append(_code('''# build the vocabulary of characters and mappings to/from integers
+chars = sorted(list(set(''.join(words))))
+stoi = {s:i+1 for i,s in enumerate(chars)}
+stoi['.'] = 0
+itos = {i:s for s,i in stoi.items()}
+vocab_size = len(itos)
+print(itos)
+print(vocab_size)'''))
+    cells.append(_code('''# build the dataset
+block_size = 3 # context length: how many characters do we take to predict the next one?
+
+def build_dataset(words):
+    X, Y = [], []
+    for w in words:
+        context = [0] * block_size
+        for ch in w + '.':
+            ix = stoi[ch]
+            X.append(context)
+            Y.append(ix)
+            context = context[1:] + [ix] # crop and append
+    X = torch.tensor(X)
+    Y = torch.tensor(Y)
+    print(X.shape, Y.shape)
+    return X, Y
+
+import random
+random.seed(42)
+random.shuffle(words)
+n1 = int(0.8*len(words))
+n2 = int(0.9*len(words))
+
+Xtr,  Ytr  = build_dataset(words[:n1])     # 80%
+Xdev, Ydev = build_dataset(words[n1:n2])   # 10%
+Xte,  Yte  = build_dataset(words[n2:])     # 10%'''))
+    cells.append(new_markdown_cell("ok biolerplate done, now we get to the action:"))
+    cells.append(_code(CHECKERS[checker]))
+    cells.append(_code('''n_embd = 10 # the dimensionality of the character embedding vectors
+n_hidden = 64 # the number of neurons in the hidden layer of the MLP
+
+g = torch.Generator().manual_seed(2147483647) # for reproducibility
+C  = torch.randn((vocab_size, n_embd),            generator=g)
+# Layer 1
+W1 = torch.randn((n_embd * block_size, n_hidden), generator=g) * (5/3)/((n_embd * block_size)**0.5)
+b1 = torch.randn(n_hidden,                        generator=g) * 0.1 # using b1 just for fun, it's useless because of BN
+# Layer 2
+W2 = torch.randn((n_hidden, vocab_size),          generator=g) * 0.1
+b2 = torch.randn(vocab_size,                      generator=g) * 0.1
+# BatchNorm parameters
+bngain = torch.randn((1, n_hidden))*0.1 + 1.0
+bnbias = torch.randn((1, n_hidden))*0.1
+
+parameters = [C, W1, b1, W2, b2, bngain, bnbias]
+print(sum(p.nelement() for p in parameters)) # number of parameters in total
+for p in parameters:
+    p.requires_grad = True'''))
+    cells.append(_code('''batch_size = 32
+n = batch_size # a shorter variable also, for convenience
+# construct a minibatch
+ix = torch.randint(0, Xtr.shape[0], (batch_size,), generator=g)
+Xb, Yb = Xtr[ix], Ytr[ix] # batch X,Y'''))
+    cells.append(_code(FORWARD, [new_output("execute_result", {"text/plain": "tensor(3.3482, grad_fn=<NegBackward0>)"},
+                                            execution_count=9)], 9))
+
+    # Exercise 1
+    lines = ["# Exercise 1: backprop through the whole thing manually,",
+             "# backpropagating through exactly all of the variables",
+             "# as they are defined in the forward pass above, one by one", ""]
+    done = ORDER if ex1_upto is None else ORDER[: ORDER.index(ex1_upto) + 1]
+    for name, line in EX1:
+        if name not in done:
+            continue
+        if name in copied:
+            lines.append(f"{d}{name} = {name}.grad")
+        else:
+            lines.append(mistakes.get(name, line).format(d=d))
+    if ex1_upto is not None:
+        lines.append(f"{d}h = None # TODO")
+    lines.append("")
+    outputs_text = []
+    for name in ORDER:
+        call = f"{checker}({name!r}, {d}{name}, {name})"
+        if name in done:
+            lines.append(call)
+            if saved_outputs and name in saved_outputs:
+                flag = saved_outputs[name]
+                outputs_text.append(f"{name:15s} | exact: {str(flag):5s} | approximate: {str(flag):5s} | maxdiff: "
+                                    f"{0.0 if flag else 0.0123}\n")
+        else:
+            lines.append("# " + call)
+    outputs = [new_output("stream", name="stdout", text="".join(outputs_text))] if outputs_text else []
+    cells.append(_code("\n".join(lines), outputs, 10 if outputs else None))
+
+    # Exercise 2
+    cells.append(_code(("# Exercise 2: backprop through cross_entropy but all in one go\n" if markers else "") +
+                       "# forward pass\nloss_fast = F.cross_entropy(logits, Yb)\nprint(loss_fast.item(), 'diff:', (loss_fast - loss).item())"))
+    cells.append(_code(f"# backward pass\n{d}logits = F.softmax(logits, 1)\n{d}logits[range(n), Yb] -= 1\n{d}logits /= n\n\n"
+                       f"{checker}('logits', {d}logits, logits) # I can only get approximate to be true"))
+    # Exercise 3
+    cells.append(_code(("# Exercise 3: backprop through batchnorm but all in one go\n" if markers else "") +
+                       "# forward pass\nhpreact_fast = bngain * (hprebn - hprebn.mean(0, keepdim=True)) / "
+                       "torch.sqrt(hprebn.var(0, keepdim=True, unbiased=True) + 1e-5) + bnbias\n"
+                       "print('max diff:', (hpreact_fast - hpreact).abs().max())"))
+    cells.append(_code(f"# backward pass\n{d}hprebn = bngain*bnvar_inv/n * (n*{d}hpreact - {d}hpreact.sum(0) - "
+                       f"n/(n-1)*bnraw*({d}hpreact*bnraw).sum(0))\n\n{checker}('hprebn', {d}hprebn, hprebn)"))
+    cells.append(_code(EX4))
+    cells.extend(_code(s) for s in AFTER)
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["colab"] = {"provenance": []} if colab else {}
+    nbformat.validate(nb)
+    return nb
