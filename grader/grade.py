@@ -86,7 +86,7 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
     student = notebook.read(path)
     from grader import lecture
 
-    if assignment == rubrics.LECTURE or (assignment is None and not lecture.has_our_metadata(student)):
+    if assignment == rubrics.LECTURE or (assignment is None and not lecture.is_ours(student)):
         if parameters or hidden_runs:
             raise RubricError("lecture notebooks have no parameters cell and no hidden re-runs")
         return _grade_lecture(path, student, data=data, timeout=timeout, pool=pool)

@@ -244,10 +244,14 @@ def _is_autograd(stmt: ast.stmt) -> bool:
 # --- recognising ---------------------------------------------------------------------------------
 
 
-def has_our_metadata(nb: nbformat.NotebookNode) -> bool:
-    """Whether the notebook names an assignment in its metadata (a released notebook of ours)."""
+def is_ours(nb: nbformat.NotebookNode) -> bool:
+    """Whether the notebook comes from one of our released notebooks: it names an assignment, or its cells
+    carry nbgrader ids (a copy whose notebook metadata was lost: graded with --assignment, not as the lecture's)."""
     meta = nb.metadata.get("grader")
-    return isinstance(meta, dict) and bool(meta.get("assignment"))
+    if isinstance(meta, dict) and meta.get("assignment"):
+        return True
+    return any(isinstance(c.get("metadata", {}).get("nbgrader"), dict) and c.metadata.nbgrader.get("grade_id")
+               for c in nb.cells)
 
 
 def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
@@ -275,10 +279,16 @@ def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
         first = next((c for c in cells if answers(c, ex1_keys)), None)
         if first is not None:
             starts[1] = (first.index, f"its gradients, from {first.label}")
+    if 4 not in starts and 1 in starts:  # Exercise 4 begins with the cell of the training loop
+        loop = next((c for c in cells if c.index > starts[1][0] and _trains(c, ex1_keys)), None)
+        if loop is not None:
+            starts[4] = (loop.index, f"its training loop, in {loop.label}")
     for k, key in ((2, "logits"), (3, "hprebn")):
-        if k not in starts and 1 in starts:
-            after = max(s for s, _ in starts.values())
-            found = next((c for c in cells if c.index > after and answers(c, {key}) and not answers(c, ex1_keys)), None)
+        if k not in starts and k - 1 in starts:
+            after = starts[k - 1][0]
+            until = min((s for s, _ in starts.values() if s > after), default=len(nb.cells))
+            found = next((c for c in cells if after < c.index < until and answers(c, {key})
+                          and not answers(c, ex1_keys)), None)
             if found is not None:
                 starts[k] = (found.index, f"its gradient of {key}, in {found.label}")
 
@@ -329,6 +339,16 @@ def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
     if absent:
         notes.append(f"not found in the forward pass (before Exercise 1): {', '.join(absent)}")
     return Recognised(tuple(sections), tuple(forward.items()), tuple(gradients), last, tuple(notes))
+
+
+def _trains(cell: _Cell, keys: set[str]) -> bool:
+    """Whether the cell has a loop that computes gradients of three or more of the lecture's tensors (a training loop)."""
+    for node in ast.walk(cell.tree) if cell.tree else ():
+        if isinstance(node, (ast.For, ast.While)):
+            computed = {_gradient_key(n) for s in node.body for n in [*_stored(s)]}
+            if len(computed & keys) >= 3:
+                return True
+    return False
 
 
 def _cell_range(indices: tuple[int, ...]) -> str:

@@ -214,6 +214,14 @@ def _local_verdict(ex: Exercise, var, run: GradedRun, plain: Comparison) -> Comp
     return result
 
 
+def _below_a_mistake(ex: Exercise, var, run: GradedRun) -> bool:
+    """Whether the gradients this step was computed from are wrong (its local reference is not the reference)."""
+    local, reference = run.reference.get(f"{LOCAL}{ex.id}:{var.of}"), run.reference.get(var.of)
+    if not isinstance(local, torch.Tensor) or not isinstance(reference, torch.Tensor):
+        return False
+    return not torch.allclose(local, reference, rtol=var.tolerance.rtol, atol=var.tolerance.atol)
+
+
 def _targets(run: GradedRun) -> torch.Tensor | None:
     targets = run.reference.get(TARGETS)
     return targets if isinstance(targets, torch.Tensor) else None
@@ -391,8 +399,11 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                 if rubric.credit == "local" and local_failing is None and not passed:
                     passed, message = True, LOCAL_ONLY.format(name=var.name)
                 elif (first.status == local[0].status == "wrong" and local[0] is not first
-                      and first.message.startswith(f"{var.name}: off by up to") and " (off by up to" in local[0].message):
-                    message = local[0].message  # below an earlier mistake: say what is wrong with this step
+                      and " (off by up to" in local[0].message
+                      and (first.message.startswith(f"{var.name}: off by up to") or _below_a_mistake(ex, var, main))):
+                    # below an earlier mistake: say what is wrong with this step (its value's hint would mix
+                    # in the earlier mistake: a factor 2 seen through a flipped sign reads as -2)
+                    message = local[0].message
             results.append(VariableResult(
                 ex.id, var.name, var.of, status, first.exact, first.approximate, first.maxdiff,
                 var.points if passed else 0.0, var.points, message,  # (a passing answer's: a warning, or empty)

@@ -288,7 +288,7 @@ Xb, Yb = Xtr[ix], Ytr[ix] # batch X,Y'''))
     # Exercise 1
     lines = ["# Exercise 1: backprop through the whole thing manually,",
              "# backpropagating through exactly all of the variables",
-             "# as they are defined in the forward pass above, one by one", ""]
+             "# as they are defined in the forward pass above, one by one", ""] if markers else []
     done = ORDER if ex1_upto is None else ORDER[: ORDER.index(ex1_upto) + 1]
     for name, line in EX1:
         if name not in done:
@@ -326,7 +326,7 @@ Xb, Yb = Xtr[ix], Ytr[ix] # batch X,Y'''))
                        "print('max diff:', (hpreact_fast - hpreact).abs().max())"))
     cells.append(_code(f"# backward pass\n{d}hprebn = bngain*bnvar_inv/n * (n*{d}hpreact - {d}hpreact.sum(0) - "
                        f"n/(n-1)*bnraw*({d}hpreact*bnraw).sum(0))\n\n{checker}('hprebn', {d}hprebn, hprebn)"))
-    cells.append(_code(EX4))
+    cells.append(_code(EX4 if markers else EX4.replace("# Exercise 4: putting it all together!\n", "")))
     cells.extend(_code(s) for s in AFTER)
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

@@ -40,7 +40,7 @@ def test_untouched_release_earns_zero_with_every_variable_missing():
     loss = next(v for v in report["variables"] if v["name"] == "loss")  # the training stops at the first update
     assert loss["status"] == "error" and loss["message"].startswith("loss: the training did not run to the end")
     assert set(report) == {"assignment", "notebook", "status", "error", "score", "max_score", "exercises", "variables",
-                           "notes", "runs", "peak_memory_mb"}
+                           "notes", "runs", "peak_memory_mb", "saved_checks"}
     assert set(report["variables"][0]) == {"exercise", "name", "of", "status", "exact", "approximate", "maxdiff",
                                            "points", "max_points", "message", "runs", "local_status"}
     assert set(report["exercises"][0]) == {"id", "score", "max_score", "root_cause"}
