@@ -497,8 +497,8 @@ def _rewrite(cell: _Cell, role: str, checkers: set[str]) -> tuple[str, list[str]
 
 
 def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> Plan:
-    """The run of a lecture notebook: its cells up to Exercise 3, the forward pass with autograd off and
-    without PyTorch's backward pass, the exercises' cells guarded and without their check calls."""
+    """The run of a lecture notebook: its cells up to Exercise 3, all with autograd refused (the forward
+    pass without PyTorch's backward pass, the exercises without their check calls)."""
     cells = _read(nb)
     checkers = _checkers(cells)
     first = rec.sections[0].cells[0] if rec.sections else len(nb.cells)
@@ -515,8 +515,8 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
         notes += changed
         needs_stand_in |= stand_in
         positions[c.index] = len(planned)
-        if role == "before":
-            planned.append(PlannedCell(c.label, source, no_grad=True, guarded=False))
+        if role == "before":  # autograd refused here too: no gradient can be taken early and kept for later
+            planned.append(PlannedCell(c.label, source, no_grad=True, guarded=True))
         else:
             exercise = section_of.get(c.index) or _section_before(rec, c.index)
             planned.append(PlannedCell(f"{c.label} ({exercise})", source, no_grad=False, guarded=True, grade_id=exercise))

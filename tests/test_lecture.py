@@ -197,3 +197,20 @@ def test_grader_check_on_a_lecture_notebook_with_data(tmp_path):
     proc = subprocess.run([*grader_command(), "check", str(path), "--data", str(tmp_path / "nope.txt")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "no such file" in proc.stderr
+
+
+def test_what_the_run_executes_instead_of_magics_missing_modules_and_local_paths():
+    nb = lecture_notebook()
+    nb.cells.insert(1, nbformat.v4.new_code_cell("%pip install icecream\nfrom icecream import ic\nimport mystuff.helpers as mh"))
+    data = next(c for c in nb.cells if "open(" in c.source)
+    data.source = data.source.replace("open('names.txt'", "open(r'C:\\Users\\me\\names.txt'")
+    batch = next(c for c in nb.cells if c.source.startswith("batch_size"))
+    batch.source += "\nXb = Xb.cuda()"
+    plan = lecture.plan(nb, lecture.recognise(nb, "nb.ipynb"), lecture.rubric_for(lecture.recognise(nb, "nb.ipynb")))
+    sources = "\n".join(c.source for c in plan.cells)
+    assert "%pip" not in sources and "ic = _grader_stand_in" in sources and "mh = _grader_stand_in" in sources
+    assert "open('names.txt', 'r')" in sources and "Xb = Xb.cpu()" in sources
+    assert "loss.backward()" not in sources and "cmp('probs'" not in sources and "range(max_steps)" not in sources
+    assert all(c.guarded for c in plan.cells if c.label != "the grader's stand-in for missing modules")
+    notes = "\n".join(plan.notes)
+    assert "`%pip install icecream` was not run" in notes and "`.cuda()` ran as `.cpu()`" in notes
