@@ -1,6 +1,6 @@
 """How fast `grader grade` grades a class, against the physical floor and against nbgrader, in one run.
 
-    python benchmarks/batch_speed.py [--students 40] [--timeout 5] [--jobs 2] [--skip-nbgrader]
+    python benchmarks/batch_speed.py [--students 40] [--timeout 5] [--jobs 2] [--skip-nbgrader] [--dask N]
 
 Makes N synthetic submissions of backprop_ninja (mostly correct, some wrong, a few that crash, one
 that never ends), then measures on the same submissions:
@@ -9,7 +9,9 @@ that never ends), then measures on the same submissions:
 - the physical floor: the time the cells after the shared setup take (the answers, and the locked
   forward pass and short training run they feed), every run of every submission, one after another
   in this one warm process; a submission that never ends counts for its timeout, once;
-- `nbgrader autograde` of the same notebooks in a temporary nbgrader course, the same per-cell timeout.
+- `nbgrader autograde` of the same notebooks in a temporary nbgrader course, the same per-cell timeout;
+- with `--dask N`: `grader grade --scheduler local:N` (N local Dask workers, the cluster's start-up
+  included), beside the local pool's throughput.
 
 and prints the ratios, and the largest peak memory of any run (a fork of the warm worker).
 """
@@ -79,11 +81,11 @@ def make_class(folder: Path, students: int) -> dict[str, str]:
     return kinds
 
 
-def grader_grade(submitted: Path, out: Path, jobs: int, timeout: float) -> float:
+def grader_grade(submitted: Path, out: Path, jobs: int, timeout: float, *extra: str) -> float:
     grader = shutil.which("grader") or str(Path(sys.executable).parent / "grader")
     started = time.perf_counter()
     subprocess.run([grader, "grade", str(submitted), "--assignment", NAME, "--out", str(out), "--jobs", str(jobs),
-                    "--timeout", str(timeout)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    "--timeout", str(timeout), *extra], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - started
 
 
@@ -151,6 +153,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per notebook (nbgrader: per cell)")
     parser.add_argument("--jobs", type=int, default=(os.cpu_count() or 1) + 1, help="as `grader grade`'s default")
     parser.add_argument("--skip-nbgrader", action="store_true", help="do not run nbgrader (it takes minutes)")
+    parser.add_argument("--dask", type=int, metavar="N", help="also grade on N local Dask workers (--scheduler local:N)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="batch-speed-") as tmp:
@@ -161,17 +164,23 @@ def main() -> None:
         ours = grader_grade(submitted, Path(tmp) / "out", args.jobs, args.timeout)
         reports = [json.loads(p.read_text()) for p in (Path(tmp) / "out" / "reports").glob("*.json")]
         peak = max((r.get("peak_memory_mb") or 0 for r in reports), default=0)
+        dask = grader_grade(submitted, Path(tmp) / "out-dask", args.jobs, args.timeout, "--scheduler",
+                            f"local:{args.dask}") if args.dask else None
         floor = physical_floor(submitted, kinds, args.timeout)
         theirs = None if args.skip_nbgrader else nbgrader_autograde(submitted, args.timeout)
 
     n = args.students
     print(f"grader grade (--jobs {args.jobs}, 2 hidden re-runs): {ours:7.2f} s  ({n / ours:6.2f} notebooks/s)")
+    if dask is not None:
+        print(f"grader grade --scheduler local:{args.dask}:          {dask:7.2f} s  ({n / dask:6.2f} notebooks/s)")
     print(f"physical floor (one warm process, serial):     {floor:7.2f} s")
     if theirs is not None:
         print(f"nbgrader autograde:                            {theirs:7.2f} s  ({n / theirs:6.2f} notebooks/s)")
     print(f"ratio grader grade / physical floor:        {ours / floor:6.2f}   (target: at most 3)")
     if theirs is not None:
         print(f"throughput grader grade / nbgrader:         {theirs / ours:6.2f}   (target: at least 30)")
+    if dask is not None:
+        print(f"throughput local:{args.dask} Dask workers / local pool:  {ours / dask:6.2f}")
     print(f"largest peak memory of a run:               {peak:6.0f} MB (target: under 500)")
 
 

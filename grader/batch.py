@@ -203,10 +203,12 @@ def grade_one(submission: Submission, rubric: Rubric, timeout: float | None, poo
 
 def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeout: float | None = None,
               force: bool = False, progress: Callable[[Outcome], None] | None = None,
-              limits: sandbox.Limits = sandbox.DEFAULT_LIMITS) -> list[Outcome]:
+              limits: sandbox.Limits = sandbox.DEFAULT_LIMITS, scheduler: str | None = None) -> list[Outcome]:
     """Grade every submission in `found` into `out/reports/`, `jobs` at a time, reusing matching reports.
 
-    `limits` caps each run (memory, file size, processes, its /tmp).
+    `limits` caps each run (memory, file size, processes, its /tmp). `scheduler`: grade on a Dask cluster
+    instead (`tcp://HOST:PORT`, or `local:N` for N local Dask workers; see `grader.cluster`); `jobs` is
+    then the cluster's business.
     """
     rubric = rubrics.load(assignment)
     folder = out / "reports"
@@ -224,22 +226,32 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
             todo.append(s)
     if not todo:
         return sorted(outcomes, key=lambda o: o.submission.student)
+
+    def record(s: Submission, report: dict, page: str | None) -> None:
+        if page is not None:  # before the report: a report on disk means its page is there too
+            _write_atomically(out / "feedback" / f"{s.student}.html", page)
+        _write_atomically(folder / f"{s.student}.json", json.dumps(report, indent=2))
+        outcomes.append(Outcome(s, report, reused=False))
+        if progress:
+            progress(outcomes[-1])
+
     from grader.grade import feedback_edges, hidden_folders
 
     # No run may read the solutions, the rubric, the other submissions or what this batch writes.
-    hidden = [*hidden_folders(rubric), out.resolve(), *found.roots, *(s.path for s in found.submissions)]
+    hidden = [*hidden_folders(rubric), out.resolve(), *found.roots, *(s.path.resolve() for s in found.submissions)]
+    if scheduler is not None:
+        from grader import cluster
+
+        for s, report, page in cluster.grade(todo, rubric, scheduler, timeout=timeout, limits=limits,
+                                             hidden=tuple(str(p) for p in hidden)):
+            record(s, report, page)
+        return sorted(outcomes, key=lambda o: o.submission.student)
+
     with sandbox.Pool(hidden, limits) as workers, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         edges = feedback_edges(rubric)
         futures = {pool.submit(grade_one, s, rubric, timeout, workers, edges): s for s in todo}
         for future in as_completed(futures):
-            s = futures[future]
-            report, page = future.result()
-            if page is not None:  # before the report: a report on disk means its page is there too
-                _write_atomically(out / "feedback" / f"{s.student}.html", page)
-            _write_atomically(folder / f"{s.student}.json", json.dumps(report, indent=2))
-            outcomes.append(Outcome(s, report, reused=False))
-            if progress:
-                progress(outcomes[-1])
+            record(futures[future], *future.result())
     return sorted(outcomes, key=lambda o: o.submission.student)
 
 

@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
     grade.add_argument("--memory", type=float, metavar="MB", help="memory cap per process of a notebook (default: 2048)")
     grade.add_argument("--force", action="store_true", help="grade again even where a report for the same content exists")
+    grade.add_argument("--scheduler", metavar="ADDRESS",
+                       help="grade on a Dask cluster: tcp://HOST:PORT of a running scheduler, or local:N for N local "
+                            "Dask workers (needs the dask extra)")
 
     gradebook = commands.add_parser(
         "gradebook", help="grade an nbgrader course's submitted/ folder and write the scores into its gradebook")
@@ -154,7 +157,8 @@ def _grade(args: argparse.Namespace) -> int:
             for problem in found.problems:
                 print(f"note: {problem}", file=sys.stderr)
             batch.grade_all(found, args.assignment, out, jobs=args.jobs, timeout=args.timeout, force=args.force,
-                            progress=_Progress(len(found.submissions)), limits=_limits(args))
+                            progress=_Progress(len(found.submissions)), limits=_limits(args),
+                            scheduler=args.scheduler)
             summary = batch.write_outputs(out, args.assignment, found)
     except GraderError as e:
         print(f"grader: {e}", file=sys.stderr)

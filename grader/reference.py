@@ -154,7 +154,7 @@ def _cut(assignment: str, params_items: tuple) -> dict[str, tuple[torch.Tensor, 
 
     rubric = rubrics.load(assignment)
     params = dict(params_items)
-    wanted = {v.of for ex in rubric.exercises if ex.function is None for v in ex.variables}
+    wanted = sorted({v.of for ex in rubric.exercises if ex.function is None for v in ex.variables})  # (an order of its own: pictures are the same in every process)
     base = _after_setup(rubric.assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
     ns = dict(base)
     exec(injected_source(params), ns)

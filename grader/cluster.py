@@ -1,0 +1,162 @@
+"""Batch grading on a Dask cluster: the local pool's per-submission task, run by Dask workers.
+
+grader (the Dask client) -> one `Task` per submission: its bytes, its student id, the digest of the
+assignment's rubric and released notebook, the limits -> a Dask worker grades it exactly as the local
+pool does (`batch.grade_one`), in a warm pool that its process keeps between tasks (torch imported
+once, the setup cells run once, the reference caches filled) -> (report, feedback page) come back
+-> `batch.grade_all` writes them as it writes a local run's.
+
+Nothing relies on a shared filesystem: the notebook travels with the task and the worker writes it to
+a scratch folder of its own, hidden from every run. Workers need this package (the same version: the
+task carries the rubric's digest and a worker with another copy refuses it) and its dependencies.
+A worker that dies mid-task loses nothing: Dask gives its tasks to another worker, and a task that
+raised is tried once more (`retries=1`).
+
+Only `batch.grade_all(..., scheduler=...)` imports this module; a local batch never imports Dask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from grader import rubric as rubrics, sandbox
+from grader.errors import GraderError, RubricError
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a Dask worker needs to grade one submission."""
+
+    student: str
+    """The student's id."""
+    notebook: str
+    """The notebook's path as the grader found it (what the report names, whatever the worker's copy is called)."""
+    content: bytes
+    """The notebook file's bytes."""
+    digest: str
+    """sha256 of `content`."""
+    assignment: str
+    """The assignment to grade it as."""
+    rubric_digest: str
+    """`rubric_digest()` of the grader's copy of the assignment: a worker with another copy refuses the task."""
+    timeout: float | None
+    """Wall-clock limit per run, or the rubric's."""
+    limits: dict
+    """`sandbox.Limits` as a dict."""
+    hidden: tuple[str, ...] = ()
+    """Paths on the grader's machine that no run may read (the output folder, every submission): hidden
+    on a worker where they exist, which is when the worker runs on the grader's machine."""
+
+
+def rubric_digest(rubric: rubrics.Rubric) -> str:
+    """sha256 of the rubric file and the released notebook: what a worker must have the same copy of."""
+    h = hashlib.sha256()
+    for path in (rubric.released.with_name(f"{rubric.assignment}.toml"), rubric.released):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+# --- on the worker -------------------------------------------------------------------------------
+
+_POOLS: dict[tuple, tuple[sandbox.Pool, Path]] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(limits: sandbox.Limits, hidden: tuple[str, ...]) -> tuple[sandbox.Pool, Path]:
+    """This worker process's warm pool for a batch's `limits` and hidden paths, and the scratch folder its
+    tasks' notebooks go in (hidden too). Kept for the life of the process: later tasks of the batch find
+    torch imported and the setup run."""
+    key = (tuple(sorted(asdict(limits).items())), hidden)
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            scratch = Path(tempfile.mkdtemp(prefix="grader-dask-"))
+            _POOLS[key] = (sandbox.Pool([scratch, *map(Path, hidden)], limits), scratch)
+        return _POOLS[key]
+
+
+def grade_task(task: Task) -> tuple[dict, str | None]:
+    """Grade one submission on a Dask worker: the report and feedback page `batch.grade_one` gives."""
+    from grader import batch
+
+    rubric = rubrics.load(task.assignment)
+    if rubric_digest(rubric) != task.rubric_digest:
+        raise RubricError(f"this worker's copy of {task.assignment} differs from the grader's: install the same "
+                          "version of backprop-grader on every worker")
+    pool, scratch = _pool(sandbox.Limits(**task.limits), task.hidden)
+    folder = Path(tempfile.mkdtemp(dir=scratch))
+    path = folder / (Path(task.notebook).name or "submission.ipynb")
+    try:
+        path.write_bytes(task.content)
+        report, page = batch.grade_one(batch.Submission(task.student, path, task.digest), rubric, task.timeout, pool)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    # the report and page name the notebook as the grader found it, not as this worker's copy
+    mine, theirs = str(path), task.notebook
+    report = json.loads(json.dumps(report).replace(json.dumps(mine)[1:-1], json.dumps(theirs)[1:-1]))
+    if page is not None:
+        page = page.replace(html.escape(mine), html.escape(theirs)).replace(mine, theirs)
+    return report, page
+
+
+# --- on the grader -------------------------------------------------------------------------------
+
+
+def _client(scheduler: str):
+    """A Dask client for `tcp://HOST:PORT` (a running scheduler) or `local:N` (a LocalCluster of N workers)."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise GraderError("--scheduler needs Dask: pip install 'backprop-grader[dask]'") from None
+    if scheduler.startswith("local:"):
+        try:
+            n = int(scheduler.removeprefix("local:"))
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise GraderError(f"--scheduler {scheduler}: local:N needs a number of workers N >= 1")
+        # one task at a time per worker process: a run of a notebook uses one core
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                               host="127.0.0.1")
+        return Client(cluster), cluster
+    try:
+        return Client(scheduler, timeout=30), None
+    except (OSError, TimeoutError, ValueError) as e:
+        raise GraderError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({e})") from None
+
+
+def grade(submissions, rubric: rubrics.Rubric, scheduler: str, *, timeout: float | None,
+          limits: sandbox.Limits, hidden: tuple[str, ...] = ()) -> Iterator[tuple[object, dict, str | None]]:
+    """Grade `submissions` (`batch.Submission`s) on the cluster: (submission, report, page) as each finishes.
+    `hidden`: paths of this machine no run may read, wherever a worker shares it."""
+    from dask.distributed import as_completed
+
+    digest = rubric_digest(rubric)
+    client, cluster = _client(scheduler)
+    try:
+        futures = {}
+        for s in submissions:
+            task = Task(s.student, str(s.path), s.path.read_bytes(), s.digest, rubric.assignment, digest, timeout,
+                        asdict(limits), hidden)
+            # pure=False: the same notebook handed in twice is graded twice, as a local run would
+            futures[client.submit(grade_task, task, key=f"grade-{s.student}-{s.digest[:12]}", pure=False,
+                                  retries=1)] = s
+        for future in as_completed(futures):
+            try:
+                report, page = future.result()
+            except GraderError:
+                raise
+            except Exception as e:  # e.g. KilledWorker: the task's workers died more often than Dask allows
+                raise GraderError(f"{futures[future].student}: the cluster could not grade it ({type(e).__name__}: {e})") from None
+            yield futures[future], report, page
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
