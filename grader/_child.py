@@ -70,7 +70,16 @@ def _autograd_patches(torch) -> list[tuple[object, str, object]]:
     import torch.autograd.functional
     import torch.func
 
+    set_grad_mode = torch._C._set_grad_enabled
+
+    def private_set_grad_enabled(mode: bool):
+        if mode:
+            _refuse()
+        return set_grad_mode(False)
+
     patches: list[tuple[object, str, object]] = [
+        (torch._C, "_set_grad_enabled", private_set_grad_enabled),  # what torch.set_grad_enabled calls
+        (torch._C, "_ImperativeEngine", _refuse),  # autograd's engine, behind every backward
         (torch.Tensor, "backward", _refuse),
         (torch.Tensor, "retain_grad", _refuse),
         (torch.Tensor, "requires_grad_", requires_grad_),

@@ -181,7 +181,7 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
     refs: dict[str, object] = {}
     notes: list[str] = []
     if captured.finished:
-        params, problem = _lecture_parameters(recognised, captured)
+        params, problem = _lecture_parameters(recognised, plan, captured)
         if not problem:
             try:
                 refs = reference.gradients(rubric, None, params)
@@ -201,7 +201,7 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
     return result, [run]
 
 
-def _lecture_parameters(recognised, captured) -> tuple[dict[str, object], str]:
+def _lecture_parameters(recognised, plan, captured) -> tuple[dict[str, object], str]:
     """The lecture reference's parameters (a file of the run's parameters and minibatch), or why there are none."""
     import torch
 
@@ -211,12 +211,21 @@ def _lecture_parameters(recognised, captured) -> tuple[dict[str, object], str]:
     values = {w: captured.values.get((lecture.FORWARD, forward[w])) if w in forward else None for w in lecture.LEAVES}
     bad = [forward.get(w, w) for w, v in values.items() if type(v) is not torch.Tensor]
     if bad:
-        return {}, (f"the notebook left no tensor {', '.join(bad)} before Exercise 1; the grader needs the parameters "
-                    f"and the minibatch (the lecture's {', '.join(lecture.LEAVES)}, or the same names with underscores)")
+        before = next((c.before for c in plan.captures if c.exercise == lecture.FORWARD), len(captured.cells))
+        first = next((o for o in captured.cells[:before] if o.error), None)
+        why = f"{first.label} raised {first.error}, so " if first else ""
+        return {}, (f"{why}the notebook left no tensor {', '.join(bad)} before Exercise 1; the grader needs the "
+                    f"parameters and the minibatch (the lecture's {', '.join(lecture.LEAVES)}, or the same names with "
+                    "underscores)")
     wrong = [forward[w] for w in lecture.LEAVES[:7] if not values[w].is_floating_point()] + \
             [forward[w] for w in lecture.LEAVES[7:] if values[w].is_floating_point()]
     if wrong:
         return {}, f"{', '.join(wrong)} in the notebook do not have the lecture's kinds (float parameters, integer batch)"
+    constant = [forward[w] for w in lecture.LEAVES[:7] if values[w].numel() > 1 and bool((values[w] == values[w].flatten()[0]).all())]
+    if constant:
+        # zeros (or any constant) make many reference gradients zero too: zeros would pass for them
+        return {}, (f"{', '.join(constant)} {'is' if len(constant) == 1 else 'are'} constant; the lecture draws every "
+                    "parameter at random so that no wrong gradient can hide behind zeros: initialise as it does")
     return {"leaves": lecture.leaves(values)}, ""
 
 

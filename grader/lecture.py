@@ -25,6 +25,7 @@ from IPython.core.inputtransformer2 import TransformerManager
 from grader import rubric as rubrics
 from grader.errors import UnknownAssignment
 from grader.notebook import Capture, Plan, PlannedCell
+from grader.scan import python_body
 
 LEAVES = ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias", "Xb", "Yb")
 """The tensors the grader's reference needs from the run: the parameters and the minibatch."""
@@ -36,7 +37,8 @@ STAND_IN = "_grader_stand_in"
 GRAD_ATTRIBUTES = frozenset({"backward", "retain_grad", "grad", "autograd"})
 MARKER = re.compile(r"^[\s#*>]*exercise\s*([1-4])\b", re.IGNORECASE | re.MULTILINE)
 SHELL_CELL_MAGICS = frozenset({"bash", "sh", "shell", "script", "system", "writefile", "html", "javascript", "js"})
-SHELL_LINE = re.compile(r"^(\s*)(?:!|%(?:pip|conda|cd|sx|system|run|load|env|mamba|bookmark)\b)")
+SHELL_LINE_MAGICS = frozenset({"pip", "conda", "mamba", "cd", "sx", "system", "run", "load", "env", "bookmark",
+                               "sh", "bash", "writefile"})
 _PARSING = threading.Lock()  # (CPython 3.11's ast is not thread-safe)
 
 
@@ -110,7 +112,7 @@ class _Cell:
     number: int  # 1-based position among all cells, as messages name them
     source: str  # with shell escapes neutralised, magics translated: plain Python
     tree: ast.Module | None
-    shell: tuple[str, ...]  # the shell escapes that were neutralised
+    shell: tuple[str, ...]  # a shell cell magic that replaced the whole cell (`%%bash`), if any
     marker: int | None
 
     @property
@@ -133,18 +135,27 @@ def _gradient_key(name: str) -> str | None:
 
 
 def _neutralised(source: str) -> tuple[str, tuple[str, ...]]:
-    """The cell with its shell escapes (`!wget`, `%pip`, `%%bash`) replaced by `pass`: what was replaced."""
+    """A shell cell (`%%bash`) as `pass`, and a `%%time`/`%%capture` cell as its plain body; the shell cell's
+    first line, if it was one. (Line shell escapes, `!wget` and `%pip`, are found in the syntax tree.)"""
     lines = source.splitlines()
     first = next((ln.strip() for ln in lines if ln.strip()), "")
     if first.startswith("%%") and first[2:].split(" ")[0] in SHELL_CELL_MAGICS:
         return "pass\n", (first,)
-    shell = []
-    for i, line in enumerate(lines):
-        m = SHELL_LINE.match(line)
-        if m:
-            shell.append(line.strip())
-            lines[i] = m.group(1) + "pass"
-    return "\n".join(lines) + "\n", tuple(shell)
+    return python_body(source), ()
+
+
+def _shell_call(node: ast.AST) -> str | None:
+    """For a call IPython made of a shell escape (`!cmd`, `x = !cmd`, `%pip ...`): the escape as written."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Call) and isinstance(node.func.value.func, ast.Name)
+            and node.func.value.func.id == "get_ipython"):
+        return None
+    args = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+    if node.func.attr in ("system", "getoutput") and args:
+        return "!" + args[0]
+    if node.func.attr == "run_line_magic" and args and args[0] in SHELL_LINE_MAGICS:
+        return f"%{args[0]} {args[1] if len(args) > 1 else ''}".strip()
+    return None
 
 
 def _read(nb: nbformat.NotebookNode) -> list[_Cell]:
@@ -152,8 +163,8 @@ def _read(nb: nbformat.NotebookNode) -> list[_Cell]:
     pending_marker = None  # a markdown heading "Exercise N" marks the next code cell
     for index, cell in enumerate(nb.cells):
         text = cell.source if isinstance(cell.source, str) else "".join(cell.source)
-        found = MARKER.search(text) if cell.cell_type in ("markdown", "code") else None
         if cell.cell_type == "markdown":
+            found = MARKER.search(text)
             pending_marker = int(found.group(1)) if found else pending_marker
             continue
         if cell.cell_type != "code":
@@ -165,15 +176,20 @@ def _read(nb: nbformat.NotebookNode) -> list[_Cell]:
                 tree = ast.parse(translated)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             translated, tree = plain, None
-        marker = int(found.group(1)) if found and _comment_marker(text) else pending_marker
+        marker = _comment_marker(text) or pending_marker
         pending_marker = None
         cells.append(_Cell(index, index + 1, translated, tree, shell, marker))
     return cells
 
 
-def _comment_marker(text: str) -> bool:
-    """Whether `Exercise N` appears in a comment line of a code cell (not in its code or a string)."""
-    return any(MARKER.match(line) for line in text.splitlines() if line.strip().startswith("#"))
+def _comment_marker(text: str) -> int | None:
+    """N, for the first comment line of a code cell that starts `# Exercise N`."""
+    for line in text.splitlines():
+        if line.strip().startswith("#"):
+            found = MARKER.match(line)
+            if found:
+                return int(found.group(1))
+    return None
 
 
 def _walk(node: ast.AST):
@@ -205,9 +221,12 @@ def _checkers(cells: list[_Cell]) -> set[str]:
     out = set()
     for c in cells:
         for node in ast.walk(c.tree) if c.tree else ():
-            if isinstance(node, ast.FunctionDef) and len(node.args.args) >= 3 and any(
-                    isinstance(n, ast.Attribute) and n.attr == "grad" for n in ast.walk(node)):
+            reads_grad = any(isinstance(n, ast.Attribute) and n.attr == "grad" for n in ast.walk(node))
+            if isinstance(node, ast.FunctionDef) and len(node.args.args) >= 3 and reads_grad:
                 out.add(node.name)
+            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda) and \
+                    len(node.value.args.args) >= 3 and reads_grad:  # `cmp = lambda s, dt, t: ...`
+                out.update(t.id for t in node.targets if isinstance(t, ast.Name))
     return out
 
 
@@ -226,12 +245,16 @@ def _calls(cell: _Cell, checkers: set[str], tensors: set[str]) -> list[_Call]:
     return out
 
 
-def _is_check(stmt: ast.stmt, checkers: set[str]) -> bool:
-    """A statement that only checks: it calls a checker or reads `.grad`, and assigns nothing."""
+def _is_check(stmt: ast.stmt, checkers: set[str], keys: set[str]) -> bool:
+    """A statement of a learner's own checking, in an exercise: it calls a checker or touches autograd
+    (`.grad`, `retain_grad()`, `loss.backward()`), and assigns no gradient (a name `d<tensor>`). A
+    gradient assigned from `.grad` stays: the scan flags it."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)):
+        return False
     nodes = [stmt, *_walk(stmt)]
     checks = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in checkers for n in nodes) or \
-        any(isinstance(n, ast.Attribute) and n.attr == "grad" for n in nodes)
-    return checks and not _stored(stmt) and not isinstance(stmt, (ast.FunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom))
+        any(isinstance(n, ast.Attribute) and n.attr in GRAD_ATTRIBUTES for n in nodes)
+    return checks and not any(_gradient_key(n) in keys for n in _stored(stmt))
 
 
 def _is_autograd(stmt: ast.stmt) -> bool:
@@ -271,12 +294,20 @@ def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
             any(_key(k.tensor) in allowed for k in calls[c.index])
 
     # Sections: by their `# Exercise N` comments (or markdown headings); else by what the cells compute.
+    # Exercise 1 begins at the first of its markers with most of the forward pass before it (a summary at the
+    # top, or a comment in the forward cell that mentions "Exercise 1", is not where it begins).
     starts: dict[int, tuple[int, str]] = {}
     for c in cells:
-        if c.marker and c.marker not in starts and all(c.index > s for s, _ in starts.values()):
+        if c.marker == 1 and len(_forward_names(cells, wanted, c.index, calls)) >= len(wanted) // 2:
+            starts[1] = (c.index, f"`Exercise 1` in or above {c.label}")
+            break
+    for c in cells:
+        if c.marker and c.marker > 1 and c.marker not in starts and 1 in starts \
+                and all(c.index > s for s, _ in starts.values()):
             starts[c.marker] = (c.index, f"`Exercise {c.marker}` in or above {c.label}")
     if 1 not in starts:
-        first = next((c for c in cells if answers(c, ex1_keys)), None)
+        first = next((c for c in cells if answers(c, ex1_keys)
+                      and len(_forward_names(cells, wanted, c.index, calls)) >= len(wanted) // 2), None)
         if first is not None:
             starts[1] = (first.index, f"its gradients, from {first.label}")
     if 4 not in starts and 1 in starts:  # Exercise 4 begins with the cell of the training loop
@@ -435,27 +466,52 @@ def _missing(module: str) -> bool:
         return True
 
 
-def _edit(text: str, edits: list[tuple[ast.AST, str]]) -> str:
-    """`text` with each node's span replaced (the line count kept, so line numbers in errors stay right)."""
+@dataclass(frozen=True)
+class _Span:
+    """Where in a cell's text an edit goes (lines from 1, columns in UTF-8 bytes, as `ast` counts them)."""
+
+    lineno: int
+    col_offset: int
+    end_lineno: int
+    end_col_offset: int
+
+
+def _edit(text: str, edits: list[tuple[ast.AST | _Span, str]]) -> str:
+    """`text` with each span replaced (the line count kept, so line numbers in errors stay right).
+    Spans inside another edited span are dropped: the outer edit wins."""
     lines = text.split("\n")
-    for node, new in sorted(edits, key=lambda e: (e[0].lineno, e[0].col_offset), reverse=True):
-        first, last = node.lineno - 1, node.end_lineno - 1
-        head = lines[first].encode()[: node.col_offset].decode(errors="replace")
-        tail = lines[last].encode()[node.end_col_offset :].decode(errors="replace")
-        lines[first : last + 1] = [head + new + tail] + [""] * (last - first)
+    done: list[tuple[tuple[int, int], tuple[int, int]]] = []
+    for node, new in sorted(edits, key=lambda e: (e[0].lineno, e[0].col_offset, -e[0].end_lineno,
+                                                   -e[0].end_col_offset)):
+        begin, end = (node.lineno, node.col_offset), (node.end_lineno, node.end_col_offset)
+        if any(b <= begin and end <= e for b, e in done):
+            continue
+        done.append((begin, end))
+    for (first, col), (last, end_col) in sorted(done, reverse=True):
+        new = next(n for node, n in edits if (node.lineno, node.col_offset, node.end_lineno, node.end_col_offset)
+                   == (first, col, last, end_col))
+        head = lines[first - 1].encode()[:col].decode(errors="replace")
+        tail = lines[last - 1].encode()[end_col:].decode(errors="replace")
+        lines[first - 1 : last] = [head + new + tail] + [""] * (last - first)
     return "\n".join(lines)
 
 
-def _rewrite(cell: _Cell, role: str, checkers: set[str]) -> tuple[str, list[str], bool]:
+def _opened_for_reading(call: ast.Call) -> bool:
+    """`open(path)` or `open(path, "r")`: not a file the notebook writes."""
+    mode = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "mode"), None)
+    return mode is None or (isinstance(mode, ast.Constant) and isinstance(mode.value, str) and
+                            not set(mode.value) & set("wax+"))
+
+
+def _rewrite(cell: _Cell, role: str, checkers: set[str], keys: set[str]) -> tuple[str, list[str], bool]:
     """What the run executes for `cell` (role `before` Exercise 1, or `exercise`), what changed, and
     whether the stand-in is needed."""
-    notes = [f"{cell.label}: `{s[:60]}` was not run (no shell or network while grading; the data set comes "
-             "from --data)" for s in cell.shell]
+    notes = [f"{cell.label}: `{s[:60]}` was not run (no shell or network while grading)" for s in cell.shell]
     if cell.tree is None:
         return cell.source, notes, False
-    edits: list[tuple[ast.AST, str]] = []
+    edits: list[tuple[ast.AST | _Span, str]] = []
     stand_in = False
-    stripped = [s for s in cell.tree.body if (_is_autograd(s) if role == "before" else _is_check(s, checkers))]
+    stripped = [s for s in cell.tree.body if (_is_autograd(s) if role == "before" else _is_check(s, checkers, keys))]
     for s in stripped:
         edits.append((s, "pass"))
     if stripped:
@@ -463,12 +519,17 @@ def _rewrite(cell: _Cell, role: str, checkers: set[str]) -> tuple[str, list[str]
             f"lines {stripped[0].lineno}-{stripped[-1].end_lineno}"
         notes.append(f"{cell.label}: {lines} not run: " + (
             "PyTorch's own backward pass (the grader asks autograd itself, from your tensors)" if role == "before"
-            else "checks against autograd's gradients (the grader compares every gradient itself)"))
+            else "your checks against autograd's gradients (the grader compares every gradient itself)"))
     skipped = {id(n) for s in stripped for n in ast.walk(s)}
     for node in ast.walk(cell.tree):
         if id(node) in skipped:
             continue
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
+        shell = _shell_call(node)
+        if shell is not None:
+            edits.append((node, "None"))
+            notes.append(f"{cell.label}: `{shell[:60]}` was not run (no shell or network while grading; the data "
+                         "set comes from --data)")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
             module = node.module if isinstance(node, ast.ImportFrom) else None
             if isinstance(node, ast.ImportFrom):
                 gone = (node.level > 0 or _missing(module or "")) and module != "__future__"
@@ -485,15 +546,26 @@ def _rewrite(cell: _Cell, role: str, checkers: set[str]) -> tuple[str, list[str]
                              f"{'s' if len(names) == 1 else ''} in as a no-op")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "cuda" \
                 and not node.args:
-            edits.append((node.func, ast.unparse(node.func.value) + ".cpu"))
+            f = node.func  # just the name: `x.cuda()` -> `x.cpu()`, whatever `x` is
+            edits.append((_Span(f.end_lineno, f.end_col_offset - 4, f.end_lineno, f.end_col_offset), "cpu"))
             notes.append(f"{cell.label}: `.cuda()` ran as `.cpu()` (no GPU while grading)")
-        elif role == "before" and isinstance(node, ast.Call):
-            for arg in node.args[:1]:
-                if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.endswith(".txt") \
-                        and arg.value.removeprefix("./") not in DATA_FILES and "\n" not in arg.value:
-                    edits.append((arg, repr("names.txt")))
-                    notes.append(f"{cell.label}: reads {arg.value!r}: it read the data set given with --data instead")
+        elif role == "before" and isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and _is_data_path(node.value):
+            edits.append((node, repr("names.txt")))
+            notes.append(f"{cell.label}: reads {node.value!r}: it read the data set given with --data instead")
+        elif role == "before" and isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id == "open" and node.args and _opened_for_reading(node):
+            arg = node.args[0]
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.endswith(".txt") \
+                    and not _is_data_path(arg.value) and arg.value.removeprefix("./") not in DATA_FILES:
+                edits.append((arg, repr("names.txt")))
+                notes.append(f"{cell.label}: reads {arg.value!r}: it read the data set given with --data instead")
     return _edit(cell.source, edits), notes, stand_in
+
+
+def _is_data_path(value: str) -> bool:
+    """A path of the names data set other than the ones the run provides (`/content/names.txt`, `C:\\...`)."""
+    return "\n" not in value and value.lower().endswith("names.txt") and value.removeprefix("./") not in DATA_FILES
 
 
 def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> Plan:
@@ -501,6 +573,7 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
     pass without PyTorch's backward pass, the exercises without their check calls)."""
     cells = _read(nb)
     checkers = _checkers(cells)
+    keys = {_key(ours) for ours, _ in rec.forward} | {_key(g.of) for g in rec.gradients}
     first = rec.sections[0].cells[0] if rec.sections else len(nb.cells)
     section_of = {i: s.exercise for s in rec.sections for i in range(s.cells[0], s.cells[-1] + 1)}
     planned: list[PlannedCell] = []
@@ -511,7 +584,7 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
         if c.index > rec.last:
             continue
         role = "before" if c.index < first else "exercise"
-        source, changed, stand_in = _rewrite(c, role, checkers)
+        source, changed, stand_in = _rewrite(c, role, checkers, keys)
         notes += changed
         needs_stand_in |= stand_in
         positions[c.index] = len(planned)
@@ -560,8 +633,8 @@ def _section_before(rec: Recognised, index: int) -> str:
 
 # --- saved printouts -----------------------------------------------------------------------------
 
-SAVED_LINE = re.compile(r"^\s*(?P<label>[^|\n]*?)\s*\|\s*exact\s*:?\s*(?P<exact>True|False)\s*\|\s*approx\w*\s*:?\s*"
-                        r"(?P<approx>True|False)", re.IGNORECASE | re.MULTILINE)
+SAVED_LINE = re.compile(r"^\s*(?P<label>[^|\n]*?)\s*\|\s*exact\s*:?\s*(?:tensor\()?(?P<exact>True|False)\)?\s*\|"
+                        r"\s*approx\w*\s*:?\s*(?:tensor\()?(?P<approx>True|False)", re.IGNORECASE | re.MULTILINE)
 
 
 def saved_checks(nb: nbformat.NotebookNode, rec: Recognised, graded: dict[tuple[str, str], bool]) -> tuple[SavedCheck, ...]:

@@ -105,7 +105,28 @@ def _flags(node: ast.AST) -> list[tuple[str, str]]:
         modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
         if any(m.split(".")[0] in ("gc", "inspect", "ctypes") for m in modules):
             return [("suspicious", "an import of gc, inspect or ctypes")]
+        private = [m for m in modules if any(part.startswith("_") for part in m.split("."))]
+        if isinstance(node, ast.ImportFrom):
+            private += [a.name for a in node.names if a.name.startswith("_")]
+        if private:  # `from torch._C import _set_grad_enabled`: the private API, under another name
+            return [("suspicious", f"an import of the private `{private[0]}`")]
     return []
+
+
+PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun"})
+"""Cell magics whose body is Python that runs: scanned (and, in lecture notebooks, run) as plain code."""
+
+
+def python_body(source: str) -> str:
+    """The cell with a leading `%%time`/`%%timeit`/`%%capture` line blanked: IPython would turn the body into
+    a string, out of sight of a syntax tree. (The line count is kept: line numbers stay right.)"""
+    lines = source.split("\n")
+    first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+    if first is not None and lines[first].lstrip().startswith("%%") and \
+            lines[first].strip()[2:].split(" ")[0] in PYTHON_CELL_MAGICS:
+        lines[first] = "# " + lines[first].strip()  # (a comment: the line count, and numbers, stay)
+        return "\n".join(lines)
+    return source
 
 
 _PARSING = threading.Lock()  # CPython 3.11's ast is not thread-safe (gh-106905: "recursion depth mismatch")
@@ -116,7 +137,7 @@ def scan(source: str) -> tuple[Finding, ...]:
     """Every flagged construct in one cell's source, in line order."""
     try:
         with _PARSING:
-            tree = ast.parse(TransformerManager().transform_cell(source))
+            tree = ast.parse(TransformerManager().transform_cell(python_body(source)))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return ()  # it will not run either; the run reports the error
     findings: list[Finding] = []

@@ -214,3 +214,27 @@ def test_what_the_run_executes_instead_of_magics_missing_modules_and_local_paths
     assert all(c.guarded for c in plan.cells if c.label != "the grader's stand-in for missing modules")
     notes = "\n".join(plan.notes)
     assert "`%pip install icecream` was not run" in notes and "`.cuda()` ran as `.cpu()`" in notes
+
+
+# --- notebooks a reviewer wrote against this code (tests/notebooks/lecture) -------------------------
+
+KEPT = [  # (notebook, total, a phrase of the report)
+    ("width_200_markdown_headings_mixed_names", 28, "`Exercise 2` in or above"),  # n_hidden 200, 1.0/counts_sum
+    ("own_check_assigns", 28, "your checks against autograd's gradients"),  # worst = max(... t.grad ...)
+    ("backward_in_exercise_1", 28, "your checks against autograd's gradients"),  # retain_grad + backward in ex1
+    ("summary_at_the_top", 28, "`Exercise 1` in or above"),  # a markdown summary naming "Exercise 1" first
+    ("lambda_cmp_interleaved", 28, "by the tensor passed to a check call (cmp)"),
+    ("time_magic_forward", 28, "graded as the lecture's own notebook"),  # %%time on the forward cell
+    ("data_path_in_a_variable", 28, "it read the data set given with --data instead"),  # DATA = '/content/...'
+    ("nested_cuda", 28, "`.cuda()` ran as `.cpu()`"),
+    ("autograd_through_torch_C", 0, "an import of the private `torch._C`"),  # gradients taken before Exercise 1
+    ("zero_W2", 0, "W2 is constant"),  # zeros make many reference gradients zero
+]
+
+
+@pytest.mark.parametrize("name, total, phrase", KEPT, ids=[k[0] for k in KEPT])
+def test_kept_lecture_notebooks(pool, name, total, phrase):
+    report = grade.grade_notebook(NOTEBOOKS / "lecture" / f"{name}.ipynb", pool=pool)
+    assert report.score == total, [v.message for v in report.variables if v.points < v.max_points][:3]
+    text = "\n".join([report.error, *report.notes, *(v.message for v in report.variables)])
+    assert phrase in text
