@@ -171,7 +171,7 @@ class Runner:
             values[key] = "absent"
         elif value is None:
             values[key] = "none"
-        elif numbers and type(value) in (int, float):
+        elif numbers and type(value) in (int, float, bool):
             self.tensors[key] = torch.tensor(float(value), dtype=torch.float64)
             values[key] = "tensor"
         elif type(value) is torch.Tensor and value.layout == torch.strided and value.device.type == "cpu":
@@ -195,7 +195,7 @@ class Runner:
                 # the very tensor there was before the answer cell: another exercise's answer, not this one's
                 self.values[key] = "unchanged"
             else:
-                self.record(key, value, numbers=cap["function"] is not None)
+                self.record(key, value, numbers=cap["function"] is not None or cap.get("numbers", False))
 
     def install_recorder(self, cap: dict) -> None:
         """Wrap the answer's function so that the calls the grader grades are recorded."""

@@ -166,7 +166,8 @@ def page(report: Report, runs: list[GradedRun], edges: dict[str, tuple[str, ...]
             out.append(f"<tr class='{css}'><td><code>{e(v.name)}</code></td><td>{e(v.status)}</td>"
                        f"<td>{v.points:g}/{v.max_points:g}</td><td>{e(v.message)}</td></tr>")
         out.append("</table>")
-        if edges is not None and len(variables) > 2 and any(v.status not in PASSING for v in variables):
+        if edges is not None and len(variables) > 2 and any(v.status not in PASSING for v in variables) \
+                and any(v.of in edges for v in variables):
             out.append(f"<figure><img alt='the forward graph of exercise {e(ex.id)}' "
                        f"src='{graph(report, ex.id, edges)}'></figure>")
         if main is None or not main.captured.finished:
@@ -174,7 +175,9 @@ def page(report: Report, runs: list[GradedRun], edges: dict[str, tuple[str, ...]
         for v in variables:
             if v.status in PASSING or v.local_status in PASSING:
                 continue
-            answer, reference = main.captured.values.get((ex.id, v.name)), main.reference.get(v.of)
+            # (a values exercise's reference is under `<exercise>=<name>`, a gradient's under its tensor's name)
+            answer = main.captured.values.get((ex.id, v.name))
+            reference = main.reference.get(f"{ex.id}={v.of}", main.reference.get(v.of))
             if type(answer) is torch.Tensor and isinstance(reference, torch.Tensor) \
                     and answer.shape == reference.shape and answer.numel() > 0:
                 out.append(f"<figure><img alt='where {e(v.name)} differs from the reference' "

@@ -294,11 +294,11 @@ def _local_references(rubric: rubrics.Rubric, params: dict[str, object], capture
         return {}
     out: dict[str, object] = {}
     for ex in rubric.exercises:
-        if ex.function is None and len(ex.variables) > 1:
+        if ex.plain and len(ex.variables) > 1:
             answers = {v.of: _fitted(captured.values.get((ex.id, v.name)), v, refs) for v in ex.variables}
             for x, t in reference.local_references(rubric, params, answers).items():
                 out[f"{reference.LOCAL}{ex.id}:{x}"] = t
-        if ex.function is None and ex.given:
+        if ex.plain and ex.given:
             # the student's own gradient of `given`, from the exercise that asks for it
             source = next(((e.id, v.name) for e in rubric.exercises for v in e.variables
                            if v.of == ex.given and e.id != ex.id), None)

@@ -54,6 +54,8 @@ class Capture:
     """Names for the values a recorded call returns, in order."""
     wrt: str | None = None
     """Name of the list of tensors whose values are recorded with each call (the weights at that step)."""
+    numbers: bool = False
+    """Values exercises: plain Python numbers count too (sent as float64 tensors)."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,8 @@ def plan(student: nbformat.NotebookNode, released: nbformat.NotebookNode, rubric
         before = later[0] if later else len(cells)
         f = ex.function
         if f is None:
-            captures.append(Capture(ex.id, tuple(v.name for v in ex.variables), start, before))
+            captures.append(Capture(ex.id, tuple(v.name for v in ex.variables), start, before,
+                                    numbers=ex.kind == "values"))
         else:
             # the training loop that calls the function comes after the answer cell: capture right after
             # it, so that a scratch cell of the student's further down cannot stop or change its result

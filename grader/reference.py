@@ -96,7 +96,7 @@ def _graph(assignment: str, params_items: tuple) -> dict[str, torch.Tensor]:
     rubric = rubrics.load(assignment)
     params = dict(params_items)
     where = str(rubric.released)
-    plain = [ex for ex in rubric.exercises if ex.function is None]
+    plain = [ex for ex in rubric.exercises if ex.plain]
     ns = _namespace(rubric, params, rubric.reference_cells)
     wanted = sorted({v.of for ex in plain for v in ex.variables})
     tensors = {name: ns.get(name) for name in wanted}
@@ -127,7 +127,7 @@ def _gradients(assignment: str, params_items: tuple) -> tuple[tuple[str, object]
     rubric = rubrics.load(assignment)
     params = dict(params_items)
     out: list[tuple[str, object]] = []
-    if any(ex.function is None for ex in rubric.exercises):
+    if any(ex.plain for ex in rubric.exercises):
         with _LOCK:
             graph = _graph(assignment, params_items)
             named = {k: t for k, t in graph.items() if k != TARGETS}
@@ -138,7 +138,75 @@ def _gradients(assignment: str, params_items: tuple) -> tuple[tuple[str, object]
     for ex in rubric.exercises:
         if ex.function is not None and ex.function.training is not None:
             out.append((f"{ex.id}:{ex.function.training.result.name}", _training(rubric, ex, params)))
+    if any(ex.kind == "values" for ex in rubric.exercises):
+        with _LOCK:
+            out += _values(rubric, params)
     return tuple(out)
+
+
+def as_reference(value: object) -> torch.Tensor | str:
+    """A value as the grader compares it: tensors as they are (detached), numbers as float64 scalars."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().clone()
+        return value.double() if value.ndim == 0 and value.is_floating_point() else value
+    if isinstance(value, (bool, int, float)):
+        return torch.tensor(float(value), dtype=torch.float64)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                           for v in value):
+        return torch.tensor([float(v) for v in value], dtype=torch.float64)
+    return f"the reference value is {type(value).__name__}, not a tensor or a number"
+
+
+def _values(rubric: Rubric, params: dict[str, object]) -> list[tuple[str, object]]:
+    """References of values exercises (`<exercise>=<name>` -> tensor, or why there is none)."""
+    out: list[tuple[str, object]] = []
+    exercises = [ex for ex in rubric.exercises if ex.kind == "values"]
+    if any(ex.source == "reference" for ex in exercises):
+        ns = _namespace(rubric, params, rubric.reference_cells)
+        for ex in exercises:
+            if ex.source == "reference":
+                out += [(ex.reference_key(v), as_reference(ns[v.of]) if v.of in ns else
+                         f"the reference cells do not define {v.of}") for v in ex.variables]
+    if any(ex.source == "solution" for ex in exercises):
+        found = _solution_values(rubric.assignment, tuple(params.items()))
+        for ex in exercises:
+            if ex.source == "solution":
+                out += [(ex.reference_key(v), found.get(ex.reference_key(v), found.get("")
+                         or f"the solution does not compute {v.of}")) for v in ex.variables]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _solution_values(assignment: str, params_items: tuple) -> dict[str, object]:
+    """The instructor's solution run here (trusted code), with the same parameters: the value of each variable
+    of a `source = "solution"` exercise right after its answer cell. `""` -> why there are none."""
+    rubric = rubrics.load(assignment)
+    path = rubric.solution
+    if not path.is_file():
+        return {"": f"its reference comes from the instructor's solution ({path.name}), which this installation "
+                    "does not have; your instructor's grader checks it"}
+    import matplotlib
+
+    matplotlib.use("Agg")  # a solution cell may plot
+    params = dict(params_items)
+    solution = notebook.read(path)
+    base = _after_setup(rubric.assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
+    ns = dict(base)
+    exec(injected_source(params), ns)
+    skip = set(rubric.skip_cells) | set(rubric.setup_cells)
+    wanted = {ex.cell: ex for ex in rubric.exercises if ex.kind == "values" and ex.source == "solution"}
+    out: dict[str, object] = {}
+    with torch.enable_grad(), contextlib.redirect_stdout(io.StringIO()):
+        for cell in solution.cells:
+            gid = grade_id(cell)
+            if cell.cell_type != "code" or gid in skip or notebook.has_tag(cell, "parameters"):
+                continue
+            exec(compile(cell.source, f"<{path.name} solution cell {gid}>", "exec"), ns)
+            if gid in wanted:
+                ex = wanted[gid]
+                out.update((ex.reference_key(v), as_reference(ns[v.of]) if v.of in ns else
+                            f"the solution does not compute {v.of}") for v in ex.variables)
+    return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -154,7 +222,7 @@ def _cut(assignment: str, params_items: tuple) -> dict[str, tuple[torch.Tensor, 
 
     rubric = rubrics.load(assignment)
     params = dict(params_items)
-    wanted = sorted({v.of for ex in rubric.exercises if ex.function is None for v in ex.variables})  # (an order of its own: pictures are the same in every process)
+    wanted = sorted({v.of for ex in rubric.exercises if ex.plain for v in ex.variables})  # (an order of its own: pictures are the same in every process)
     base = _after_setup(rubric.assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
     ns = dict(base)
     exec(injected_source(params), ns)
@@ -237,7 +305,7 @@ def local_references(rubric: Rubric, params: dict[str, object], answers: dict[st
     is the sum over its users of what their answers send back to `x` through the released forward
     pass: an answer equal to it got its own step right, whatever was wrong before it.
     """
-    if not any(ex.function is None for ex in rubric.exercises):
+    if not any(ex.plain for ex in rubric.exercises):
         return {}
     with _LOCK:
         key = (rubric.assignment, tuple(params.items()))

@@ -93,6 +93,22 @@ class Exercise:
     given: str | None = None
     """The forward tensor whose gradient, as the student computed it in another exercise, the answer
     starts from (Exercise 3 starts from `d_hpreact`): its step is judged from that gradient too."""
+    kind: str = "gradients"
+    """`gradients`: each variable is the gradient of the loss with respect to its forward tensor `of`, from
+    autograd. `values`: each variable is a value (a number, a tensor, a mask) compared with `of` as the
+    `source` computes it."""
+    source: str = "reference"
+    """For `values`: `reference` (the released reference cells, e.g. torch's own BatchNorm1d) or `solution`
+    (the instructor's solution notebook, run by the grader: for answers the release must not give away)."""
+
+    @property
+    def plain(self) -> bool:
+        """Gradients of forward tensors, from autograd (not a function, not values)."""
+        return self.function is None and self.kind == "gradients"
+
+    def reference_key(self, var: Variable) -> str:
+        """Where a run's references hold `var`'s: its forward tensor's name, or `<exercise>=<name>` for values."""
+        return var.of if self.kind == "gradients" else f"{self.id}={var.of}"
 
     @property
     def graded(self) -> tuple[Variable, ...]:
@@ -141,6 +157,13 @@ class Rubric:
     credit: str = "local"
     """`local`: a gradient earns its points when its own step is right, even if an earlier one is wrong
     (cascade-free); `chain`: only when its value is right."""
+    forbidden: tuple[str, ...] = ()
+    """Names answer cells may not use (`batch_norm`, `clip_grad_norm_`): what the exercise asks to write by hand."""
+
+    @property
+    def solution(self) -> Path:
+        """The instructor's solution notebook (in a source checkout; `source = "solution"` values need it)."""
+        return assets.solutions_dir() / self.released.name
 
     @property
     def max_score(self) -> float:
@@ -190,12 +213,16 @@ def parse(raw: dict, path: Path) -> Rubric:
             # an exercise may set its own default tolerance; [variable.NAME] still overrides it
             ex_tol = Tolerance(rtol=float(ex.get("rtol", default_tol.rtol)), atol=float(ex.get("atol", default_tol.atol)),
                                broadcast=default_tol.broadcast)
+            kind = ex.get("kind", "gradients")
+            if kind not in ("gradients", "values") or ex.get("source", "reference") not in ("reference", "solution"):
+                raise RubricError(f"{path}: exercise {ex.get('id')}: kind must be gradients or values, source "
+                                  "reference or solution")
             for name in ex["variables"]:
                 o = overrides.get(name, {})
                 variables.append(
                     Variable(
                         name=name,
-                        of=o.get("of", name.removeprefix("d_")),
+                        of=o.get("of", name.removeprefix("d_") if kind == "gradients" else name),
                         points=float(o.get("points", 1)),
                         tolerance=Tolerance(
                             rtol=float(o.get("rtol", ex_tol.rtol)),
@@ -217,7 +244,8 @@ def parse(raw: dict, path: Path) -> Rubric:
                                     reference_cells=tuple(ex["reference_cells"]),
                                     calls=tuple(int(c) for c in ex["calls"]), training=training)
             exercises.append(Exercise(id=ex["id"], cell=ex.get("cell", ex["id"]), variables=tuple(variables),
-                                      function=function, test_cell=ex.get("test_cell"), given=ex.get("given")))
+                                      function=function, test_cell=ex.get("test_cell"), given=ex.get("given"),
+                                      kind=kind, source=ex.get("source", "reference")))
         unknown = set(overrides) - {v.name for e in exercises for v in e.variables}
         if unknown:
             raise RubricError(f"{path}: [variable] entries for ungraded names: {sorted(unknown)}")
@@ -240,6 +268,7 @@ def parse(raw: dict, path: Path) -> Rubric:
             grading_parameters=dict(raw.get("grading_parameters", {})),
             targets=raw.get("targets"),
             credit=_credit(raw.get("credit", "local"), path),
+            forbidden=tuple(raw.get("forbidden", ())),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise RubricError(f"{path}: malformed rubric ({type(e).__name__}: {e})") from e

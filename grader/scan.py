@@ -156,3 +156,32 @@ def scan(source: str) -> tuple[Finding, ...]:
 
     visit(tree, ())
     return tuple(sorted(findings, key=lambda f: f.line))
+
+
+@functools.lru_cache(maxsize=4096)
+def scan_forbidden(source: str, names: tuple[str, ...]) -> tuple[Finding, ...]:
+    """Uses of `names` (an assignment's `forbidden`: `batch_norm`, `clip_grad_norm_`) as a name or attribute."""
+    if not names:
+        return ()
+    try:
+        with _PARSING:
+            tree = ast.parse(TransformerManager().transform_cell(python_body(source)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return ()
+    findings = []
+    for stmt in ast.walk(tree):
+        if not isinstance(stmt, ast.stmt):
+            continue
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            for alias in stmt.names:
+                if alias.name.split(".")[-1] in names:
+                    findings.append(Finding(stmt.lineno, "suspicious", f"PyTorch's own `{alias.name.split('.')[-1]}`",
+                                            _targets(stmt)))
+            continue
+        for node in ast.iter_child_nodes(stmt):
+            for sub in ast.walk(node):
+                used = sub.attr if isinstance(sub, ast.Attribute) else sub.id if isinstance(sub, ast.Name) else None
+                if used in names:
+                    findings.append(Finding(getattr(sub, "lineno", stmt.lineno), "suspicious",
+                                            f"PyTorch's own `{used}`", _targets(stmt)))
+    return tuple(sorted(set(findings), key=lambda f: f.line))

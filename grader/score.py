@@ -14,7 +14,7 @@ from grader.reference import LOCAL, PARTS, TARGETS
 from grader.notebook import Plan
 from grader.rubric import Exercise, Rubric
 from grader.sandbox import Captured
-from grader.scan import scan
+from grader.scan import scan, scan_forbidden
 from grader.values import MISSING, UNCHANGED, Flag, Raised
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def _span_errors(plan: Plan, captured: Captured, exercise: str) -> list[str]:
     return [f"{o.label} raised {o.error}" for o in span if o.error]
 
 
-def _scan_flags(plan: Plan, ex: Exercise) -> dict[str, Flag]:
+def _scan_flags(plan: Plan, ex: Exercise, forbidden: tuple[str, ...] = ()) -> dict[str, Flag]:
     """Variable -> the first finding of the static scan of the exercise's answer cell that concerns it."""
     cap = next((c for c in plan.captures if c.exercise == ex.id), None)
     if cap is None:
@@ -132,10 +132,13 @@ def _scan_flags(plan: Plan, ex: Exercise) -> dict[str, Flag]:
     answers = {c.start for c in plan.captures}
     elsewhere = [(c, f) for i, c in enumerate(plan.cells) if c.guarded and i not in answers
                  for f in scan(c.source) if f.status == "suspicious"]
-    for where, f in [(cell, f) for cell in cells for f in scan(cell.source)] + elsewhere:
+    found = [(cell, f) for cell in cells for f in scan(cell.source)]
+    found += [(cell, f) for cell in cells for f in scan_forbidden(cell.source, forbidden)]
+    for where, f in sorted(found, key=lambda cf: cf[1].line) + elsewhere:
         # a finding in a statement that assigns graded variables concerns those; anywhere else, all of them
         concerned = [n for n in names if n in f.targets] if any(where is c for c in cells) else []
         rule = "autograd is not allowed in this exercise" if f.status == "autograd_used" else \
+            "this assignment asks you to write it yourself" if f.what.startswith("PyTorch's own") else \
             "code that could hide autograd is not allowed in graded notebooks"
         for n in concerned or names:
             flags.setdefault(n, Flag(f.status, f"line {f.line} of {where.label} uses {f.what}: {rule}"))
@@ -180,19 +183,34 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
         if value is UNCHANGED:
             return Comparison("missing", False, False, None, f"{var.name} was not assigned in the {ex.cell} answer cell")
         return Comparison("missing", False, False, None, f"{var.name} is not defined")
-    result = compare(var.name, value, run.reference[var.of], var.tolerance)
+    reference = run.reference.get(ex.reference_key(var))
+    if not isinstance(reference, torch.Tensor):
+        return Comparison("error", False, False, None, f"{var.name}: no reference here ({reference or 'none'})")
+    if ex.kind == "values":
+        value = _as_number(value, reference)
+    result = compare(var.name, value, reference, var.tolerance)
     if result.status == "wrong":
-        parts = run.reference.get(PARTS + var.of)
-        hint = diagnose(var.name, value, run.reference[var.of],
-                        others={v.name: run.reference[v.of] for v in ex.variables if v.of in run.reference},
+        parts = run.reference.get(PARTS + var.of) if ex.plain else None
+        hint = diagnose(var.name, value, reference,
+                        others={v.name: run.reference[ex.reference_key(v)] for v in ex.variables
+                                if isinstance(run.reference.get(ex.reference_key(v)), torch.Tensor)},
                         branches=parts if isinstance(parts, dict) else None, n=_n(run), targets=_targets(run))
         if hint:
             result = dataclasses.replace(result, message=f"{var.name}: {hint} ({result.message.partition(': ')[2]})")
     elif result.status == "shape" and " -- " not in result.message and isinstance(value, torch.Tensor):
-        hint = wrong_axis(tuple(value.shape), tuple(run.reference[var.of].shape), _n(run))
+        hint = wrong_axis(tuple(value.shape), tuple(reference.shape), _n(run))
         if hint:
             result = dataclasses.replace(result, message=f"{result.message} -- {hint}")
     return result
+
+
+def _as_number(value: object, reference: torch.Tensor) -> object:
+    """A one-element floating answer as the float64 scalar a numeric reference is (`tensor([3.29])`, a float32
+    scalar and a Python float all answer "3.29")."""
+    if reference.ndim == 0 and reference.dtype == torch.float64 and type(value) is torch.Tensor \
+            and value.is_floating_point() and value.numel() == 1:
+        return value.detach().double().reshape(())
+    return value
 
 
 def _local_verdict(ex: Exercise, var, run: GradedRun, plain: Comparison) -> Comparison:
@@ -335,7 +353,7 @@ def _credible_roots_only(rubric: Rubric, results: list[VariableResult], main: Gr
 
 
 def _near_miss(ex: Exercise, root: VariableResult, main: GradedRun) -> bool:
-    answer, reference = main.captured.values.get((ex.id, root.name)), main.reference.get(root.of)
+    answer, reference = main.captured.values.get((ex.id, root.name)), main.reference.get(ex.reference_key(root))
     if type(answer) is not torch.Tensor or not isinstance(reference, torch.Tensor) or answer.shape != reference.shape:
         return False
     a, r = answer.double().flatten(), reference.double().flatten()
@@ -368,7 +386,7 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
     main = runs[0]
     results: list[VariableResult] = []
     for ex in rubric.exercises:
-        flags = _scan_flags(main.plan, ex)
+        flags = _scan_flags(main.plan, ex, rubric.forbidden)
         for j, var in enumerate(ex.graded):
             local = None
             if ex.function is None:
