@@ -15,11 +15,11 @@ os.environ["ATEN_CPU_CAPABILITY"] = "default"
 
 from grader.assets import names_path  # noqa: E402
 
-__all__ = ["check", "check_training", "grade_notebook", "names_path"]
+__all__ = ["check", "check_training", "check_value", "grade_notebook", "names_path"]
 
 
 def __getattr__(name: str):  # lazy: `grader --help` and friends should not pay for importing torch
-    if name in ("check", "check_training"):
+    if name in ("check", "check_training", "check_value"):
         from grader import selfcheck
 
         return getattr(selfcheck, name)

@@ -34,7 +34,9 @@ def to_text(report: Report) -> str:
         lines.append(f"Exercise {ex.id}: {_points(ex.score)}/{_points(ex.max_score)}")
         for v in (v for v in report.variables if v.exercise == ex.id):
             maxdiff = "-" if v.maxdiff is None else f"{v.maxdiff:.3g}"
-            line = (f"  {v.of:15s} | exact: {str(v.exact):5s} | approximate: {str(v.approximate):5s} "
+            # a gradient is named by its tensor (as cmp does), a value by its own name
+            label = v.of if v.name.startswith("d") else v.name
+            line = (f"  {label:15s} | exact: {str(v.exact):5s} | approximate: {str(v.approximate):5s} "
                     f"| maxdiff: {maxdiff:9s} | {_points(v.points)}/{_points(v.max_points)}")
             if v.message:
                 line += f"  {'warning' if v.status in ('exact', 'approximate') else v.status}: {v.message}"

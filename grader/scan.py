@@ -160,7 +160,8 @@ def scan(source: str) -> tuple[Finding, ...]:
 
 @functools.lru_cache(maxsize=4096)
 def scan_forbidden(source: str, names: tuple[str, ...]) -> tuple[Finding, ...]:
-    """Uses of `names` (an assignment's `forbidden`: `batch_norm`, `clip_grad_norm_`) as a name or attribute."""
+    """Uses of `names` (an assignment's `forbidden`: `batch_norm`, `clip_grad_norm_`) as an attribute (`F.batch_norm`,
+    `nn.Linear`) or an import: a bare name is the student's own (their class `Linear` is the exercise)."""
     if not names:
         return ()
     try:
@@ -180,7 +181,7 @@ def scan_forbidden(source: str, names: tuple[str, ...]) -> tuple[Finding, ...]:
             continue
         for node in ast.iter_child_nodes(stmt):
             for sub in ast.walk(node):
-                used = sub.attr if isinstance(sub, ast.Attribute) else sub.id if isinstance(sub, ast.Name) else None
+                used = sub.attr if isinstance(sub, ast.Attribute) else None
                 if used in names:
                     findings.append(Finding(getattr(sub, "lineno", stmt.lineno), "suspicious",
                                             f"PyTorch's own `{used}`", _targets(stmt)))
