@@ -43,6 +43,8 @@ def _some_rows_or_columns(bad: torch.Tensor, targets: torch.Tensor | None) -> st
             return "wrong only at some of the target entries (row i, column Yb[i])"
     wrong_rows = torch.nonzero(bad.any(1)).flatten().tolist()
     wrong_cols = torch.nonzero(bad.any(0)).flatten().tolist()
+    if not wrong_rows:  # (off only within the tolerance's rounding: nothing to point at)
+        return ""
     if len(wrong_rows) <= min(3, rows // 4):
         return f"wrong only in row{'s' if len(wrong_rows) > 1 else ''} {', '.join(map(str, wrong_rows))} of {rows}"
     if len(wrong_cols) <= min(3, cols // 4):
