@@ -33,5 +33,7 @@ def names_path() -> str:
 
 
 def solutions_dir() -> Path:
-    """The instructor's solution notebooks (in a source checkout; a wheel carries none)."""
-    return _REPOSITORY / "solutions"
+    """The instructor's solution notebooks: a source checkout's, or those an instructor's autograder package
+    carries (`grader gradescope build`; a wheel for students carries none)."""
+    packaged = _PACKAGED / "solutions"
+    return packaged if packaged.is_dir() else _REPOSITORY / "solutions"

@@ -180,6 +180,11 @@ def _package_tree(dest: Path, assignment: str) -> None:
     for path in (rubric.released, rubric.released.with_name(f"{assignment}.toml")):
         shutil.copyfile(path, shipped / "assignments" / path.name)
     shutil.copytree(assets.data_dir(), shipped / "data", ignore=shutil.ignore_patterns("*.py", "*.md", "__pycache__"))
+    if any(ex.kind == "values" and ex.source == "solution" for ex in rubric.exercises):
+        # answers whose reference is the instructor's solution: the autograder needs it (runs never see it:
+        # the solutions folder is hidden from them like the rubric's)
+        (shipped / "solutions").mkdir()
+        shutil.copyfile(rubric.solution, shipped / "solutions" / rubric.released.name)
     try:
         dist = importlib.metadata.distribution("backprop-grader")
     except importlib.metadata.PackageNotFoundError:

@@ -33,8 +33,13 @@ def _differences(a: Path, b: Path) -> list[str]:
     return out
 
 
-def test_solutions_are_valid_nbgrader_source_notebooks():
-    nb = nbformat.read(SOLUTION, as_version=4)
+ALL = rubric.known_assignments()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_solutions_are_valid_nbgrader_source_notebooks(name):
+    nb = nbformat.read(ROOT / "solutions" / f"{name}.ipynb", as_version=4)
+    graded = rubric.load(name)
     nbformat.validate(nb)
     by_id = {}
     for cell in nb.cells:
@@ -48,15 +53,18 @@ def test_solutions_are_valid_nbgrader_source_notebooks():
         if meta["solution"]:
             assert "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source
         by_id[meta["grade_id"]] = meta
-    for ex in RUBRIC.exercises:  # one autograder test cell per exercise, worth the exercise's points
+    for ex in graded.exercises:  # one autograder test cell per exercise, worth the exercise's points
         test = by_id[ex.test_cell]
         assert test["grade"] and test["locked"] and float(test["points"]) == ex.max_score
-        assert ex.test_cell not in RUBRIC.reference_cells and ex.test_cell in RUBRIC.skip_cells
+        assert ex.test_cell not in graded.reference_cells and ex.test_cell in graded.skip_cells
+    tests = [gid for gid, meta in by_id.items() if meta["grade"]]
+    assert sorted(tests) == sorted(ex.test_cell for ex in graded.exercises)
 
 
-def test_nbgrader_generate_assignment_reproduces_the_release(tmp_path):
-    generated = generate(SOLUTION, tmp_path / "released.ipynb")
-    assert _differences(generated, RELEASE) == [], (
+@pytest.mark.parametrize("name", ALL)
+def test_nbgrader_generate_assignment_reproduces_the_release(tmp_path, name):
+    generated = generate(ROOT / "solutions" / f"{name}.ipynb", tmp_path / "released.ipynb")
+    assert _differences(generated, ROOT / "assignments" / f"{name}.ipynb") == [], (
         "assignments/ is stale: run `python -m grader.release` after editing solutions/")
 
 

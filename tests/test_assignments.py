@@ -1,0 +1,150 @@
+"""Issue 8: the two further assignments, graded by the same machinery as backprop_ninja.
+
+Submissions are made the way students make them: the released notebook, with the solution's answer
+cells typed in (full marks), then one answer changed the way students get it wrong.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import ROOT
+from grader import grade_notebook, rubric
+
+NEW = ["activations_batchnorm", "leaky_abstractions"]
+SIGN, TWICE, TRANSPOSED = "the sign is flipped", "times 2:", "transposed?"
+
+
+def _gid(cell) -> str | None:
+    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+
+
+def _submission(tmp_path: Path, name: str, edits: tuple[tuple[str, str, str], ...] = ()) -> Path:
+    """The release of `name` with the solution's answers, then each (cell, old, new) edit applied."""
+    release = nbformat.read(ROOT / "assignments" / f"{name}.ipynb", as_version=4)
+    solution = {_gid(c): c for c in nbformat.read(ROOT / "solutions" / f"{name}.ipynb", as_version=4).cells}
+    for cell in release.cells:
+        if cell.get("metadata", {}).get("nbgrader", {}).get("solution"):
+            # the student's answer: the solution's code without nbgrader's markers
+            cell.source = re.sub(r"\n?\s*### (BEGIN|END) SOLUTION", "", solution[_gid(cell)].source)
+    for cell_id, old, new in edits:
+        cell = next(c for c in release.cells if _gid(c) == cell_id)
+        assert cell.source.count(old) == 1, old
+        cell.source = cell.source.replace(old, new)
+    path = tmp_path / f"{name}.ipynb"
+    nbformat.write(release, path)
+    return path
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_the_solution_typed_into_the_release_earns_full_marks_with_hidden_runs(tmp_path, pool, name):
+    report = grade_notebook(_submission(tmp_path, name), pool=pool)
+    assert len(report.runs) == 3 and report.status == "graded"
+    assert report.score == report.max_score, [v.message for v in report.variables if v.message]
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_the_solution_itself_earns_full_marks(pool, name):
+    report = grade_notebook(ROOT / "solutions" / f"{name}.ipynb", pool=pool)
+    assert report.score == report.max_score and report.notes == ()
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_the_untouched_release_earns_zero_without_errors(pool, name):
+    report = grade_notebook(ROOT / "assignments" / f"{name}.ipynb", pool=pool)
+    assert report.status == "graded" and report.score == 0
+    assert {v.status for v in report.variables} == {"missing"}, {v.name: v.message for v in report.variables
+                                                                if v.status != "missing"}
+    assert report.notes == ()
+
+
+# (assignment, cell, line as in the solution, the mutated line, variable, status, what the message must say)
+MISTAKES = [
+    # activations_batchnorm, Exercise 1: a sign; a number right only for the published sizes
+    ("activations_batchnorm", "ex1", "expected_init_loss = -math.log(1 / vocab_size)",
+     "expected_init_loss = math.log(1 / vocab_size)", "expected_init_loss", "wrong", SIGN),
+    ("activations_batchnorm", "ex1", "kaiming_std = (5 / 3) / fan_in**0.5", "kaiming_std = (5 / 3) / 30**0.5",
+     "kaiming_std", "wrong", "right with the notebook's parameters but wrong in hidden run 1"),
+    ("activations_batchnorm", "ex1", "saturated_before = (h.abs() > 0.97).float().mean().item()",
+     "saturated_before = (h.abs() > 0.97).float().sum().item()", "saturated_before", "wrong", "off by up to"),
+    # Exercise 2: the weight's gradient transposed (the first layer's is not square)
+    ("activations_batchnorm", "layers", "self.d_weight = self.x.T @ d_out", "self.d_weight = (self.x.T @ d_out).T",
+     "d_W0", "shape", TRANSPOSED),
+    # ... BatchNorm's backward without Bessel's correction: the gain's gradient is still right
+    ("activations_batchnorm", "layers", "- n / (n - 1) * self.xhat", "- self.xhat", "d_x0", "wrong", "off by up to"),
+    ("activations_batchnorm", "layers", "self.d_beta = d_out.sum(0, keepdim=True)", "self.d_beta = 2 * d_out.sum(0, keepdim=True)",
+     "d_beta3", "wrong", TWICE),
+    # ... the running mean updated the wrong way round (the momentum is the new statistic's weight)
+    ("activations_batchnorm", "layers",
+     "self.running_mean = (1 - self.momentum) * self.running_mean + self.momentum * mean",
+     "self.running_mean = self.momentum * self.running_mean + (1 - self.momentum) * mean",
+     "running_mean0", "wrong", "off by up to"),
+    # ... torch's own BatchNorm standing in for the student's
+    ("activations_batchnorm", "layers", "self.out = self.gamma * self.xhat + self.beta",
+     "self.out = F.batch_norm(x, None, None, self.gamma.view(-1), self.beta.view(-1), training=True)",
+     "bn_out0", "suspicious", "PyTorch's own `batch_norm`"),
+    # Exercise 3: the update-to-data ratio without the log10
+    ("activations_batchnorm", "diagnostics",
+     "update_ratio = torch.stack([((lr * linear.d_weight).std() / linear.weight.std()).log10() for linear in linears])",
+     "update_ratio = torch.stack([(lr * linear.d_weight).std() / linear.weight.std() for linear in linears])",
+     "update_ratio", "wrong", "off by up to"),
+    # leaky_abstractions: the sigmoid's input gradient with the wrong sign; its local gradient
+    ("leaky_abstractions", "sigmoid", "d_x_sig = d_a @ W_sig.T", "d_x_sig = -(d_a @ W_sig.T)", "d_x_sig", "wrong", SIGN),
+    ("leaky_abstractions", "sigmoid", "local_grad = z_sig * (1 - z_sig)", "local_grad = z_sig * (1 + z_sig)",
+     "local_grad", "wrong", "off by up to"),
+    ("leaky_abstractions", "relu", "d_b_relu = d_pre.sum(0)", "d_b_relu = 2 * d_pre.sum(0)", "d_b_relu", "wrong", TWICE),
+    # ... "dead" read as "not firing for some example" instead of for all of them
+    ("leaky_abstractions", "relu", "dead = (x_relu @ W_new + b_new <= 0).all(0)",
+     "dead = (x_relu @ W_new + b_new <= 0).any(0)", "dead", "wrong", "off by up to"),
+    # ... BPTT that forgets to accumulate the recurrent weight's gradient over the steps
+    ("leaky_abstractions", "rnn", "        d_Whh += hs[t - 1].T @ d_a", "        d_Whh = hs[t - 1].T @ d_a",
+     "d_Whh_large", "wrong", "off by up to"),
+    # ... clipping each gradient on its own instead of by the global norm; torch's own clipping
+    ("leaky_abstractions", "rnn",
+     "clipped_Whh, clipped_Wxh, clipped_bh = d_Whh_large * scale, d_Wxh_large * scale, d_bh_large * scale",
+     "clipped_Whh, clipped_Wxh, clipped_bh = (t * min(1.0, max_norm / t.norm().item()) for t in "
+     "(d_Whh_large, d_Wxh_large, d_bh_large))", "clipped_Wxh", "wrong", "off by up to"),
+    ("leaky_abstractions", "rnn",
+     "clipped_Whh, clipped_Wxh, clipped_bh = d_Whh_large * scale, d_Wxh_large * scale, d_bh_large * scale",
+     "clipped_Whh, clipped_Wxh, clipped_bh = [t.clone() for t in (d_Whh_large, d_Wxh_large, d_bh_large)]\n"
+     "torch.nn.utils.clip_grad_norm_([clipped_Whh, clipped_Wxh, clipped_bh], max_norm)",
+     "clipped_Whh", "suspicious", "PyTorch's own `clip_grad_norm_`"),
+    # ... the clamped loss's gradient given the Huber behaviour it was meant to have
+    ("leaky_abstractions", "huber",
+     "d_delta_clamp = torch.where(delta_clamp.abs() <= 1, delta_clamp, torch.zeros_like(delta_clamp))",
+     "d_delta_clamp = delta_clamp.clamp(-1, 1)", "d_delta_clamp", "wrong", "off by up to"),
+]
+
+
+@pytest.mark.parametrize("name, cell, old, new, variable, status, phrase", MISTAKES,
+                         ids=[f"{m[0][:6]}:{m[4]}:{m[5]}" for m in MISTAKES])
+def test_one_wrong_answer_gets_its_verdict_and_hint(tmp_path, pool, name, cell, old, new, variable, status, phrase):
+    report = grade_notebook(_submission(tmp_path, name, ((cell, old, new),)), pool=pool)
+    verdict = next(v for v in report.variables if v.name == variable)
+    assert verdict.points == 0 and verdict.status == status, verdict
+    assert phrase in verdict.message, verdict.message
+    # the mistake costs points in its own answer cell's exercises only (the layers also feed the diagnostics)
+    cells = {ex.id: ex.cell for ex in rubric.load(name).exercises}
+    lost = {cells[v.exercise] for v in report.variables if v.points < v.max_points}
+    assert lost == {cell} or (cell, lost) == ("layers", {"layers", "diagnostics"}), lost
+
+
+def test_every_exercise_of_the_new_assignments_has_a_mistake_above():
+    for name in NEW:
+        r = rubric.load(name)
+        cells = {c for n, c, *_ in MISTAKES if n == name}
+        assert cells == {ex.cell for ex in r.exercises}, (name, cells)
+
+
+def test_the_grader_has_no_branch_on_an_assignment_name():
+    names = rubric.known_assignments()
+    assert set(NEW) | {"backprop_ninja"} <= set(names)
+    for path in (ROOT / "grader").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in names:
+                raise AssertionError(f"{path.name}:{node.lineno} names the assignment {node.value!r}")
