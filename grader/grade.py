@@ -31,6 +31,17 @@ def released_parameters(released_nb) -> dict[str, object]:
     return {k: v for k, v in ns.items() if not k.startswith("__")}
 
 
+def graded_rubric(path: str | Path, assignment: str | None = None) -> rubrics.Rubric:
+    """The rubric `grade_with_runs` grades the notebook at `path` by, without running it (for the names of its
+    variables). Raises as `grade_with_runs` does for input that cannot be graded."""
+    from grader import lecture
+
+    student = notebook.read(Path(path))
+    if assignment == rubrics.LECTURE or (assignment is None and not lecture.is_ours(student)):
+        return lecture.rubric_for(lecture.recognise(student, path))
+    return rubrics.load(assignment or notebook.assignment_of(student, Path(path)))
+
+
 def hidden_folders(rubric: rubrics.Rubric) -> list[Path]:
     """Folders no run may read: the rubric and released notebook's, the solutions', and a checkout's
     tests and git history."""

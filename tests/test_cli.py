@@ -46,7 +46,7 @@ def test_a_notebook_of_no_known_assignment_exits_1(tmp_path):
     proc = run("check", str(plain))
     assert proc.returncode == 1 and "--assignment" in proc.stderr
     proc = run("check", str(plain), "--assignment", "nonesuch")
-    assert proc.returncode == 1 and "unknown assignment 'nonesuch' (known: backprop_ninja)" in proc.stderr
+    assert proc.returncode == 1 and "unknown assignment 'nonesuch' (known: activations_batchnorm, backprop_ninja, leaky_abstractions)" in proc.stderr
 
 
 def test_renamed_notebook_without_metadata_grades_with_assignment_flag(tmp_path):

@@ -1,0 +1,202 @@
+"""Grades as pytest results: the `grader` pytest plugin (registered through the `pytest11` entry point).
+
+    pytest --grade NOTEBOOK [--grade-assignment NAME] [--grade-timeout S] [--grade-no-runs]
+
+collects one test item per graded variable (`ex1::d_probs`) and one per hidden re-run
+(`hidden::run-1`), and nothing else. The first item to run grades the notebook, once, through the same
+isolated grader as `grader check` (the notebook runs in the sandbox, never in pytest's process); each
+item then passes when its variable earns all its points, or fails with the variable's message and hint
+as its whole failure text. The points ride along as properties (`--junitxml`). pytest's own machinery
+works unchanged: `-k d_W`, `-x`, `-q`, `--junitxml`, `-p no:cacheprovider`.
+
+Test files can ask for grades too, through the `grade` fixture: `grade("ex1", "d_probs")` fails the
+test the same way. GitHub Classroom's Python grader needs real test functions, one per variable; `grader
+classroom` writes such a file, reading the notebook from the `grade_notebook` ini option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+_GRADING = pytest.StashKey["_Grading"]()
+_INI_GRADING = pytest.StashKey["_Grading"]()
+
+
+class GradeFailure(Exception):
+    """A variable that does not earn its points: the message is the whole failure text."""
+
+
+@dataclass
+class _Grading:
+    """One notebook, graded at most once per pytest session."""
+
+    notebook: Path
+    assignment: str | None
+    timeout: float | None
+    rubric: object = None
+    """The rubric it is graded by (known before it runs: the items are its variables)."""
+    report: object = None
+    error: str = ""
+    done: bool = field(default=False)
+
+    def result(self):
+        """The notebook's `Report` (graded on first use), or raise `GradeFailure` with why it cannot be graded."""
+        if not self.done:
+            self.done = True
+            from grader.errors import GraderError
+            from grader.grade import grade_notebook
+
+            try:
+                self.report = grade_notebook(self.notebook, assignment=self.assignment, timeout=self.timeout)
+            except GraderError as e:
+                self.error = str(e)
+        if self.report is None:
+            raise GradeFailure(f"the notebook could not be graded: {self.error}")
+        return self.report
+
+    def check(self, exercise: str, name: str, properties: list) -> None:
+        """Pass if `name` of `exercise` earns all its points; record them in `properties`."""
+        report = self.result()
+        found = next((v for v in report.variables if v.exercise == exercise and v.name == name), None)
+        if found is None:
+            raise GradeFailure(f"{report.assignment} grades no variable {name} in {exercise}")
+        properties += [("points", f"{found.points:g}"), ("max_points", f"{found.max_points:g}"),
+                       ("status", found.status)]
+        if found.points < found.max_points:
+            raise GradeFailure(f"{found.status}: {found.message}" if found.message else found.status)
+
+    def check_run(self, index: int) -> None:
+        """Pass if hidden run `index` (from 1) ran to the end with every variable right in it."""
+        report = self.result()
+        run = report.runs[index] if index < len(report.runs) else None
+        if run is None:
+            raise GradeFailure(f"hidden run {index} did not take place")
+        if run.status != "graded":
+            raise GradeFailure(f"hidden run {index} did not run to the end")
+        right = ("exact", "approximate")
+        only_here = [v.name for v in report.variables
+                     if len(v.runs) > index and v.runs[0] in right and v.runs[index] not in right]
+        if only_here:  # (a variable wrong everywhere fails its own item; this one is about the parameters)
+            raise GradeFailure(f"right with the notebook's parameters but not in hidden run {index} (other "
+                               f"parameters): {', '.join(only_here)}")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("grader", "grading a backprop notebook (backprop-grader)")
+    group.addoption("--grade", metavar="NOTEBOOK", help="grade this notebook: one test item per graded variable")
+    group.addoption("--grade-assignment", metavar="NAME", help="grade it as this assignment (default: its metadata)")
+    group.addoption("--grade-timeout", metavar="S", type=float, help="wall-clock limit per run (default: the rubric's)")
+    group.addoption("--grade-no-runs", action="store_true",
+                    help="no items for the hidden re-runs (their failures still fail the variables)")
+    parser.addini("grade_notebook", "the notebook the `grade` fixture grades (relative to the rootdir)")
+    parser.addini("grade_assignment", "the assignment the `grade` fixture grades it as (default: its metadata)")
+
+
+def _rubric(path: Path, assignment: str | None):
+    from grader.errors import GraderError
+    from grader.grade import graded_rubric
+
+    try:
+        return graded_rubric(path, assignment)
+    except GraderError as e:
+        raise pytest.UsageError(f"--grade: {e}") from None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    notebook = config.getoption("grade")
+    if not notebook:
+        return
+    path = Path(notebook)
+    assignment = config.getoption("grade_assignment")
+    timeout = config.getoption("grade_timeout")
+    if timeout is not None and not 0 < timeout < float("inf"):
+        raise pytest.UsageError("--grade-timeout must be a positive number of seconds")
+    # a usage error now (no such file, not a notebook, no assignment), not a failure of every item later
+    config.stash[_GRADING] = _Grading(path, assignment, timeout, rubric=_rubric(path, assignment))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With --grade, the notebook's variables are the only tests (no test files are collected)."""
+    return True if _GRADING in config.stash else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k and -m deselect
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    grading = config.stash.get(_GRADING, None)
+    if grading is None:
+        return
+    rubric = grading.rubric
+    for ex in rubric.exercises:
+        for var in ex.graded:
+            name = f"{ex.id}::{var.name}"
+            items.append(VariableItem.from_parent(session, name=name, nodeid=name, grading=grading,
+                                                  exercise=ex.id, variable=var.name))
+    if not config.getoption("grade_no_runs"):
+        for i in range(1, len(rubric.hidden_runs) + 1):
+            name = f"hidden::run-{i}"
+            items.append(HiddenRunItem.from_parent(session, name=name, nodeid=name, grading=grading, index=i))
+
+
+class _GradeItem(pytest.Item):
+    def __init__(self, *, grading: _Grading, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.grading = grading
+
+    def repr_failure(self, excinfo, style=None) -> str:
+        if isinstance(excinfo.value, GradeFailure):
+            return str(excinfo.value)
+        # the grader's own failure: one line, no traceback of its internals
+        return f"grader error: {excinfo.typename}: {excinfo.value}"
+
+    def reportinfo(self):
+        return self.grading.notebook, None, self.name
+
+
+class VariableItem(_GradeItem):
+    """One graded variable of the notebook."""
+
+    def __init__(self, *, exercise: str, variable: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.exercise, self.variable = exercise, variable
+
+    def runtest(self) -> None:
+        self.grading.check(self.exercise, self.variable, self.user_properties)
+
+
+class HiddenRunItem(_GradeItem):
+    """One hidden re-run of the notebook, with other parameters."""
+
+    def __init__(self, *, index: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.index = index
+
+    def runtest(self) -> None:
+        self.grading.check_run(self.index)
+
+
+@pytest.fixture
+def grade(request: pytest.FixtureRequest):
+    """`grade(exercise, variable)`: fail the test with the variable's message unless it earns all its points.
+
+    The notebook is the `grade_notebook` ini option (or --grade), graded once per session.
+    """
+    config = request.config
+    grading = config.stash.get(_GRADING, None) or config.stash.get(_INI_GRADING, None)
+    if grading is None:
+        notebook = config.getini("grade_notebook")
+        if not notebook:
+            raise pytest.UsageError("the grade fixture needs a notebook: set grade_notebook in the ini file, or --grade")
+        path = Path(notebook) if Path(notebook).is_absolute() else Path(config.rootpath) / notebook
+        grading = config.stash[_INI_GRADING] = _Grading(path, config.getini("grade_assignment") or None, None)
+
+    def check(exercise: str, variable: str) -> None:
+        try:
+            grading.check(exercise, variable, request.node.user_properties)
+        except GradeFailure as e:
+            pytest.fail(str(e), pytrace=False)
+
+    return check
