@@ -18,6 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit in seconds (default: the rubric's)")
     check.add_argument("--assignment", metavar="NAME", help="grade as this assignment (default: from the notebook's metadata)")
     check.add_argument("--html", metavar="FILE", help="also write the feedback page (pictures of what is wrong) to FILE")
+    check.add_argument("--junit", metavar="FILE", help="also write the grades as JUnit XML (a testcase per variable) to FILE")
     check.add_argument("--memory", type=float, metavar="MB", help="memory cap per process of the notebook (default: 2048)")
     check.add_argument("--data", metavar="PATH",
                        help="lecture notebooks: the names.txt their code reads (default: the grader's data/names.txt)")
@@ -44,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     gradebook.add_argument("assignment", metavar="ASSIGNMENT", help="the assignment's name in that course")
     gradebook.add_argument("--db", metavar="URL", help="the gradebook's database URL (default: COURSE/gradebook.db)")
     gradebook.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
+
+    classroom = commands.add_parser("classroom", help="write a GitHub Classroom student repository's autograding files")
+    classroom.add_argument("assignment", metavar="ASSIGNMENT", help="the assignment, e.g. backprop_ninja")
+    classroom.add_argument("--out", metavar="DIR", default=".", help="the student repository (default: here)")
+    classroom.add_argument("--package", metavar="SPEC", default="backprop-grader",
+                           help="what the autograder pip-installs for the grader (default: backprop-grader), "
+                                "e.g. 'backprop-grader @ git+https://github.com/you/grader'")
 
     gradescope = commands.add_parser("gradescope", help="build a Gradescope autograder, or run it on a submission")
     steps = gradescope.add_subparsers(dest="step", required=True, metavar="STEP")
@@ -85,11 +93,29 @@ def main(argv: list[str] | None = None) -> int:
         return _gradebook(args)
     if args.command == "gradescope":
         return _gradescope(args)
+    if args.command == "classroom":
+        from pathlib import Path
+
+        from grader import classroom
+
+        try:
+            written = classroom.write(args.assignment, Path(args.out), args.package)
+        except GraderError as e:
+            print(f"grader: {e}", file=sys.stderr)
+            return e.exit_code
+        print("\n".join(str(p) for p in written))
+        return 0
     try:
         hidden = rubric.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
         with sandbox.Pool(limits=_limits(args)) as pool:
             result, runs = grade.grade_with_runs(args.notebook, assignment=args.assignment, timeout=args.timeout,
                                                  hidden_runs=hidden, pool=pool, data=args.data)
+        if args.junit:
+            from pathlib import Path
+
+            from grader import junit
+
+            Path(args.junit).write_text(junit.to_junit(result), encoding="utf-8")
         if args.html:
             from pathlib import Path
 

@@ -2,8 +2,8 @@
 
     pytest --grade NOTEBOOK [--grade-assignment NAME] [--grade-timeout S] [--grade-no-runs]
 
-collects one test item per graded variable (`ex1::d_probs`) and one per hidden re-run
-(`hidden::run-1`), and nothing else. The first item to run grades the notebook, once, through the same
+collects the notebook, and nothing else, as one test item per graded variable (`ex1::d_probs`) and one
+per hidden re-run (`hidden::run-1`). The first item to run grades the notebook, once, through the same
 isolated grader as `grader check` (the notebook runs in the sandbox, never in pytest's process); each
 item then passes when its variable earns all its points, or fails with the variable's message and hint
 as its whole failure text. The points ride along as properties (`--junitxml`). pytest's own machinery
@@ -116,29 +116,32 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("--grade-timeout must be a positive number of seconds")
     # a usage error now (no such file, not a notebook, no assignment), not a failure of every item later
     config.stash[_GRADING] = _Grading(path, assignment, timeout, rubric=_rubric(path, assignment))
+    config.args[:] = [str(path)]  # the notebook is all there is to collect (no test files)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """With --grade, the notebook's variables are the only tests (no test files are collected)."""
-    return True if _GRADING in config.stash else None
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    grading = parent.config.stash.get(_GRADING, None)
+    if grading is not None and file_path.resolve() == grading.notebook.resolve():
+        return NotebookFile.from_parent(parent, path=file_path, grading=grading)
+    return None
 
 
-@pytest.hookimpl(tryfirst=True)  # before -k and -m deselect
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    grading = config.stash.get(_GRADING, None)
-    if grading is None:
-        return
-    rubric = grading.rubric
-    for ex in rubric.exercises:
-        for var in ex.graded:
-            name = f"{ex.id}::{var.name}"
-            items.append(VariableItem.from_parent(session, name=name, nodeid=name, grading=grading,
-                                                  exercise=ex.id, variable=var.name))
-    if not config.getoption("grade_no_runs"):
-        for i in range(1, len(rubric.hidden_runs) + 1):
-            name = f"hidden::run-{i}"
-            items.append(HiddenRunItem.from_parent(session, name=name, nodeid=name, grading=grading, index=i))
+class NotebookFile(pytest.File):
+    """The graded notebook: its variables (and hidden re-runs) are its test items."""
+
+    def __init__(self, *, grading: _Grading, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.grading = grading
+
+    def collect(self):
+        rubric = self.grading.rubric
+        for ex in rubric.exercises:
+            for var in ex.graded:
+                yield VariableItem.from_parent(self, name=f"{ex.id}::{var.name}", grading=self.grading,
+                                               exercise=ex.id, variable=var.name)
+        if not self.config.getoption("grade_no_runs"):
+            for i in range(1, len(rubric.hidden_runs) + 1):
+                yield HiddenRunItem.from_parent(self, name=f"hidden::run-{i}", grading=self.grading, index=i)
 
 
 class _GradeItem(pytest.Item):

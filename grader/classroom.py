@@ -1,0 +1,115 @@
+"""GitHub Classroom out of the box: the files a student repository needs for autograding.
+
+`grader classroom ASSIGNMENT --out DIR` writes, for the student repository (beside the released
+notebook the instructor adds):
+
+- `.github/workflows/classroom.yml`: GitHub Classroom's workflow, one step of its Python grader
+  (`classroom-resources/autograding-python-grader`), worth the assignment's points, and its reporter;
+- `.github/classroom/setup.sh`: the grader step's setup, the CPU build of PyTorch first, then this package;
+- `pytest.ini`: `grade_notebook` names the notebook;
+- `grade_test.py`: one test function per graded variable, each `grade("ex1", "d_probs")`.
+
+The Python grader runs pytest on the `*_test.py` files and awards `max-score * passed / total`; every
+variable of the shipped assignments is worth 1 point, so with `max-score` the assignment's points the
+score is exactly `grader check`'s. (It needs real test functions: it orders tests by their line in the
+test file.)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from grader import rubric as rubrics
+
+TORCH = "2.13.0"
+"""The PyTorch release the setup installs (its CPU build)."""
+
+WORKFLOW = """\
+# GitHub Classroom autograding for {assignment} (written by `grader classroom {assignment}`).
+# Each graded variable of {notebook} is one pytest test (grade_test.py); the Python grader awards
+# max-score x passed / total: {points} points for {tests} variables of one point each.
+name: Autograding Tests
+'on':
+  - push
+  - workflow_dispatch
+  - repository_dispatch
+permissions:
+  checks: write
+  actions: read
+  contents: read
+jobs:
+  run-autograding-tests:
+    runs-on: ubuntu-latest
+    if: github.actor != 'github-classroom[bot]'
+    steps:
+      - name: Checkout code
+        uses: actions/checkout@v4
+      - name: Gradients
+        id: gradients
+        uses: classroom-resources/autograding-python-grader@v1
+        with:
+          timeout: 15
+          max-score: {points}
+          setup-command: sh .github/classroom/setup.sh
+      - name: Autograding Reporter
+        uses: classroom-resources/autograding-grading-reporter@v1
+        env:
+          GRADIENTS_RESULTS: "${{{{steps.gradients.outputs.result}}}}"
+        with:
+          runners: gradients
+"""
+
+SETUP = """\
+#!/bin/sh
+# The grader's setup: PyTorch's CPU build first (PyPI's Linux wheels are the multi-GB CUDA ones), then
+# the grader. TORCH_INDEX_URL set to an empty value keeps pip's own index (a machine with a local mirror).
+set -e
+index="${{TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}}"
+pip install "torch=={torch}" ${{index:+--index-url "$index"}}
+pip install {package}
+"""
+
+PYTEST_INI = """\
+# pytest settings for the autograder: the notebook every test in grade_test.py grades.
+[pytest]
+grade_notebook = {notebook}
+grade_assignment = {assignment}
+addopts = -p no:cacheprovider
+"""
+
+TESTS = '''\
+"""The graded variables of {notebook}, one test each (written by `grader classroom {assignment}`).
+
+The notebook is graded once, in a separate isolated process, by the grader; a test fails with the
+variable's verdict and hint. Run `pytest` to see what the autograder will see.
+"""
+
+'''
+
+
+def _function_name(exercise: str, variable: str) -> str:
+    return "test_" + re.sub(r"\W", "_", f"{exercise}__{variable}")
+
+
+def write(assignment: str, out: Path, package: str = "backprop-grader") -> list[Path]:
+    """Write the student repository's autograding files for `assignment` into `out`; return their paths."""
+    rubric = rubrics.load(assignment)
+    notebook = rubric.released.name
+    variables = [(ex.id, v) for ex in rubric.exercises for v in ex.graded]
+    points = rubric.max_score
+    files = {
+        Path(".github/workflows/classroom.yml"): WORKFLOW.format(assignment=assignment, notebook=notebook,
+                                                                 points=f"{points:g}", tests=len(variables)),
+        Path(".github/classroom/setup.sh"): SETUP.format(torch=TORCH, package=package),
+        Path("pytest.ini"): PYTEST_INI.format(notebook=notebook, assignment=assignment),
+        Path("grade_test.py"): TESTS.format(notebook=notebook, assignment=assignment) + "\n\n".join(
+            f"def {_function_name(ex, v.name)}(grade):\n    grade({ex!r}, {v.name!r})" for ex, v in variables) + "\n",
+    }
+    written = []
+    for relative, text in files.items():
+        path = out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written

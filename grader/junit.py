@@ -1,0 +1,55 @@
+"""A `Report` as JUnit XML (`grader check --junit FILE`), for CI systems that read test results.
+
+The same shape `pytest --grade NOTEBOOK --junitxml FILE` writes: one `testsuite` per notebook, one
+`testcase` per graded variable (`classname` the notebook's file name and the exercise, `name` the variable) with its points as
+properties and, when it does not earn them all, a `failure` whose message is the variable's message
+and hint; one testcase per hidden re-run.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from grader.score import Report
+
+PASSING = ("exact", "approximate")
+
+
+def _case(suite: ET.Element, classname: str, name: str, properties: list[tuple[str, str]], failure: str) -> None:
+    case = ET.SubElement(suite, "testcase", classname=classname, name=name, time="0")
+    if properties:
+        props = ET.SubElement(case, "properties")
+        for key, value in properties:
+            ET.SubElement(props, "property", name=key, value=value)
+    if failure:
+        ET.SubElement(case, "failure", message=failure).text = failure
+
+
+def to_junit(report: Report, seconds: float = 0.0) -> str:
+    """The report as a JUnit XML document (a string)."""
+    from pathlib import Path
+
+    # classnames as pytest's --junitxml writes them for `pytest --grade NOTEBOOK`: `<notebook file>.<exercise>`
+    prefix = Path(report.notebook).name + "."
+    root = ET.Element("testsuites", name="grader")
+    suite = ET.SubElement(root, "testsuite", name=report.assignment)
+    failures = 0
+    for v in report.variables:
+        failure = "" if v.points >= v.max_points else (f"{v.status}: {v.message}" if v.message else v.status)
+        failures += bool(failure)
+        _case(suite, prefix + v.exercise, v.name, [("points", f"{v.points:g}"), ("max_points", f"{v.max_points:g}"),
+                                           ("status", v.status)], failure)
+    for i, run in enumerate(report.runs[1:], start=1):
+        wrong = [v.name for v in report.variables if len(v.runs) > i and v.runs[0] in PASSING and v.runs[i] not in PASSING]
+        failure = f"hidden run {i} did not run to the end" if run.status != "graded" else (
+            f"right with the notebook's parameters but not in hidden run {i} (other parameters): {', '.join(wrong)}"
+            if wrong else "")
+        failures += bool(failure)
+        _case(suite, prefix + "hidden", f"run-{i}", [], failure)
+    tests = len(suite)
+    suite.attrib.update(tests=str(tests), failures=str(failures), errors="0", skipped="0", time=f"{seconds:.3f}")
+    root.attrib.update(tests=str(tests), failures=str(failures), errors="0", time=f"{seconds:.3f}")
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
