@@ -298,7 +298,7 @@ def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
     # top, or a comment in the forward cell that mentions "Exercise 1", is not where it begins).
     starts: dict[int, tuple[int, str]] = {}
     for c in cells:
-        if c.marker == 1 and len(_forward_names(cells, wanted, c.index, calls)) >= len(wanted) // 2:
+        if c.marker == 1 and len(_forward_names(cells, wanted, c.index)) >= len(wanted) // 2:
             starts[1] = (c.index, f"`Exercise 1` in or above {c.label}")
             break
     for c in cells:
@@ -307,7 +307,7 @@ def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
             starts[c.marker] = (c.index, f"`Exercise {c.marker}` in or above {c.label}")
     if 1 not in starts:
         first = next((c for c in cells if answers(c, ex1_keys)
-                      and len(_forward_names(cells, wanted, c.index, calls)) >= len(wanted) // 2), None)
+                      and len(_forward_names(cells, wanted, c.index)) >= len(wanted) // 2), None)
         if first is not None:
             starts[1] = (first.index, f"its gradients, from {first.label}")
     if 4 not in starts and 1 in starts:  # Exercise 4 begins with the cell of the training loop
@@ -323,7 +323,7 @@ def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
             if found is not None:
                 starts[k] = (found.index, f"its gradient of {key}, in {found.label}")
 
-    forward = _forward_names(cells, wanted, starts.get(1, (len(nb.cells), ""))[0], calls)
+    forward = _forward_names(cells, wanted, starts.get(1, (len(nb.cells), ""))[0])
     found_forward = sum(1 for w in wanted if w in forward)
     if 1 not in starts or found_forward < len(wanted) // 2:
         raise UnknownAssignment(
@@ -387,7 +387,7 @@ def _cell_range(indices: tuple[int, ...]) -> str:
     return f"cell {first}" if first == last else f"cells {first}-{last}"
 
 
-def _forward_names(cells: list[_Cell], wanted: list[str], before: int, calls: dict[int, list[_Call]]) -> dict[str, str]:
+def _forward_names(cells: list[_Cell], wanted: list[str], before: int) -> dict[str, str]:
     """The lecture's name -> the notebook's, for the tensors assigned before Exercise 1 (the last assignment wins,
     a name spelled exactly as in the lecture first)."""
     assigned: list[str] = []

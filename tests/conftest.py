@@ -44,3 +44,25 @@ def pool():
 
     with sandbox.Pool(grade.hidden_folders(rubric.load("backprop_ninja"))) as workers:
         yield workers
+
+
+def answered(name: str, edits: tuple[tuple[str, str, str], ...] = ()):
+    """The release of assignment `name` with the solution's answer cells typed in (nbgrader's markers
+    dropped), as a student hands it in; then each (grade_id, old, new) edit applied once."""
+    import re
+
+    import nbformat
+
+    def gid(cell):
+        return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+
+    release = nbformat.read(ROOT / "assignments" / f"{name}.ipynb", as_version=4)
+    solution = {gid(c): c for c in nbformat.read(ROOT / "solutions" / f"{name}.ipynb", as_version=4).cells}
+    for cell in release.cells:
+        if cell.get("metadata", {}).get("nbgrader", {}).get("solution"):
+            cell.source = re.sub(r"\n?[ \t]*### (BEGIN|END) SOLUTION", "", solution[gid(cell)].source)
+    for cell_id, old, new in edits:
+        cell = next(c for c in release.cells if gid(c) == cell_id)
+        assert cell.source.count(old) == 1, old
+        cell.source = cell.source.replace(old, new)
+    return release

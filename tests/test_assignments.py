@@ -7,37 +7,21 @@ cells typed in (full marks), then one answer changed the way students get it wro
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, answered
 from grader import grade_notebook, rubric
 
 NEW = ["activations_batchnorm", "leaky_abstractions"]
 SIGN, TWICE, TRANSPOSED = "the sign is flipped", "times 2:", "transposed?"
 
 
-def _gid(cell) -> str | None:
-    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
-
-
 def _submission(tmp_path: Path, name: str, edits: tuple[tuple[str, str, str], ...] = ()) -> Path:
-    """The release of `name` with the solution's answers, then each (cell, old, new) edit applied."""
-    release = nbformat.read(ROOT / "assignments" / f"{name}.ipynb", as_version=4)
-    solution = {_gid(c): c for c in nbformat.read(ROOT / "solutions" / f"{name}.ipynb", as_version=4).cells}
-    for cell in release.cells:
-        if cell.get("metadata", {}).get("nbgrader", {}).get("solution"):
-            # the student's answer: the solution's code without nbgrader's markers
-            cell.source = re.sub(r"\n?\s*### (BEGIN|END) SOLUTION", "", solution[_gid(cell)].source)
-    for cell_id, old, new in edits:
-        cell = next(c for c in release.cells if _gid(c) == cell_id)
-        assert cell.source.count(old) == 1, old
-        cell.source = cell.source.replace(old, new)
     path = tmp_path / f"{name}.ipynb"
-    nbformat.write(release, path)
+    nbformat.write(answered(name, edits), path)
     return path
 
 
