@@ -171,7 +171,7 @@ class Runner:
             values[key] = "absent"
         elif value is None:
             values[key] = "none"
-        elif numbers and type(value) in (int, float, bool):
+        elif numbers and (type(value) in (int, float, bool) or _numpy_number(value)):
             self.tensors[key] = torch.tensor(float(value), dtype=torch.float64)
             values[key] = "tensor"
         elif type(value) is torch.Tensor and value.layout == torch.strided and value.device.type == "cpu":
@@ -309,6 +309,13 @@ class Runner:
         self.restore_modules()
         summary = json.dumps({"cells": self.outcomes, "values": self.values})
         return save(self.tensors, metadata={"grader": summary})
+
+
+def _numpy_number(value: object) -> bool:
+    """A numpy scalar or 0-d array of a real number (`np.float64(3.29)`, `arr.mean()`): a number too."""
+    kind = type(value)
+    return kind.__module__ == "numpy" and getattr(value, "ndim", None) == 0 and getattr(value, "dtype", None) is not None \
+        and value.dtype.kind in "biuf"
 
 
 _ABSENT = object()

@@ -242,8 +242,10 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
     if scheduler is not None:
         from grader import cluster
 
+        # the folders only (every submission is in one of them): a task's size must not grow with the class
+        folders = [*hidden_folders(rubric), out.resolve(), *found.roots]
         for s, report, page in cluster.grade(todo, rubric, scheduler, timeout=timeout, limits=limits,
-                                             hidden=tuple(str(p) for p in hidden)):
+                                             hidden=tuple(str(p) for p in folders)):
             record(s, report, page)
         return sorted(outcomes, key=lambda o: o.submission.student)
 

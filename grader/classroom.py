@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 from grader import rubric as rubrics
+from grader.errors import GraderError
 
 TORCH = "2.13.0"
 """The PyTorch release the setup installs (its CPU build)."""
@@ -95,6 +96,11 @@ def _function_name(exercise: str, variable: str) -> str:
 def write(assignment: str, out: Path, package: str = "backprop-grader") -> list[Path]:
     """Write the student repository's autograding files for `assignment` into `out`; return their paths."""
     rubric = rubrics.load(assignment)
+    needs = [ex.id for ex in rubric.exercises if ex.kind == "values" and ex.source == "solution"]
+    if needs:
+        raise GraderError(f"{assignment}: the answers of {', '.join(needs)} are checked against the instructor's "
+                          "solution, which a student repository must not hold; grade this assignment with "
+                          "`grader grade`, nbgrader or Gradescope instead")
     notebook = rubric.released.name
     variables = [(ex.id, v) for ex in rubric.exercises for v in ex.graded]
     points = rubric.max_score

@@ -124,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.html).write_text(feedback.page(result, runs, grade.feedback_edges(rubric.load(result.assignment))),
                                        encoding="utf-8")
     except GraderError as e:
+        if args.junit:  # CI reads a failure, not a missing file
+            from pathlib import Path
+
+            from grader import junit
+
+            Path(args.junit).write_text(junit.ungradable(args.notebook, str(e)), encoding="utf-8")
         print(f"grader: {e}", file=sys.stderr)
         return e.exit_code
     print(report.to_json(result) if args.json else report.to_text(result))

@@ -23,6 +23,7 @@ import json
 import shutil
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,10 +58,14 @@ class Task:
 
 
 def rubric_digest(rubric: rubrics.Rubric) -> str:
-    """sha256 of the rubric file and the released notebook: what a worker must have the same copy of."""
+    """sha256 of the rubric file, the released notebook and, where the rubric's values need it, the solution:
+    what a worker must have the same copy of."""
     h = hashlib.sha256()
-    for path in (rubric.released.with_name(f"{rubric.assignment}.toml"), rubric.released):
-        h.update(path.read_bytes())
+    paths = [rubric.released.with_name(f"{rubric.assignment}.toml"), rubric.released]
+    if any(ex.kind == "values" and ex.source == "solution" for ex in rubric.exercises):
+        paths.append(rubric.solution)
+    for path in paths:
+        h.update(path.read_bytes() if path.is_file() else b"(none)")
     return h.hexdigest()
 
 
@@ -68,6 +73,8 @@ def rubric_digest(rubric: rubrics.Rubric) -> str:
 
 _POOLS: dict[tuple, tuple[sandbox.Pool, Path]] = {}
 _POOLS_LOCK = threading.Lock()
+KEPT_POOLS = 2
+"""Warm pools a worker process keeps (one per batch it grades; the oldest is closed past this)."""
 
 
 def _pool(limits: sandbox.Limits, hidden: tuple[str, ...]) -> tuple[sandbox.Pool, Path]:
@@ -77,8 +84,13 @@ def _pool(limits: sandbox.Limits, hidden: tuple[str, ...]) -> tuple[sandbox.Pool
     key = (tuple(sorted(asdict(limits).items())), hidden)
     with _POOLS_LOCK:
         if key not in _POOLS:
+            while len(_POOLS) >= KEPT_POOLS:  # an earlier batch's: its torch and setup no longer needed
+                old, old_scratch = _POOLS.pop(next(iter(_POOLS)))
+                old.close()
+                shutil.rmtree(old_scratch, ignore_errors=True)
             scratch = Path(tempfile.mkdtemp(prefix="grader-dask-"))
             _POOLS[key] = (sandbox.Pool([scratch, *map(Path, hidden)], limits), scratch)
+        _POOLS[key] = _POOLS.pop(key)  # the most recently used last
         return _POOLS[key]
 
 
@@ -139,6 +151,7 @@ def grade(submissions, rubric: rubrics.Rubric, scheduler: str, *, timeout: float
     from dask.distributed import as_completed
 
     digest = rubric_digest(rubric)
+    batch = uuid.uuid4().hex[:8]  # keys of this batch's own: another batch's results are not this one's
     client, cluster = _client(scheduler)
     try:
         futures = {}
@@ -146,7 +159,7 @@ def grade(submissions, rubric: rubrics.Rubric, scheduler: str, *, timeout: float
             task = Task(s.student, str(s.path), s.path.read_bytes(), s.digest, rubric.assignment, digest, timeout,
                         asdict(limits), hidden)
             # pure=False: the same notebook handed in twice is graded twice, as a local run would
-            futures[client.submit(grade_task, task, key=f"grade-{s.student}-{s.digest[:12]}", pure=False,
+            futures[client.submit(grade_task, task, key=f"grade-{batch}-{s.student}-{s.digest[:12]}", pure=False,
                                   retries=1)] = s
         for future in as_completed(futures):
             try:

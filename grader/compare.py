@@ -75,10 +75,11 @@ def same_but_ones(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
     return [d for d in got if d != 1] == [d for d in want if d != 1]
 
 
-def compare(name: str, actual: object, expected: torch.Tensor, tolerance: Tolerance) -> Comparison:
-    """Compare the student's value `actual` for variable `name` with the reference `expected`."""
+def compare(name: str, actual: object, expected: torch.Tensor, tolerance: Tolerance, noun: str = "gradient") -> Comparison:
+    """Compare the student's value `actual` for variable `name` with the reference `expected` (a `noun`:
+    `gradient`, or `value` for a values exercise)."""
     if actual is None:
-        return _fail("missing", f"{name} is None: replace the stub with your gradient")
+        return _fail("missing", f"{name} is None: replace the stub with your {'gradient' if noun == 'gradient' else 'answer'}")
     if type(actual) is not torch.Tensor:
         return _fail("not_tensor", f"{name} is {describe(actual)}; it must be a plain torch.Tensor")
     if actual.layout != torch.strided or actual.device.type != "cpu":
@@ -110,7 +111,8 @@ def compare(name: str, actual: object, expected: torch.Tensor, tolerance: Tolera
     scale = float(expected.double().abs().max()) if expected.numel() else 0.0
     return Comparison(
         "wrong", False, False, maxdiff,
-        f"{name}: off by up to {maxdiff:.3g} where the gradient's entries are up to {scale:.3g} in size",
+        f"{name}: off by up to {maxdiff:.3g} where the {'gradient' if noun == 'gradient' else 'expected value'}'s "
+        f"entries are up to {scale:.3g} in size",
     )
 
 

@@ -54,7 +54,7 @@ def _some_rows_or_columns(bad: torch.Tensor, targets: torch.Tensor | None) -> st
 
 def diagnose(name: str, actual: torch.Tensor, expected: torch.Tensor, *,
              others: Mapping[str, torch.Tensor] | None = None, branches: Mapping[str, torch.Tensor] | None = None,
-             n: int | None = None, targets: torch.Tensor | None = None) -> str:
+             n: int | None = None, targets: torch.Tensor | None = None, noun: str = "gradient") -> str:
     """The likely mistake behind a wrong answer of the right shape and dtype, or "" when unsure.
 
     Parameters
@@ -66,11 +66,14 @@ def diagnose(name: str, actual: torch.Tensor, expected: torch.Tensor, *,
         use (`counts_sum` -> tensor): an answer equal to one of them misses the other paths.
     n: the batch size, to name factors such as 1/n.
     targets: the batch's target classes (`Yb`), to recognise mistakes only at the target entries.
+    noun: what the answer is (`gradient`, or `value` for a values exercise: no talk of flowing back).
     """
     a, e = actual.detach().double(), expected.detach().double()
     if a.numel() == 0:
         return ""
     if not bool(a.any()):
+        if noun != "gradient":
+            return "it is all zeros (or all False): is it still a stub?"
         return "it is all zeros: is the gradient still a stub, or does nothing flow back into it?"
     if _close(a, -e):
         return "the sign is flipped"
@@ -80,7 +83,7 @@ def diagnose(name: str, actual: torch.Tensor, expected: torch.Tensor, *,
         if _close(a, c * e):
             for label, value in _factors(n):
                 if abs(c - value) <= 1e-4 * abs(value):
-                    return f"it is the right gradient times {label}: a factor too many or too few?"
+                    return f"it is the right {noun} times {label}: a factor too many or too few?"
     for part, gradient in (branches or {}).items():
         if _close(a, gradient.double()):
             return (f"it holds only the gradient flowing back from {part}: the variable is used more than once, "

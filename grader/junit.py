@@ -27,6 +27,18 @@ def _case(suite: ET.Element, classname: str, name: str, properties: list[tuple[s
         ET.SubElement(case, "failure", message=failure).text = failure
 
 
+def ungradable(notebook: str, reason: str) -> str:
+    """The JUnit XML of a notebook that could not be graded at all: one failing testcase with the reason."""
+    from pathlib import Path
+
+    root = ET.Element("testsuites", name="grader", tests="1", failures="1", errors="0", time="0.000")
+    suite = ET.SubElement(root, "testsuite", name=Path(notebook).name, tests="1", failures="1", errors="0",
+                          skipped="0", time="0.000")
+    _case(suite, Path(notebook).name, "notebook", [], reason)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
 def to_junit(report: Report, seconds: float = 0.0) -> str:
     """The report as a JUnit XML document (a string)."""
     from pathlib import Path

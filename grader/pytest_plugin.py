@@ -53,6 +53,8 @@ class _Grading:
                 self.report = grade_notebook(self.notebook, assignment=self.assignment, timeout=self.timeout)
             except GraderError as e:
                 self.error = str(e)
+            except Exception as e:  # the grader's own failure: every item says it, on one line
+                self.error = f"grader error: {type(e).__name__}: {e}"
         if self.report is None:
             raise GradeFailure(f"the notebook could not be graded: {self.error}")
         return self.report
@@ -77,6 +79,9 @@ class _Grading:
         if run.status != "graded":
             raise GradeFailure(f"hidden run {index} did not run to the end")
         right = ("exact", "approximate")
+        if not any(v.runs and v.runs[0] in right for v in report.variables):
+            raise GradeFailure(f"nothing to re-check in hidden run {index}: no variable is right with the "
+                               "notebook's parameters yet")
         only_here = [v.name for v in report.variables
                      if len(v.runs) > index and v.runs[0] in right and v.runs[index] not in right]
         if only_here:  # (a variable wrong everywhere fails its own item; this one is about the parameters)
@@ -116,7 +121,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("--grade-timeout must be a positive number of seconds")
     # a usage error now (no such file, not a notebook, no assignment), not a failure of every item later
     config.stash[_GRADING] = _Grading(path, assignment, timeout, rubric=_rubric(path, assignment))
-    config.args[:] = [str(path)]  # the notebook is all there is to collect (no test files)
+    # the notebook is all there is to collect (no test files); `NOTEBOOK::ex1::d_probs` still selects items
+    mine = [a for a in config.args if Path(a.split("::")[0]).resolve() == path.resolve()]
+    config.args[:] = mine or [str(path)]
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -127,7 +134,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 
 class NotebookFile(pytest.File):
-    """The graded notebook: its variables (and hidden re-runs) are its test items."""
+    """The graded notebook: an exercise per collector, its variables (and the hidden re-runs) its test items."""
 
     def __init__(self, *, grading: _Grading, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -136,12 +143,24 @@ class NotebookFile(pytest.File):
     def collect(self):
         rubric = self.grading.rubric
         for ex in rubric.exercises:
-            for var in ex.graded:
-                yield VariableItem.from_parent(self, name=f"{ex.id}::{var.name}", grading=self.grading,
-                                               exercise=ex.id, variable=var.name)
-        if not self.config.getoption("grade_no_runs"):
-            for i in range(1, len(rubric.hidden_runs) + 1):
-                yield HiddenRunItem.from_parent(self, name=f"hidden::run-{i}", grading=self.grading, index=i)
+            yield Group.from_parent(self, name=ex.id, grading=self.grading,
+                                    items=[(var.name, {"exercise": ex.id, "variable": var.name}) for var in ex.graded])
+        if rubric.hidden_runs and not self.config.getoption("grade_no_runs"):
+            yield Group.from_parent(self, name="hidden", grading=self.grading,
+                                    items=[(f"run-{i}", {"index": i}) for i in range(1, len(rubric.hidden_runs) + 1)])
+
+
+class Group(pytest.Collector):
+    """An exercise (or the hidden re-runs): `NOTEBOOK::ex1::d_probs` selects one of its items."""
+
+    def __init__(self, *, grading: _Grading, items: list[tuple[str, dict]], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.grading, self.entries = grading, items
+
+    def collect(self):
+        for name, fields in self.entries:
+            kind = HiddenRunItem if "index" in fields else VariableItem
+            yield kind.from_parent(self, name=name, grading=self.grading, **fields)
 
 
 class _GradeItem(pytest.Item):
@@ -156,7 +175,7 @@ class _GradeItem(pytest.Item):
         return f"grader error: {excinfo.typename}: {excinfo.value}"
 
     def reportinfo(self):
-        return self.grading.notebook, None, self.name
+        return self.grading.notebook, None, f"{self.parent.name}::{self.name}"
 
 
 class VariableItem(_GradeItem):

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import numbers
 import threading
 from pathlib import Path
 
@@ -149,10 +150,11 @@ def as_reference(value: object) -> torch.Tensor | str:
     if isinstance(value, torch.Tensor):
         value = value.detach().clone()
         return value.double() if value.ndim == 0 and value.is_floating_point() else value
-    if isinstance(value, (bool, int, float)):
+    if isinstance(value, numbers.Real):  # (numpy's scalars too)
         return torch.tensor(float(value), dtype=torch.float64)
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                           for v in value):
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, bool) for v in value):
+        return torch.tensor(list(value), dtype=torch.bool)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, numbers.Real) for v in value):
         return torch.tensor([float(v) for v in value], dtype=torch.float64)
     return f"the reference value is {type(value).__name__}, not a tensor or a number"
 
@@ -184,7 +186,8 @@ def _solution_values(assignment: str, params_items: tuple) -> dict[str, object]:
     path = rubric.solution
     if not path.is_file():
         return {"": f"its reference comes from the instructor's solution ({path.name}), which this installation "
-                    "does not have; your instructor's grader checks it"}
+                    "does not have (a student's copy never does: it is graded where the solution is, by `grader "
+                    "grade` in a source checkout, nbgrader or the Gradescope autograder)"}
     import matplotlib
 
     matplotlib.use("Agg")  # a solution cell may plot

@@ -182,6 +182,9 @@ def scan_forbidden(source: str, names: tuple[str, ...]) -> tuple[Finding, ...]:
         for node in ast.iter_child_nodes(stmt):
             for sub in ast.walk(node):
                 used = sub.attr if isinstance(sub, ast.Attribute) else None
+                if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id in ("getattr", "setattr") \
+                        and len(sub.args) >= 2 and isinstance(sub.args[1], ast.Constant):
+                    used = sub.args[1].value  # getattr(torch.nn, "BatchNorm1d"): the same use, spelled out
                 if used in names:
                     findings.append(Finding(getattr(sub, "lineno", stmt.lineno), "suspicious",
                                             f"PyTorch's own `{used}`", _targets(stmt)))

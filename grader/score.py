@@ -131,7 +131,7 @@ def _scan_flags(plan: Plan, ex: Exercise, forbidden: tuple[str, ...] = ()) -> di
     # the guard refuses autograd in every cell the student wrote anyway).
     answers = {c.start for c in plan.captures}
     elsewhere = [(c, f) for i, c in enumerate(plan.cells) if c.guarded and i not in answers
-                 for f in scan(c.source) if f.status == "suspicious"]
+                 for f in (*scan(c.source), *scan_forbidden(c.source, forbidden)) if f.status == "suspicious"]
     found = [(cell, f) for cell in cells for f in scan(cell.source)]
     found += [(cell, f) for cell in cells for f in scan_forbidden(cell.source, forbidden)]
     for where, f in sorted(found, key=lambda cf: cf[1].line) + elsewhere:
@@ -186,15 +186,17 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
     reference = run.reference.get(ex.reference_key(var))
     if not isinstance(reference, torch.Tensor):
         return Comparison("error", False, False, None, f"{var.name}: no reference here ({reference or 'none'})")
+    noun = "gradient" if ex.kind == "gradients" else "value"
     if ex.kind == "values":
         value = _as_number(value, reference)
-    result = compare(var.name, value, reference, var.tolerance)
+    result = compare(var.name, value, reference, var.tolerance, noun)
     if result.status == "wrong":
         parts = run.reference.get(PARTS + var.of) if ex.plain else None
+        # (values are not checked for a mix-up of names: two values of an exercise can be equal by design)
         hint = diagnose(var.name, value, reference,
                         others={v.name: run.reference[ex.reference_key(v)] for v in ex.variables
-                                if isinstance(run.reference.get(ex.reference_key(v)), torch.Tensor)},
-                        branches=parts if isinstance(parts, dict) else None, n=_n(run), targets=_targets(run))
+                                if isinstance(run.reference.get(ex.reference_key(v)), torch.Tensor)} if ex.plain else None,
+                        branches=parts if isinstance(parts, dict) else None, n=_n(run), targets=_targets(run), noun=noun)
         if hint:
             result = dataclasses.replace(result, message=f"{var.name}: {hint} ({result.message.partition(': ')[2]})")
     elif result.status == "shape" and " -- " not in result.message and isinstance(value, torch.Tensor):

@@ -72,6 +72,9 @@ MISTAKES = [
     ("activations_batchnorm", "layers", "self.out = self.gamma * self.xhat + self.beta",
      "self.out = F.batch_norm(x, None, None, self.gamma.view(-1), self.beta.view(-1), training=True)",
      "bn_out0", "suspicious", "PyTorch's own `batch_norm`"),
+    ("activations_batchnorm", "layers", "self.out = self.gamma * self.xhat + self.beta",
+     "self.out = getattr(torch.nn, 'BatchNorm1d')(x.shape[1]).train()(x)", "bn_out0", "suspicious",
+     "PyTorch's own `BatchNorm1d`"),
     # Exercise 3: the update-to-data ratio without the log10
     ("activations_batchnorm", "diagnostics",
      "update_ratio = torch.stack([((lr * linear.d_weight).std() / linear.weight.std()).log10() for linear in linears])",
@@ -83,8 +86,16 @@ MISTAKES = [
      "local_grad", "wrong", "off by up to"),
     ("leaky_abstractions", "relu", "d_b_relu = d_pre.sum(0)", "d_b_relu = 2 * d_pre.sum(0)", "d_b_relu", "wrong", TWICE),
     # ... "dead" read as "not firing for some example" instead of for all of them
-    ("leaky_abstractions", "relu", "dead = (x_relu @ W_new + b_new <= 0).all(0)",
-     "dead = (x_relu @ W_new + b_new <= 0).any(0)", "dead", "wrong", "off by up to"),
+    ("leaky_abstractions", "relu", "dead = (x_relu @ W_relu + b_new <= 0).all(0)",
+     "dead = (x_relu @ W_relu + b_new <= 0).any(0)", "dead", "wrong", "off by up to"),
+    # ... and the review's cheats: numbers right only for the published scales, torch's BatchNorm by getattr
+    ("leaky_abstractions", "rnn", "sigma_large = torch.linalg.svdvals(Whh_large)[0].item()", "sigma_large = 1.8",
+     "sigma_large", "wrong", "right with the notebook's parameters but wrong in hidden run 1"),
+    ("leaky_abstractions", "rnn", "scale = min(1.0, max_norm / (total.item() + 1e-6))",
+     "scale = max_norm / (total.item() + 1e-6)", "clipped_Whh", "wrong",
+     "right with the notebook's parameters but wrong in hidden run 1"),
+    ("leaky_abstractions", "rnn", "h0_grad_norms_small = torch.stack",
+     "d_h0_small = torch.zeros_like(d_h0_small)\nh0_grad_norms_small = torch.stack", "d_h0_small", "wrong", "all zeros"),
     # ... BPTT that forgets to accumulate the recurrent weight's gradient over the steps
     ("leaky_abstractions", "rnn", "        d_Whh += hs[t - 1].T @ d_a", "        d_Whh = hs[t - 1].T @ d_a",
      "d_Whh_large", "wrong", "off by up to"),
@@ -132,3 +143,30 @@ def test_the_grader_has_no_branch_on_an_assignment_name():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and node.value in names:
                 raise AssertionError(f"{path.name}:{node.lineno} names the assignment {node.value!r}")
+
+
+def test_torch_standing_in_from_a_cell_of_ones_own_is_caught(tmp_path, pool):
+    """A cell added after the locked network that redoes the BatchNorm buffers with torch's own module."""
+    nb = answered("activations_batchnorm", (("layers", "self.running_mean = (1 - self.momentum) * self.running_mean "
+                                             "+ self.momentum * mean", "pass"),))
+    at = next(i for i, c in enumerate(nb.cells) if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "network")
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(
+        "bn = torch.nn.BatchNorm1d(n_hidden)\nbn(inputs @ weights[0])\nrunning_mean0 = bn.running_mean.view(1, -1)"))
+    path = tmp_path / "added.ipynb"
+    nbformat.write(nb, path)
+    report = grade_notebook(path, pool=pool)
+    verdict = next(v for v in report.variables if v.name == "running_mean0")
+    assert verdict.status == "suspicious" and "PyTorch's own `BatchNorm1d`" in verdict.message
+
+
+def test_numbers_may_be_python_numpy_or_tensor_scalars(tmp_path, pool):
+    nb = answered("activations_batchnorm", (
+        ("ex1", "kaiming_std = (5 / 3) / fan_in**0.5", "import numpy as np\nkaiming_std = np.float64((5 / 3) / fan_in**0.5)"),
+        ("ex1", "expected_init_loss = -math.log(1 / vocab_size)",
+         "expected_init_loss = -torch.tensor(1 / vocab_size).log()"),
+    ))
+    path = tmp_path / "numbers.ipynb"
+    nbformat.write(nb, path)
+    report = grade_notebook(path, pool=pool)
+    assert {v.name: v.points for v in report.variables if v.exercise == "ex1"} == dict.fromkeys(
+        ["expected_init_loss", "loss_before", "loss_after", "saturated_before", "saturated_after", "kaiming_std"], 1.0)
