@@ -344,6 +344,24 @@ def _restore(pristine: list[tuple[object, dict]]) -> None:
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
 
 
+def _unless_orphaned(supervisor: int, job: int, confined: bool) -> None:
+    """Return when the job ends; if the supervisor ends first (the grader was killed), end the job and exit."""
+    import select
+
+    try:
+        child = os.pidfd_open(job)
+    except OSError:
+        return  # it has ended already
+    ready, _, _ = select.select([supervisor, child], [], [])
+    if child in ready:
+        os.close(child)
+        return
+    try:  # everything of the job: its namespace's processes, or its process group
+        os.kill(-1, signal.SIGKILL) if confined else os.killpg(os.getpid(), signal.SIGKILL)
+    finally:
+        os._exit(0)
+
+
 def _ends_within(pid: int, seconds: float, ticks: int, extensions: int) -> bool:
     """Whether child `pid` ends in time: within `seconds`, counted again from each byte read on the
     `ticks` pipe (a new run begins), at most `extensions` times. The child is left to be reaped."""
@@ -502,16 +520,22 @@ class Worker:
         started = time.monotonic()
         init_read, init_write = os.pipe()
         ticks_read, ticks_write = os.pipe()  # one byte from the job as each run after the first begins
+        # Process 1 of a PID namespace is spared the parent-death signal: it watches this process instead,
+        # through a pidfd (which, unlike a pid, means the same thing inside the namespace).
+        try:
+            me = os.pidfd_open(os.getpid())
+        except (AttributeError, OSError):
+            me = None
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(status_fd)
                 os.close(init_read)
                 os.close(ticks_read)
-                self._init(job, confined, uid, run_fds, init_write, ticks_write)
+                self._init(job, confined, uid, run_fds, init_write, ticks_write, me)
             finally:
                 os._exit(71)
-        for fd in (*run_fds, init_write, ticks_write):
+        for fd in (*run_fds, init_write, ticks_write, *([me] if me is not None else [])):
             os.close(fd)
         timed_out = not _ends_within(pid, job["timeout"], ticks_read, len(job["runs"]) - 1)
         if timed_out:
@@ -531,7 +555,8 @@ class Worker:
         os.write(status_fd, json.dumps(report).encode() + b"\n")
         os._exit(0)
 
-    def _init(self, job: dict, confined: bool, uid: int, run_fds: list[int], init_write: int, ticks_write: int) -> None:
+    def _init(self, job: dict, confined: bool, uid: int, run_fds: list[int], init_write: int, ticks_write: int,
+              supervisor: int | None = None) -> None:
         """Process 1 of the job's namespaces: sets up its view of the files, starts the job, reports how it ended.
 
         The notebook does not run as process 1 itself: the kernel spares process 1 the signals it sends
@@ -554,6 +579,8 @@ class Worker:
         if pid == 0:
             try:
                 os.close(init_write)
+                if supervisor is not None:
+                    os.close(supervisor)
                 self._run_all(job, uid, workdir, run_fds, ticks_write)
             except BaseException:  # ours, or the notebook's doing: either way the report shows the traceback
                 traceback.print_exc()
@@ -561,6 +588,8 @@ class Worker:
                 os._exit(71)
         for fd in (*run_fds, ticks_write):
             os.close(fd)
+        if supervisor is not None:
+            _unless_orphaned(supervisor, pid, confined)
         _, status, usage = os.wait4(pid, 0)
         stray = _stray_processes() if confined else 0
         os.write(init_write, json.dumps({"returncode": os.waitstatus_to_exitcode(status),

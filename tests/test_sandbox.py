@@ -3,6 +3,8 @@ submission starts from that state however the run before it left things."""
 
 from __future__ import annotations
 
+import os
+
 import nbformat
 import pytest
 
@@ -97,3 +99,78 @@ def test_a_replayed_call_must_be_a_minibatch_of_the_training_loop(tmp_path, pool
     report = grade_notebook(path, hidden_runs=(), pool=pool)
     d_C = next(v for v in report.variables if v.exercise == "ex4" and v.name == "d_C")
     assert d_C.points == 0 and "not a minibatch of the training loop" in d_C.message, d_C.message
+
+
+def _confine_available() -> bool:
+    from grader import _confine
+
+    return _confine.available()
+
+
+def _left_behind() -> list[str]:
+    """Processes of a run's uid whose supervisor is gone (see test_hostile)."""
+    from grader import _confine
+
+    def owner(pid: str) -> int:
+        try:
+            return os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            return -1
+
+    confined = [p for p in os.listdir("/proc") if p.isdigit() and owner(p) >= _confine.UID_BASE]
+    return [p for p in confined if owner(p) >= 0 and not os.path.exists(f"/proc/{owner(p) - _confine.UID_BASE}")]
+
+
+@pytest.mark.skipif(not _confine_available(), reason="needs the Linux namespaces (root)")
+def test_a_run_ends_when_its_grader_is_killed(tmp_path):
+    """SIGKILL the grader while a notebook loops forever in its PID namespace: nothing of the run stays.
+    (Process 1 of a namespace is spared the parent-death signal; it watches its supervisor instead.)"""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import NOTEBOOKS, grader_command
+
+    grader = subprocess.Popen([*grader_command(), "check", str(NOTEBOOKS / "infinite_loop.ipynb"), "--timeout", "120"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(8)  # the worker starts, the job forks, the notebook loops
+    grader.send_signal(signal.SIGKILL)
+    grader.wait()
+    deadline = time.monotonic() + 10
+    while _left_behind() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _left_behind() == []
+
+
+def test_process_one_ends_the_job_when_its_supervisor_is_gone():
+    """The race the parent-death signal misses (the supervisor killed before process 1 could ask for it, or
+    process 1 of a PID namespace spared it): process 1 watches the supervisor's pidfd and ends the job."""
+    import signal
+    import subprocess
+    import time
+
+    from grader._child import _unless_orphaned
+
+    supervisor = subprocess.Popen(["sleep", "60"])
+    watch = os.pidfd_open(supervisor.pid)
+    read, write = os.pipe()
+    init = os.fork()
+    if init == 0:  # process 1 of a job (its own process group), and a job that never ends
+        os.setsid()
+        job = os.fork()
+        if job == 0:
+            while True:
+                time.sleep(1)
+        os.write(write, str(job).encode())
+        _unless_orphaned(watch, job, confined=False)
+        os._exit(3)  # the job ended on its own: not what happened
+    os.close(write)
+    job = int(os.read(read, 32))
+    supervisor.kill()
+    supervisor.wait()
+    _, status = os.waitpid(init, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL  # it ended its group, itself included
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{job}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{job}") or open(f"/proc/{job}/stat").read().split()[2] == "Z"
