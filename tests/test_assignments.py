@@ -116,10 +116,40 @@ MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("name, cell, old, new, variable, status, phrase", MISTAKES,
-                         ids=[f"{m[0][:6]}:{m[4]}:{m[5]}" for m in MISTAKES])
-def test_one_wrong_answer_gets_its_verdict_and_hint(tmp_path, pool, name, cell, old, new, variable, status, phrase):
-    report = grade_notebook(_submission(tmp_path, name, ((cell, old, new),)), pool=pool)
+# The behaviour notebooks these make, one per mistake, named for what they show (tests/notebooks/<assignment>/).
+NAMES = [
+    "init_loss_sign", "kaiming_literal_fan_in", "saturation_count", "d_weight_transposed", "bn_backward_no_bessel",
+    "d_beta_doubled", "running_mean_momentum_swapped", "torch_batch_norm", "torch_batch_norm_by_getattr",
+    "update_ratio_no_log10", "sigmoid_d_x_sign", "sigmoid_local_grad", "relu_d_b_doubled", "dead_any_not_all",
+    "sigma_literal", "clipping_always_rescales", "d_h0_small_zeros", "bptt_no_accumulation",
+    "clipping_each_alone", "torch_clip_grad_norm", "clamp_gradient_as_huber",
+]
+assert len(NAMES) == len(MISTAKES) == len(set(NAMES))
+
+
+def behaviour_notebook(name: str) -> Path:
+    return ROOT / "tests" / "notebooks" / MISTAKES[NAMES.index(name)][0] / f"{name}.ipynb"
+
+
+def write_behaviour_notebooks() -> None:
+    """(Re)write the behaviour notebooks from the table: `python tests/test_assignments.py`."""
+    for name, (assignment, cell, old, new, *_) in zip(NAMES, MISTAKES):
+        path = behaviour_notebook(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(answered(assignment, ((cell, old, new),)), path)
+
+
+def test_behaviour_notebooks_are_the_release_with_one_mistake_each():
+    """The committed notebooks are what the table makes of the current release and solution."""
+    stale = [name for name, (assignment, cell, old, new, *_) in zip(NAMES, MISTAKES)
+             if nbformat.read(behaviour_notebook(name), as_version=4) != answered(assignment, ((cell, old, new),))]
+    assert stale == [], "run `python tests/test_assignments.py` after editing a solution or the table"
+
+
+@pytest.mark.parametrize("file, name, cell, old, new, variable, status, phrase", [(n, *m) for n, m in zip(NAMES, MISTAKES)],
+                         ids=NAMES)
+def test_one_wrong_answer_gets_its_verdict_and_hint(pool, file, name, cell, old, new, variable, status, phrase):
+    report = grade_notebook(behaviour_notebook(file), pool=pool)
     verdict = next(v for v in report.variables if v.name == variable)
     assert verdict.points == 0 and verdict.status == status, verdict
     assert phrase in verdict.message, verdict.message
@@ -170,3 +200,7 @@ def test_numbers_may_be_python_numpy_or_tensor_scalars(tmp_path, pool):
     report = grade_notebook(path, pool=pool)
     assert {v.name: v.points for v in report.variables if v.exercise == "ex1"} == dict.fromkeys(
         ["expected_init_loss", "loss_before", "loss_after", "saturated_before", "saturated_after", "kaiming_std"], 1.0)
+
+
+if __name__ == "__main__":
+    write_behaviour_notebooks()
