@@ -311,6 +311,14 @@ def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> C
     return Comparison(c.status, c.exact, c.approximate, c.maxdiff, message)
 
 
+def _only_just(first: Comparison, var, reference: object) -> bool:
+    """Whether an approximate answer uses more than a tenth of its tolerance (a near miss, not rounding)."""
+    if first.exact or first.maxdiff is None or not isinstance(reference, torch.Tensor) or not reference.numel():
+        return False
+    allowed = var.tolerance.atol + var.tolerance.rtol * float(reference.detach().double().abs().max())
+    return first.maxdiff > 0.1 * allowed
+
+
 def _hint(changed: tuple[str, ...], defaults: dict[str, object]) -> str:
     """A guess at why an answer is right for the published parameters only (no hidden value in it)."""
     guesses = []
@@ -406,6 +414,10 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                 status = v.status
                 # no comparison text, shape or error message here: they could give a hidden value away
                 hint = _hint(run.changed, defaults) if ex.function is None else ""
+                if hint and v.status == "wrong" and _only_just(first, var, main.reference.get(ex.reference_key(var))):
+                    # a formula a little off, not a copied number: it passes here within the tolerance only
+                    hint = (": it passes with the notebook's parameters only just (within the tolerance), so a small "
+                            "error in the formula shows with other values")
                 if run.captured.finished:
                     message = (f"{var.name} is right with the notebook's parameters but {v.status.replace('_', ' ')} "
                                f"in {run.label} (other {', '.join(run.changed)}){hint}")
