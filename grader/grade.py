@@ -37,9 +37,16 @@ def graded_rubric(path: str | Path, assignment: str | None = None) -> rubrics.Ru
     from grader import lecture
 
     student = notebook.read(Path(path))
-    if assignment == rubrics.LECTURE or (assignment is None and not lecture.is_ours(student)):
+    if _as_lecture(student, assignment):
         return lecture.rubric_for(lecture.recognise(student, path))
     return rubrics.load(assignment or notebook.assignment_of(student, Path(path)))
+
+
+def _as_lecture(student, assignment: str | None) -> bool:
+    """Whether to grade `student` as the lecture's own notebook: asked for, or it is not one of ours."""
+    from grader import lecture
+
+    return assignment == rubrics.LECTURE or (assignment is None and not lecture.is_ours(student))
 
 
 def hidden_folders(rubric: rubrics.Rubric) -> list[Path]:
@@ -95,9 +102,7 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
     """
     path = Path(path)
     student = notebook.read(path)
-    from grader import lecture
-
-    if assignment == rubrics.LECTURE or (assignment is None and not lecture.is_ours(student)):
+    if _as_lecture(student, assignment):
         if parameters or hidden_runs:
             raise RubricError("lecture notebooks have no parameters cell and no hidden re-runs")
         return _grade_lecture(path, student, data=data, timeout=timeout, pool=pool)

@@ -27,6 +27,31 @@ def _case(suite: ET.Element, classname: str, name: str, properties: list[tuple[s
         ET.SubElement(case, "failure", message=failure).text = failure
 
 
+def variable_failure(v) -> str:
+    """Why a report's variable fails as a test (it does not earn all its points), or "" when it passes."""
+    if v.points >= v.max_points:
+        return ""
+    return f"{v.status}: {v.message}" if v.message else v.status
+
+
+def run_failure(report: Report, index: int) -> str:
+    """Why hidden run `index` (from 1) fails as a test, or "" when it passes: it must run to the end, and every
+    variable right with the notebook's parameters must be right in it too (a variable wrong everywhere fails
+    its own test; this one is about the parameters)."""
+    run = report.runs[index] if index < len(report.runs) else None
+    if run is None:
+        return f"hidden run {index} did not take place"
+    if run.status != "graded":
+        return f"hidden run {index} did not run to the end"
+    if not any(v.runs and v.runs[0] in PASSING for v in report.variables):
+        return f"nothing to re-check in hidden run {index}: no variable is right with the notebook's parameters yet"
+    only_here = [v.name for v in report.variables
+                 if len(v.runs) > index and v.runs[0] in PASSING and v.runs[index] not in PASSING]
+    if only_here:
+        return f"right with the notebook's parameters but not in hidden run {index} (other parameters): {', '.join(only_here)}"
+    return ""
+
+
 def ungradable(notebook: str, reason: str) -> str:
     """The JUnit XML of a notebook that could not be graded at all: one failing testcase with the reason."""
     from pathlib import Path
@@ -49,15 +74,12 @@ def to_junit(report: Report, seconds: float = 0.0) -> str:
     suite = ET.SubElement(root, "testsuite", name=report.assignment)
     failures = 0
     for v in report.variables:
-        failure = "" if v.points >= v.max_points else (f"{v.status}: {v.message}" if v.message else v.status)
+        failure = variable_failure(v)
         failures += bool(failure)
         _case(suite, prefix + v.exercise, v.name, [("points", f"{v.points:g}"), ("max_points", f"{v.max_points:g}"),
                                            ("status", v.status)], failure)
-    for i, run in enumerate(report.runs[1:], start=1):
-        wrong = [v.name for v in report.variables if len(v.runs) > i and v.runs[0] in PASSING and v.runs[i] not in PASSING]
-        failure = f"hidden run {i} did not run to the end" if run.status != "graded" else (
-            f"right with the notebook's parameters but not in hidden run {i} (other parameters): {', '.join(wrong)}"
-            if wrong else "")
+    for i in range(1, len(report.runs)):
+        failure = run_failure(report, i)
         failures += bool(failure)
         _case(suite, prefix + "hidden", f"run-{i}", [], failure)
     tests = len(suite)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import importlib.util
 import re
 import threading
@@ -159,15 +160,21 @@ def _shell_call(node: ast.AST) -> str | None:
 
 
 def _read(nb: nbformat.NotebookNode) -> list[_Cell]:
+    """The notebook's cells as the stages here read them (recognise, plan and saved_checks: parsed once)."""
+    return list(_read_cells(tuple((c.cell_type, c.source if isinstance(c.source, str) else "".join(c.source))
+                                  for c in nb.cells)))
+
+
+@functools.lru_cache(maxsize=16)
+def _read_cells(cells_in: tuple[tuple[str, str], ...]) -> tuple[_Cell, ...]:
     cells = []
     pending_marker = None  # a markdown heading "Exercise N" marks the next code cell
-    for index, cell in enumerate(nb.cells):
-        text = cell.source if isinstance(cell.source, str) else "".join(cell.source)
-        if cell.cell_type == "markdown":
+    for index, (cell_type, text) in enumerate(cells_in):
+        if cell_type == "markdown":
             found = MARKER.search(text)
             pending_marker = int(found.group(1)) if found else pending_marker
             continue
-        if cell.cell_type != "code":
+        if cell_type != "code":
             continue
         plain, shell = _neutralised(text)
         try:
@@ -179,7 +186,7 @@ def _read(nb: nbformat.NotebookNode) -> list[_Cell]:
         marker = _comment_marker(text) or pending_marker
         pending_marker = None
         cells.append(_Cell(index, index + 1, translated, tree, shell, marker))
-    return cells
+    return tuple(cells)  # (shared by the callers of _read: never changed)
 
 
 def _comment_marker(text: str) -> int | None:

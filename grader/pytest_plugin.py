@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from grader import junit
+
 _GRADING = pytest.StashKey["_Grading"]()
 _INI_GRADING = pytest.StashKey["_Grading"]()
 
@@ -67,26 +69,15 @@ class _Grading:
             raise GradeFailure(f"{report.assignment} grades no variable {name} in {exercise}")
         properties += [("points", f"{found.points:g}"), ("max_points", f"{found.max_points:g}"),
                        ("status", found.status)]
-        if found.points < found.max_points:
-            raise GradeFailure(f"{found.status}: {found.message}" if found.message else found.status)
+        failure = junit.variable_failure(found)  # (the same words as `grader check --junit`)
+        if failure:
+            raise GradeFailure(failure)
 
     def check_run(self, index: int) -> None:
-        """Pass if hidden run `index` (from 1) ran to the end with every variable right in it."""
-        report = self.result()
-        run = report.runs[index] if index < len(report.runs) else None
-        if run is None:
-            raise GradeFailure(f"hidden run {index} did not take place")
-        if run.status != "graded":
-            raise GradeFailure(f"hidden run {index} did not run to the end")
-        right = ("exact", "approximate")
-        if not any(v.runs and v.runs[0] in right for v in report.variables):
-            raise GradeFailure(f"nothing to re-check in hidden run {index}: no variable is right with the "
-                               "notebook's parameters yet")
-        only_here = [v.name for v in report.variables
-                     if len(v.runs) > index and v.runs[0] in right and v.runs[index] not in right]
-        if only_here:  # (a variable wrong everywhere fails its own item; this one is about the parameters)
-            raise GradeFailure(f"right with the notebook's parameters but not in hidden run {index} (other "
-                               f"parameters): {', '.join(only_here)}")
+        """Pass if hidden run `index` (from 1) ran to the end with every variable right in it (`junit.run_failure`)."""
+        failure = junit.run_failure(self.result(), index)
+        if failure:
+            raise GradeFailure(failure)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -92,13 +92,18 @@ def gradients(rubric: Rubric, released: nbformat.NotebookNode, params: dict[str,
 
 
 @functools.lru_cache(maxsize=8)
+def _reference_namespace(assignment: str, params_items: tuple) -> dict:
+    """The reference cells run once per parameter set: the gradients' graph and the values both read it."""
+    return _namespace(rubrics.load(assignment), dict(params_items), rubrics.load(assignment).reference_cells)
+
+
+@functools.lru_cache(maxsize=8)
 def _graph(assignment: str, params_items: tuple) -> dict[str, torch.Tensor]:
     """The released forward pass with autograd: every graded forward tensor, its `.grad` set, the graph kept."""
     rubric = rubrics.load(assignment)
-    params = dict(params_items)
     where = str(rubric.released)
     plain = [ex for ex in rubric.exercises if ex.plain]
-    ns = _namespace(rubric, params, rubric.reference_cells)
+    ns = _reference_namespace(assignment, params_items)
     wanted = sorted({v.of for ex in plain for v in ex.variables})
     tensors = {name: ns.get(name) for name in wanted}
     absent = [name for name, t in tensors.items() if not isinstance(t, torch.Tensor)]
@@ -164,7 +169,7 @@ def _values(rubric: Rubric, params: dict[str, object]) -> list[tuple[str, object
     out: list[tuple[str, object]] = []
     exercises = [ex for ex in rubric.exercises if ex.kind == "values"]
     if any(ex.source == "reference" for ex in exercises):
-        ns = _namespace(rubric, params, rubric.reference_cells)
+        ns = _reference_namespace(rubric.assignment, tuple(params.items()))
         for ex in exercises:
             if ex.source == "reference":
                 out += [(ex.reference_key(v), as_reference(ns[v.of]) if v.of in ns else

@@ -188,7 +188,7 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
         return Comparison("error", False, False, None, f"{var.name}: no reference here ({reference or 'none'})")
     noun = "gradient" if ex.kind == "gradients" else "value"
     if ex.kind == "values":
-        value = _as_number(value, reference)
+        value = as_number(value, reference)
     result = compare(var.name, value, reference, var.tolerance, noun)
     if result.status == "wrong":
         parts = run.reference.get(PARTS + var.of) if ex.plain else None
@@ -206,7 +206,7 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
     return result
 
 
-def _as_number(value: object, reference: torch.Tensor) -> object:
+def as_number(value: object, reference: torch.Tensor) -> object:
     """A one-element floating answer as the float64 scalar a numeric reference is (`tensor([3.29])`, a float32
     scalar and a Python float all answer "3.29")."""
     if reference.ndim == 0 and reference.dtype == torch.float64 and type(value) is torch.Tensor \

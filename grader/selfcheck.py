@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from grader import rubric
-from grader.compare import Comparison, compare, cmp_line
+from grader.compare import compare, cmp_line
 from grader.rubric import Tolerance
 
 
@@ -59,6 +59,7 @@ def check_value(name: str, actual: object, expected: object, rtol: float = 1e-4,
     """Print one cmp-style line comparing a value (a number, a tensor, a mask) with `expected`; return whether
     it passes. For the test cells of values exercises, whose expected values nbgrader keeps hidden."""
     from grader.reference import as_reference
+    from grader.score import as_number
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -67,9 +68,7 @@ def check_value(name: str, actual: object, expected: object, rtol: float = 1e-4,
             print(f"{name:15s} | no reference: {want}")
             return False
         got = as_reference(actual) if isinstance(actual, (bool, int, float, list, tuple)) else actual
-        if isinstance(got, torch.Tensor) and want.ndim == 0 and got.numel() == 1 and got.is_floating_point():
-            got = got.double().reshape(())
-        result = compare(name, got, want, Tolerance(rtol, atol))
+        result = compare(name, as_number(got, want), want, Tolerance(rtol, atol), noun="value")
     print(cmp_line(name, result))
     return result.passed
 

@@ -94,8 +94,8 @@ def test_usage_mistakes_are_usage_errors(tmp_path):
 
 
 def test_a_notebook_that_cannot_run_fails_every_item_with_one_line(tmp_path):
-    proc = _pytest(tmp_path, "--grade", str(NOTEBOOKS / "infinite_loop.ipynb"), "--grade-timeout", "3",
-                   "--grade-no-runs", f"--junitxml={tmp_path / 'r.xml'}")
+    _pytest(tmp_path, "--grade", str(NOTEBOOKS / "infinite_loop.ipynb"), "--grade-timeout", "3",
+            "--grade-no-runs", f"--junitxml={tmp_path / 'r.xml'}")
     messages = [c.find("failure").get("message") for c in _cases(tmp_path / "r.xml").values()]
     assert len(messages) == 36 and all(m and "\n" not in m and "did not run to the end" in m for m in messages)
 
