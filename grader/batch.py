@@ -203,12 +203,13 @@ def grade_one(submission: Submission, rubric: Rubric, timeout: float | None, poo
 
 def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeout: float | None = None,
               force: bool = False, progress: Callable[[Outcome], None] | None = None,
-              limits: sandbox.Limits = sandbox.DEFAULT_LIMITS, scheduler: str | None = None) -> list[Outcome]:
+              limits: sandbox.Limits = sandbox.DEFAULT_LIMITS, scheduler: str | None = None,
+              backend: sandbox.Backend | None = None) -> list[Outcome]:
     """Grade every submission in `found` into `out/reports/`, `jobs` at a time, reusing matching reports.
 
     `limits` caps each run (memory, file size, processes, its /tmp). `scheduler`: grade on a Dask cluster
     instead (`tcp://HOST:PORT`, or `local:N` for N local Dask workers; see `grader.cluster`); `jobs` is
-    then the cluster's business.
+    then the cluster's business. `backend`: the sandbox to run them in (default: `sandbox.choose()`).
     """
     rubric = rubrics.load(assignment)
     folder = out / "reports"
@@ -249,7 +250,7 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
             record(s, report, page)
         return sorted(outcomes, key=lambda o: o.submission.student)
 
-    with sandbox.Pool(hidden, limits) as workers, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with sandbox.Pool(hidden, limits, backend) as workers, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         edges = feedback_edges(rubric)
         futures = {pool.submit(grade_one, s, rubric, timeout, workers, edges): s for s in todo}
         for future in as_completed(futures):

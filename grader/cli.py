@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="lecture notebooks: the names.txt their code reads (default: the grader's data/names.txt)")
     check.add_argument("--hidden-runs", metavar="FILE",
                        help="a TOML file of [[hidden_run]] parameter tables to use instead of the published ones")
+    _sandbox_option(check)
     grade = commands.add_parser("grade", help="grade a whole class into a folder of reports, grades.csv and a summary")
     grade.add_argument("submissions", metavar="SUBMISSION", nargs="+",
                        help="notebooks, folders of them (nbgrader's submitted/ too) or zips of an LMS download")
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("--scheduler", metavar="ADDRESS",
                        help="grade on a Dask cluster: tcp://HOST:PORT of a running scheduler, or local:N for N local "
                             "Dask workers (needs the dask extra)")
+    _sandbox_option(grade)
 
     gradebook = commands.add_parser(
         "gradebook", help="grade an nbgrader course's submitted/ folder and write the scores into its gradebook")
@@ -71,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sandbox_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--sandbox", choices=["auto", "linux", "portable"],
+                         help="how notebooks are isolated: linux (namespaces, as root or an ordinary user), portable "
+                              "(any platform: timeout, memory cap, process tree), auto (default, or $GRADER_SANDBOX: "
+                              "the best that works here)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (0 report, 1 ungradable input, 2 usage)."""
     args = _parser().parse_args(argv)
@@ -78,17 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     if timeout is not None and not 0 < timeout < float("inf"):
         _parser().error("--timeout must be a positive number of seconds")
     from grader import grade, report, rubric, sandbox  # after parsing: `--help` should not wait for torch
-    from grader._confine import available
 
-    if args.command in ("check", "grade") and not available():
-        print("grader: warning: notebooks run without isolation here (it needs Linux and root): they can read "
-              "your files and use the network; only the time, memory and file-size limits hold", file=sys.stderr)
+    backend = None
+    if args.command in ("check", "grade"):
+        try:
+            backend = sandbox.choose(args.sandbox)
+        except GraderError as e:
+            print(f"grader: {e}", file=sys.stderr)
+            return e.exit_code
+        if backend.warning:
+            print(f"grader: warning: {backend.warning}", file=sys.stderr)
 
     memory = getattr(args, "memory", None)
     if memory is not None and not 64 <= memory < float("inf"):
         _parser().error("--memory must be at least 64 (MB)")
     if args.command == "grade":
-        return _grade(args)
+        return _grade(args, backend)
     if args.command == "gradebook":
         return _gradebook(args)
     if args.command == "gradescope":
@@ -107,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         hidden = rubric.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
-        with sandbox.Pool(limits=_limits(args)) as pool:
+        with sandbox.Pool(limits=_limits(args), backend=backend) as pool:
             result, runs = grade.grade_with_runs(args.notebook, assignment=args.assignment, timeout=args.timeout,
                                                  hidden_runs=hidden, pool=pool, data=args.data)
         if args.junit:
@@ -173,7 +187,7 @@ class _Progress:
             print(file=sys.stderr)
 
 
-def _grade(args: argparse.Namespace) -> int:
+def _grade(args: argparse.Namespace, backend) -> int:
     import tempfile
     from pathlib import Path
 
@@ -190,7 +204,7 @@ def _grade(args: argparse.Namespace) -> int:
                 print(f"note: {problem}", file=sys.stderr)
             batch.grade_all(found, args.assignment, out, jobs=args.jobs, timeout=args.timeout, force=args.force,
                             progress=_Progress(len(found.submissions)), limits=_limits(args),
-                            scheduler=args.scheduler)
+                            scheduler=args.scheduler, backend=backend)
             summary = batch.write_outputs(out, args.assignment, found)
     except GraderError as e:
         print(f"grader: {e}", file=sys.stderr)

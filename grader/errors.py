@@ -28,3 +28,9 @@ class RubricError(GraderError):
 
 class SandboxError(GraderError):
     """The grader could not start the child process at all (not the student's fault)."""
+
+
+class UsageError(GraderError):
+    """The command line or its environment asks for something that does not exist (exit code 2)."""
+
+    exit_code = 2

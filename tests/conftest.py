@@ -37,6 +37,26 @@ def grader_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "grader"]
 
 
+def sandbox_processes(since: float) -> list:
+    """Processes of the grader's sandboxes (workers, interpreters, and every fork of theirs: a fork keeps
+    its parent's command line) started at or after `since` (`time.time()`) and still running."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["create_time", "cmdline", "status"]):
+        if (p.info["create_time"] or 0) >= since - 0.01 and p.info["status"] != psutil.STATUS_ZOMBIE \
+                and any("grader.sandbox." in part for part in p.info["cmdline"] or []):
+            found.append(p)
+    return found
+
+
+def linux_sandbox() -> bool:
+    """Whether the Linux backend works on this machine (root, or unprivileged user namespaces)."""
+    from grader import sandbox
+
+    return sandbox.choose("auto").name == "linux"
+
+
 @pytest.fixture(scope="session")
 def pool():
     """One warm worker for the whole session (torch imported and the data built once), as a batch has."""

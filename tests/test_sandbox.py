@@ -101,45 +101,30 @@ def test_a_replayed_call_must_be_a_minibatch_of_the_training_loop(tmp_path, pool
     assert d_C.points == 0 and "not a minibatch of the training loop" in d_C.message, d_C.message
 
 
-def _confine_available() -> bool:
-    from grader import _confine
-
-    return _confine.available()
-
-
-def _left_behind() -> list[str]:
-    """Processes of a run's uid whose supervisor is gone (see test_hostile)."""
-    from grader import _confine
-
-    def owner(pid: str) -> int:
-        try:
-            return os.stat(f"/proc/{pid}").st_uid
-        except OSError:
-            return -1
-
-    confined = [p for p in os.listdir("/proc") if p.isdigit() and owner(p) >= _confine.UID_BASE]
-    return [p for p in confined if owner(p) >= 0 and not os.path.exists(f"/proc/{owner(p) - _confine.UID_BASE}")]
-
-
-@pytest.mark.skipif(not _confine_available(), reason="needs the Linux namespaces (root)")
-def test_a_run_ends_when_its_grader_is_killed(tmp_path):
-    """SIGKILL the grader while a notebook loops forever in its PID namespace: nothing of the run stays.
-    (Process 1 of a namespace is spared the parent-death signal; it watches its supervisor instead.)"""
+@pytest.mark.parametrize("backend", ["linux", "portable"])
+def test_a_run_ends_when_its_grader_is_killed(tmp_path, backend):
+    """SIGKILL the grader while a notebook loops forever: nothing of the run stays. (Linux: process 1 of a
+    namespace is spared the parent-death signal, it watches its supervisor instead; portable: the child
+    ends itself and its group when the grader's pipe closes.)"""
     import signal
     import subprocess
     import time
 
-    from conftest import NOTEBOOKS, grader_command
+    from conftest import NOTEBOOKS, grader_command, linux_sandbox, sandbox_processes
 
-    grader = subprocess.Popen([*grader_command(), "check", str(NOTEBOOKS / "infinite_loop.ipynb"), "--timeout", "120"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(8)  # the worker starts, the job forks, the notebook loops
+    if backend == "linux" and not linux_sandbox():
+        pytest.skip("the Linux sandbox does not work on this machine")
+    since = time.time()
+    grader = subprocess.Popen([*grader_command(), "check", str(NOTEBOOKS / "infinite_loop.ipynb"), "--timeout", "120",
+                               "--sandbox", backend], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(8)  # the worker starts, the job starts, the notebook loops
+    assert sandbox_processes(since), "the notebook should be running"
     grader.send_signal(signal.SIGKILL)
     grader.wait()
     deadline = time.monotonic() + 10
-    while _left_behind() and time.monotonic() < deadline:
+    while sandbox_processes(since) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _left_behind() == []
+    assert sandbox_processes(since) == []
 
 
 def test_process_one_ends_the_job_when_its_supervisor_is_gone():
@@ -149,7 +134,7 @@ def test_process_one_ends_the_job_when_its_supervisor_is_gone():
     import subprocess
     import time
 
-    from grader._child import _unless_orphaned
+    from grader.sandbox.linux_child import _unless_orphaned
 
     supervisor = subprocess.Popen(["sleep", "60"])
     watch = os.pidfd_open(supervisor.pid)
@@ -162,7 +147,7 @@ def test_process_one_ends_the_job_when_its_supervisor_is_gone():
             while True:
                 time.sleep(1)
         os.write(write, str(job).encode())
-        _unless_orphaned(watch, job, confined=False)
+        _unless_orphaned(watch, job)
         os._exit(3)  # the job ended on its own: not what happened
     os.close(write)
     job = int(os.read(read, 32))

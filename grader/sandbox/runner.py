@@ -1,26 +1,24 @@
-"""The worker process: runs planned notebooks with IPython and writes back plain tensors.
+"""What runs beside student code in a child process, on every platform: the cell runner and the warm state.
 
-The worker imports torch and runs the released setup cells once (our code, no student's); then, for
-each run the grader asks for, it forks a supervisor, which forks the run itself in its confinement
-(`grader._confine`). The run carries on from the worker's state, so no run pays for Python's start-up,
-`import torch` or reading the data again.
+A child (a fork of the Linux worker, or a fresh interpreter of the portable backend) imports torch and
+runs the released setup cells once (`Warm`, our code, no student's); then each run of a job carries on
+from that state (`Warm.run_job`), cell after cell in one IPython shell (`Runner`), with autograd refused
+in answer cells (`Guard`).
 
 Everything a run does happens next to untrusted student code, which can change anything in that
 process. So nothing a run writes is trusted: the grader reads back only tensors (safetensors cannot
 carry code) and a JSON summary, and checks both. It never sends back a verdict, only values.
 
-    python -m grader._child SPEC_JSON SOCKET_FD
+Portable: nothing here may use an API that macOS or Windows lacks (the backends add what they can).
 """
 
 from __future__ import annotations
 
 import json
-import signal
 import os
 import sys
 import traceback
-
-from grader import _confine
+from collections.abc import Callable
 
 
 def _error_line(exc: BaseException) -> str:
@@ -344,69 +342,13 @@ def _restore(pristine: list[tuple[object, dict]]) -> None:
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
 
 
-def _unless_orphaned(supervisor: int, job: int, confined: bool) -> None:
-    """Return when the job ends; if the supervisor ends first (the grader was killed), end the job and exit."""
-    import select
+# --- the warm state ----------------------------------------------------------------------------------
 
-    try:
-        child = os.pidfd_open(job)
-    except OSError:
-        return  # it has ended already
-    ready, _, _ = select.select([supervisor, child], [], [])
-    if child in ready:
-        os.close(child)
-        return
-    try:  # everything of the job: its namespace's processes, or its process group
-        os.kill(-1, signal.SIGKILL) if confined else os.killpg(os.getpid(), signal.SIGKILL)
-    finally:
-        os._exit(0)
-
-
-def _ends_within(pid: int, seconds: float, ticks: int, extensions: int) -> bool:
-    """Whether child `pid` ends in time: within `seconds`, counted again from each byte read on the
-    `ticks` pipe (a new run begins), at most `extensions` times. The child is left to be reaped."""
-    import select
-    import time
-
-    deadline = time.monotonic() + seconds
-    pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None  # Linux 5.3+: sleep until it ends
-    watched = [ticks] + ([pidfd] if pidfd is not None else [])
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        ready = select.select(watched, [], [], left if pidfd is not None else min(left, 0.005))[0]
-        if pidfd is not None and pidfd in ready:
-            return True
-        if pidfd is None and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            return True
-        if ticks in ready:
-            count = len(os.read(ticks, 64))
-            if count == 0:
-                watched.remove(ticks)  # every writer is gone: the job is ending
-            elif extensions > 0:
-                extensions -= min(count, extensions)
-                deadline = time.monotonic() + seconds
-
-
-def _stray_processes() -> int:
-    """In process 1 of a PID namespace: how many other processes are still running there (zombies reaped)."""
-    while True:
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                break
-        except ChildProcessError:
-            break
-    return sum(1 for p in os.listdir("/proc") if p.isdigit() and p != "1")
-
-
-# --- the worker -------------------------------------------------------------------------------------
-
-class Worker:
-    """A process with torch imported and the released setup cells run, that forks one child per job.
+class Warm:
+    """torch imported and the released setup cells run: the state every run of a job starts from.
 
     A job is one submission: all its runs (its own parameters, then the hidden re-runs), one after
-    another in one confined process, each starting again from the state after the setup cells.
+    another in one process, each starting again from the state after the setup cells.
     """
 
     def __init__(self, spec: dict) -> None:
@@ -475,146 +417,19 @@ class Worker:
         self.torch.set_grad_enabled(grad_was)
         self._set_rng(self.warmed_rng)
 
-    def serve(self, sock) -> None:
-        """Fork a supervisor for each job until the grader closes the socket."""
-        import gc
-        import socket
+    def run_job(self, runs: list[dict], workdir: str, run_fds: list[int], new_run: Callable[[], object]) -> None:
+        """Each run in turn, each from the state after the setup; `new_run()` as each run after the first begins.
 
-        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
-        gc.collect()
-        gc.freeze()  # keeps the objects made so far out of later collections: fewer pages copied per fork
-        sock.sendall(b"ready\n")
-        while True:
-            try:
-                message, fds, _, _ = socket.recv_fds(sock, 64, 2 + 3 * MAX_RUNS)
-            except (ConnectionError, OSError):
-                return
-            if not message:
-                return
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    sock.close()
-                    self._supervise(fds)
-                finally:
-                    os._exit(70)
-            for fd in fds:
-                os.close(fd)
-
-    def _supervise(self, fds: list[int]) -> None:
-        """The supervisor: starts the job in its confinement, gives each run at most the timeout, reports."""
-        import time
-
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        _confine.die_with_parent()
-        os.setsid()
-        job_fd, status_fd, *run_fds = fds
-        with os.fdopen(job_fd, "rb") as f:
-            job = json.loads(f.read())
-        confined = False
-        try:
-            confined = _confine.new_namespaces()
-        except OSError as e:
-            job["warning"] = f"no private namespaces ({e})"
-        uid = _confine.UID_BASE + os.getpid()
-        started = time.monotonic()
-        init_read, init_write = os.pipe()
-        ticks_read, ticks_write = os.pipe()  # one byte from the job as each run after the first begins
-        # Process 1 of a PID namespace is spared the parent-death signal: it watches this process instead,
-        # through a pidfd (which, unlike a pid, means the same thing inside the namespace).
-        try:
-            me = os.pidfd_open(os.getpid())
-        except (AttributeError, OSError):
-            me = None
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(status_fd)
-                os.close(init_read)
-                os.close(ticks_read)
-                self._init(job, confined, uid, run_fds, init_write, ticks_write, me)
-            finally:
-                os._exit(71)
-        for fd in (*run_fds, init_write, ticks_write, *([me] if me is not None else [])):
-            os.close(fd)
-        timed_out = not _ends_within(pid, job["timeout"], ticks_read, len(job["runs"]) - 1)
-        if timed_out:
-            os.kill(pid, signal.SIGKILL)  # process 1 of its namespace: everything in it dies too
-        os.waitpid(pid, 0)
-        if not confined:
-            try:
-                os.killpg(pid, signal.SIGKILL)  # what it left running in its process group
-            except (ProcessLookupError, PermissionError):
-                pass
-        with os.fdopen(init_read, "rb") as f:
-            ended = json.loads(f.read() or b"{}")
-        report = {"returncode": ended.get("returncode", -signal.SIGKILL), "timed_out": timed_out,
-                  "stray": ended.get("stray", 0), "sandbox_error": ended.get("sandbox_error", ""),
-                  "seconds": time.monotonic() - started, "max_rss_kb": ended.get("max_rss_kb", 0),
-                  "confined": confined, "warning": job.get("warning", "")}
-        os.write(status_fd, json.dumps(report).encode() + b"\n")
-        os._exit(0)
-
-    def _init(self, job: dict, confined: bool, uid: int, run_fds: list[int], init_write: int, ticks_write: int,
-              supervisor: int | None = None) -> None:
-        """Process 1 of the job's namespaces: sets up its view of the files, starts the job, reports how it ended.
-
-        The notebook does not run as process 1 itself: the kernel spares process 1 the signals it sends
-        itself, and a notebook should behave as it would anywhere else.
+        `run_fds` holds three open files per run: its output, its progress and its result.
         """
-        _confine.die_with_parent()
-        os.setsid()  # a group of its own, killed as one where there is no PID namespace
-        workdir = "/tmp/run"
-        try:
-            if confined:
-                _confine.private_view(self.spec["hidden"], self.spec["needed"], workdir, self.spec["limits"]["tmp_size"])
-            else:
-                import tempfile
-
-                workdir = tempfile.mkdtemp(prefix="grader-run-")
-        except OSError as e:  # ours, not the notebook's: the grader stops with this message
-            os.write(init_write, json.dumps({"sandbox_error": f"{type(e).__name__}: {e}"}).encode())
-            os._exit(0)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(init_write)
-                if supervisor is not None:
-                    os.close(supervisor)
-                self._run_all(job, uid, workdir, run_fds, ticks_write)
-            except BaseException:  # ours, or the notebook's doing: either way the report shows the traceback
-                traceback.print_exc()
-            finally:
-                os._exit(71)
-        for fd in (*run_fds, ticks_write):
-            os.close(fd)
-        if supervisor is not None:
-            _unless_orphaned(supervisor, pid, confined)
-        _, status, usage = os.wait4(pid, 0)
-        stray = _stray_processes() if confined else 0
-        os.write(init_write, json.dumps({"returncode": os.waitstatus_to_exitcode(status),
-                                         "max_rss_kb": usage.ru_maxrss, "stray": stray}).encode())
-        if not confined:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
-        os._exit(0)
-
-    def _run_all(self, job: dict, uid: int, workdir: str, run_fds: list[int], ticks_write: int) -> None:
-        """The job itself: drop privileges, then each run in turn, each from the state after the setup."""
-        _confine.die_with_parent()
-        self._write_data(workdir)
-        _confine.drop_privileges(_confine.Limits(**self.spec["limits"]), workdir, uid)
-        # Python ignores SIGXFSZ; restored, writing past the file-size cap ends the run with a clear reason
-        # instead of an error inside the error handler that would print the error
-        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-        os.environ["HOME"] = os.environ["TMPDIR"] = workdir
+        for name in ("HOME", "TMPDIR", "TEMP", "TMP"):
+            os.environ[name] = workdir
         prefix_names = dict(self.warm.locked_names)
         prefix_outcomes = list(self.warm.outcomes)
-        for i, run in enumerate(job["runs"]):
+        for i, run in enumerate(runs):
             output_fd, progress_fd, result_fd = run_fds[3 * i : 3 * i + 3]
             if i > 0:
-                os.write(ticks_write, b"1")  # a new run: the supervisor restarts the clock
+                new_run()
                 self._reset(workdir)
             sys.stdout.flush()
             sys.stderr.flush()
@@ -645,10 +460,8 @@ class Worker:
             del runner, content
         sys.stdout.flush()
         sys.stderr.flush()
-        # Skip the interpreter's clean-up: tearing down torch takes half a second and nothing is left to save.
-        os._exit(0)
 
-    def _write_data(self, workdir: str) -> None:
+    def write_data(self, workdir: str) -> None:
         for name, content in self.data.items():
             os.makedirs(os.path.dirname(os.path.join(workdir, name)), exist_ok=True)  # `data/names.txt`
             with open(os.path.join(workdir, name), "wb") as f:
@@ -664,27 +477,8 @@ class Worker:
                 self.after_setup[name] = fresh
         self.torch._C._set_grad_enabled(True)
         try:
-            self._write_data(workdir)
+            self.write_data(workdir)
         except OSError:
             pass  # e.g. the last run filled its disk: this run will say so itself
 
 
-def main(argv: list[str]) -> int:
-    """`python -m grader._child SPEC_JSON SOCKET_FD`: become a worker for the grader at the socket's end."""
-    import socket
-
-    spec_path, fd = argv
-    sock = socket.socket(fileno=int(fd))
-    with open(spec_path, encoding="utf-8") as f:
-        spec = json.load(f)
-    try:
-        worker = Worker(spec)
-    except BaseException as e:
-        sock.sendall(f"error {_error_line(e)}\n".encode())
-        return 1
-    worker.serve(sock)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,227 @@
+"""The Linux backend's worker process: a warm child that forks one confined job per submission.
+
+    python -m grader.sandbox.linux_child SPEC_JSON SOCKET_FD
+
+The worker imports torch and runs the released setup cells once (`runner.Warm`). For each job the
+grader sends (a `SOCK_SEQPACKET` message carrying the job's files as descriptors) it forks a
+supervisor, which puts itself into new namespaces (`confine.new_namespaces`: as root, or in a user
+namespace of its own as an ordinary user) and forks process 1 of them; process 1 builds the run's
+view of the files and forks the job itself, which drops what it may not keep and runs the notebook.
+The supervisor gives each run its timeout (a pidfd says when the job ends) and reports to the grader
+how it ended; killing process 1 kills everything the notebook started.
+
+Linux only: fork, pidfd, `send_fds`, namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import traceback
+
+from grader.sandbox import confine
+from grader.sandbox.common import Limits
+from grader.sandbox.runner import MAX_RUNS, Warm, _error_line
+
+
+def _unless_orphaned(supervisor: int, job: int) -> None:
+    """Return when the job ends; if the supervisor ends first (the grader was killed), end the job and exit."""
+    import select
+
+    try:
+        child = os.pidfd_open(job)
+    except OSError:
+        return  # it has ended already
+    ready, _, _ = select.select([supervisor, child], [], [])
+    if child in ready:
+        os.close(child)
+        return
+    try:  # everything of the job: every process of its PID namespace (or, outside one, of its group)
+        if os.getpid() == 1:
+            os.kill(-1, signal.SIGKILL)
+        else:  # never kill(-1) outside a namespace of our own: that is every process we may signal
+            os.killpg(os.getpid(), signal.SIGKILL)
+    finally:
+        os._exit(0)
+
+
+def _ends_within(pid: int, seconds: float, ticks: int, extensions: int) -> bool:
+    """Whether child `pid` ends in time: within `seconds`, counted again from each byte read on the
+    `ticks` pipe (a new run begins), at most `extensions` times. The child is left to be reaped."""
+    import select
+    import time
+
+    deadline = time.monotonic() + seconds
+    pidfd = os.pidfd_open(pid)  # sleep until it ends
+    watched = [ticks, pidfd]
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        ready = select.select(watched, [], [], left)[0]
+        if pidfd in ready:
+            return True
+        if ticks in ready:
+            count = len(os.read(ticks, 64))
+            if count == 0:
+                watched.remove(ticks)  # every writer is gone: the job is ending
+            elif extensions > 0:
+                extensions -= min(count, extensions)
+                deadline = time.monotonic() + seconds
+
+
+def _stray_processes() -> int:
+    """In process 1 of a PID namespace: how many other processes are still running there (zombies reaped)."""
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
+    return sum(1 for p in os.listdir("/proc") if p.isdigit() and p != "1")
+
+
+# --- the worker -------------------------------------------------------------------------------------
+
+class Server(Warm):
+    """The worker: the warm state, and a supervisor forked from it per job."""
+
+    def serve(self, sock) -> None:
+        """Fork a supervisor for each job until the grader closes the socket."""
+        import gc
+        import socket
+
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
+        gc.collect()
+        gc.freeze()  # keeps the objects made so far out of later collections: fewer pages copied per fork
+        sock.sendall(b"ready\n")
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(sock, 64, 2 + 3 * MAX_RUNS)
+            except (ConnectionError, OSError):
+                return
+            if not message:
+                return
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    sock.close()
+                    self._supervise(fds)
+                finally:
+                    os._exit(70)
+            for fd in fds:
+                os.close(fd)
+
+    def _supervise(self, fds: list[int]) -> None:
+        """The supervisor: starts the job in its confinement, gives each run at most the timeout, reports."""
+        import time
+
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        confine.die_with_parent()
+        os.setsid()
+        job_fd, status_fd, *run_fds = fds
+        with os.fdopen(job_fd, "rb") as f:
+            job = json.loads(f.read())
+        mode = self.spec["mode"]
+        try:
+            confine.new_namespaces(mode)
+        except OSError as e:  # the grader chose this backend because it worked: say so, never run unconfined
+            os.write(status_fd, json.dumps({"sandbox_error": f"{mode} namespaces: {e}"}).encode())
+            os._exit(0)
+        uid = confine.UID_BASE + os.getpid()
+        started = time.monotonic()
+        init_read, init_write = os.pipe()
+        ticks_read, ticks_write = os.pipe()  # one byte from the job as each run after the first begins
+        # Process 1 of a PID namespace is spared the parent-death signal: it watches this process instead,
+        # through a pidfd (which, unlike a pid, means the same thing inside the namespace).
+        me = os.pidfd_open(os.getpid())
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(status_fd)
+                os.close(init_read)
+                os.close(ticks_read)
+                self._init(job, uid, run_fds, init_write, ticks_write, me)
+            finally:
+                os._exit(71)
+        for fd in (*run_fds, init_write, ticks_write, me):
+            os.close(fd)
+        timed_out = not _ends_within(pid, job["timeout"], ticks_read, len(job["runs"]) - 1)
+        if timed_out:
+            os.kill(pid, signal.SIGKILL)  # process 1 of its namespace: everything in it dies too
+        os.waitpid(pid, 0)
+        with os.fdopen(init_read, "rb") as f:
+            ended = json.loads(f.read() or b"{}")
+        report = {"returncode": ended.get("returncode", -signal.SIGKILL), "timed_out": timed_out,
+                  "stray": ended.get("stray", 0), "sandbox_error": ended.get("sandbox_error", ""),
+                  "seconds": time.monotonic() - started, "max_rss_kb": ended.get("max_rss_kb", 0)}
+        os.write(status_fd, json.dumps(report).encode() + b"\n")
+        os._exit(0)
+
+    def _init(self, job: dict, uid: int, run_fds: list[int], init_write: int, ticks_write: int,
+              supervisor: int) -> None:
+        """Process 1 of the job's namespaces: sets up its view of the files, starts the job, reports how it ended.
+
+        The notebook does not run as process 1 itself: the kernel spares process 1 the signals it sends
+        itself, and a notebook should behave as it would anywhere else.
+        """
+        confine.die_with_parent()
+        workdir = "/tmp/run"
+        try:
+            confine.private_view(self.spec["hidden"], workdir, self.spec["limits"]["tmp_size"])
+        except OSError as e:  # ours, not the notebook's: the grader stops with this message
+            os.write(init_write, json.dumps({"sandbox_error": f"{type(e).__name__}: {e}"}).encode())
+            os._exit(0)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(init_write)
+                os.close(supervisor)
+                self._run_all(job, uid, workdir, run_fds, ticks_write)
+            except BaseException:  # ours, or the notebook's doing: either way the report shows the traceback
+                traceback.print_exc()
+            finally:
+                os._exit(71)
+        for fd in (*run_fds, ticks_write):
+            os.close(fd)
+        _unless_orphaned(supervisor, pid)
+        _, status, usage = os.wait4(pid, 0)
+        stray = _stray_processes()
+        os.write(init_write, json.dumps({"returncode": os.waitstatus_to_exitcode(status),
+                                         "max_rss_kb": usage.ru_maxrss, "stray": stray}).encode())
+        os._exit(0)
+
+    def _run_all(self, job: dict, uid: int, workdir: str, run_fds: list[int], ticks_write: int) -> None:
+        """The job itself: drop privileges, then each run in turn, each from the state after the setup."""
+        confine.die_with_parent()
+        self.write_data(workdir)
+        confine.drop_privileges(Limits(**self.spec["limits"]), workdir, uid, self.spec["mode"])
+        # Python ignores SIGXFSZ; restored, writing past the file-size cap ends the run with a clear reason
+        # instead of an error inside the error handler that would print the error
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+        self.run_job(job["runs"], workdir, run_fds, lambda: os.write(ticks_write, b"1"))  # a new run: restart the clock
+        # Skip the interpreter's clean-up: tearing down torch takes half a second and nothing is left to save.
+        os._exit(0)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m grader.sandbox.linux_child SPEC_JSON SOCKET_FD`: become a worker for the grader at the socket's end."""
+    import socket
+
+    spec_path, fd = argv
+    sock = socket.socket(fileno=int(fd))
+    with open(spec_path, encoding="utf-8") as f:
+        spec = json.load(f)
+    try:
+        worker = Server(spec)
+    except BaseException as e:
+        sock.sendall(f"error {_error_line(e)}\n".encode())
+        return 1
+    worker.serve(sock)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,164 @@
+"""The sandbox's interface: which backend runs notebooks here (`choose`), and warm workers (`Pool`)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from grader.errors import SandboxError, UsageError
+from grader.sandbox.common import DEFAULT_LIMITS, FILE_LIMIT, MEMORY_LIMIT, Limits, warm_start
+from grader.sandbox.results import Captured, CellOutcome
+
+if TYPE_CHECKING:
+    from grader.notebook import PlannedCell
+
+
+
+CHOICES = ("auto", "linux", "portable")
+ENVIRONMENT = "GRADER_SANDBOX"
+"""The environment variable that chooses the backend where `--sandbox` is not given."""
+_LINUX_APIS = (("os", "fork"), ("os", "pidfd_open"), ("socket", "SOCK_SEQPACKET"), ("socket", "send_fds"))
+
+
+class Job(Protocol):
+    """All runs of one submission, on either backend."""
+
+    def release(self) -> None:
+        """Start the runs: from here on the notebook's cells run."""
+
+    def wait(self) -> list[Captured]:
+        """What each run brought back (at most the timeout per run)."""
+
+
+class Worker(Protocol):
+    """One warm set-up (assignment and data set) that jobs start from, on either backend."""
+
+    def start(self, plans: list, labels: list[str], timeout: float) -> Job:
+        """A job running `plans` one after another, not yet released."""
+
+    def close(self) -> None:
+        """Stop it and everything it started."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Which backend runs the notebooks here, and what it holds."""
+
+    name: str
+    """`linux` or `portable`."""
+    mode: str = ""
+    """For `linux`: `root` or `userns` (an ordinary user in user namespaces of its own)."""
+    warning: str = ""
+    """One line on what does not hold on this machine; empty where everything does."""
+
+
+def _linux_apis_missing() -> str:
+    """The first Linux API this Python lacks (macOS, Windows, or a test's stand-in for them), or ''."""
+    if not sys.platform.startswith("linux"):
+        return f"this is {sys.platform}, not Linux"
+    import importlib
+
+    for module, name in _LINUX_APIS:
+        if not hasattr(importlib.import_module(module), name):
+            return f"this Python has no {module}.{name}"
+    try:
+        import resource  # noqa: F401
+    except ImportError:
+        return "this Python has no resource module"
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def _linux() -> tuple[str, str]:
+    """(mode, '') where the Linux backend works here; ('', why not) where it does not."""
+    missing = _linux_apis_missing()
+    if missing:
+        return "", missing
+    from grader.sandbox import confine
+
+    why = ""
+    if os.geteuid() == 0:
+        why = confine.problem("root") or ""
+        if not why:
+            return "root", ""
+    userns = confine.problem("userns")
+    if userns is None:
+        return "userns", ""
+    return "", why or userns
+
+
+def portable_warning(reason: str) -> str:
+    return (f"notebooks run in the portable sandbox ({reason}): the timeout, the memory cap and killing "
+            "their processes hold, but not file, network or process isolation: a notebook can read and write "
+            "your files (the rubric and solutions included) and use the network")
+
+
+def choose(requested: str | None = None) -> Backend:
+    """The backend to use: `requested` (auto, linux, portable), else `$GRADER_SANDBOX`, else auto.
+
+    Raises `UsageError` for an unknown name, `SandboxError` when `linux` is asked for
+    where it cannot work.
+    """
+    name = requested or os.environ.get(ENVIRONMENT) or "auto"
+    if name not in CHOICES:
+        source = "--sandbox" if requested else ENVIRONMENT
+        raise UsageError(f"{source}: {name!r} is not a sandbox; choose one of {', '.join(CHOICES)}")
+    if name == "portable":
+        return Backend("portable", warning=portable_warning("as asked"))
+    mode, why = _linux()
+    if mode:
+        return Backend("linux", mode)
+    if name == "linux":
+        raise SandboxError(f"the Linux sandbox cannot work here: {why}")
+    return Backend("portable", warning=portable_warning(why))
+
+
+class Pool:
+    """Warm workers, one per assignment and data set, shared by every notebook graded while it is open."""
+
+    def __init__(self, hidden: list[Path] | tuple[Path, ...] = (), limits: Limits = DEFAULT_LIMITS,
+                 backend: Backend | None = None) -> None:
+        self.hidden, self.limits = list(hidden), limits
+        self.backend = backend or choose()
+        self.workers: dict[tuple, Worker] = {}
+        self.lock = threading.Lock()
+
+    def hide(self, paths: list[Path]) -> None:
+        """Also hide `paths` from the runs of workers started from now on (where the backend can hide)."""
+        with self.lock:
+            self.hidden += [p for p in paths if p not in self.hidden]
+
+    def worker(self, key: tuple, make: Callable[[], tuple[tuple[PlannedCell, ...], list[str], dict[str, Path]]]) -> Worker:
+        """The worker for `key`, started with `make()` -> (prefix, warm-up sources, data files) if need be."""
+        with self.lock:
+            if key not in self.workers:
+                prefix, warm_up, data_files = make()
+                if self.backend.name == "linux":
+                    from grader.sandbox import linux
+
+                    self.workers[key] = linux.Worker(prefix, warm_up, data_files, self.hidden, self.limits,
+                                                     self.backend.mode)
+                else:
+                    from grader.sandbox import portable
+
+                    self.workers[key] = portable.Worker(prefix, warm_up, data_files, self.hidden, self.limits)
+            return self.workers[key]
+
+    def close(self) -> None:
+        """Stop every worker."""
+        with self.lock:
+            for worker in self.workers.values():
+                worker.close()
+            self.workers.clear()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

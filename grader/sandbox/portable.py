@@ -1,0 +1,278 @@
+"""The portable backend: a fresh interpreter per job, watched from the grader, on every platform.
+
+Where the Linux backend cannot work (macOS, Windows, a kernel that refuses user namespaces) each job
+runs in an interpreter of its own (`grader.sandbox.portable_child`), started ahead of time so that it
+imports torch and runs the setup cells while the grader computes its references or grades the job
+before. A watchdog here (psutil, which knows process trees and memory on every platform) holds:
+
+- the wall-clock timeout, restarted as each run of the job begins (its progress file says so);
+- a memory cap on the resident memory of the whole process tree, checked every `POLL` seconds;
+- a cap on what the notebook prints;
+- the end of everything the job started: its process tree as seen at every check, its process group
+  where there is one, and any process since its start that carries the job's token in its environment.
+
+What it cannot hold: the notebook runs as the user running the grader, so it can read and write what
+that user can (the rubric included) and use the network. `grader.sandbox` warns in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from grader.errors import SandboxError
+from grader.notebook import Plan, PlannedCell
+from grader.sandbox.common import OUTPUT_TAIL, WORKER_START_TIMEOUT, Limits, child_env, plain, warm_start
+from grader.sandbox.results import Captured, Run, collect
+
+POLL = 0.05
+"""Seconds between two looks at a job's processes."""
+TOKEN = "GRADER_JOB"
+"""The environment variable that marks every process of a job (inherited unless the notebook clears it)."""
+
+
+def _session() -> dict:
+    """Popen arguments that put the child in a process group of its own, where the platform has them."""
+    if os.name == "posix":
+        return {"start_new_session": True}
+    return {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+
+
+class _Interpreter:
+    """One fresh interpreter for one job, started before the job is known."""
+
+    def __init__(self, spec_path: Path, env: dict[str, str]) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="grader-run-"))  # its working folder once its job starts
+        self.token = secrets.token_hex(16)
+        self.wall_started = time.time()
+        self.log = tempfile.TemporaryFile()
+        self.ready = False
+        self.process = subprocess.Popen(
+            [sys.executable, "-P", "-m", "grader.sandbox.portable_child", str(spec_path)],
+            # the setup cells run in the worker's folder, beside the data files, as on Linux
+            cwd=spec_path.parent, env=env | {"HOME": str(self.folder), TOKEN: self.token}, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self.log, **_session())
+
+    def wait_ready(self) -> None:
+        """Block until it has imported torch and run the setup cells; `SandboxError` if it cannot."""
+        if self.ready:
+            return
+        timer = threading.Timer(WORKER_START_TIMEOUT, self.process.kill)
+        timer.start()
+        try:
+            assert self.process.stdout is not None
+            line = self.process.stdout.readline().decode("utf-8", "replace").strip()
+        finally:
+            timer.cancel()
+        if line != "ready":
+            self.kill()
+            self.log.seek(0)
+            stderr = self.log.read().decode("utf-8", "replace")[-OUTPUT_TAIL:]
+            raise SandboxError(f"the worker process did not start: {line or 'it exited'} {stderr}".strip())
+        self.ready = True
+
+    def send(self, job: dict) -> None:
+        """Hand it the job; the pipe stays open until `close()`: the child ends itself when it closes."""
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(json.dumps(job).encode() + b"\n")
+            self.process.stdin.flush()
+        except OSError as e:
+            raise SandboxError(f"the worker process is gone ({e})") from e
+
+    def kill(self) -> int:
+        """End it and everything it started; returns how many of those were still running besides it."""
+        return _kill(psutil.Process(self.process.pid) if self.process.poll() is None else None, {}, self)
+
+    def close(self) -> None:
+        self.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self.log):
+            if stream is not None and not stream.closed:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _kill(root: psutil.Process | None, seen: dict[int, psutil.Process], interpreter: _Interpreter) -> int:
+    """Kill `root`, every process `seen` in its tree, and any process carrying its token; count the others."""
+    found = dict(seen)
+    if root is not None:
+        try:
+            found.update((p.pid, p) for p in root.children(recursive=True))
+        except psutil.Error:
+            pass
+    for p in psutil.process_iter(["create_time"]):  # started since the job, and marked as the job's
+        created = p.info.get("create_time")
+        if created is None or created < interpreter.wall_started - 1 or p.pid in found:
+            continue
+        try:
+            if p.environ().get(TOKEN) == interpreter.token:
+                found[p.pid] = p
+        except psutil.Error:  # ended meanwhile, or another user's
+            pass
+    found.pop(interpreter.process.pid, None)
+    others = [p for p in found.values() if _running(p)]
+    if os.name == "posix":
+        try:  # what it left in its process group, even if it was never seen
+            os.killpg(interpreter.process.pid, 9)
+        except OSError:
+            pass
+    for p in ([root] if root is not None else []) + others:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(others, timeout=5)
+    return len(others)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _resident(processes: list[psutil.Process]) -> int:
+    total = 0
+    for p in processes:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+class Worker:
+    """Fresh interpreters for one assignment and data set, each warmed up ahead of its job.
+
+    The first starts at once; from the second job on (a batch), each job taken starts the next one.
+    """
+
+    def __init__(self, prefix: tuple[PlannedCell, ...], warm_up: list[str], data_files: dict[str, Path],
+                 hidden: list[Path], limits: Limits) -> None:
+        self.prefix, self.limits = prefix, limits
+        self.workdir = Path(tempfile.mkdtemp(prefix="grader-worker-"))
+        for name, source in data_files.items():
+            (self.workdir / name).parent.mkdir(parents=True, exist_ok=True)  # `data/names.txt`
+            shutil.copyfile(source, self.workdir / name)
+        spec = {"prefix": plain(prefix), "warm_up": warm_up,
+                "data": {name: str(self.workdir / name) for name in data_files}}
+        self.spec_path = self.workdir / "spec.json"
+        self.spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        self.env = child_env(self.workdir)
+        self.lock = threading.Lock()
+        self.taken = 0
+        self.spares = [self._start()]
+
+    def _start(self) -> _Interpreter:
+        try:
+            return _Interpreter(self.spec_path, self.env)
+        except OSError as e:
+            raise SandboxError(f"could not start the worker process: {e}") from e
+
+    def take(self) -> _Interpreter:
+        """A warm interpreter for one job (waits for it to be ready)."""
+        with self.lock:
+            self.taken += 1
+            interpreter = self.spares.pop(0) if self.spares else self._start()
+            if self.taken > 1:
+                self.spares.append(self._start())
+        interpreter.wait_ready()
+        return interpreter
+
+    def start(self, plans: list[Plan], labels: list[str], timeout: float) -> Job:
+        """A job running `plans` one after another (named `labels` in messages), not yet released."""
+        return Job(self, plans, labels, timeout)
+
+    def close(self) -> None:
+        """Stop the interpreters not used yet and remove the worker's folder."""
+        with self.lock:
+            spares, self.spares = self.spares, []
+        for interpreter in spares:
+            interpreter.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Job:
+    """All runs of one submission in one fresh interpreter: `release()` sends them, `wait()` returns
+    what each brought back. Each run has `timeout` seconds of its own."""
+
+    def __init__(self, worker: Worker, plans: list[Plan], labels: list[str], timeout: float) -> None:
+        self.worker, self.timeout = worker, timeout
+        self.folder = Path(tempfile.mkdtemp(prefix="grader-job-"))
+        self.runs = [Run(plan, label, *warm_start(plan, worker.prefix), folder=self.folder, index=i)
+                     for i, (plan, label) in enumerate(zip(plans, labels))]
+        self.interpreter: _Interpreter | None = None
+        self.started = time.monotonic()
+
+    def release(self) -> None:
+        """Hand the job to a warm interpreter: from here on the notebook's cells run."""
+        interpreter = self.worker.take()
+        self.interpreter = interpreter
+        self.started = time.monotonic()
+        interpreter.send({"runs": [r.job() for r in self.runs], "workdir": str(interpreter.folder)})
+
+    def _watch(self, interpreter: _Interpreter) -> dict:
+        """Wait for the job within its limits, end whatever it left, and say how it ended."""
+        limits, process = self.worker.limits, interpreter.process
+        root = psutil.Process(process.pid)
+        seen: dict[int, psutil.Process] = {}
+        deadline, begun, peak = self.started + self.timeout, 1, 0
+        timed_out, over = False, ""
+        while True:
+            try:
+                process.wait(POLL)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            running = sum(1 for r in self.runs if r.started())
+            if running > begun:  # the next run began: its own timeout from now
+                begun, deadline = running, now + self.timeout
+            try:
+                seen.update((p.pid, p) for p in root.children(recursive=True))
+            except psutil.Error:
+                pass
+            peak = max(peak, _resident([root, *seen.values()]))
+            if now >= deadline:
+                timed_out = True
+            elif peak > limits.memory:
+                over = "memory"
+            elif any(r.output_size() > limits.file_size for r in self.runs):
+                over = "file"
+            if timed_out or over:
+                break
+        ended_by_us = process.poll() is None
+        stray = _kill(root if ended_by_us else None, seen, interpreter)
+        returncode = process.wait()
+        return {"returncode": returncode, "timed_out": timed_out, "over": over, "memory_limit": limits.memory,
+                "stray": 0 if ended_by_us else stray, "max_rss_kb": peak // 1024,
+                "seconds": time.monotonic() - self.started}
+
+    def wait(self) -> list[Captured]:
+        """Wait for the job (at most the timeout per run), then read each run's values."""
+        try:
+            if self.interpreter is None:
+                return [r._unfinished("the run was never started", 0.0, "") for r in self.runs]
+            report = self._watch(self.interpreter)
+            return collect(self.runs, report, self.timeout, report["seconds"])
+        finally:
+            for r in self.runs:
+                r.close()
+            if self.interpreter is not None:
+                self.interpreter.close()
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,225 @@
+"""What comes back from a run, read and checked the same way whichever backend ran it.
+
+A run writes three files: what the notebook printed, the position of each cell as it starts, and a
+safetensors file (plain tensors plus a JSON summary). The grader opened all three itself before the
+notebook's first cell, and reads them through those handles: a notebook that replaces the paths with
+a FIFO or a symlink changes nothing here. The contents are untrusted and validated: same values, same
+report, on every backend.
+
+Portable: nothing here may use an API that macOS or Windows lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from grader.notebook import Plan, describe_cell
+from grader.sandbox.common import FILE_LIMIT, MAX_RESULT_BYTES, OUTPUT_TAIL, plain
+from grader.values import MISSING, UNCHANGED, Flag, NotTensor, Raised
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """How one planned cell went."""
+
+    label: str
+    """The cell's label, e.g. `cell 9 (ex1)`."""
+    error: str
+    """`ExceptionType: message (line N)`, or empty if the cell ran without raising."""
+
+
+@dataclass(frozen=True)
+class Captured:
+    """What came back from one run of a submission."""
+
+    finished: bool
+    """The child ran every cell and returned its values."""
+    reason: str
+    """Why not, naming the cell, when `finished` is False."""
+    cells: tuple[CellOutcome, ...]
+    """One per planned cell that ran (empty when not finished)."""
+    values: dict[tuple[str, str], object]
+    """(exercise, variable) -> a tensor, None, `MISSING`, `UNCHANGED` or a `NotTensor`."""
+    seconds: float
+    """Wall-clock time of the child."""
+    output: str
+    """The tail of what the notebook printed."""
+    peak_memory_mb: float = 0.0
+    """Largest resident memory of the run (its process under Linux; its whole process tree under the watchdog)."""
+    notes: tuple[str, ...] = ()
+    """What else the grader saw, e.g. processes the notebook left running."""
+
+
+_SIGXFSZ = getattr(signal, "SIGXFSZ", None)  # no such signal on Windows
+
+
+class Run:
+    """One run of a job: its plan, and the files its output, progress and values go to.
+
+    With `folder`, the files are named (`run-N-output`, ...) for a child that opens them by path
+    (the portable backend); without, they are anonymous and handed over as file descriptors (Linux).
+    Either way this process reads them back only through its own handles.
+    """
+
+    def __init__(self, plan: Plan, label: str, start: int, preamble: list[int], folder: Path | None = None,
+                 index: int = 0) -> None:
+        self.plan, self.label, self.start, self.preamble = plan, label, start, preamble
+        if folder is None:
+            self.paths: list[str] = []
+            self.output, self.progress, self.result = (tempfile.TemporaryFile() for _ in range(3))
+        else:
+            self.paths = [str(folder / f"run-{index}-{kind}") for kind in ("output", "progress", "result")]
+            self.output, self.progress, self.result = (open(p, "w+b") for p in self.paths)
+        self.returncode = 0
+        self.peak_memory_mb = 0.0
+        self.notes: tuple[str, ...] = ()
+
+    def job(self) -> dict:
+        job = {"cells": plain(self.plan.cells), "captures": [asdict(c) for c in self.plan.captures],
+               "start": self.start, "preamble": self.preamble}
+        return job | ({"files": self.paths} if self.paths else {})
+
+    def fds(self) -> list[int]:
+        return [self.output.fileno(), self.progress.fileno(), self.result.fileno()]
+
+    def started(self) -> bool:
+        return self.progress.seek(0, os.SEEK_END) > 0
+
+    def output_size(self) -> int:
+        return self.output.seek(0, os.SEEK_END)
+
+    def close(self) -> None:
+        for f in (self.output, self.progress, self.result):
+            f.close()
+
+    def captured(self, report: dict | None, timeout: float, seconds: float, current: Run | None) -> Captured:
+        """What came back from this run, given the backend's `report` and the run that was going on last.
+
+        `report`: `returncode`, `timed_out`, `stray` (processes left running), `max_rss_kb`, and
+        `over` ("memory" or "file") where a watchdog ended the run for a limit.
+        """
+        output = self._tail()
+        self.peak_memory_mb = round(float((report or {}).get("max_rss_kb", 0)) / 1024, 1)
+        self.returncode = int((report or {}).get("returncode", 1))
+        stray = int((report or {}).get("stray", 0))
+        self.notes = (f"the notebook left {stray} processes running when it ended; they were killed",) if stray else ()
+        if report is None:
+            return self._unfinished("the run's supervisor did not report back (the worker was stopped?)", seconds, output)
+        if self.result.seek(0, os.SEEK_END) > 0 and self is not current:
+            return self._read(seconds, output)
+        if not self.started() and current is not None and current is not self:
+            return self._unfinished(f"it did not run: the notebook's process ended in {current.label}", seconds, output)
+        if report.get("timed_out") and self is current:
+            return self._unfinished(f"timed out after {timeout:g} s in {self._current_cell()}", seconds, output)
+        if report.get("over") == "memory" and self is current:
+            megabytes = int(report.get("memory_limit", 0)) // 2**20
+            return self._unfinished(f"the notebook ran out of memory (its processes used more than {megabytes} MB) "
+                                    f"in {self._current_cell()}", seconds, output)
+        if report.get("over") == "file" and self is current:
+            return self._unfinished(self._too_much_written(), seconds, output)
+        if self.returncode != 0:
+            return self._unfinished(self._death(), seconds, output)
+        return self._read(seconds, output)
+
+    def _tail(self) -> str:
+        size = self.output.seek(0, os.SEEK_END)
+        self.output.seek(max(0, size - OUTPUT_TAIL))
+        return self.output.read().decode("utf-8", "replace")
+
+    def _current_cell(self) -> str:
+        self.progress.seek(0)
+        lines = self.progress.read(1 << 20).split()
+        try:
+            return describe_cell(self.plan.cells[int(lines[-1])])
+        except (ValueError, IndexError):
+            return "start-up, before the first cell"
+
+    def _too_much_written(self) -> str:
+        return f"the notebook wrote more than {FILE_LIMIT // 2**20} MB (output or a file) in {self._current_cell()}"
+
+    def _death(self) -> str:
+        code = self.returncode
+        where = self._current_cell()
+        if _SIGXFSZ is not None and code == -_SIGXFSZ:
+            return self._too_much_written()
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:  # real-time signals have no name
+                name = str(-code)
+            how = f"was killed by signal {name}"
+        else:
+            how = f"exited with code {code}"
+        return f"the notebook's process {how} in {where} (os._exit, a crash or running out of memory?)"
+
+    def _unfinished(self, reason: str, seconds: float, output: str) -> Captured:
+        return Captured(False, reason, (), {}, seconds, output, self.peak_memory_mb, self.notes)
+
+    def _read(self, seconds: float, output: str) -> Captured:
+        import torch
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        size = self.result.seek(0, os.SEEK_END)
+        if size == 0:  # e.g. os._exit(0): the process ended well, but before it could send its values
+            return self._unfinished(self._death(), seconds, output)
+        if size > MAX_RESULT_BYTES:
+            return self._unfinished(f"the notebook's results are too large ({size} bytes)", seconds, output)
+        self.result.seek(0)
+        raw = self.result.read()
+        try:
+            tensors = load(raw)
+            # safetensors' own layout: an 8-byte little-endian header length, then the JSON header
+            header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+            summary = json.loads(header["__metadata__"]["grader"])
+            cells, kinds = summary["cells"], summary["values"]
+            if not isinstance(cells, list) or len(cells) != len(self.plan.cells) or not isinstance(kinds, dict):
+                raise ValueError("the summary does not match the plan")
+        except (SafetensorError, ValueError, KeyError, TypeError, RecursionError, MemoryError, OverflowError) as e:
+            return self._unfinished(f"the notebook's results could not be read ({type(e).__name__})", seconds, output)
+
+        values: dict[tuple[str, str], object] = {}
+        exercises = {cap.exercise for cap in self.plan.captures}
+        for key, kind in list(kinds.items())[:100_000]:
+            exercise, _, name = str(key).partition("/")
+            if exercise not in exercises or not name:
+                continue
+            tensor = tensors.get(key)
+            if kind in ("tensor", "tensor+graph") and not (type(tensor) is torch.Tensor and tensor.device.type == "cpu"):
+                value: object = MISSING
+            elif kind == "tensor":
+                value = tensor
+            elif kind == "tensor+graph":
+                value = Flag("suspicious", "it carries an autograd graph: grad mode was switched back on in the answer")
+            elif kind == "none":
+                value = None
+            elif kind == "unchanged":
+                value = UNCHANGED
+            elif isinstance(kind, str) and kind.startswith("other:"):
+                value = NotTensor(kind.removeprefix("other:")[:200])
+            elif isinstance(kind, str) and kind.startswith("error:"):
+                value = Raised(kind.removeprefix("error:")[:500])
+            else:
+                value = MISSING
+            values[(exercise, name)] = value
+        outcomes = tuple(
+            CellOutcome(c.label, str(o.get("error", ""))[:500] if isinstance(o, dict) else "")
+            for c, o in zip(self.plan.cells, cells)
+        )
+        return Captured(True, "", outcomes, values, seconds, output, self.peak_memory_mb, self.notes)
+
+
+def collect(runs: list[Run], report: dict | None, timeout: float, seconds: float) -> list[Captured]:
+    """Each run's values, given how the job ended (`report`, None if nobody reported)."""
+    # the run that was going on when the process ended: the last one that started
+    current = next((r for r in reversed(runs) if r.started()), None)
+    finished = all(r.result.seek(0, os.SEEK_END) > 0 for r in runs)
+    if report is not None and not report.get("timed_out") and not report.get("over") \
+            and report.get("returncode") == 0 and finished:
+        current = None
+    return [r.captured(report, timeout, seconds, current) for r in runs]
