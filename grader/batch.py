@@ -80,9 +80,14 @@ def _student_of(path: Path, root: Path, assignment: str) -> str:
     return m["student"] if m else path.stem
 
 
+_RESERVED = re.compile(r"^(CON|PRN|AUX|NUL|COM[1-9]|LPT[1-9])(\.|$)", re.IGNORECASE)  # devices, not files, on Windows
+
+
 def _safe_id(student: str) -> str:
-    """The id as a file name: letters, digits and `._@-` only, never starting with a dot."""
-    return re.sub(r"[^A-Za-z0-9._@-]", "_", student).lstrip(".") or "_"
+    """The id as a file name on every platform: letters, digits and `._@-` only, never starting with a dot
+    or ending with one, never a name Windows keeps for a device (`con`, `nul.x`, `com1`)."""
+    safe = re.sub(r"[^A-Za-z0-9._@-]", "_", student).strip(".") or "_"
+    return f"_{safe}" if _RESERVED.match(safe) else safe
 
 
 def _extract(archive: Path, scratch: Path) -> Path:

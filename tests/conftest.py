@@ -50,6 +50,16 @@ def sandbox_processes(since: float) -> list:
     return found
 
 
+STAND_IN = Path(__file__).resolve().parent / "stand_in"
+
+
+def without_linux_calls() -> dict[str, str]:
+    """The environment of a grader (and of everything it starts) that lacks what macOS and Windows lack:
+    `tests/stand_in/sitecustomize.py` takes those calls away."""
+    path = os.pathsep.join([str(STAND_IN), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return dict(os.environ, PYTHONPATH=path)
+
+
 def linux_sandbox() -> bool:
     """Whether the Linux backend works on this machine (root, or unprivileged user namespaces)."""
     from grader import sandbox

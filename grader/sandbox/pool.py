@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import os
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,10 +18,12 @@ if TYPE_CHECKING:
 
 
 
+__all__ = ["DEFAULT_LIMITS", "FILE_LIMIT", "MEMORY_LIMIT", "Backend", "Captured", "CellOutcome", "Job", "Limits",
+           "Pool", "Worker", "choose", "warm_start"]  # what `grader.sandbox` offers
+
 CHOICES = ("auto", "linux", "portable")
 ENVIRONMENT = "GRADER_SANDBOX"
 """The environment variable that chooses the backend where `--sandbox` is not given."""
-_LINUX_APIS = (("os", "fork"), ("os", "pidfd_open"), ("socket", "SOCK_SEQPACKET"), ("socket", "send_fds"))
 
 
 class Job(Protocol):
@@ -58,41 +58,6 @@ class Backend:
     """One line on what does not hold on this machine; empty where everything does."""
 
 
-def _linux_apis_missing() -> str:
-    """The first Linux API this Python lacks (macOS, Windows, or a test's stand-in for them), or ''."""
-    if not sys.platform.startswith("linux"):
-        return f"this is {sys.platform}, not Linux"
-    import importlib
-
-    for module, name in _LINUX_APIS:
-        if not hasattr(importlib.import_module(module), name):
-            return f"this Python has no {module}.{name}"
-    try:
-        import resource  # noqa: F401
-    except ImportError:
-        return "this Python has no resource module"
-    return ""
-
-
-@functools.lru_cache(maxsize=None)
-def _linux() -> tuple[str, str]:
-    """(mode, '') where the Linux backend works here; ('', why not) where it does not."""
-    missing = _linux_apis_missing()
-    if missing:
-        return "", missing
-    from grader.sandbox import confine
-
-    why = ""
-    if os.geteuid() == 0:
-        why = confine.problem("root") or ""
-        if not why:
-            return "root", ""
-    userns = confine.problem("userns")
-    if userns is None:
-        return "userns", ""
-    return "", why or userns
-
-
 def portable_warning(reason: str) -> str:
     return (f"notebooks run in the portable sandbox ({reason}): the timeout, the memory cap and killing "
             "their processes hold, but not file, network or process isolation: a notebook can read and write "
@@ -111,7 +76,9 @@ def choose(requested: str | None = None) -> Backend:
         raise UsageError(f"{source}: {name!r} is not a sandbox; choose one of {', '.join(CHOICES)}")
     if name == "portable":
         return Backend("portable", warning=portable_warning("as asked"))
-    mode, why = _linux()
+    from grader.sandbox.linux_check import works_here
+
+    mode, why = works_here()
     if mode:
         return Backend("linux", mode)
     if name == "linux":

@@ -36,7 +36,9 @@ from grader.sandbox.common import OUTPUT_TAIL, WORKER_START_TIMEOUT, Limits, chi
 from grader.sandbox.results import Captured, Run, collect
 
 POLL = 0.05
-"""Seconds between two looks at a job's processes."""
+"""Seconds between two looks at a job's interpreter (its memory, its output, the time)."""
+TREE_EVERY = 10
+"""Looks between two walks of the whole process tree (a walk reads every process of the machine)."""
 TOKEN = "GRADER_JOB"
 """The environment variable that marks every process of a job (inherited unless the notebook clears it)."""
 
@@ -231,7 +233,7 @@ class Job:
         limits, process = self.worker.limits, interpreter.process
         root = psutil.Process(process.pid)
         seen: dict[int, psutil.Process] = {}
-        deadline, begun, peak = self.started + self.timeout, 1, 0
+        deadline, begun, peak, looks = self.started + self.timeout, 1, 0, 0
         timed_out, over = False, ""
         while True:
             try:
@@ -243,11 +245,13 @@ class Job:
             running = sum(1 for r in self.runs if r.started())
             if running > begun:  # the next run began: its own timeout from now
                 begun, deadline = running, now + self.timeout
-            try:
-                seen.update((p.pid, p) for p in root.children(recursive=True))
-            except psutil.Error:
-                pass
-            peak = max(peak, _resident([root, *seen.values()]))
+            looks += 1
+            if looks % TREE_EVERY == 1:
+                try:
+                    seen.update((p.pid, p) for p in root.children(recursive=True))
+                except psutil.Error:
+                    pass
+            peak = max(peak, _resident([root, *(p for p in seen.values() if p.is_running())]))
             if now >= deadline:
                 timed_out = True
             elif peak > limits.memory:

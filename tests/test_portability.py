@@ -1,0 +1,109 @@
+"""The grader works where Linux's calls do not exist: macOS, Windows, or Linux without them.
+
+Here the stand-in (`tests/stand_in/sitecustomize.py`) takes away what macOS and Windows lack (`os.fork`,
+`os.pidfd_open`, `SOCK_SEQPACKET`, `send_fds`, `resource`, ...) from the grader and from every process
+it starts, so the portable backend cannot quietly depend on them; and the sources are checked so that no
+module outside the Linux backend even names them.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import NOTEBOOKS, ROOT, SOLUTION, grader_command, linux_sandbox, sandbox_processes, without_linux_calls
+
+pytestmark = pytest.mark.portable
+
+LINUX_BACKEND = {"grader/sandbox/linux.py", "grader/sandbox/linux_child.py", "grader/sandbox/confine.py",
+                 "grader/sandbox/linux_check.py"}
+LINUX_ONLY_ATTRIBUTES = {"fork", "forkpty", "pidfd_open", "unshare", "setns", "prctl", "SOCK_SEQPACKET", "send_fds",
+                         "recv_fds"}
+
+
+def test_no_module_outside_the_linux_backend_names_a_linux_only_call():
+    offenders = []
+    for path in sorted((ROOT / "grader").rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative in LINUX_BACKEND:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in LINUX_ONLY_ATTRIBUTES:
+                offenders.append(f"{relative}:{node.lineno} .{node.attr}")
+            elif isinstance(node, ast.Import) and any(a.name == "resource" for a in node.names):
+                offenders.append(f"{relative}:{node.lineno} import resource")
+            elif isinstance(node, ast.ImportFrom) and node.module == "resource":
+                offenders.append(f"{relative}:{node.lineno} from resource")
+            elif isinstance(node, ast.Constant) and node.value in ("prctl", "unshare", "pidfd_open"):
+                offenders.append(f"{relative}:{node.lineno} {node.value!r}")
+    assert offenders == []
+
+
+def test_the_stand_in_really_takes_the_calls_away():
+    code = "import os, socket\ntry:\n    import resource\nexcept ImportError:\n    resource = None\n" \
+           "print(hasattr(os, 'fork'), hasattr(os, 'pidfd_open'), hasattr(socket, 'SOCK_SEQPACKET'), resource)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=without_linux_calls())
+    assert done.stdout.split() == ["False", "False", "False", "None"], done.stderr
+
+
+def test_auto_chooses_the_portable_backend_and_says_what_does_not_hold():
+    code = "from grader import sandbox; b = sandbox.choose(); print(b.name); print(b.warning)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=without_linux_calls())
+    name, warning = done.stdout.splitlines()
+    assert name == "portable", done.stderr
+    assert "no os.fork" in warning and "read and write your files" in warning and "network" in warning
+
+
+def test_asking_for_the_linux_backend_where_it_cannot_work_is_one_line():
+    done = subprocess.run([*grader_command(), "check", str(SOLUTION), "--sandbox", "linux"], capture_output=True,
+                          text=True, env=without_linux_calls())
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["grader: the Linux sandbox cannot work here: this Python has no os.fork"]
+
+
+def test_an_unknown_sandbox_in_the_environment_is_a_usage_error():
+    done = subprocess.run([*grader_command(), "check", str(SOLUTION)], capture_output=True, text=True,
+                          env=dict(os.environ, GRADER_SANDBOX="docker"))
+    assert done.returncode == 2
+    assert "GRADER_SANDBOX: 'docker' is not a sandbox; choose one of auto, linux, portable" in done.stderr
+
+
+def _check(notebook: Path, backend: str, *extra: str) -> tuple[dict, str]:
+    env = without_linux_calls() if backend == "portable" else dict(os.environ)
+    done = subprocess.run([*grader_command(), "check", str(notebook), "--json", "--sandbox", backend, *extra],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), done.stderr
+
+
+def _grades(report: dict) -> dict:
+    """What a student and an instructor read: everything but the memory it took."""
+    return {k: v for k, v in report.items() if k != "peak_memory_mb"}
+
+
+@pytest.mark.parametrize("name, extra", [("full_marks", ()), ("wrong_d_W2", ()), ("infinite_loop", ("--timeout", "8"))])
+def test_the_portable_backend_gives_the_linux_backends_report(name, extra):
+    notebook = NOTEBOOKS / f"{name}.ipynb"
+    since = time.time()
+    portable, warning = _check(notebook, "portable", *extra)
+    assert "portable sandbox" in warning and len(warning.strip().splitlines()) == 1
+    assert sandbox_processes(since) == []  # the endless notebook was stopped, with everything it started
+    if name == "full_marks":
+        assert portable["score"] == portable["max_score"]
+    if name == "wrong_d_W2":
+        d_W2 = next(v for v in portable["variables"] if v["name"] == "d_W2")
+        assert d_W2["points"] == 0 and "1/n" in d_W2["message"], d_W2
+    if name == "infinite_loop":
+        assert "timed out after 8 s" in json.dumps(portable)
+    if not linux_sandbox():
+        pytest.skip("no Linux backend on this machine to compare with")
+    linux, warning = _check(notebook, "linux", *extra)
+    assert warning == ""
+    assert _grades(portable) == _grades(linux)
