@@ -107,3 +107,52 @@ def test_the_portable_backend_gives_the_linux_backends_report(name, extra):
     linux, warning = _check(notebook, "linux", *extra)
     assert warning == ""
     assert _grades(portable) == _grades(linux)
+
+
+def test_the_pytest_plugin_grades_with_the_portable_backend(tmp_path):
+    (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
+    env = without_linux_calls() | {"GRADER_SANDBOX": "portable"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--grade",
+                           str(NOTEBOOKS / "wrong_d_W2.ipynb"), "-q"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 1, done.stdout[-2000:]
+    assert "1 failed, 37 passed" in done.stdout and "d_W2: it is the right gradient times 1/n" in done.stdout
+
+
+def test_grader_grade_with_parallel_jobs_and_a_folder_name_with_spaces(tmp_path):
+    folder = tmp_path / "class of 2026"
+    folder.mkdir()
+    for name in ("full_marks", "wrong_d_W2", "half_done"):
+        (folder / f"{name}.ipynb").write_bytes((NOTEBOOKS / f"{name}.ipynb").read_bytes())
+    out = tmp_path / "grades out"
+    since = time.time()
+    done = subprocess.run([*grader_command(), "grade", str(folder), "--assignment", "backprop_ninja", "--out", str(out),
+                           "--jobs", "3", "--sandbox", "portable"], capture_output=True, text=True, timeout=600,
+                          env=without_linux_calls())
+    assert done.returncode == 0, done.stderr
+    grades = (out / "grades.csv").read_text(encoding="utf-8")
+    assert all(row in grades for row in ("full_marks,", "wrong_d_W2,", "half_done,"))
+    scores = {json.loads(p.read_text())["notebook"].rsplit("/", 1)[-1]: json.loads(p.read_text())["score"]
+              for p in (out / "reports").glob("*.json")}
+    assert scores == {"full_marks.ipynb": 36, "wrong_d_W2.ipynb": 35, "half_done.ipynb": 8}
+    assert sandbox_processes(since) == []
+
+
+def test_where_user_namespaces_are_refused_auto_falls_back_naming_the_setting():
+    """`user.max_user_namespaces=0` inside a user namespace of the test's own: no namespace below it can be made
+    (the setting is per namespace, so nothing else on the machine is touched)."""
+    import shutil
+
+    if not sys.platform.startswith("linux") or not shutil.which("unshare"):
+        pytest.skip("needs Linux and unshare")
+    probe = subprocess.run(["unshare", "-Ur", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("this machine refuses user namespaces already")
+    script = "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\""
+    done = subprocess.run(["unshare", "-Ur", "sh", "-c", script, "sh", *grader_command(), "check", str(SOLUTION)],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, GRADER_LINUX_MODE="userns"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("Total: 36/36")
+    warning = done.stderr.strip().splitlines()
+    assert len(warning) == 1 and "portable sandbox (unprivileged user namespaces refused" in warning[0]
+    assert "user.max_user_namespaces=0" in warning[0]

@@ -288,6 +288,10 @@ def _try(mode: str) -> None:
                         if mode == "userns":
                             _check(_LIBC.unshare(_CLONE_NEWUSER), "unshare")
                             _map_ids(RUN_UID, 0, 0)
+                        else:  # root inside a container's user namespace may not have ids to spare
+                            os.setgroups([])
+                            os.setgid(UID_BASE + os.getpid())
+                            os.setuid(UID_BASE + os.getpid())
                         os._exit(0)
                     except BaseException as e:
                         print(e, file=sys.stderr)
