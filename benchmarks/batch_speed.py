@@ -15,7 +15,7 @@ that never ends), then measures on the same submissions:
   included), beside the local pool's throughput;
 - with `--sandbox portable`: the portable backend (a fresh interpreter per submission), as on macOS and
   Windows; with `--userns`: the Linux backend in the mode an ordinary user gets (user namespaces of its
-  own), even when run as root.
+  own), even when run as root, and then the same batch in root's own mode beside it.
 
 and prints the ratios, and the largest peak memory of any run (a fork of the warm worker).
 """
@@ -181,6 +181,11 @@ def main() -> None:
         counts = {k: list(kinds.values()).count(k) for k in ("correct", "wrong", "crash", "timeout")}
         print(f"{args.students} submissions: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
         ours = grader_grade(submitted, Path(tmp) / "out", args.jobs, args.timeout, "--sandbox", args.sandbox)
+        as_root = None
+        if args.userns and os.geteuid() == 0:  # the same batch in root's mode, for the comparison
+            del ENV["GRADER_LINUX_MODE"]
+            as_root = grader_grade(submitted, Path(tmp) / "out-root", args.jobs, args.timeout, "--sandbox", "linux")
+            ENV["GRADER_LINUX_MODE"] = "userns"
         reports = [json.loads(p.read_text()) for p in (Path(tmp) / "out" / "reports").glob("*.json")]
         peak = max((r.get("peak_memory_mb") or 0 for r in reports), default=0)
         dask = grader_grade(submitted, Path(tmp) / "out-dask", args.jobs, args.timeout, "--scheduler",
@@ -190,6 +195,9 @@ def main() -> None:
 
     n = args.students
     print(f"grader grade (--jobs {args.jobs}, 2 hidden re-runs): {ours:7.2f} s  ({n / ours:6.2f} notebooks/s)")
+    if as_root is not None:
+        print(f"the same as root (its own mode):               {as_root:7.2f} s  ({n / as_root:6.2f} notebooks/s)")
+        print(f"throughput as an ordinary user / as root:   {as_root / ours:6.2f}   (target: about 1)")
     if dask is not None:
         print(f"grader grade --scheduler local:{args.dask}:          {dask:7.2f} s  ({n / dask:6.2f} notebooks/s)")
     print(f"physical floor (one warm process, serial):     {floor:7.2f} s")

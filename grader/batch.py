@@ -251,7 +251,8 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
         # the folders only (every submission is in one of them): a task's size must not grow with the class
         folders = [*hidden_folders(rubric), out.resolve(), *found.roots]
         for s, report, page in cluster.grade(todo, rubric, scheduler, timeout=timeout, limits=limits,
-                                             hidden=tuple(str(p) for p in folders)):
+                                             hidden=tuple(str(p) for p in folders),
+                                             backend=backend.requested if backend else "auto"):
             record(s, report, page)
         return sorted(outcomes, key=lambda o: o.submission.student)
 

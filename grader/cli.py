@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     from grader import grade, report, rubric, sandbox  # after parsing: `--help` should not wait for torch
 
     backend = None
-    if args.command in ("check", "grade"):
+    if args.command in ("check", "grade", "gradebook"):
         try:
-            backend = sandbox.choose(args.sandbox)
+            backend = sandbox.choose(getattr(args, "sandbox", None))
         except GraderError as e:
             print(f"grader: {e}", file=sys.stderr)
             return e.exit_code

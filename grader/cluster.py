@@ -55,6 +55,8 @@ class Task:
     hidden: tuple[str, ...] = ()
     """Paths on the grader's machine that no run may read (the output folder, every submission): hidden
     on a worker where they exist, which is when the worker runs on the grader's machine."""
+    sandbox: str = "auto"
+    """The sandbox the worker must run it in (`--sandbox`): a worker where `linux` cannot work refuses."""
 
 
 def rubric_digest(rubric: rubrics.Rubric) -> str:
@@ -77,11 +79,11 @@ KEPT_POOLS = 2
 """Warm pools a worker process keeps (one per batch it grades; the oldest is closed past this)."""
 
 
-def _pool(limits: sandbox.Limits, hidden: tuple[str, ...]) -> tuple[sandbox.Pool, Path]:
+def _pool(limits: sandbox.Limits, hidden: tuple[str, ...], backend: str = "auto") -> tuple[sandbox.Pool, Path]:
     """This worker process's warm pool for a batch's `limits` and hidden paths, and the scratch folder its
     tasks' notebooks go in (hidden too). Kept for the life of the process: later tasks of the batch find
     torch imported and the setup run."""
-    key = (tuple(sorted(asdict(limits).items())), hidden)
+    key = (tuple(sorted(asdict(limits).items())), hidden, backend)
     with _POOLS_LOCK:
         if key not in _POOLS:
             while len(_POOLS) >= KEPT_POOLS:  # an earlier batch's: its torch and setup no longer needed
@@ -89,7 +91,7 @@ def _pool(limits: sandbox.Limits, hidden: tuple[str, ...]) -> tuple[sandbox.Pool
                 old.close()
                 shutil.rmtree(old_scratch, ignore_errors=True)
             scratch = Path(tempfile.mkdtemp(prefix="grader-dask-"))
-            _POOLS[key] = (sandbox.Pool([scratch, *map(Path, hidden)], limits), scratch)
+            _POOLS[key] = (sandbox.Pool([scratch, *map(Path, hidden)], limits, sandbox.choose(backend)), scratch)
         _POOLS[key] = _POOLS.pop(key)  # the most recently used last
         return _POOLS[key]
 
@@ -102,7 +104,7 @@ def grade_task(task: Task) -> tuple[dict, str | None]:
     if rubric_digest(rubric) != task.rubric_digest:
         raise RubricError(f"this worker's copy of {task.assignment} differs from the grader's: install the same "
                           "version of backprop-grader on every worker")
-    pool, scratch = _pool(sandbox.Limits(**task.limits), task.hidden)
+    pool, scratch = _pool(sandbox.Limits(**task.limits), task.hidden, task.sandbox)
     folder = Path(tempfile.mkdtemp(dir=scratch))
     path = folder / (Path(task.notebook).name or "submission.ipynb")
     try:
@@ -145,9 +147,11 @@ def _client(scheduler: str):
 
 
 def grade(submissions, rubric: rubrics.Rubric, scheduler: str, *, timeout: float | None,
-          limits: sandbox.Limits, hidden: tuple[str, ...] = ()) -> Iterator[tuple[object, dict, str | None]]:
+          limits: sandbox.Limits, hidden: tuple[str, ...] = (),
+          backend: str = "auto") -> Iterator[tuple[object, dict, str | None]]:
     """Grade `submissions` (`batch.Submission`s) on the cluster: (submission, report, page) as each finishes.
-    `hidden`: paths of this machine no run may read, wherever a worker shares it."""
+    `hidden`: paths of this machine no run may read, wherever a worker shares it. `backend`: the sandbox
+    each worker must use (`auto`: the best that works there)."""
     from dask.distributed import as_completed
 
     digest = rubric_digest(rubric)
@@ -157,7 +161,7 @@ def grade(submissions, rubric: rubrics.Rubric, scheduler: str, *, timeout: float
         futures = {}
         for s in submissions:
             task = Task(s.student, str(s.path), s.path.read_bytes(), s.digest, rubric.assignment, digest, timeout,
-                        asdict(limits), hidden)
+                        asdict(limits), hidden, backend)
             # pure=False: the same notebook handed in twice is graded twice, as a local run would
             futures[client.submit(grade_task, task, key=f"grade-{batch}-{s.student}-{s.digest[:12]}", pure=False,
                                   retries=1)] = s

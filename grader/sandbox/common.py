@@ -47,11 +47,16 @@ DEFAULT_LIMITS = Limits(memory=MEMORY_LIMIT, file_size=FILE_LIMIT, processes=64,
 """What each run may use unless the caller says otherwise."""
 
 
-def child_env(workdir: Path) -> dict[str, str]:
-    """The whole environment of a worker process: nothing of the grader's own but what Python needs."""
+def child_env(workdir: Path, own_path: bool = False) -> dict[str, str]:
+    """The whole environment of a worker process: nothing of the grader's own but what Python needs.
+
+    `own_path`: keep the caller's PYTHONPATH after the grader's (the portable backend, which hides
+    nothing anyway). The Linux backend does not: each folder on it would be in every run's view.
+    """
     package_parent = str(Path(__file__).resolve().parent.parent.parent)
-    # so that a source checkout works like an installed package; the caller's own path entries after it
-    path = os.pathsep.join([package_parent, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+    # so that a source checkout works like an installed package
+    inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep) if own_path else []
+    path = os.pathsep.join([package_parent, *filter(None, inherited)])
     env = {
         "PATH": os.environ.get("PATH", os.defpath),
         "HOME": str(workdir),

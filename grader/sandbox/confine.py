@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import pwd
+import re
 import resource
 import signal
 import subprocess
@@ -44,6 +46,10 @@ _MS_REC, _MS_PRIVATE, _MS_RELATIME, _MS_STRICTATIME = 0x4000, 0x40000, 1 << 21, 
 _MNT_DETACH = 2
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+OPEN_FILES = 1024
+"""Files a run may hold open at once (RLIMIT_NOFILE): each pins kernel memory."""
 UID_BASE = 1_000_000
 """As root, each job's user id is this plus its supervisor's process id: unique among the jobs alive at once."""
 RUN_UID = 1000
@@ -63,7 +69,7 @@ def _check(result: int, what: str) -> None:
 
 
 def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    _check(_LIBC.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+    _check(_LIBC.mount(os.fsencode(source), os.fsencode(target), fstype.encode() if fstype else None, flags,
                        data.encode() if data else None), f"mount {target}")
 
 
@@ -88,6 +94,10 @@ def new_namespaces(mode: str) -> None:
     IPC: System V shared memory made by a run goes with it, and counts for nobody else.
     """
     flags = _CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWIPC
+    # a session keyring of its own: the grader's (Kerberos, AFS, cifs credentials) is not the job's to read
+    keyctl = _SYS_KEYCTL.get(os.uname().machine)
+    if keyctl is not None:
+        _LIBC.syscall(keyctl, _KEYCTL_JOIN_SESSION_KEYRING, None)  # no keyrings in this kernel: nothing to hide
     if mode == "root":
         _check(_LIBC.unshare(flags), "unshare")
         return
@@ -104,25 +114,38 @@ def die_with_parent() -> None:
 def needed() -> list[str]:
     """Folders and files of Python a run must read: the interpreter, its packages, the grader package.
 
-    Computed in the worker, from its own `sys.path` (started with -P: no current folder in it). The
-    folder that holds the grader package (a source checkout) is not needed, only the package itself:
-    beside it lie the solutions, the tests and the history.
+    Computed in the worker, from its own `sys.path` (started with -P: no current folder in it), as
+    spelled there: `private_view` binds their real paths and mirrors the symlinks on the way. The folder
+    that holds the grader package (a source checkout) is not needed, only the package itself: beside it
+    lie the solutions, the tests and the history. Neither is a folder that holds a home folder.
     """
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     holder = os.path.dirname(package)
+    try:
+        home = os.path.realpath(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:
+        home = "/"
     paths = []
     for path in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path, package):
         path = os.path.abspath(path) if path else ""
-        if path and path != holder and os.path.exists(path):
-            paths += [path, os.path.realpath(path)]
+        if not path or path == holder or not os.path.exists(path):
+            continue
+        if _inside(home, os.path.realpath(path)):  # `PYTHONPATH=~`: never the whole home
+            continue
+        paths.append(path)
     return list(dict.fromkeys(paths))
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies below it."""
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _outermost(paths: list[str]) -> list[str]:
     """`paths` without those inside another of them."""
     out: list[str] = []
     for path in sorted(set(paths), key=len):
-        if not any(path == o or path.startswith(o.rstrip("/") + "/") for o in out):
+        if not any(_inside(path, o) for o in out):
             out.append(path)
     return out
 
@@ -148,10 +171,12 @@ def _read_only(path: str) -> None:
 def _mount_points(under: list[str]) -> list[str]:
     """Every mount point at or below one of `under`, from this process's mountinfo (its root's view)."""
     points = []
-    with open("/oldroot/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+    with open("/oldroot/proc/self/mountinfo", "rb") as f:
         for line in f:
-            point = line.split()[4].encode().decode("unicode_escape")  # spaces come as \040
-            if any(point == u or point.startswith(u.rstrip("/") + "/") for u in under):
+            # the mount point is the fifth field, with space, tab, newline and backslash as \NNN octal
+            raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), line.split()[4])
+            point = os.fsdecode(raw)
+            if any(_inside(point, u) for u in under):
                 points.append(point)
     return points
 
@@ -160,47 +185,61 @@ def _pivot_root(new: str, old: str) -> None:
     number = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if number is None:
         raise OSError(0, f"pivot_root: unknown system call number on {os.uname().machine}")
-    _check(_LIBC.syscall(number, new.encode(), old.encode()), "pivot_root")
+    _check(_LIBC.syscall(number, os.fsencode(new), os.fsencode(old)), "pivot_root")
+
+
+def _mirror_links(path: str, depth: int = 0) -> None:
+    """Make the symlinks on the way to `path` in the old root (`/home -> /data/home`, `/lib64 -> usr/lib64`)
+    again in the new one, so that the path resolves here as it did there (to what is bound)."""
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts) + 1):
+        prefix = "/" + "/".join(parts[:i])
+        old = "/oldroot" + prefix
+        if not os.path.islink(old):
+            continue
+        target = os.readlink(old)
+        if not os.path.lexists(prefix):
+            os.makedirs(os.path.dirname(prefix), exist_ok=True)
+            os.symlink(target, prefix)
+        if depth < 8:  # the link's own target may pass through links too
+            _mirror_links(os.path.normpath(os.path.join(os.path.dirname(prefix), target)), depth + 1)
+        return
 
 
 def private_view(hidden: list[str], workdir: str, tmp_size: int) -> None:
     """In process 1 of the job's namespaces: a root file system holding only what the run needs.
 
     An empty tmpfs becomes the root; the old one, moved to /oldroot, lends it the system folders and
-    `needed()` (each bound read-only at its own path, mounts below it included), and goes. `hidden`
-    paths that lie inside what is lent are covered (an empty read-only folder, or /dev/null for a file).
+    `needed()`: each real path bound read-only at its own place (mounts below it included), each other
+    spelling a symlink to it, as in the old root. `hidden` paths (real paths) that lie inside what is
+    lent are covered: an empty read-only folder, or an empty file.
     """
-    keep = _outermost([p for p in SYSTEM if os.path.lexists(p)] + needed())
+    given = [p for p in SYSTEM if os.path.lexists(p)] + needed()
+    keep = _outermost([os.path.realpath(p) for p in given if os.path.exists(p)])
     _mount("none", "/", None, _MS_REC | _MS_PRIVATE)  # nothing mounted here reaches the host
     safe = _MS_NOSUID | _MS_NODEV
-    _mount("root", "/tmp", "tmpfs", safe, "size=1m,mode=0755")
+    _mount("root", "/tmp", "tmpfs", safe, "size=1m,nr_inodes=4k,mode=0755")
     os.mkdir("/tmp/oldroot")
     _pivot_root("/tmp", "/tmp/oldroot")
     os.chdir("/")
+    # the run's own /tmp first: a Python or a checkout under the host's /tmp is bound on top of it
+    os.mkdir("/tmp")
+    _mount("tmp", "/tmp", "tmpfs", safe, f"size={tmp_size},nr_inodes=16k,mode=1777")
     for path in keep:
         source = "/oldroot" + path
-        if os.path.islink(source) and os.path.dirname(path) == "/":  # /lib64 -> usr/lib64 (merged /usr)
-            os.symlink(os.readlink(source), path)
-            continue
         if os.path.isdir(source):
             os.makedirs(path, exist_ok=True)
         else:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             open(path, "w").close()
         _mount(source, path, None, _MS_BIND | _MS_REC)
+    for path in given:
+        if os.path.realpath("/oldroot" + path) != "/oldroot" + path:
+            _mirror_links(path)
     for path in _mount_points(keep):
         _read_only(path)
-    for path in hidden:
-        if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in keep) or not os.path.lexists(path):
-            continue  # not in the view at all
-        if os.path.isdir(path):
-            _mount("hidden", path, "tmpfs", _MS_RDONLY | safe | _MS_NOEXEC, "size=4k,mode=0555")
-        else:  # a file in a folder the run needs (a notebook beside the grader): empty it
-            _mount("/dev/null", path, None, _MS_BIND)
-    os.makedirs("/tmp", exist_ok=True)
-    _mount("tmp", "/tmp", "tmpfs", safe, f"size={tmp_size},mode=1777")
-    os.makedirs("/dev", exist_ok=True)
-    _mount("dev", "/dev", "tmpfs", _MS_NOSUID | _MS_NOEXEC, "size=64k,mode=0755")
+    os.mkdir("/dev")
+    _mount("dev", "/dev", "tmpfs", _MS_NOSUID | _MS_NOEXEC, "size=64k,nr_inodes=64,mode=0755")
     for device in DEVICES:
         open(f"/dev/{device}", "w").close()
         _mount(f"/oldroot/dev/{device}", f"/dev/{device}", None, _MS_BIND)
@@ -208,7 +247,15 @@ def private_view(hidden: list[str], workdir: str, tmp_size: int) -> None:
                          ("stderr", "/proc/self/fd/2")):
         os.symlink(target, f"/dev/{name}")
     os.mkdir("/dev/shm")
-    _mount("shm", "/dev/shm", "tmpfs", safe, f"size={tmp_size},mode=1777")
+    _mount("shm", "/dev/shm", "tmpfs", safe, f"size={tmp_size},nr_inodes=4k,mode=1777")
+    _mount("none", "/dev", None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NOEXEC)  # its nodes only
+    for path in hidden:
+        if not any(_inside(path, k) for k in keep) or not os.path.lexists(path):
+            continue  # not in the view at all
+        if os.path.isdir(path):
+            _mount("hidden", path, "tmpfs", _MS_RDONLY | safe | _MS_NOEXEC, "size=4k,nr_inodes=16,mode=0555")
+        else:  # a file in a folder the run needs (a notebook beside the grader): empty it
+            _mount("/dev/null", path, None, _MS_BIND)
     os.makedirs("/proc", exist_ok=True)
     _mount("proc", "/proc", "proc", safe | _MS_NOEXEC)  # while the old /proc is still there: the kernel wants one
     _check(_LIBC.umount2(b"/oldroot", _MNT_DETACH), "umount /oldroot")
@@ -232,17 +279,20 @@ def _mapped_bytes() -> int:
 def drop_privileges(limits, workdir: str, uid: int, mode: str) -> None:
     """Set the limits (a `Limits`), then keep no privilege: as root become `uid`, which owns nothing but
     `workdir` and belongs to no group; as an ordinary user enter a nested user namespace as `RUN_UID`."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size, limits.file_size))
-    resource.setrlimit(resource.RLIMIT_DATA, (limits.memory, limits.memory))
+    _limit(resource.RLIMIT_CORE, 0)
+    _limit(resource.RLIMIT_FSIZE, limits.file_size)
+    _limit(resource.RLIMIT_DATA, limits.memory)
+    _limit(resource.RLIMIT_NOFILE, OPEN_FILES)
     # RLIMIT_DATA does not count shared mappings (mmap of anonymous shared memory): cap the address space
     # too, at what the fork of the worker already maps (torch's reservations included) plus the memory cap
     mapped = _mapped_bytes()
     if mapped:
-        resource.setrlimit(resource.RLIMIT_AS, (mapped + limits.memory, mapped + limits.memory))
+        _limit(resource.RLIMIT_AS, mapped + limits.memory)
     if mode == "root":
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-        os.chown(workdir, uid, uid)
+        _limit(resource.RLIMIT_NPROC, limits.processes)
+        for folder, _, files in os.walk(workdir):  # its data files too: the run may write beside them
+            for name in (folder, *(os.path.join(folder, f) for f in files)):
+                os.chown(name, uid, uid)
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
@@ -253,9 +303,17 @@ def drop_privileges(limits, workdir: str, uid: int, mode: str) -> None:
         _check(_LIBC.unshare(_CLONE_NEWUSER), "unshare")
         _map_ids(RUN_UID, 0, 0)
         if _counts_per_namespace():
-            resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+            _limit(resource.RLIMIT_NPROC, limits.processes)
     _LIBC.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     die_with_parent()  # again: a change of user id clears the parent-death signal
+
+
+def _limit(which: int, value: int) -> None:
+    """Set an rlimit to `value`, or to the hard limit already there where that is lower (`ulimit -v` on a
+    course server): raising it would fail, and lower is what was wanted anyway."""
+    _, hard = resource.getrlimit(which)
+    value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+    resource.setrlimit(which, (value, value))
 
 
 def _counts_per_namespace() -> bool:

@@ -61,11 +61,14 @@ class Worker:
         spec_path = self.workdir / "spec.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # a file, not a pipe: what the worker and its forks print is read only if it fails to start, and a
+        # pipe nobody reads would block them once full
+        self.log = tempfile.TemporaryFile()
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-P", "-m", "grader.sandbox.linux_child", str(spec_path), str(theirs.fileno())],
                 cwd=self.workdir, env=child_env(self.workdir), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True,
                 preexec_fn=_worker_limits, pass_fds=(theirs.fileno(),),
             )
         except OSError as e:
@@ -86,8 +89,9 @@ class Worker:
             self.sock.settimeout(None)
         if line != "ready":
             stderr = ""
-            if self.process.poll() is not None and self.process.stderr is not None:
-                stderr = self.process.stderr.read().decode("utf-8", "replace")[-OUTPUT_TAIL:]
+            if self.process.poll() is not None:
+                self.log.seek(0)
+                stderr = self.log.read().decode("utf-8", "replace")[-OUTPUT_TAIL:]
             raise SandboxError(f"the worker process did not start: {line or 'it exited'} {stderr}".strip())
         self.ready = True
 
@@ -115,8 +119,7 @@ class Worker:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            if process.stderr is not None:
-                process.stderr.close()
+        self.log.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -155,9 +158,11 @@ class Job:
         assert self.status is not None
         deadline = self.started + self.timeout * len(self.runs) + SUPERVISOR_GRACE
         data = b""
+        watch = select.poll()  # not select(): a large batch has descriptors past 1024
+        watch.register(self.status, select.POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.status], [], [], left)[0]:
+            if left <= 0 or not watch.poll(left * 1000):
                 return None
             chunk = os.read(self.status, 4096)
             if not chunk:

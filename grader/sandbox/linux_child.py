@@ -168,36 +168,56 @@ class Server(Warm):
         itself, and a notebook should behave as it would anywhere else.
         """
         confine.die_with_parent()
+        # Signals from inside the namespace reach process 1 only where it has a handler: Python's for
+        # SIGINT would let the notebook end its own job with a KeyboardInterrupt here.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         workdir = "/tmp/run"
         try:
             confine.private_view(self.spec["hidden"], workdir, self.spec["limits"]["tmp_size"])
-        except OSError as e:  # ours, not the notebook's: the grader stops with this message
+        except (OSError, ValueError) as e:  # ours, not the notebook's: the grader stops with this message
             os.write(init_write, json.dumps({"sandbox_error": f"{type(e).__name__}: {e}"}).encode())
             os._exit(0)
+        setup_read, setup_write = os.pipe()  # what went wrong in the job before its first cell: ours too
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(init_write)
                 os.close(supervisor)
-                self._run_all(job, uid, workdir, run_fds, ticks_write)
-            except BaseException:  # ours, or the notebook's doing: either way the report shows the traceback
+                os.close(setup_read)
+                self._run_all(job, uid, workdir, run_fds, ticks_write, setup_write)
+            except BaseException:  # the notebook's doing: the run's output shows the traceback
                 traceback.print_exc()
             finally:
                 os._exit(71)
-        for fd in (*run_fds, ticks_write):
+        for fd in (*run_fds, ticks_write, setup_write):
             os.close(fd)
         _unless_orphaned(supervisor, pid)
         _, status, usage = os.wait4(pid, 0)
         stray = _stray_processes()
+        with os.fdopen(setup_read, "rb") as f:
+            failed = f.read(4096).decode("utf-8", "replace")
+        if failed:
+            os.write(init_write, json.dumps({"sandbox_error": failed}).encode())
+            os._exit(0)
         os.write(init_write, json.dumps({"returncode": os.waitstatus_to_exitcode(status),
                                          "max_rss_kb": usage.ru_maxrss, "stray": stray}).encode())
         os._exit(0)
 
-    def _run_all(self, job: dict, uid: int, workdir: str, run_fds: list[int], ticks_write: int) -> None:
-        """The job itself: drop privileges, then each run in turn, each from the state after the setup."""
+    def _run_all(self, job: dict, uid: int, workdir: str, run_fds: list[int], ticks_write: int,
+                 setup_write: int) -> None:
+        """The job itself: drop privileges, then each run in turn, each from the state after the setup.
+
+        What fails before the first cell is the grader's problem, not the student's: it goes to
+        `setup_write` for process 1 to report, and the job ends.
+        """
         confine.die_with_parent()
-        self.write_data(workdir)
-        confine.drop_privileges(Limits(**self.spec["limits"]), workdir, uid, self.spec["mode"])
+        try:
+            self.write_data(workdir)
+            confine.drop_privileges(Limits(**self.spec["limits"]), workdir, uid, self.spec["mode"])
+        except (OSError, ValueError) as e:
+            os.write(setup_write, f"dropping privileges: {type(e).__name__}: {e}".encode()[:4000])
+            os._exit(0)
+        os.close(setup_write)
         # Python ignores SIGXFSZ; restored, writing past the file-size cap ends the run with a clear reason
         # instead of an error inside the error handler that would print the error
         signal.signal(signal.SIGXFSZ, signal.SIG_DFL)

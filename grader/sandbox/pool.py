@@ -56,6 +56,8 @@ class Backend:
     """For `linux`: `root` or `userns` (an ordinary user in user namespaces of its own)."""
     warning: str = ""
     """One line on what does not hold on this machine; empty where everything does."""
+    requested: str = "auto"
+    """What was asked for (`auto`, `linux`, `portable`): what another machine of a cluster must use."""
 
 
 def portable_warning(reason: str) -> str:
@@ -75,15 +77,15 @@ def choose(requested: str | None = None) -> Backend:
         source = "--sandbox" if requested else ENVIRONMENT
         raise UsageError(f"{source}: {name!r} is not a sandbox; choose one of {', '.join(CHOICES)}")
     if name == "portable":
-        return Backend("portable", warning=portable_warning("as asked"))
+        return Backend("portable", warning=portable_warning("as asked"), requested=name)
     from grader.sandbox.linux_check import works_here
 
     mode, why = works_here()
     if mode:
-        return Backend("linux", mode)
+        return Backend("linux", mode, requested=name)
     if name == "linux":
         raise SandboxError(f"the Linux sandbox cannot work here: {why}")
-    return Backend("portable", warning=portable_warning(why))
+    return Backend("portable", warning=portable_warning(why), requested=name)
 
 
 class Pool:

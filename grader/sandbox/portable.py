@@ -37,7 +37,7 @@ from grader.sandbox.results import Captured, Run, collect
 
 POLL = 0.05
 """Seconds between two looks at a job's interpreter (its memory, its output, the time)."""
-TREE_EVERY = 10
+TREE_EVERY = 4
 """Looks between two walks of the whole process tree (a walk reads every process of the machine)."""
 TOKEN = "GRADER_JOB"
 """The environment variable that marks every process of a job (inherited unless the notebook clears it)."""
@@ -62,7 +62,8 @@ class _Interpreter:
         self.process = subprocess.Popen(
             [sys.executable, "-P", "-m", "grader.sandbox.portable_child", str(spec_path)],
             # the setup cells run in the worker's folder, beside the data files, as on Linux
-            cwd=spec_path.parent, env=env | {"HOME": str(self.folder), TOKEN: self.token}, stdin=subprocess.PIPE,
+            cwd=spec_path.parent, env=env | {"HOME": str(self.folder), "USERPROFILE": str(self.folder),
+                                             TOKEN: self.token}, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self.log, **_session())
 
     def wait_ready(self) -> None:
@@ -94,7 +95,9 @@ class _Interpreter:
 
     def kill(self) -> int:
         """End it and everything it started; returns how many of those were still running besides it."""
-        return _kill(psutil.Process(self.process.pid) if self.process.poll() is None else None, {}, self)
+        if self.process.returncode is not None:  # reaped already, by the job that watched it
+            return 0
+        return _kill(_process(self.process.pid), {}, self)
 
     def close(self) -> None:
         self.kill()
@@ -108,8 +111,17 @@ class _Interpreter:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:  # gone already (Windows forgets an ended process at once)
+        return None
+
+
 def _kill(root: psutil.Process | None, seen: dict[int, psutil.Process], interpreter: _Interpreter) -> int:
-    """Kill `root`, every process `seen` in its tree, and any process carrying its token; count the others."""
+    """Kill `root`, every process `seen` in its tree, its process group, and any process carrying its
+    token; count the others still running. Called before the interpreter is reaped: its process (a
+    zombie if it ended) keeps its id, so the group is still the job's."""
     found = dict(seen)
     if root is not None:
         try:
@@ -127,12 +139,12 @@ def _kill(root: psutil.Process | None, seen: dict[int, psutil.Process], interpre
             pass
     found.pop(interpreter.process.pid, None)
     others = [p for p in found.values() if _running(p)]
-    if os.name == "posix":
+    if os.name == "posix" and interpreter.process.returncode is None:
         try:  # what it left in its process group, even if it was never seen
             os.killpg(interpreter.process.pid, 9)
         except OSError:
             pass
-    for p in ([root] if root is not None else []) + others:
+    for p in ([root] if root is not None and _running(root) else []) + others:
         try:
             p.kill()
         except psutil.Error:
@@ -148,12 +160,24 @@ def _running(process: psutil.Process) -> bool:
         return False
 
 
-def _resident(processes: list[psutil.Process]) -> int:
+def _resident(process: psutil.Process | None) -> int:
+    """Resident memory of the interpreter."""
+    try:
+        return process.memory_info().rss if process is not None else 0
+    except psutil.Error:
+        return 0
+
+
+def _unique(processes: list[psutil.Process]) -> int:
+    """Memory of the interpreter's descendants that is theirs alone: a forked copy shares its parent's
+    pages, which their resident sizes would count once per process."""
     total = 0
     for p in processes:
         try:
-            total += p.memory_info().rss
-        except psutil.Error:
+            total += p.memory_full_info().uss
+        except psutil.AccessDenied:
+            total += _resident(p)
+        except psutil.Error:  # ended meanwhile
             pass
     return total
 
@@ -175,7 +199,7 @@ class Worker:
                 "data": {name: str(self.workdir / name) for name in data_files}}
         self.spec_path = self.workdir / "spec.json"
         self.spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        self.env = child_env(self.workdir)
+        self.env = child_env(self.workdir, own_path=True)
         self.lock = threading.Lock()
         self.taken = 0
         self.spares = [self._start()]
@@ -220,27 +244,29 @@ class Job:
                      for i, (plan, label) in enumerate(zip(plans, labels))]
         self.interpreter: _Interpreter | None = None
         self.started = time.monotonic()
+        self.watcher: threading.Thread | None = None
+        self.report: dict | None = None
 
     def release(self) -> None:
-        """Hand the job to a warm interpreter: from here on the notebook's cells run."""
+        """Hand the job to a warm interpreter: from here on the notebook's cells run, watched by a thread
+        of its own (a submission may have several jobs, waited for one after another)."""
         interpreter = self.worker.take()
         self.interpreter = interpreter
         self.started = time.monotonic()
         interpreter.send({"runs": [r.job() for r in self.runs], "workdir": str(interpreter.folder)})
+        self.watcher = threading.Thread(target=self._watch, args=(interpreter,), daemon=True)
+        self.watcher.start()
 
-    def _watch(self, interpreter: _Interpreter) -> dict:
-        """Wait for the job within its limits, end whatever it left, and say how it ended."""
+    def _watch(self, interpreter: _Interpreter) -> None:
+        """Wait for the job within its limits, end whatever it left, and say how it ended (`self.report`)."""
         limits, process = self.worker.limits, interpreter.process
-        root = psutil.Process(process.pid)
+        root = _process(process.pid)
         seen: dict[int, psutil.Process] = {}
-        deadline, begun, peak, looks = self.started + self.timeout, 1, 0, 0
+        deadline, begun, peak, looks, children = self.started + self.timeout, 1, 0, 0, 0
         timed_out, over = False, ""
-        while True:
-            try:
-                process.wait(POLL)
-                break
-            except subprocess.TimeoutExpired:
-                pass
+        # it has ended when its process is a zombie: not reaped yet, so its id and group are still the job's
+        while root is not None and _running(root):
+            time.sleep(POLL)
             now = time.monotonic()
             running = sum(1 for r in self.runs if r.started())
             if running > begun:  # the next run began: its own timeout from now
@@ -251,7 +277,9 @@ class Job:
                     seen.update((p.pid, p) for p in root.children(recursive=True))
                 except psutil.Error:
                     pass
-            peak = max(peak, _resident([root, *(p for p in seen.values() if p.is_running())]))
+                seen = {pid: p for pid, p in seen.items() if _running(p)}
+                children = _unique(list(seen.values()))
+            peak = max(peak, _resident(root) + children)
             if now >= deadline:
                 timed_out = True
             elif peak > limits.memory:
@@ -260,20 +288,20 @@ class Job:
                 over = "file"
             if timed_out or over:
                 break
-        ended_by_us = process.poll() is None
-        stray = _kill(root if ended_by_us else None, seen, interpreter)
+        ended_by_us = timed_out or bool(over)
+        stray = _kill(root, seen, interpreter)
         returncode = process.wait()
-        return {"returncode": returncode, "timed_out": timed_out, "over": over, "memory_limit": limits.memory,
-                "stray": 0 if ended_by_us else stray, "max_rss_kb": peak // 1024,
-                "seconds": time.monotonic() - self.started}
+        self.report = {"returncode": returncode, "timed_out": timed_out, "over": over, "memory_limit": limits.memory,
+                       "stray": 0 if ended_by_us else stray, "max_rss_kb": peak // 1024,
+                       "seconds": time.monotonic() - self.started}
 
     def wait(self) -> list[Captured]:
         """Wait for the job (at most the timeout per run), then read each run's values."""
         try:
-            if self.interpreter is None:
+            if self.interpreter is None or self.watcher is None:
                 return [r._unfinished("the run was never started", 0.0, "") for r in self.runs]
-            report = self._watch(self.interpreter)
-            return collect(self.runs, report, self.timeout, report["seconds"])
+            self.watcher.join()
+            return collect(self.runs, self.report, self.timeout, (self.report or {}).get("seconds", 0.0))
         finally:
             for r in self.runs:
                 r.close()

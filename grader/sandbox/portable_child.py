@@ -20,7 +20,10 @@ from grader.sandbox.runner import Warm, _error_line
 
 def _end_with(grader: int) -> None:
     """Wait for the end of the grader's pipe, then end this process and its process group."""
-    while os.read(grader, 4096):
+    try:
+        while os.read(grader, 4096):
+            pass
+    except OSError:  # the notebook closed or replaced the descriptor: end all the same
         pass
     if hasattr(os, "killpg"):  # POSIX: the processes the notebook started and left in its group too
         try:

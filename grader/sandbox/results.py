@@ -56,6 +56,10 @@ class Captured:
 
 
 _SIGXFSZ = getattr(signal, "SIGXFSZ", None)  # no such signal on Windows
+MAX_HEADER_BYTES = 8 * 2**20
+"""Largest safetensors header read back (its JSON: the tensors' names, shapes and the summary)."""
+MAX_ENTRIES = 20_000
+"""Most tensors a result may hold (a few hundred values and recorded calls are what a run sends)."""
 
 
 class Run:
@@ -173,9 +177,15 @@ class Run:
         self.result.seek(0)
         raw = self.result.read()
         try:
+            # safetensors' own layout: an 8-byte little-endian header length, then the JSON header. Read
+            # first: a forged file of a million empty tensors would cost seconds and a gigabyte to load.
+            length = int.from_bytes(raw[:8], "little")
+            if length > MAX_HEADER_BYTES:
+                raise ValueError("the header is too large")
+            header = json.loads(raw[8 : 8 + length])
+            if not isinstance(header, dict) or len(header) > MAX_ENTRIES:
+                raise ValueError("too many entries")
             tensors = load(raw)
-            # safetensors' own layout: an 8-byte little-endian header length, then the JSON header
-            header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
             summary = json.loads(header["__metadata__"]["grader"])
             cells, kinds = summary["cells"], summary["values"]
             if not isinstance(cells, list) or len(cells) != len(self.plan.cells) or not isinstance(kinds, dict):
