@@ -159,3 +159,28 @@ def test_process_one_ends_the_job_when_its_supervisor_is_gone():
     while os.path.exists(f"/proc/{job}") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{job}") or open(f"/proc/{job}/stat").read().split()[2] == "Z"
+
+
+@pytest.mark.parametrize("bomb", ["entries", "size"])
+def test_a_forged_result_is_refused_before_it_is_loaded(bomb):
+    """A result whose header is too large or lists too many tensors is refused from its header, before
+    safetensors loads it (a million empty tensors cost seconds and a gigabyte to load). Both forgeries
+    are otherwise well-formed: without the check they would be read as a finished run."""
+    import json
+
+    from grader.sandbox.results import MAX_ENTRIES, MAX_HEADER_BYTES, Run
+
+    _, plans = _prefix_and_plans(notebook.read(NOTEBOOKS / "full_marks.ipynb"))
+    summary = {"cells": [{"status": "ok", "error": ""}] * len(plans[0].cells), "values": {}}
+    if bomb == "size":
+        summary["padding"] = "x" * MAX_HEADER_BYTES
+    header = {"__metadata__": {"grader": json.dumps(summary)}}
+    if bomb == "entries":
+        header |= {f"x{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(MAX_ENTRIES + 1)}
+    run = Run(plans[0], "the notebook's parameters", 0, [])
+    raw = json.dumps(header).encode()
+    run.result.write(len(raw).to_bytes(8, "little") + raw)
+    run.progress.write(b"0\n")
+    captured = run.captured({"returncode": 0}, 10.0, 1.0, None)
+    run.close()
+    assert not captured.finished and "could not be read" in captured.reason

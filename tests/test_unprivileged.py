@@ -49,12 +49,14 @@ def home() -> Path:
     if subprocess.run(["id", USER], capture_output=True).returncode != 0:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", USER], check=True)
     home = Path(os.path.expanduser(f"~{USER}"))
-    for old in ("src", "venv", "secret.txt", "work"):
-        shutil.rmtree(home / old, ignore_errors=True) if (home / old).is_dir() else (home / old).unlink(missing_ok=True)
+    for old in ("src", "venv", "venv-link", "secret.txt", "work"):
+        old = home / old
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink(missing_ok=True)
     shutil.copytree(ROOT, home / "src", ignore=shutil.ignore_patterns(
         ".git", ".venv", ".ci-venv", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache"))
     (home / "secret.txt").write_text("the user's own secret\n")
     (home / "work").mkdir()
+    (home / "venv-link").symlink_to(home / "venv")  # another spelling of the same environment
     shutil.copyfile(SOLUTION, home / "work" / "solution.ipynb")
     subprocess.run(["chown", "-R", f"{USER}:{USER}", str(home)], check=True)
     os.chmod(home, 0o700)  # as useradd leaves many homes: nobody else may even look in
@@ -79,7 +81,10 @@ def test_an_ordinary_user_gets_full_marks_for_the_solution_and_no_warning(home):
     assert "name='linux', mode='userns'" in chosen.stdout, chosen.stdout + chosen.stderr
 
 
-def test_a_hostile_notebook_of_an_ordinary_user_gets_nothing_it_should_not(home):
+@pytest.mark.parametrize("spelling", ["venv", "venv-link"])
+def test_a_hostile_notebook_of_an_ordinary_user_gets_nothing_it_should_not(home, spelling):
+    """Also with the grader's Python reached through a symlink: the view binds real paths once and makes
+    the other spellings symlinks to them, so what it hides is hidden by every name."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(5)
@@ -97,7 +102,7 @@ def test_a_hostile_notebook_of_an_ordinary_user_gets_nothing_it_should_not(home)
 
     waiter = threading.Thread(target=accept, daemon=True)
     waiter.start()
-    site = next((home / "venv" / "lib").glob("python3*/site-packages"))
+    site = next((home / spelling / "lib").glob("python3*/site-packages"))
     reads = [site / "grader" / "_assets" / "assignments" / "backprop_ninja.toml", home / "src" / "assignments" /
              "backprop_ninja.toml", home / "src" / "solutions" / "backprop_ninja.ipynb", home / "secret.txt",
              home / "work" / "solution.ipynb"]
@@ -113,7 +118,8 @@ for path in {[str(p) for p in reads]!r}:
     except OSError:
         pass
 # the folders on the way to Python and the grader are there (empty but for that way); nothing else is
-way = {{"/home": ["{home.name}"], {str(home)!r}: ["venv"], {str(site / 'grader' / '_assets')!r}: ["assignments", "data"]}}
+way = {{"/home": ["{home.name}"], {str(home)!r}: ["venv", "venv-link"],
+       {str(site / 'grader' / '_assets')!r}: ["assignments", "data"]}}
 for folder in ("/home", {str(home)!r}, {str(site / 'grader' / '_assets')!r}, {str(site / 'grader' / '_assets' / 'assignments')!r},
                "/root", "/srv", "/mnt", "/media", "/var"):
     try:
@@ -150,8 +156,8 @@ raise RuntimeError(f"LEAKS {{leaks}}")
     subprocess.run(["chown", f"{USER}:{USER}", str(home / "work" / "hostile.ipynb")], check=True)
     before = _fingerprint(home / "src", home / "venv" / "lib", home / "work")
 
-    done = _as_user(home, str(home / "venv/bin/grader"), "check", str(home / "work" / "hostile.ipynb"), "--json",
-                    "--hidden-runs", "/dev/null")
+    done = _as_user(home, str(home / spelling / "bin" / "python"), "-m", "grader", "check",
+                    str(home / "work" / "hostile.ipynb"), "--json", "--hidden-runs", "/dev/null")
     listener.close()
     waiter.join(5)
     assert done.returncode == 0, done.stderr
