@@ -58,14 +58,18 @@ def test_auto_chooses_the_portable_backend_and_says_what_does_not_hold():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=without_linux_calls())
     name, warning = done.stdout.splitlines()
     assert name == "portable", done.stderr
-    assert "no os.fork" in warning and "read and write your files" in warning and "network" in warning
+    assert "read and write your files" in warning and "network" in warning
+    # the reason: on Linux the first call the stand-in took away; elsewhere the platform itself
+    assert ("no os.fork" if sys.platform.startswith("linux") else f"this is {sys.platform}") in warning
 
 
 def test_asking_for_the_linux_backend_where_it_cannot_work_is_one_line():
     done = subprocess.run([*grader_command(), "check", str(SOLUTION), "--sandbox", "linux"], capture_output=True,
                           text=True, env=without_linux_calls())
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == ["grader: the Linux sandbox cannot work here: this Python has no os.fork"]
+    [line] = done.stderr.strip().splitlines()
+    reason = "this Python has no os.fork" if sys.platform.startswith("linux") else f"this is {sys.platform}, not Linux"
+    assert line == f"grader: the Linux sandbox cannot work here: {reason}"
 
 
 def test_an_unknown_sandbox_in_the_environment_is_a_usage_error():
@@ -132,7 +136,7 @@ def test_grader_grade_with_parallel_jobs_and_a_folder_name_with_spaces(tmp_path)
     assert done.returncode == 0, done.stderr
     grades = (out / "grades.csv").read_text(encoding="utf-8")
     assert all(row in grades for row in ("full_marks,", "wrong_d_W2,", "half_done,"))
-    scores = {json.loads(p.read_text())["notebook"].rsplit("/", 1)[-1]: json.loads(p.read_text())["score"]
+    scores = {Path(json.loads(p.read_text())["notebook"]).name: json.loads(p.read_text())["score"]
               for p in (out / "reports").glob("*.json")}
     assert scores == {"full_marks.ipynb": 36, "wrong_d_W2.ipynb": 35, "half_done.ipynb": 8}
     assert sandbox_processes(since) == []
