@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             backend = sandbox.choose(getattr(args, "sandbox", None))
         except GraderError as e:
-            print(f"grader: {e}", file=sys.stderr)
-            return e.exit_code
+            return _fail(e)
         if backend.warning:
             print(f"grader: warning: {backend.warning}", file=sys.stderr)
 
@@ -115,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             written = classroom.write(args.assignment, Path(args.out), args.package)
         except GraderError as e:
-            print(f"grader: {e}", file=sys.stderr)
-            return e.exit_code
+            return _fail(e)
         print("\n".join(str(p) for p in written))
         return 0
     try:
@@ -144,10 +142,17 @@ def main(argv: list[str] | None = None) -> int:
             from grader import junit
 
             Path(args.junit).write_text(junit.ungradable(args.notebook, str(e)), encoding="utf-8")
-        print(f"grader: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(e)
     print(report.to_json(result) if args.json else report.to_text(result))
     return 0
+
+
+def _fail(error: GraderError) -> int:
+    """Print `error` as the one line on stderr the exit code promises; its exit code."""
+    # a file name or a value quoted from the input may hold line breaks: shown as \n, they stay on the line
+    text = str(error).replace("\r", "\\r").replace("\n", "\\n")
+    print(f"grader: {text}", file=sys.stderr)
+    return error.exit_code
 
 
 def _limits(args: argparse.Namespace):
@@ -207,8 +212,7 @@ def _grade(args: argparse.Namespace, backend) -> int:
                             scheduler=args.scheduler, backend=backend)
             summary = batch.write_outputs(out, args.assignment, found)
     except GraderError as e:
-        print(f"grader: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(e)
     print(batch.summary_text(summary, found.problems))
     print(f"grades: {out / 'grades.csv'}; reports: {out / 'reports'}; feedback: {out / 'feedback'}; "
           f"summary: {out / 'summary.png'}")
@@ -226,8 +230,7 @@ def _gradebook(args: argparse.Namespace) -> int:
     try:
         done = gradebook.grade_course(args.course, args.assignment, db_url=args.db, timeout=args.timeout, progress=progress)
     except GraderError as e:
-        print(f"grader: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(e)
     print(f"{len(done)} submissions of {args.assignment} graded and written to the gradebook")
     return 0
 
@@ -245,8 +248,7 @@ def _gradescope(args: argparse.Namespace) -> int:
         out = gradescope.run(Path(args.submission), Path(args.results), args.assignment, args.hidden_visibility,
                              args.timeout)
     except GraderError as e:
-        print(f"grader: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(e)
     print(f"{out['score']:g} points; results written to {args.results}")
     return 0
 
