@@ -18,6 +18,7 @@ import functools
 import importlib.util
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import nbformat
@@ -36,7 +37,9 @@ DATA_FILES = ("names.txt", "data/names.txt")
 """Where the run finds the data set (both hold the file given with --data)."""
 STAND_IN = "_grader_stand_in"
 GRAD_ATTRIBUTES = frozenset({"backward", "retain_grad", "grad", "autograd"})
-MARKER = re.compile(r"^[\s#*>]*exercise\s*([1-4])\b", re.IGNORECASE | re.MULTILINE)
+# (`[ \t]`, not `\s`, before the word: `\s` also takes line breaks, and every line start of a long run of blank
+# lines would then scan to its end: minutes for a cell of them)
+MARKER = re.compile(r"^[ \t#*>]*exercise\s*([1-4])\b", re.IGNORECASE | re.MULTILINE)
 SHELL_CELL_MAGICS = frozenset({"bash", "sh", "shell", "script", "system", "writefile", "html", "javascript", "js"})
 SHELL_LINE_MAGICS = frozenset({"pip", "conda", "mamba", "cd", "sx", "system", "run", "load", "env", "bookmark",
                                "sh", "bash", "writefile"})
@@ -200,11 +203,13 @@ def _comment_marker(text: str) -> int | None:
 
 
 def _walk(node: ast.AST):
-    """Every node below `node`, not descending into function and class bodies."""
-    for child in ast.iter_child_nodes(node):
+    """Every node below `node`, in source order, not descending into function and class bodies."""
+    todo = list(reversed(list(ast.iter_child_nodes(node))))  # (a list, not recursion: code can nest deeper than the stack)
+    while todo:
+        child = todo.pop()
         yield child
         if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            yield from _walk(child)
+            todo += reversed(list(ast.iter_child_nodes(child)))
 
 
 def _stored(node: ast.AST) -> list[str]:
@@ -228,13 +233,17 @@ def _checkers(cells: list[_Cell]) -> set[str]:
     out = set()
     for c in cells:
         for node in ast.walk(c.tree) if c.tree else ():
-            reads_grad = any(isinstance(n, ast.Attribute) and n.attr == "grad" for n in ast.walk(node))
-            if isinstance(node, ast.FunctionDef) and len(node.args.args) >= 3 and reads_grad:
+            # (`.grad` looked for below functions only: below every node, the walks add up to the square of a cell's size)
+            if isinstance(node, ast.FunctionDef) and len(node.args.args) >= 3 and _reads_grad(node):
                 out.add(node.name)
             elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda) and \
-                    len(node.value.args.args) >= 3 and reads_grad:  # `cmp = lambda s, dt, t: ...`
+                    len(node.value.args.args) >= 3 and _reads_grad(node):  # `cmp = lambda s, dt, t: ...`
                 out.update(t.id for t in node.targets if isinstance(t, ast.Name))
     return out
+
+
+def _reads_grad(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Attribute) and n.attr == "grad" for n in ast.walk(node))
 
 
 def _calls(cell: _Cell, checkers: set[str], tensors: set[str]) -> list[_Call]:
@@ -487,16 +496,21 @@ def _edit(text: str, edits: list[tuple[ast.AST | _Span, str]]) -> str:
     """`text` with each span replaced (the line count kept, so line numbers in errors stay right).
     Spans inside another edited span are dropped: the outer edit wins."""
     lines = text.split("\n")
+    replacement: dict[tuple[int, int, int, int], str] = {}
+    for node, new in edits:  # (the first edit of a span wins)
+        replacement.setdefault((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset), new)
     done: list[tuple[tuple[int, int], tuple[int, int]]] = []
-    for node, new in sorted(edits, key=lambda e: (e[0].lineno, e[0].col_offset, -e[0].end_lineno,
-                                                   -e[0].end_col_offset)):
-        begin, end = (node.lineno, node.col_offset), (node.end_lineno, node.end_col_offset)
-        if any(b <= begin and end <= e for b, e in done):
+    furthest = (0, 0)
+    # In order of their beginnings, longest first, every kept span begins before this one: this one lies inside one of
+    # them exactly when it ends no later than the furthest end so far (linear: a cell can hold many thousands of edits).
+    for first, col, last, end_col in sorted(replacement, key=lambda k: (k[0], k[1], -k[2], -k[3])):
+        begin, end = (first, col), (last, end_col)
+        if done and end <= furthest:
             continue
         done.append((begin, end))
+        furthest = max(furthest, end)
     for (first, col), (last, end_col) in sorted(done, reverse=True):
-        new = next(n for node, n in edits if (node.lineno, node.col_offset, node.end_lineno, node.end_col_offset)
-                   == (first, col, last, end_col))
+        new = replacement[(first, col, last, end_col)]
         head = lines[first - 1].encode()[:col].decode(errors="replace")
         tail = lines[last - 1].encode()[end_col:].decode(errors="replace")
         lines[first - 1 : last] = [head + new + tail] + [""] * (last - first)
@@ -604,8 +618,9 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
     if skipped:
         loops = [(c, c.source.splitlines()[n.lineno - 1].strip()) for c in skipped if c.tree
                  for n in ast.walk(c.tree) if isinstance(n, (ast.For, ast.While))]
-        # the training loop: the one over `max_steps` or a large literal, if there is one
-        loops.sort(key=lambda cl: not re.search(r"range\(.*(steps|\d{4,})", cl[1]))
+        # the training loop: the one over `max_steps` or a large literal, if there is one (read in the loop's
+        # first 200 characters: the pattern takes time quadratic in a line's length)
+        loops.sort(key=lambda cl: not re.search(r"range\(.*(steps|\d{4,})", cl[1][:200]))
         what = f", among them the loop `{loops[0][1][:60]}` in {loops[0][0].label}" if loops else ""
         notes.append(f"{_cell_range((skipped[0].index, skipped[-1].index))} not run{what}: lecture notebooks are "
                      "graded on Exercises 1-3")
@@ -640,8 +655,23 @@ def _section_before(rec: Recognised, index: int) -> str:
 
 # --- saved printouts -----------------------------------------------------------------------------
 
-SAVED_LINE = re.compile(r"^\s*(?P<label>[^|\n]*?)\s*\|\s*exact\s*:?\s*(?:tensor\()?(?P<exact>True|False)\)?\s*\|"
-                        r"\s*approx\w*\s*:?\s*(?:tensor\()?(?P<approx>True|False)", re.IGNORECASE | re.MULTILINE)
+# One part of a printout line, `exact: True` or `approximate: tensor(False)`: matched on a part that `|` cut out of
+# one line, never on a whole output, where a pattern with runs of `\s*` on either side of the label took minutes
+# (cubic in the length) on a line of spaces.
+_SAVED_PART = re.compile(r"\s*(?P<name>exact|approx\w*)\s*(?::\s*)?(?:tensor\()?(?P<value>True|False)\b\)?", re.IGNORECASE)
+
+
+def _printouts(text: str) -> Iterator[tuple[str, bool]]:
+    """(label, approximate) of each line of `text` as the lecture's cmp prints it:
+    `logprobs        | exact: True  | approximate: True  | maxdiff: 0.0`."""
+    for line in text.splitlines():
+        parts = line.split("|", 3)
+        if len(parts) < 3:
+            continue
+        exact, approx = _SAVED_PART.match(parts[1]), _SAVED_PART.match(parts[2])
+        if exact and exact["name"].lower() == "exact" and not parts[1][exact.end():].strip() \
+                and approx and approx["name"].lower().startswith("approx"):
+            yield parts[0].strip(), approx["value"].lower() == "true"
 
 
 def saved_checks(nb: nbformat.NotebookNode, rec: Recognised, graded: dict[tuple[str, str], bool]) -> tuple[SavedCheck, ...]:
@@ -660,11 +690,11 @@ def saved_checks(nb: nbformat.NotebookNode, rec: Recognised, graded: dict[tuple[
             by_label = {k.label.strip(): _key(k.tensor) for k in _calls(cells[i], checkers, tensors) if k.label}
             text = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
                            for o in nb.cells[i].get("outputs", []) if o.get("output_type") == "stream")
-            for m in SAVED_LINE.finditer(text):
-                tensor = by_label.get(m.group("label").strip())
+            for label, approximate in _printouts(text):
+                tensor = by_label.get(label)
                 name = names.get((section.exercise, tensor)) if tensor else None
                 if name is not None:
-                    found[(section.exercise, name)] = m.group("approx").lower() == "true"
+                    found[(section.exercise, name)] = approximate
     return tuple(SavedCheck(ex, name, saved, graded[(ex, name)]) for (ex, name), saved in found.items()
                  if (ex, name) in graded)
 

@@ -132,29 +132,40 @@ def python_body(source: str) -> str:
 _PARSING = threading.Lock()  # CPython 3.11's ast is not thread-safe (gh-106905: "recursion depth mismatch")
 
 
+# scan and scan_forbidden of a cell come one after the other, and IPython's tokenizer is the slow part of each;
+# two trees kept, not more: a cell's tree takes a hundred times its size in memory.
+@functools.lru_cache(maxsize=2)
+def _tree(source: str) -> ast.Module | None:
+    """The cell's syntax tree, as IPython runs it; None where it does not parse (it will not run either)."""
+    try:
+        with _PARSING:
+            return ast.parse(TransformerManager().transform_cell(python_body(source)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
 @functools.lru_cache(maxsize=4096)  # a batch scans the same released and copied cells again and again
 def scan(source: str) -> tuple[Finding, ...]:
     """Every flagged construct in one cell's source, in line order."""
-    try:
-        with _PARSING:
-            tree = ast.parse(TransformerManager().transform_cell(python_body(source)))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return ()  # it will not run either; the run reports the error
+    tree = _tree(source)
+    if tree is None:
+        return ()  # the run reports the error
     findings: list[Finding] = []
 
     for node in ast.walk(tree):  # mark names in call position, so that only other uses count as "a value"
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             node.func._called = True
 
-    def visit(node: ast.AST, targets: tuple[str, ...]) -> None:
+    # Depth first with a list, not recursion: a tree deeper than Python's stack (`x = 1 + 1 + ...` a thousand
+    # times parses) must be scanned all the same.
+    todo: list[tuple[ast.AST, tuple[str, ...]]] = [(tree, ())]
+    while todo:
+        node, targets = todo.pop()
         if isinstance(node, ast.stmt):
             targets = _targets(node) or targets
         for status, what in _flags(node):
             findings.append(Finding(getattr(node, "lineno", 0), status, what, targets))
-        for child in ast.iter_child_nodes(node):
-            visit(child, targets)
-
-    visit(tree, ())
+        todo += [(child, targets) for child in reversed(list(ast.iter_child_nodes(node)))]
     return tuple(sorted(findings, key=lambda f: f.line))
 
 
@@ -162,12 +173,8 @@ def scan(source: str) -> tuple[Finding, ...]:
 def scan_forbidden(source: str, names: tuple[str, ...]) -> tuple[Finding, ...]:
     """Uses of `names` (an assignment's `forbidden`: `batch_norm`, `clip_grad_norm_`) as an attribute (`F.batch_norm`,
     `nn.Linear`) or an import: a bare name is the student's own (their class `Linear` is the exercise)."""
-    if not names:
-        return ()
-    try:
-        with _PARSING:
-            tree = ast.parse(TransformerManager().transform_cell(python_body(source)))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    tree = _tree(source) if names else None
+    if tree is None:
         return ()
     findings = []
     for stmt in ast.walk(tree):
