@@ -152,12 +152,12 @@ def grade(submissions, rubric: rubrics.Rubric, scheduler: str, *, timeout: float
     """Grade `submissions` (`batch.Submission`s) on the cluster: (submission, report, page) as each finishes.
     `hidden`: paths of this machine no run may read, wherever a worker shares it. `backend`: the sandbox
     each worker must use (`auto`: the best that works there)."""
-    from dask.distributed import as_completed
-
     digest = rubric_digest(rubric)
     batch = uuid.uuid4().hex[:8]  # keys of this batch's own: another batch's results are not this one's
-    client, cluster = _client(scheduler)
+    client, cluster = _client(scheduler)  # first: without Dask, it says how to install it
     try:
+        from dask.distributed import as_completed
+
         futures = {}
         for s in submissions:
             task = Task(s.student, str(s.path), s.path.read_bytes(), s.digest, rubric.assignment, digest, timeout,

@@ -112,10 +112,10 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
     released = _released(str(rubric.released), rubric.released.stat().st_mtime_ns)
     published = released_parameters(released)
     hidden = rubric.hidden_runs if hidden_runs is None else tuple(hidden_runs)
-    for overrides in (parameters or {}, *hidden):
-        unknown = set(overrides) - set(published)
-        if unknown:
-            raise RubricError(f"{rubric.assignment} has no parameters {sorted(unknown)} (it has {sorted(published)})")
+    overrides = [parameters or {}, *hidden]
+    wheres = ["parameters"] + [f"hidden run {i}" for i in range(1, len(hidden) + 1)]
+    for where, changed in zip(wheres, overrides):
+        _check_parameters(rubric, published, changed, where)
     main = published | (rubric.grading_parameters or {}) | (parameters or {})
     settings = [main] + [main | h for h in hidden]
     labels = ["the notebook's parameters"] + [f"hidden run {i}" for i in range(1, len(settings))]
@@ -140,12 +140,13 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
         # Everything this process will need is imported before the notebook's first cell may run.
         import safetensors.torch  # noqa: F401
 
-        from grader import reference
+        from grader import reference  # noqa: F401  (for _reference, imported before any cell runs)
         from grader.score import GradedRun, score
 
         try:
             # The references first: they take about as long as the worker takes to start, the first time.
-            refs = [reference.gradients(rubric, released, p) for p in with_data]
+            refs = [_reference(rubric, released, p, where, changed)
+                    for p, where, changed in zip(with_data, wheres, overrides)]
             for job, _ in jobs:
                 job.release()
         finally:
@@ -163,6 +164,44 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
         for label, p, plan, c, ref in zip(labels, settings, plans, captured, refs)
     ]
     return score(rubric, str(path), graded, published), graded
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def _check_parameters(rubric: rubrics.Rubric, published: dict[str, object], overrides: dict[str, object],
+                      where: str) -> None:
+    """Raise `RubricError` naming the field unless `overrides` set parameters the release has, to values of the
+    published ones' kinds (a whole number for a whole number, any number for a number)."""
+    unknown = set(overrides) - set(published)
+    if unknown:
+        raise RubricError(f"{where}: {rubric.assignment} has no parameters {sorted(unknown)} (it has {sorted(published)})")
+    for key, value in overrides.items():
+        if key in rubric.data:
+            raise RubricError(f"{where}: {key} is the grader's to set (to its own copy of {rubric.data[key]})")
+        default = published[key]
+        if default is None or type(value) is type(default) or (type(default) is float and type(value) is int):
+            continue
+        kind = _KINDS.get(type(value), type(value).__name__)
+        raise RubricError(f"{where}: {key} = {value!r} is {kind}, but {rubric.assignment}'s {key} is "
+                          f"{_KINDS.get(type(default), type(default).__name__)} (published: {default!r})")
+
+
+def _reference(rubric: rubrics.Rubric, released, params: dict[str, object], where: str,
+               overrides: dict[str, object]) -> dict[str, object]:
+    """The reference of one run. The released cells run with the published values; where they fail with values a
+    caller set (a batch size of 0, a negative width), a `RubricError` that names them."""
+    from grader import reference
+
+    if not overrides:
+        return reference.gradients(rubric, released, params)  # (a failure here is the grader's own bug)
+    try:
+        return reference.gradients(rubric, released, params)
+    except Exception as e:  # the released cells are trusted code; what they cannot run with is the caller's mistake
+        values = ", ".join(f"{k} = {v!r}" for k, v in overrides.items())
+        why = " ".join(str(e).split())[:200]
+        raise RubricError(f"{where} ({values}): {rubric.assignment}'s reference cells fail with these values "
+                          f"({type(e).__name__}: {why})") from None
 
 
 def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: float | None,

@@ -8,6 +8,7 @@ grader knows anything about a particular assignment.
 from __future__ import annotations
 
 import functools
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +201,8 @@ def _parsed(path: Path, mtime_ns: int) -> Rubric:  # a batch loads the same rubr
 
 def parse(raw: dict, path: Path) -> Rubric:
     """Build a `Rubric` from the parsed TOML of the file at `path`."""
+    _shapes(raw, path)
+    where = "at the top level"  # (for the message: the table being read)
     try:
         default_tol = Tolerance(
             rtol=float(raw.get("tolerance", {}).get("rtol", DEFAULT_RTOL)),
@@ -209,6 +212,7 @@ def parse(raw: dict, path: Path) -> Rubric:
         overrides: dict = raw.get("variable", {})
         exercises = []
         for ex in raw["exercise"]:
+            where = f"in exercise {ex['id']!r}"
             variables = []
             # an exercise may set its own default tolerance; [variable.NAME] still overrides it
             ex_tol = Tolerance(rtol=float(ex.get("rtol", default_tol.rtol)), atol=float(ex.get("atol", default_tol.atol)),
@@ -246,6 +250,7 @@ def parse(raw: dict, path: Path) -> Rubric:
             exercises.append(Exercise(id=ex["id"], cell=ex.get("cell", ex["id"]), variables=tuple(variables),
                                       function=function, test_cell=ex.get("test_cell"), given=ex.get("given"),
                                       kind=kind, source=ex.get("source", "reference")))
+        where = "at the top level"
         unknown = set(overrides) - {v.name for e in exercises for v in e.variables}
         if unknown:
             raise RubricError(f"{path}: [variable] entries for ungraded names: {sorted(unknown)}")
@@ -270,8 +275,39 @@ def parse(raw: dict, path: Path) -> Rubric:
             credit=_credit(raw.get("credit", "local"), path),
             forbidden=tuple(raw.get("forbidden", ())),
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise RubricError(f"{path}: malformed rubric ({type(e).__name__}: {e})") from e
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        what = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise RubricError(f"{path}: malformed rubric {where} ({what})") from e
+
+
+_LISTS = ("setup_cells", "setup_parameters", "reference_cells", "no_grad_cells", "skip_cells", "forbidden")
+
+
+def _shapes(raw: dict, path: Path) -> None:
+    """The tables and lists `parse` reads, checked first: a rubric edited by hand gets a message naming the one that
+    is not what it should be, not a Python error from deep inside `parse`."""
+    for key in ("tolerance", "variable", "grading_parameters", "data"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise RubricError(f"{path}: [{key}] must be a table, not {raw[key]!r}")
+    for name, table in raw.get("variable", {}).items():
+        if not isinstance(table, dict):
+            raise RubricError(f"{path}: [variable.{name}] must be a table, not {table!r}")
+    for key in _LISTS:
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise RubricError(f"{path}: {key} must be a list of strings, not {value!r}")
+    exercises = raw.get("exercise")
+    if not isinstance(exercises, list) or not exercises or not all(isinstance(e, dict) for e in exercises):
+        raise RubricError(f"{path}: the rubric needs [[exercise]] tables, one per exercise")
+    for number, ex in enumerate(exercises, start=1):
+        where = f"exercise {ex['id']!r}" if isinstance(ex.get("id"), str) else f"[[exercise]] {number}"
+        if not isinstance(ex.get("id"), str):
+            raise RubricError(f"{path}: {where}: id must be a string, not {ex.get('id')!r}")
+        variables = ex.get("variables")
+        if not isinstance(variables, list) or not all(isinstance(v, str) and v for v in variables):
+            raise RubricError(f"{path}: {where}: variables must be a list of names, not {variables!r}")
+        if not isinstance(ex.get("training", {}), dict):
+            raise RubricError(f"{path}: {where}: [exercise.training] must be a table, not {ex['training']!r}")
 
 
 def _flag(value: object, path: Path, key: str) -> bool:
@@ -291,6 +327,13 @@ def hidden_runs(raw: dict, path: Path) -> tuple[dict[str, object], ...]:
     runs = raw.get("hidden_run", [])
     if not isinstance(runs, list) or not all(isinstance(r, dict) and r for r in runs):
         raise RubricError(f"{path}: [[hidden_run]] must be tables of parameter values")
+    for i, run in enumerate(runs, start=1):
+        for key, value in run.items():
+            # what the notebook's parameters cell can hold: the grader writes each as `key = value!r`
+            if type(value) not in (bool, int, float, str):
+                raise RubricError(f"{path}: hidden run {i}: {key} = {value!r} is not a number, a string or true/false")
+            if type(value) is float and not math.isfinite(value):
+                raise RubricError(f"{path}: hidden run {i}: {key} = {value!r} is not a finite number")
     return tuple(dict(r) for r in runs)
 
 
@@ -298,6 +341,11 @@ def load_hidden_runs(path: Path) -> tuple[dict[str, object], ...]:
     """An instructor's own hidden runs, from a TOML file of `[[hidden_run]]` tables kept out of the release."""
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise RubricError(f"{path}: cannot read hidden runs ({e})") from None
+    except OSError as e:
+        raise RubricError(f"{path}: cannot read hidden runs ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise RubricError(f"{path}: cannot read hidden runs (not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset "
+                          f"{e.start}; TOML files are UTF-8)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise RubricError(f"{path}: not valid TOML ({e})") from None
     return hidden_runs(raw, Path(path))
