@@ -298,6 +298,9 @@ def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> C
     if not run.captured.finished:
         return Comparison("error", False, False, None, f"{result.name}: the notebook did not run to the end ({run.captured.reason})")
     value = run.captured.values.get((ex.id, result.name), MISSING)
+    if _returned_nothing(ex, run.captured):  # the stub as released: the training fails on it, but that is no news
+        return Comparison("missing", False, False, None,
+                          f"{result.name}: `{ex.function.name}` returns None: write {_exercise_name(ex)} first")
     errors = _span_errors(run.plan, run.captured, ex.id) if any(c.exercise == ex.id for c in run.plan.captures) else []
     if errors:  # the training stopped early: its loss says nothing
         return Comparison("error", False, False, None, f"{result.name}: the training did not run to the end: {errors[0]}")
@@ -309,6 +312,22 @@ def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> C
         message = (f"{result.name}: the loss after the short training run is off by {c.maxdiff:.3g} from a run "
                    "with autograd's gradients")
     return Comparison(c.status, c.exact, c.approximate, c.maxdiff, message)
+
+
+def _returned_nothing(ex: Exercise, captured: Captured) -> bool:
+    """Whether the answer's function was called and its first graded call returned None, or None for every value."""
+    call = ex.function.calls[0] if ex.function.calls else 0
+    made = any(e == ex.id and name.startswith(f"{call}/") for e, name in captured.values)
+    if not made or (ex.id, f"{call}/!error") in captured.values:
+        return False
+    returned = [captured.values.get((ex.id, f"{call}/{v.name}"), MISSING) for v in ex.variables]
+    return all(r is None or r is MISSING for r in returned)
+
+
+def _exercise_name(ex: Exercise) -> str:
+    """`Exercise 4` for the id `ex4`; the id itself where it is not of that form."""
+    number = ex.id.removeprefix("ex")
+    return f"Exercise {number}" if number.isdigit() else f"exercise {ex.id}"
 
 
 def _only_just(first: Comparison, var, reference: object) -> bool:
