@@ -56,6 +56,12 @@ def hidden_folders(rubric: rubrics.Rubric) -> list[Path]:
     return [rubric.released.parent, assets.solutions_dir(), repository / "tests", repository / ".git"]
 
 
+def cell_timeout(rubric: rubrics.Rubric, timeout: float | None) -> float:
+    """Seconds a cell may run before it is interrupted: the rubric's, and at most half of the run's time,
+    so that the cells after an endless one still have time to run."""
+    return min(rubric.cell_timeout, (timeout or rubric.timeout) / 2)
+
+
 def _worker(pool: sandbox.Pool, rubric: rubrics.Rubric, released, params: dict[str, object],
             data_files: dict[str, Path]) -> sandbox.Worker:
     """The warm worker for `params`' setup parameters: the release's cells up to the last setup cell run."""
@@ -133,7 +139,8 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
     for i, p in enumerate(settings):
         worker = _worker(pool, rubric, released, p | rubric.data, copies)
         groups.setdefault(id(worker), (worker, []))[1].append(i)
-    jobs = [(w.start([plans[i] for i in runs], [labels[i] for i in runs], timeout or rubric.timeout), runs)
+    jobs = [(w.start([plans[i] for i in runs], [labels[i] for i in runs], timeout or rubric.timeout,
+                     cell_timeout(rubric, timeout)), runs)
             for w, runs in groups.values()]
     captured: list = [None] * len(settings)
     try:
@@ -153,6 +160,19 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
             for job, runs in jobs:
                 for i, c in zip(runs, job.wait()):
                     captured[i] = c
+        # A run that never began because an earlier one ended their process (it hung past its time, exited,
+        # was killed) begins again in a process of its own: each run is judged on what it reached.
+        while not all(c.started for c in captured):
+            again = [i for i, c in enumerate(captured) if not c.started]
+            worker = _worker(pool, rubric, released, settings[again[0]] | rubric.data, copies)
+            same = [i for i in again if _worker(pool, rubric, released, settings[i] | rubric.data, copies) is worker]
+            job = worker.start([plans[i] for i in same], [labels[i] for i in same], timeout or rubric.timeout,
+                               cell_timeout(rubric, timeout))
+            job.release()
+            for i, c in zip(same, job.wait()):
+                captured[i] = c
+            if not captured[same[0]].started:  # the worker itself is gone: say so rather than try forever
+                break
     finally:
         if own_pool:
             pool.close()
@@ -226,7 +246,7 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
     worker = pool.worker((rubrics.LECTURE, str(data_path.resolve())),
                          lambda: ((), [lecture.warm_up_source()], {f: data_path for f in lecture.DATA_FILES}))
     try:
-        job = worker.start([plan], ["the notebook as it is"], timeout or rubric.timeout)
+        job = worker.start([plan], ["the notebook as it is"], timeout or rubric.timeout, cell_timeout(rubric, timeout))
         job.release()
         captured = job.wait()[0]
     finally:
@@ -245,7 +265,7 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
             except Exception as e:  # e.g. a minibatch that does not index the embedding table
                 problem = f"the lecture's forward pass does not run on the notebook's tensors ({type(e).__name__}: {e})"
         if problem:
-            captured = dataclasses.replace(captured, finished=False, reason=problem)
+            captured = dataclasses.replace(captured, finished=False, reason=problem, done=())
     run = GradedRun("the notebook as it is", (), plan, captured, refs)
     result = score(rubric, str(path), [run], {})
     graded = {(v.exercise, v.name): v.approximate for v in result.variables}
@@ -327,7 +347,7 @@ def _replayed_calls(rubric: rubrics.Rubric, params: dict[str, object], captured)
 
     out: dict[str, object] = {}
     for ex in rubric.exercises:
-        if ex.function is None or not captured.finished:
+        if ex.function is None or not captured.reached(ex.id):
             continue
         calls = {}
         for call in ex.function.calls:
@@ -345,10 +365,10 @@ def _local_references(rubric: rubrics.Rubric, params: dict[str, object], capture
     chain (`<LOCAL><exercise>:<forward name>` -> tensor): each step judged on its own."""
     from grader import reference
 
-    if not captured.finished:
-        return {}
     out: dict[str, object] = {}
     for ex in rubric.exercises:
+        if not captured.reached(ex.id):  # stopped before it: nothing of it to judge
+            continue
         if ex.plain and len(ex.variables) > 1:
             answers = {v.of: _fitted(captured.values.get((ex.id, v.name)), v, refs) for v in ex.variables}
             for x, t in reference.local_references(rubric, params, answers).items():

@@ -20,6 +20,7 @@ from grader.errors import RubricError, UnknownAssignment
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-8
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_CELL_TIMEOUT = 30.0  # as nbgrader's per-cell default
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,10 @@ class Rubric:
     released: Path
     """The released (student) notebook: the source of locked cells and of the reference code."""
     timeout: float
-    """Default wall-clock limit in seconds for running a submission."""
+    """Default wall-clock limit in seconds for each run of a submission (its own parameters, each hidden run)."""
+    cell_timeout: float
+    """Most seconds one cell may run before it is interrupted (KeyboardInterrupt) and the run goes on with
+    the next; a cell gets at most half of its run's time, whatever this says."""
     loss: str
     """Name of the scalar the gradients are of."""
     setup_cells: tuple[str, ...]
@@ -261,6 +265,7 @@ def parse(raw: dict, path: Path) -> Rubric:
             assignment=raw["assignment"],
             released=released,
             timeout=float(raw.get("timeout", DEFAULT_TIMEOUT)),
+            cell_timeout=float(raw.get("cell_timeout", DEFAULT_CELL_TIMEOUT)),
             loss=raw["loss"],
             setup_cells=tuple(raw.get("setup_cells", ())),
             setup_parameters=tuple(raw.get("setup_parameters", ())),

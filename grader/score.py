@@ -166,7 +166,7 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
     found = any(c.exercise == ex.id for c in plan.captures)
     value = captured.values.get((ex.id, var.name), MISSING)
     flag = flags.get(var.name) or (value if isinstance(value, Flag) else None)
-    if not captured.finished:
+    if not captured.reached(ex.id):
         return Comparison("error", False, False, None, f"{var.name}: the notebook did not run to the end ({captured.reason})")
     unfound = {(e, v): why for e, v, why in plan.unfound}
     if (ex.id, "") in unfound or (ex.id, var.name) in unfound:
@@ -255,7 +255,7 @@ def _n(run: GradedRun) -> int | None:
 def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str, Flag]) -> Comparison:
     """A value the answer's function returned: right at every recorded call, or the first call it is not."""
     captured = run.captured
-    if not captured.finished or not any(c.exercise == ex.id for c in run.plan.captures):
+    if not captured.reached(ex.id) or not any(c.exercise == ex.id for c in run.plan.captures):
         return _verdict(ex, var, run, flags)
     flag = flags.get(var.name)
     if flag is not None:
@@ -293,9 +293,9 @@ def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str
 
 def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> Comparison:
     result = ex.function.training.result
-    if result.name in flags and run.captured.finished:
+    if result.name in flags and run.captured.reached(ex.id):
         return Comparison(flags[result.name].status, False, False, None, f"{result.name}: {flags[result.name].reason}")
-    if not run.captured.finished:
+    if not run.captured.reached(ex.id):
         return Comparison("error", False, False, None, f"{result.name}: the notebook did not run to the end ({run.captured.reason})")
     value = run.captured.values.get((ex.id, result.name), MISSING)
     if _returned_nothing(ex, run.captured):  # the stub as released: the training fails on it, but that is no news
@@ -437,7 +437,7 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                     # a formula a little off, not a copied number: it passes here within the tolerance only
                     hint = (": it passes with the notebook's parameters only just (within the tolerance), so a small "
                             "error in the formula shows with other values")
-                if run.captured.finished:
+                if run.captured.reached(ex.id):
                     message = (f"{var.name} is right with the notebook's parameters but {v.status.replace('_', ' ')} "
                                f"in {run.label} (other {', '.join(run.changed)}){hint}")
                 else:

@@ -50,6 +50,33 @@ def sandbox_processes(since: float) -> list:
     return found
 
 
+class Listener:
+    """A TCP listener on 127.0.0.1 that records who reached it: what a notebook must not do from a sandbox."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(16)
+        self.port = self.socket.getsockname()[1]
+        self.reached: list[object] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, peer = self.socket.accept()
+            except OSError:  # closed
+                return
+            connection.close()
+            self.reached.append(peer)
+
+    def close(self) -> None:
+        self.socket.close()
+
+
 STAND_IN = Path(__file__).resolve().parent / "stand_in"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import time
 
+import nbformat
 import pytest
 
 from conftest import NOTEBOOKS
@@ -40,8 +41,11 @@ CASES: dict[str, tuple[str, dict]] = {
     # d_b1, which is zero whatever arrives from above (b1 sits in front of batchnorm's mean)
     "deleted_line": ("graded", {k: v for k, v in ex1("wrong", start="d_counts").items() if k[1] != "d_b1"}
                      | {("ex3", "d_hprebn"): "wrong"}),
-    "infinite_loop": ("failed", dict.fromkeys(ALL, "error")),
-    "exits_process": ("failed", dict.fromkeys(ALL, "error")),  # os._exit(0) in the ex2 cell
+    # an endless loop after Exercise 1's eighth line: the cell is interrupted, what it computed before counts,
+    # and the run goes on (Exercise 3 reads Exercise 1's d_hpreact)
+    "infinite_loop": ("graded", ex1("error", start="d_h") | {("ex3", "d_hprebn"): "error"}),
+    # os._exit(0) in the ex2 cell: Exercise 1 had ended, and keeps its points
+    "exits_process": ("failed", dict.fromkeys([k for k in ALL if k[0] != "ex1"], "error")),
     # `.grad` does not exist while grading, and there is no graph to call backward() on
     "uses_grad": ("graded", dict.fromkeys(EX123, "autograd_used")),
     "calls_backward": ("graded", ex1("autograd_used") | {("ex3", "d_hprebn"): "error"}),  # ex3 needs d_hpreact
@@ -70,7 +74,8 @@ CASES: dict[str, tuple[str, dict]] = {
     "deleted_answer_cells": ("graded", {("ex2", "d_logits"): "missing", ("ex3", "d_hprebn"): "missing"}),
     # ex2 answered by updating Exercise 1's d_logits in place: that is an answer of its own
     "in_place_answer": ("graded", {}),
-    "dies_by_signal": ("failed", dict.fromkeys(ALL, "error")),  # os.kill(os.getpid(), 40) in ex3
+    # os.kill(os.getpid(), 40) in ex3: Exercises 1 and 2 had ended
+    "dies_by_signal": ("failed", dict.fromkeys([k for k in ALL if k[0] in ("ex3", "ex4")], "error")),
     # 1/31 in d_bndiff2 and /32 in Exercise 2: right for the published batch size, wrong for the hidden one
     "hardcoded_batch": ("graded", ex1("wrong", ["d_bndiff2", "d_bndiff", "d_hprebn", "d_embcat", "d_W1", "d_emb", "d_C"])
                         | {("ex2", "d_logits"): "wrong"}),
@@ -119,10 +124,26 @@ def test_behaviour_notebook(name: str, pool) -> None:
     assert elapsed < TIMEOUT + 15  # a hung notebook still yields its report soon after the limit
 
 
-def test_a_hung_notebook_is_reported_with_the_cell_it_hung_in(pool):
+def test_a_hung_cell_is_interrupted_and_the_run_goes_on(pool):
     report = grade_notebook(NOTEBOOKS / "infinite_loop.ipynb", timeout=8, pool=pool)
-    assert report.score == 0 and report.status == "failed"
-    assert report.error.startswith("timed out after 8 s in cell 13 (ex1)")
+    assert report.status == "graded" and report.error == ""
+    d_h = next(v for v in report.variables if v.name == "d_h")
+    # a cell may use half of its run's time: 4 s of 8
+    assert d_h.message == "d_h was not computed: cell 13 (ex1) raised interrupted after 4 s (a cell's share of the time)"
+    assert [e.score for e in report.exercises] == [8, 1, 0, 8]
+
+
+def test_a_cell_that_swallows_the_interrupt_is_stopped_by_the_run_timeout_and_the_run_keeps_what_it_finished(tmp_path, pool):
+    nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex2")
+    cell.source = "while True:\n    try:\n        while True:\n            pass\n    except KeyboardInterrupt:\n" \
+                  "        pass\n" + cell.source
+    nbformat.write(nb, tmp_path / "swallows.ipynb")
+    report = grade_notebook(tmp_path / "swallows.ipynb", timeout=4, pool=pool)
+    assert report.status == "failed" and report.error.startswith("timed out after 4 s in cell 17 (ex2)")
+    assert [e.score for e in report.exercises] == [26, 0, 0, 0]
+    d_logits = next(v for v in report.variables if v.exercise == "ex2")
+    assert d_logits.status == "error" and "timed out after 4 s in cell 17 (ex2)" in d_logits.message
 
 
 def test_a_notebook_that_kills_its_process_is_reported_with_the_cell(pool):

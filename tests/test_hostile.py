@@ -18,17 +18,15 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from conftest import (NOTEBOOKS, RELEASE, ROOT, SOLUTION, grader_command, linux_sandbox, sandbox_processes,
-                      without_linux_calls)
+from conftest import (NOTEBOOKS, RELEASE, ROOT, SOLUTION, Listener, grader_command, linux_sandbox,
+                      sandbox_processes, without_linux_calls)
 
 RUBRIC_FILE = ROOT / "assignments" / "backprop_ninja.toml"
 RUBRIC_START = RUBRIC_FILE.read_text(encoding="utf-8")[:30]
@@ -60,13 +58,14 @@ def attacks(backend: str, solution: Path, port: int) -> dict[str, tuple[Path, st
     # where the attack is stopped its cell raises; where it is not (portable), the release's stubs remain
     stopped = ("d_logprobs was not computed",) if linux else ("d_logprobs is None",)
     return {
-        "infinite_loop": (SOLUTION, "while True:\n    pass", ("timed out after 10 s in cell",)),
+        # interrupted after its cell's share of the time (half the run's): the exercises after it still count
+        "infinite_loop": (SOLUTION, "while True:\n    pass", ("interrupted after 5 s",)),
         "memory_bomb": (RELEASE, "hog = torch.ones(2**31)  # 8 GiB",
                         ("d_logprobs was not computed",) if linux else ("ran out of memory",)),
-        # 2**8 processes at most, each asleep: the cap stops it on Linux; the portable stand-in has no fork
-        "fork_bomb": (RELEASE, "import os, time\nfor _ in range(8):\n    os.fork()\ntime.sleep(60)",
-                      ("BlockingIOError",) if linux else ("has no attribute 'fork'", "timed out after 10 s",
-                                                         "ran out of memory")),
+        # 300 processes at most, each asleep: the cap (64) stops it on Linux; the portable stand-in has no fork
+        "fork_bomb": (RELEASE, "import os, time\nfor _ in range(300):\n    if os.fork() == 0:\n"
+                               "        time.sleep(60)\n        os._exit(0)",
+                      ("BlockingIOError",) if linux else ("has no attribute 'fork'",)),
         "leaves_processes": (RELEASE, "import subprocess, sys\nkids = [subprocess.Popen([sys.executable, '-c', "
                              "'import time; time.sleep(600)'], start_new_session=i % 2 == 0) for i in range(4)]",
                              ("processes running when it ended; they were killed",)),
@@ -92,22 +91,8 @@ def batch(request, tmp_path_factory) -> dict:
     solution = SOLUTION if backend == "linux" else tmp_path_factory.mktemp("instructor") / SOLUTION.name
     if backend == "portable":
         shutil.copyfile(SOLUTION, solution)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    reached: list[object] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                connection, peer = listener.accept()
-            except OSError:
-                return
-            connection.close()
-            reached.append(peer)
-
-    threading.Thread(target=accept, daemon=True).start()
-    table = attacks(backend, solution, listener.getsockname()[1])
+    listener = Listener()
+    table = attacks(backend, solution, listener.port)
     for name in HONEST:
         shutil.copyfile(NOTEBOOKS / f"{name}.ipynb", folder / f"{name}.ipynb")
     for name, (base, code, _) in table.items():
@@ -128,7 +113,7 @@ def batch(request, tmp_path_factory) -> dict:
     assert _fingerprint(ROOT / "solutions") | _fingerprint(ROOT / "assignments") == before
     rows = {r["student"]: r for r in csv.DictReader(io.StringIO((out / "grades.csv").read_text()))}
     return {"backend": backend, "out": out, "rows": rows, "result": result, "table": table, "since": since,
-            "reached": reached, "solution_changed": solution.read_bytes() != solution_before}
+            "reached": listener.reached, "solution_changed": solution.read_bytes() != solution_before}
 
 
 def _reasons(batch: dict, name: str) -> str:
@@ -147,13 +132,20 @@ def test_honest_grades_hold(batch):
            {name: ("graded", str(score)) for name, score in HONEST.items()}
 
 
-def test_every_attack_scores_zero_with_a_reason(batch):
+def test_every_attack_costs_its_exercise_with_a_reason(batch):
+    """The attack sits in Exercise 1's answer cell: Exercise 1 earns nothing, with the reason; an attack from an
+    otherwise perfect notebook keeps the later exercises' points only if its run went on (an endless cell is
+    interrupted; a process that is killed or exits takes nothing further with it)."""
     wrong = {}
     for name, (_, _, phrases) in batch["table"].items():
         reasons = _reasons(batch, name)
-        if batch["rows"][name]["score"] != "0" or not any(phrase in reasons for phrase in phrases):
-            wrong[name] = (batch["rows"][name]["score"], reasons[:300])
+        report = json.loads((batch["out"] / "reports" / f"{name}.json").read_text())
+        ex1 = next(e for e in report["exercises"] if e["id"] == "ex1")
+        if ex1["score"] != 0 or not any(phrase in reasons for phrase in phrases):
+            wrong[name] = (ex1["score"], reasons[:300])
     assert wrong == {}
+    # Exercises 2 and 4 (1 + 8) ran after the interrupt; the solution's Exercise 3 reads Exercise 1's d_hpreact
+    assert batch["rows"]["infinite_loop"]["score"] == "9"
 
 
 def test_nothing_is_left_running(batch):

@@ -12,15 +12,13 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from conftest import ROOT, SOLUTION
+from conftest import ROOT, SOLUTION, Listener
 
 USER = "grader-ordinary"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -85,23 +83,8 @@ def test_an_ordinary_user_gets_full_marks_for_the_solution_and_no_warning(home):
 def test_a_hostile_notebook_of_an_ordinary_user_gets_nothing_it_should_not(home, spelling):
     """Also with the grader's Python reached through a symlink: the view binds real paths once and makes
     the other spellings symlinks to them, so what it hides is hidden by every name."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(5)
-    listener.settimeout(60)
-    port = listener.getsockname()[1]
-    connected: list[object] = []
-
-    def accept() -> None:
-        try:
-            connection, peer = listener.accept()
-        except OSError:
-            return
-        connection.close()
-        connected.append(peer)
-
-    waiter = threading.Thread(target=accept, daemon=True)
-    waiter.start()
+    listener = Listener()
+    port = listener.port
     site = next((home / spelling / "lib").glob("python3*/site-packages"))
     reads = [site / "grader" / "_assets" / "assignments" / "backprop_ninja.toml", home / "src" / "assignments" /
              "backprop_ninja.toml", home / "src" / "solutions" / "backprop_ninja.ipynb", home / "secret.txt",
@@ -159,12 +142,11 @@ raise RuntimeError(f"LEAKS {{leaks}}")
     done = _as_user(home, str(home / spelling / "bin" / "python"), "-m", "grader", "check",
                     str(home / "work" / "hostile.ipynb"), "--json", "--hidden-runs", "/dev/null")
     listener.close()
-    waiter.join(5)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     report = json.loads(done.stdout)
     notes = " ".join(report["notes"])
     assert "RuntimeError: LEAKS []" in notes, notes  # it read, listed, reached, wrote and saw nothing
-    assert connected == []
+    assert listener.reached == []
     assert not any(p.exists() for p in writes + private)
     assert _fingerprint(home / "src", home / "venv" / "lib", home / "work") == before

@@ -104,10 +104,11 @@ class Worker:
             except OSError as e:
                 raise SandboxError(f"the worker process is gone ({e})") from e
 
-    def start(self, plans: list[Plan], labels: list[str], timeout: float) -> Job:
-        """A job running `plans` one after another (named `labels` in messages), not yet released."""
+    def start(self, plans: list[Plan], labels: list[str], timeout: float, cell_timeout: float | None = None) -> Job:
+        """A job running `plans` one after another (named `labels` in messages), not yet released: each run
+        `timeout` seconds at most, each cell `cell_timeout`."""
         return Job(self, [Run(plan, label, *warm_start(plan, self.prefix)) for plan, label in zip(plans, labels)],
-                   timeout)
+                   timeout, cell_timeout)
 
     def close(self) -> None:
         """Stop the worker (its runs end with it) and remove its folder."""
@@ -131,15 +132,16 @@ class Job:
     seconds of its own.
     """
 
-    def __init__(self, worker: Worker, runs: list[Run], timeout: float) -> None:
-        self.worker, self.runs, self.timeout = worker, runs, timeout
+    def __init__(self, worker: Worker, runs: list[Run], timeout: float, cell_timeout: float | None = None) -> None:
+        self.worker, self.runs, self.timeout, self.cell_timeout = worker, runs, timeout, cell_timeout
         self.status: int | None = None
         self.started = time.monotonic()
 
     def release(self) -> None:
         """Send the job to the worker: from here on the notebook's cells run."""
         job = tempfile.TemporaryFile()
-        job.write(json.dumps({"runs": [r.job() for r in self.runs], "timeout": self.timeout}).encode())
+        job.write(json.dumps({"runs": [r.job() for r in self.runs], "timeout": self.timeout,
+                              "cell_timeout": self.cell_timeout}).encode())
         job.seek(0)
         status_read, status_write = os.pipe()
         try:

@@ -221,7 +221,8 @@ class Server(Warm):
         # Python ignores SIGXFSZ; restored, writing past the file-size cap ends the run with a clear reason
         # instead of an error inside the error handler that would print the error
         signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-        self.run_job(job["runs"], workdir, run_fds, lambda: os.write(ticks_write, b"1"))  # a new run: restart the clock
+        self.run_job(job["runs"], workdir, run_fds, lambda: os.write(ticks_write, b"1"),  # a new run: restart the clock
+                     job.get("cell_timeout"))
         # Skip the interpreter's clean-up: tearing down torch takes half a second and nothing is left to save.
         os._exit(0)
 

@@ -39,7 +39,7 @@ class Job(Protocol):
 class Worker(Protocol):
     """One warm set-up (assignment and data set) that jobs start from, on either backend."""
 
-    def start(self, plans: list, labels: list[str], timeout: float) -> Job:
+    def start(self, plans: list, labels: list[str], timeout: float, cell_timeout: float | None = None) -> Job:
         """A job running `plans` one after another, not yet released."""
 
     def close(self) -> None:

@@ -220,9 +220,10 @@ class Worker:
         interpreter.wait_ready()
         return interpreter
 
-    def start(self, plans: list[Plan], labels: list[str], timeout: float) -> Job:
-        """A job running `plans` one after another (named `labels` in messages), not yet released."""
-        return Job(self, plans, labels, timeout)
+    def start(self, plans: list[Plan], labels: list[str], timeout: float, cell_timeout: float | None = None) -> Job:
+        """A job running `plans` one after another (named `labels` in messages), not yet released: each run
+        `timeout` seconds at most, each cell `cell_timeout`."""
+        return Job(self, plans, labels, timeout, cell_timeout)
 
     def close(self) -> None:
         """Stop the interpreters not used yet and remove the worker's folder."""
@@ -237,8 +238,9 @@ class Job:
     """All runs of one submission in one fresh interpreter: `release()` sends them, `wait()` returns
     what each brought back. Each run has `timeout` seconds of its own."""
 
-    def __init__(self, worker: Worker, plans: list[Plan], labels: list[str], timeout: float) -> None:
-        self.worker, self.timeout = worker, timeout
+    def __init__(self, worker: Worker, plans: list[Plan], labels: list[str], timeout: float,
+                 cell_timeout: float | None = None) -> None:
+        self.worker, self.timeout, self.cell_timeout = worker, timeout, cell_timeout
         self.folder = Path(tempfile.mkdtemp(prefix="grader-job-"))
         self.runs = [Run(plan, label, *warm_start(plan, worker.prefix), folder=self.folder, index=i)
                      for i, (plan, label) in enumerate(zip(plans, labels))]
@@ -253,7 +255,8 @@ class Job:
         interpreter = self.worker.take()
         self.interpreter = interpreter
         self.started = time.monotonic()
-        interpreter.send({"runs": [r.job() for r in self.runs], "workdir": str(interpreter.folder)})
+        interpreter.send({"runs": [r.job() for r in self.runs], "workdir": str(interpreter.folder),
+                          "cell_timeout": self.cell_timeout})
         self.watcher = threading.Thread(target=self._watch, args=(interpreter,), daemon=True)
         self.watcher.start()
 

@@ -1,7 +1,9 @@
 """What comes back from a run, read and checked the same way whichever backend ran it.
 
-A run writes three files: what the notebook printed, the position of each cell as it starts, and a
-safetensors file (plain tensors plus a JSON summary). The grader opened all three itself before the
+A run writes three files: what the notebook printed, the position of each cell as it starts, and its
+results: a frame per exercise as soon as its values are taken (safetensors: plain tensors plus a JSON
+summary), and a last one when every cell has run, so that a run that hangs, crashes or is killed later
+keeps what it finished. The grader opened all three itself before the
 notebook's first cell, and reads them through those handles: a notebook that replaces the paths with
 a FIFO or a symlink changes nothing here. The contents are untrusted and validated: same values, same
 report, on every backend.
@@ -11,6 +13,7 @@ Portable: nothing here may use an API that macOS or Windows lacks.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -53,6 +56,15 @@ class Captured:
     """Largest resident memory of the run (its process under Linux; its whole process tree under the watchdog)."""
     notes: tuple[str, ...] = ()
     """What else the grader saw, e.g. processes the notebook left running."""
+    done: tuple[str, ...] = ()
+    """The exercises whose values came back: all of them when `finished`; those that ended before the run
+    stopped otherwise (their values are in `values` and are graded; the others get `reason`)."""
+    started: bool = True
+    """False for a run that never began: an earlier run of its job ended their process first."""
+
+    def reached(self, exercise: str) -> bool:
+        """Whether the run's values for `exercise` came back: it ran to the end, or stopped after that exercise."""
+        return self.finished or exercise in self.done
 
 
 _SIGXFSZ = getattr(signal, "SIGXFSZ", None)  # no such signal on Windows
@@ -117,7 +129,9 @@ class Run:
         if self.result.seek(0, os.SEEK_END) > 0 and self is not current:
             return self._read(seconds, output)
         if not self.started() and current is not None and current is not self:
-            return self._unfinished(f"it did not run: the notebook's process ended in {current.label}", seconds, output)
+            return dataclasses.replace(
+                self._unfinished(f"it did not run: the notebook's process ended in {current.label}", seconds, output),
+                started=False)
         if report.get("timed_out") and self is current:
             return self._unfinished(f"timed out after {timeout:g} s in {self._current_cell()}", seconds, output)
         if report.get("over") == "memory" and self is current:
@@ -162,66 +176,116 @@ class Run:
         return f"the notebook's process {how} in {where} (os._exit, a crash or running out of memory?)"
 
     def _unfinished(self, reason: str, seconds: float, output: str) -> Captured:
-        return Captured(False, reason, (), {}, seconds, output, self.peak_memory_mb, self.notes)
+        """The run did not end well: what it finished before, graded; the rest, `reason`."""
+        frames = self._frames()
+        if isinstance(frames, str):  # nothing readable: nothing finished
+            return Captured(False, reason, (), {}, seconds, output, self.peak_memory_mb, self.notes)
+        cells, values, done, _ = frames
+        return Captured(False, reason, cells, values, seconds, output, self.peak_memory_mb, self.notes, done)
 
     def _read(self, seconds: float, output: str) -> Captured:
-        import torch
-        from safetensors import SafetensorError
-        from safetensors.torch import load
-
-        size = self.result.seek(0, os.SEEK_END)
-        if size == 0:  # e.g. os._exit(0): the process ended well, but before it could send its values
+        """The run ended well: its values, if its last frame is there."""
+        frames = self._frames()
+        if isinstance(frames, str):
+            if self.result.seek(0, os.SEEK_END) == 0:  # e.g. os._exit(0) before its first exercise ended
+                return self._unfinished(self._death(), seconds, output)
+            return self._unfinished(frames, seconds, output)
+        cells, values, done, final = frames
+        if not final:  # e.g. os._exit(0) part-way: what it finished is kept
             return self._unfinished(self._death(), seconds, output)
+        return Captured(True, "", cells, values, seconds, output, self.peak_memory_mb, self.notes, done)
+
+    def _frames(self) -> tuple[tuple[CellOutcome, ...], dict, tuple[str, ...], bool] | str:
+        """The frames of the result file, merged: (cells, values, exercises done, whether the last frame
+        came), or why nothing could be read. A frame cut short (the run ended while writing it) ends
+        the reading; so does one that does not check out, after which nothing is trusted."""
+        size = self.result.seek(0, os.SEEK_END)
         if size > MAX_RESULT_BYTES:
-            return self._unfinished(f"the notebook's results are too large ({size} bytes)", seconds, output)
+            return f"the notebook's results are too large ({size} bytes)"
         self.result.seek(0)
         raw = self.result.read()
-        try:
-            # safetensors' own layout: an 8-byte little-endian header length, then the JSON header. Read
-            # first: a forged file of a million empty tensors would cost seconds and a gigabyte to load.
-            length = int.from_bytes(raw[:8], "little")
-            if length > MAX_HEADER_BYTES:
-                raise ValueError("the header is too large")
-            header = json.loads(raw[8 : 8 + length])
-            if not isinstance(header, dict) or len(header) > MAX_ENTRIES:
-                raise ValueError("too many entries")
-            tensors = load(raw)
-            summary = json.loads(header["__metadata__"]["grader"])
-            cells, kinds = summary["cells"], summary["values"]
-            if not isinstance(cells, list) or len(cells) != len(self.plan.cells) or not isinstance(kinds, dict):
-                raise ValueError("the summary does not match the plan")
-        except (SafetensorError, ValueError, KeyError, TypeError, RecursionError, MemoryError, OverflowError) as e:
-            return self._unfinished(f"the notebook's results could not be read ({type(e).__name__})", seconds, output)
-
-        values: dict[tuple[str, str], object] = {}
+        offset, cells, kinds, tensors, done, final, entries = 0, [], {}, {}, [], False, 0
         exercises = {cap.exercise for cap in self.plan.captures}
-        for key, kind in list(kinds.items())[:100_000]:
-            exercise, _, name = str(key).partition("/")
-            if exercise not in exercises or not name:
-                continue
-            tensor = tensors.get(key)
-            if kind in ("tensor", "tensor+graph") and not (type(tensor) is torch.Tensor and tensor.device.type == "cpu"):
-                value: object = MISSING
-            elif kind == "tensor":
-                value = tensor
-            elif kind == "tensor+graph":
-                value = Flag("suspicious", "it carries an autograd graph: grad mode was switched back on in the answer")
-            elif kind == "none":
-                value = None
-            elif kind == "unchanged":
-                value = UNCHANGED
-            elif isinstance(kind, str) and kind.startswith("other:"):
-                value = NotTensor(kind.removeprefix("other:")[:200])
-            elif isinstance(kind, str) and kind.startswith("error:"):
-                value = Raised(kind.removeprefix("error:")[:500])
-            else:
-                value = MISSING
-            values[(exercise, name)] = value
+        while offset + 8 <= len(raw) and not final:
+            length = int.from_bytes(raw[offset : offset + 8], "little")
+            if offset + 8 + length > len(raw):
+                break  # cut short
+            frame = _frame(raw[offset + 8 : offset + 8 + length], len(self.plan.cells), MAX_ENTRIES - entries)
+            if isinstance(frame, str):
+                if offset == 0:
+                    return frame
+                break
+            frame_cells, frame_kinds, frame_tensors, frame_done, final = frame
+            cells = frame_cells  # each frame carries every cell so far
+            kinds.update(frame_kinds)
+            tensors.update(frame_tensors)
+            done = [e for e in frame_done if e in exercises]
+            entries += len(frame_tensors) + len(frame_kinds)
+            offset += 8 + length
+        if offset == 0:
+            return "the notebook's results could not be read (no frame)"
+        if final and len(cells) != len(self.plan.cells):
+            return "the notebook's results could not be read (the summary does not match the plan)"
         outcomes = tuple(
             CellOutcome(c.label, str(o.get("error", ""))[:500] if isinstance(o, dict) else "")
             for c, o in zip(self.plan.cells, cells)
         )
-        return Captured(True, "", outcomes, values, seconds, output, self.peak_memory_mb, self.notes)
+        return outcomes, _values(kinds, tensors, exercises), tuple(dict.fromkeys(done)), final
+
+
+def _frame(blob: bytes, planned: int, room: int) -> tuple[list, dict, dict, list, bool] | str:
+    """One frame: safetensors bytes whose metadata is the run's JSON summary. Its header is read first:
+    a forged file of a million empty tensors would cost seconds and a gigabyte to load."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        # safetensors' own layout: an 8-byte little-endian header length, then the JSON header
+        length = int.from_bytes(blob[:8], "little")
+        if length > MAX_HEADER_BYTES:
+            raise ValueError("the header is too large")
+        header = json.loads(blob[8 : 8 + length])
+        if not isinstance(header, dict) or len(header) > room:
+            raise ValueError("too many entries")
+        tensors = load(blob)
+        summary = json.loads(header["__metadata__"]["grader"])
+        cells, kinds, done, final = summary["cells"], summary["values"], summary["done"], summary["final"]
+        if not isinstance(cells, list) or len(cells) > planned or not isinstance(kinds, dict) \
+                or not isinstance(done, list) or not isinstance(final, bool):
+            raise ValueError("the summary does not match the plan")
+    except (SafetensorError, ValueError, KeyError, TypeError, RecursionError, MemoryError, OverflowError) as e:
+        return f"the notebook's results could not be read ({type(e).__name__})"
+    return cells, kinds, tensors, [str(e) for e in done], final
+
+
+def _values(kinds: dict, tensors: dict, exercises: set[str]) -> dict[tuple[str, str], object]:
+    """(exercise, variable) -> what the run sent for it, checked: a plain CPU tensor, or a word on what it was."""
+    import torch
+
+    values: dict[tuple[str, str], object] = {}
+    for key, kind in list(kinds.items())[:MAX_ENTRIES]:
+        exercise, _, name = str(key).partition("/")
+        if exercise not in exercises or not name:
+            continue
+        tensor = tensors.get(key)
+        if kind in ("tensor", "tensor+graph") and not (type(tensor) is torch.Tensor and tensor.device.type == "cpu"):
+            value: object = MISSING
+        elif kind == "tensor":
+            value = tensor
+        elif kind == "tensor+graph":
+            value = Flag("suspicious", "it carries an autograd graph: grad mode was switched back on in the answer")
+        elif kind == "none":
+            value = None
+        elif kind == "unchanged":
+            value = UNCHANGED
+        elif isinstance(kind, str) and kind.startswith("other:"):
+            value = NotTensor(kind.removeprefix("other:")[:200])
+        elif isinstance(kind, str) and kind.startswith("error:"):
+            value = Raised(kind.removeprefix("error:")[:500])
+        else:
+            value = MISSING
+        values[(exercise, name)] = value
+    return values
 
 
 def collect(runs: list[Run], report: dict | None, timeout: float, seconds: float) -> list[Captured]:

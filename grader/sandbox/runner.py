@@ -14,9 +14,13 @@ Portable: nothing here may use an API that macOS or Windows lacks (the backends 
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 
@@ -149,6 +153,10 @@ class Runner:
         self.recorders: set[int] = set()  # ids of our wrappers (an attribute could be faked by the notebook)
         self.inside = [False]
         self.owner = os.getpid()
+        self.sent: set[str] = set()  # values already in the result file
+        self.done: list[str] = []  # exercises whose values were taken
+        self.cell_timeout: float | None = None
+        self.clock = _CellClock()
 
     # --- values -----------------------------------------------------------------------------------
     def snapshot(self, value: object) -> tuple[object, object]:
@@ -266,11 +274,12 @@ class Runner:
             self.restore_for_locked_cell()
             before = dict(self.ns)
         try:
-            if cell["guarded"] or position > first_answer:  # from the first answer on, locked cells run guarded too
-                with self.guard:
+            with self.clock.budget(self.cell_timeout):
+                if cell["guarded"] or position > first_answer:  # from the first answer on, locked cells run guarded too
+                    with self.guard:
+                        result = self.shell.run_cell(cell["source"], store_history=False, silent=False)
+                else:
                     result = self.shell.run_cell(cell["source"], store_history=False, silent=False)
-            else:
-                result = self.shell.run_cell(cell["source"], store_history=False, silent=False)
             error = result.error_before_exec or result.error_in_exec
         except BaseException as e:  # IPython itself failed, e.g. on builtins the cell replaced
             error = e
@@ -280,17 +289,25 @@ class Runner:
         if cell["no_grad"]:
             torch.set_grad_enabled(grad_was)
         sys.stdout.flush()
+        if self.clock.rang and isinstance(error, KeyboardInterrupt):
+            return {"status": "error", "error": f"interrupted after {self.cell_timeout:g} s (a cell's share of the time)"}
         return {"status": "error" if error else "ok", "error": _error_line(error) if error else ""}
 
-    def run(self, cells: list[dict], captures: list[dict], start: int, progress) -> None:
-        """Run `cells` from position `start` to the end, taking the captures on the way."""
+    def run(self, cells: list[dict], captures: list[dict], start: int, progress, out=None) -> None:
+        """Run `cells` from position `start` to the end, taking the captures on the way; with `out`, each
+        exercise's values go to it as soon as they are taken (`emit`), and a last frame when all is done."""
         self.cells, self.captures = cells, captures
         for position in range(start, len(cells) + 1):
+            taken = False
             for cap in captures:
                 if cap["before"] == position:
                     self.capture(cap)
+                    self.done.append(cap["exercise"])
+                    taken = True
                 if cap["start"] == position:
                     self.baselines[cap["exercise"]] = {n: self.snapshot(self.ns[n]) for n in cap["variables"] if n in self.ns}
+            if out is not None and (taken or position == len(cells)):
+                self.emit(out, final=position == len(cells))
             if position == len(cells):
                 break
             for cap in captures:
@@ -300,13 +317,20 @@ class Runner:
             if os.getpid() != self.owner:  # a copy the notebook forked: it must not go on and write results
                 os._exit(0)
 
-    def result(self) -> bytes:
-        """The safetensors file the grader reads: the tensors, and a JSON summary as metadata."""
+    def emit(self, out, final: bool) -> None:
+        """Append one frame to the result file: what was taken since the last frame, as safetensors (the
+        tensors, and a JSON summary as metadata), after its length in 8 bytes. A run that ends before its
+        last cell leaves the frames of the exercises it finished: the grader grades those."""
         from safetensors.torch import save
 
         self.restore_modules()
-        summary = json.dumps({"cells": self.outcomes, "values": self.values})
-        return save(self.tensors, metadata={"grader": summary})
+        new = [k for k in self.values if k not in self.sent]
+        summary = json.dumps({"cells": self.outcomes, "values": {k: self.values[k] for k in new}, "done": self.done,
+                              "final": final})
+        frame = save({k: self.tensors[k] for k in new if k in self.tensors}, metadata={"grader": summary})
+        out.write(len(frame).to_bytes(8, "little") + frame)
+        out.flush()
+        self.sent.update(new)
 
 
 def _numpy_number(value: object) -> bool:
@@ -340,6 +364,60 @@ def _restore(pristine: list[tuple[object, dict]]) -> None:
             if current.get(name, _ABSENT) is not obj:
                 setattr(module, name, obj)
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+
+
+class _CellClock:
+    """Interrupts the cell running in the main thread once it has had its share of the time.
+
+    The interrupt is Python's own for Ctrl-C (SIGINT where there are signals, `interrupt_main` where
+    not), so it lands as a KeyboardInterrupt in the cell, between two bytecodes or in a blocking call.
+    Our handler raises only while a cell runs: an interrupt that arrives just after the cell ended does
+    nothing. A notebook that catches or ignores it runs on until the run's own timeout ends the process.
+    """
+
+    current: _CellClock | None = None
+
+    def __init__(self) -> None:
+        self.running = False
+        self.rang = False
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def install() -> None:
+        """In the main thread, before the first cell: our handler for the interrupt."""
+        def handler(signum, frame):
+            clock = _CellClock.current
+            if clock is not None and clock.running:
+                raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, handler)
+
+    @contextlib.contextmanager
+    def budget(self, seconds: float | None):
+        self.rang = False
+        if not seconds:
+            yield
+            return
+        timer = threading.Timer(seconds, self._ring)
+        timer.daemon = True
+        _CellClock.current = self
+        self.running = True
+        timer.start()
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.running = False
+            timer.cancel()
+
+    def _ring(self) -> None:
+        with self.lock:
+            if not self.running:
+                return
+            self.rang = True
+            if hasattr(signal, "pthread_kill"):  # a real signal: it also ends a blocking call (sleep, read)
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            else:
+                _thread.interrupt_main()
 
 
 # --- the warm state ----------------------------------------------------------------------------------
@@ -417,10 +495,13 @@ class Warm:
         self.torch.set_grad_enabled(grad_was)
         self._set_rng(self.warmed_rng)
 
-    def run_job(self, runs: list[dict], workdir: str, run_fds: list[int], new_run: Callable[[], object]) -> None:
+    def run_job(self, runs: list[dict], workdir: str, run_fds: list[int], new_run: Callable[[], object],
+                cell_timeout: float | None = None) -> None:
         """Each run in turn, each from the state after the setup; `new_run()` as each run after the first begins.
 
-        `run_fds` holds three open files per run: its output, its progress and its result.
+        `run_fds` holds three open files per run: its output, its progress and its result. A cell that
+        runs past `cell_timeout` seconds is interrupted as Jupyter interrupts one (KeyboardInterrupt in
+        the cell), and the run goes on with the next cell.
         """
         for name in ("HOME", "TMPDIR", "TEMP", "TMP"):
             os.environ[name] = workdir
@@ -452,12 +533,11 @@ class Warm:
             else:  # the notebook's own set-up differs from the release: start from an empty namespace
                 ns.update(self.initial)
                 self._set_rng(self.rng)
-            with os.fdopen(progress_fd, "w", encoding="utf-8") as progress:
-                runner.run(run["cells"], run["captures"], run["start"], progress)
-            content = runner.result()
-            with os.fdopen(result_fd, "wb") as out:
-                out.write(content)
-            del runner, content
+            runner.cell_timeout = cell_timeout
+            _CellClock.install()  # again for each run: the last one may have replaced the handler
+            with os.fdopen(progress_fd, "w", encoding="utf-8") as progress, os.fdopen(result_fd, "wb") as out:
+                runner.run(run["cells"], run["captures"], run["start"], progress, out)
+            del runner
         sys.stdout.flush()
         sys.stderr.flush()
 
