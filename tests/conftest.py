@@ -37,15 +37,30 @@ def grader_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "grader"]
 
 
-def sandbox_processes(since: float) -> list:
+def sandbox_processes(since: float, left_behind: bool = True) -> list:
     """Processes of the grader's sandboxes (workers, interpreters, and every fork of theirs: a fork keeps
-    its parent's command line) started at or after `since` (`time.time()`) and still running."""
+    its parent's command line) started at or after `since` (`time.time()`) and still running.
+
+    `left_behind`: only those no live grader (or pytest, holding a warm pool) is an ancestor of: what a
+    finished grader left, not what another grading on this machine is running right now.
+    """
     import psutil
+
+    def attached(p) -> bool:
+        try:
+            for ancestor in p.parents():
+                command = " ".join(ancestor.cmdline())
+                if "grader.sandbox." not in command and ("pytest" in command or "grader" in command):
+                    return True
+        except psutil.Error:
+            pass
+        return False
 
     found = []
     for p in psutil.process_iter(["create_time", "cmdline", "status"]):
         if (p.info["create_time"] or 0) >= since - 0.01 and p.info["status"] != psutil.STATUS_ZOMBIE \
-                and any("grader.sandbox." in part for part in p.info["cmdline"] or []):
+                and any("grader.sandbox." in part for part in p.info["cmdline"] or []) \
+                and not (left_behind and attached(p)):
             found.append(p)
     return found
 

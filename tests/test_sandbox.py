@@ -118,7 +118,7 @@ def test_a_run_ends_when_its_grader_is_killed(tmp_path, backend):
     grader = subprocess.Popen([*grader_command(), "check", str(NOTEBOOKS / "infinite_loop.ipynb"), "--timeout", "120",
                                "--sandbox", backend], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(8)  # the worker starts, the job starts, the notebook loops
-    assert sandbox_processes(since), "the notebook should be running"
+    assert sandbox_processes(since, left_behind=False), "the notebook should be running"
     grader.send_signal(signal.SIGKILL)
     grader.wait()
     deadline = time.monotonic() + 10
