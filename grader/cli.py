@@ -149,10 +149,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fail(error: GraderError) -> int:
     """Print `error` as the one line on stderr the exit code promises; its exit code."""
-    # a file name or a value quoted from the input may hold line breaks: shown as \n, they stay on the line
-    text = str(error).replace("\r", "\\r").replace("\n", "\\n")
-    print(f"grader: {text}", file=sys.stderr)
+    print(f"grader: {str(error).translate(_ONE_LINE)}", file=sys.stderr)
     return error.exit_code
+
+
+# A file name or a value quoted from the input may hold line breaks and other control characters: shown as
+# escapes, they stay on the line and do nothing to the terminal.
+_ONE_LINE = {**{c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}, 0x0A: "\\n", 0x0D: "\\r"}
 
 
 def _limits(args: argparse.Namespace):

@@ -114,8 +114,8 @@ def read(path: Path) -> nbformat.NotebookNode:
     except RecursionError:
         raise _broken(path, "its JSON is nested too deeply") from None
     except Exception as e:  # nbformat's conversion of formats 1-3 assumes their schema: any type can come out
-        raise _broken(path, f"a format {major} notebook that cannot be converted to format 4 "
-                            f"({type(e).__name__}: {_cut(str(e))})") from None
+        what = "nbformat cannot read it" if major == 4 else f"a format {major} notebook that cannot be converted to 4"
+        raise _broken(path, f"{what} ({type(e).__name__}: {_cut(str(e))})") from None
     for number, cell in enumerate(nb.cells, start=1):
         if cell.cell_type == "code" and len(cell.source) > MAX_CODE:
             raise NotANotebook(f"{path}: cell {number} holds {len(cell.source):,} characters of code, more than the "
@@ -221,8 +221,10 @@ CELL_TYPES = ("code", "markdown", "raw")
 
 def _cells(path: Path, cells: object) -> None:
     """What nbformat's validation assumes of format 4 cells before it can say what else is wrong with them."""
+    if cells is None:
+        raise _broken(path, "no cells key: every notebook's JSON lists its cells")
     if not isinstance(cells, list):
-        return  # (its schema check says so)
+        raise _broken(path, f"cells is {_kind(cells)}, not a list")
     for number, cell in enumerate(cells, start=1):
         if not isinstance(cell, dict):
             raise _broken(path, f"cell {number} is {_kind(cell)}, not an object")

@@ -51,4 +51,9 @@ def to_text(report: Report) -> str:
         lines.extend(f"note: {n}" for n in report.notes)
     lines.append("")
     lines.append(f"Total: {_points(report.score)}/{_points(report.max_score)}")
-    return "\n".join(lines)
+    return "\n".join(lines).translate(_VISIBLE)
+
+
+# Control characters from the notebook (an exception's message, a cell's first line) shown as escapes: written
+# to a terminal as they are, `\x1b[2J` clears it and other sequences rewrite what it shows or its title.
+_VISIBLE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if chr(c) not in "\n\t"}
