@@ -104,8 +104,8 @@ def test_the_portable_backend_gives_the_linux_backends_report(name, extra):
     if name == "wrong_d_W2":
         d_W2 = next(v for v in portable["variables"] if v["name"] == "d_W2")
         assert d_W2["points"] == 0 and "1/n" in d_W2["message"], d_W2
-    if name == "infinite_loop":
-        assert "timed out after 8 s" in json.dumps(portable)
+    if name == "infinite_loop":  # its endless cell gets half of the run's 8 s, then the run goes on
+        assert "interrupted after 4 s" in json.dumps(portable) and portable["status"] == "graded"
     if not linux_sandbox():
         pytest.skip("no Linux backend on this machine to compare with")
     linux, warning = _check(notebook, "linux", *extra)
