@@ -78,6 +78,18 @@ def child_env(workdir: Path, own_path: bool = False) -> dict[str, str]:
     return env
 
 
+def worker_folder(data_files: dict[str, Path]) -> Path:
+    """A new folder for a worker, holding its copy of each data file under the name the cells read."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="grader-worker-"))
+    for name, source in data_files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)  # `data/names.txt`
+        shutil.copyfile(source, folder / name)
+    return folder
+
+
 def plain(cells: tuple[PlannedCell, ...] | list[PlannedCell]) -> list[dict]:
     """Planned cells as the worker reads them (JSON)."""
     return [{"source": c.source, "no_grad": c.no_grad, "guarded": c.guarded} for c in cells]

@@ -28,7 +28,7 @@ from grader.errors import SandboxError
 from grader.notebook import Plan, PlannedCell
 from grader.sandbox import confine
 from grader.sandbox.common import (OUTPUT_TAIL, SUPERVISOR_GRACE, WORKER_START_TIMEOUT, Limits, child_env, hideable,
-                                   plain, warm_start)
+                                   plain, warm_start, worker_folder)
 from grader.sandbox.results import Captured, Run, collect
 
 
@@ -47,12 +47,9 @@ class Worker:
     def __init__(self, prefix: tuple[PlannedCell, ...], warm_up: list[str], data_files: dict[str, Path],
                  hidden: list[Path], limits: Limits, mode: str) -> None:
         self.prefix = prefix
-        self.workdir = Path(tempfile.mkdtemp(prefix="grader-worker-"))
+        self.workdir = worker_folder(data_files)
         self.lock = threading.Lock()
         self.ready = False
-        for name, source in data_files.items():
-            (self.workdir / name).parent.mkdir(parents=True, exist_ok=True)  # `data/names.txt`
-            shutil.copyfile(source, self.workdir / name)
         spec = {
             "prefix": plain(prefix), "warm_up": warm_up,
             "data": {name: str(self.workdir / name) for name in data_files},

@@ -32,7 +32,7 @@ import psutil
 
 from grader.errors import SandboxError
 from grader.notebook import Plan, PlannedCell
-from grader.sandbox.common import OUTPUT_TAIL, WORKER_START_TIMEOUT, Limits, child_env, plain, warm_start
+from grader.sandbox.common import OUTPUT_TAIL, WORKER_START_TIMEOUT, Limits, child_env, plain, warm_start, worker_folder
 from grader.sandbox.results import Captured, Run, collect
 
 POLL = 0.05
@@ -191,10 +191,7 @@ class Worker:
     def __init__(self, prefix: tuple[PlannedCell, ...], warm_up: list[str], data_files: dict[str, Path],
                  hidden: list[Path], limits: Limits) -> None:
         self.prefix, self.limits = prefix, limits
-        self.workdir = Path(tempfile.mkdtemp(prefix="grader-worker-"))
-        for name, source in data_files.items():
-            (self.workdir / name).parent.mkdir(parents=True, exist_ok=True)  # `data/names.txt`
-            shutil.copyfile(source, self.workdir / name)
+        self.workdir = worker_folder(data_files)
         spec = {"prefix": plain(prefix), "warm_up": warm_up,
                 "data": {name: str(self.workdir / name) for name in data_files}}
         self.spec_path = self.workdir / "spec.json"

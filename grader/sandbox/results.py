@@ -175,9 +175,10 @@ class Run:
             how = f"exited with code {code}"
         return f"the notebook's process {how} in {where} (os._exit, a crash or running out of memory?)"
 
-    def _unfinished(self, reason: str, seconds: float, output: str) -> Captured:
-        """The run did not end well: what it finished before, graded; the rest, `reason`."""
-        frames = self._frames()
+    def _unfinished(self, reason: str, seconds: float, output: str, frames=None) -> Captured:
+        """The run did not end well: what it finished before, graded; the rest, `reason`. `frames`: the
+        result file as `_frames` read it, where the caller has read it already."""
+        frames = self._frames() if frames is None else frames
         if isinstance(frames, str):  # nothing readable: nothing finished
             return Captured(False, reason, (), {}, seconds, output, self.peak_memory_mb, self.notes)
         cells, values, done, _ = frames
@@ -188,11 +189,11 @@ class Run:
         frames = self._frames()
         if isinstance(frames, str):
             if self.result.seek(0, os.SEEK_END) == 0:  # e.g. os._exit(0) before its first exercise ended
-                return self._unfinished(self._death(), seconds, output)
-            return self._unfinished(frames, seconds, output)
+                return self._unfinished(self._death(), seconds, output, frames)
+            return self._unfinished(frames, seconds, output, frames)
         cells, values, done, final = frames
         if not final:  # e.g. os._exit(0) part-way: what it finished is kept
-            return self._unfinished(self._death(), seconds, output)
+            return self._unfinished(self._death(), seconds, output, frames)
         return Captured(True, "", cells, values, seconds, output, self.peak_memory_mb, self.notes, done)
 
     def _frames(self) -> tuple[tuple[CellOutcome, ...], dict, tuple[str, ...], bool] | str:
