@@ -10,7 +10,9 @@ what has no report yet, and ends with the same files as a run that was never int
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -41,6 +43,10 @@ class Submission:
     """The notebook file (extracted from a zip into the batch's scratch folder where need be)."""
     digest: str
     """sha256 of the file's bytes: a report is reused only for the very same submission."""
+    canvas_id: str = ""
+    """The Canvas user id in the file name of a Canvas bulk download (`name_[LATE_]userid_subid_file`), or empty."""
+    late: bool = False
+    """Whether Canvas marked the submission late (`LATE_` in its file name)."""
 
 
 @dataclass(frozen=True)
@@ -65,11 +71,14 @@ class Outcome:
     """The `grader check --json` object, plus `student` and `sha256`."""
     reused: bool
     """True when an earlier run's report for the same content was kept."""
+    why: str = ""
+    """Why it was graded again, when an earlier report existed ("rubric changed"); empty otherwise."""
 
 
 # --- finding submissions ----------------------------------------------------------------------------
 
-_LMS = re.compile(r"^(?P<student>[A-Za-z0-9-]+)_(?:LATE_)?\d+_\d+_")  # Canvas: name_[LATE_]userid_subid_file
+# Canvas: name_[LATE_]userid_subid_file
+_LMS = re.compile(r"^(?P<student>[A-Za-z0-9-]+)_(?P<late>LATE_)?(?P<user>\d+)_\d+_")
 
 
 def _student_of(path: Path, root: Path, assignment: str) -> str:
@@ -78,6 +87,15 @@ def _student_of(path: Path, root: Path, assignment: str) -> str:
         return relative.parts[-3]
     m = _LMS.match(path.name)
     return m["student"] if m else path.stem
+
+
+def _canvas_of(path: Path, root: Path, assignment: str) -> tuple[str, bool]:
+    """The Canvas user id and late flag in the name of a file of a Canvas bulk download, or ("", False)."""
+    relative = path.relative_to(root)
+    if len(relative.parts) >= 3 and relative.parts[-2] == assignment:  # nbgrader's layout: no Canvas name
+        return "", False
+    m = _LMS.match(path.name)
+    return (m["user"], bool(m["late"])) if m else ("", False)
 
 
 _RESERVED = re.compile(r"^(CON|PRN|AUX|NUL|COM[1-9]|LPT[1-9])(\.|$)", re.IGNORECASE)  # devices, not files, on Windows
@@ -116,7 +134,7 @@ def _notebooks(folder: Path) -> list[Path]:
 
 def discover(inputs: Iterable[Path], assignment: str, scratch: Path) -> Found:
     """Find one notebook per student in `inputs` (files, folders, zips); zips are unpacked into `scratch`."""
-    candidates: list[tuple[str, Path]] = []
+    candidates: list[tuple[str, Path, Path]] = []
     problems: list[str] = []
     roots: list[Path] = []
     for given in inputs:
@@ -138,16 +156,18 @@ def discover(inputs: Iterable[Path], assignment: str, scratch: Path) -> Found:
         roots.append(root)
         if not found:
             problems.append(f"{given}: no notebook (.ipynb) in it")
-        candidates += [(_student_of(p, root, assignment), p) for p in found]
-    by_student: dict[str, list[Path]] = {}
-    for student, path in candidates:
-        by_student.setdefault(_safe_id(student), []).append(path)
+        candidates += [(_student_of(p, root, assignment), p, root) for p in found]
+    by_student: dict[str, list[tuple[Path, Path]]] = {}
+    for student, path, root in candidates:
+        by_student.setdefault(_safe_id(student), []).append((path, root))
     submissions = []
     for student, paths in sorted(by_student.items()):
         if len(paths) > 1:
-            problems.append(f"{student}: {len(paths)} notebooks ({', '.join(str(p) for p in paths)}); "
-                            f"graded {paths[0]}")
-        submissions.append(Submission(student, paths[0], hashlib.sha256(paths[0].read_bytes()).hexdigest()))
+            problems.append(f"{student}: {len(paths)} notebooks ({', '.join(str(p) for p, _ in paths)}); "
+                            f"graded {paths[0][0]}")
+        path, root = paths[0]
+        canvas_id, late = _canvas_of(path, root, assignment)
+        submissions.append(Submission(student, path, hashlib.sha256(path.read_bytes()).hexdigest(), canvas_id, late))
     return Found(tuple(submissions), tuple(problems), tuple(dict.fromkeys(roots)))
 
 
@@ -182,62 +202,185 @@ def failed_report(rubric: Rubric, notebook: str, reason: str) -> dict:
             "variables": variables, "notes": [], "runs": []}
 
 
-def _existing(path: Path, digest: str) -> dict | None:
+def _read_report(path: Path) -> dict | None:
     try:
         found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return found if isinstance(found, dict) and found.get("sha256") == digest else None
+    return found if isinstance(found, dict) else None
+
+
+def _existing(path: Path, digest: str) -> dict | None:
+    found = _read_report(path)
+    return found if found is not None and found.get("sha256") == digest else None
+
+
+# --- what grades a submission: a report is reused only while all of it is unchanged ---------------------
+
+_CHANGED = {"submission": "submission", "rubric": "rubric", "released": "released notebook",
+            "solution": "solution", "hidden_runs": "hidden runs", "data": "data", "grader": "grader"}
+"""Each input of a grade, as the progress line names it when it changed."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical(value: object) -> bytes:
+    """The same bytes for the same values, whatever the order of keys or the comments of the file they came from."""
+    return json.dumps(value, sort_keys=True, default=repr).encode("utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def _grader_version() -> str:
+    """The package's version and a digest of its code: an install from a git checkout keeps its version number
+    from commit to commit, and a grade must follow the code that made it."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("backprop-grader")
+    except metadata.PackageNotFoundError:
+        version = "0"
+    package = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return f"{version}+{h.hexdigest()[:12]}"
+
+
+def grading_inputs(rubric: Rubric, hidden_runs: tuple[dict[str, object], ...] | None = None) -> dict[str, str]:
+    """A digest of everything besides the submission that its grade depends on, one per input: the rubric (its
+    values, not its comments), the released notebook, the solution where the rubric reads it, the hidden runs
+    (`hidden_runs`, or the rubric's), the data files and the grader's version."""
+    import tomllib
+
+    from grader import assets
+
+    toml = rubric.released.with_name(f"{rubric.assignment}.toml")
+    uses_solution = any(ex.kind == "values" and ex.source == "solution" for ex in rubric.exercises)
+    data = hashlib.sha256()
+    for key, name in sorted(rubric.data.items()):
+        data.update(f"{key}={name}\0".encode() + (assets.data_dir() / name).read_bytes())
+    return {
+        "rubric": _sha256(_canonical(tomllib.loads(toml.read_text(encoding="utf-8")))),
+        "released": _sha256(rubric.released.read_bytes()),
+        "solution": _sha256(rubric.solution.read_bytes()) if uses_solution and rubric.solution.is_file() else "",
+        "hidden_runs": _sha256(_canonical(list(rubric.hidden_runs if hidden_runs is None else hidden_runs))),
+        "data": data.hexdigest(),
+        "grader": _grader_version(),
+    }
+
+
+def regrade_reason(report: dict | None, submission: Submission, inputs: dict[str, str]) -> str | None:
+    """Why `submission` must be graded again despite the earlier `report` ("rubric changed"); None to keep the
+    report, "" when there is none to keep."""
+    if report is None:
+        return ""
+    if report.get("sha256") != submission.digest:
+        return "submission changed"
+    kept = report.get("inputs")
+    if not isinstance(kept, dict):
+        return "its report does not say what graded it"
+    changed = [_CHANGED[k] for k in inputs if kept.get(k) != inputs[k]]
+    if not changed:
+        return None
+    return f"{', '.join(changed[:-1])} and {changed[-1]} changed" if len(changed) > 1 else f"{changed[0]} changed"
+
+
+def _digest(value: object) -> str:
+    """A short digest of a tensor's dtype, shape and bytes: equal only for identical answers."""
+    import torch
+
+    if type(value) is not torch.Tensor:
+        return ""
+    t = value.detach().cpu().contiguous()
+    header = f"{t.dtype}{tuple(t.shape)}".encode()
+    return _sha256(header + t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else header)[:16]
+
+
+def answer_digests(rubric: Rubric, graded, main) -> dict[str, str]:
+    """`exercise/name` -> a digest of the answer the notebook's own run gave (`main`), for every variable of the
+    `graded` report that lost points: what the class report compares between students (identical wrong values)."""
+    from grader.compare import PASSING
+
+    exercises = {ex.id: ex for ex in rubric.exercises}
+    out = {}
+    for v in graded.variables:
+        ex = exercises.get(v.exercise)
+        if ex is None or v.status in PASSING:
+            continue
+        key = (ex.id, v.name)
+        if ex.function is not None and v.name in {x.name for x in ex.variables} and ex.function.calls:
+            key = (ex.id, f"{ex.function.calls[0]}/{v.name}")  # the first recorded call of the answer's function
+        digest = _digest(main.captured.values.get(key))
+        if digest:
+            out[f"{ex.id}/{v.name}"] = digest
+    return out
 
 
 def grade_one(submission: Submission, rubric: Rubric, timeout: float | None, pool: sandbox.Pool | None = None,
-              edges: dict[str, tuple[str, ...]] | None = None) -> tuple[dict, str | None]:
+              edges: dict[str, tuple[str, ...]] | None = None,
+              hidden_runs: tuple[dict[str, object], ...] | None = None) -> tuple[dict, str | None]:
     """Grade one submission as `rubric`'s assignment: its report, and its HTML feedback page (None for a
-    notebook that cannot be read, which gets a failed report). `edges`: `grade.feedback_edges(rubric)`."""
+    notebook that cannot be read, which gets a failed report). `edges`: `grade.feedback_edges(rubric)`;
+    `hidden_runs`: the hidden re-runs' parameters (default: the rubric's)."""
     from grader import feedback
     from grader.grade import feedback_edges, grade_with_runs
 
     try:
-        graded, runs = grade_with_runs(submission.path, assignment=rubric.assignment, timeout=timeout, pool=pool)
+        graded, runs = grade_with_runs(submission.path, assignment=rubric.assignment, timeout=timeout, pool=pool,
+                                       hidden_runs=hidden_runs)
     except NotANotebook as e:  # the student's file; anything else is the grader's problem and stops the batch
         return {"student": submission.student, "sha256": submission.digest,
-                **failed_report(rubric, str(submission.path), str(e))}, None
+                **failed_report(rubric, str(submission.path), str(e)), "answers": {}}, None
     page = feedback.page(graded, runs, feedback_edges(rubric) if edges is None else edges)
-    return {"student": submission.student, "sha256": submission.digest, **reports.to_dict(graded)}, page
+    answers = answer_digests(rubric, graded, runs[0]) if runs else {}
+    return {"student": submission.student, "sha256": submission.digest, **reports.to_dict(graded),
+            "answers": answers}, page
 
 
 def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeout: float | None = None,
               force: bool = False, progress: Callable[[Outcome], None] | None = None,
               limits: sandbox.Limits = sandbox.DEFAULT_LIMITS, scheduler: str | None = None,
-              backend: sandbox.Backend | None = None) -> list[Outcome]:
-    """Grade every submission in `found` into `out/reports/`, `jobs` at a time, reusing matching reports.
+              backend: sandbox.Backend | None = None, hidden_runs: tuple[dict[str, object], ...] | None = None,
+              pool: sandbox.Pool | None = None) -> list[Outcome]:
+    """Grade every submission in `found` into `out/reports/`, `jobs` at a time, reusing a report only while
+    the submission and everything else that graded it (`grading_inputs`) are unchanged.
 
     `limits` caps each run (memory, file size, processes, its /tmp). `scheduler`: grade on a Dask cluster
     instead (`tcp://HOST:PORT`, or `local:N` for N local Dask workers; see `grader.cluster`); `jobs` is
     then the cluster's business. `backend`: the sandbox to run them in (default: `sandbox.choose()`).
+    `hidden_runs`: the hidden re-runs' parameters (default: the rubric's). `pool`: warm workers to grade in
+    (default: a pool of the batch's own, which hides the batch's folders from every run; a pool given here
+    hides them only from workers it starts from now on).
     """
     rubric = rubrics.load(assignment)
+    inputs = grading_inputs(rubric, hidden_runs)
     folder = out / "reports"
     for stale in folder.glob(".*.json.*"):  # a write that a killed batch left half done
         stale.unlink(missing_ok=True)
     outcomes: list[Outcome] = []
-    todo = []
+    todo: list[Submission] = []
+    why: dict[str, str] = {}
     for s in found.submissions:
-        kept = None if force else _existing(folder / f"{s.student}.json", s.digest)
-        if kept is not None:
-            outcomes.append(Outcome(s, kept, reused=True))
+        earlier = _read_report(folder / f"{s.student}.json")
+        reason = "--force" if force and earlier is not None else regrade_reason(earlier, s, inputs)
+        if reason is None:
+            outcomes.append(Outcome(s, earlier, reused=True))
             if progress:
                 progress(outcomes[-1])
         else:
             todo.append(s)
+            why[s.student] = reason
     if not todo:
         return sorted(outcomes, key=lambda o: o.submission.student)
 
     def record(s: Submission, report: dict, page: str | None) -> None:
+        report = {**report, "inputs": inputs}
         if page is not None:  # before the report: a report on disk means its page is there too
             _write_atomically(out / "feedback" / f"{s.student}.html", page)
         _write_atomically(folder / f"{s.student}.json", json.dumps(report, indent=2))
-        outcomes.append(Outcome(s, report, reused=False))
+        outcomes.append(Outcome(s, report, reused=False, why=why[s.student]))
         if progress:
             progress(outcomes[-1])
 
@@ -252,13 +395,17 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
         folders = [*hidden_folders(rubric), out.resolve(), *found.roots]
         for s, report, page in cluster.grade(todo, rubric, scheduler, timeout=timeout, limits=limits,
                                              hidden=tuple(str(p) for p in folders),
-                                             backend=backend.requested if backend else "auto"):
+                                             backend=backend.requested if backend else "auto",
+                                             hidden_runs=hidden_runs):
             record(s, report, page)
         return sorted(outcomes, key=lambda o: o.submission.student)
 
-    with sandbox.Pool(hidden, limits, backend) as workers, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    if pool is not None:
+        pool.hide(hidden)
+    with (sandbox.Pool(hidden, limits, backend, jobs=max(1, jobs)) if pool is None else contextlib.nullcontext(pool)) as workers, \
+            ThreadPoolExecutor(max_workers=max(1, jobs)) as threads:
         edges = feedback_edges(rubric)
-        futures = {pool.submit(grade_one, s, rubric, timeout, workers, edges): s for s in todo}
+        futures = {threads.submit(grade_one, s, rubric, timeout, workers, edges, hidden_runs): s for s in todo}
         for future in as_completed(futures):
             record(futures[future], *future.result())
     return sorted(outcomes, key=lambda o: o.submission.student)
@@ -270,16 +417,43 @@ def _columns(rubric: Rubric) -> list[str]:
     return [f"{ex.id}:{v.name}" for ex in rubric.exercises for v in ex.graded]
 
 
-def gradebook_csv(rubric: Rubric, report_files: Iterable[dict]) -> str:
-    """grades.csv: a row per student, the total, the points per variable, the status and the error."""
+def gradebook_csv(rubric: Rubric, report_files: Iterable[dict], late: Iterable[str] = ()) -> str:
+    """grades.csv: a row per student, the total, the points per variable, the status, the error, and `yes` in
+    the last column for the students in `late` (submissions Canvas marked late)."""
     columns = _columns(rubric)
+    late = set(late)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["student", "status", "score", "max_score", *columns, "error"])
+    writer.writerow(["student", "status", "score", "max_score", *columns, "error", "late"])
     for r in sorted(report_files, key=lambda r: r["student"]):
         points = {f"{v['exercise']}:{v['name']}": v["points"] for v in r["variables"]}
         writer.writerow([r["student"], r["status"], f"{r['score']:g}", f"{r['max_score']:g}",
-                         *(f"{points.get(c, 0.0):g}" for c in columns), r["error"]])
+                         *(f"{points.get(c, 0.0):g}" for c in columns), r["error"],
+                         "yes" if r["student"] in late else ""])
+    return buffer.getvalue()
+
+
+CANVAS_COLUMNS = ("Student", "ID", "SIS User ID", "SIS Login ID", "Section")
+"""The student columns Canvas's gradebook import reads, in its order; the assignment's column follows."""
+
+
+def canvas_csv(submissions: Iterable[Submission], report_files: Iterable[dict], column: str) -> str:
+    """canvas.csv: the scores of the submissions that came from a Canvas bulk download, in the layout of
+    Canvas's gradebook import (Grades > Import), one upload.
+
+    Canvas finds each student by `ID`, its user id (the number in the download's file names), and the
+    assignment by `column`: `Name (assignment id)` as Canvas's own export heads it, or a name alone (Canvas
+    then looks the assignment up by name, and offers to create it if there is none). There is no `Points
+    Possible` row: Canvas would take it as a change of the assignment's points, which are the instructor's.
+    """
+    by_student = {r["student"]: r for r in report_files}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*CANVAS_COLUMNS, column])
+    for s in sorted(submissions, key=lambda s: s.student):
+        report = by_student.get(s.student)
+        if s.canvas_id and report is not None:
+            writer.writerow([s.student, s.canvas_id, "", "", "", f"{report['score']:g}"])
     return buffer.getvalue()
 
 
@@ -350,8 +524,9 @@ def summary_text(summary: Summary, problems: Iterable[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def summary_png(summary: Summary, path: Path) -> None:
-    """The same summary as a picture: the score histogram and the share right per variable."""
+def summary_png(summary: Summary, path: Path) -> bytes:
+    """The same summary as a picture: the score histogram and the share right per variable (written to
+    `path`, and returned as PNG bytes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -372,10 +547,27 @@ def summary_png(summary: Summary, path: Path) -> None:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     _write_atomically(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
-def write_outputs(out: Path, assignment: str, found: Found) -> Summary:
-    """Rebuild grades.csv, the feedback files and the summary from the reports of `found`'s students."""
+def answer_cells(rubric: Rubric, path: Path) -> str:
+    """The source of a submission's answer cells, one after another (for the class report's code similarity)."""
+    from grader import notebook
+
+    answers = {ex.cell for ex in rubric.exercises}
+    try:
+        nb = notebook.read(path)
+    except GraderError:
+        return ""
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "code" and notebook.grade_id(c) in answers)
+
+
+def write_outputs(out: Path, assignment: str, found: Found, canvas_column: str | None = None) -> Summary:
+    """Rebuild grades.csv, the feedback files, the summary and the class report (class.json, class.html) from
+    the reports of `found`'s students; and canvas.csv where submissions came from a Canvas download
+    (`canvas_column`: the assignment's column there, default its name)."""
+    from grader import class_report
+
     rubric = rubrics.load(assignment)
     loaded = []
     for s in found.submissions:
@@ -383,8 +575,15 @@ def write_outputs(out: Path, assignment: str, found: Found) -> Summary:
         if report is not None:
             loaded.append(report)
             _write_atomically(out / "feedback" / f"{s.student}.md", feedback_markdown(report))
-    _write_atomically(out / "grades.csv", gradebook_csv(rubric, loaded))
+    _write_atomically(out / "grades.csv", gradebook_csv(rubric, loaded, (s.student for s in found.submissions if s.late)))
+    if any(s.canvas_id for s in found.submissions):
+        _write_atomically(out / "canvas.csv", canvas_csv(found.submissions, loaded, canvas_column or assignment))
     summary = summarize(rubric, loaded)
-    _write_atomically(out / "summary.txt", summary_text(summary, found.problems) + "\n")
-    summary_png(summary, out / "summary.png")
+    _write_atomically(out / "summary.txt", summary_text(summary, found.problems) + f"\nclass report: {out / 'class.html'}\n")
+    picture = summary_png(summary, out / "summary.png")
+    paths = {s.student: s.path for s in found.submissions}
+    built = class_report.build(rubric, loaded, lambda student: answer_cells(rubric, paths[student]))
+    _write_atomically(out / "class.json", class_report.to_json(built))
+    pages = {r["student"] for r in loaded if (out / "feedback" / f"{r['student']}.html").is_file()}
+    _write_atomically(out / "class.html", class_report.to_html(built, picture, pages))
     return summary

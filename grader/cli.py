@@ -35,7 +35,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="submissions graded at once (default: the number of cores plus one)")
     grade.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
     grade.add_argument("--memory", type=float, metavar="MB", help="memory cap per process of a notebook (default: 2048)")
-    grade.add_argument("--force", action="store_true", help="grade again even where a report for the same content exists")
+    grade.add_argument("--force", action="store_true",
+                       help="grade again even where a report exists that the same submission, rubric, hidden runs, "
+                            "data, released notebook and grader made")
+    grade.add_argument("--hidden-runs", metavar="FILE",
+                       help="a TOML file of [[hidden_run]] parameter tables to use instead of the published ones")
+    grade.add_argument("--canvas-assignment", metavar="COLUMN",
+                       help="the assignment's column in canvas.csv, as Canvas's gradebook export heads it: "
+                            "'Name (assignment id)' (default: the assignment's name)")
     grade.add_argument("--scheduler", metavar="ADDRESS",
                        help="grade on a Dask cluster: tcp://HOST:PORT of a running scheduler, or local:N for N local "
                             "Dask workers (needs the dask extra)")
@@ -181,7 +188,8 @@ class _Progress:
     def __call__(self, outcome) -> None:
         self.done += 1
         r = outcome.report
-        what = f"{outcome.submission.student}: {r['score']:g}/{r['max_score']:g}" + (" (kept)" if outcome.reused else "")
+        what = f"{outcome.submission.student}: {r['score']:g}/{r['max_score']:g}" + (
+            " (kept)" if outcome.reused else f" (graded again: {outcome.why})" if outcome.why else "")
         if not self.bar:
             print(f"[{self.done}/{self.total}] {what}", file=sys.stderr, flush=True)
             return
@@ -206,19 +214,21 @@ def _grade(args: argparse.Namespace, backend) -> int:
     out = Path(args.out)
     try:
         rubric.load(args.assignment)
+        hidden = rubric.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
         with tempfile.TemporaryDirectory(prefix="grader-batch-") as scratch:
             found = batch.discover([Path(s) for s in args.submissions], args.assignment, Path(scratch))
             for problem in found.problems:
                 print(f"note: {problem}", file=sys.stderr)
             batch.grade_all(found, args.assignment, out, jobs=args.jobs, timeout=args.timeout, force=args.force,
                             progress=_Progress(len(found.submissions)), limits=_limits(args),
-                            scheduler=args.scheduler, backend=backend)
-            summary = batch.write_outputs(out, args.assignment, found)
+                            scheduler=args.scheduler, backend=backend, hidden_runs=hidden)
+            summary = batch.write_outputs(out, args.assignment, found, args.canvas_assignment)
     except GraderError as e:
         return _fail(e)
     print(batch.summary_text(summary, found.problems))
+    canvas = f"; Canvas: {out / 'canvas.csv'}" if any(s.canvas_id for s in found.submissions) else ""
     print(f"grades: {out / 'grades.csv'}; reports: {out / 'reports'}; feedback: {out / 'feedback'}; "
-          f"summary: {out / 'summary.png'}")
+          f"summary: {out / 'summary.png'}; the class (mistakes, shared answers): {out / 'class.html'}{canvas}")
     return 0
 
 

@@ -57,6 +57,8 @@ class Task:
     on a worker where they exist, which is when the worker runs on the grader's machine."""
     sandbox: str = "auto"
     """The sandbox the worker must run it in (`--sandbox`): a worker where `linux` cannot work refuses."""
+    hidden_runs: tuple[dict[str, object], ...] | None = None
+    """The hidden re-runs' parameters (`--hidden-runs`); None for the rubric's."""
 
 
 def rubric_digest(rubric: rubrics.Rubric) -> str:
@@ -109,7 +111,8 @@ def grade_task(task: Task) -> tuple[dict, str | None]:
     path = folder / (Path(task.notebook).name or "submission.ipynb")
     try:
         path.write_bytes(task.content)
-        report, page = batch.grade_one(batch.Submission(task.student, path, task.digest), rubric, task.timeout, pool)
+        report, page = batch.grade_one(batch.Submission(task.student, path, task.digest), rubric, task.timeout, pool,
+                                       hidden_runs=task.hidden_runs)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     # the report and page name the notebook as the grader found it, not as this worker's copy
@@ -147,11 +150,11 @@ def _client(scheduler: str):
 
 
 def grade(submissions, rubric: rubrics.Rubric, scheduler: str, *, timeout: float | None,
-          limits: sandbox.Limits, hidden: tuple[str, ...] = (),
-          backend: str = "auto") -> Iterator[tuple[object, dict, str | None]]:
+          limits: sandbox.Limits, hidden: tuple[str, ...] = (), backend: str = "auto",
+          hidden_runs: tuple[dict[str, object], ...] | None = None) -> Iterator[tuple[object, dict, str | None]]:
     """Grade `submissions` (`batch.Submission`s) on the cluster: (submission, report, page) as each finishes.
     `hidden`: paths of this machine no run may read, wherever a worker shares it. `backend`: the sandbox
-    each worker must use (`auto`: the best that works there)."""
+    each worker must use (`auto`: the best that works there). `hidden_runs`: the hidden re-runs (default: the rubric's)."""
     digest = rubric_digest(rubric)
     batch = uuid.uuid4().hex[:8]  # keys of this batch's own: another batch's results are not this one's
     client, cluster = _client(scheduler)  # first: without Dask, it says how to install it
@@ -161,7 +164,7 @@ def grade(submissions, rubric: rubrics.Rubric, scheduler: str, *, timeout: float
         futures = {}
         for s in submissions:
             task = Task(s.student, str(s.path), s.path.read_bytes(), s.digest, rubric.assignment, digest, timeout,
-                        asdict(limits), hidden, backend)
+                        asdict(limits), hidden, backend, hidden_runs)
             # pure=False: the same notebook handed in twice is graded twice, as a local run would
             futures[client.submit(grade_task, task, key=f"grade-{batch}-{s.student}-{s.digest[:12]}", pure=False,
                                   retries=1)] = s

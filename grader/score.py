@@ -50,6 +50,9 @@ class VariableResult:
     local_status: str = ""
     """The status of this backward step judged on its own, from the student's own gradients of the
     tensors that use it (cascade-free); the same as `status` where that cannot be judged."""
+    hint: str = ""
+    """The likely mistake `message` names (`grader.hints`, e.g. "it is the right gradient times 2"), as
+    data for class statistics; empty when the message names none."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,22 @@ def _scan_flags(plan: Plan, ex: Exercise, forbidden: tuple[str, ...] = ()) -> di
 
 
 @dataclass(frozen=True)
+class _Hinted(Comparison):
+    """A verdict whose message names the likely mistake."""
+
+    hint: str = ""
+    """That mistake, in the words of `grader.hints`."""
+
+
+def _hinted(result: Comparison, message: str, hint: str) -> _Hinted:
+    return _Hinted(result.status, result.exact, result.approximate, result.maxdiff, message, hint)
+
+
+def _hint_of(result: Comparison) -> str:
+    return result.hint if isinstance(result, _Hinted) else ""
+
+
+@dataclass(frozen=True)
 class GradedRun:
     """One run of the notebook, with what is needed to grade it."""
 
@@ -198,11 +217,11 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
                                 if isinstance(run.reference.get(ex.reference_key(v)), torch.Tensor)} if ex.plain else None,
                         branches=parts if isinstance(parts, dict) else None, n=_n(run), targets=_targets(run), noun=noun)
         if hint:
-            result = dataclasses.replace(result, message=f"{var.name}: {hint} ({result.message.partition(': ')[2]})")
+            result = _hinted(result, f"{var.name}: {hint} ({result.message.partition(': ')[2]})", hint)
     elif result.status == "shape" and " -- " not in result.message and isinstance(value, torch.Tensor):
         hint = wrong_axis(tuple(value.shape), tuple(reference.shape), _n(run))
         if hint:
-            result = dataclasses.replace(result, message=f"{result.message} -- {hint}")
+            result = _hinted(result, f"{result.message} -- {hint}", hint)
     return result
 
 
@@ -230,7 +249,7 @@ def _local_verdict(ex: Exercise, var, run: GradedRun, plain: Comparison) -> Comp
     if result.status == "wrong":  # what is wrong with the step itself
         hint = diagnose(var.name, value, local, n=_n(run), targets=_targets(run))
         if hint:
-            result = dataclasses.replace(result, message=f"{var.name}: {hint} ({result.message.partition(': ')[2]})")
+            result = _hinted(result, f"{var.name}: {hint} ({result.message.partition(': ')[2]})", hint)
     return result
 
 
@@ -376,7 +395,7 @@ def _credible_roots_only(rubric: Rubric, results: list[VariableResult], main: Gr
             continue
         for i, r in enumerate(out):
             if r.exercise == ex.id and r.status not in PASSING and r.points:
-                out[i] = dataclasses.replace(r, points=0.0, local_status=r.status, message=(
+                out[i] = dataclasses.replace(r, points=0.0, local_status=r.status, hint="", message=(
                     f"{r.name}: off because of an earlier gradient ({root.name}), which is not an attempt at it"))
     return out
 
@@ -427,8 +446,9 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                 verdicts = [_training_verdict(ex, run, flags) for run in runs]
             first = verdicts[0]
             failing = next(((run, v) for run, v in zip(runs[1:], verdicts[1:]) if not v.passed), None)
-            status, message = first.status, first.message
+            status, message, hint_given = first.status, first.message, _hint_of(first)
             if first.passed and failing is not None:
+                hint_given = ""
                 run, v = failing
                 status = v.status
                 # no comparison text, shape or error message here: they could give a hidden value away
@@ -448,17 +468,17 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                 local_failing = next((v for v in local if not v.passed), None)
                 local_status = local_failing.status if local_failing else local[0].status
                 if rubric.credit == "local" and local_failing is None and not passed:
-                    passed, message = True, LOCAL_ONLY.format(name=var.name)
+                    passed, message, hint_given = True, LOCAL_ONLY.format(name=var.name), ""
                 elif (first.status == local[0].status == "wrong" and local[0] is not first
                       and " (off by up to" in local[0].message
                       and (first.message.startswith(f"{var.name}: off by up to") or _below_a_mistake(ex, var, main))):
                     # below an earlier mistake: say what is wrong with this step (its value's hint would mix
                     # in the earlier mistake: a factor 2 seen through a flipped sign reads as -2)
-                    message = local[0].message
+                    message, hint_given = local[0].message, _hint_of(local[0])
             results.append(VariableResult(
                 ex.id, var.name, var.of, status, first.exact, first.approximate, first.maxdiff,
                 var.points if passed else 0.0, var.points, message,  # (a passing answer's: a warning, or empty)
-                runs=tuple(v.status for v in verdicts), local_status=local_status,
+                runs=tuple(v.status for v in verdicts), local_status=local_status, hint=hint_given,
             ))
     results = _credible_roots_only(rubric, results, main)
     results = _name_root_causes(rubric, results)

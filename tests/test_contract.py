@@ -42,7 +42,7 @@ def test_untouched_release_earns_zero_with_every_variable_missing():
     assert set(report) == {"assignment", "notebook", "status", "error", "score", "max_score", "exercises", "variables",
                            "notes", "runs", "peak_memory_mb", "saved_checks"}
     assert set(report["variables"][0]) == {"exercise", "name", "of", "status", "exact", "approximate", "maxdiff",
-                                           "points", "max_points", "message", "runs", "local_status"}
+                                           "points", "max_points", "message", "runs", "local_status", "hint"}
     assert set(report["exercises"][0]) == {"id", "score", "max_score", "root_cause"}
     assert [r["label"] for r in report["runs"]] == ["the notebook's parameters", "hidden run 1", "hidden run 2"]
 

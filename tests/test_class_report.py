@@ -1,0 +1,245 @@
+"""The class report (class.json, class.html): which mistakes the class made, which wrong answers were
+shared; regrading when what grades changed; canvas.csv and late submissions.
+
+The test class is made from the solution (`conftest.answered`): some correct; several with one common
+mistake (`d_logprobs` without its 1/n, which makes every gradient below it identical for all of them);
+a small group sharing two uncommon wrong answers; others with mistakes of their own, two of whom share
+one uncommon answer (one is never enough)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import ROOT, answered, grader_command
+from grader import assets, batch, class_report, rubric
+
+RUBRIC = rubric.load("backprop_ninja")
+
+COMMON = ("ex1", "d_logprobs[range(n), Yb] = -1.0 / n", "d_logprobs[range(n), Yb] = -1.0")  # factor n, all below follow
+SHARED_W2 = ("ex1", "d_W2 = h.T @ d_logits", "d_W2 = h.T @ d_logits * 0.9")
+SHARED_BNGAIN = ("ex1", "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True)",
+                 "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True) + 0.01")
+OWN_B2 = ("ex1", "d_b2 = d_logits.sum(0)", "d_b2 = d_logits.sum(0) * 1.1")
+
+CLASS = {
+    "ok1": (), "ok2": (), "ok3": (),
+    "common1": (COMMON,), "common2": (COMMON,), "common3": (COMMON,), "common4": (COMMON,),
+    # the group: the same two odd answers; one of them renamed a variable and added comments
+    "group1": (SHARED_W2, SHARED_BNGAIN),
+    "group2": (SHARED_W2, SHARED_BNGAIN),
+    "group3": (("ex1", "d_W2 = h.T @ d_logits", "# weights of the output layer\nW2_grad = h.T @ d_logits * 0.9\nd_W2 = W2_grad"),
+               SHARED_BNGAIN),
+    # their own mistakes; own1 and own2 share one uncommon answer (d_b2), and nothing else
+    "own1": (OWN_B2, ("ex1", "d_W1 = embcat.T @ d_hprebn", "d_W1 = embcat.T @ d_hprebn * 2")),
+    "own2": (OWN_B2, ("ex2", "d_logits /= n", "d_logits /= n - 1")),
+    "own3": (COMMON, ("ex1", "d_bnbias = d_hpreact.sum(0, keepdim=True)", "d_bnbias = d_hpreact.sum(0, keepdim=True) - 0.5")),
+    "own4": (("ex1", "d_bndiff2 = (1.0 / (n - 1))", "d_bndiff2 = (1.0 / n)"), ("ex3", "n / (n - 1) * bnraw", "bnraw")),
+}
+
+
+def _write_class(folder: Path, students: dict[str, tuple]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for student, edits in students.items():
+        nbformat.write(answered("backprop_ninja", edits), str(folder / f"{student}.ipynb"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def warm_pool(pool):
+    """The session's pool with its worker started from this (the main) thread. A worker dies with the thread
+    that started it (the parent-death signal follows the thread), and `grade_all` grades in threads that end
+    with it: a worker they started would be gone for every later test."""
+    from grader.grade import grade_with_runs
+
+    grade_with_runs(ROOT / "tests" / "notebooks" / "full_marks.ipynb", pool=pool, hidden_runs=())
+    return pool
+
+
+@pytest.fixture(scope="module")
+def graded_class(tmp_path_factory, warm_pool) -> Path:
+    """The test class graded into a folder, as `grader grade` does, in the session's warm pool."""
+    tmp = tmp_path_factory.mktemp("class-report")
+    submitted = _write_class(tmp / "submitted", CLASS)
+    found = batch.discover([submitted], "backprop_ninja", tmp / "scratch")
+    out = tmp / "out"
+    batch.grade_all(found, "backprop_ninja", out, jobs=2, timeout=60, pool=warm_pool)
+    batch.write_outputs(out, "backprop_ninja", found)
+    return out
+
+
+def test_the_common_mistake_comes_first_and_only_the_group_is_named(graded_class):
+    data = json.loads((graded_class / "class.json").read_text())
+    assert data["students"] == len(CLASS)
+    variables = {f"{v['exercise']}/{v['name']}": v for v in data["variables"]}
+    commons = ["common1", "common2", "common3", "common4", "own3"]
+
+    first = variables["ex1/d_logprobs"]["mistakes"][0]
+    assert first["students"] == commons and "times n (= 32)" in first["hint"]
+    # root mistakes only: the gradients below d_logprobs are off for all five, but only because of it
+    for name in ("ex1/d_probs", "ex1/d_logits", "ex1/d_W1", "ex1/d_C"):
+        assert not any(set(m["students"]) & set(commons) for m in variables[name]["mistakes"]), name
+    assert variables["ex1/d_logprobs"]["right"] == pytest.approx(9 / 14)
+    assert {s for m in variables["ex1/d_W2"]["mistakes"] for s in m["students"]} == {"group1", "group2", "group3"}
+    assert variables["ex1/d_W2"]["mistakes"][0]["hint"].startswith("no hint: off by up to")
+    assert variables["ex1/d_b2"]["mistakes"][0]["students"] == ["own1", "own2"]
+    assert any("n/(n-1)" in m["hint"] or "(n-1)/n" in m["hint"] for m in variables["ex1/d_bndiff2"]["mistakes"])
+
+    # the group, and nobody else: not the five with the common mistake, not own1 and own2 (one shared answer)
+    shared = data["shared_wrong_answers"]
+    assert [g["students"] for g in shared] == [["group1", "group2", "group3"]]
+    group = shared[0]
+    assert group["variables"] == ["ex1/d_W2", "ex1/d_bngain"]
+    assert group["rarity"] == pytest.approx((14 / 3) ** 2, rel=0.01)
+    # their answer cells are alike beyond the class's usual (names and comments ignored)
+    assert group["code_similarity"] > 0.9 and data["code_similarity_typical"] is not None
+    assert {r["student"] for r in data["roster"]} == set(CLASS)
+    assert data["score"]["max_score"] == 36 and sum(b["students"] for b in data["score"]["histogram"]) == 14
+
+
+def test_the_class_page_says_what_the_json_says_and_links_each_student(graded_class):
+    page = (graded_class / "class.html").read_text()
+    assert page.startswith("<!doctype html>") and "http://" not in page and "https://" not in page
+    assert "A lead for a conversation, not proof." in page
+    assert page.count("src='data:image/png;base64,") + page.count('src="data:image/png;base64,') == 1
+    assert '<a href="feedback/group1.html">group1</a>' in page
+    for student in CLASS:
+        assert (graded_class / "feedback" / f"{student}.html").is_file()
+    assert "class report: " in (graded_class / "summary.txt").read_text()
+
+
+def _browser() -> str | None:
+    return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(_browser() is None, reason="no Chromium here (CI installs Debian's chromium)")
+def test_the_class_page_loads_in_a_headless_browser_with_its_picture(graded_class, tmp_path):
+    flags = ["--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    page = (graded_class / "class.html").as_uri()
+    dom = subprocess.run([_browser(), *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert 'data-images="loaded"' in dom  # set by the page itself once its picture has decoded
+    assert "A lead for a conversation, not proof." in dom and "group1" in dom
+    shot = tmp_path / "class.png"
+    subprocess.run([_browser(), *flags, f"--screenshot={shot}", "--window-size=1200,2600", page],
+                   capture_output=True, timeout=120)
+    assert shot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_shared_answers_never_rest_on_common_mistakes_or_a_single_answer():
+    def report(student: str, answers: dict[str, str]) -> dict:
+        variables = [{"exercise": k.split("/")[0], "name": k.split("/")[1], "status": "wrong",
+                      "local_status": "wrong", "points": 0, "max_points": 1} for k in answers]
+        return {"student": student, "status": "graded", "variables": variables, "answers": answers}
+
+    two_common = {"ex1/d_a": "aaaa", "ex1/d_b": "bbbb"}  # two common mistakes, made together by five
+    reports = [report(f"c{i}", two_common) for i in range(5)]
+    reports += [report("p1", {"ex1/d_a": "xxxx", "ex1/d_c": "yyyy"}), report("p2", {"ex1/d_a": "xxxx", "ex1/d_c": "yyyy"}),
+                report("q1", {"ex1/d_d": "zzzz"}), report("q2", {"ex1/d_d": "zzzz"})]  # one shared answer: not enough
+    reports += [report(f"s{i}", {}) for i in range(11)]
+    assert class_report.shared_answers(reports) == [(("p1", "p2"), ("ex1/d_a", "ex1/d_c"), (20 / 2) ** 2)]
+
+
+def test_tokens_ignore_whitespace_comments_and_names():
+    a = class_report.tokens("d_W2 = h.T @ d_logits  # the output layer\n")
+    b = class_report.tokens("grad_w = hidden.T@dl\n")
+    assert a == b and class_report.similarity(a, b) == 1.0
+    assert class_report.similarity(a, class_report.tokens("d_W2 = d_logits.sum(0)")) < 0.7
+    assert class_report.tokens("%matplotlib inline\nx = (") == ["%", "v0", "v1", "v2", "=", "("]  # no parse: words
+
+
+# --- regrading when what grades changed -----------------------------------------------------------------
+
+def test_reports_are_graded_again_when_the_hidden_runs_or_the_rubric_change(tmp_path, warm_pool, monkeypatch):
+    submitted = _write_class(tmp_path / "submitted", {"alice": (), "bob": (SHARED_W2,)})
+    found = batch.discover([submitted], "backprop_ninja", tmp_path / "scratch")
+    out = tmp_path / "out"
+
+    def grade(**kwargs) -> dict[str, tuple[bool, str]]:
+        outcomes = batch.grade_all(found, "backprop_ninja", out, jobs=2, timeout=60, pool=warm_pool, **kwargs)
+        return {o.submission.student: (o.reused, o.why) for o in outcomes}
+
+    assert grade() == {"alice": (False, ""), "bob": (False, "")}
+    assert grade() == {"alice": (True, ""), "bob": (True, "")}
+    other = ({"batch_size": 21},)
+    assert grade(hidden_runs=other) == {"alice": (False, "hidden runs changed"), "bob": (False, "hidden runs changed")}
+    assert grade(hidden_runs=other) == {"alice": (True, ""), "bob": (True, "")}
+    assert grade() == {"alice": (False, "hidden runs changed"), "bob": (False, "hidden runs changed")}
+
+    # a rubric fixed after grading: d_W2 worth two points (in Exercises 1 and 4); comments alone change nothing
+    copy = tmp_path / "assignments"
+    shutil.copytree(assets.assignments_dir(), copy)
+    toml = copy / "backprop_ninja.toml"
+    monkeypatch.setattr(assets, "assignments_dir", lambda: copy)
+    toml.write_text(toml.read_text() + "\n# a comment\n")
+    assert grade() == {"alice": (True, ""), "bob": (True, "")}
+    toml.write_text(toml.read_text() + "\n[variable.d_W2]\npoints = 2\n")
+    assert grade() == {"alice": (False, "rubric changed"), "bob": (False, "rubric changed")}
+    report = json.loads((out / "reports" / "alice.json").read_text())
+    assert report["max_score"] == 38 and report["inputs"]["rubric"] and report["inputs"]["grader"]
+    assert grade(force=True) == {"alice": (False, "--force"), "bob": (False, "--force")}
+
+
+def test_regrade_reasons_name_every_input_that_changed():
+    s = batch.Submission("amy", Path("amy.ipynb"), "d1")
+    inputs = {"rubric": "r", "released": "n", "solution": "", "hidden_runs": "h", "data": "d", "grader": "0.1.0+abc"}
+    kept = {"sha256": "d1", "inputs": dict(inputs)}
+    assert batch.regrade_reason(kept, s, inputs) is None
+    assert batch.regrade_reason(None, s, inputs) == ""
+    assert batch.regrade_reason({**kept, "sha256": "d0"}, s, inputs) == "submission changed"
+    assert batch.regrade_reason({"sha256": "d1"}, s, inputs) == "its report does not say what graded it"
+    changed = {**inputs, "data": "d2", "grader": "0.2.0+def", "released": "n2"}
+    assert batch.regrade_reason(kept, s, changed) == "released notebook, data and grader changed"
+
+
+# --- back to the LMS ------------------------------------------------------------------------------------
+
+def test_canvas_csv_has_the_gradebook_import_layout():
+    subs = [batch.Submission("doejane", Path("a"), "1", canvas_id="2222", late=True),
+            batch.Submission("smithjohn", Path("b"), "2", canvas_id="12345"),
+            batch.Submission("local", Path("c"), "3")]
+    reports = [{"student": "doejane", "score": 35.0}, {"student": "smithjohn", "score": 36.0},
+               {"student": "local", "score": 1.0}]
+    rows = list(csv.reader(io.StringIO(batch.canvas_csv(subs, reports, "Backprop ninja (4411)"))))
+    assert rows == [["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Backprop ninja (4411)"],
+                    ["doejane", "2222", "", "", "", "35"], ["smithjohn", "12345", "", "", "", "36"]]
+
+
+@pytest.mark.slow
+def test_grade_from_a_canvas_download_writes_canvas_csv_flags_late_and_regrades_on_new_hidden_runs(tmp_path):
+    download = tmp_path / "submissions.zip"
+    with zipfile.ZipFile(download, "w") as zf:
+        zf.writestr("smithjohn_12345_67890_backprop_ninja.ipynb", nbformat.writes(answered("backprop_ninja")))
+        zf.writestr("doejane_LATE_2222_3333_backprop_ninja-1.ipynb",
+                    nbformat.writes(answered("backprop_ninja", (SHARED_W2,))))
+    hidden = tmp_path / "hidden.toml"
+    hidden.write_text("[[hidden_run]]\nbatch_size = 23\n")
+    out = tmp_path / "out"
+
+    def grade(*extra: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([*grader_command(), "grade", str(download), "--assignment", "backprop_ninja", "--out",
+                               str(out), "--jobs", "2", "--timeout", "30", "--canvas-assignment",
+                               "Backprop ninja (4411)", *extra], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    first = grade()
+    assert "class.html" in first.stdout and "canvas.csv" in first.stdout
+    rows = list(csv.reader(io.StringIO((out / "canvas.csv").read_text())))
+    assert rows == [["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Backprop ninja (4411)"],
+                    ["doejane", "2222", "", "", "", "35"], ["smithjohn", "12345", "", "", "", "36"]]
+    grades = {r["student"]: r for r in csv.DictReader(io.StringIO((out / "grades.csv").read_text()))}
+    assert grades["doejane"]["late"] == "yes" and grades["smithjohn"]["late"] == ""
+    assert json.loads((out / "class.json").read_text())["students"] == 2
+
+    again = grade("--hidden-runs", str(hidden))
+    assert again.stderr.count("(graded again: hidden runs changed)") == 2, again.stderr
+    assert grade("--hidden-runs", str(hidden)).stderr.count("(kept)") == 2
