@@ -228,11 +228,8 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
                    pool: sandbox.Pool | None) -> tuple[Report, list]:
     """A lecture notebook: recognise it, run it up to Exercise 3, and grade it against the lecture's
     forward pass run here on the parameters and minibatch its run produced."""
-    import dataclasses
-
-    from grader import lecture, reference
+    from grader import lecture
     from grader.errors import GraderError
-    from grader.score import GradedRun, score
 
     recognised = lecture.recognise(student, path)
     rubric = lecture.rubric_for(recognised)
@@ -253,78 +250,9 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
         if own_pool:
             pool.close()
 
-    refs: dict[str, object] = {}
-    notes: list[str] = []
-    if captured.finished:
-        params, problem = _lecture_parameters(recognised, plan, captured)
-        if not problem:
-            try:
-                refs = reference.gradients(rubric, None, params)
-                notes += _forward_differences(rubric, recognised, captured, params)
-                refs.update(_local_references(rubric, params, captured, refs))
-            except Exception as e:  # e.g. a minibatch that does not index the embedding table
-                problem = f"the lecture's forward pass does not run on the notebook's tensors ({type(e).__name__}: {e})"
-        if problem:
-            captured = dataclasses.replace(captured, finished=False, reason=problem, done=())
-    run = GradedRun("the notebook as it is", (), plan, captured, refs)
-    result = score(rubric, str(path), [run], {})
-    graded = {(v.exercise, v.name): v.approximate for v in result.variables}
-    checks = lecture.saved_checks(student, recognised, graded) if captured.finished else ()
-    saved = lecture.saved_note(student, checks)
-    result = dataclasses.replace(result, notes=result.notes + tuple(notes) + ((saved,) if saved else ()),
-                                 saved_checks=checks)
-    return result, [run]
+    from grader import lecture_grading
 
-
-def _lecture_parameters(recognised, plan, captured) -> tuple[dict[str, object], str]:
-    """The lecture reference's parameters (a file of the run's parameters and minibatch), or why there are none."""
-    import torch
-
-    from grader import lecture
-
-    forward = dict(recognised.forward)
-    values = {w: captured.values.get((lecture.FORWARD, forward[w])) if w in forward else None for w in lecture.LEAVES}
-    bad = [forward.get(w, w) for w, v in values.items() if type(v) is not torch.Tensor]
-    if bad:
-        before = next((c.before for c in plan.captures if c.exercise == lecture.FORWARD), len(captured.cells))
-        first = next((o for o in captured.cells[:before] if o.error), None)
-        why = f"{first.label} raised {first.error}, so " if first else ""
-        return {}, (f"{why}the notebook left no tensor {', '.join(bad)} before Exercise 1; the grader needs the "
-                    f"parameters and the minibatch (the lecture's {', '.join(lecture.LEAVES)}, or the same names with "
-                    "underscores)")
-    wrong = [forward[w] for w in lecture.LEAVES[:7] if not values[w].is_floating_point()] + \
-            [forward[w] for w in lecture.LEAVES[7:] if values[w].is_floating_point()]
-    if wrong:
-        return {}, f"{', '.join(wrong)} in the notebook do not have the lecture's kinds (float parameters, integer batch)"
-    constant = [forward[w] for w in lecture.LEAVES[:7] if values[w].numel() > 1 and bool((values[w] == values[w].flatten()[0]).all())]
-    if constant:
-        # zeros (or any constant) make many reference gradients zero too: zeros would pass for them
-        return {}, (f"{', '.join(constant)} {'is' if len(constant) == 1 else 'are'} constant; the lecture draws every "
-                    "parameter at random so that no wrong gradient can hide behind zeros: initialise as it does")
-    return {"leaves": lecture.leaves(values)}, ""
-
-
-def _forward_differences(rubric: rubrics.Rubric, recognised, captured, params: dict[str, object]) -> list[str]:
-    """A note if the notebook's forward pass is not the lecture's on its own tensors (the first tensor that differs)."""
-    import torch
-
-    from grader import lecture, reference
-
-    forward = dict(recognised.forward)
-    ours = reference.forward_values(rubric, params)
-    order = [v.of for v in reversed(rubric.exercises[0].variables)]  # (listed from the loss back)
-    for name in order:
-        theirs = captured.values.get((lecture.FORWARD, forward.get(name, "")))
-        mine = ours.get(name)
-        if type(theirs) is not torch.Tensor or mine is None:
-            continue
-        if theirs.shape != mine.shape or theirs.dtype != mine.dtype or not torch.allclose(theirs, mine, rtol=1e-4, atol=1e-5):
-            diff = f"off by up to {(theirs.double() - mine.double()).abs().max().item():.3g}" \
-                if theirs.shape == mine.shape else f"shape {tuple(theirs.shape)}, not {tuple(mine.shape)}"
-            return [f"the notebook's {forward[name]} is not what the lecture's forward pass gives on its parameters and "
-                    f"minibatch ({diff}): the gradients are graded against the lecture's forward pass, so those that "
-                    f"depend on {name} may be marked wrong"]
-    return []
+    return lecture_grading.graded(str(path), student, recognised, rubric, plan, captured)
 
 
 def feedback_edges(rubric: rubrics.Rubric) -> dict[str, tuple[str, ...]]:

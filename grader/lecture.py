@@ -36,6 +36,20 @@ FORWARD = "#forward"
 DATA_FILES = ("names.txt", "data/names.txt")
 """Where the run finds the data set (both hold the file given with --data)."""
 STAND_IN = "_grader_stand_in"
+CHECKED = "_grader_checked_"
+"""Prefix of the variables in which the run records each gradient as a check call saw it."""
+COPY = "_grader_copy"
+COPY_SOURCE = f'''\
+def {COPY}(value):
+    """The grader's copy of a gradient as a check call saw it; None where it could not be read (as cmp would fail)."""
+    import torch
+
+    try:
+        value = value()
+    except Exception:
+        return None
+    return value.detach().clone() if type(value) is torch.Tensor else value
+'''
 GRAD_ATTRIBUTES = frozenset({"backward", "retain_grad", "grad", "autograd"})
 # (`[ \t]`, not `\s`, before the word: `\s` also takes line breaks, and every line start of a long run of blank
 # lines would then scan to its end: minutes for a cell of them)
@@ -248,8 +262,13 @@ def _reads_grad(node: ast.AST) -> bool:
 
 def _calls(cell: _Cell, checkers: set[str], tensors: set[str]) -> list[_Call]:
     """The check calls of a cell, in order: `cmp('probs', dprobs, probs)` and the like."""
+    return _calls_in(cell.tree, cell.index, checkers, tensors) if cell.tree else []
+
+
+def _calls_in(tree: ast.AST, index: int, checkers: set[str], tensors: set[str]) -> list[_Call]:
+    """The check calls below `tree` (of the cell at `index`), in source order."""
     out = []
-    for node in _walk(cell.tree) if cell.tree else ():
+    for node in _walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) >= 3):
             continue
         label, gradient, tensor = node.args[:3]
@@ -257,7 +276,23 @@ def _calls(cell: _Cell, checkers: set[str], tensors: set[str]) -> list[_Call]:
             continue
         labelled = isinstance(label, ast.Constant) and isinstance(label.value, str)
         if node.func.id in checkers or (labelled and _key(tensor.id) in tensors):
-            out.append(_Call(cell.index, label.value if labelled else None, gradient.id, tensor.id))
+            out.append(_Call(index, label.value if labelled else None, gradient.id, tensor.id))
+    return out
+
+
+def _snapshots(cell: _Cell, checkers: set[str], keys: set[str]) -> list[tuple[ast.stmt, list[tuple[_Call, str]]]]:
+    """The check statements of an exercise cell (those the run leaves out), each with its calls that name one of
+    the lecture's tensors and the variable the run records that call's gradient in (`_grader_checked_<cell>_<k>`,
+    k counting the cell's check calls)."""
+    if cell.tree is None:
+        return []
+    out, k = [], 0
+    for stmt in cell.tree.body:
+        calls = _calls_in(ast.Module([stmt], []), cell.index, checkers, keys)
+        if _is_check(stmt, checkers, keys):
+            out.append((stmt, [(call, f"{CHECKED}{cell.index}_{k + j}") for j, call in enumerate(calls)
+                               if _key(call.tensor) in keys]))
+        k += len(calls)
     return out
 
 
@@ -304,6 +339,7 @@ def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
     stores = {c.index: [n for s in (c.tree.body if c.tree else []) for n in _stored(s)] for c in cells}
 
     ex1_keys = {_key(v.of) for v in rubric.exercises[0].variables} - {"logits", "hprebn"}
+    by_index = {c.index: c for c in cells}
 
     def answers(c: _Cell, allowed: set[str]) -> bool:
         return any(_gradient_key(n) in allowed for n in stores[c.index]) or \
@@ -327,21 +363,33 @@ def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
         if first is not None:
             starts[1] = (first.index, f"its gradients, from {first.label}")
     if 4 not in starts and 1 in starts:  # Exercise 4 begins with the cell of the training loop
-        loop = next((c for c in cells if c.index > starts[1][0] and _trains(c, ex1_keys)), None)
+        named = _forward_names(cells, wanted, starts[1][0])
+        parameters = {named.get(p, p) for p in LEAVES[:7]} | {"parameters"}
+        loop = next((c for c in cells if c.index > starts[1][0] and _trains(c, parameters)), None)
         if loop is not None:
             starts[4] = (loop.index, f"its training loop, in {loop.label}")
-    for k, key in ((2, "logits"), (3, "hprebn")):
-        if k not in starts and k - 1 in starts:
-            after = starts[k - 1][0]
+    if 1 in starts:
+        # Exercises 2 and 3 each compute one gradient of Exercise 1's chain again, in one go. Learners who work one
+        # gradient per cell compute dlogits and dhprebn alone inside Exercise 1 too: such a cell begins Exercise 2
+        # (3) only once Exercise 1 is past that step of the chain, or has no cell after it.
+        chain = [c.index for c in cells if c.index >= starts[1][0] and answers(c, ex1_keys)
+                 and c.index < starts.get(4, (len(nb.cells), ""))[0]]
+        for k, key in ((2, "logits"), (3, "hprebn")):
+            if k in starts:
+                continue
+            after = max(s for kk, (s, _) in starts.items() if kk < k)
             until = min((s for s, _ in starts.values() if s > after), default=len(nb.cells))
+            later = {_key(v.of) for v in rubric.exercises[0].variables[_position(rubric, key) + 1:]} & ex1_keys
             found = next((c for c in cells if after < c.index < until and answers(c, {key})
-                          and not answers(c, ex1_keys)), None)
+                          and not answers(c, ex1_keys)
+                          and (any(i < c.index and answers(by_index[i], later) for i in chain)
+                               or not any(i > c.index for i in chain))), None)
             if found is not None:
                 starts[k] = (found.index, f"its gradient of {key}, in {found.label}")
 
     forward = _forward_names(cells, wanted, starts.get(1, (len(nb.cells), ""))[0])
     found_forward = sum(1 for w in wanted if w in forward)
-    if 1 not in starts or found_forward < len(wanted) // 2:
+    if found_forward < len(wanted) // 2 or (1 not in starts and not _forward_pass_alone(forward)):
         raise UnknownAssignment(
             f"{path}: the notebook's metadata names no assignment, and it does not look like the lecture's backprop "
             f"notebook either ({'no Exercise 1 cell' if 1 not in starts else 'too few of its tensors'} found); "
@@ -368,8 +416,9 @@ def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
             gradients.append(_gradient(ex.id, v.of, section, calls, stores, forward, style))
     last = max((s.cells[-1] for s in sections), default=-1)
 
-    notes.append("graded as the lecture's own notebook (it names no assignment): " + "; ".join(
-        f"Exercise {s.exercise[2:]} in {_cell_range(s.cells)} (found by {s.found_by})" for s in sections))
+    notes.append("graded as the lecture's own notebook (it names no assignment): " + ("; ".join(
+        f"Exercise {s.exercise[2:]} in {_cell_range(s.cells)} (found by {s.found_by})" for s in sections) or
+        "it has the lecture's forward pass, and no gradient of Exercise 1 yet"))
     by_cmp = sum(g.how == "cmp" for g in gradients)
     by_name = sum(g.how == "name" for g in gradients)
     notes.append(f"gradients matched to the lecture's tensors: {by_cmp} by the tensor passed to a check call "
@@ -388,12 +437,43 @@ def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
     return Recognised(tuple(sections), tuple(forward.items()), tuple(gradients), last, tuple(notes))
 
 
-def _trains(cell: _Cell, keys: set[str]) -> bool:
-    """Whether the cell has a loop that computes gradients of three or more of the lecture's tensors (a training loop)."""
-    for node in ast.walk(cell.tree) if cell.tree else ():
-        if isinstance(node, (ast.For, ast.While)):
-            computed = {_gradient_key(n) for s in node.body for n in [*_stored(s)]}
-            if len(computed & keys) >= 3:
+def _position(rubric: rubrics.Rubric, of: str) -> int:
+    """Where the gradient of `of` comes in Exercise 1's chain (from the loss back)."""
+    return next(i for i, v in enumerate(rubric.exercises[0].variables) if _key(v.of) == _key(of))
+
+
+def _forward_pass_alone(forward: dict[str, str]) -> bool:
+    """Whether the lecture's forward pass is there, its loss and the tensors of every layer (a notebook with no
+    answers yet is still the lecture's)."""
+    return all(w in forward for w in (*LEAVES, "hprebn", "bnraw", "hpreact", "h", "logits", "probs", "loss"))
+
+
+def _trains(cell: _Cell, parameters: set[str]) -> bool:
+    """Whether the cell has a loop that updates the parameters (a training loop: `p.data += -lr * grad`,
+    `W1 -= lr * dW1`, `p.data.add_(...)`, `optimizer.step()`); a loop that builds the data set updates none."""
+    for loop in ast.walk(cell.tree) if cell.tree else ():
+        if not isinstance(loop, (ast.For, ast.While)):
+            continue
+        # names that stand for a parameter inside the loop: the lecture's, and loop variables over `parameters`
+        params = set(parameters)
+        for inner in [loop, *_walk(loop)]:
+            if isinstance(inner, ast.For) and any(isinstance(n, ast.Name) and n.id in parameters
+                                                  for n in ast.walk(inner.iter)):
+                params |= {n.id for n in ast.walk(inner.target) if isinstance(n, ast.Name)}
+        for node in _walk(loop):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "step" \
+                    and not node.args:
+                return True  # an optimizer's
+            target = node.target if isinstance(node, ast.AugAssign) else \
+                node.func.value if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("add_", "sub_", "copy_") else None
+            if isinstance(node, ast.Assign):
+                target = next((t for t in node.targets if isinstance(t, ast.Attribute) and t.attr == "data"), None)
+            while isinstance(target, (ast.Attribute, ast.Subscript)):
+                if isinstance(target, ast.Attribute) and target.attr == "data":
+                    return True
+                target = target.value
+            if isinstance(target, ast.Name) and target.id in params:
                 return True
     return False
 
@@ -533,8 +613,12 @@ def _rewrite(cell: _Cell, role: str, checkers: set[str], keys: set[str]) -> tupl
     edits: list[tuple[ast.AST | _Span, str]] = []
     stand_in = False
     stripped = [s for s in cell.tree.body if (_is_autograd(s) if role == "before" else _is_check(s, checkers, keys))]
+    # a check call leaves the run, but the gradient it checked is recorded as it was then (a later change in place,
+    # through another name that is the same tensor, does not reach the copy): the grader grades what was checked
+    snapshots = {id(s): names for s, names in _snapshots(cell, checkers, keys)} if role == "exercise" else {}
     for s in stripped:
-        edits.append((s, "pass"))
+        edits.append((s, "; ".join(f"{name} = {COPY}(lambda: {call.gradient})" for call, name in snapshots.get(id(s), []))
+                      or "pass"))
     if stripped:
         lines = f"line {stripped[0].lineno}" if len(stripped) == 1 else \
             f"lines {stripped[0].lineno}-{stripped[-1].end_lineno}"
@@ -628,6 +712,10 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
         planned.insert(0, PlannedCell("the grader's stand-in for missing modules", STAND_IN_SOURCE, no_grad=False,
                                       guarded=False))
         positions = {i: p + 1 for i, p in positions.items()}
+    recorded = checks(nb, rec)
+    if recorded:  # (guarded like the notebook's cells: it only defines the function its check statements call)
+        planned.insert(0, PlannedCell("the grader's record of your checks", COPY_SOURCE, no_grad=False, guarded=True))
+        positions = {i: p + 1 for i, p in positions.items()}
 
     forward_names = tuple(dict.fromkeys(theirs for _, theirs in rec.forward))
     starts = sorted(positions[s.cells[0]] for s in rec.sections)
@@ -641,7 +729,9 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
             continue
         start = positions[section.cells[0]]
         later = [p for p in starts if p > start]
-        captures.append(Capture(ex.id, tuple(v.name for v in ex.variables), start, later[0] if later else len(planned)))
+        snapshots = tuple(k.snapshot for k in recorded if k.exercise == ex.id)
+        captures.append(Capture(ex.id, tuple(v.name for v in ex.variables) + snapshots, start,
+                                later[0] if later else len(planned)))
         for g in rec.gradients:
             if g.exercise == ex.id and not g.how:
                 unfound.append((ex.id, g.name, f"not found in Exercise {ex.id[2:]} (no check call names {g.of}; "
@@ -651,6 +741,72 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
 
 def _section_before(rec: Recognised, index: int) -> str:
     return max((s for s in rec.sections if s.cells[0] <= index), key=lambda s: s.cells[0]).exercise
+
+
+@dataclass(frozen=True)
+class Check:
+    """The last check call of one graded gradient in its exercise: the run records the gradient as that call saw it."""
+
+    exercise: str
+    """Exercise id."""
+    name: str
+    """The notebook's gradient variable, e.g. `dbndiff`."""
+    snapshot: str
+    """The variable the run records it in (`_grader_checked_<cell>_<k>`)."""
+    cell: str
+    """The cell of the call, as messages name it (`cell 14`)."""
+    alias: str
+    """`dhprebn = dbndiff` when the exercise makes another name the same tensor and then changes that name in place;
+    else empty."""
+
+
+def checks(nb: nbformat.NotebookNode, rec: Recognised) -> tuple[Check, ...]:
+    """For each graded gradient that a check call in its exercise names: the last such call."""
+    cells = _read(nb)
+    checkers = _checkers(cells)
+    keys = {_key(ours) for ours, _ in rec.forward} | {_key(g.of) for g in rec.gradients}
+    section_of = {i: s.exercise for s in rec.sections for i in range(s.cells[0], s.cells[-1] + 1)}
+    found: dict[tuple[str, str], Check] = {}
+    for c in cells:
+        exercise = section_of.get(c.index)
+        if exercise is None:
+            continue
+        for _, names in _snapshots(c, checkers, keys):
+            for call, snapshot in names:
+                gradient = next((g for g in rec.gradients if g.exercise == exercise and g.name == call.gradient
+                                 and _key(g.of) == _key(call.tensor)), None)
+                if gradient is not None:
+                    found[(exercise, gradient.name)] = Check(exercise, gradient.name, snapshot, c.label, "")
+    aliases = _aliases([c for c in cells if c.index in section_of])
+    return tuple(dataclasses.replace(k, alias=aliases.get(k.name, "")) for k in found.values())
+
+
+def _aliases(cells: list[_Cell]) -> dict[str, str]:
+    """Name -> `other = name` for each `other = name` (one tensor, two names) after which `other` is changed in place
+    (`other += ...`, `other[i] = ...`, `other.add_(...)`)."""
+    out: dict[str, str] = {}
+    bound: dict[str, str] = {}  # other -> name, for the plain `other = name` seen so far
+    for c in cells:
+        for stmt in c.tree.body if c.tree else []:
+            for node in [stmt, *_walk(stmt)]:
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                        and isinstance(node.value, ast.Name):
+                    bound[node.targets[0].id] = node.value.id
+                    continue
+                if isinstance(node, ast.Assign):  # rebound: no longer the same tensor as before
+                    for t in node.targets:
+                        bound.pop(t.id, None) if isinstance(t, ast.Name) else None
+                target = node.target if isinstance(node, ast.AugAssign) else None
+                if isinstance(node, ast.Assign):
+                    target = next((t for t in node.targets if isinstance(t, ast.Subscript)), None)
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.endswith("_") \
+                        and not node.func.attr.startswith("_"):
+                    target = node.func.value
+                while isinstance(target, ast.Subscript):
+                    target = target.value
+                if isinstance(target, ast.Name) and target.id in bound:
+                    out.setdefault(bound[target.id], f"{target.id} = {bound[target.id]}")
+    return out
 
 
 # --- saved printouts -----------------------------------------------------------------------------

@@ -260,6 +260,66 @@ def _cut(assignment: str, params_items: tuple) -> dict[str, tuple[torch.Tensor, 
     return out
 
 
+def own_gradients(rubric: Rubric, params: dict[str, object], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Autograd's gradient of every graded forward tensor, with each graded tensor's value taken from `own`
+    (the student's forward tensors, as their run made them) where that is a tensor of the same shape and dtype.
+
+    The released forward pass runs statement by statement, and right after a statement makes a graded tensor
+    the name is rebound to a leaf holding the student's value (the lecture's where theirs does not fit); then
+    the loss's gradient flows back step by step, each step through the released formula at the student's
+    values. So a forward pass equivalent to the released one but different in the last bits gets the gradients
+    its own autograd gives (as the lecture's `cmp` checks them), not those of the released values: checked
+    against those, rounding is amplified where sums cancel (`dW2`, whose rows of `dlogits` sum to zero).
+    """
+    import ast
+
+    with _LOCK:
+        params = dict(params)
+        wanted = {v.of for ex in rubric.exercises if ex.plain for v in ex.variables} | {rubric.loss}
+        base = _after_setup(rubric.assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
+        ns = dict(base)
+        exec(injected_source(params), ns)
+        sources = _sources(rubric)
+        made: dict[str, torch.Tensor] = {}  # name -> the tensor its statement made from the leaves before it
+        leaves: dict[str, torch.Tensor] = {}  # name -> the leaf later statements read (the student's value)
+        order: list[str] = []
+        with torch.enable_grad(), contextlib.redirect_stdout(io.StringIO()):
+            for gid in rubric.reference_cells:
+                for statement in ast.parse(sources[gid]).body:
+                    exec(compile(ast.Module([statement], []), f"<reference cell {gid}>", "exec"), ns)
+                    for name in sorted(wanted):
+                        value = ns.get(name)
+                        if not isinstance(value, torch.Tensor) or not value.requires_grad or value is leaves.get(name):
+                            continue
+                        theirs = own.get(name)
+                        fits = type(theirs) is torch.Tensor and theirs.shape == value.shape \
+                            and theirs.dtype == value.dtype and bool(torch.isfinite(theirs).all())
+                        if value.grad_fn is None:  # a parameter: autograd's leaf already
+                            leaf = value
+                        else:
+                            leaf = (theirs if fits else value).detach().clone().requires_grad_(True)
+                            made[name] = value
+                        ns[name] = leaves[name] = leaf
+                        if name in order:
+                            order.remove(name)
+                        order.append(name)
+            grads: dict[str, torch.Tensor] = {}
+            if rubric.loss in made:
+                grads[rubric.loss] = torch.ones_like(made[rubric.loss])
+            # back from the loss, each step on its own: a tensor's gradient is complete once every later
+            # tensor (all its users) has sent its part; parts add up in the order autograd's engine adds them
+            for name in reversed(order):
+                value, grad = made.get(name), grads.get(name)
+                if value is None or grad is None:
+                    continue
+                inputs = [(x, leaf) for x, leaf in leaves.items() if x != name and order.index(x) < order.index(name)]
+                sent = torch.autograd.grad((value * grad).sum(), [leaf for _, leaf in inputs], allow_unused=True)
+                for (x, _), g in zip(inputs, sent):
+                    if g is not None:
+                        grads[x] = g.detach() if x not in grads else grads[x] + g.detach()
+        return {name: g for name, g in grads.items() if name != rubric.loss}
+
+
 def forward_edges(rubric: Rubric, params: dict[str, object]) -> dict[str, tuple[str, ...]]:
     """Graded forward tensor -> the graded tensors it is computed from directly (for pictures)."""
     with _LOCK:

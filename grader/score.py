@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from grader.compare import PASSING, Comparison, compare
-from grader.hints import diagnose, wrong_axis
+from grader.hints import diagnose, with_hint, wrong_axis
 from grader.reference import LOCAL, PARTS, TARGETS
 from grader.notebook import Plan
 from grader.rubric import Exercise, Rubric
@@ -298,6 +298,10 @@ def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str
             v = Comparison("error", False, False, None, f"{var.name}: at {step}, {ref or 'no reference'}")
         else:
             c = compare(var.name, value, ref[j], var.tolerance)
+            # the hints check_training prints too: the other parameters' gradients at this call, and its batch
+            batch = captured.values.get((ex.id, f"{call}/arg1"))
+            c = with_hint(c, var.name, value, ref[j], n=_n(run), targets=batch if type(batch) is torch.Tensor else None,
+                          others={v.name: r for v, r in zip(ex.variables, ref) if isinstance(r, torch.Tensor)})
             message = c.message
             if not c.passed and len(verdicts) and verdicts[0].passed:
                 message = f"{var.name} is right at the first step but not at {step}: {c.message.removeprefix(var.name + ': ')}"

@@ -3,17 +3,26 @@
 They also score the notebook's test cells under nbgrader (each returns or sums to the cell's points),
 so they print to standard output only: nbgrader gives a test cell nothing if it writes to stderr,
 and a PyTorch warning would.
+
+A wrong gradient's line names the likely mistake as `grader check` does (`grader.hints.with_hint`, the
+same function), wherever the hint needs nothing the kernel lacks: a sign, a factor (n from the batch's
+targets), a transpose, keepdim, the axis of a sum, zeros, a mix-up with another tensor's gradient. The
+kernel offers the gradients autograd filled in and the targets in the notebook's own namespace; the
+per-use parts of a gradient (`+=` forgotten) it cannot offer, so that hint is the grader's alone.
+Never broadcast, one line per variable.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from grader import rubric
 from grader.compare import compare, cmp_line
+from grader.hints import with_hint
 from grader.rubric import Tolerance
 
 
@@ -34,8 +43,37 @@ def _tolerance_for(variable: str, loosest: bool = False) -> Tolerance:
     return Tolerance(rtol=pick(t.rtol for t in found), atol=pick(t.atol for t in found))
 
 
-def check(name: str, actual: object, tensor: torch.Tensor, tolerance: Tolerance | None = None) -> bool:
-    """Print one cmp-style line comparing `actual` with `tensor.grad`; return whether it passes.
+def _targets_names() -> set[str]:
+    return {t for name in rubric.known_assignments() if (t := rubric.load(name).targets)}
+
+
+def _notebook_namespace() -> Mapping[str, object]:
+    """The namespace the notebook's cells run in (in a Jupyter kernel, IPython's `__main__` is the notebook's)."""
+    main = sys.modules.get("__main__")
+    return vars(main) if main is not None else {}
+
+
+def _context(tensor: torch.Tensor, namespace: Mapping[str, object]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """What `namespace` offers the hints: the gradient autograd filled in for every other tensor (named as the
+    grader names their variables, `d_<name>`), and the batch's target classes (the rubric's `targets`, `Yb`)."""
+    others: dict[str, torch.Tensor] = {}
+    targets = None
+    names = _targets_names()
+    for key, value in list(namespace.items()):
+        if key.startswith("_") or type(value) is not torch.Tensor or value is tensor:
+            continue
+        if key in names and value.ndim == 1 and not value.is_floating_point():
+            targets = value
+        # (a tensor that is neither a leaf nor retained warns on .grad, and has none)
+        if (value.is_leaf or value.retains_grad) and type(value.grad) is torch.Tensor:
+            others[f"d_{key}"] = value.grad.detach()
+    return others, targets
+
+
+def check(name: str, actual: object, tensor: torch.Tensor, tolerance: Tolerance | None = None, *,
+          namespace: Mapping[str, object] | None = None) -> bool:
+    """Print one cmp-style line comparing `actual` with `tensor.grad`; return whether it passes. A wrong answer's
+    line names the likely mistake, as `grader check` does.
 
     Parameters
     ----------
@@ -43,6 +81,7 @@ def check(name: str, actual: object, tensor: torch.Tensor, tolerance: Tolerance 
     actual: your gradient, e.g. `d_logits`.
     tensor: the forward-pass tensor whose `.grad` PyTorch filled in, e.g. `logits`.
     tolerance: how close is close enough; by default the assignment's rubric for `d_<name>`.
+    namespace: where the other gradients and the targets are, for hints; by default the notebook's.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -50,7 +89,12 @@ def check(name: str, actual: object, tensor: torch.Tensor, tolerance: Tolerance 
         if not isinstance(expected, torch.Tensor):
             print(f"{name:15s} | no reference: {name}.grad is None -- run the forward pass and loss.backward() first")
             return False
-        result = compare(f"d_{name}", actual, expected.detach(), tolerance or _tolerance_for(f"d_{name}"))
+        expected = expected.detach()
+        result = compare(f"d_{name}", actual, expected, tolerance or _tolerance_for(f"d_{name}"))
+        if not result.passed:
+            others, targets = _context(tensor, _notebook_namespace() if namespace is None else namespace)
+            result = with_hint(result, f"d_{name}", actual, expected, others=others,
+                               n=targets.numel() if targets is not None else None, targets=targets)
     print(cmp_line(name, result))
     return result.passed
 
@@ -119,9 +163,13 @@ def check_training(forward: Callable, backward: Callable, parameters: Sequence[t
                 if len(grads) != len(parameters):
                     raise ValueError(f"backward() returned {len(grads)} gradients for {len(parameters)} parameters")
                 if step in checked:
-                    for name, got, want in zip(names, grads, autograd_gradients(Xb, Yb)):
-                        want = torch.zeros_like(start[names.index(name)]) if want is None else want.detach()
+                    wants = [torch.zeros_like(s) if w is None else w.detach()
+                             for s, w in zip(start, autograd_gradients(Xb, Yb))]
+                    for name, got, want in zip(names, grads, wants):
                         result = compare(f"d_{name}", got, want, _tolerance_for(f"d_{name}", loosest=True))
+                        # the other parameters' gradients at this step, and this batch: as the grader's hints
+                        result = with_hint(result, f"d_{name}", got, want, n=batch_size, targets=Yb,
+                                           others={f"d_{o}": w for o, w in zip(names, wants) if o != name})
                         print(cmp_line(f"{name} @{step + 1}", result))
                         passed[name] = passed[name] and result.passed
             with torch.no_grad():

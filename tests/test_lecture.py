@@ -223,12 +223,14 @@ KEPT = [  # (notebook, total, a phrase of the report)
     ("own_check_assigns", 28, "your checks against autograd's gradients"),  # worst = max(... t.grad ...)
     ("backward_in_exercise_1", 28, "your checks against autograd's gradients"),  # retain_grad + backward in ex1
     ("summary_at_the_top", 28, "`Exercise 1` in or above"),  # a markdown summary naming "Exercise 1" first
-    ("lambda_cmp_interleaved", 28, "by the tensor passed to a check call (cmp)"),
+    # issue 19, pattern 5: cmp('counts') ran before `dcounts += ...` completed it: graded as that check saw it
+    ("lambda_cmp_interleaved", 27, "dcounts is graded as your check in cell 11 saw it, but its value changed afterwards"),
     ("time_magic_forward", 28, "graded as the lecture's own notebook"),  # %%time on the forward cell
     ("data_path_in_a_variable", 28, "it read the data set given with --data instead"),  # DATA = '/content/...'
     ("nested_cuda", 28, "`.cuda()` ran as `.cpu()`"),
     ("autograd_through_torch_C", 0, "an import of the private `torch._C`"),  # gradients taken before Exercise 1
-    ("zero_W2", 0, "W2 is constant"),  # zeros make many reference gradients zero
+    # issue 19, pattern 1: graded; only the 17 gradients that W2 = 0 makes all zeros (a stub passes them) earn nothing
+    ("zero_W2", 11, "the right gradient is all zeros with this notebook's parameters (W2 is all zeros)"),
 ]
 
 

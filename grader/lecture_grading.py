@@ -1,0 +1,186 @@
+"""Lecture notebooks after their run: what came back, graded as the lecture's own `cmp` checks it.
+
+Guarantees, for a notebook `grader.lecture` recognised and the sandbox ran:
+
+* the reference is autograd's, computed here (never in the notebook's process) through the lecture's forward
+  pass at the notebook's own forward tensors as the run captured them: a forward pass equivalent to the
+  lecture's but different in the last bits is graded as its own autograd would check it;
+* a gradient a check call named is graded as that call saw it (the run records a copy there); where the
+  variable changed afterwards (`dhprebn = dbndiff` then `dhprebn += ...`), the variable says so;
+* constant parameters (`bngain = torch.ones(...)`) are graded like any others; only a variable whose right
+  gradient is all zeros (where an all-zero answer, a stub too, would pass) earns nothing, and says why;
+* a notebook with the forward pass and no answers yet reports every variable `missing`.
+
+Nothing here runs the notebook's code: values in, a `Report` out (the reference's autograd aside).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from grader import lecture, reference, rubric as rubrics
+from grader.notebook import Plan
+from grader.sandbox import Captured
+from grader.score import GradedRun, Report, VariableResult, score
+
+
+@dataclass(frozen=True)
+class Changed:
+    """A gradient whose value at the end of its exercise differs from the one its check call saw."""
+
+    exercise: str
+    """Exercise id."""
+    name: str
+    """The notebook's gradient variable."""
+    message: str
+    """What happened and how to avoid it, for the student."""
+
+
+def graded(path: str, student, recognised: lecture.Recognised, rubric: rubrics.Rubric, plan: Plan,
+           captured: Captured) -> tuple[Report, list[GradedRun]]:
+    """The `Report` of a lecture notebook's run, and the run with its values and references (for pictures)."""
+    refs: dict[str, object] = {}
+    notes: list[str] = []
+    changed: tuple[Changed, ...] = ()
+    zero: dict[tuple[str, str], str] = {}
+    if captured.finished and recognised.sections:
+        params, own, problem = parameters(recognised, plan, captured)
+        if not problem:
+            try:
+                refs = reference.gradients(rubric, None, params)  # (targets and per-use parts, for hints)
+                refs.update(reference.own_gradients(rubric, params, own))
+                notes += forward_differences(rubric, recognised, own, params)
+            except Exception as e:  # e.g. a minibatch that does not index the embedding table
+                problem = f"the lecture's forward pass does not run on the notebook's tensors ({type(e).__name__}: {e})"
+        if problem:
+            captured = dataclasses.replace(captured, finished=False, reason=problem, done=())
+        else:
+            captured, changed = as_checked(recognised, student, captured)
+            from grader.grade import _local_references  # (the same step credit as our own assignments)
+
+            refs.update(_local_references(rubric, params, captured, refs))
+            zero = zero_references(rubric, refs, recognised, captured)
+    run = GradedRun("the notebook as it is", (), plan, captured, refs)
+    result = _with_warnings(score(rubric, path, [run], {}), changed, zero)
+    graded_flags = {(v.exercise, v.name): v.approximate for v in result.variables}
+    checks = lecture.saved_checks(student, recognised, graded_flags) if captured.finished else ()
+    saved = lecture.saved_note(student, checks)
+    result = dataclasses.replace(result, notes=result.notes + tuple(notes) + ((saved,) if saved else ()),
+                                 saved_checks=checks)
+    return result, [run]
+
+
+def parameters(recognised: lecture.Recognised, plan: Plan,
+               captured: Captured) -> tuple[dict[str, object], dict[str, torch.Tensor], str]:
+    """The lecture reference's parameters (a file of the run's parameters and minibatch), the run's forward tensors
+    by the lecture's names, or why there are none."""
+    forward = dict(recognised.forward)
+    values = {w: captured.values.get((lecture.FORWARD, forward[w])) if w in forward else None for w in lecture.LEAVES}
+    bad = [forward.get(w, w) for w, v in values.items() if type(v) is not torch.Tensor]
+    if bad:
+        before = next((c.before for c in plan.captures if c.exercise == lecture.FORWARD), len(captured.cells))
+        first = next((o for o in captured.cells[:before] if o.error), None)
+        why = f"{first.label} raised {first.error}, so " if first else ""
+        return {}, {}, (f"{why}the notebook left no tensor {', '.join(bad)} before Exercise 1; the grader needs the "
+                        f"parameters and the minibatch (the lecture's {', '.join(lecture.LEAVES)}, or the same names "
+                        "with underscores)")
+    wrong = [forward[w] for w in lecture.LEAVES[:7] if not values[w].is_floating_point()] + \
+            [forward[w] for w in lecture.LEAVES[7:] if values[w].is_floating_point()]
+    if wrong:
+        return {}, {}, (f"{', '.join(wrong)} in the notebook do not have the lecture's kinds (float parameters, "
+                        "integer batch)")
+    own = {ours: captured.values.get((lecture.FORWARD, theirs)) for ours, theirs in recognised.forward}
+    own = {k: v for k, v in own.items() if type(v) is torch.Tensor}
+    return {"leaves": lecture.leaves(values)}, own, ""
+
+
+def forward_differences(rubric: rubrics.Rubric, recognised: lecture.Recognised, own: dict[str, torch.Tensor],
+                        params: dict[str, object]) -> list[str]:
+    """A note if the notebook's forward pass is not the lecture's on its own tensors beyond rounding (the first
+    tensor, from the loss back, that differs)."""
+    forward = dict(recognised.forward)
+    ours = reference.forward_values(rubric, params)
+    for name in [v.of for v in reversed(rubric.exercises[0].variables)]:  # (listed from the loss back: the first one)
+        theirs, mine = own.get(name), ours.get(name)
+        if theirs is None or mine is None:
+            continue
+        if theirs.shape != mine.shape or theirs.dtype != mine.dtype or not torch.allclose(theirs, mine, rtol=1e-4, atol=1e-5):
+            diff = f"off by up to {(theirs.double() - mine.double()).abs().max().item():.3g}" \
+                if theirs.shape == mine.shape else f"shape {tuple(theirs.shape)}, not {tuple(mine.shape)}"
+            return [f"the notebook's {forward[name]} is not what the lecture's forward pass gives on its parameters and "
+                    f"minibatch ({diff}): the reference steps back through the lecture's formulas, so the gradients "
+                    f"of what {name} is computed from may differ from what your own autograd says"]
+    return []
+
+
+def as_checked(recognised: lecture.Recognised, student, captured: Captured) -> tuple[Captured, tuple[Changed, ...]]:
+    """The run's values with each checked gradient as its last check call saw it, and those that changed after."""
+    values = dict(captured.values)
+    changed = []
+    for k in lecture.checks(student, recognised):
+        seen, end = values.get((k.exercise, k.snapshot)), values.get((k.exercise, k.name))
+        if type(seen) is not torch.Tensor:  # the call could not read it (not defined yet): the end value stands
+            continue
+        if type(end) is torch.Tensor and end.shape == seen.shape and end.dtype == seen.dtype and torch.equal(end, seen):
+            continue
+        values[(k.exercise, k.name)] = seen
+        if k.alias:
+            other = k.alias.partition(" = ")[0]
+            how = (f"`{k.alias}` makes {other} the same tensor as {k.name}, so changing {other} in place changed "
+                   f"{k.name} too: write `{other} = {k.name}.clone()`")
+        else:
+            how = "it was changed in place or assigned again after that check without a new check"
+        changed.append(Changed(k.exercise, k.name, f"{k.name} is graded as your check in {k.cell} saw it, but its "
+                                                   f"value changed afterwards: {how}"))
+    return dataclasses.replace(captured, values=values), tuple(changed)
+
+
+def zero_references(rubric: rubrics.Rubric, refs: dict[str, object], recognised: lecture.Recognised,
+                    captured: Captured) -> dict[tuple[str, str], str]:
+    """(exercise, variable) -> why it earns nothing, for each variable whose right gradient is all zeros here (an
+    all-zero answer would pass: the check cannot tell a right answer from a stub)."""
+    forward = dict(recognised.forward)
+    constant = []
+    for w in lecture.LEAVES[:7]:
+        value = captured.values.get((lecture.FORWARD, forward.get(w, w)))
+        if type(value) is torch.Tensor and value.numel() > 1 and bool((value == value.flatten()[0]).all()):
+            first = float(value.flatten()[0])
+            constant.append(f"{forward.get(w, w)} is all {({0.0: 'zeros', 1.0: 'ones'}).get(first, f'{first:g}')}")
+    why = f" ({', '.join(constant)})" if constant else ""
+    out = {}
+    for ex in rubric.exercises:
+        for v in ex.variables:
+            ref = refs.get(ex.reference_key(v))
+            if isinstance(ref, torch.Tensor) and ref.numel() and not bool(ref.any()):
+                out[(ex.id, v.name)] = (
+                    f"{v.name}: the right gradient is all zeros with this notebook's parameters{why}, so any all-zero "
+                    "answer passes, a stub too: not counted; draw the parameters at random, as the lecture does, to "
+                    "test this step")
+    return out
+
+
+def _with_warnings(report: Report, changed: tuple[Changed, ...],
+                   zero: dict[tuple[str, str], str]) -> Report:
+    """`report` with the lecture's own warnings on their variables (and the points of all-zero references taken back)."""
+    if not changed and not zero:
+        return report
+    by = {(c.exercise, c.name): c.message for c in changed}
+    variables: list[VariableResult] = []
+    for v in report.variables:
+        key = (v.exercise, v.name)
+        if key in zero and v.status in ("exact", "approximate"):
+            v = dataclasses.replace(v, points=0.0, message=_joined(zero[key], v.message))
+        if key in by:
+            v = dataclasses.replace(v, message=_joined(v.message, by[key]))
+        variables.append(v)
+    exercises = tuple(dataclasses.replace(e, score=sum(v.points for v in variables if v.exercise == e.id))
+                      for e in report.exercises)
+    return dataclasses.replace(report, variables=tuple(variables), exercises=exercises,
+                               score=sum(e.score for e in exercises))
+
+
+def _joined(first: str, second: str) -> str:
+    return f"{first}; {second}" if first and second else first or second
