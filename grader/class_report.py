@@ -168,13 +168,14 @@ def _score(reports: list[dict], max_score: float) -> dict:
 def _variables(rubric: Rubric, reports: list[dict]) -> tuple[VariableMistakes, ...]:
     out = []
     roots = {r["student"]: {_key(v): v for v in root_mistakes(r)} for r in reports}
+    everything = {r["student"]: {_key(v): v for v in r["variables"]} for r in reports}
     for ex in rubric.exercises:
         for var in ex.graded:
             key = f"{ex.id}/{var.name}"
             made: dict[str, list[str]] = {}
             unanswered, right = [], 0
             for r in reports:
-                v = next((v for v in r["variables"] if v["exercise"] == ex.id and v["name"] == var.name), None)
+                v = everything[r["student"]].get(key)
                 if v is None:
                     continue
                 right += v["points"] >= v["max_points"] > 0
