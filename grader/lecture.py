@@ -699,7 +699,9 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
             exercise = section_of.get(c.index) or _section_before(rec, c.index)
             planned.append(PlannedCell(f"{c.label} ({exercise})", source, no_grad=False, guarded=True, grade_id=exercise))
     skipped = [c for c in cells if c.index > rec.last]
-    if skipped:
+    if skipped and not rec.sections:
+        notes.append("nothing was run: there is no answer to grade yet")
+    elif skipped:
         loops = [(c, c.source.splitlines()[n.lineno - 1].strip()) for c in skipped if c.tree
                  for n in ast.walk(c.tree) if isinstance(n, (ast.For, ast.While))]
         # the training loop: the one over `max_steps` or a large literal, if there is one (read in the loop's

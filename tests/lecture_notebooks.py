@@ -333,3 +333,153 @@ Xb, Yb = Xtr[ix], Ytr[ix] # batch X,Y'''))
     nb.metadata["colab"] = {"provenance": []} if colab else {}
     nbformat.validate(nb)
     return nb
+
+
+# --- issue 19: notebooks as learners keep them, one per pattern (written to tests/notebooks/lecture) ------------
+
+
+def _printout(name: str, approximate: bool = True) -> str:
+    """A saved line of the lecture's cmp, as the learner's run printed it."""
+    return f"{name:15s} | exact: {str(approximate):5s} | approximate: {str(approximate):5s} | maxdiff: 0.0\n"
+
+
+def _checked_cell(lines: str, names: list[str], count: int, d: str = "d"):
+    """A cell computing one step (or a few) of the chain, with a cmp after it and its saved printout."""
+    calls = "\n".join(f"cmp({name!r}, {d}{name}, {name})" for name in names)
+    text = "".join(_printout(name) for name in names)
+    return _code(f"{lines}\n{calls}", [new_output("stream", name="stdout", text=text)], count)
+
+
+def _upto_forward(nb: nbformat.NotebookNode) -> list:
+    """The cells of a lecture-style notebook up to its forward pass (the exercises left out)."""
+    at = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.startswith("# forward pass"))
+    return list(nb.cells[: at + 1])
+
+
+def _tail(nb: nbformat.NotebookNode) -> list:
+    """The cells of a lecture-style notebook from Exercise 2's forward pass on."""
+    at = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "loss_fast = F.cross_entropy" in c.source)
+    return list(nb.cells[at:])
+
+
+def _notebook(cells: list) -> nbformat.NotebookNode:
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.validate(nb)
+    return nb
+
+
+# Exercise 1 one step per cell, as learners check it: dcounts once both of its parts are in (after dcounts_sum)
+_LINES = dict(EX1)
+STEPS = [(name, _LINES[name]) for name in ORDER[:3]] + [
+    ("counts_sum", "{d}counts_sum = (-counts_sum**-2) * {d}counts_sum_inv"),
+    ("counts", "{d}counts = counts_sum_inv * {d}probs\n{d}counts += torch.ones_like(counts) * {d}counts_sum"),
+] + [(name, _LINES[name]) for name in ORDER[5:]]
+
+
+def one_gradient_per_cell(*, alias: bool = False, chain_again: bool = True, markers: bool = False) -> nbformat.NotebookNode:
+    """Exercise 1 one gradient per cell, a cmp after each (dlogits and dhprebn built up over two cells, as the
+    forward pass makes them), then the whole chain again in one cell; by default no `# Exercise` markers anywhere.
+
+    alias: `dhprebn = dbndiff` without a clone, then `dhprebn += ...` in the next cell (dbndiff's own cmp ran before).
+    """
+    base = lecture_notebook(markers=markers)
+    cells = _upto_forward(base)
+    count = 10
+    for name, line in STEPS:
+        if markers and name == ORDER[0]:
+            line = "# Exercise 1: backprop through the whole thing manually, one step at a time\n" + line
+        if alias and name == "hprebn":
+            cells.append(_code("dhprebn = dbndiff  # starts from dbndiff; the mean's part is added next", [], count))
+            count += 1
+            cells.append(_checked_cell("dhprebn += 1.0 / n * (torch.ones_like(hprebn) * dbnmeani)", ["hprebn"], count))
+        else:
+            cells.append(_checked_cell(line.format(d="d"), [name], count))
+        count += 1
+    if chain_again:
+        chain = "\n".join(line.format(d="d") for _, line in EX1)
+        cells.append(new_markdown_cell("all of it again in one go, to be sure it holds together:"))
+        cells.append(_checked_cell(f"# the whole chain, top to bottom\n{chain}\n", ORDER, count))
+    return _notebook(cells + _tail(base))
+
+
+def batchnorm_ones_and_zeros() -> nbformat.NotebookNode:
+    """The batch-norm gain and shift initialised the standard way (ones and zeros), as in nn.BatchNorm1d."""
+    nb = lecture_notebook()
+    params = next(c for c in nb.cells if c.source.startswith("n_embd = 10"))
+    params.source = params.source.replace("bngain = torch.randn((1, n_hidden))*0.1 + 1.0",
+                                          "bngain = torch.ones((1, n_hidden))  # as nn.BatchNorm1d starts")
+    params.source = params.source.replace("bnbias = torch.randn((1, n_hidden))*0.1", "bnbias = torch.zeros((1, n_hidden))")
+    assert "torch.ones((1, n_hidden))" in params.source and "torch.zeros((1, n_hidden))" in params.source
+    return nb
+
+
+WORD_PULL = '''# my own experiment between the exercises: how hard does each word pull on the output layer?
+def word_pull(some_words):
+    pulls = []
+    for w in some_words:
+        Xw, Yw = build_dataset([w])
+        hw = torch.tanh(C[Xw].view(Xw.shape[0], -1) @ W1 + b1)
+        dlogits = F.softmax(hw @ W2 + b2, 1)
+        dlogits[range(Xw.shape[0]), Yw] -= 1
+        dh = dlogits @ W2.T
+        dW2 = hw.T @ dlogits / Xw.shape[0]
+        db2 = dlogits.sum(0) / Xw.shape[0]
+        pulls.append((w, round(dW2.norm().item(), 3), round(dh.norm().item(), 3), round(db2.norm().item(), 3)))
+    return pulls
+
+word_pull(words[:4])'''
+
+
+def words_loop_between_exercises() -> nbformat.NotebookNode:
+    """Unmarked exercises, and between Exercises 1 and 2 a cell whose loop over words computes gradients for each
+    word (and updates no parameter: it is no training loop)."""
+    nb = lecture_notebook(markers=False)
+    at = next(i for i, c in enumerate(nb.cells) if "loss_fast = F.cross_entropy" in c.source)
+    nb.cells.insert(at, _code(WORD_PULL))
+    return nb
+
+
+def equivalent_forward() -> nbformat.NotebookNode:
+    """The forward pass with `1.0 / torch.sqrt(...)` for the inverse standard deviation, every draw from one seeded
+    generator: the same numbers as the lecture's formula up to the last bits, so that the learner's cmp says
+    approximate where the lecture's own forward values, with their rounding, would make dW2 look wrong (measured:
+    seed 42 with the grader's names.txt)."""
+    nb = lecture_notebook(saved_outputs={"W2": True, "bnvar_inv": True})
+    params = next(c for c in nb.cells if c.source.startswith("n_embd = 10"))
+    params.source = params.source.replace("manual_seed(2147483647)", "manual_seed(42)").replace(
+        "bngain = torch.randn((1, n_hidden))*0.1 + 1.0", "bngain = torch.randn((1, n_hidden), generator=g)*0.1 + 1.0"
+    ).replace("bnbias = torch.randn((1, n_hidden))*0.1", "bnbias = torch.randn((1, n_hidden), generator=g)*0.1")
+    forward = next(c for c in nb.cells if c.source.startswith("# forward pass"))
+    forward.source = forward.source.replace("bnvar_inv = (bnvar + 1e-5)**-0.5",
+                                            "bnvar_inv = 1.0 / torch.sqrt(bnvar + 1e-5)  # 1/std, easier to read")
+    assert "generator=g)*0.1 + 1.0" in params.source and "torch.sqrt(bnvar" in forward.source
+    return nb
+
+
+def forward_pass_only() -> nbformat.NotebookNode:
+    """Set-up and the forward pass, then an empty cell for the backward pass: no answers yet."""
+    cells = _upto_forward(lecture_notebook(markers=False))
+    cells.append(new_markdown_cell("now the backward pass by hand, one line at a time (tomorrow)"))
+    cells.append(_code("# my backprop goes here\n"))
+    return _notebook(cells)
+
+
+LEARNERS = {
+    "batchnorm_ones_and_zeros": batchnorm_ones_and_zeros,
+    "one_gradient_per_cell": one_gradient_per_cell,
+    "words_loop_between_exercises": words_loop_between_exercises,
+    "equivalent_forward": equivalent_forward,
+    "alias_changed_after_its_check": lambda: one_gradient_per_cell(alias=True, chain_again=False, markers=True),
+    "forward_pass_only": forward_pass_only,
+}
+"""Issue 19's behaviour notebooks by name (one per pattern), as `python tests/lecture_notebooks.py` writes them."""
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent / "notebooks" / "lecture"
+    for stem, build in LEARNERS.items():
+        nbformat.write(build(), folder / f"{stem}.ipynb")
+        print(f"wrote {folder / stem}.ipynb")

@@ -240,3 +240,77 @@ def test_kept_lecture_notebooks(pool, name, total, phrase):
     assert report.score == total, [v.message for v in report.variables if v.points < v.max_points][:3]
     text = "\n".join([report.error, *report.notes, *(v.message for v in report.variables)])
     assert phrase in text
+
+
+# --- issue 19: notebooks as learners keep them, one per pattern (tests/lecture_notebooks.py writes them) ---------
+
+LEARNER_VERDICTS = [  # (notebook, total, statuses of the variables that are not exact or approximate, a phrase)
+    # 1: bngain = torch.ones, bnbias = torch.zeros: graded like any others (was refused, 0/28)
+    ("batchnorm_ones_and_zeros", 28, {}, "Exercise 1 in cell 11"),
+    # 2: no markers, one gradient per cell with a cmp after each, the chain again at the end (was 10/28, Exercise 2
+    # taken to begin at the cell that completes dlogits)
+    ("one_gradient_per_cell", 28, {}, "Exercise 2 in cell 40 (found by its gradient of logits, in cell 40)"),
+    # 3: a loop over words that computes gradients but updates no parameter (was taken for Exercise 4: 26/28)
+    ("words_loop_between_exercises", 28, {}, "the loop `for i in tqdm(range(max_steps)):` in cell 17"),
+    # 4: 1.0 / torch.sqrt(...): the lecture's values in the last bits only; dW2 was called wrong
+    ("equivalent_forward", 28, {}, "your saved cmp printouts agree with the grader on all 2 checks"),
+    # 5: dhprebn = dbndiff, then dhprebn += ...: dbndiff as its cmp saw it (was wrong, "a mix-up with dhprebn")
+    ("alias_changed_after_its_check", 28, {}, "`dhprebn = dbndiff` makes dhprebn the same tensor as dbndiff"),
+    # 6: the forward pass alone (was refused as not the lecture's notebook)
+    ("forward_pass_only", 0, {"*": "missing"}, "it has the lecture's forward pass, and no gradient of Exercise 1 yet"),
+]
+
+
+@pytest.mark.parametrize("name, total, statuses, phrase", LEARNER_VERDICTS, ids=[k[0] for k in LEARNER_VERDICTS])
+def test_lecture_notebooks_as_learners_keep_them(pool, name, total, statuses, phrase):
+    started = time.monotonic()
+    report = grade.grade_notebook(NOTEBOOKS / "lecture" / f"{name}.ipynb", pool=pool)
+    assert time.monotonic() - started < 30
+    assert report.assignment == "lecture" and report.status == "graded", report.error
+    assert report.score == total, [v.message for v in report.variables if v.points < v.max_points][:3]
+    for v in report.variables:
+        assert v.status == statuses.get(v.name, statuses.get("*", v.status if v.status in PASSING else "passing")), v
+    text = "\n".join([*report.notes, *(v.message for v in report.variables)])
+    assert phrase in text
+    assert "target entries" not in text and "disagree" not in text  # no hint for rounding; the saved flags agree
+
+
+def test_a_gradient_changed_after_its_check_says_how(pool):
+    by = _by(grade.grade_notebook(NOTEBOOKS / "lecture" / "alias_changed_after_its_check.ipynb", pool=pool))
+    bndiff = by[("ex1", "bndiff")]
+    assert bndiff.points == 1 and bndiff.message.startswith("dbndiff is graded as your check in cell 29 saw it")
+    assert "write `dhprebn = dbndiff.clone()`" in bndiff.message
+    assert by[("ex1", "hprebn")].status in PASSING and not by[("ex1", "hprebn")].message
+
+
+def test_the_reference_at_the_lectures_own_values_is_autograds_to_the_bit():
+    # own_gradients steps back one graded tensor at a time: at the lecture's own forward values it must give what
+    # autograd gives through the whole graph at once, bit for bit
+    from grader import reference, rubric as rubrics
+
+    rubric = rubrics.load(rubrics.LECTURE)
+    params = {"leaves": lecture.leaves(lecture.example_leaves())}
+    whole = reference.gradients(rubric, None, params)
+    stepwise = reference.own_gradients(rubric, params, reference.forward_values(rubric, params))
+    names = {v.of for v in rubric.exercises[0].variables}
+    assert set(stepwise) >= names
+    assert [n for n in sorted(names) if not torch.equal(stepwise[n], whole[n])] == []
+
+
+def test_constant_parameters_only_cost_the_gradients_they_make_zero(pool):
+    report = grade.grade_notebook(NOTEBOOKS / "lecture" / "zero_W2.ipynb", pool=pool)
+    zeroed = [v for v in report.variables if "the right gradient is all zeros" in v.message]
+    assert zeroed and all(v.points == 0 for v in zeroed)
+    assert all("(W2 is all zeros)" in v.message for v in zeroed)
+    assert {v.of for v in zeroed} >= {"h", "hpreact", "W1", "C"} and "W2" not in {v.of for v in zeroed}
+
+
+def test_a_training_loop_is_one_that_updates_the_parameters():
+    nb = lecture_notebook(markers=False)
+    rec = lecture.recognise(nb, "nb.ipynb")
+    loop = next(i for i, c in enumerate(nb.cells) if "range(max_steps)" in c.source)
+    assert rec.last < loop and [s.exercise for s in rec.sections] == ["ex1", "ex2", "ex3"]
+    for update in ("p.data.add_(-lr * grad)", "p -= lr * grad"):  # other ways to write the update
+        cell = nb.cells[loop]
+        cell.source = cell.source.replace("p.data += -lr * grad", update)
+        assert lecture.recognise(nb, "nb.ipynb").last == rec.last, update

@@ -105,3 +105,58 @@ def test_check_training_scores_zero_when_backward_breaks_the_run(capsys):
 def test_check_training_gives_nothing_for_gradients_it_did_not_get(capsys):
     points, out = _train(lambda Xb, Yb, logits: _backward(Xb, Yb, logits)[:1], capsys)
     assert points == 0 and "returned 1 gradients for 2 parameters" in out.out
+
+
+# --- issue 19: the hints `grader check` gives, printed by the self-check --------------------------------------
+
+
+def _small_graph():
+    """A tiny forward pass with autograd's gradients retained, as the notebook's namespace holds it."""
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn((3, 4), generator=g, requires_grad=True)
+    b = torch.randn(4, generator=g, requires_grad=True)
+    X = torch.randn((8, 3), generator=g)
+    Yb = torch.randint(0, 4, (8,), generator=g)
+    logits = X @ W + b
+    logits.retain_grad()
+    torch.nn.functional.cross_entropy(logits, Yb).backward()
+    return {"W": W, "b": b, "X": X, "Yb": Yb, "logits": logits}
+
+
+def _line(capsys) -> str:
+    return capsys.readouterr().out.strip()
+
+
+def test_check_names_a_factor_a_sign_and_zeros_as_the_grader_does(capsys):
+    ns = _small_graph()
+    W, b, logits = ns["W"], ns["b"], ns["logits"]
+    assert check("W", 2 * W.grad, W, namespace=ns) is False
+    assert "d_W: it is the right gradient times 2: a factor too many or too few? (off by up to" in _line(capsys)
+    check("logits", logits.grad * 8, logits, namespace=ns)  # n = 8, from the namespace's Yb
+    assert "times n (= 8)" in _line(capsys)
+    check("b", -b.grad, b, namespace=ns)
+    assert "d_b: the sign is flipped" in _line(capsys)
+    check("W", torch.zeros_like(W), W, namespace=ns)
+    assert "it is all zeros" in _line(capsys)
+
+
+def test_check_names_shapes_and_mix_ups_with_the_notebooks_other_gradients(capsys):
+    ns = _small_graph()
+    W, b, logits = ns["W"], ns["b"], ns["logits"]
+    check("W", W.grad.T, W, namespace=ns)
+    assert "expected (3, 4) -- transposed?" in _line(capsys)
+    check("b", logits.grad.sum(1), b, namespace=ns)  # (8,) for (4,): the batch's axis kept
+    assert "summed over the wrong axis" in _line(capsys)
+    ns["b2"] = torch.ones(4, requires_grad=True)
+    ns["b2"].grad = b.grad * 3  # another tensor of b's shape with a gradient: the answer is that one
+    check("b", b.grad * 3, b, namespace=ns)
+    assert "it equals the gradient d_b2: a mix-up of names?" in _line(capsys)
+
+
+def test_check_gives_no_hint_for_rounding(capsys):
+    ns = _small_graph()
+    W = ns["W"]
+    check("W", W.grad * (1 + 3e-5), W, namespace=ns)  # off by rounding's order, past allclose's rtol
+    line = _line(capsys)
+    assert "approximate: False" in line and line.endswith("in size")  # the distance only
+    assert " d_W: off by up to" in line
