@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +34,9 @@ class Limits:
     """What one run may use."""
 
     memory: int
-    """Bytes of data per process (RLIMIT_DATA, Linux); of resident memory of the whole tree (portable)."""
+    """Bytes of memory a run may add: per process beyond what it starts with (RLIMIT_DATA and RLIMIT_AS,
+    Linux), for its whole process tree together with `tmp_size` (a cgroup, Linux where the grader may
+    make one); resident memory of the whole tree (portable, the watchdog)."""
     file_size: int
     """Largest file it may write, its output included (RLIMIT_FSIZE, Linux; the output file, portable)."""
     processes: int
@@ -45,6 +47,26 @@ class Limits:
 
 DEFAULT_LIMITS = Limits(memory=MEMORY_LIMIT, file_size=FILE_LIMIT, processes=64, tmp_size=256 * 2**20)
 """What each run may use unless the caller says otherwise."""
+
+GRADER_MEMORY = 320 * 2**20
+"""What the grader's own process holds once torch is imported (280 MB resident measured, torch 2.13)."""
+WORKER_MEMORY = 320 * 2**20
+"""What one warm worker holds: torch, the data, the setup cells run (257 MB resident measured)."""
+MIN_RUN_MEMORY = 64 * 2**20
+"""The least a run is given, however small the container: less and the released notebook cannot run."""
+
+
+def fit(limits: Limits, jobs: int, container: int | None) -> Limits:
+    """`limits`, lowered where `jobs` runs at once must share a `container`'s memory limit (bytes; None:
+    no limit) with the grader and one warm worker, so that a run that asks for too much meets its own
+    cap (a `MemoryError`, a report with the reason) before the container's kills the grader."""
+    if container is None:
+        return limits
+    per_run = max(MIN_RUN_MEMORY, (container - GRADER_MEMORY - WORKER_MEMORY) // max(1, jobs))
+    if limits.memory + limits.tmp_size <= per_run:
+        return limits
+    tmp_size = min(limits.tmp_size, per_run // 4)  # the private /tmp is memory too
+    return replace(limits, memory=per_run - tmp_size, tmp_size=tmp_size)
 
 
 def child_env(workdir: Path, own_path: bool = False) -> dict[str, str]:

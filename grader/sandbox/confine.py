@@ -264,12 +264,12 @@ def private_view(hidden: list[str], workdir: str, tmp_size: int) -> None:
     os.makedirs(workdir, mode=0o700)
 
 
-def _mapped_bytes() -> int:
-    """This process's virtual memory size (VmSize), or 0 where /proc cannot say."""
+def _status_bytes(field: str) -> int:
+    """A size from /proc/self/status (`VmSize`, `VmData`), in bytes, or 0 where /proc cannot say."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmSize:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -281,13 +281,17 @@ def drop_privileges(limits, workdir: str, uid: int, mode: str) -> None:
     `workdir` and belongs to no group; as an ordinary user enter a nested user namespace as `RUN_UID`."""
     _limit(resource.RLIMIT_CORE, 0)
     _limit(resource.RLIMIT_FSIZE, limits.file_size)
-    _limit(resource.RLIMIT_DATA, limits.memory)
     _limit(resource.RLIMIT_NOFILE, OPEN_FILES)
-    # RLIMIT_DATA does not count shared mappings (mmap of anonymous shared memory): cap the address space
-    # too, at what the fork of the worker already maps (torch's reservations included) plus the memory cap
-    mapped = _mapped_bytes()
+    # Both counted from what the fork of the worker has already (torch and the data): the cap is on what
+    # the notebook adds, so a cap fitted to a small container still leaves the run room to work.
+    # RLIMIT_DATA does not count shared mappings (mmap of anonymous shared memory): cap the address space too.
+    _limit(resource.RLIMIT_DATA, _status_bytes("VmData") + limits.memory)
+    mapped = _status_bytes("VmSize")
     if mapped:
         _limit(resource.RLIMIT_AS, mapped + limits.memory)
+    # Where memory runs out outside the run's own cap (the container's), the kernel ends a run, not the grader
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
     if mode == "root":
         _limit(resource.RLIMIT_NPROC, limits.processes)
         for folder, _, files in os.walk(workdir):  # its data files too: the run may write beside them

@@ -10,6 +10,7 @@ Linux only (fork, pidfd, namespaces): `grader.sandbox` imports this module only 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -27,6 +28,7 @@ from pathlib import Path
 from grader.errors import SandboxError
 from grader.notebook import Plan, PlannedCell
 from grader.sandbox import confine
+from grader.sandbox.cgroups import Cap, Hierarchy
 from grader.sandbox.common import (OUTPUT_TAIL, SUPERVISOR_GRACE, WORKER_START_TIMEOUT, Limits, child_env, hideable,
                                    plain, warm_start, worker_folder)
 from grader.sandbox.results import Captured, Run, collect
@@ -35,6 +37,12 @@ from grader.sandbox.results import Captured, Run, collect
 def _worker_limits() -> None:  # runs in the worker between fork and exec
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     confine.die_with_parent()  # the worker and its runs end with the grader, even if it is SIGKILLed
+
+
+@functools.lru_cache(maxsize=None)
+def _hierarchy() -> Hierarchy | None:
+    """Where runs get a cgroup each, found once per grader process; None where they cannot."""
+    return Hierarchy.find()[0]
 
 
 class Worker:
@@ -46,7 +54,8 @@ class Worker:
 
     def __init__(self, prefix: tuple[PlannedCell, ...], warm_up: list[str], data_files: dict[str, Path],
                  hidden: list[Path], limits: Limits, mode: str) -> None:
-        self.prefix = prefix
+        self.prefix, self.limits = prefix, limits
+        self.hierarchy = _hierarchy()
         self.workdir = worker_folder(data_files)
         self.lock = threading.Lock()
         self.ready = False
@@ -101,6 +110,16 @@ class Worker:
             except OSError as e:
                 raise SandboxError(f"the worker process is gone ({e})") from e
 
+    def cap(self) -> Cap | None:
+        """A new cgroup for one run, capping its tree (its private /tmp is memory too); None where the
+        machine does not let the grader make one."""
+        if self.hierarchy is None:
+            return None
+        try:
+            return self.hierarchy.make(self.limits.memory + self.limits.tmp_size, self.limits.processes)
+        except OSError as e:  # it worked when the pool started: a machine that changed under us is ours
+            raise SandboxError(f"could not make the run's cgroup: {e}") from e
+
     def start(self, plans: list[Plan], labels: list[str], timeout: float, cell_timeout: float | None = None) -> Job:
         """A job running `plans` one after another (named `labels` in messages), not yet released: each run
         `timeout` seconds at most, each cell `cell_timeout`."""
@@ -122,40 +141,53 @@ class Worker:
 
 
 class Job:
-    """All runs of one submission, in one confined process of the worker: `release()` sends them,
-    `wait()` returns what each brought back.
+    """All runs of one submission: `release()` starts the first, `wait()` the others in turn and returns
+    what each brought back.
 
-    The runs go one after another, each from the state after the setup cells, each with `timeout`
-    seconds of its own.
+    Each run is a confined process of its own, forked from the worker, holding only its own result
+    files and its own clock (`timeout` seconds), and, where the machine allows, a cgroup of its own
+    that caps its whole process tree (`cgroups`).
     """
 
     def __init__(self, worker: Worker, runs: list[Run], timeout: float, cell_timeout: float | None = None) -> None:
         self.worker, self.runs, self.timeout, self.cell_timeout = worker, runs, timeout, cell_timeout
+        self.released = False
         self.status: int | None = None
+        self.cap: Cap | None = None
         self.started = time.monotonic()
 
     def release(self) -> None:
-        """Send the job to the worker: from here on the notebook's cells run."""
+        """Start the first run: from here on the notebook's cells run."""
+        self._send(self.runs[0])
+        self.released = True
+
+    def _send(self, run: Run) -> None:
+        """Hand the worker one run: the job file, the status pipe, the cgroup's files, the run's three files."""
         job = tempfile.TemporaryFile()
-        job.write(json.dumps({"runs": [r.job() for r in self.runs], "timeout": self.timeout,
-                              "cell_timeout": self.cell_timeout}).encode())
+        self.cap = self.worker.cap()
+        joins = self.cap.join_files() if self.cap else []
+        job.write(json.dumps({"runs": [run.job()], "timeout": self.timeout, "cell_timeout": self.cell_timeout,
+                              "cgroups": len(joins)}).encode())
         job.seek(0)
         status_read, status_write = os.pipe()
         try:
             self.started = time.monotonic()
-            self.worker.submit([job.fileno(), status_write, *(fd for r in self.runs for fd in r.fds())])
+            self.worker.submit([job.fileno(), status_write, *joins, *run.fds()])
             self.status = status_read
         except BaseException:
             os.close(status_read)
+            self._end_cap()
             raise
         finally:
             os.close(status_write)
+            for fd in joins:
+                os.close(fd)
             job.close()
 
     def _report(self) -> dict | None:
-        """The supervisor's report, or None if it never came."""
+        """The supervisor's report on the run going on, or None if it never came."""
         assert self.status is not None
-        deadline = self.started + self.timeout * len(self.runs) + SUPERVISOR_GRACE
+        deadline = self.started + self.timeout + SUPERVISOR_GRACE
         data = b""
         watch = select.poll()  # not select(): a large batch has descriptors past 1024
         watch.register(self.status, select.POLLIN)
@@ -173,19 +205,49 @@ class Job:
             return None
         return report if isinstance(report, dict) else None
 
-    def wait(self) -> list[Captured]:
-        """Wait for the job (at most the timeout per run), then read each run's values."""
+    def _end_cap(self) -> str:
+        """Which of the run's cgroup caps stopped something (`Cap.held`); the cgroup is removed."""
+        if self.cap is None:
+            return ""
         try:
-            if self.status is None:
-                return [r._unfinished("the run was never started", 0.0, "") for r in self.runs]
-            report = self._report()
-            if report is not None and report.get("sandbox_error"):
-                raise SandboxError(f"could not confine the notebook's run: {report['sandbox_error']}")
-            seconds = float((report or {}).get("seconds", time.monotonic() - self.started))
-            return collect(self.runs, report, self.timeout, seconds)
+            return self.cap.held()
+        finally:
+            self.cap.remove()
+            self.cap = None
+
+    def _wait_one(self, run: Run) -> Captured:
+        report = self._report()
+        os.close(self.status)
+        self.status = None
+        held = self._end_cap()
+        if report is not None and report.get("sandbox_error"):
+            raise SandboxError(f"could not confine the notebook's run: {report['sandbox_error']}")
+        if report is not None and held:
+            report |= {"held": held, "memory_limit": self.worker.limits.memory + self.worker.limits.tmp_size}
+            killed = report.get("returncode") == -9 and not report.get("timed_out")
+            if killed and "memory" in held.split():  # the OOM killer chose the notebook's own process
+                report |= {"over": "memory", "cap": "cgroup"}
+            elif killed and "outer-memory" in held.split():
+                report |= {"over": "memory", "cap": "outer"}
+        seconds = float((report or {}).get("seconds", time.monotonic() - self.started))
+        return collect([run], report, self.timeout, seconds)[0]
+
+    def wait(self) -> list[Captured]:
+        """Each run in turn (at most the timeout each), then what each brought back."""
+        captured: list[Captured] = []
+        try:
+            for i, run in enumerate(self.runs):
+                if not self.released:
+                    captured.append(run._unfinished("the run was never started", 0.0, ""))
+                    continue
+                if i > 0:
+                    self._send(run)
+                captured.append(self._wait_one(run))
+            return captured
         finally:
             if self.status is not None:
                 os.close(self.status)
                 self.status = None
+            self._end_cap()
             for r in self.runs:
                 r.close()

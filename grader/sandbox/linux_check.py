@@ -48,3 +48,11 @@ def works_here() -> tuple[str, str]:
     if userns is None:
         return "userns", ""
     return "", why or userns
+
+
+@functools.lru_cache(maxsize=None)
+def filter_problem() -> str:
+    """Why the system-call filter cannot be built here (no libseccomp), or ''."""
+    from grader.sandbox.syscalls import Filter
+
+    return Filter.make()[1]

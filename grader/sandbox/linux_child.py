@@ -24,6 +24,7 @@ import traceback
 from grader.sandbox import confine
 from grader.sandbox.common import Limits
 from grader.sandbox.runner import MAX_RUNS, Warm, _error_line
+from grader.sandbox.syscalls import Filter
 
 
 def _unless_orphaned(supervisor: int, job: int) -> None:
@@ -94,12 +95,14 @@ class Server(Warm):
         import socket
 
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
+        # built once here, loaded by each job; the grader checked that it can be built (`linux_check`)
+        self.filter, _ = Filter.make()
         gc.collect()
         gc.freeze()  # keeps the objects made so far out of later collections: fewer pages copied per fork
         sock.sendall(b"ready\n")
         while True:
             try:
-                message, fds, _, _ = socket.recv_fds(sock, 64, 2 + 3 * MAX_RUNS)
+                message, fds, _, _ = socket.recv_fds(sock, 64, 4 + 3 * MAX_RUNS)
             except (ConnectionError, OSError):
                 return
             if not message:
@@ -121,9 +124,10 @@ class Server(Warm):
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         confine.die_with_parent()
         os.setsid()
-        job_fd, status_fd, *run_fds = fds
+        job_fd, status_fd, *rest = fds
         with os.fdopen(job_fd, "rb") as f:
             job = json.loads(f.read())
+        joins, run_fds = rest[:job["cgroups"]], rest[job["cgroups"]:]  # the run's cgroup files, then its own
         mode = self.spec["mode"]
         try:
             confine.new_namespaces(mode)
@@ -143,10 +147,10 @@ class Server(Warm):
                 os.close(status_fd)
                 os.close(init_read)
                 os.close(ticks_read)
-                self._init(job, uid, run_fds, init_write, ticks_write, me)
+                self._init(job, uid, joins, run_fds, init_write, ticks_write, me)
             finally:
                 os._exit(71)
-        for fd in (*run_fds, init_write, ticks_write, me):
+        for fd in (*joins, *run_fds, init_write, ticks_write, me):
             os.close(fd)
         timed_out = not _ends_within(pid, job["timeout"], ticks_read, len(job["runs"]) - 1)
         if timed_out:
@@ -160,7 +164,7 @@ class Server(Warm):
         os.write(status_fd, json.dumps(report).encode() + b"\n")
         os._exit(0)
 
-    def _init(self, job: dict, uid: int, run_fds: list[int], init_write: int, ticks_write: int,
+    def _init(self, job: dict, uid: int, joins: list[int], run_fds: list[int], init_write: int, ticks_write: int,
               supervisor: int) -> None:
         """Process 1 of the job's namespaces: sets up its view of the files, starts the job, reports how it ended.
 
@@ -173,6 +177,9 @@ class Server(Warm):
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         workdir = "/tmp/run"
         try:
+            for fd in joins:  # first: everything this process starts is in the run's cgroup
+                os.write(fd, b"0")
+                os.close(fd)
             confine.private_view(self.spec["hidden"], workdir, self.spec["limits"]["tmp_size"])
         except (OSError, ValueError) as e:  # ours, not the notebook's: the grader stops with this message
             os.write(init_write, json.dumps({"sandbox_error": f"{type(e).__name__}: {e}"}).encode())
@@ -214,6 +221,8 @@ class Server(Warm):
         try:
             self.write_data(workdir)
             confine.drop_privileges(Limits(**self.spec["limits"]), workdir, uid, self.spec["mode"])
+            if self.filter is not None:  # last: dropping privileges needs calls the filter refuses
+                self.filter.load()
         except (OSError, ValueError) as e:
             os.write(setup_write, f"dropping privileges: {type(e).__name__}: {e}".encode()[:4000])
             os._exit(0)

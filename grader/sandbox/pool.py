@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from grader.errors import SandboxError, UsageError
-from grader.sandbox.common import DEFAULT_LIMITS, FILE_LIMIT, MEMORY_LIMIT, Limits, warm_start
+from grader.sandbox.cgroups import memory_limit
+from grader.sandbox.common import DEFAULT_LIMITS, FILE_LIMIT, MEMORY_LIMIT, Limits, fit, warm_start
 from grader.sandbox.results import Captured, CellOutcome
 
 if TYPE_CHECKING:
@@ -78,11 +79,13 @@ def choose(requested: str | None = None) -> Backend:
         raise UsageError(f"{source}: {name!r} is not a sandbox; choose one of {', '.join(CHOICES)}")
     if name == "portable":
         return Backend("portable", warning=portable_warning("as asked"), requested=name)
-    from grader.sandbox.linux_check import works_here
+    from grader.sandbox.linux_check import filter_problem, works_here
 
     mode, why = works_here()
     if mode:
-        return Backend("linux", mode, requested=name)
+        missing = filter_problem()
+        warning = f"the Linux sandbox runs without its system-call filter: {missing}" if missing else ""
+        return Backend("linux", mode, warning=warning, requested=name)
     if name == "linux":
         raise SandboxError(f"the Linux sandbox cannot work here: {why}")
     return Backend("portable", warning=portable_warning(why), requested=name)
@@ -92,8 +95,11 @@ class Pool:
     """Warm workers, one per assignment and data set, shared by every notebook graded while it is open."""
 
     def __init__(self, hidden: list[Path] | tuple[Path, ...] = (), limits: Limits = DEFAULT_LIMITS,
-                 backend: Backend | None = None) -> None:
-        self.hidden, self.limits = list(hidden), limits
+                 backend: Backend | None = None, jobs: int = 1) -> None:
+        """`jobs`: how many runs go on at once; where the grader runs under a memory limit (a container),
+        each run's `limits` are lowered so that they fit (`common.fit`)."""
+        self.hidden = list(hidden)
+        self.limits = fit(limits, jobs, memory_limit())
         self.backend = backend or choose()
         self.workers: dict[tuple, Worker] = {}
         self.lock = threading.Lock()

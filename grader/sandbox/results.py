@@ -116,14 +116,27 @@ class Run:
     def captured(self, report: dict | None, timeout: float, seconds: float, current: Run | None) -> Captured:
         """What came back from this run, given the backend's `report` and the run that was going on last.
 
-        `report`: `returncode`, `timed_out`, `stray` (processes left running), `max_rss_kb`, and
-        `over` ("memory" or "file") where a watchdog ended the run for a limit.
+        `report`: `returncode`, `timed_out`, `stray` (processes left running), `max_rss_kb`,
+        `over` ("memory" or "file") where a watchdog or a cgroup ended the run for a limit, `cap`
+        ("cgroup" where it was the cgroup) and `held` (which cgroup caps stopped something).
         """
         output = self._tail()
         self.peak_memory_mb = round(float((report or {}).get("max_rss_kb", 0)) / 1024, 1)
         self.returncode = int((report or {}).get("returncode", 1))
         stray = int((report or {}).get("stray", 0))
         self.notes = (f"the notebook left {stray} processes running when it ended; they were killed",) if stray else ()
+        held = str((report or {}).get("held", "")).split()
+        if (report or {}).get("over") != "memory":
+            megabytes = int((report or {}).get("memory_limit", 0)) // 2**20
+            if "memory" in held:
+                self.notes += (f"a process the notebook started was killed for memory: together its processes "
+                               f"reached {megabytes} MB, the cap on the run's whole process tree (its cgroup)",)
+            elif "outer-memory" in held:
+                self.notes += ("a process the notebook started was killed for memory: the machine or container "
+                               "the grader runs in ran out before the run's own cap",)
+        if "processes" in held:
+            self.notes += ("the run reached its cap on processes and threads (its cgroup's): "
+                           "starting another one failed",)
         if report is None:
             return self._unfinished("the run's supervisor did not report back (the worker was stopped?)", seconds, output)
         if self.result.seek(0, os.SEEK_END) > 0 and self is not current:
@@ -136,8 +149,14 @@ class Run:
             return self._unfinished(f"timed out after {timeout:g} s in {self._current_cell()}", seconds, output)
         if report.get("over") == "memory" and self is current:
             megabytes = int(report.get("memory_limit", 0)) // 2**20
-            return self._unfinished(f"the notebook ran out of memory (its processes used more than {megabytes} MB) "
-                                    f"in {self._current_cell()}", seconds, output)
+            if report.get("cap") == "outer":
+                return self._unfinished("the notebook ran out of memory (the machine or container the grader runs in "
+                                        f"ran out before the run's own cap of {megabytes} MB) "
+                                        f"in {self._current_cell()}", seconds, output)
+            which = ("the cap on the run's whole process tree, its cgroup, held" if report.get("cap") == "cgroup"
+                     else "the watchdog's cap on the run's whole process tree held")
+            return self._unfinished(f"the notebook ran out of memory (its processes used more than {megabytes} MB "
+                                    f"together: {which}) in {self._current_cell()}", seconds, output)
         if report.get("over") == "file" and self is current:
             return self._unfinished(self._too_much_written(), seconds, output)
         if self.returncode != 0:

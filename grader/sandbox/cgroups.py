@@ -1,0 +1,242 @@
+"""A cap on the memory and the processes of a run's whole process tree: a control group per run.
+
+The rlimits `confine.drop_privileges` sets are per process: a notebook that starts 60 processes may
+use 60 times the memory cap, and the machine (or the container the grader runs in) runs out before
+any single process reaches it. Where the grader may make control groups, each run gets one of its
+own, made by the grader before the run starts and joined by the run's process 1 before it starts
+anything, so that everything the notebook starts is in it:
+
+- `memory`: the run's whole tree together at most `memory` bytes (its private /tmp included, which
+  is memory too); past it, the kernel's OOM killer ends a process of this run only;
+- `pids`: at most `processes` processes and threads in the tree;
+- after the run, `Cap.held()` says which of the two caps stopped something, for the report.
+
+Where it works: cgroup v1 (a `memory` and a `pids` hierarchy), and cgroup v2 where the grader's own
+cgroup already hands both controllers to its children (`cgroup.subtree_control`). It needs write
+access to the grader's own cgroup: root on a plain machine, or a delegated cgroup. Elsewhere
+`Hierarchy.find()` returns None and why; the per-process rlimits still hold.
+
+Grader side of the Linux backend. Only file operations under /sys/fs/cgroup are used.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_UNLIMITED = 2**60
+"""Limits at or above this mean none (v1 writes 9223372036854771712 for no limit)."""
+_COUNTER = itertools.count()
+
+
+def _mounts() -> dict[str, Path]:
+    """Where each cgroup hierarchy is mounted: `memory`, `pids` (v1) and `unified` (v2), as present."""
+    found: dict[str, Path] = {}
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        mountpoint, fstype, options = Path(fields[1]), fields[2], fields[3].split(",")
+        if fstype == "cgroup2":
+            found.setdefault("unified", mountpoint)
+        elif fstype == "cgroup":
+            for controller in ("memory", "pids"):
+                if controller in options:
+                    found.setdefault(controller, mountpoint)
+    return found
+
+
+def _own_paths() -> dict[str, str]:
+    """The grader's own cgroup in each hierarchy, relative to its mount: `memory`, `pids`, `unified`."""
+    paths: dict[str, str] = {}
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return paths
+    for line in lines:
+        number, controllers, path = line.split(":", 2)
+        if number == "0" and controllers == "":
+            paths["unified"] = path
+        for controller in controllers.split(","):
+            if controller in ("memory", "pids"):
+                paths[controller] = path
+    return paths
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if text == "max":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return None if value >= _UNLIMITED else value
+
+
+def _counts(path: Path) -> dict[str, int]:
+    """A flat-keyed cgroup file (`memory.events`, `pids.events`, `memory.oom_control`) as a dict."""
+    counts: dict[str, int] = {}
+    try:
+        lines = path.read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return counts
+    for line in lines:
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            counts[key] = int(value)
+    return counts
+
+
+def memory_limit() -> int | None:
+    """The memory limit of the cgroup the grader runs in (a container's, Gradescope's 768 MB), or None.
+
+    The smallest limit on the way from the grader's own cgroup up to the root of what is mounted: a
+    container's limit is usually set on the container's cgroup, not on a child of it.
+    """
+    mounts, own = _mounts(), _own_paths()
+    candidates: list[tuple[Path, str]] = []
+    if "memory" in mounts and "memory" in own:
+        candidates.append((mounts["memory"] / own["memory"].lstrip("/"), "memory.limit_in_bytes"))
+    if "unified" in mounts and "unified" in own:
+        candidates.append((mounts["unified"] / own["unified"].lstrip("/"), "memory.max"))
+    limits = []
+    for folder, name in candidates:
+        root = folder
+        while True:
+            value = _read_int(root / name)
+            if value is not None:
+                limits.append(value)
+            if root == root.parent or not (root.parent / name).exists():
+                break
+            root = root.parent
+    return min(limits, default=None)
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """Where the grader makes a cgroup per run."""
+
+    version: int
+    """1 or 2."""
+    folders: tuple[Path, ...]
+    """The grader's own cgroup in each hierarchy to make runs' cgroups in (v1: memory, pids; v2: one)."""
+
+    @staticmethod
+    def find() -> tuple[Hierarchy | None, str]:
+        """Where this process may make a cgroup per run, or None and why not."""
+        mounts, own = _mounts(), _own_paths()
+        if "memory" in mounts and "pids" in mounts and "memory" in own and "pids" in own:
+            folders = tuple(mounts[c] / own[c].lstrip("/") for c in ("memory", "pids"))
+            hierarchy = Hierarchy(1, folders)
+        elif "unified" in mounts and "unified" in own:
+            folder = mounts["unified"] / own["unified"].lstrip("/")
+            try:
+                delegated = set((folder / "cgroup.subtree_control").read_text(encoding="ascii").split())
+            except OSError as e:
+                return None, f"cgroup v2: {e}"
+            if not {"memory", "pids"} <= delegated:
+                return None, f"cgroup v2: {folder} does not hand memory and pids to its children"
+            hierarchy = Hierarchy(2, (folder,))
+        else:
+            return None, "no cgroup memory and pids controllers are mounted"
+        try:  # the only test that counts: make one
+            probe = hierarchy.make(2**30, 64)
+        except OSError as e:
+            return None, f"cgroup v{hierarchy.version}: cannot make one in {hierarchy.folders[0]} ({e.strerror})"
+        probe.remove()
+        return hierarchy, ""
+
+    def make(self, memory: int, processes: int) -> Cap:
+        """A new cgroup with these caps. Raises OSError where it cannot be made."""
+        name = f"grader-{os.getpid()}-{next(_COUNTER)}"
+        made: list[Path] = []
+        try:
+            for folder in self.folders:
+                (folder / name).mkdir(mode=0o755)
+                made.append(folder / name)
+            cap = Cap(self.version, tuple(made), memory, processes)
+            cap.configure()
+        except OSError:
+            for folder in reversed(made):
+                _remove(folder)
+            raise
+        return cap
+
+
+@dataclass(frozen=True)
+class Cap:
+    """One run's cgroup (one folder per hierarchy)."""
+
+    version: int
+    folders: tuple[Path, ...]
+    memory: int
+    """Bytes the whole tree may use."""
+    processes: int
+    """Processes and threads the whole tree may have."""
+
+    def _file(self, name: str) -> Path:
+        if self.version == 2:
+            return self.folders[0] / name
+        return self.folders[0 if name.startswith("memory.") else 1] / name
+
+    def configure(self) -> None:
+        if self.version == 1:
+            self._file("memory.limit_in_bytes").write_text(str(self.memory))
+            swap = self._file("memory.memsw.limit_in_bytes")
+            if swap.exists():  # memory and swap together: swapping out is no way around the cap
+                swap.write_text(str(self.memory))
+        else:
+            self._file("memory.max").write_text(str(self.memory))
+            swap = self._file("memory.swap.max")
+            if swap.exists():
+                swap.write_text("0")
+        self._file("pids.max").write_text(str(self.processes))
+
+    def join_files(self) -> list[int]:
+        """Descriptors of its `cgroup.procs` files, open for writing: the run's process 1 writes `0`
+        to each (itself) before it starts anything. The caller closes them once they are sent."""
+        return [os.open(folder / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC) for folder in self.folders]
+
+    def held(self) -> str:
+        """What stopped something in the run, space-separated: `memory` (this cap: the kernel killed a
+        process of the run at it), `outer-memory` (a process of the run was killed when an enclosing
+        limit, a container's or the machine's, ran out, this cap never reached), `processes`; or ''."""
+        if self.version == 1:
+            oom = _counts(self._file("memory.oom_control")).get("oom_kill", 0)
+            # not memory.failcnt: it stays 0 when the kernel kills within the group rather than fail a charge
+            reached = (_read_int(self._file("memory.max_usage_in_bytes")) or 0) >= self.memory - 2**20
+        else:
+            events = _counts(self._file("memory.events"))
+            oom, reached = events.get("oom_kill", 0), events.get("max", 0)
+        refused = _counts(self._file("pids.events")).get("max", 0)
+        memory = ("memory" if reached else "outer-memory") if oom else ""
+        return " ".join(filter(None, (memory, "processes" if refused else "")))
+
+    def remove(self) -> None:
+        """Remove the cgroup once its processes are gone (they may take a moment to leave it)."""
+        for folder in self.folders:
+            _remove(folder)
+
+
+def _remove(folder: Path) -> None:
+    for _ in range(50):
+        try:
+            folder.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:  # EBUSY: a killed process is still leaving it
+            time.sleep(0.01)
