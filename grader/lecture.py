@@ -469,6 +469,10 @@ def _trains(cell: _Cell, parameters: set[str]) -> bool:
                 node.func.attr in ("add_", "sub_", "copy_") else None
             if isinstance(node, ast.Assign):
                 target = next((t for t in node.targets if isinstance(t, ast.Attribute) and t.attr == "data"), None)
+                # `W1 = W1 - lr * dW1`: a parameter computed from itself
+                if target is None and any(isinstance(t, ast.Name) and t.id in params and any(
+                        isinstance(n, ast.Name) and n.id == t.id for n in ast.walk(node.value)) for t in node.targets):
+                    return True
             while isinstance(target, (ast.Attribute, ast.Subscript)):
                 if isinstance(target, ast.Attribute) and target.attr == "data":
                     return True
@@ -796,8 +800,8 @@ def _aliases(cells: list[_Cell]) -> dict[str, str]:
                     bound[node.targets[0].id] = node.value.id
                     continue
                 if isinstance(node, ast.Assign):  # rebound: no longer the same tensor as before
-                    for t in node.targets:
-                        bound.pop(t.id, None) if isinstance(t, ast.Name) else None
+                    for name in [t.id for t in node.targets if isinstance(t, ast.Name)]:
+                        bound.pop(name, None)
                 target = node.target if isinstance(node, ast.AugAssign) else None
                 if isinstance(node, ast.Assign):
                     target = next((t for t in node.targets if isinstance(t, ast.Subscript)), None)

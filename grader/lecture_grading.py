@@ -51,17 +51,25 @@ def graded(path: str, student, recognised: lecture.Recognised, rubric: rubrics.R
         if not problem:
             try:
                 refs = reference.gradients(rubric, None, params)  # (targets and per-use parts, for hints)
-                refs.update(reference.own_gradients(rubric, params, own))
-                notes += forward_differences(rubric, recognised, own, params)
             except Exception as e:  # e.g. a minibatch that does not index the embedding table
                 problem = f"the lecture's forward pass does not run on the notebook's tensors ({type(e).__name__}: {e})"
+        if not problem:
+            try:
+                refs.update(reference.own_gradients(rubric, params, own))
+                notes += forward_differences(rubric, recognised, own, params)
+            except Exception as e:  # (the grader's own failure: the lecture's values still give a reference)
+                notes.append(f"the reference is autograd's at the lecture's forward values, not the notebook's own "
+                             f"({type(e).__name__}: {e})")
         if problem:
             captured = dataclasses.replace(captured, finished=False, reason=problem, done=())
         else:
             captured, changed = as_checked(recognised, student, captured)
             from grader.grade import _local_references  # (the same step credit as our own assignments)
 
-            refs.update(_local_references(rubric, params, captured, refs))
+            try:
+                refs.update(_local_references(rubric, params, captured, refs))
+            except Exception as e:  # (the grader's own failure: every step is then judged on its value alone)
+                notes.append(f"no step was judged on its own ({type(e).__name__}: {e})")
             zero = zero_references(rubric, refs, recognised, captured)
     run = GradedRun("the notebook as it is", (), plan, captured, refs)
     result = _with_warnings(score(rubric, path, [run], {}), changed, zero)
