@@ -608,12 +608,12 @@ def _opened_for_reading(call: ast.Call) -> bool:
                             not set(mode.value) & set("wax+"))
 
 
-def _rewrite(cell: _Cell, role: str, checkers: set[str], keys: set[str]) -> tuple[str, list[str], bool]:
-    """What the run executes for `cell` (role `before` Exercise 1, or `exercise`), what changed, and
-    whether the stand-in is needed."""
+def _rewrite(cell: _Cell, role: str, checkers: set[str], keys: set[str]) -> tuple[str, list[str], bool, str]:
+    """What the run executes for `cell` (role `before` Exercise 1, or `exercise`), what changed, whether the
+    stand-in is needed, and the lines of the notebook's own checks left out (`lines 3-5`, for one note on all cells)."""
     notes = [f"{cell.label}: `{s[:60]}` was not run (no shell or network while grading)" for s in cell.shell]
     if cell.tree is None:
-        return cell.source, notes, False
+        return cell.source, notes, False, ""
     edits: list[tuple[ast.AST | _Span, str]] = []
     stand_in = False
     stripped = [s for s in cell.tree.body if (_is_autograd(s) if role == "before" else _is_check(s, checkers, keys))]
@@ -623,12 +623,11 @@ def _rewrite(cell: _Cell, role: str, checkers: set[str], keys: set[str]) -> tupl
     for s in stripped:
         edits.append((s, "; ".join(f"{name} = {COPY}(lambda: {call.gradient})" for call, name in snapshots.get(id(s), []))
                       or "pass"))
-    if stripped:
-        lines = f"line {stripped[0].lineno}" if len(stripped) == 1 else \
-            f"lines {stripped[0].lineno}-{stripped[-1].end_lineno}"
-        notes.append(f"{cell.label}: {lines} not run: " + (
-            "PyTorch's own backward pass (the grader asks autograd itself, from your tensors)" if role == "before"
-            else "your checks against autograd's gradients (the grader compares every gradient itself)"))
+    lines = "" if not stripped else f"line {stripped[0].lineno}" if len(stripped) == 1 else \
+        f"lines {stripped[0].lineno}-{stripped[-1].end_lineno}"
+    if stripped and role == "before":
+        notes.append(f"{cell.label}: {lines} not run: PyTorch's own backward pass (the grader asks autograd itself, "
+                     "from your tensors)")
     skipped = {id(n) for s in stripped for n in ast.walk(s)}
     for node in ast.walk(cell.tree):
         if id(node) in skipped:
@@ -669,7 +668,7 @@ def _rewrite(cell: _Cell, role: str, checkers: set[str], keys: set[str]) -> tupl
                     and not _is_data_path(arg.value) and arg.value.removeprefix("./") not in DATA_FILES:
                 edits.append((arg, repr("names.txt")))
                 notes.append(f"{cell.label}: reads {arg.value!r}: it read the data set given with --data instead")
-    return _edit(cell.source, edits), notes, stand_in
+    return _edit(cell.source, edits), notes, stand_in, lines if role == "exercise" else ""
 
 
 def _is_data_path(value: str) -> bool:
@@ -689,12 +688,15 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
     positions: dict[int, int] = {}
     notes: list[str] = list(rec.notes)
     needs_stand_in = False
+    checked_lines: list[tuple[_Cell, str]] = []
     for c in cells:
         if c.index > rec.last:
             continue
         role = "before" if c.index < first else "exercise"
-        source, changed, stand_in = _rewrite(c, role, checkers, keys)
+        source, changed, stand_in, checked = _rewrite(c, role, checkers, keys)
         notes += changed
+        if checked:
+            checked_lines.append((c, checked))
         needs_stand_in |= stand_in
         positions[c.index] = len(planned)
         if role == "before":  # autograd refused here too: no gradient can be taken early and kept for later
@@ -702,6 +704,11 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
         else:
             exercise = section_of.get(c.index) or _section_before(rec, c.index)
             planned.append(PlannedCell(f"{c.label} ({exercise})", source, no_grad=False, guarded=True, grade_id=exercise))
+    if checked_lines:  # one note for all cells (one gradient per cell: dozens of them)
+        where = f"{checked_lines[0][0].label}, {checked_lines[0][1]}" if len(checked_lines) == 1 else \
+            "cells " + _numbers([c.number for c, _ in checked_lines])
+        notes.append(f"your checks against autograd's gradients ({where}) were not run: the grader compares every "
+                     "gradient itself, as each check saw it")
     skipped = [c for c in cells if c.index > rec.last]
     if skipped and not rec.sections:
         notes.append("nothing was run: there is no answer to grade yet")
@@ -743,6 +750,17 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
                 unfound.append((ex.id, g.name, f"not found in Exercise {ex.id[2:]} (no check call names {g.of}; "
                                                f"no d{g.of} or d_{g.of} is assigned)"))
     return Plan(tuple(planned), tuple(captures), tuple(notes), tuple(unfound))
+
+
+def _numbers(numbers: list[int]) -> str:
+    """`11-38, 40, 42` for the numbers 11 to 38, 40 and 42 (in order)."""
+    runs: list[list[int]] = []
+    for k in numbers:
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
 
 
 def _section_before(rec: Recognised, index: int) -> str:
