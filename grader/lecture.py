@@ -726,7 +726,8 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
                                       guarded=False))
         positions = {i: p + 1 for i, p in positions.items()}
     recorded = checks(nb, rec)
-    if recorded:  # (guarded like the notebook's cells: it only defines the function its check statements call)
+    copies = any(names for c in cells if first <= c.index <= rec.last for _, names in _snapshots(c, checkers, keys))
+    if copies:  # (guarded like the notebook's cells: it only defines the function its check statements call)
         planned.insert(0, PlannedCell("the grader's record of your checks", COPY_SOURCE, no_grad=False, guarded=True))
         positions = {i: p + 1 for i, p in positions.items()}
 
