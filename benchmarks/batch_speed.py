@@ -6,7 +6,8 @@
 Makes N synthetic submissions of backprop_ninja (mostly correct, some wrong, a few that crash, one
 that never ends), then measures on the same submissions:
 
-- `grader grade` (with the rubric's two hidden re-runs), wall time, in a fresh output folder;
+- `grader grade` (with the rubric's two hidden re-runs), wall time, in a fresh output folder, and the part
+  of it that writes the class report (class.json, class.html), timed again in this process on its output;
 - the physical floor: the time the cells after the shared setup take (the answers, and the locked
   forward pass and short training run they feed), every run of every submission, one after another
   in this one warm process; a submission that never ends counts for its timeout, once;
@@ -138,6 +139,27 @@ def physical_floor(submitted: Path, kinds: dict[str, str], timeout: float) -> fl
     return total
 
 
+def class_report_time(out: Path, submitted: Path, rounds: int = 5) -> float:
+    """Median seconds `grader grade` spends on the class report (class.json, class.html) once the reports are
+    graded: the same calls `batch.write_outputs` makes, on the finished output folder, in this process."""
+    import statistics
+
+    from grader import batch, class_report
+
+    rubric = rubrics.load(NAME)
+    reports = [json.loads(p.read_text()) for p in sorted((out / "reports").glob("*.json"))]
+    picture = (out / "summary.png").read_bytes()
+    paths = {p.parent.parent.name: p for p in submitted.glob(f"*/{NAME}/{NAME}.ipynb")}
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        built = class_report.build(rubric, reports, lambda s: batch.answer_cells(rubric, paths[s]))
+        class_report.to_json(built)
+        class_report.to_html(built, picture, [r["student"] for r in reports])
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def nbgrader_autograde(submitted: Path, timeout: float) -> float:
     """Wall time of `nbgrader autograde` on the same submissions, in a new course."""
     course = Path(tempfile.mkdtemp(prefix="nbgrader-course-"))
@@ -188,6 +210,7 @@ def main() -> None:
             ENV["GRADER_LINUX_MODE"] = "userns"
         reports = [json.loads(p.read_text()) for p in (Path(tmp) / "out" / "reports").glob("*.json")]
         peak = max((r.get("peak_memory_mb") or 0 for r in reports), default=0)
+        report_time = class_report_time(Path(tmp) / "out", submitted)
         dask = grader_grade(submitted, Path(tmp) / "out-dask", args.jobs, args.timeout, "--scheduler",
                             f"local:{args.dask}", "--sandbox", args.sandbox) if args.dask else None
         floor = physical_floor(submitted, kinds, args.timeout)
@@ -200,6 +223,8 @@ def main() -> None:
         print(f"throughput as an ordinary user / as root:   {as_root / ours:6.2f}   (target: about 1)")
     if dask is not None:
         print(f"grader grade --scheduler local:{args.dask}:          {dask:7.2f} s  ({n / dask:6.2f} notebooks/s)")
+    print(f"of which the class report (class.json, .html): {report_time:7.2f} s  ({100 * report_time / ours:.2f} %, "
+          "target: under 5 %)")
     print(f"physical floor (one warm process, serial):     {floor:7.2f} s")
     if theirs is not None:
         print(f"nbgrader autograde:                            {theirs:7.2f} s  ({n / theirs:6.2f} notebooks/s)")

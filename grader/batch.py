@@ -300,15 +300,16 @@ def _digest(value: object) -> str:
 
 def answer_digests(rubric: Rubric, graded, main) -> dict[str, str]:
     """`exercise/name` -> a digest of the answer the notebook's own run gave (`main`), for every variable of the
-    `graded` report that lost points: what the class report compares between students (identical wrong values)."""
+    `graded` report that is wrong in that run: what the class report compares between students (identical wrong
+    values)."""
     from grader.compare import PASSING
 
     exercises = {ex.id: ex for ex in rubric.exercises}
     out = {}
     for v in graded.variables:
         ex = exercises.get(v.exercise)
-        if ex is None or v.status in PASSING:
-            continue
+        if ex is None or v.status in PASSING or (v.runs and v.runs[0] in PASSING):
+            continue  # (right in the notebook's own run, wrong only in a hidden one: the value here is a right one)
         key = (ex.id, v.name)
         if ex.function is not None and v.name in {x.name for x in ex.variables} and ex.function.calls:
             key = (ex.id, f"{ex.function.calls[0]}/{v.name}")  # the first recorded call of the answer's function

@@ -22,7 +22,6 @@ by `grader grade` into `class.json` and `class.html`. What it guarantees:
 from __future__ import annotations
 
 import base64
-import difflib
 import io
 import json
 import keyword
@@ -44,6 +43,10 @@ SHARED_AT_LEAST = 2
 """Least number of variables whose uncommon wrong answers two students must share to be named together."""
 TYPICAL_SAMPLE = 10
 """Students (besides those named) whose answer cells give the class's typical code similarity."""
+SHINGLE = 5
+"""Tokens per run compared by the code similarity (a line of an answer is about ten)."""
+MAX_SOURCE = 200_000
+"""Characters of a student's answer cells read for the code similarity."""
 
 _UNANSWERED = ("missing", "error")
 _LABELS = {"shape": "wrong shape", "dtype": "wrong dtype", "not_finite": "not finite (NaN or infinity)",
@@ -90,8 +93,8 @@ class SharedAnswers:
     answer), for the pair that shares the rarest; about "one student in this many" would give them all by
     chance if students answered independently as often as the class did."""
     code_similarity: float | None
-    """Mean token similarity (0 to 1) of their answer cells, whitespace, comments and names ignored;
-    None where the cells could not be read."""
+    """Mean token similarity (0 to 1) of their answer cells over the group's pairs, whitespace, comments and
+    names ignored (`similarity`); None where the cells could not be read."""
 
 
 @dataclass(frozen=True)
@@ -245,7 +248,8 @@ _FALLBACK = re.compile(r"[A-Za-z_]\w*|\d[\w.]*|\S")
 
 def tokens(source: str) -> list[str]:
     """The code's tokens without whitespace and comments, every name but keywords, builtins and attributes
-    (`.sum`) renamed by order of first use: `d_x = a.sum(0)  # hi` and `g=b.sum(0)` give the same tokens."""
+    (`.sum`) made `v`: `d_x = a.sum(0)  # hi` and `g=b.sum(0)` give the same tokens. (Names are dropped rather
+    than numbered by first use: one helper variable more would renumber every name after it.)"""
     raw: list[tuple[int, str]] = []
     try:
         raw = [(t.type, t.string) for t in tokenize.generate_tokens(io.StringIO(source).readline)
@@ -254,21 +258,24 @@ def tokens(source: str) -> list[str]:
         lines = (line.split("#", 1)[0] for line in source.splitlines())
         raw = [(tokenize.NAME if w[0].isalpha() or w[0] == "_" else tokenize.OP, w)
                for line in lines for w in _FALLBACK.findall(line)]
-    names: dict[str, str] = {}
     out = []
     for i, (kind, text) in enumerate(raw):
         after_dot = i > 0 and raw[i - 1][1] == "."
-        if kind == tokenize.NAME and text not in _KEEP and not after_dot:
-            text = names.setdefault(text, f"v{len(names)}")
-        out.append(text)
+        out.append("v" if kind == tokenize.NAME and text not in _KEEP and not after_dot else text)
     return out
 
 
+def _shingles(a: list[str]) -> set[tuple[str, ...]]:
+    return {tuple(a[i : i + SHINGLE]) for i in range(max(1, len(a) - SHINGLE + 1))}
+
+
 def similarity(a: list[str], b: list[str]) -> float:
-    """How alike two token sequences are, 0 to 1 (difflib's ratio: twice the matched tokens over all)."""
+    """How alike two token sequences are, 0 to 1: the Jaccard index of their runs of SHINGLE tokens (linear
+    in their length: a cell of megabytes costs the class report no more than its reading)."""
     if not a and not b:
         return 1.0
-    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+    x, y = _shingles(a), _shingles(b)
+    return len(x & y) / len(x | y)
 
 
 def _mean_similarity(sources: list[list[str]]) -> float | None:
@@ -286,7 +293,7 @@ def build(rubric: Rubric, reports: Iterable[dict], answer_cells: Callable[[str],
     def cell_tokens(student: str) -> list[str] | None:
         if student not in cells:
             source = answer_cells(student) if answer_cells is not None else ""
-            cells[student] = tokens(source) if source else None
+            cells[student] = tokens(source[:MAX_SOURCE]) if source else None
         return cells[student]
 
     order = {f"{ex.id}/{v.name}": i for i, (ex, v) in enumerate((ex, v) for ex in rubric.exercises for v in ex.graded)}

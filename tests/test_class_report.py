@@ -152,8 +152,8 @@ def test_tokens_ignore_whitespace_comments_and_names():
     a = class_report.tokens("d_W2 = h.T @ d_logits  # the output layer\n")
     b = class_report.tokens("grad_w = hidden.T@dl\n")
     assert a == b and class_report.similarity(a, b) == 1.0
-    assert class_report.similarity(a, class_report.tokens("d_W2 = d_logits.sum(0)")) < 0.7
-    assert class_report.tokens("%matplotlib inline\nx = (") == ["%", "v0", "v1", "v2", "=", "("]  # no parse: words
+    assert class_report.similarity(a, class_report.tokens("d_W2 = d_logits.sum(0)")) < 0.5
+    assert class_report.tokens("%matplotlib inline\nx = (") == ["%", "v", "v", "v", "=", "("]  # no parse: words
 
 
 # --- regrading when what grades changed -----------------------------------------------------------------
