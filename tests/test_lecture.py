@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from conftest import LECTURE_NAMES, NOTEBOOKS, grader_command
-from grader import grade, lecture
+from grader import assets, grade, lecture
 from grader.compare import compare
 from grader.errors import UnknownAssignment
 from grader.rubric import Tolerance
@@ -314,3 +315,35 @@ def test_a_training_loop_is_one_that_updates_the_parameters():
         cell = nb.cells[loop]
         cell.source = cell.source.replace("p.data += -lr * grad", update)
         assert lecture.recognise(nb, "nb.ipynb").last == rec.last, update
+
+
+def _run_in_a_kernel(nb, cwd):
+    """Run `nb` up to its training loop in a real Jupyter kernel with the learner's own kernels (vectorised: no
+    ATEN_CPU_CAPABILITY), as their machine printed their cmp lines; tqdm (not installed here) as a no-op."""
+    from nbclient import NotebookClient
+
+    at = next((i for i, c in enumerate(nb.cells) if "range(max_steps)" in c.source), len(nb.cells))
+    nb.cells = nb.cells[:at]
+    for c in nb.cells:
+        if c.cell_type == "code":
+            c.outputs, c.execution_count = [], None
+            c.source = c.source.replace("from tqdm.notebook import tqdm", "tqdm = lambda x: x")
+    (cwd / "names.txt").write_bytes((assets.data_dir() / "names.txt").read_bytes())
+    kernels = os.environ.pop("ATEN_CPU_CAPABILITY", None)
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
+                       resources={"metadata": {"path": str(cwd)}}).execute()
+    finally:
+        if kernels is not None:
+            os.environ["ATEN_CPU_CAPABILITY"] = kernels
+    return nb
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [k[0] for k in LEARNER_VERDICTS[:-1]] + ["lambda_cmp_interleaved"])
+def test_learner_notebooks_run_in_a_kernel_agree_with_their_own_cmp(tmp_path, pool, name):
+    # acceptance 4 in small: the printouts a real run saves are what the grader's verdicts are compared with
+    nb = _run_in_a_kernel(nbformat.read(NOTEBOOKS / "lecture" / f"{name}.ipynb", as_version=4), tmp_path)
+    report = _grade(nb, tmp_path, pool, name=f"{name}.ipynb")
+    assert len(report.saved_checks) == 28
+    assert [(c.variable, c.saved_approximate) for c in report.saved_checks if not c.agrees] == []
