@@ -580,7 +580,7 @@ def write_outputs(out: Path, assignment: str, found: Found, canvas_column: str |
     if any(s.canvas_id for s in found.submissions):
         _write_atomically(out / "canvas.csv", canvas_csv(found.submissions, loaded, canvas_column or assignment))
     summary = summarize(rubric, loaded)
-    _write_atomically(out / "summary.txt", summary_text(summary, found.problems) + f"\nclass report: {out / 'class.html'}\n")
+    _write_atomically(out / "summary.txt", summary_text(summary, found.problems) + "\nthe class, its mistakes and shared answers: class.html\n")
     picture = summary_png(summary, out / "summary.png")
     paths = {s.student: s.path for s in found.submissions}
     built = class_report.build(rubric, loaded, lambda student: answer_cells(rubric, paths[student]))

@@ -113,7 +113,7 @@ def test_the_class_page_says_what_the_json_says_and_links_each_student(graded_cl
     assert '<a href="feedback/group1.html">group1</a>' in page
     for student in CLASS:
         assert (graded_class / "feedback" / f"{student}.html").is_file()
-    assert "class report: " in (graded_class / "summary.txt").read_text()
+    assert (graded_class / "summary.txt").read_text().endswith("shared answers: class.html\n")
 
 
 def _browser() -> str | None:
