@@ -228,3 +228,64 @@ def test_a_notebook_cannot_reach_the_network_where_the_platform_allows_a_namespa
         server.close()
     assert report.score == report.max_score
     assert any("raised OSError: [Errno 101] Network is unreachable" in n for n in report.notes), report.notes
+
+
+# --- a run that stops part-way keeps what it finished (issue 17) --------------------------------------
+
+EX4_ALL = [("ex4", v) for v in EX4]
+# notebook -> (run status, variables that do not pass and their status, what the report must say stopped it)
+PART_WAY: dict[str, tuple[str, dict, str | tuple[str, ...]]] = {
+    # backward() hangs after three steps: the training cell is interrupted, Exercises 1-3 keep their 28 points
+    "ex4_hangs": ("graded", dict.fromkeys(EX4_ALL, "missing") | {("ex4", "loss"): "error"}, "interrupted after 4 s"),
+    "ex4_exits": ("failed", dict.fromkeys([*EX4_ALL, ("ex4", "loss")], "error"), "exited with code 0 in cell 27"),
+    "ex4_kills_itself": ("failed", dict.fromkeys([*EX4_ALL, ("ex4", "loss")], "error"),
+                         "killed by signal SIGKILL in cell 27"),
+    # a per-process cap (Linux) or the watchdog (portable) stops it; the training cell raises or the run ends
+    "ex4_out_of_memory": ("graded", dict.fromkeys(EX4_ALL, "missing") | {("ex4", "loss"): "error"},
+                          ("can't allocate memory", "ran out of memory")),
+    # the row-by-row loop never moves on: Exercise 2 is interrupted with a wrong d_logits, and the run goes on
+    "ex2_endless": ("graded", {("ex2", "d_logits"): "wrong"}, "cell 17 (ex2) raised interrupted after 4 s"),
+    # only hidden run 2 (another batch size) hangs, at Exercise 1 with SIGINT blocked, until its own timeout:
+    # Exercise 1 loses, the exercises after it are judged in the runs that reached them
+    "hidden_run_hangs": ("graded", dict.fromkeys([("ex1", v) for v in EX1], "error"),
+                         "hidden run 2 did not run to the end: it stopped at ex1"),
+}
+PART_WAY_TIMEOUT = 8.0
+
+
+@pytest.mark.parametrize("name", sorted(PART_WAY))
+def test_a_run_that_stops_part_way_keeps_what_it_finished(name: str, pool) -> None:
+    status, expected, said = PART_WAY[name]
+    report = grade_notebook(NOTEBOOKS / f"{name}.ipynb", timeout=PART_WAY_TIMEOUT, pool=pool)
+    assert report.status == status, report.error
+    for v in report.variables:
+        want = expected.get((v.exercise, v.name), "pass")
+        if want == "pass":
+            assert v.status in ("exact", "approximate") and v.points == v.max_points, v
+        else:
+            assert v.status == want and v.points == 0, v
+    assert report.score == sum(v.max_points for v in report.variables if (v.exercise, v.name) not in expected)
+    everything = " ".join([report.error, *report.notes, *(v.message for v in report.variables)])
+    assert any(phrase in everything for phrase in ((said,) if isinstance(said, str) else said)), everything[:500]
+
+
+def test_grader_grade_keeps_the_same_points_as_grader_check(tmp_path, pool) -> None:
+    import csv
+    import shutil
+
+    from conftest import grader_command
+
+    for name in PART_WAY:
+        shutil.copyfile(NOTEBOOKS / f"{name}.ipynb", tmp_path / f"{name}.ipynb")
+    out = tmp_path / "out"
+    done = subprocess.run([*grader_command(), "grade", str(tmp_path), "--assignment", "backprop_ninja", "--out",
+                           str(out), "--timeout", str(PART_WAY_TIMEOUT), "--jobs", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    with (out / "grades.csv").open(encoding="utf-8") as f:
+        rows = {r["student"]: float(r["score"]) for r in csv.DictReader(f)}
+    checked = {name: grade_notebook(NOTEBOOKS / f"{name}.ipynb", timeout=PART_WAY_TIMEOUT, pool=pool).score
+               for name in PART_WAY}
+    assert rows == checked
+    assert rows["ex4_hangs"] == rows["ex4_exits"] == rows["ex4_out_of_memory"] == 28
+    assert rows["ex2_endless"] == 35 and rows["hidden_run_hangs"] == 10
