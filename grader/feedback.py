@@ -15,6 +15,7 @@ import html
 import io
 
 import torch
+from PIL import Image
 
 from grader.compare import PASSING
 from grader.score import GradedRun, Report
@@ -41,19 +42,10 @@ def _as_2d(t: torch.Tensor) -> torch.Tensor:
 
 
 def _png_rgb(rgb: torch.Tensor) -> bytes:
-    """A PNG file of an (height, width, 3) uint8 image: zlib-compressed scanlines, no other dependency."""
-    import struct
-    import zlib
-
-    height, width, _ = rgb.shape
-    rows = torch.cat([torch.zeros(height, 1, dtype=torch.uint8), rgb.reshape(height, width * 3)], dim=1)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.numpy().tobytes(), 6)) \
-        + chunk(b"IEND", b"")
+    """A PNG file of an (height, width, 3) uint8 image, written by Pillow (matplotlib's own image library)."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb.contiguous().numpy(), "RGB").save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
 
 
 def _shade(values: torch.Tensor, signed: bool) -> torch.Tensor:
