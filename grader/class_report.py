@@ -1,7 +1,7 @@
 """The class report: what the class got right, which mistakes it made, and which wrong answers were shared.
 
-A pure function of the batch's reports (and of the answer cells of the few students it names), read
-by `grader grade` into `class.json` and `class.html`. What it guarantees:
+A function of the batch's reports (and of the answer cells of the students it names and of a sample of
+ten others), written by `grader grade` as `class.json` and `class.html`. What it guarantees:
 
 - **A mistake is counted where it is made.** Only *root mistakes* count: a variable whose own backward
   step is wrong (`local_status` not passing). A value that is wrong only because an earlier gradient
@@ -22,10 +22,10 @@ by `grader grade` into `class.json` and `class.html`. What it guarantees:
 from __future__ import annotations
 
 import base64
+import builtins
 import io
 import json
 import keyword
-import builtins
 import re
 import statistics
 import tokenize
