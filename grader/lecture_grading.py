@@ -25,6 +25,7 @@ from grader import lecture, reference, rubric as rubrics
 from grader.notebook import Plan
 from grader.sandbox import Captured
 from grader.score import GradedRun, Report, VariableResult, score
+from grader.values import UNCHANGED
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,9 @@ def as_checked(recognised: lecture.Recognised, student, captured: Captured) -> t
     changed = []
     for k in lecture.checks(student, recognised):
         seen, end = values.get((k.exercise, k.snapshot)), values.get((k.exercise, k.name))
-        if type(seen) is not torch.Tensor:  # the call could not read it (not defined yet): the end value stands
+        if type(seen) is not torch.Tensor or end is UNCHANGED:
+            # the call could not read it (not defined yet), or the exercise never assigned it (its check looked at
+            # an earlier exercise's answer): the end value stands
             continue
         if type(end) is torch.Tensor and end.shape == seen.shape and end.dtype == seen.dtype and torch.equal(end, seen):
             continue

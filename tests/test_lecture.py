@@ -347,3 +347,13 @@ def test_learner_notebooks_run_in_a_kernel_agree_with_their_own_cmp(tmp_path, po
     report = _grade(nb, tmp_path, pool, name=f"{name}.ipynb")
     assert len(report.saved_checks) == 28
     assert [(c.variable, c.saved_approximate) for c in report.saved_checks if not c.agrees] == []
+
+
+def test_a_check_of_an_earlier_exercises_answer_is_not_an_answer(tmp_path, pool):
+    # Exercise 2 left undone, its check kept: the cmp there looks at Exercise 1's dlogits (right, and printed so),
+    # but Exercise 2 assigned nothing: missing, as before the checks were recorded
+    nb = lecture_notebook()
+    ex2 = next(c for c in nb.cells if c.source.startswith("# backward pass\ndlogits"))
+    ex2.source = "# backward pass\n# (later)\n\ncmp('logits', dlogits, logits)"
+    v = _by(_grade(nb, tmp_path, pool))[("ex2", "logits")]
+    assert v.status == "missing" and "was not assigned" in v.message
