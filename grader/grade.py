@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from grader import assets, notebook, rubric as rubrics, sandbox
-from grader.errors import RubricError
+from grader.errors import RubricError, UsageError
 
 if TYPE_CHECKING:
     from grader.score import Report
@@ -113,7 +113,7 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
             raise RubricError("lecture notebooks have no parameters cell and no hidden re-runs")
         return _grade_lecture(path, student, data=data, timeout=timeout, pool=pool)
     if data is not None:
-        raise RubricError("--data is for lecture notebooks; an assignment reads the data set its rubric names")
+        raise UsageError("--data is for lecture notebooks; an assignment reads the data set its rubric names")
     rubric = rubrics.load(assignment or notebook.assignment_of(student, path))
     released = _released(str(rubric.released), rubric.released.stat().st_mtime_ns)
     published = released_parameters(released)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grader import assets
-from grader.errors import RubricError, UnknownAssignment
+from grader.errors import RubricError, UnknownAssignment, UsageError
 
 # The defaults of `torch.allclose`, which the lecture's `cmp` uses.
 DEFAULT_RTOL = 1e-5
@@ -346,8 +346,8 @@ def load_hidden_runs(path: Path) -> tuple[dict[str, object], ...]:
     """An instructor's own hidden runs, from a TOML file of `[[hidden_run]]` tables kept out of the release."""
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise RubricError(f"{path}: cannot read hidden runs ({e.strerror or e})") from None
+    except OSError as e:  # the command line names a file that is not there: a usage error
+        raise UsageError(f"{path}: cannot read hidden runs ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
         raise RubricError(f"{path}: cannot read hidden runs (not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset "
                           f"{e.start}; TOML files are UTF-8)") from None

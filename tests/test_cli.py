@@ -74,3 +74,11 @@ def test_python_dash_m_grader_works_too():
 
     proc = subprocess.run([sys.executable, "-m", "grader", "check", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path):
+    for args in (["check", str(SOLUTION), "--hidden-runs", str(tmp_path / "missing.toml")],
+                 ["check", str(SOLUTION), "--data", str(tmp_path / "names.txt")]):
+        proc = run(*args)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
+        assert proc.stderr.startswith("grader: ")
