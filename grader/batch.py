@@ -160,6 +160,13 @@ def discover(inputs: Iterable[Path], assignment: str, scratch: Path) -> Found:
     by_student: dict[str, list[tuple[Path, Path]]] = {}
     for student, path, root in candidates:
         by_student.setdefault(_safe_id(student), []).append((path, root))
+    for student, paths in list(by_student.items()):
+        # Canvas names are "lastfirst": two students of the same name are told apart by their user ids
+        users = {_canvas_of(p, root, assignment)[0] for p, root in paths}
+        if len(users) > 1 and "" not in users:
+            del by_student[student]
+            for p, root in paths:
+                by_student.setdefault(f"{student}_{_canvas_of(p, root, assignment)[0]}", []).append((p, root))
     submissions = []
     for student, paths in sorted(by_student.items()):
         if len(paths) > 1:

@@ -213,6 +213,20 @@ def test_canvas_csv_has_the_gradebook_import_layout():
                     ["doejane", "2222", "", "", "", "35"], ["smithjohn", "12345", "", "", "", "36"]]
 
 
+def test_canvas_names_keep_their_user_ids_and_late_flags(tmp_path):
+    download = tmp_path / "submissions.zip"
+    with zipfile.ZipFile(download, "w") as zf:
+        for name in ("smithjohn_12345_67890_backprop_ninja.ipynb", "smithjohn_LATE_777_888_backprop_ninja.ipynb",
+                     "doejane_2222_3333_backprop_ninja-1.ipynb"):
+            zf.writestr(name, "{}")
+    (tmp_path / "scratch").mkdir()
+    found = batch.discover([download], "backprop_ninja", tmp_path / "scratch")
+    # two students named alike are two students, told apart by their Canvas user ids
+    assert [(s.student, s.canvas_id, s.late) for s in found.submissions] == [
+        ("doejane", "2222", False), ("smithjohn_12345", "12345", False), ("smithjohn_777", "777", True)]
+    assert found.problems == ()
+
+
 @pytest.mark.slow
 def test_grade_from_a_canvas_download_writes_canvas_csv_flags_late_and_regrades_on_new_hidden_runs(tmp_path):
     download = tmp_path / "submissions.zip"
