@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import base64
 import functools
-import html
 import io
 
+import jinja2
 import torch
 from PIL import Image
 
@@ -117,54 +117,27 @@ def _graph_png(exercise: str, nodes: tuple[tuple[str, str, str, str], ...],
     return _png(fig)
 
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #212121; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
-table { border-collapse: collapse; width: 100%; font-size: 0.9em; }
-td, th { border-bottom: 1px solid #e0e0e0; padding: 4px 8px; text-align: left; vertical-align: top; }
-.ok { color: #2e7d32; } .bad { color: #c62828; } .follows { color: #ef6c00; }
-figure { margin: 1em 0; } figcaption { font-size: 0.85em; color: #616161; }
-.legend span { display: inline-block; margin-right: 1.5em; }
-"""
-
-_CHECK = """
-window.addEventListener("load", () => {
-  const ok = [...document.images].every(i => i.complete && i.naturalWidth > 0);
-  document.body.dataset.images = ok ? "loaded" : "broken";
-});
-"""
+@functools.lru_cache(maxsize=1)
+def _templates() -> jinja2.Environment:
+    """The package's page templates (`grader/templates/`), escaping every value put into them."""
+    return jinja2.Environment(loader=jinja2.PackageLoader("grader", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
 def page(report: Report, runs: list[GradedRun], edges: dict[str, tuple[str, ...]] | None = None) -> str:
     """The feedback page of `report`; `runs[0]` holds the answers and references of the notebook's own run."""
-    e = html.escape
     main = runs[0] if runs else None
-    out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{e(report.assignment)}: "
-           f"{report.score:g}/{report.max_score:g}</title><style>{_STYLE}</style><script>{_CHECK}</script></head><body>",
-           f"<h1>{e(report.assignment)}: {report.score:g} / {report.max_score:g}</h1>"]
-    if report.status == "failed":
-        out.append(f"<p class='bad'><strong>Your notebook did not run to the end:</strong> {e(report.error)}</p>")
-    out.append("<p class='legend'><span class='ok'>&#9679; right</span><span class='follows'>&#9679; its own step is "
-               "right, the value is off because of an earlier mistake</span><span class='bad'>&#9679; wrong</span></p>")
+    sections = []
     for ex in report.exercises:
         variables = [v for v in report.variables if v.exercise == ex.id]
-        out.append(f"<h2>Exercise {e(ex.id)}: {ex.score:g} / {ex.max_score:g}</h2>")
-        if ex.root_cause:
-            out.append(f"<p>The first wrong step is <strong>{e(ex.root_cause)}</strong>: fix it first; the values "
-                       "in orange below are off only because of it.</p>")
-        out.append("<table><tr><th>gradient</th><th>verdict</th><th>points</th><th>what to look at</th></tr>")
-        for v in variables:
-            css = "ok" if v.status in PASSING else ("follows" if v.local_status in PASSING else "bad")
-            out.append(f"<tr class='{css}'><td><code>{e(v.name)}</code></td><td>{e(v.status)}</td>"
-                       f"<td>{v.points:g}/{v.max_points:g}</td><td>{e(v.message)}</td></tr>")
-        out.append("</table>")
+        rows = [(v, "ok" if v.status in PASSING else ("follows" if v.local_status in PASSING else "bad"))
+                for v in variables]
+        picture = None
         if edges is not None and len(variables) > 2 and any(v.status not in PASSING for v in variables) \
                 and any(v.of in edges for v in variables):
-            out.append(f"<figure><img alt='the forward graph of exercise {e(ex.id)}' "
-                       f"src='{graph(report, ex.id, edges)}'></figure>")
-        if main is None or not main.captured.finished:
-            continue
-        for v in variables:
+            picture = graph(report, ex.id, edges)
+        heatmaps = []
+        for v in variables if main is not None and main.captured.finished else ():
             if v.status in PASSING or v.local_status in PASSING:
                 continue
             # (a values exercise's reference is under `<exercise>=<name>`, a gradient's under its tensor's name)
@@ -172,11 +145,6 @@ def page(report: Report, runs: list[GradedRun], edges: dict[str, tuple[str, ...]
             reference = main.reference.get(f"{ex.id}={v.of}", main.reference.get(v.of))
             if type(answer) is torch.Tensor and isinstance(reference, torch.Tensor) \
                     and answer.shape == reference.shape and answer.numel() > 0:
-                out.append(f"<figure><img alt='where {e(v.name)} differs from the reference' "
-                           f"src='{heatmap(v.name, answer, reference)}'><figcaption>Left: |{e(v.name)} - reference| "
-                           f"(white: equal, red: far off); right: the reference (blue negative, red positive), shape "
-                           f"{tuple(reference.shape)}. {e(v.message)}</figcaption></figure>")
-    if report.notes:
-        out.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in report.notes) + "</ul>")
-    out.append("</body></html>")
-    return "\n".join(out)
+                heatmaps.append((v, heatmap(v.name, answer, reference), tuple(reference.shape)))
+        sections.append({"exercise": ex, "rows": rows, "graph": picture, "heatmaps": heatmaps})
+    return _templates().get_template("feedback.html").render(report=report, sections=sections)
