@@ -371,7 +371,8 @@ def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
     if 1 in starts:
         # Exercises 2 and 3 each compute one gradient of Exercise 1's chain again, in one go. Learners who work one
         # gradient per cell compute dlogits and dhprebn alone inside Exercise 1 too: such a cell begins Exercise 2
-        # (3) only once Exercise 1 is past that step of the chain, or has no cell after it.
+        # (3) only once Exercise 1 is past that step of the chain, or (Exercise 1 left half done) when no cell of the
+        # chain follows and it reads no gradient of the chain (dlogits from softmax, dhprebn from dhpreact alone).
         chain = [c.index for c in cells if c.index >= starts[1][0] and answers(c, ex1_keys)
                  and c.index < starts.get(4, (len(nb.cells), ""))[0]]
         for k, key in ((2, "logits"), (3, "hprebn")):
@@ -383,7 +384,8 @@ def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
             found = next((c for c in cells if after < c.index < until and answers(c, {key})
                           and not answers(c, ex1_keys)
                           and (any(i < c.index and answers(by_index[i], later) for i in chain)
-                               or not any(i > c.index for i in chain))), None)
+                               or (not any(i > c.index for i in chain) and _in_one_go(c, ex1_keys - {"hpreact"})))),
+                         None)
             if found is not None:
                 starts[k] = (found.index, f"its gradient of {key}, in {found.label}")
 
@@ -435,6 +437,13 @@ def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
     if absent:
         notes.append(f"not found in the forward pass (before Exercise 1): {', '.join(absent)}")
     return Recognised(tuple(sections), tuple(forward.items()), tuple(gradients), last, tuple(notes))
+
+
+def _in_one_go(cell: _Cell, chain: set[str]) -> bool:
+    """Whether the cell reads no gradient of `chain` (the lecture's names): it computes its own from the forward
+    tensors (Exercise 2's dlogits from softmax; Exercise 3's dhprebn from dhpreact, the one it is given)."""
+    return cell.tree is not None and not any(
+        isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and _gradient_key(n.id) in chain for n in _walk(cell.tree))
 
 
 def _position(rubric: rubrics.Rubric, of: str) -> int:

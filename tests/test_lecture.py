@@ -357,3 +357,20 @@ def test_a_check_of_an_earlier_exercises_answer_is_not_an_answer(tmp_path, pool)
     ex2.source = "# backward pass\n# (later)\n\ncmp('logits', dlogits, logits)"
     v = _by(_grade(nb, tmp_path, pool))[("ex2", "logits")]
     assert v.status == "missing" and "was not assigned" in v.message
+
+
+def test_exercise_1_half_done_one_gradient_per_cell_then_exercises_2_and_3():
+    # one gradient per cell up to dlogits (complete), then Exercises 2 and 3, unmarked: no cell of the chain follows
+    # them, so they are Exercises 2 and 3 although the chain never got past logits
+    from lecture_notebooks import one_gradient_per_cell
+
+    nb = one_gradient_per_cell(chain_again=False)
+    dh = next(i for i, c in enumerate(nb.cells) if c.source.startswith("dh = dlogits @ W2.T"))
+    ex2 = next(i for i, c in enumerate(nb.cells) if c.source.startswith("# forward pass\nloss_fast"))
+    del nb.cells[dh:ex2]
+    rec = lecture.recognise(nb, "nb.ipynb")
+    starts = {s.exercise: s.cells[0] for s in rec.sections}
+    assert nb.cells[starts["ex2"]].source.startswith("# backward pass\ndlogits = F.softmax")
+    assert "dhprebn = bngain*bnvar_inv/n" in nb.cells[starts["ex3"]].source
+    found = {g.of for g in rec.gradients if g.exercise == "ex1" and g.how}
+    assert found == set(ORDER[: ORDER.index("logits") + 1])
