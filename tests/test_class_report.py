@@ -255,5 +255,5 @@ def test_grade_from_a_canvas_download_writes_canvas_csv_flags_late_and_regrades_
     assert json.loads((out / "class.json").read_text())["students"] == 2
 
     again = grade("--hidden-runs", str(hidden))
-    assert again.stderr.count("(graded again: hidden runs changed)") == 2, again.stderr
+    assert again.stderr.count("(graded again: hidden runs") == 2, again.stderr  # (and "grader" if its code changed)
     assert grade("--hidden-runs", str(hidden)).stderr.count("(kept)") == 2
