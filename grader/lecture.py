@@ -2,10 +2,11 @@
 
 Such a notebook carries no metadata of ours. It is recognised from its code, read top to bottom:
 
-recognise (which cells are which exercise, which of its names are the lecture's tensors, which
-variable holds each gradient) -> plan (the cells the child runs: up to Exercise 3, made safe and quick
-to run here) -> [the run, the reference and the score: `grade.py`] -> saved checks (whether the
-notebook's own saved `cmp` printouts agree with the grader).
+recognise (which cells are which exercise, placed by the check calls and the order of the chain, which
+of its names are the lecture's tensors, which variable holds each gradient) -> plan (the cells the child
+runs: up to Exercise 3, made safe and quick to run here, each check call replaced by a record of the
+gradient as that call saw it) -> [the run: `grade.py`; the reference and the score: `lecture_grading.py`]
+-> saved checks (whether the notebook's own saved `cmp` printouts agree with the grader).
 
 Pure functions of the notebook: nothing here runs its code.
 """
