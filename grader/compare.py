@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from grader.rubric import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
+from grader.rubric import Tolerance
 from grader.values import NotTensor
 
 STATUSES = ("exact", "approximate", "wrong", "shape", "dtype", "missing", "not_finite", "not_tensor", "error",
@@ -123,8 +123,3 @@ def cmp_line(name: str, result: Comparison) -> str:
     if result.status not in PASSING:
         line += f" | {result.message}"
     return line
-
-
-def default_tolerance() -> Tolerance:
-    """`torch.allclose`'s own defaults."""
-    return Tolerance(rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL)

@@ -181,6 +181,21 @@ def test_a_forged_result_is_refused_before_it_is_loaded(bomb):
     raw = json.dumps(header).encode()
     run.result.write(len(raw).to_bytes(8, "little") + raw)
     run.progress.write(b"0\n")
-    captured = run.captured({"returncode": 0}, 10.0, 1.0, None)
+    captured = run.captured({"returncode": 0}, 10.0, None)
     run.close()
     assert not captured.finished and "could not be read" in captured.reason
+
+
+def test_a_worker_outlives_the_thread_that_started_it():
+    """A pool outlives the threads of a batch or of a Dask task: its worker must not die with the thread that
+    happened to start it (a parent-death signal would follow that thread)."""
+    import threading
+
+    from conftest import SOLUTION
+
+    with sandbox.Pool() as workers:
+        starter = threading.Thread(target=grade_notebook, args=(SOLUTION,), kwargs={"hidden_runs": (), "pool": workers})
+        starter.start()
+        starter.join()
+        report = grade_notebook(SOLUTION, hidden_runs=(), pool=workers)
+    assert report.score == report.max_score, report.error

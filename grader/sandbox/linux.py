@@ -36,7 +36,9 @@ from grader.sandbox.results import Captured, Run, collect
 
 def _worker_limits() -> None:  # runs in the worker between fork and exec
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    confine.die_with_parent()  # the worker and its runs end with the grader, even if it is SIGKILLed
+    # No parent-death signal here: it follows the *thread* that started the worker, and a pool outlives the
+    # threads of a batch or a Dask task. The worker ends when its socket closes instead, which the grader's
+    # death does too (even by SIGKILL); its jobs die with the worker.
 
 
 @functools.lru_cache(maxsize=None)
@@ -229,8 +231,7 @@ class Job:
                 report |= {"over": "memory", "cap": "cgroup"}
             elif killed and "outer-memory" in held.split():
                 report |= {"over": "memory", "cap": "outer"}
-        seconds = float((report or {}).get("seconds", time.monotonic() - self.started))
-        return collect([run], report, self.timeout, seconds)[0]
+        return collect([run], report, self.timeout)[0]
 
     def wait(self) -> list[Captured]:
         """Each run in turn (at most the timeout each), then what each brought back."""
@@ -238,7 +239,7 @@ class Job:
         try:
             for i, run in enumerate(self.runs):
                 if not self.released:
-                    captured.append(run._unfinished("the run was never started", 0.0, ""))
+                    captured.append(run._unfinished("the run was never started"))
                     continue
                 if i > 0:
                     self._send(run)

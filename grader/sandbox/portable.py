@@ -299,9 +299,9 @@ class Job:
         """Wait for the job (at most the timeout per run), then read each run's values."""
         try:
             if self.interpreter is None or self.watcher is None:
-                return [r._unfinished("the run was never started", 0.0, "") for r in self.runs]
+                return [r._unfinished("the run was never started") for r in self.runs]
             self.watcher.join()
-            return collect(self.runs, self.report, self.timeout, (self.report or {}).get("seconds", 0.0))
+            return collect(self.runs, self.report, self.timeout)
         finally:
             for r in self.runs:
                 r.close()

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from grader.notebook import Plan, describe_cell
-from grader.sandbox.common import FILE_LIMIT, MAX_RESULT_BYTES, OUTPUT_TAIL, plain
+from grader.sandbox.common import FILE_LIMIT, MAX_RESULT_BYTES, plain
 from grader.values import MISSING, UNCHANGED, Flag, NotTensor, Raised
 
 
@@ -48,10 +48,6 @@ class Captured:
     """One per planned cell that ran (empty when not finished)."""
     values: dict[tuple[str, str], object]
     """(exercise, variable) -> a tensor, None, `MISSING`, `UNCHANGED` or a `NotTensor`."""
-    seconds: float
-    """Wall-clock time of the child."""
-    output: str
-    """The tail of what the notebook printed."""
     peak_memory_mb: float = 0.0
     """Largest resident memory of the run (its process under Linux; its whole process tree under the watchdog)."""
     notes: tuple[str, ...] = ()
@@ -113,14 +109,13 @@ class Run:
         for f in (self.output, self.progress, self.result):
             f.close()
 
-    def captured(self, report: dict | None, timeout: float, seconds: float, current: Run | None) -> Captured:
+    def captured(self, report: dict | None, timeout: float, current: Run | None) -> Captured:
         """What came back from this run, given the backend's `report` and the run that was going on last.
 
         `report`: `returncode`, `timed_out`, `stray` (processes left running), `max_rss_kb`,
         `over` ("memory" or "file") where a watchdog or a cgroup ended the run for a limit, `cap`
         ("cgroup" where it was the cgroup) and `held` (which cgroup caps stopped something).
         """
-        output = self._tail()
         self.peak_memory_mb = round(float((report or {}).get("max_rss_kb", 0)) / 1024, 1)
         self.returncode = int((report or {}).get("returncode", 1))
         stray = int((report or {}).get("stray", 0))
@@ -138,35 +133,30 @@ class Run:
             self.notes += ("the run reached its cap on processes and threads (its cgroup's): "
                            "starting another one failed",)
         if report is None:
-            return self._unfinished("the run's supervisor did not report back (the worker was stopped?)", seconds, output)
+            return self._unfinished("the run's supervisor did not report back (the worker was stopped?)")
         if self.result.seek(0, os.SEEK_END) > 0 and self is not current:
-            return self._read(seconds, output)
+            return self._read()
         if not self.started() and current is not None and current is not self:
             return dataclasses.replace(
-                self._unfinished(f"it did not run: the notebook's process ended in {current.label}", seconds, output),
+                self._unfinished(f"it did not run: the notebook's process ended in {current.label}"),
                 started=False)
         if report.get("timed_out") and self is current:
-            return self._unfinished(f"timed out after {timeout:g} s in {self._current_cell()}", seconds, output)
+            return self._unfinished(f"timed out after {timeout:g} s in {self._current_cell()}")
         if report.get("over") == "memory" and self is current:
             megabytes = int(report.get("memory_limit", 0)) // 2**20
             if report.get("cap") == "outer":
                 return self._unfinished("the notebook ran out of memory (the machine or container the grader runs in "
                                         f"ran out before the run's own cap of {megabytes} MB) "
-                                        f"in {self._current_cell()}", seconds, output)
+                                        f"in {self._current_cell()}")
             which = ("the cap on the run's whole process tree, its cgroup, held" if report.get("cap") == "cgroup"
                      else "the watchdog's cap on the run's whole process tree held")
             return self._unfinished(f"the notebook ran out of memory (its processes used more than {megabytes} MB "
-                                    f"together: {which}) in {self._current_cell()}", seconds, output)
+                                    f"together: {which}) in {self._current_cell()}")
         if report.get("over") == "file" and self is current:
-            return self._unfinished(self._too_much_written(), seconds, output)
+            return self._unfinished(self._too_much_written())
         if self.returncode != 0:
-            return self._unfinished(self._death(), seconds, output)
-        return self._read(seconds, output)
-
-    def _tail(self) -> str:
-        size = self.output.seek(0, os.SEEK_END)
-        self.output.seek(max(0, size - OUTPUT_TAIL))
-        return self.output.read().decode("utf-8", "replace")
+            return self._unfinished(self._death())
+        return self._read()
 
     def _current_cell(self) -> str:
         self.progress.seek(0)
@@ -194,26 +184,26 @@ class Run:
             how = f"exited with code {code}"
         return f"the notebook's process {how} in {where} (os._exit, a crash or running out of memory?)"
 
-    def _unfinished(self, reason: str, seconds: float, output: str, frames=None) -> Captured:
+    def _unfinished(self, reason: str, frames=None) -> Captured:
         """The run did not end well: what it finished before, graded; the rest, `reason`. `frames`: the
         result file as `_frames` read it, where the caller has read it already."""
         frames = self._frames() if frames is None else frames
         if isinstance(frames, str):  # nothing readable: nothing finished
-            return Captured(False, reason, (), {}, seconds, output, self.peak_memory_mb, self.notes)
+            return Captured(False, reason, (), {}, self.peak_memory_mb, self.notes)
         cells, values, done, _ = frames
-        return Captured(False, reason, cells, values, seconds, output, self.peak_memory_mb, self.notes, done)
+        return Captured(False, reason, cells, values, self.peak_memory_mb, self.notes, done)
 
-    def _read(self, seconds: float, output: str) -> Captured:
+    def _read(self) -> Captured:
         """The run ended well: its values, if its last frame is there."""
         frames = self._frames()
         if isinstance(frames, str):
             if self.result.seek(0, os.SEEK_END) == 0:  # e.g. os._exit(0) before its first exercise ended
-                return self._unfinished(self._death(), seconds, output, frames)
-            return self._unfinished(frames, seconds, output, frames)
+                return self._unfinished(self._death(), frames)
+            return self._unfinished(frames, frames)
         cells, values, done, final = frames
         if not final:  # e.g. os._exit(0) part-way: what it finished is kept
-            return self._unfinished(self._death(), seconds, output, frames)
-        return Captured(True, "", cells, values, seconds, output, self.peak_memory_mb, self.notes, done)
+            return self._unfinished(self._death(), frames)
+        return Captured(True, "", cells, values, self.peak_memory_mb, self.notes, done)
 
     def _frames(self) -> tuple[tuple[CellOutcome, ...], dict, tuple[str, ...], bool] | str:
         """The frames of the result file, merged: (cells, values, exercises done, whether the last frame
@@ -308,7 +298,7 @@ def _values(kinds: dict, tensors: dict, exercises: set[str]) -> dict[tuple[str, 
     return values
 
 
-def collect(runs: list[Run], report: dict | None, timeout: float, seconds: float) -> list[Captured]:
+def collect(runs: list[Run], report: dict | None, timeout: float) -> list[Captured]:
     """Each run's values, given how the job ended (`report`, None if nobody reported)."""
     # the run that was going on when the process ended: the last one that started
     current = next((r for r in reversed(runs) if r.started()), None)
@@ -316,4 +306,4 @@ def collect(runs: list[Run], report: dict | None, timeout: float, seconds: float
     if report is not None and not report.get("timed_out") and not report.get("over") \
             and report.get("returncode") == 0 and finished:
         current = None
-    return [r.captured(report, timeout, seconds, current) for r in runs]
+    return [r.captured(report, timeout, current) for r in runs]
