@@ -410,7 +410,7 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
 
     if pool is not None:
         pool.hide(hidden)
-    with (sandbox.Pool(hidden, limits, backend) if pool is None else contextlib.nullcontext(pool)) as workers, \
+    with (sandbox.Pool(hidden, limits, backend, jobs=max(1, jobs)) if pool is None else contextlib.nullcontext(pool)) as workers, \
             ThreadPoolExecutor(max_workers=max(1, jobs)) as threads:
         edges = feedback_edges(rubric)
         futures = {threads.submit(grade_one, s, rubric, timeout, workers, edges, hidden_runs): s for s in todo}
