@@ -40,6 +40,9 @@ class Comparison:
     """Largest absolute difference, or None when the values cannot be compared."""
     message: str
     """One sentence for the student; empty for exact answers."""
+    hint: str = ""
+    """The likely mistake where one is named (`transposed?`, a factor, a sign...; see `grader.hints`), as
+    data: the message says it too, but no decision reads the message."""
 
     @property
     def passed(self) -> bool:
@@ -47,8 +50,8 @@ class Comparison:
         return self.status in PASSING
 
 
-def _fail(status: str, message: str) -> Comparison:
-    return Comparison(status=status, exact=False, approximate=False, maxdiff=None, message=message)
+def _fail(status: str, message: str, hint: str = "") -> Comparison:
+    return Comparison(status=status, exact=False, approximate=False, maxdiff=None, message=message, hint=hint)
 
 
 def describe(value: object) -> str:
@@ -62,11 +65,11 @@ def describe(value: object) -> str:
 
 def _shape_hint(got: tuple[int, ...], want: tuple[int, ...]) -> str:
     if len(got) == 2 and got == want[::-1]:
-        return " -- transposed?"
+        return "transposed?"
     if math.prod(got) == math.prod(want) and same_but_ones(got, want):
         if len(got) > len(want):
-            return " -- summed with keepdim=True where the variable has no such dimension?"
-        return " -- keep the dimension (keepdim=True) so the shape matches the variable?"
+            return "summed with keepdim=True where the variable has no such dimension?"
+        return "keep the dimension (keepdim=True) so the shape matches the variable?"
     return ""
 
 
@@ -94,7 +97,8 @@ def compare(name: str, actual: object, expected: torch.Tensor, tolerance: Tolera
         warning = (f"{name}: shape {got} where the tensor is {want}; credited (the lecture's cmp broadcasts), "
                    f"but use {fix} to match")
     elif got != want:
-        return _fail("shape", f"{name}: shape {got}, expected {want}{_shape_hint(got, want)}")
+        hint = _shape_hint(got, want)
+        return _fail("shape", f"{name}: shape {got}, expected {want}" + (f" -- {hint}" if hint else ""), hint)
     if actual.dtype != expected.dtype:
         return _fail("dtype", f"{name}: dtype {actual.dtype}, expected {expected.dtype}")
     finite = torch.isfinite(actual)

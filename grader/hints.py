@@ -130,9 +130,10 @@ def with_hint(result: Comparison, name: str, actual: object, expected: torch.Ten
     if result.status == "wrong" and isinstance(actual, torch.Tensor):
         hint = diagnose(name, actual, expected, others=others, branches=branches, n=n, targets=targets, noun=noun)
         if hint:
-            return dataclasses.replace(result, message=f"{name}: {hint} ({result.message.partition(': ')[2]})")
-    elif result.status == "shape" and " -- " not in result.message and isinstance(actual, torch.Tensor):
+            return dataclasses.replace(result, message=f"{name}: {hint} ({result.message.partition(': ')[2]})",
+                                       hint=hint)
+    elif result.status == "shape" and not result.hint and isinstance(actual, torch.Tensor):
         hint = wrong_axis(tuple(actual.shape), tuple(expected.shape), n)
         if hint:
-            return dataclasses.replace(result, message=f"{result.message} -- {hint}")
+            return dataclasses.replace(result, message=f"{result.message} -- {hint}", hint=hint)
     return result

@@ -148,20 +148,8 @@ def _scan_flags(plan: Plan, ex: Exercise, forbidden: tuple[str, ...] = ()) -> di
     return flags
 
 
-@dataclass(frozen=True)
-class _Hinted(Comparison):
-    """A verdict whose message names the likely mistake."""
-
-    hint: str = ""
-    """That mistake, in the words of `grader.hints`."""
-
-
-def _hinted(result: Comparison, message: str, hint: str) -> _Hinted:
-    return _Hinted(result.status, result.exact, result.approximate, result.maxdiff, message, hint)
-
-
-def _hint_of(result: Comparison) -> str:
-    return result.hint if isinstance(result, _Hinted) else ""
+def _hinted(result: Comparison, message: str, hint: str) -> Comparison:
+    return dataclasses.replace(result, message=message, hint=hint)
 
 
 @dataclass(frozen=True)
@@ -218,7 +206,7 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
                         branches=parts if isinstance(parts, dict) else None, n=_n(run), targets=_targets(run), noun=noun)
         if hint:
             result = _hinted(result, f"{var.name}: {hint} ({result.message.partition(': ')[2]})", hint)
-    elif result.status == "shape" and " -- " not in result.message and isinstance(value, torch.Tensor):
+    elif result.status == "shape" and not result.hint and isinstance(value, torch.Tensor):
         hint = wrong_axis(tuple(value.shape), tuple(reference.shape), _n(run))
         if hint:
             result = _hinted(result, f"{result.message} -- {hint}", hint)
@@ -423,7 +411,8 @@ def _name_root_causes(rubric: Rubric, results: list[VariableResult]) -> list[Var
     for r in results:
         ex = next(e for e in rubric.exercises if e.id == r.exercise)
         root = _root_cause(ex, results)
-        if root and r.message == LOCAL_ONLY.format(name=r.name):
+        credited_locally = r.status not in PASSING and r.local_status in PASSING and r.points == r.max_points
+        if root and credited_locally:
             r = dataclasses.replace(r, message=f"{r.message}, in {root}")
         out.append(r)
     return out
@@ -465,7 +454,7 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
             # a hidden run that stopped at an earlier exercise costs that exercise, not this one
             judged = [(run, v) for run, v in zip(runs[1:], verdicts[1:]) if not _stopped_earlier(rubric, run, ex)]
             failing = next(((run, v) for run, v in judged if not v.passed), None)
-            status, message, hint_given = first.status, first.message, _hint_of(first)
+            status, message, hint_given = first.status, first.message, first.hint
             if first.passed and failing is not None:
                 hint_given = ""
                 run, v = failing
@@ -489,11 +478,11 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                 if rubric.credit == "local" and local_failing is None and not passed:
                     passed, message, hint_given = True, LOCAL_ONLY.format(name=var.name), ""
                 elif (first.status == local[0].status == "wrong" and local[0] is not first
-                      and " (off by up to" in local[0].message
-                      and (first.message.startswith(f"{var.name}: off by up to") or _below_a_mistake(ex, var, main))):
+                      and local[0].hint
+                      and (not first.hint or _below_a_mistake(ex, var, main))):
                     # below an earlier mistake: say what is wrong with this step (its value's hint would mix
                     # in the earlier mistake: a factor 2 seen through a flipped sign reads as -2)
-                    message, hint_given = local[0].message, _hint_of(local[0])
+                    message, hint_given = local[0].message, local[0].hint
             results.append(VariableResult(
                 ex.id, var.name, var.of, status, first.exact, first.approximate, first.maxdiff,
                 var.points if passed else 0.0, var.points, message,  # (a passing answer's: a warning, or empty)
