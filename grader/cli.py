@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from tqdm import tqdm
+
 from grader.errors import GraderError
 
 
@@ -177,30 +179,25 @@ def _limits(args: argparse.Namespace):
 
 
 class _Progress:
-    """A bar with rate and ETA on a terminal; one plain line per submission otherwise."""
+    """tqdm's bar (rate, ETA, the last submission) on a terminal; one plain line per submission otherwise,
+    for logs and CI."""
 
     def __init__(self, total: int) -> None:
-        import time
-
-        self.total, self.done, self.clock, self.started = total, 0, time.monotonic, time.monotonic()
-        self.bar = sys.stderr.isatty()
+        self.total, self.done = total, 0
+        self.bar = tqdm(total=total, file=sys.stderr, unit="notebook", dynamic_ncols=True) if sys.stderr.isatty() else None
 
     def __call__(self, outcome) -> None:
         self.done += 1
         r = outcome.report
         what = f"{outcome.submission.student}: {r['score']:g}/{r['max_score']:g}" + (
             " (kept)" if outcome.reused else f" (graded again: {outcome.why})" if outcome.why else "")
-        if not self.bar:
+        if self.bar is None:
             print(f"[{self.done}/{self.total}] {what}", file=sys.stderr, flush=True)
             return
-        elapsed = self.clock() - self.started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate else 0.0
-        filled = round(30 * self.done / self.total)
-        print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {rate:.1f}/s "
-              f"ETA {int(eta) // 60}:{int(eta) % 60:02d}  {what[:40]:40s}", end="", file=sys.stderr, flush=True)
+        self.bar.set_postfix_str(what[:40], refresh=False)
+        self.bar.update()
         if self.done == self.total:
-            print(file=sys.stderr)
+            self.bar.close()
 
 
 def _grade(args: argparse.Namespace, backend) -> int:
