@@ -28,6 +28,7 @@ from pathlib import Path
 from grader import report as reports, rubric as rubrics, sandbox
 from grader.errors import GraderError, NotANotebook
 from grader.rubric import Rubric
+from grader.score import ungradable
 
 MAX_ZIP_BYTES = 2 * 2**30
 """Largest total size of the files extracted from one zip."""
@@ -196,17 +197,8 @@ def _write_atomically(path: Path, content: str | bytes) -> None:
 
 
 def failed_report(rubric: Rubric, notebook: str, reason: str) -> dict:
-    """The report of a submission that could not be graded at all: 0 for every variable, and why."""
-    variables = [
-        {"exercise": ex.id, "name": v.name, "of": v.of, "status": "error", "exact": False, "approximate": False,
-         "maxdiff": None, "points": 0.0, "max_points": v.points, "message": f"{v.name}: {reason}", "runs": []}
-        for ex in rubric.exercises
-        for v in ex.graded
-    ]
-    return {"assignment": rubric.assignment, "notebook": notebook, "status": "failed", "error": reason,
-            "score": 0.0, "max_score": rubric.max_score,
-            "exercises": [{"id": ex.id, "score": 0.0, "max_score": ex.max_score} for ex in rubric.exercises],
-            "variables": variables, "notes": [], "runs": []}
+    """The report (as JSON) of a submission that could not be graded at all: 0 for every variable, and why."""
+    return reports.to_dict(ungradable(rubric, notebook, reason))
 
 
 def _read_report(path: Path) -> dict | None:

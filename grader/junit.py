@@ -11,10 +11,10 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
+from grader.compare import PASSING
+
 if TYPE_CHECKING:
     from grader.score import Report
-
-PASSING = ("exact", "approximate")
 
 
 def _case(suite: ET.Element, classname: str, name: str, properties: list[tuple[str, str]], failure: str) -> None:

@@ -112,6 +112,15 @@ class Report:
     """Lecture notebooks: their own saved `cmp` printouts beside the grader's verdicts."""
 
 
+def ungradable(rubric: Rubric, notebook: str, reason: str) -> Report:
+    """The report of a notebook that could not be graded at all: 0 for every variable, and why."""
+    variables = tuple(VariableResult(ex.id, v.name, v.of, "error", False, False, None, 0.0, v.points,
+                                     f"{v.name}: {reason}", local_status="error")
+                      for ex in rubric.exercises for v in ex.graded)
+    exercises = tuple(ExerciseResult(ex.id, 0.0, ex.max_score) for ex in rubric.exercises)
+    return Report(rubric.assignment, notebook, "failed", reason, 0.0, rubric.max_score, exercises, variables, ())
+
+
 def _span_errors(plan: Plan, captured: Captured, exercise: str) -> list[str]:
     """Errors of the cells from the exercise's answer cell up to its capture, the answer cell's first."""
     cap = next(c for c in plan.captures if c.exercise == exercise)
