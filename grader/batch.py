@@ -19,14 +19,20 @@ import json
 import os
 import re
 import tempfile
+import tomllib
 import zipfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
-from grader import report as reports, rubric as rubrics, sandbox
+import torch
+
+from grader import assets, class_report, feedback, notebook, report as reports, rubric as rubrics, sandbox
+from grader.compare import PASSING
 from grader.errors import GraderError, NotANotebook
+from grader.grade import feedback_edges, grade_with_runs, hidden_folders
 from grader.rubric import Rubric
 from grader.score import ungradable
 
@@ -234,8 +240,6 @@ def _canonical(value: object) -> bytes:
 def _grader_version() -> str:
     """The package's version and a digest of its code: an install from a git checkout keeps its version number
     from commit to commit, and a grade must follow the code that made it."""
-    from importlib import metadata
-
     try:
         version = metadata.version("backprop-grader")
     except metadata.PackageNotFoundError:
@@ -251,10 +255,6 @@ def grading_inputs(rubric: Rubric, hidden_runs: tuple[dict[str, object], ...] | 
     """A digest of everything besides the submission that its grade depends on, one per input: the rubric (its
     values, not its comments), the released notebook, the solution where the rubric reads it, the hidden runs
     (`hidden_runs`, or the rubric's), the data files and the grader's version."""
-    import tomllib
-
-    from grader import assets
-
     toml = rubric.released.with_name(f"{rubric.assignment}.toml")
     uses_solution = any(ex.kind == "values" and ex.source == "solution" for ex in rubric.exercises)
     data = hashlib.sha256()
@@ -288,8 +288,6 @@ def regrade_reason(report: dict | None, submission: Submission, inputs: dict[str
 
 def _digest(value: object) -> str:
     """A short digest of a tensor's dtype, shape and bytes: equal only for identical answers."""
-    import torch
-
     if type(value) is not torch.Tensor:
         return ""
     t = value.detach().cpu().contiguous()
@@ -301,8 +299,6 @@ def answer_digests(rubric: Rubric, graded, main) -> dict[str, str]:
     """`exercise/name` -> a digest of the answer the notebook's own run gave (`main`), for every variable of the
     `graded` report that is wrong in that run: what the class report compares between students (identical wrong
     values)."""
-    from grader.compare import PASSING
-
     exercises = {ex.id: ex for ex in rubric.exercises}
     out = {}
     for v in graded.variables:
@@ -324,9 +320,6 @@ def grade_one(submission: Submission, rubric: Rubric, timeout: float | None, poo
     """Grade one submission as `rubric`'s assignment: its report, and its HTML feedback page (None for a
     notebook that cannot be read, which gets a failed report). `edges`: `grade.feedback_edges(rubric)`;
     `hidden_runs`: the hidden re-runs' parameters (default: the rubric's)."""
-    from grader import feedback
-    from grader.grade import feedback_edges, grade_with_runs
-
     try:
         graded, runs = grade_with_runs(submission.path, assignment=rubric.assignment, timeout=timeout, pool=pool,
                                        hidden_runs=hidden_runs)
@@ -383,8 +376,6 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
         outcomes.append(Outcome(s, report, reused=False, why=why[s.student]))
         if progress:
             progress(outcomes[-1])
-
-    from grader.grade import feedback_edges, hidden_folders
 
     # No run may read the solutions, the rubric, the other submissions or what this batch writes.
     hidden = [*hidden_folders(rubric), out.resolve(), *found.roots, *(s.path.resolve() for s in found.submissions)]
@@ -552,8 +543,6 @@ def summary_png(summary: Summary, path: Path) -> bytes:
 
 def answer_cells(rubric: Rubric, path: Path) -> str:
     """The source of a submission's answer cells, one after another (for the class report's code similarity)."""
-    from grader import notebook
-
     answers = {ex.cell for ex in rubric.exercises}
     try:
         nb = notebook.read(path)
@@ -566,8 +555,6 @@ def write_outputs(out: Path, assignment: str, found: Found, canvas_column: str |
     """Rebuild grades.csv, the feedback files, the summary and the class report (class.json, class.html) from
     the reports of `found`'s students; and canvas.csv where submissions came from a Canvas download
     (`canvas_column`: the assignment's column there, default its name)."""
-    from grader import class_report
-
     rubric = rubrics.load(assignment)
     loaded = []
     for s in found.submissions:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+import safetensors.torch
+import torch
 
-from grader import assets, notebook, rubric as rubrics, sandbox
-from grader.errors import RubricError, UsageError
-
-if TYPE_CHECKING:
-    from grader.score import Report
+from grader import assets, lecture, lecture_grading, notebook, reference, rubric as rubrics, sandbox
+from grader.compare import same_but_ones
+from grader.errors import GraderError, RubricError, UsageError
+from grader.score import GradedRun, Report, score
 
 
 @functools.lru_cache(maxsize=8)
@@ -34,7 +34,6 @@ def released_parameters(released_nb) -> dict[str, object]:
 def graded_rubric(path: str | Path, assignment: str | None = None) -> rubrics.Rubric:
     """The rubric `grade_with_runs` grades the notebook at `path` by, without running it (for the names of its
     variables). Raises as `grade_with_runs` does for input that cannot be graded."""
-    from grader import lecture
 
     student = notebook.read(Path(path))
     if _as_lecture(student, assignment):
@@ -44,7 +43,6 @@ def graded_rubric(path: str | Path, assignment: str | None = None) -> rubrics.Ru
 
 def _as_lecture(student, assignment: str | None) -> bool:
     """Whether to grade `student` as the lecture's own notebook: asked for, or it is not one of ours."""
-    from grader import lecture
 
     return assignment == rubrics.LECTURE or (assignment is None and not lecture.is_ours(student))
 
@@ -148,8 +146,7 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
         import safetensors.torch  # noqa: F401
 
         from grader import reference  # noqa: F401  (for _reference, imported before any cell runs)
-        from grader.score import GradedRun, score
-
+    
         try:
             # The references first: they take about as long as the worker takes to start, the first time.
             refs = [_reference(rubric, released, p, where, changed)
@@ -211,7 +208,6 @@ def _reference(rubric: rubrics.Rubric, released, params: dict[str, object], wher
                overrides: dict[str, object]) -> dict[str, object]:
     """The reference of one run. The released cells run with the published values; where they fail with values a
     caller set (a batch size of 0, a negative width), a `RubricError` that names them."""
-    from grader import reference
 
     if not overrides:
         return reference.gradients(rubric, released, params)  # (a failure here is the grader's own bug)
@@ -228,8 +224,6 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
                    pool: sandbox.Pool | None) -> tuple[Report, list]:
     """A lecture notebook: recognise it, run it up to Exercise 3, and grade it against the lecture's
     forward pass run here on the parameters and minibatch its run produced."""
-    from grader import lecture
-    from grader.errors import GraderError
 
     recognised = lecture.recognise(student, path)
     rubric = lecture.rubric_for(recognised)
@@ -250,18 +244,15 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
         if own_pool:
             pool.close()
 
-    from grader import lecture_grading
 
     return lecture_grading.graded(str(path), student, recognised, rubric, plan, captured)
 
 
 def feedback_edges(rubric: rubrics.Rubric) -> dict[str, tuple[str, ...]]:
     """The graded forward tensors and those each is computed from, with the published parameters."""
-    from grader import reference
 
     if rubric.assignment == rubrics.LECTURE:
-        from grader import lecture
-
+    
         return reference.forward_edges(rubric, {"leaves": lecture.leaves(lecture.example_leaves())})
     released = _released(str(rubric.released), rubric.released.stat().st_mtime_ns)
     params = released_parameters(released) | (rubric.grading_parameters or {}) | {
@@ -271,7 +262,6 @@ def feedback_edges(rubric: rubrics.Rubric) -> dict[str, tuple[str, ...]]:
 
 def _replayed_calls(rubric: rubrics.Rubric, params: dict[str, object], captured) -> dict[str, object]:
     """Autograd's answers to the recorded calls of function exercises: `<exercise>@<call>` -> gradients."""
-    from grader import reference
 
     out: dict[str, object] = {}
     for ex in rubric.exercises:
@@ -291,7 +281,6 @@ def _replayed_calls(rubric: rubrics.Rubric, params: dict[str, object], captured)
 def _local_references(rubric: rubrics.Rubric, params: dict[str, object], captured, refs: dict) -> dict[str, object]:
     """Per plain exercise, what each gradient should be given the student's own gradients below it in the
     chain (`<LOCAL><exercise>:<forward name>` -> tensor): each step judged on its own."""
-    from grader import reference
 
     out: dict[str, object] = {}
     for ex in rubric.exercises:
@@ -316,9 +305,7 @@ def _local_references(rubric: rubrics.Rubric, params: dict[str, object], capture
 
 def _fitted(value: object, var, refs: dict) -> object:
     """`value`, reshaped to its reference's shape where the rubric credits broadcastable shapes."""
-    import torch
 
-    from grader.compare import same_but_ones
 
     ref = refs.get(var.of) if var is not None else None
     if (var is not None and var.tolerance.broadcast and type(value) is torch.Tensor and isinstance(ref, torch.Tensor)
