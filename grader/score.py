@@ -427,19 +427,6 @@ def _name_root_causes(rubric: Rubric, results: list[VariableResult]) -> list[Var
     return out
 
 
-def _first_missed(rubric: Rubric, run: GradedRun) -> str | None:
-    """The first exercise whose values did not come back from `run`, or None if every one did."""
-    return next((e.id for e in rubric.exercises if not run.captured.reached(e.id)), None)
-
-
-def _stopped_earlier(rubric: Rubric, run: GradedRun, ex) -> bool:
-    """Whether hidden `run` never reached `ex` because it stopped at an earlier exercise (a hang, an exit, a
-    crash there): that exercise takes the loss, and `ex` is judged in the runs that reached it. The blame
-    lands on the first exercise not reached, so a stop placed before every exercise still costs the first."""
-    missed = _first_missed(rubric, run)
-    return missed is not None and missed != ex.id and not run.captured.reached(ex.id)
-
-
 def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[str, object]) -> Report:
     """Grade every variable of `rubric`: it earns its points only if it passes in every run.
 
@@ -460,9 +447,9 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
             else:
                 verdicts = [_training_verdict(ex, run, flags) for run in runs]
             first = verdicts[0]
-            # a hidden run that stopped at an earlier exercise costs that exercise, not this one
-            judged = [(run, v) for run, v in zip(runs[1:], verdicts[1:]) if not _stopped_earlier(rubric, run, ex)]
-            failing = next(((run, v) for run, v in judged if not v.passed), None)
+            # (a hidden run that did not reach this exercise fails it too: a notebook that stops its hidden runs
+            # on purpose, at any exercise, must not escape their checks of the exercises after it)
+            failing = next(((run, v) for run, v in zip(runs[1:], verdicts[1:]) if not v.passed), None)
             status, message, hint_given = first.status, first.message, first.hint
             if first.passed and failing is not None:
                 hint_given = ""
@@ -479,7 +466,7 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                                f"in {run.label} (other {', '.join(run.changed)}){hint}")
                 else:
                     message = f"{var.name} is right with the notebook's parameters but {run.label} did not run to the end{hint}"
-            passed = first.passed and all(v.passed for _, v in judged)
+            passed = all(v.passed for v in verdicts)
             local_status = status
             if local is not None:
                 local_failing = next((v for v in local if not v.passed), None)
@@ -506,12 +493,7 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
     )
     notes = main.plan.notes + tuple(f"{o.label} raised {o.error}" for o in main.captured.cells if o.error)
     notes += main.captured.notes
-    for run in runs[1:]:
-        if not run.captured.finished:
-            missed = _first_missed(rubric, run)
-            later = (f": it stopped at {missed}, and the exercises after it are judged in the runs that reached them"
-                     if missed and missed != rubric.exercises[-1].id else "")
-            notes += (f"{run.label} did not run to the end{later}",)
+    notes += tuple(f"{run.label} did not run to the end" for run in runs[1:] if not run.captured.finished)
     return Report(
         assignment=rubric.assignment,
         notebook=notebook,

@@ -245,10 +245,10 @@ PART_WAY: dict[str, tuple[str, dict, str | tuple[str, ...]]] = {
                           ("can't allocate memory", "ran out of memory")),
     # the row-by-row loop never moves on: Exercise 2 is interrupted with a wrong d_logits, and the run goes on
     "ex2_endless": ("graded", {("ex2", "d_logits"): "wrong"}, "cell 17 (ex2) raised interrupted after 4 s"),
-    # only hidden run 2 (another batch size) hangs, at Exercise 1 with SIGINT blocked, until its own timeout:
-    # Exercise 1 loses, the exercises after it are judged in the runs that reached them
-    "hidden_run_hangs": ("graded", dict.fromkeys([("ex1", v) for v in EX1], "error"),
-                         "hidden run 2 did not run to the end: it stopped at ex1"),
+    # only hidden run 2 (another batch size) hangs, in Exercise 4 with SIGINT blocked, until its own timeout:
+    # Exercises 1-3, which that run had finished, keep their points
+    "hidden_run_hangs": ("graded", dict.fromkeys([*EX4_ALL, ("ex4", "loss")], "error"),
+                         "hidden run 2 did not run to the end"),
 }
 PART_WAY_TIMEOUT = 8.0
 
@@ -288,4 +288,18 @@ def test_grader_grade_keeps_the_same_points_as_grader_check(tmp_path, pool) -> N
                for name in PART_WAY}
     assert rows == checked
     assert rows["ex4_hangs"] == rows["ex4_exits"] == rows["ex4_out_of_memory"] == 28
-    assert rows["ex2_endless"] == 35 and rows["hidden_run_hangs"] == 10
+    assert rows["ex2_endless"] == 35 and rows["hidden_run_hangs"] == 28
+
+
+def test_stopping_the_hidden_runs_on_purpose_escapes_none_of_their_checks(tmp_path, pool) -> None:
+    """A notebook can tell a hidden run by its parameters; ending those runs before a hard-coded answer
+    (here the batch size in Exercises 1 and 2) must not make the answer pass on the published run alone."""
+    nb = nbformat.read(NOTEBOOKS / "hardcoded_batch.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex1")
+    cell.source = "import os, signal\nif n != 32:\n    os.kill(os.getpid(), signal.SIGKILL)\n" + cell.source
+    nbformat.write(nb, tmp_path / "stops_hidden_runs.ipynb")
+    honest = grade_notebook(NOTEBOOKS / "hardcoded_batch.ipynb", timeout=PART_WAY_TIMEOUT, pool=pool)
+    gaming = grade_notebook(tmp_path / "stops_hidden_runs.ipynb", timeout=PART_WAY_TIMEOUT, pool=pool)
+    assert gaming.score <= honest.score < gaming.max_score
+    d_logits = next(v for v in gaming.variables if v.exercise == "ex2")
+    assert d_logits.points == 0
