@@ -18,6 +18,7 @@ import io
 import json
 import os
 import re
+import sys
 import tempfile
 import tomllib
 import zipfile
@@ -34,6 +35,7 @@ from grader.compare import PASSING
 from grader.errors import GraderError, NotANotebook
 from grader.grade import feedback_edges, grade_with_runs, hidden_folders
 from grader.rubric import Rubric
+from grader.sandbox import common
 from grader.score import ungradable
 
 MAX_ZIP_BYTES = 2 * 2**30
@@ -332,6 +334,16 @@ def grade_one(submission: Submission, rubric: Rubric, timeout: float | None, poo
             "answers": answers}, page
 
 
+def _at_once(jobs: int, workers: sandbox.Pool) -> int:
+    """How many submissions to grade at once: `jobs`, or fewer where their runs would not fit the memory of
+    the container the grader runs in (said on stderr)."""
+    if workers.most_at_once is None or jobs <= workers.most_at_once:
+        return jobs
+    print(f"grader: warning: grading {workers.most_at_once} at once, not {jobs}: more runs would not fit the "
+          f"memory limit the grader runs under with {common.MIN_RUN_MEMORY // 2**20} MB each", file=sys.stderr)
+    return workers.most_at_once
+
+
 def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeout: float | None = None,
               force: bool = False, progress: Callable[[Outcome], None] | None = None,
               limits: sandbox.Limits = sandbox.DEFAULT_LIMITS, scheduler: str | None = None,
@@ -394,7 +406,7 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
     if pool is not None:
         pool.hide(hidden)
     with (sandbox.Pool(hidden, limits, backend, jobs=max(1, jobs)) if pool is None else contextlib.nullcontext(pool)) as workers, \
-            ThreadPoolExecutor(max_workers=max(1, jobs)) as threads:
+            ThreadPoolExecutor(max_workers=_at_once(max(1, jobs), workers)) as threads:
         edges = feedback_edges(rubric)
         futures = {threads.submit(grade_one, s, rubric, timeout, workers, edges, hidden_runs): s for s in todo}
         for future in as_completed(futures):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from tqdm import tqdm
@@ -271,13 +272,24 @@ def run() -> None:
     # jsonschema (under nbformat) imports rfc3987_syntax where it is installed, only to check "iri" formats,
     # which the notebook schema does not use; building that package's grammar takes most of a second.
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]  (None: "not importable")
+    # SIGTERM (a scheduler's `kill`, a CI timeout) unwinds like Ctrl-C: the runs going on end and their
+    # cgroups are removed on the way out, instead of left behind as by SIGKILL
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = main()
         sys.stdout.flush()
         sys.stderr.flush()
     except BrokenPipeError:  # `grader check ... | head`: the reader went away, nothing more to say
         code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
     os._exit(code)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,12 @@ if os.uname().machine == "x86_64":  # clone(CLONE_NEWUSER | SIGCHLD): the flags 
     if pid == 0:
         os._exit(0)
     found["clone"] = outcome(pid)
+import socket
+try:  # a family a network namespace does not isolate (virtual machines offer it)
+    socket.socket(40, socket.SOCK_STREAM)  # AF_VSOCK
+    found["vsock"] = "ok"
+except OSError as e:
+    found["vsock"] = e.strerror
 raise RuntimeError(repr(found))
 """
 
@@ -94,6 +100,7 @@ def test_a_run_can_make_no_namespace_and_trace_no_process(tmp_path, pool, userns
     assert "'ptrace': 'Operation not permitted'" in found
     assert "'unshare': 'Operation not permitted'" in found
     assert "'unshare --user --net': 'Operation not permitted'" in found
+    assert "'vsock': 'Address family not supported by protocol'" in found
     if platform.machine() == "x86_64":
         assert "'clone': 'Operation not permitted'" in found
     # and the filter costs an honest notebook nothing
@@ -132,12 +139,18 @@ def test_no_run_leaves_its_cgroup_behind(tmp_path, pool):
 
 def test_caps_are_lowered_to_fit_a_container():
     limits = common.DEFAULT_LIMITS
-    assert common.fit(limits, 3, None) == limits  # no container limit: as asked
-    assert common.fit(limits, 1, 64 * 2**30) == limits  # room enough: as asked
-    small = common.fit(limits, 1, 768 * 2**20)  # Gradescope's default
-    assert small.memory + small.tmp_size == 768 * 2**20 - common.GRADER_MEMORY - common.WORKER_MEMORY
-    shared = common.fit(limits, 4, 768 * 2**20)
-    assert shared.memory + shared.tmp_size == common.MIN_RUN_MEMORY  # never below what a run needs
+    assert common.fit(limits, 3, None) == (limits, None)  # no container limit: as asked
+    assert common.fit(limits, 1, 64 * 2**30) == (limits, 1)  # room enough: as asked
+    room = 768 * 2**20 - common.GRADER_MEMORY - common.WORKER_MEMORY  # Gradescope's default
+    small, at_once = common.fit(limits, 1, 768 * 2**20)
+    assert at_once == 1 and small.memory + small.tmp_size == room
+    shared, at_once = common.fit(limits, 2, 768 * 2**20)
+    assert at_once == 2 and shared.memory + shared.tmp_size == room // 2
+    crowded, at_once = common.fit(limits, 14, 768 * 2**20)  # fewer at once rather than less than a run needs
+    assert at_once == room // common.MIN_RUN_MEMORY and crowded.memory + crowded.tmp_size == common.MIN_RUN_MEMORY
+    assert at_once * common.MIN_RUN_MEMORY <= room
+    tiny, at_once = common.fit(limits, 4, 256 * 2**20)  # smaller than the grader needs: one run, the least
+    assert at_once == 1 and tiny.memory + tiny.tmp_size == common.MIN_RUN_MEMORY
     assert shared.file_size == limits.file_size and shared.processes == limits.processes
 
 
@@ -185,3 +198,33 @@ def test_a_memory_bomb_under_gradescope_s_768_mb_gives_a_valid_results_json(tmp_
     assert out["score"] == 0
     d_logprobs = next(t for t in out["tests"] if t["name"] == "Ex1 d_logprobs")
     assert any(reason in d_logprobs["output"] for reason in ("MemoryError", "can't allocate memory", "ran out of memory"))
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_grader_stopped_mid_run_leaves_no_cgroup_behind(how):
+    """SIGTERM unwinds: the run ends and its cgroup goes. SIGKILL cannot clean up: the next grader sweeps the
+    empty cgroups of graders that are gone."""
+    import signal
+    import time
+
+    hierarchy, why = Hierarchy.find()
+    if hierarchy is None:
+        pytest.skip(f"no cgroup per run here: {why}")
+    from conftest import grader_command
+
+    grader = subprocess.Popen([*grader_command(), "check", str(NOTEBOOKS / "infinite_loop.ipynb"), "--timeout", "60"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def its_cgroups() -> list[Path]:
+        return [p for folder in hierarchy.folders for p in folder.glob(f"grader-{grader.pid}-*")]
+
+    deadline = time.monotonic() + 60
+    while not its_cgroups() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert its_cgroups(), "the run should be going on, in a cgroup of its own"
+    grader.send_signal(getattr(signal, how))
+    grader.wait(timeout=30)
+    if how == "SIGKILL":
+        time.sleep(2)  # the worker sees its socket close, its runs end with it
+        Hierarchy.find()
+    assert its_cgroups() == []

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +154,7 @@ class Hierarchy:
             hierarchy = Hierarchy(2, (folder,))
         else:
             return None, "no cgroup memory and pids controllers are mounted"
+        hierarchy.sweep()
         try:  # the only test that counts: make one
             probe = hierarchy.make(2**30, 64)
         except OSError as e:
@@ -159,9 +162,25 @@ class Hierarchy:
         probe.remove()
         return hierarchy, ""
 
+    def sweep(self) -> None:
+        """Remove the cgroups of graders that are gone (killed with SIGKILL, say): empty ones only."""
+        for folder in self.folders:
+            for stale in folder.glob("grader-*"):
+                try:
+                    pid = int(stale.name.split("-")[1])
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    try:
+                        stale.rmdir()
+                    except OSError:
+                        pass  # processes still in it, or another grader's: left alone
+                except (ValueError, OSError):
+                    continue
+
     def make(self, memory: int, processes: int) -> Cap:
         """A new cgroup with these caps. Raises OSError where it cannot be made."""
-        name = f"grader-{os.getpid()}-{next(_COUNTER)}"
+        # the random part: a grader killed before it removed its cgroups may have had this process id
+        name = f"grader-{os.getpid()}-{next(_COUNTER)}-{secrets.token_hex(3)}"
         made: list[Path] = []
         try:
             for folder in self.folders:
@@ -208,7 +227,15 @@ class Cap:
     def join_files(self) -> list[int]:
         """Descriptors of its `cgroup.procs` files, open for writing: the run's process 1 writes `0`
         to each (itself) before it starts anything. The caller closes them once they are sent."""
-        return [os.open(folder / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC) for folder in self.folders]
+        fds: list[int] = []
+        try:
+            for folder in self.folders:
+                fds.append(os.open(folder / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
 
     def held(self) -> str:
         """What stopped something in the run, space-separated: `memory` (this cap: the kernel killed a
@@ -226,17 +253,39 @@ class Cap:
         return " ".join(filter(None, (memory, "processes" if refused else "")))
 
     def remove(self) -> None:
-        """Remove the cgroup once its processes are gone (they may take a moment to leave it)."""
+        """Kill what is still in the cgroup (a grader interrupted mid-run), then remove it (its killed processes
+        may take a moment to leave)."""
         for folder in self.folders:
             _remove(folder)
 
 
-def _remove(folder: Path) -> None:
-    for _ in range(50):
+def _remove(folder: Path) -> bool:
+    """Remove one cgroup folder, killing its processes first; whether it is gone."""
+    for attempt in range(100):
         try:
             folder.rmdir()
-            return
+            return True
         except FileNotFoundError:
-            return
-        except OSError:  # EBUSY: a killed process is still leaving it
+            return True
+        except OSError:  # EBUSY: processes still in it
+            if attempt % 10 == 0:
+                _kill_members(folder)
             time.sleep(0.01)
+    return False
+
+
+def _kill_members(folder: Path) -> None:
+    try:
+        (folder / "cgroup.kill").write_text("1")  # cgroup v2, Linux 5.14 and later: the whole group at once
+        return
+    except OSError:
+        pass
+    try:
+        members = (folder / "cgroup.procs").read_text(encoding="ascii").split()
+    except OSError:
+        return
+    for pid in members:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ValueError, OSError):
+            pass

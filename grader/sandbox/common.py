@@ -48,25 +48,31 @@ class Limits:
 DEFAULT_LIMITS = Limits(memory=MEMORY_LIMIT, file_size=FILE_LIMIT, processes=64, tmp_size=256 * 2**20)
 """What each run may use unless the caller says otherwise."""
 
-GRADER_MEMORY = 320 * 2**20
-"""What the grader's own process holds once torch is imported (280 MB resident measured, torch 2.13)."""
-WORKER_MEMORY = 320 * 2**20
-"""What one warm worker holds: torch, the data, the setup cells run (257 MB resident measured)."""
+GRADER_MEMORY = 256 * 2**20
+"""What the grader's own process is counted for in a container's memory once torch is imported. (Measured:
+a whole `grader gradescope run` of the solution, grader, warm worker and run together, peaks at 370 MB of
+the container's memory: the worker shares torch's pages with the grader.)"""
+WORKER_MEMORY = 256 * 2**20
+"""What one warm worker is counted for: torch, the data, the setup cells run."""
 MIN_RUN_MEMORY = 64 * 2**20
-"""The least a run is given, however small the container: less and the released notebook cannot run."""
+"""The least a run is given: less and the released notebook cannot run."""
 
 
-def fit(limits: Limits, jobs: int, container: int | None) -> Limits:
-    """`limits`, lowered where `jobs` runs at once must share a `container`'s memory limit (bytes; None:
-    no limit) with the grader and one warm worker, so that a run that asks for too much meets its own
-    cap (a `MemoryError`, a report with the reason) before the container's kills the grader."""
+def fit(limits: Limits, jobs: int, container: int | None) -> tuple[Limits, int | None]:
+    """`limits`, lowered where runs must share a `container`'s memory limit (bytes; None: no limit) with
+    the grader and one warm worker, and how many runs fit at once (None: as many as asked). Up to `jobs`
+    runs at once, each with at least `MIN_RUN_MEMORY`: fewer at once rather than less each, so that
+    together they never reach the container's limit and a run that asks for too much meets its own cap
+    (a `MemoryError`, a report with the reason) before the container's kills something."""
     if container is None:
-        return limits
-    per_run = max(MIN_RUN_MEMORY, (container - GRADER_MEMORY - WORKER_MEMORY) // max(1, jobs))
+        return limits, None
+    room = max(0, container - GRADER_MEMORY - WORKER_MEMORY)
+    at_once = max(1, min(max(1, jobs), room // MIN_RUN_MEMORY))
+    per_run = max(MIN_RUN_MEMORY, room // at_once)
     if limits.memory + limits.tmp_size <= per_run:
-        return limits
+        return limits, at_once
     tmp_size = min(limits.tmp_size, per_run // 4)  # the private /tmp is memory too
-    return replace(limits, memory=per_run - tmp_size, tmp_size=tmp_size)
+    return replace(limits, memory=per_run - tmp_size, tmp_size=tmp_size), at_once
 
 
 def child_env(workdir: Path, own_path: bool = False) -> dict[str, str]:

@@ -96,10 +96,11 @@ class Pool:
 
     def __init__(self, hidden: list[Path] | tuple[Path, ...] = (), limits: Limits = DEFAULT_LIMITS,
                  backend: Backend | None = None, jobs: int = 1) -> None:
-        """`jobs`: how many runs go on at once; where the grader runs under a memory limit (a container),
-        each run's `limits` are lowered so that they fit (`common.fit`)."""
+        """`jobs`: how many runs the caller means to have going on at once. Where the grader runs under a
+        memory limit (a container), each run's `limits` are lowered to fit and `most_at_once` says how
+        many runs fit at once (`common.fit`); None: no limit."""
         self.hidden = list(hidden)
-        self.limits = fit(limits, jobs, memory_limit())
+        self.limits, self.most_at_once = fit(limits, jobs, memory_limit())
         self.backend = backend or choose()
         self.workers: dict[tuple, Worker] = {}
         self.lock = threading.Lock()

@@ -12,8 +12,13 @@ is inherited across fork and exec and cannot be removed):
   `perf_event_open`, `userfaultfd`, `io_uring`, the key ring (`keyctl`, `add_key`, `request_key`),
   file handles (`open_by_handle_at`), modules, `kexec`, swap, `reboot`, `acct`, `quotactl`,
   `syslog`;
-- calls of another architecture's table (32-bit `int 0x80` on x86_64) end the process: the filter is
-  written for the native table only.
+- sockets of the families a notebook may use only: Unix, IPv4 and IPv6 (all three end inside the run's
+  empty network namespace) and netlink (its own namespace too); every other family (`AF_VSOCK`, which a
+  network namespace does not isolate and virtual machines offer, `AF_PACKET`, `AF_ALG`, Bluetooth...)
+  fails with EAFNOSUPPORT, as on a kernel without it;
+- `personality` other than the default (no switching address-space randomisation off), `modify_ldt`;
+- calls of another architecture's table (32-bit `int 0x80` on x86_64) end the whole process, not only
+  the thread that made them: the filter is written for the native table only.
 
 Everything else is allowed: a notebook needs files, threads, processes, memory and signals, and the
 other layers (namespaces, user ids, limits) already bound them. A refused call fails with an error
@@ -40,6 +45,7 @@ REFUSED = (
     # the machine itself
     "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "swapon", "swapoff",
     "reboot", "acct", "quotactl", "syslog", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
+    "modify_ldt",
 )
 """System calls that fail with EPERM in a run."""
 
@@ -49,6 +55,9 @@ NAMESPACE_FLAGS = {
     "CLONE_NEWNET": 0x40000000, "CLONE_NEWTIME": 0x00000080,
 }
 """`clone` flags that make a namespace: a `clone` with any of them fails with EPERM."""
+
+SOCKET_FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16}
+"""The socket families a run may open; the others fail with EAFNOSUPPORT."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,15 @@ class Filter:
         for flag in NAMESPACE_FLAGS.values():
             compiled.add_rule(refuse, "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag))
         compiled.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
+        no_family = pyseccomp.ERRNO(errno.EAFNOSUPPORT)
+        allowed = set(SOCKET_FAMILIES.values())
+        for call in ("socket", "socketpair"):
+            # the kernel reads the family as a 32-bit int: a value with higher bits set is caught by the first rule
+            compiled.add_rule(no_family, call, pyseccomp.Arg(0, pyseccomp.GT, max(allowed)))
+            for family in sorted(set(range(max(allowed))) - allowed):
+                compiled.add_rule(no_family, call, pyseccomp.Arg(0, pyseccomp.EQ, family))
+        compiled.add_rule(refuse, "personality", pyseccomp.Arg(0, pyseccomp.NE, 0))
+        compiled.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
         return Filter(compiled), ""
 
     def load(self) -> None:
