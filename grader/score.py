@@ -304,7 +304,7 @@ def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str
                 message = f"{var.name} is right at the first step but not at {step}: {c.message.removeprefix(var.name + ': ')}"
             elif not c.passed:
                 message = f"{c.message} (at {step})"
-            v = Comparison(c.status, c.exact, c.approximate, c.maxdiff, message)
+            v = dataclasses.replace(c, message=message)
         verdicts.append(v)
         if not v.passed:
             return v
@@ -331,7 +331,7 @@ def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> C
     if c.status == "wrong":
         message = (f"{result.name}: the loss after the short training run is off by {c.maxdiff:.3g} from a run "
                    "with autograd's gradients")
-    return Comparison(c.status, c.exact, c.approximate, c.maxdiff, message)
+    return dataclasses.replace(c, message=message)
 
 
 def _returned_nothing(ex: Exercise, captured: Captured) -> bool:

@@ -303,3 +303,14 @@ def test_stopping_the_hidden_runs_on_purpose_escapes_none_of_their_checks(tmp_pa
     assert gaming.score <= honest.score < gaming.max_score
     d_logits = next(v for v in gaming.variables if v.exercise == "ex2")
     assert d_logits.points == 0
+
+
+def test_an_exercise_4_hint_is_a_field_of_the_report_too(tmp_path, pool) -> None:
+    """The class report groups mistakes by the `hint` field: Exercise 4's verdicts must carry it as Exercise 1's do."""
+    nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex4")
+    cell.source = cell.source.replace("    d_b2 = d_logits.sum(0)", "    d_b2 = 2 * d_logits.sum(0)")
+    nbformat.write(nb, tmp_path / "ex4_times_2.ipynb")
+    report = grade_notebook(tmp_path / "ex4_times_2.ipynb", hidden_runs=(), pool=pool)
+    d_b2 = next(v for v in report.variables if v.exercise == "ex4" and v.name == "d_b2")
+    assert d_b2.status == "wrong" and d_b2.hint.startswith("it is the right gradient times 2"), d_b2
