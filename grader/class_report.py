@@ -11,10 +11,12 @@ ten others), written by `grader grade` as `class.json` and `class.html`. What it
   others ("no hint: off by up to ..."), and answers that are not wrong values (missing, an error) are
   listed apart as not answered.
 - **Students are named as sharing wrong answers only on identical wrong values in root mistakes of at
-  least two variables, each uncommon in the class.** An answer many students give is a common mistake,
-  not evidence, even though it makes every gradient below it identical for all of them (those are not
-  root mistakes anyway); one shared answer is never enough. Groups are ranked by how rare their shared
-  answers are. Beside each group, a token similarity of their answer cells that ignores whitespace,
+  least two variables, each one the grader names no textbook mistake for, and each uncommon in the
+  class.** A mistake with a hint (a factor n, a sign, a transpose, n instead of n-1...) is one students
+  make on their own, and make identically: never evidence, however many of them two students share. An
+  answer many students give is a common mistake, not evidence, even though it makes every gradient below
+  it identical for all of them (those are not root mistakes anyway); one shared answer is never enough.
+  Groups are ranked by how rare their shared answers are. Beside each group, a token similarity of their answer cells that ignores whitespace,
   comments and variable names, with the class's typical similarity for comparison: a second signal.
   Either is a lead for a conversation with the students, never proof.
 """
@@ -36,11 +38,16 @@ from itertools import combinations
 from grader.compare import PASSING
 from grader.rubric import Rubric
 
-COMMON_STUDENTS, COMMON_SHARE = 3, 0.05
+COMMON_STUDENTS, COMMON_SHARE = 3, 0.25
 """An identical wrong answer given by more than max(COMMON_STUDENTS, COMMON_SHARE of the class) students is
-a common mistake: never evidence of shared work."""
+a common mistake: never evidence of shared work. (A share, not a head count: a ring of four in a class of
+twenty, or of five in a class of sixty, shares answers no one else gave.)"""
 SHARED_AT_LEAST = 2
 """Least number of variables whose uncommon wrong answers two students must share to be named together."""
+EVIDENCE_STATUSES = ("wrong", "shape")
+"""The statuses of answers that are wrong values, and so can be evidence; an answer that used autograd or
+hides it (its value may be the right one) or is not finite (every road to a NaN ends at the same one) is
+not a fingerprint."""
 TYPICAL_SAMPLE = 10
 """Students (besides those named) whose answer cells give the class's typical code similarity."""
 SHINGLE = 5
@@ -142,6 +149,17 @@ def root_mistakes(report: dict) -> list[dict]:
             and (v.get("local_status") or v["status"]) not in PASSING]
 
 
+def common_limit(students: int) -> float:
+    """The most students that may give an identical wrong answer for it to be uncommon in a class of `students`."""
+    return max(COMMON_STUDENTS, COMMON_SHARE * students)
+
+
+def evidence(v: dict) -> bool:
+    """Whether the root mistake `v` could, shared, be evidence of shared work: a wrong value the grader names
+    no textbook mistake for (an empty `hint`). Decided on the report's data, never on its message."""
+    return v["status"] in EVIDENCE_STATUSES and not v.get("hint")
+
+
 def _label(v: dict, answer: str) -> str:
     """What a root mistake is, as the class report groups it."""
     runs = v.get("runs") or []
@@ -197,15 +215,17 @@ def _variables(rubric: Rubric, reports: list[dict]) -> tuple[VariableMistakes, .
 
 
 def shared_answers(reports: list[dict]) -> list[tuple[tuple[str, ...], tuple[str, ...], float]]:
-    """Groups of students sharing identical, uncommon wrong answers in root mistakes of at least two
-    variables: (students, `exercise/variable`s, rarity), rarest first. Students are linked pair by pair; a
-    group is a set of students linked to one another through such pairs."""
+    """Groups of students sharing identical, uncommon wrong answers without a hint (`evidence`) in root mistakes
+    of at least two variables: (students, `exercise/variable`s, rarity), rarest first. Students are linked pair
+    by pair; a group is a set of students linked to one another through such pairs."""
     n = len(reports)
-    common = max(COMMON_STUDENTS, COMMON_SHARE * n)
+    common = common_limit(n)
     holders: dict[tuple[str, str], list[str]] = {}
     for r in reports:
         answers = r.get("answers") or {}
         for v in root_mistakes(r):
+            if not evidence(v):  # a textbook mistake: students make it on their own, identically
+                continue
             digest = answers.get(_key(v))
             if digest:
                 holders.setdefault((_key(v), digest), []).append(r["student"])

@@ -134,18 +134,67 @@ def test_the_class_page_loads_in_a_headless_browser_with_its_picture(graded_clas
     assert shot.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_shared_answers_never_rest_on_common_mistakes_or_a_single_answer():
-    def report(student: str, answers: dict[str, str]) -> dict:
-        variables = [{"exercise": k.split("/")[0], "name": k.split("/")[1], "status": "wrong",
-                      "local_status": "wrong", "points": 0, "max_points": 1} for k in answers]
-        return {"student": student, "status": "graded", "variables": variables, "answers": answers}
+def _report(student: str, answers: dict[str, str], hints: dict[str, str] | None = None) -> dict:
+    """A report whose root mistakes are `answers` (`exercise/variable` -> digest), with the grader's `hints`."""
+    variables = [{"exercise": k.split("/")[0], "name": k.split("/")[1], "status": "wrong", "local_status": "wrong",
+                  "hint": (hints or {}).get(k, ""), "points": 0, "max_points": 1} for k in answers]
+    return {"student": student, "status": "graded", "variables": variables, "answers": answers}
 
-    two_common = {"ex1/d_a": "aaaa", "ex1/d_b": "bbbb"}  # two common mistakes, made together by five
-    reports = [report(f"c{i}", two_common) for i in range(5)]
-    reports += [report("p1", {"ex1/d_a": "xxxx", "ex1/d_c": "yyyy"}), report("p2", {"ex1/d_a": "xxxx", "ex1/d_c": "yyyy"}),
-                report("q1", {"ex1/d_d": "zzzz"}), report("q2", {"ex1/d_d": "zzzz"})]  # one shared answer: not enough
-    reports += [report(f"s{i}", {}) for i in range(11)]
-    assert class_report.shared_answers(reports) == [(("p1", "p2"), ("ex1/d_a", "ex1/d_c"), (20 / 2) ** 2)]
+
+def _class(size: int, *groups: list[dict]) -> list[dict]:
+    """`groups` of reports, and students right in everything up to `size`."""
+    reports = [r for g in groups for r in g]
+    return reports + [_report(f"ok{i}", {}) for i in range(size - len(reports))]
+
+
+def test_shared_answers_never_rest_on_common_mistakes_or_a_single_answer():
+    six = [_report(f"c{i}", {"ex1/d_a": "aaaa", "ex1/d_b": "bbbb"}) for i in range(6)]  # 30 % of 20: common
+    pair = [_report(p, {"ex1/d_a": "xxxx", "ex1/d_c": "yyyy"}) for p in ("p1", "p2")]
+    one = [_report(q, {"ex1/d_d": "zzzz"}) for q in ("q1", "q2")]  # one shared answer: not enough
+    assert class_report.shared_answers(_class(20, six, pair, one)) == [(("p1", "p2"), ("ex1/d_a", "ex1/d_c"), (20 / 2) ** 2)]
+
+
+def test_a_ring_is_named_by_its_share_of_the_class_not_a_head_count():
+    ring = {"ex1/d_W2": "ring-w2", "ex1/d_bngain": "ring-bngain"}  # two odd answers without a hint
+    four = [_report(f"r{i}", ring) for i in range(4)]
+    assert class_report.shared_answers(_class(20, four)) == [
+        (("r0", "r1", "r2", "r3"), ("ex1/d_W2", "ex1/d_bngain"), (20 / 4) ** 2)]
+    five = [_report(f"r{i}", ring) for i in range(5)]
+    assert class_report.shared_answers(_class(60, five)) == [
+        (tuple(f"r{i}" for i in range(5)), ("ex1/d_W2", "ex1/d_bngain"), (60 / 5) ** 2)]
+    assert class_report.shared_answers(_class(20, five))[0][0] == tuple(f"r{i}" for i in range(5))  # 25 %: still rare
+    # the limit: at most 3 students, or 25 % of the class where that is more
+    assert [class_report.common_limit(n) for n in (4, 12, 20, 60)] == [3, 3, 5, 15]
+
+
+def test_an_unhinted_answer_a_third_of_the_class_gave_is_no_evidence():
+    # six of twenty (30 %) gave the same odd d_a; two of them also share an odd d_c: one shared rare answer
+    six = [_report(f"c{i}", {"ex1/d_a": "aaaa", **({"ex1/d_c": "cccc"} if i < 2 else {})}) for i in range(6)]
+    assert class_report.shared_answers(_class(20, six)) == []
+
+
+def test_textbook_mistakes_made_alike_are_no_evidence():
+    # a and b both forgot the 1/n of d_logprobs and both divided by n instead of n-1 in d_bndiff2: each is a
+    # mistake with the grader's hint, made on one's own and identically, however few made it
+    hints = {"ex1/d_logprobs": "it is the right gradient times n (= 32)", "ex1/d_bndiff2": "times (n-1)/n"}
+    both = [_report(s, {"ex1/d_logprobs": "logprobs-n", "ex1/d_bndiff2": "bndiff2-n"}, hints) for s in ("a", "b")]
+    assert class_report.shared_answers(_class(20, both)) == []
+    # one hinted shared mistake and one odd one: one piece of evidence, not enough
+    mixed = [_report(s, {"ex1/d_logprobs": "logprobs-n", "ex1/d_W2": "odd"}, hints) for s in ("a", "b")]
+    assert class_report.shared_answers(_class(20, mixed)) == []
+    # the hinted mistakes are still the class's mistakes, listed under their hint
+    listed = class_report._variables(RUBRIC, _class(5, both))
+    logprobs = next(v for v in listed if (v.exercise, v.name) == ("ex1", "d_logprobs"))
+    assert [(m.hint, m.students) for m in logprobs.mistakes] == [(hints["ex1/d_logprobs"], ("a", "b"))]
+
+
+def test_answers_that_may_be_right_values_are_no_evidence():
+    # autograd's gradient is the right one, the same for everyone who used it
+    used = [_report(s, {"ex1/d_W2": "right-w2", "ex1/d_b2": "right-b2"}) for s in ("a", "b")]
+    for r in used:
+        for v in r["variables"]:
+            v["status"] = v["local_status"] = "autograd_used"
+    assert class_report.shared_answers(_class(20, used)) == []
 
 
 def test_tokens_ignore_whitespace_comments_and_names():
