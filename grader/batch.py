@@ -225,7 +225,8 @@ def _existing(path: Path, digest: str) -> dict | None:
 # --- what grades a submission: a report is reused only while all of it is unchanged ---------------------
 
 _CHANGED = {"submission": "submission", "rubric": "rubric", "released": "released notebook",
-            "solution": "solution", "hidden_runs": "hidden runs", "data": "data", "grader": "grader"}
+            "solution": "solution", "hidden_runs": "hidden runs", "data": "data", "timeout": "time limit",
+            "memory": "memory limit", "grader": "grader"}
 """Each input of a grade, as the progress line names it when it changed."""
 
 
@@ -253,10 +254,13 @@ def _grader_version() -> str:
     return f"{version}+{h.hexdigest()[:12]}"
 
 
-def grading_inputs(rubric: Rubric, hidden_runs: tuple[dict[str, object], ...] | None = None) -> dict[str, str]:
+def grading_inputs(rubric: Rubric, hidden_runs: tuple[dict[str, object], ...] | None = None,
+                   timeout: float | None = None, limits: sandbox.Limits = sandbox.DEFAULT_LIMITS) -> dict[str, str]:
     """A digest of everything besides the submission that its grade depends on, one per input: the rubric (its
     values, not its comments), the released notebook, the solution where the rubric reads it, the hidden runs
-    (`hidden_runs`, or the rubric's), the data files and the grader's version."""
+    (`hidden_runs`, or the rubric's), the data files, the time limit (`timeout`, or the rubric's) and the memory
+    cap (`limits.memory`) a run had, since a run that ran out of either may pass with more, and the grader's
+    version."""
     toml = rubric.released.with_name(f"{rubric.assignment}.toml")
     uses_solution = any(ex.kind == "values" and ex.source == "solution" for ex in rubric.exercises)
     data = hashlib.sha256()
@@ -268,6 +272,8 @@ def grading_inputs(rubric: Rubric, hidden_runs: tuple[dict[str, object], ...] | 
         "solution": _sha256(rubric.solution.read_bytes()) if uses_solution and rubric.solution.is_file() else "",
         "hidden_runs": _sha256(_canonical(list(rubric.hidden_runs if hidden_runs is None else hidden_runs))),
         "data": data.hexdigest(),
+        "timeout": f"{timeout or rubric.timeout:g}",  # seconds, as `grade_with_runs` reads it
+        "memory": f"{limits.memory / 2**20:g}",  # MB
         "grader": _grader_version(),
     }
 
@@ -360,7 +366,7 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
     hides them only from workers it starts from now on).
     """
     rubric = rubrics.load(assignment)
-    inputs = grading_inputs(rubric, hidden_runs)
+    inputs = grading_inputs(rubric, hidden_runs, timeout, limits)
     folder = out / "reports"
     for stale in folder.glob(".*.json.*"):  # a write that a killed batch left half done
         stale.unlink(missing_ok=True)

@@ -212,8 +212,8 @@ def test_reports_are_graded_again_when_the_hidden_runs_or_the_rubric_change(tmp_
     found = batch.discover([submitted], "backprop_ninja", tmp_path / "scratch")
     out = tmp_path / "out"
 
-    def grade(**kwargs) -> dict[str, tuple[bool, str]]:
-        outcomes = batch.grade_all(found, "backprop_ninja", out, jobs=2, timeout=60, pool=warm_pool, **kwargs)
+    def grade(timeout: float = 60, **kwargs) -> dict[str, tuple[bool, str]]:
+        outcomes = batch.grade_all(found, "backprop_ninja", out, jobs=2, timeout=timeout, pool=warm_pool, **kwargs)
         return {o.submission.student: (o.reused, o.why) for o in outcomes}
 
     assert grade() == {"alice": (False, ""), "bob": (False, "")}
@@ -222,6 +222,9 @@ def test_reports_are_graded_again_when_the_hidden_runs_or_the_rubric_change(tmp_
     assert grade(hidden_runs=other) == {"alice": (False, "hidden runs changed"), "bob": (False, "hidden runs changed")}
     assert grade(hidden_runs=other) == {"alice": (True, ""), "bob": (True, "")}
     assert grade() == {"alice": (False, "hidden runs changed"), "bob": (False, "hidden runs changed")}
+    # a longer time limit grades again (a run that timed out may finish now)
+    assert grade(timeout=90) == {"alice": (False, "time limit changed"), "bob": (False, "time limit changed")}
+    assert grade() == {"alice": (False, "time limit changed"), "bob": (False, "time limit changed")}
 
     # a rubric fixed after grading: d_W2 worth two points (in Exercises 1 and 4); comments alone change nothing
     copy = tmp_path / "assignments"
@@ -237,9 +240,26 @@ def test_reports_are_graded_again_when_the_hidden_runs_or_the_rubric_change(tmp_
     assert grade(force=True) == {"alice": (False, "--force"), "bob": (False, "--force")}
 
 
+def test_the_time_limit_and_the_memory_cap_are_inputs_of_a_grade():
+    import dataclasses
+
+    from grader import sandbox
+
+    given = batch.grading_inputs(RUBRIC)
+    assert given["timeout"] == f"{RUBRIC.timeout:g}" and given["memory"] == f"{sandbox.DEFAULT_LIMITS.memory / 2**20:g}"
+    assert batch.grading_inputs(RUBRIC, timeout=RUBRIC.timeout) == given  # the rubric's, said or not
+    s = batch.Submission("amy", Path("amy.ipynb"), "d1")
+    kept = {"sha256": "d1", "inputs": given}
+    longer = batch.grading_inputs(RUBRIC, timeout=RUBRIC.timeout * 2)
+    assert batch.regrade_reason(kept, s, longer) == "time limit changed"
+    more = batch.grading_inputs(RUBRIC, limits=dataclasses.replace(sandbox.DEFAULT_LIMITS, memory=4096 * 2**20))
+    assert more["memory"] == "4096" and batch.regrade_reason(kept, s, more) == "memory limit changed"
+
+
 def test_regrade_reasons_name_every_input_that_changed():
     s = batch.Submission("amy", Path("amy.ipynb"), "d1")
-    inputs = {"rubric": "r", "released": "n", "solution": "", "hidden_runs": "h", "data": "d", "grader": "0.1.0+abc"}
+    inputs = {"rubric": "r", "released": "n", "solution": "", "hidden_runs": "h", "data": "d", "timeout": "60",
+              "memory": "2048", "grader": "0.1.0+abc"}
     kept = {"sha256": "d1", "inputs": dict(inputs)}
     assert batch.regrade_reason(kept, s, inputs) is None
     assert batch.regrade_reason(None, s, inputs) == ""
