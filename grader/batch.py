@@ -226,7 +226,7 @@ def _existing(path: Path, digest: str) -> dict | None:
 
 _CHANGED = {"submission": "submission", "rubric": "rubric", "released": "released notebook",
             "solution": "solution", "hidden_runs": "hidden runs", "data": "data", "timeout": "time limit",
-            "memory": "memory limit", "grader": "grader"}
+            "memory": "memory limit", "grader": "grader", "torch": "PyTorch"}
 """Each input of a grade, as the progress line names it when it changed."""
 
 
@@ -241,17 +241,23 @@ def _canonical(value: object) -> bytes:
 
 @functools.lru_cache(maxsize=1)
 def _grader_version() -> str:
-    """The package's version and a digest of its code: an install from a git checkout keeps its version number
-    from commit to commit, and a grade must follow the code that made it."""
+    """The package's version and a digest of its code and templates (the feedback page is written with the
+    report): an install from a git checkout keeps its version number from commit to commit, and a grade must
+    follow the code that made it."""
     try:
         version = metadata.version("backprop-grader")
     except metadata.PackageNotFoundError:
         version = "0"
-    package = Path(__file__).resolve().parent
+    return f"{version}+{code_digest(Path(__file__).resolve().parent)}"
+
+
+def code_digest(package: Path) -> str:
+    """A short digest of the `*.py` files of `package` and of everything in its `templates/`."""
+    files = {*package.rglob("*.py"), *(p for p in (package / "templates").rglob("*") if p.is_file())}
     h = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
+    for path in sorted(files):
         h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    return f"{version}+{h.hexdigest()[:12]}"
+    return h.hexdigest()[:12]
 
 
 def grading_inputs(rubric: Rubric, hidden_runs: tuple[dict[str, object], ...] | None = None,
@@ -259,8 +265,8 @@ def grading_inputs(rubric: Rubric, hidden_runs: tuple[dict[str, object], ...] | 
     """A digest of everything besides the submission that its grade depends on, one per input: the rubric (its
     values, not its comments), the released notebook, the solution where the rubric reads it, the hidden runs
     (`hidden_runs`, or the rubric's), the data files, the time limit (`timeout`, or the rubric's) and the memory
-    cap (`limits.memory`) a run had, since a run that ran out of either may pass with more, and the grader's
-    version."""
+    cap (`limits.memory`) a run had, since a run that ran out of either may pass with more, the grader's
+    version, and PyTorch's (another release can compute the references a few ulps apart)."""
     toml = rubric.released.with_name(f"{rubric.assignment}.toml")
     uses_solution = any(ex.kind == "values" and ex.source == "solution" for ex in rubric.exercises)
     data = hashlib.sha256()
@@ -275,6 +281,7 @@ def grading_inputs(rubric: Rubric, hidden_runs: tuple[dict[str, object], ...] | 
         "timeout": f"{timeout or rubric.timeout:g}",  # seconds, as `grade_with_runs` reads it
         "memory": f"{limits.memory / 2**20:g}",  # MB
         "grader": _grader_version(),
+        "torch": str(torch.__version__),
     }
 
 

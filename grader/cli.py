@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("--memory", type=float, metavar="MB", help="memory cap per process of a notebook (default: 2048)")
     grade.add_argument("--force", action="store_true",
                        help="grade again even where a report exists that the same submission, rubric, hidden runs, "
-                            "data, released notebook and grader made")
+                            "data, released notebook, time limit, memory cap, grader and PyTorch made")
     grade.add_argument("--hidden-runs", metavar="FILE",
                        help="a TOML file of [[hidden_run]] parameter tables to use instead of the published ones")
     grade.add_argument("--canvas-assignment", metavar="COLUMN",

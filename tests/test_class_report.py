@@ -256,6 +256,25 @@ def test_the_time_limit_and_the_memory_cap_are_inputs_of_a_grade():
     assert more["memory"] == "4096" and batch.regrade_reason(kept, s, more) == "memory limit changed"
 
 
+def test_the_grader_input_follows_its_templates_and_torch(tmp_path):
+    import torch
+
+    package = tmp_path / "grader"
+    (package / "templates").mkdir(parents=True)
+    (package / "grade.py").write_text("x = 1\n")
+    (package / "templates" / "feedback.html").write_text("<p>{{ x }}</p>\n")
+    before = batch.code_digest(package)
+    (package / "templates" / "feedback.html").write_text("<p>{{ x }}!</p>\n")
+    after = batch.code_digest(package)
+    assert after != before
+    (package / "notes.txt").write_text("not code\n")  # only code and templates count
+    assert batch.code_digest(package) == after
+    inputs = batch.grading_inputs(RUBRIC)
+    assert inputs["torch"] == torch.__version__
+    s = batch.Submission("amy", Path("amy.ipynb"), "d1")
+    assert batch.regrade_reason({"sha256": "d1", "inputs": {**inputs, "torch": "1.0.0"}}, s, inputs) == "PyTorch changed"
+
+
 def test_regrade_reasons_name_every_input_that_changed():
     s = batch.Submission("amy", Path("amy.ipynb"), "d1")
     inputs = {"rubric": "r", "released": "n", "solution": "", "hidden_runs": "h", "data": "d", "timeout": "60",
