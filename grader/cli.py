@@ -181,15 +181,19 @@ def _limits(args: argparse.Namespace):
 
 class _Progress:
     """tqdm's bar (rate, ETA, the last submission) on a terminal; one plain line per submission otherwise,
-    for logs and CI."""
+    for logs and CI. `finish()` then says why submissions were graded again, one line per reason with its
+    count (the bar has room for a few words of one)."""
 
     def __init__(self, total: int) -> None:
         self.total, self.done = total, 0
+        self.again: dict[str, int] = {}
         self.bar = tqdm(total=total, file=sys.stderr, unit="notebook", dynamic_ncols=True) if sys.stderr.isatty() else None
 
     def __call__(self, outcome) -> None:
         self.done += 1
         r = outcome.report
+        if outcome.why:
+            self.again[outcome.why] = self.again.get(outcome.why, 0) + 1
         what = f"{outcome.submission.student}: {r['score']:g}/{r['max_score']:g}" + (
             " (kept)" if outcome.reused else f" (graded again: {outcome.why})" if outcome.why else "")
         if self.bar is None:
@@ -199,6 +203,13 @@ class _Progress:
         self.bar.update()
         if self.done == self.total:
             self.bar.close()
+
+    def finish(self) -> None:
+        """Close the bar, and print each reason for grading again with how many it applied to, most first."""
+        if self.bar is not None:
+            self.bar.close()
+        for why, count in sorted(self.again.items(), key=lambda x: (-x[1], x[0])):
+            print(f"graded again: {why} ({count})", file=sys.stderr, flush=True)
 
 
 def _grade(args: argparse.Namespace, backend) -> int:
@@ -217,9 +228,11 @@ def _grade(args: argparse.Namespace, backend) -> int:
             found = batch.discover([Path(s) for s in args.submissions], args.assignment, Path(scratch))
             for problem in found.problems:
                 print(f"note: {problem}", file=sys.stderr)
+            progress = _Progress(len(found.submissions))
             batch.grade_all(found, args.assignment, out, jobs=args.jobs, timeout=args.timeout, force=args.force,
-                            progress=_Progress(len(found.submissions)), limits=_limits(args),
-                            scheduler=args.scheduler, backend=backend, hidden_runs=hidden)
+                            progress=progress, limits=_limits(args), scheduler=args.scheduler, backend=backend,
+                            hidden_runs=hidden)
+            progress.finish()
             summary = batch.write_outputs(out, args.assignment, found, args.canvas_assignment)
     except GraderError as e:
         return _fail(e)

@@ -288,6 +288,49 @@ def test_regrade_reasons_name_every_input_that_changed():
     assert batch.regrade_reason(kept, s, changed) == "released notebook, data and grader changed"
 
 
+def _outcomes() -> list:
+    report = {"score": 36.0, "max_score": 36.0}
+    why = ["rubric changed"] * 3 + ["time limit, memory limit and grader changed", "", "--force"]
+    return [batch.Outcome(batch.Submission(f"s{i}", Path(f"s{i}.ipynb"), "d"), report, reused=i == 4, why=w)
+            for i, w in enumerate(why)]
+
+
+def test_progress_ends_with_each_reason_for_grading_again_and_its_count(capsys):
+    from grader.cli import _Progress
+
+    progress = _Progress(6)
+    for outcome in _outcomes():
+        progress(outcome)
+    progress.finish()
+    lines = capsys.readouterr().err.splitlines()
+    # one line per submission as before (what logs and tests read), then the reasons, most common first
+    assert lines[:6] == ["[1/6] s0: 36/36 (graded again: rubric changed)", "[2/6] s1: 36/36 (graded again: rubric changed)",
+                         "[3/6] s2: 36/36 (graded again: rubric changed)",
+                         "[4/6] s3: 36/36 (graded again: time limit, memory limit and grader changed)",
+                         "[5/6] s4: 36/36 (kept)", "[6/6] s5: 36/36 (graded again: --force)"]
+    assert lines[6:] == ["graded again: rubric changed (3)", "graded again: --force (1)",
+                         "graded again: time limit, memory limit and grader changed (1)"]
+
+
+def test_on_a_terminal_the_bar_stays_and_the_reasons_follow_it_in_full(monkeypatch):
+    from grader import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(cli.sys, "stderr", terminal)
+    progress = cli._Progress(6)
+    for outcome in _outcomes():
+        progress(outcome)
+    progress.finish()
+    shown = terminal.getvalue()
+    assert "6/6" in shown and "[1/6]" not in shown  # the bar, not the lines
+    assert shown.endswith("graded again: rubric changed (3)\ngraded again: --force (1)\n"
+                          "graded again: time limit, memory limit and grader changed (1)\n")
+
+
 # --- back to the LMS ------------------------------------------------------------------------------------
 
 def test_canvas_csv_has_the_gradebook_import_layout():
