@@ -236,6 +236,10 @@ def _grade(args: argparse.Namespace, backend) -> int:
             summary = batch.write_outputs(out, args.assignment, found, args.canvas_assignment)
     except GraderError as e:
         return _fail(e)
+    if args.canvas_assignment is None and any(s.canvas_id for s in found.submissions):
+        print(f"note: canvas.csv's score column is named {args.assignment!r}, and Canvas's import matches it to an "
+              "assignment by name (or creates one); --canvas-assignment 'Name (assignment id)' sends the scores to "
+              "the assignment you mean (README: Back to Canvas)", file=sys.stderr)
     print(batch.summary_text(summary, found.problems))
     canvas = f"; Canvas: {out / 'canvas.csv'}" if any(s.canvas_id for s in found.submissions) else ""
     print(f"grades: {out / 'grades.csv'}; reports: {out / 'reports'}; feedback: {out / 'feedback'}; "

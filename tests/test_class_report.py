@@ -358,6 +358,21 @@ def test_canvas_names_keep_their_user_ids_and_late_flags(tmp_path):
     assert found.problems == ()
 
 
+def test_without_canvas_assignment_a_canvas_download_gets_a_note_on_its_column(tmp_path):
+    download = tmp_path / "submissions.zip"
+    with zipfile.ZipFile(download, "w") as zf:  # (not a notebook: a failed report, no run needed)
+        zf.writestr("smithjohn_12345_67890_backprop_ninja.ipynb", "{}")
+    command = [*grader_command(), "grade", str(download), "--assignment", "backprop_ninja", "--jobs", "1"]
+    done = subprocess.run([*command, "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    [note] = [line for line in done.stderr.splitlines() if "canvas.csv" in line]
+    assert note.startswith("note: canvas.csv's score column is named 'backprop_ninja'") and "--canvas-assignment" in note
+    assert (tmp_path / "out" / "canvas.csv").read_text().splitlines()[0].endswith(",backprop_ninja")
+    named = subprocess.run([*command, "--out", str(tmp_path / "named"), "--canvas-assignment", "Backprop ninja (4411)"],
+                           capture_output=True, text=True, timeout=300)
+    assert named.returncode == 0 and "canvas.csv" not in named.stderr, named.stderr
+
+
 @pytest.mark.slow
 def test_grade_from_a_canvas_download_writes_canvas_csv_flags_late_and_regrades_on_new_hidden_runs(tmp_path):
     download = tmp_path / "submissions.zip"
