@@ -3,11 +3,12 @@
     python benchmarks/batch_speed.py [--students 40] [--timeout 5] [--jobs 2] [--skip-nbgrader] [--dask N]
                                      [--sandbox auto|linux|portable] [--userns]
 
-Makes N synthetic submissions of backprop_ninja (mostly correct, some wrong, a few that crash, one
-that never ends), then measures on the same submissions:
+Makes N synthetic submissions of backprop_ninja (mostly correct, some wrong, three in every 60 sharing two
+odd wrong answers, a few that crash, one that never ends), then measures on the same submissions:
 
 - `grader grade` (with the rubric's two hidden re-runs), wall time, in a fresh output folder, and the part
-  of it that writes the class report (class.json, class.html), timed again in this process on its output;
+  of it that writes the class report (class.json, class.html), timed again in this process on its output
+  (the groups sharing answers named, so their answer cells and ten others' are read and compared);
 - the physical floor: the time the cells after the shared setup take (the answers, and the locked
   forward pass and short training run they feed), every run of every submission, one after another
   in this one warm process; a submission that never ends counts for its timeout, once;
@@ -48,17 +49,18 @@ SOLUTION = ROOT / "solutions" / f"{NAME}.ipynb"
 RELEASE = ROOT / "assignments" / f"{NAME}.ipynb"
 
 
-def _answered(replace: tuple[str, str, str] | None = None) -> nbformat.NotebookNode:
-    """The release with the solution's answers pasted in; `replace` = (cell, old, new) edits one answer."""
+def _answered(*replace: tuple[str, str, str]) -> nbformat.NotebookNode:
+    """The release with the solution's answers pasted in; each of `replace` = (cell, old, new) edits an answer."""
     released = nbformat.read(RELEASE, as_version=4)
     solution = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in nbformat.read(SOLUTION, as_version=4).cells}
     for cell in released.cells:
         gid = cell.metadata.get("nbgrader", {}).get("grade_id")
         if cell.metadata.get("nbgrader", {}).get("solution"):
             cell.source = "\n".join(line for line in solution[gid].splitlines() if "### " not in line)
-            if replace and replace[0] == gid:
-                assert replace[1] in cell.source
-                cell.source = cell.source.replace(replace[1], replace[2])
+            for cell_id, old, new in replace:
+                if cell_id == gid:
+                    assert old in cell.source
+                    cell.source = cell.source.replace(old, new)
     return released
 
 
@@ -67,13 +69,25 @@ WRONG = [("ex1", "d_W2 = h.T @ d_logits", "d_W2 = h.T @ d_logits / n"),
          ("ex2", "d_logits[range(n), Yb] -= 1", "d_logits[range(n), Yb] -= 2")]
 
 
+def shared(group: int) -> tuple[tuple[str, str, str], ...]:
+    """Two odd wrong answers without a hint, the same for the three students of `group` and no one else: what
+    the class report names as shared, reading their answer cells and ten others' for the code similarity."""
+    return (("ex1", "d_W2 = h.T @ d_logits", f"d_W2 = h.T @ d_logits * {0.9 - 0.01 * group:.2f}"),
+            ("ex1", "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True)",
+             f"d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True) + {0.01 * (group + 1):.2f}"))
+
+
 def make_class(folder: Path, students: int) -> dict[str, str]:
-    """Write the submissions (nbgrader's layout); returns student -> kind."""
+    """Write the submissions (nbgrader's layout); returns student -> kind. One group of three students
+    sharing wrong answers in every 60."""
     kinds = {}
     for i in range(students):
-        kind = "timeout" if i == students // 2 else "crash" if i % 13 == 5 else "wrong" if i % 5 == 2 else "correct"
+        kind = "timeout" if i == students // 2 else "shared" if i % 60 in (7, 8, 9) else "crash" if i % 13 == 5 \
+            else "wrong" if i % 5 == 2 else "correct"
         if kind == "correct":
             nb = _answered()
+        elif kind == "shared":
+            nb = _answered(*shared(i // 60))
         elif kind == "wrong":
             nb = _answered(WRONG[i % len(WRONG)])
         else:
@@ -139,9 +153,10 @@ def physical_floor(submitted: Path, kinds: dict[str, str], timeout: float) -> fl
     return total
 
 
-def class_report_time(out: Path, submitted: Path, rounds: int = 5) -> float:
+def class_report_time(out: Path, submitted: Path, rounds: int = 5) -> tuple[float, int]:
     """Median seconds `grader grade` spends on the class report (class.json, class.html) once the reports are
-    graded: the same calls `batch.write_outputs` makes, on the finished output folder, in this process."""
+    graded: the same calls `batch.write_outputs` makes, on the finished output folder, in this process; and
+    how many groups sharing answers it named."""
     import statistics
 
     from grader import batch, class_report
@@ -157,7 +172,7 @@ def class_report_time(out: Path, submitted: Path, rounds: int = 5) -> float:
         class_report.to_json(built)
         class_report.to_html(built, picture, [r["student"] for r in reports])
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(times), len(built.shared_wrong_answers)
 
 
 def nbgrader_autograde(submitted: Path, timeout: float) -> float:
@@ -200,7 +215,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="batch-speed-") as tmp:
         submitted = Path(tmp) / "submitted"
         kinds = make_class(submitted, args.students)
-        counts = {k: list(kinds.values()).count(k) for k in ("correct", "wrong", "crash", "timeout")}
+        counts = {k: list(kinds.values()).count(k) for k in ("correct", "wrong", "shared", "crash", "timeout")}
         print(f"{args.students} submissions: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
         ours = grader_grade(submitted, Path(tmp) / "out", args.jobs, args.timeout, "--sandbox", args.sandbox)
         as_root = None
@@ -210,7 +225,7 @@ def main() -> None:
             ENV["GRADER_LINUX_MODE"] = "userns"
         reports = [json.loads(p.read_text()) for p in (Path(tmp) / "out" / "reports").glob("*.json")]
         peak = max((r.get("peak_memory_mb") or 0 for r in reports), default=0)
-        report_time = class_report_time(Path(tmp) / "out", submitted)
+        report_time, groups = class_report_time(Path(tmp) / "out", submitted)
         dask = grader_grade(submitted, Path(tmp) / "out-dask", args.jobs, args.timeout, "--scheduler",
                             f"local:{args.dask}", "--sandbox", args.sandbox) if args.dask else None
         floor = physical_floor(submitted, kinds, args.timeout)
@@ -224,7 +239,7 @@ def main() -> None:
     if dask is not None:
         print(f"grader grade --scheduler local:{args.dask}:          {dask:7.2f} s  ({n / dask:6.2f} notebooks/s)")
     print(f"of which the class report (class.json, .html): {report_time:7.2f} s  ({100 * report_time / ours:.2f} %, "
-          "target: under 5 %)")
+          f"target: under 5 %; {groups} groups sharing answers named)")
     print(f"physical floor (one warm process, serial):     {floor:7.2f} s")
     if theirs is not None:
         print(f"nbgrader autograde:                            {theirs:7.2f} s  ({n / theirs:6.2f} notebooks/s)")
