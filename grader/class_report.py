@@ -79,8 +79,8 @@ class VariableMistakes:
     """Exercise id, e.g. `ex1`."""
     name: str
     """The variable, e.g. `d_probs`."""
-    right: float
-    """Share of the class that earned its points."""
+    right: float | None
+    """Share of the class that earned its points; None for a class of no students."""
     mistakes: tuple[Mistake, ...]
     """The root mistakes made in it, most common first."""
     not_answered: tuple[str, ...]
@@ -209,7 +209,7 @@ def _variables(rubric: Rubric, reports: list[dict]) -> tuple[VariableMistakes, .
                 made.setdefault(_label(root, r.get("answers", {}).get(key, "")), []).append(r["student"])
             mistakes = sorted((Mistake(h, tuple(sorted(s))) for h, s in made.items()),
                               key=lambda m: (-len(m.students), m.hint))
-            out.append(VariableMistakes(ex.id, var.name, right / len(reports) if reports else 0.0, tuple(mistakes),
+            out.append(VariableMistakes(ex.id, var.name, right / len(reports) if reports else None, tuple(mistakes),
                                         tuple(sorted(unanswered))))
     return tuple(out)
 

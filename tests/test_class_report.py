@@ -197,6 +197,15 @@ def test_answers_that_may_be_right_values_are_no_evidence():
     assert class_report.shared_answers(_class(20, used)) == []
 
 
+def test_a_class_of_no_students_has_no_share_right():
+    empty = class_report.build(RUBRIC, [])
+    data = class_report.to_dict(empty)
+    assert data["students"] == 0 and data["variables"] and all(v["right"] is None for v in data["variables"])
+    assert data["score"]["median"] is None and not data["shared_wrong_answers"]
+    page = class_report.to_html(empty)
+    assert "no students" in page and "0 students" in page
+
+
 def test_tokens_ignore_whitespace_comments_and_names():
     a = class_report.tokens("d_W2 = h.T @ d_logits  # the output layer\n")
     b = class_report.tokens("grad_w = hidden.T@dl\n")
