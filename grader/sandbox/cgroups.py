@@ -200,7 +200,9 @@ class Cap:
     """One run's cgroup (one folder per hierarchy)."""
 
     version: int
+    """1 or 2."""
     folders: tuple[Path, ...]
+    """v1: its folder in the memory hierarchy, then in the pids one; v2: its one folder."""
     memory: int
     """Bytes the whole tree may use."""
     processes: int
