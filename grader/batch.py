@@ -28,15 +28,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
-from grader import assets, class_report, feedback, notebook, report as reports, rubric as rubrics, sandbox
-from grader.compare import PASSING
+from grader import assets, notebook, report as reports, rubric as rubrics, sandbox
 from grader.errors import GraderError, NotANotebook
-from grader.grade import feedback_edges, grade_with_runs, hidden_folders
 from grader.rubric import Rubric
 from grader.sandbox import common
-from grader.score import ungradable
+
+# torch, and the modules that import it (grade's stages, compare, score, feedback, class_report), are imported
+# where they are used: the pool's worker starts first, and its `import torch` overlaps the grader's own.
 
 MAX_ZIP_BYTES = 2 * 2**30
 """Largest total size of the files extracted from one zip."""
@@ -206,6 +204,8 @@ def _write_atomically(path: Path, content: str | bytes) -> None:
 
 def failed_report(rubric: Rubric, notebook: str, reason: str) -> dict:
     """The report (as JSON) of a submission that could not be graded at all: 0 for every variable, and why."""
+    from grader.score import ungradable
+
     return reports.to_dict(ungradable(rubric, notebook, reason))
 
 
@@ -260,6 +260,14 @@ def code_digest(package: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def _torch_version() -> str:
+    """PyTorch's version, from its package metadata: importing torch here would delay the pool's start."""
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def grading_inputs(rubric: Rubric, hidden_runs: tuple[dict[str, object], ...] | None = None,
                    timeout: float | None = None, limits: sandbox.Limits = sandbox.DEFAULT_LIMITS) -> dict[str, str]:
     """A digest of everything besides the submission that its grade depends on, one per input: the rubric (its
@@ -281,7 +289,7 @@ def grading_inputs(rubric: Rubric, hidden_runs: tuple[dict[str, object], ...] | 
         "timeout": f"{timeout or rubric.timeout:g}",  # seconds, as `grade_with_runs` reads it
         "memory": f"{limits.memory / 2**20:g}",  # MB
         "grader": _grader_version(),
-        "torch": str(torch.__version__),
+        "torch": _torch_version(),
     }
 
 
@@ -303,6 +311,8 @@ def regrade_reason(report: dict | None, submission: Submission, inputs: dict[str
 
 def _digest(value: object) -> str:
     """A short digest of a tensor's dtype, shape and bytes: equal only for identical answers."""
+    import torch
+
     if type(value) is not torch.Tensor:
         return ""
     t = value.detach().cpu().contiguous()
@@ -314,6 +324,8 @@ def answer_digests(rubric: Rubric, graded, main) -> dict[str, str]:
     """`exercise/name` -> a digest of the answer the notebook's own run gave (`main`), for every variable of the
     `graded` report that is wrong in that run: what the class report compares between students (identical wrong
     values)."""
+    from grader.compare import PASSING
+
     exercises = {ex.id: ex for ex in rubric.exercises}
     out = {}
     for v in graded.variables:
@@ -335,6 +347,9 @@ def grade_one(submission: Submission, rubric: Rubric, timeout: float | None, poo
     """Grade one submission as `rubric`'s assignment: its report, and its HTML feedback page (None for a
     notebook that cannot be read, which gets a failed report). `edges`: `grade.feedback_edges(rubric)`;
     `hidden_runs`: the hidden re-runs' parameters (default: the rubric's)."""
+    from grader import feedback
+    from grader.grade import feedback_edges, grade_with_runs
+
     try:
         graded, runs = grade_with_runs(submission.path, assignment=rubric.assignment, timeout=timeout, pool=pool,
                                        hidden_runs=hidden_runs)
@@ -372,6 +387,8 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
     (default: a pool of the batch's own, which hides the batch's folders from every run; a pool given here
     hides them only from workers it starts from now on).
     """
+    from grader.grade import feedback_edges, hidden_folders
+
     rubric = rubrics.load(assignment)
     inputs = grading_inputs(rubric, hidden_runs, timeout, limits)
     folder = out / "reports"
@@ -580,6 +597,8 @@ def write_outputs(out: Path, assignment: str, found: Found, canvas_column: str |
     """Rebuild grades.csv, the feedback files, the summary and the class report (class.json, class.html) from
     the reports of `found`'s students; and canvas.csv where submissions came from a Canvas download
     (`canvas_column`: the assignment's column there, default its name)."""
+    from grader import class_report
+
     rubric = rubrics.load(assignment)
     loaded = []
     for s in found.submissions:

@@ -9,13 +9,17 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import safetensors.torch
-import torch
+from typing import TYPE_CHECKING
 
-from grader import assets, lecture, lecture_grading, notebook, reference, rubric as rubrics, sandbox
-from grader.compare import same_but_ones
+from grader import assets, lecture, notebook, rubric as rubrics, sandbox
 from grader.errors import GraderError, RubricError, UsageError
-from grader.score import GradedRun, Report, score
+
+if TYPE_CHECKING:
+    from grader.score import Report
+
+# torch, and the modules that import it (reference, score, compare, lecture_grading), are imported inside the
+# functions that need them: `grader check` starts its worker process first, and the worker's `import torch`
+# (a second or more) then overlaps the grader's own instead of following it.
 
 
 @functools.lru_cache(maxsize=8)
@@ -34,7 +38,6 @@ def released_parameters(released_nb) -> dict[str, object]:
 def graded_rubric(path: str | Path, assignment: str | None = None) -> rubrics.Rubric:
     """The rubric `grade_with_runs` grades the notebook at `path` by, without running it (for the names of its
     variables). Raises as `grade_with_runs` does for input that cannot be graded."""
-
     student = notebook.read(Path(path))
     if _as_lecture(student, assignment):
         return lecture.rubric_for(lecture.recognise(student, path))
@@ -43,7 +46,6 @@ def graded_rubric(path: str | Path, assignment: str | None = None) -> rubrics.Ru
 
 def _as_lecture(student, assignment: str | None) -> bool:
     """Whether to grade `student` as the lecture's own notebook: asked for, or it is not one of ours."""
-
     return assignment == rubrics.LECTURE or (assignment is None and not lecture.is_ours(student))
 
 
@@ -146,7 +148,8 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
         import safetensors.torch  # noqa: F401
 
         from grader import reference  # noqa: F401  (for _reference, imported before any cell runs)
-    
+        from grader.score import GradedRun, score
+
         try:
             # The references first: they take about as long as the worker takes to start, the first time.
             refs = [_reference(rubric, released, p, where, changed)
@@ -208,6 +211,7 @@ def _reference(rubric: rubrics.Rubric, released, params: dict[str, object], wher
                overrides: dict[str, object]) -> dict[str, object]:
     """The reference of one run. The released cells run with the published values; where they fail with values a
     caller set (a batch size of 0, a negative width), a `RubricError` that names them."""
+    from grader import reference
 
     if not overrides:
         return reference.gradients(rubric, released, params)  # (a failure here is the grader's own bug)
@@ -224,6 +228,7 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
                    pool: sandbox.Pool | None) -> tuple[Report, list]:
     """A lecture notebook: recognise it, run it up to Exercise 3, and grade it against the lecture's
     forward pass run here on the parameters and minibatch its run produced."""
+    from grader import lecture_grading
 
     recognised = lecture.recognise(student, path)
     rubric = lecture.rubric_for(recognised)
@@ -250,6 +255,7 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
 
 def feedback_edges(rubric: rubrics.Rubric) -> dict[str, tuple[str, ...]]:
     """The graded forward tensors and those each is computed from, with the published parameters."""
+    from grader import reference
 
     if rubric.assignment == rubrics.LECTURE:
     
@@ -262,6 +268,7 @@ def feedback_edges(rubric: rubrics.Rubric) -> dict[str, tuple[str, ...]]:
 
 def _replayed_calls(rubric: rubrics.Rubric, params: dict[str, object], captured) -> dict[str, object]:
     """Autograd's answers to the recorded calls of function exercises: `<exercise>@<call>` -> gradients."""
+    from grader import reference
 
     out: dict[str, object] = {}
     for ex in rubric.exercises:
@@ -281,6 +288,7 @@ def _replayed_calls(rubric: rubrics.Rubric, params: dict[str, object], captured)
 def _local_references(rubric: rubrics.Rubric, params: dict[str, object], captured, refs: dict) -> dict[str, object]:
     """Per plain exercise, what each gradient should be given the student's own gradients below it in the
     chain (`<LOCAL><exercise>:<forward name>` -> tensor): each step judged on its own."""
+    from grader import reference
 
     out: dict[str, object] = {}
     for ex in rubric.exercises:
@@ -305,7 +313,9 @@ def _local_references(rubric: rubrics.Rubric, params: dict[str, object], capture
 
 def _fitted(value: object, var, refs: dict) -> object:
     """`value`, reshaped to its reference's shape where the rubric credits broadcastable shapes."""
+    import torch
 
+    from grader.compare import same_but_ones
 
     ref = refs.get(var.of) if var is not None else None
     if (var is not None and var.tolerance.broadcast and type(value) is torch.Tensor and isinstance(ref, torch.Tensor)
