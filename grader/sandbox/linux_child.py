@@ -48,29 +48,15 @@ def _unless_orphaned(supervisor: int, job: int) -> None:
         os._exit(0)
 
 
-def _ends_within(pid: int, seconds: float, ticks: int, extensions: int) -> bool:
-    """Whether child `pid` ends in time: within `seconds`, counted again from each byte read on the
-    `ticks` pipe (a new run begins), at most `extensions` times. The child is left to be reaped."""
+def _ends_within(pid: int, seconds: float) -> bool:
+    """Whether child `pid` ends within `seconds` (a job is one run: one clock). The child is left to be reaped."""
     import select
-    import time
 
-    deadline = time.monotonic() + seconds
     pidfd = os.pidfd_open(pid)  # sleep until it ends
-    watched = [ticks, pidfd]
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        ready = select.select(watched, [], [], left)[0]
-        if pidfd in ready:
-            return True
-        if ticks in ready:
-            count = len(os.read(ticks, 64))
-            if count == 0:
-                watched.remove(ticks)  # every writer is gone: the job is ending
-            elif extensions > 0:
-                extensions -= min(count, extensions)
-                deadline = time.monotonic() + seconds
+    try:
+        return bool(select.select([pidfd], [], [], seconds)[0])
+    finally:
+        os.close(pidfd)
 
 
 def _stray_processes() -> int:
@@ -137,7 +123,6 @@ class Server(Warm):
         uid = confine.UID_BASE + os.getpid()
         started = time.monotonic()
         init_read, init_write = os.pipe()
-        ticks_read, ticks_write = os.pipe()  # one byte from the job as each run after the first begins
         # Process 1 of a PID namespace is spared the parent-death signal: it watches this process instead,
         # through a pidfd (which, unlike a pid, means the same thing inside the namespace).
         me = os.pidfd_open(os.getpid())
@@ -146,13 +131,12 @@ class Server(Warm):
             try:
                 os.close(status_fd)
                 os.close(init_read)
-                os.close(ticks_read)
-                self._init(job, uid, joins, run_fds, init_write, ticks_write, me)
+                self._init(job, uid, joins, run_fds, init_write, me)
             finally:
                 os._exit(71)
-        for fd in (*joins, *run_fds, init_write, ticks_write, me):
+        for fd in (*joins, *run_fds, init_write, me):
             os.close(fd)
-        timed_out = not _ends_within(pid, job["timeout"], ticks_read, len(job["runs"]) - 1)
+        timed_out = not _ends_within(pid, job["timeout"])
         if timed_out:
             os.kill(pid, signal.SIGKILL)  # process 1 of its namespace: everything in it dies too
         os.waitpid(pid, 0)
@@ -164,7 +148,7 @@ class Server(Warm):
         os.write(status_fd, json.dumps(report).encode() + b"\n")
         os._exit(0)
 
-    def _init(self, job: dict, uid: int, joins: list[int], run_fds: list[int], init_write: int, ticks_write: int,
+    def _init(self, job: dict, uid: int, joins: list[int], run_fds: list[int], init_write: int,
               supervisor: int) -> None:
         """Process 1 of the job's namespaces: sets up its view of the files, starts the job, reports how it ended.
 
@@ -191,12 +175,12 @@ class Server(Warm):
                 os.close(init_write)
                 os.close(supervisor)
                 os.close(setup_read)
-                self._run_all(job, uid, workdir, run_fds, ticks_write, setup_write)
+                self._run_all(job, uid, workdir, run_fds, setup_write)
             except BaseException:  # the notebook's doing: the run's output shows the traceback
                 traceback.print_exc()
             finally:
                 os._exit(71)
-        for fd in (*run_fds, ticks_write, setup_write):
+        for fd in (*run_fds, setup_write):
             os.close(fd)
         _unless_orphaned(supervisor, pid)
         _, status, usage = os.wait4(pid, 0)
@@ -210,9 +194,9 @@ class Server(Warm):
                                          "max_rss_kb": usage.ru_maxrss, "stray": stray}).encode())
         os._exit(0)
 
-    def _run_all(self, job: dict, uid: int, workdir: str, run_fds: list[int], ticks_write: int,
+    def _run_all(self, job: dict, uid: int, workdir: str, run_fds: list[int],
                  setup_write: int) -> None:
-        """The job itself: drop privileges, then each run in turn, each from the state after the setup.
+        """The job itself: drop privileges, then its run, from the state after the setup.
 
         What fails before the first cell is the grader's problem, not the student's: it goes to
         `setup_write` for process 1 to report, and the job ends.
@@ -230,8 +214,8 @@ class Server(Warm):
         # Python ignores SIGXFSZ; restored, writing past the file-size cap ends the run with a clear reason
         # instead of an error inside the error handler that would print the error
         signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-        self.run_job(job["runs"], workdir, run_fds, lambda: os.write(ticks_write, b"1"),  # a new run: restart the clock
-                     job.get("cell_timeout"))
+        # one run per job (the grader sends each run on its own): nothing starts a second one here
+        self.run_job(job["runs"], workdir, run_fds, lambda: None, job.get("cell_timeout"))
         # Skip the interpreter's clean-up: tearing down torch takes half a second and nothing is left to save.
         os._exit(0)
 
