@@ -1,6 +1,6 @@
 # nbgrader settings for the notebooks in solutions/ (nbgrader "source" notebooks).
 #
-# `python -m grader.release` runs `nbgrader generate_assignment` with this file to make assignments/;
+# `python tools/release.py` runs `nbgrader generate_assignment` with this file to make assignments/;
 # an nbgrader course that uses these notebooks copies it into its own course directory.
 c = get_config()  # noqa: F821 -- provided by nbgrader when it loads this file
 

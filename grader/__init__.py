@@ -20,7 +20,7 @@ __all__ = ["check", "check_training", "check_value", "grade_notebook", "names_pa
 
 def __getattr__(name: str):  # lazy: `grader --help` and friends should not pay for importing torch
     if name in ("check", "check_training", "check_value"):
-        from grader import selfcheck
+        from grader.integrations import selfcheck
 
         return getattr(selfcheck, name)
     if name == "grade_notebook":

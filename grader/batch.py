@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from grader import assets, notebook, report as reports, rubric as rubrics, sandbox
+from grader import assets, notebook, rubric as rubrics, sandbox
+from grader.reports import text as reports
 from grader.errors import GraderError, NotANotebook
 from grader.rubric import Rubric
 from grader.sandbox import common
@@ -252,8 +253,8 @@ def _grader_version() -> str:
 
 
 def code_digest(package: Path) -> str:
-    """A short digest of the `*.py` files of `package` and of everything in its `templates/`."""
-    files = {*package.rglob("*.py"), *(p for p in (package / "templates").rglob("*") if p.is_file())}
+    """A short digest of the `*.py` files of `package` and of everything in its `templates/` folders."""
+    files = {p for p in package.rglob("*") if p.is_file() and (p.suffix == ".py" or "templates" in p.relative_to(package).parts)}
     h = hashlib.sha256()
     for path in sorted(files):
         h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
@@ -347,7 +348,7 @@ def grade_one(submission: Submission, rubric: Rubric, timeout: float | None, poo
     """Grade one submission as `rubric`'s assignment: its report, and its HTML feedback page (None for a
     notebook that cannot be read, which gets a failed report). `edges`: `grade.feedback_edges(rubric)`;
     `hidden_runs`: the hidden re-runs' parameters (default: the rubric's)."""
-    from grader import feedback
+    from grader.reports import feedback
     from grader.grade import feedback_edges, grade_with_runs
 
     try:
@@ -422,7 +423,7 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
     # No run may read the solutions, the rubric, the other submissions or what this batch writes.
     hidden = [*hidden_folders(rubric), out.resolve(), *found.roots, *(s.path.resolve() for s in found.submissions)]
     if scheduler is not None:
-        from grader import cluster
+        from grader.integrations import cluster
 
         # the folders only (every submission is in one of them): a task's size must not grow with the class
         folders = [*hidden_folders(rubric), out.resolve(), *found.roots]
@@ -597,7 +598,7 @@ def write_outputs(out: Path, assignment: str, found: Found, canvas_column: str |
     """Rebuild grades.csv, the feedback files, the summary and the class report (class.json, class.html) from
     the reports of `found`'s students; and canvas.csv where submissions came from a Canvas download
     (`canvas_column`: the assignment's column there, default its name)."""
-    from grader import class_report
+    from grader.reports import class_report
 
     rubric = rubrics.load(assignment)
     loaded = []

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     timeout = getattr(args, "timeout", None)
     if timeout is not None and not 0 < timeout < float("inf"):
         _parser().error("--timeout must be a positive number of seconds")
-    from grader import grade, report, rubric, sandbox  # after parsing: `--help` should not wait for torch
+    from grader import grade, rubric, sandbox  # after parsing: `--help` should not wait for torch
+    from grader.reports import text as report
 
     backend = None
     if args.command in ("check", "grade", "gradebook"):
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "classroom":
         from pathlib import Path
 
-        from grader import classroom
+        from grader.integrations import classroom
 
         try:
             written = classroom.write(args.assignment, Path(args.out), args.package)
@@ -135,13 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.junit:
             from pathlib import Path
 
-            from grader import junit
+            from grader.reports import junit
 
             Path(args.junit).write_text(junit.to_junit(result), encoding="utf-8")
         if args.html:
             from pathlib import Path
 
-            from grader import feedback
+            from grader.reports import feedback
 
             Path(args.html).write_text(feedback.page(result, runs, grade.feedback_edges(rubric.load(result.assignment))),
                                        encoding="utf-8")
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.junit:  # CI reads a failure, not a missing file
             from pathlib import Path
 
-            from grader import junit
+            from grader.reports import junit
 
             Path(args.junit).write_text(junit.ungradable(args.notebook, str(e)), encoding="utf-8")
         return _fail(e)
@@ -248,7 +249,7 @@ def _grade(args: argparse.Namespace, backend) -> int:
 
 
 def _gradebook(args: argparse.Namespace) -> int:
-    from grader import gradebook
+    from grader.integrations import gradebook
 
     def progress(done: gradebook.Recorded) -> None:
         r, s = done.report, done.submission
@@ -266,7 +267,7 @@ def _gradebook(args: argparse.Namespace) -> int:
 def _gradescope(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from grader import gradescope
+    from grader.integrations import gradescope
 
     try:
         if args.step == "build":

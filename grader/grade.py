@@ -228,7 +228,7 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
                    pool: sandbox.Pool | None) -> tuple[Report, list]:
     """A lecture notebook: recognise it, run it up to Exercise 3, and grade it against the lecture's
     forward pass run here on the parameters and minibatch its run produced."""
-    from grader import lecture_grading
+    from grader.lecture import grading as lecture_grading
 
     recognised = lecture.recognise(student, path)
     rubric = lecture.rubric_for(recognised)

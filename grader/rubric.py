@@ -188,7 +188,7 @@ LECTURE = "lecture"
 def load(name: str) -> Rubric:
     """Load the rubric of assignment `name` from the assignments folder (or the built-in `lecture` one)."""
     if name == LECTURE:
-        path = Path(__file__).resolve().parent / "lecture" / "lecture.toml"
+        path = Path(__file__).resolve().parent / "lecture" / "data" / "lecture.toml"
         return _parsed(path, path.stat().st_mtime_ns)
     # Only names of rubrics shipped with the grader: the name comes from a student's notebook metadata.
     if name not in known_assignments():

@@ -20,7 +20,8 @@ import nbformat
 import pytest
 
 from conftest import ROOT, answered, grader_command
-from grader import assets, batch, class_report, rubric
+from grader import assets, batch, rubric
+from grader.reports import class_report
 
 RUBRIC = rubric.load("backprop_ninja")
 

@@ -10,7 +10,8 @@ import nbformat
 import pytest
 
 from conftest import NOTEBOOKS
-from grader import feedback, rubric
+from grader import rubric
+from grader.reports import feedback
 from grader.grade import feedback_edges, grade_with_runs
 
 

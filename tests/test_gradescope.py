@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import NOTEBOOKS, SOLUTION, grader_command
-from grader import gradescope
+from grader.integrations import gradescope
 
 VISIBILITY = {"hidden", "after_due_date", "after_published", "visible"}
 TOP = {"score": (int, float), "execution_time": int, "output": str, "visibility": str,

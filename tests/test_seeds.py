@@ -111,7 +111,8 @@ def test_computing_the_reference_imports_no_module():
     code = """
 import sys
 import safetensors.torch
-from grader import assets, grade, notebook, reference, report, rubric, score
+from grader import assets, grade, notebook, reference, rubric, score
+from grader.reports import text as report
 r = rubric.load("backprop_ninja")
 released = notebook.read(r.released)
 params = grade.released_parameters(released) | r.grading_parameters | {"data_path": assets.names_path()}

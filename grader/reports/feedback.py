@@ -119,8 +119,8 @@ def _graph_png(exercise: str, nodes: tuple[tuple[str, str, str, str], ...],
 
 @functools.lru_cache(maxsize=1)
 def _templates() -> jinja2.Environment:
-    """The package's page templates (`grader/templates/`), escaping every value put into them."""
-    return jinja2.Environment(loader=jinja2.PackageLoader("grader", "templates"), autoescape=True,
+    """The package's page templates (`grader/reports/templates/`), escaping every value put into them."""
+    return jinja2.Environment(loader=jinja2.PackageLoader("grader.reports", "templates"), autoescape=True,
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from grader import junit
+from grader.reports import junit
 
 _GRADING = pytest.StashKey["_Grading"]()
 _INI_GRADING = pytest.StashKey["_Grading"]()

@@ -1,6 +1,6 @@
 """Make the released (student) notebooks from the instructor's solutions, with nbgrader.
 
-    python -m grader.release [NAME ...]     (default: every notebook in solutions/)
+    python tools/release.py [NAME ...]     (default: every notebook in solutions/)
 
 The repository is not laid out as an nbgrader course (`solutions/NAME.ipynb`, `assignments/NAME.ipynb`),
 so this makes one in a temporary directory: `source/NAME/NAME.ipynb` and the repository's

@@ -351,7 +351,7 @@ def to_html(report: ClassReport, summary_png: bytes | None = None, pages: Iterab
     feedback page (`feedback/<student>.html`, for the students in `pages`)."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("grader", "templates"), autoescape=True,
+    env = jinja2.Environment(loader=jinja2.PackageLoader("grader.reports", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     picture = "data:image/png;base64," + base64.b64encode(summary_png).decode("ascii") if summary_png else ""
     by_exercise: dict[str, list[VariableMistakes]] = {}
