@@ -159,7 +159,8 @@ def class_report_time(out: Path, submitted: Path, rounds: int = 5) -> tuple[floa
     how many groups sharing answers it named."""
     import statistics
 
-    from grader import batch, class_report
+    from grader import batch
+    from grader.reports import class_report
 
     rubric = rubrics.load(NAME)
     reports = [json.loads(p.read_text()) for p in sorted((out / "reports").glob("*.json"))]
