@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 import nbformat  # noqa: E402
 
 from grader import assets, notebook, rubric as rubrics  # noqa: E402
+from grader import plan as plans
 from grader.grade import released_parameters  # noqa: E402
 
 NAME = "backprop_ninja"
@@ -124,7 +125,7 @@ def physical_floor(submitted: Path, kinds: dict[str, str], timeout: float) -> fl
     main = released_parameters(released) | (rubric.grading_parameters or {}) | {"data_path": assets.names_path()}
     settings = [main] + [main | h for h in rubric.hidden_runs]
     shell = InteractiveShell.instance(cache_size=0)
-    first = notebook.plan(released, released, rubric, main).cells
+    first = plans.plan(released, released, rubric, main).cells
     setup = max(i for i, c in enumerate(first) if c.grade_id in rubric.setup_cells)
     for cell in first[: setup + 1]:
         shell.run_cell(cell.source, silent=True)
@@ -137,12 +138,12 @@ def physical_floor(submitted: Path, kinds: dict[str, str], timeout: float) -> fl
             continue
         nb = notebook.read(submitted / student / NAME / f"{NAME}.ipynb")
         for params in settings:
-            cells = notebook.plan(nb, released, rubric, params).cells
+            cells = plans.plan(nb, released, rubric, params).cells
             shell.user_ns.clear()
             shell.user_ns.update(after_setup)
             stdout, sys.stdout = sys.stdout, devnull
             try:
-                shell.run_cell(notebook.injected_source(params), silent=True)
+                shell.run_cell(plans.injected_source(params), silent=True)
                 started = time.perf_counter()
                 for cell in cells[setup + 1 :]:
                     with torch.set_grad_enabled(not cell.no_grad):

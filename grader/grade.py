@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from grader import assets, lecture, notebook, rubric as rubrics, sandbox
+from grader import plan as planning
 from grader.errors import GraderError, RubricError, UsageError
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def _worker(pool: sandbox.Pool, rubric: rubrics.Rubric, released, params: dict[s
     key = (rubric.assignment, tuple(repr(params.get(k)) for k in rubric.setup_parameters))
 
     def make():
-        cells = notebook.plan(released, released, rubric, params).cells
+        cells = planning.plan(released, released, rubric, params).cells
         last = max((i for i, c in enumerate(cells) if c.grade_id in rubric.setup_cells), default=-1)
         return cells[: last + 1], [c.source for c in cells[last + 1 :]], data_files
 
@@ -130,7 +131,7 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
     with_data = [p | {k: str(f) for k, f in data_files.items()} for p in settings]  # as the grader's references read them
 
     # The run reads its own copy of each data file, under the file's name in its working directory.
-    plans = [notebook.plan(student, released, rubric, p | rubric.data) for p in settings]
+    plans = [planning.plan(student, released, rubric, p | rubric.data) for p in settings]
     own_pool = pool is None
     pool = pool or sandbox.Pool()
     pool.hide(hidden_folders(rubric))

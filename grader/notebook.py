@@ -1,10 +1,8 @@
-"""Stage 1: load a submission and plan its run.
+"""Stage 1: load a submission.
 
-Finds cells by metadata only (nbgrader `grade_id`, the papermill `parameters` tag), never by the text
-of their source. The plan is what the child process executes: the student's cells in the student's
-order, with locked cells restored to their released version, the grader's parameters injected after
-the `parameters` cell, the cells the rubric skips left out, and the points at which each exercise's
-variables are captured.
+Reads a notebook with nbformat, checks it the way a hostile file needs (size, depth, encoding, schema), and
+finds cells by metadata only (nbgrader `grade_id`, the papermill `parameters` tag), never by the text of
+their source. `grader.plan` turns what is found here into the run a child executes.
 """
 
 from __future__ import annotations
@@ -14,71 +12,12 @@ import json
 import threading
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 import nbformat.warnings
 
 from grader.errors import NotANotebook, UnknownAssignment
-from grader.rubric import Rubric
-
-
-@dataclass(frozen=True)
-class PlannedCell:
-    """One code cell as the child will run it."""
-
-    label: str
-    """How messages name the cell, e.g. `cell 9 (ex1)`."""
-    source: str
-    """The code to run."""
-    no_grad: bool
-    """Run with autograd switched off."""
-    guarded: bool = False
-    """Student code: run with autograd refused (`autograd is not allowed in this exercise`)."""
-    grade_id: str | None = None
-    """The nbgrader grade_id of the cell it came from, if any (`<parameters>` for the injected one)."""
-
-
-@dataclass(frozen=True)
-class Capture:
-    """When to take a snapshot of one exercise's variables."""
-
-    exercise: str
-    """Exercise id."""
-    variables: tuple[str, ...]
-    """Variable names to capture."""
-    start: int
-    """Plan position of the exercise's answer cell; values not (re)assigned since then don't count."""
-    before: int
-    """Capture just before running the cell at this plan position (`len(cells)`: at the end)."""
-    function: str | None = None
-    """For an answer that is a function: its name; its calls are recorded from the answer cell on."""
-    calls: tuple[int, ...] = ()
-    """Which calls to record (0 = the first)."""
-    returns: tuple[str, ...] = ()
-    """Names for the values a recorded call returns, in order."""
-    wrt: str | None = None
-    """Name of the list of tensors whose values are recorded with each call (the weights at that step)."""
-    numbers: bool = False
-    """Values exercises: plain Python numbers count too (sent as float64 tensors)."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What the child process runs, and how to read what it returns."""
-
-    cells: tuple[PlannedCell, ...]
-    """Cells in execution order."""
-    captures: tuple[Capture, ...]
-    """One per exercise."""
-    notes: tuple[str, ...]
-    """What the grader changed or could not find, for the report."""
-    unfound: tuple[tuple[str, str, str], ...] = ()
-    """(exercise, variable or "" for all of its variables, why): answers the grader could not locate."""
-
-
-PARAMS = "<parameters>"  # stands for the injected parameters cell among grade_ids
 
 
 def read(path: Path) -> nbformat.NotebookNode:
@@ -313,97 +252,3 @@ def parameters_source(nb: nbformat.NotebookNode) -> str:
         if cell.cell_type == "code" and has_tag(cell, "parameters"):
             return cell.source
     return ""
-
-
-def injected_source(params: dict[str, object]) -> str:
-    """Code assigning `params`, as papermill's injected-parameters cell does."""
-    return "# Parameters injected by the grader\n" + "".join(f"{k} = {v!r}\n" for k, v in params.items())
-
-
-def _first_line(source: str) -> str:
-    lines = [ln for ln in source.strip().splitlines() if ln.strip()]
-    return lines[0].strip() if lines else ""
-
-
-def plan(student: nbformat.NotebookNode, released: nbformat.NotebookNode, rubric: Rubric,
-         params: dict[str, object]) -> Plan:
-    """Plan the grading run of `student` against the `released` notebook of `rubric`."""
-    locked = {grade_id(c): c for c in released.cells if c.cell_type == "code" and is_locked(c) and grade_id(c)}
-    released_order = [PARAMS if has_tag(c, "parameters") else grade_id(c) for c in released.cells if c.cell_type == "code"]
-    no_grad, skip = set(rubric.no_grad_cells), set(rubric.skip_cells)
-    protected = set(locked) | skip | no_grad | set(rubric.reference_cells)
-
-    cells: list[PlannedCell] = []
-    gids: list[str | None] = []  # grade_id of each planned cell, for placing missing locked cells
-    notes: list[str] = []
-    seen: set[str] = set()
-    for number, cell in enumerate(student.cells, start=1):
-        if cell.cell_type != "code":
-            continue
-        gid = grade_id(cell)
-        label = f"cell {number}" + (f" ({gid})" if gid else "")
-        if gid in protected and gid in seen:
-            # a copy of a locked cell would run the forward pass again, or PyTorch's backward pass
-            notes.append(f"{label} repeats the locked cell {gid}: it was not run")
-            continue
-        source = cell.source
-        if gid in locked:
-            if source.strip() != locked[gid].source.strip() and gid not in skip:  # (a skipped cell never runs)
-                notes.append(f"{label} is locked but was edited: the released version was run instead")
-            source = locked[gid].source
-        first_time = gid is not None and gid not in seen
-        if gid:
-            seen.add(gid)
-        if gid in skip:
-            continue
-        cells.append(PlannedCell(label, source, no_grad=gid in no_grad, guarded=gid not in locked, grade_id=gid))
-        gids.append(gid if first_time else None)
-        if has_tag(cell, "parameters") and PARAMS not in gids:
-            cells.append(PlannedCell("injected parameters", injected_source(params), no_grad=False, grade_id=PARAMS))
-            gids.append(PARAMS)
-
-    # Locked cells the student deleted go back in after the cell that precedes them in the release.
-    for i, gid in enumerate(released_order):
-        if gid in locked and gid not in seen and gid not in skip:
-            previous = [g for g in released_order[:i] if g in gids]
-            at = gids.index(previous[-1]) + 1 if previous else 0
-            cells.insert(at, PlannedCell(f"released cell ({gid})", locked[gid].source, no_grad=gid in no_grad, grade_id=gid))
-            gids.insert(at, gid)
-            notes.append(f"locked cell {gid} was missing: the released version was run in its place")
-
-    if PARAMS not in gids:
-        # No tagged cell: inject right before the first cell that uses the parameters, so that an
-        # untagged cell of the student's own setting them cannot override them.
-        at = min((gids.index(g) for g in rubric.setup_cells + rubric.reference_cells if g in gids), default=0)
-        cells.insert(at, PlannedCell("injected parameters", injected_source(params), no_grad=False, grade_id=PARAMS))
-        gids.insert(at, PARAMS)
-        notes.append("no cell is tagged `parameters`: the grader's parameters were set before the setup cell")
-
-    starts = sorted(gids.index(ex.cell) for ex in rubric.exercises if ex.cell in gids)
-    captures = []
-    for ex in rubric.exercises:
-        if ex.cell not in gids:
-            notes.append(f"no answer cell {ex.cell} found: {ex.id} earns no points")
-            continue
-        start = gids.index(ex.cell)
-        later = [p for p in starts if p > start]
-        before = later[0] if later else len(cells)
-        f = ex.function
-        if f is None:
-            captures.append(Capture(ex.id, tuple(v.name for v in ex.variables), start, before,
-                                    numbers=ex.kind == "values"))
-        else:
-            # the training loop that calls the function comes after the answer cell: capture right after
-            # it, so that a scratch cell of the student's further down cannot stop or change its result
-            training = [i for i, g in enumerate(gids) if f.training and g in f.training.cells and i > start]
-            result = (f.training.result.name,) if f.training else ()
-            end = training[-1] + 1 if training else len(cells)
-            captures.append(Capture(ex.id, result, start, end, function=f.name, calls=f.calls,
-                                    returns=tuple(v.name for v in ex.variables), wrt=f.wrt))
-    return Plan(tuple(cells), tuple(captures), tuple(notes))
-
-
-def describe_cell(cell: PlannedCell) -> str:
-    """The cell's label and its first line of code, for one-line messages."""
-    first = _first_line(cell.source)
-    return f"{cell.label}: `{first[:60]}{'...' if len(first) > 60 else ''}`" if first else cell.label

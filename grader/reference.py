@@ -22,7 +22,8 @@ import torch
 
 from grader import notebook, rubric as rubrics
 from grader.errors import GraderError, RubricError
-from grader.notebook import grade_id, injected_source
+from grader.notebook import grade_id
+from grader.plan import injected_source
 from grader.rubric import Exercise, Rubric
 
 # The reference cells use process-wide state (the `random` module's seed, stdout): one run at a time.

@@ -11,7 +11,7 @@ import torch
 from grader.compare import PASSING, Comparison, compare
 from grader.hints import diagnose, with_hint, wrong_axis
 from grader.reference import LOCAL, PARTS, TARGETS
-from grader.notebook import Plan
+from grader.plan import Plan
 from grader.rubric import Exercise, Rubric
 from grader.sandbox import Captured
 from grader.scan import scan, scan_forbidden

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import NOTEBOOKS, RELEASE
 from grader import grade_notebook, notebook, rubric as rubrics, sandbox
+from grader import plan as plans
+from grader.plan import PARAMS
 from grader.grade import released_parameters
 
 RUBRIC = rubrics.load("backprop_ninja")
@@ -18,15 +20,15 @@ RUBRIC = rubrics.load("backprop_ninja")
 def _prefix_and_plans(student: nbformat.NotebookNode):
     released = notebook.read(RELEASE)
     main = released_parameters(released) | RUBRIC.grading_parameters | RUBRIC.data
-    cells = notebook.plan(released, released, RUBRIC, main).cells
+    cells = plans.plan(released, released, RUBRIC, main).cells
     last = max(i for i, c in enumerate(cells) if c.grade_id in RUBRIC.setup_cells)
     settings = [main] + [main | h for h in RUBRIC.hidden_runs]
-    return cells[: last + 1], [notebook.plan(student, released, RUBRIC, p) for p in settings]
+    return cells[: last + 1], [plans.plan(student, released, RUBRIC, p) for p in settings]
 
 
 def test_a_run_starts_after_the_setup_when_its_first_cells_are_the_released_ones():
     prefix, plans = _prefix_and_plans(notebook.read(NOTEBOOKS / "full_marks.ipynb"))
-    injected = next(i for i, c in enumerate(prefix) if c.grade_id == notebook.PARAMS)
+    injected = next(i for i, c in enumerate(prefix) if c.grade_id == PARAMS)
     assert sandbox.warm_start(plans[0], prefix) == (len(prefix), [])
     # hidden runs: other parameters, run again after the worker's state
     assert sandbox.warm_start(plans[1], prefix) == (len(prefix), [injected])

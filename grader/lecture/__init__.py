@@ -27,7 +27,7 @@ from IPython.core.inputtransformer2 import TransformerManager
 
 from grader import rubric as rubrics
 from grader.errors import UnknownAssignment
-from grader.notebook import Capture, Plan, PlannedCell
+from grader.plan import Capture, Plan, PlannedCell
 from grader.scan import python_body
 
 LEAVES = ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias", "Xb", "Yb")

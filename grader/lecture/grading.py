@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from grader import lecture, reference, rubric as rubrics
-from grader.notebook import Plan
+from grader.plan import Plan
 from grader.sandbox import Captured
 from grader.score import GradedRun, Report, VariableResult, score
 from grader.values import UNCHANGED

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the worker imports this module too, and must not pay for nbformat's import (a second)
-    from grader.notebook import Plan, PlannedCell
+    from grader.plan import Plan, PlannedCell
 
 MAX_RESULT_BYTES = 64 * 2**20
 """Largest result file read back."""
@@ -150,7 +150,7 @@ def warm_start(plan: Plan, prefix: tuple[PlannedCell, ...]) -> tuple[int, list[i
     Only where the plan begins with exactly the worker's cells (the released parameters cell and the
     setup cells, byte for byte); the injected parameters may differ, and are then run again.
     """
-    from grader.notebook import PARAMS
+    from grader.plan import PARAMS
 
     if len(plan.cells) < len(prefix):
         return 0, []

@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from grader.errors import SandboxError
-from grader.notebook import Plan, PlannedCell
+from grader.plan import Plan, PlannedCell
 from grader.sandbox import confine
 from grader.sandbox.cgroups import Cap, Hierarchy
 from grader.sandbox.common import (OUTPUT_TAIL, SUPERVISOR_GRACE, WORKER_START_TIMEOUT, Limits, child_env, hideable,

@@ -15,7 +15,7 @@ from grader.sandbox.common import DEFAULT_LIMITS, FILE_LIMIT, MEMORY_LIMIT, Limi
 from grader.sandbox.results import Captured, CellOutcome
 
 if TYPE_CHECKING:
-    from grader.notebook import PlannedCell
+    from grader.plan import PlannedCell
 
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 
 from grader.errors import SandboxError
-from grader.notebook import Plan, PlannedCell
+from grader.plan import Plan, PlannedCell
 from grader.sandbox.common import OUTPUT_TAIL, WORKER_START_TIMEOUT, Limits, child_env, plain, warm_start, worker_folder
 from grader.sandbox.results import Captured, Run, collect
 

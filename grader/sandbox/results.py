@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from grader.notebook import Plan, describe_cell
+from grader.plan import Plan, describe_cell
 from grader.sandbox.common import FILE_LIMIT, MAX_RESULT_BYTES, plain
 from grader.values import MISSING, UNCHANGED, Flag, NotTensor, Raised
 
