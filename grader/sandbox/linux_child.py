@@ -2,7 +2,7 @@
 
     python -m grader.sandbox.linux_child SPEC_JSON SOCKET_FD
 
-The worker imports torch and runs the released setup cells once (`runner.Warm`). For each job the
+The worker imports torch and runs the released setup cells once (`warm.Warm`). For each job the
 grader sends (a `SOCK_SEQPACKET` message carrying the job's files as descriptors) it forks a
 supervisor, which puts itself into new namespaces (`confine.new_namespaces`: as root, or in a user
 namespace of its own as an ordinary user) and forks process 1 of them; process 1 builds the run's
@@ -23,8 +23,9 @@ import traceback
 
 from grader.sandbox import confine
 from grader.sandbox.common import Limits
-from grader.sandbox.runner import MAX_RUNS, Warm, _error_line
+from grader.sandbox.runner import error_line
 from grader.sandbox.syscalls import Filter
+from grader.sandbox.warm import MAX_RUNS, Warm
 
 
 def _unless_orphaned(supervisor: int, job: int) -> None:
@@ -231,7 +232,7 @@ def main(argv: list[str]) -> int:
     try:
         worker = Server(spec)
     except BaseException as e:
-        sock.sendall(f"error {_error_line(e)}\n".encode())
+        sock.sendall(f"error {error_line(e)}\n".encode())
         return 1
     worker.serve(sock)
     return 0

@@ -2,7 +2,7 @@
 
     python -m grader.sandbox.portable_child SPEC_JSON
 
-It imports torch and runs the released setup cells (`runner.Warm`), says `ready` on its standard
+It imports torch and runs the released setup cells (`warm.Warm`), says `ready` on its standard
 output, then reads one job (a line of JSON) from its standard input. Every run's files are opened
 before the notebook's first cell, so a notebook that renames or replaces them changes nothing the
 grader reads. Nothing here needs more than what Python has on macOS, Windows and Linux.
@@ -15,7 +15,8 @@ import os
 import sys
 import threading
 
-from grader.sandbox.runner import Warm, _error_line
+from grader.sandbox.runner import error_line
+from grader.sandbox.warm import Warm
 
 
 def _end_with(grader: int) -> None:
@@ -43,7 +44,7 @@ def main(argv: list[str]) -> int:
     try:
         warm = Warm(spec)
     except BaseException as e:
-        channel.write(f"error {_error_line(e)}\n")
+        channel.write(f"error {error_line(e)}\n")
         channel.close()
         return 1
     channel.write("ready\n")

@@ -1,0 +1,161 @@
+"""The warm state: torch imported and the released setup cells run, the state every run of a job starts from.
+
+A child (a fork of the Linux worker, or a fresh interpreter of the portable backend) builds a `Warm`
+once, running only our code (torch's import, the released setup cells), no student's. Then each run of
+a job carries on from that state (`Warm.run_job`), and between two runs `Warm` undoes what the last
+one could have changed outside its namespace.
+
+Portable: nothing here may use an API that macOS or Windows lacks (the backends add what they can).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from grader.sandbox.clock import CellClock
+from grader.sandbox.runner import Runner, restore
+
+MAX_RUNS = 16
+"""Most runs in one job (a submission's own parameters and its hidden re-runs)."""
+
+
+class Warm:
+    """torch imported and the released setup cells run: the state every run of a job starts from.
+
+    A job is one submission: all its runs (its own parameters, then the hidden re-runs), one after
+    another in one process, each starting again from the state after the setup cells.
+    """
+
+    def __init__(self, spec: dict) -> None:
+        import builtins
+        import random
+
+        import torch
+        import torch.nn.functional
+        from IPython.core.interactiveshell import InteractiveShell
+        from traitlets.config import Config
+
+        import safetensors.torch  # (every run needs it: import it once, here)
+
+        class Shell(InteractiveShell):
+            def enable_gui(self, gui=None):  # `%matplotlib inline`: no event loop to start, figures render off screen
+                pass
+
+        torch.set_num_threads(1)
+        safetensors.torch.save({"warm": torch.zeros(1)})  # imports what saving needs (numpy) here, not in a run
+        config = Config()
+        config.HistoryManager.enabled = False  # no SQLite file and no saving thread to carry across fork()
+        # cache_size=0: no Out[] history, so no cell's displayed value can keep a forward graph alive.
+        self.shell = Shell.instance(config=config, cache_size=0)
+        self.torch, self.random, self.spec = torch, random, spec
+        self.pristine = [(m, dict(vars(m))) for m in (torch, torch.nn.functional, torch.Tensor, builtins)]
+        self.initial = dict(self.shell.user_ns)
+        self.rng = self._rng_state()
+        self.data = {name: open(path, "rb").read() for name, path in spec["data"].items()}
+        self.warm = Runner(torch, self.shell, self.pristine)
+        with open(os.devnull, "w") as quiet:
+            self.warm.run(spec["prefix"], [], 0, quiet)  # stops at the end of the prefix: no captures in it
+        failed = [o["error"] for o in self.warm.outcomes if o["error"]]
+        if failed:
+            raise RuntimeError(f"the released setup cells failed in the worker: {failed[0]}")
+        self.warmed_rng = self._rng_state()
+        self.after_setup = dict(self.shell.user_ns)
+        # copies of the data the setup made: a run that changes it in place must not change the next run's
+        self.setup_tensors = {k: (v, v._version, v.clone()) for k, v in self.after_setup.items()
+                              if type(v) is torch.Tensor}
+        self._warm_up(spec.get("warm_up", []))
+
+    def _rng_state(self) -> tuple:
+        return self.torch.get_rng_state(), self.random.getstate()
+
+    def _set_rng(self, state: tuple) -> None:
+        self.torch.set_rng_state(state[0])
+        self.random.setstate(state[1])
+
+    def _warm_up(self, sources: list[str]) -> None:
+        """Run the released cells after the setup once, on a copy of the namespace, and forget them.
+
+        The first call of many torch operations is slow (lazy initialisation); doing it here once saves
+        it in every run forked later.
+        """
+        import contextlib
+        import io
+
+        scratch = dict(self.shell.user_ns)
+        grad_was = self.torch.is_grad_enabled()
+        with contextlib.redirect_stdout(io.StringIO()):
+            for source in sources:
+                try:
+                    exec(compile(self.shell.transform_cell(source), "<warm-up>", "exec"), scratch)
+                except BaseException:
+                    pass  # a released stub may well raise; the warm-up is only for torch's sake
+        self.torch.set_grad_enabled(grad_was)
+        self._set_rng(self.warmed_rng)
+
+    def run_job(self, runs: list[dict], workdir: str, run_fds: list[int], new_run: Callable[[], object],
+                cell_timeout: float | None = None) -> None:
+        """Each run in turn, each from the state after the setup; `new_run()` as each run after the first begins.
+
+        `run_fds` holds three open files per run: its output, its progress and its result. A cell that
+        runs past `cell_timeout` seconds is interrupted as Jupyter interrupts one (KeyboardInterrupt in
+        the cell), and the run goes on with the next cell.
+        """
+        for name in ("HOME", "TMPDIR", "TEMP", "TMP"):
+            os.environ[name] = workdir
+        prefix_names = dict(self.warm.locked_names)
+        prefix_outcomes = list(self.warm.outcomes)
+        for i, run in enumerate(runs):
+            output_fd, progress_fd, result_fd = run_fds[3 * i : 3 * i + 3]
+            if i > 0:
+                new_run()
+                self._reset(workdir)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(output_fd, 1)
+            os.dup2(output_fd, 2)
+            os.close(output_fd)
+            os.chdir(workdir)
+            runner = Runner(self.torch, self.shell, self.pristine)
+            ns = self.shell.user_ns
+            ns.clear()
+            if run["start"] > 0:  # carries on from the worker's state after the setup cells
+                ns.update(self.after_setup)
+                self._set_rng(self.warmed_rng)
+                runner.locked_names = {k: ns.get(k, v) for k, v in prefix_names.items()}
+                runner.outcomes = prefix_outcomes[: run["start"]]
+                runner.cells = run["cells"]
+                with open(os.devnull, "w") as quiet:
+                    for position in run["preamble"]:  # this run's parameters, where they differ from the worker's
+                        runner.outcomes[position] = runner.run_cell(position, quiet)
+            else:  # the notebook's own set-up differs from the release: start from an empty namespace
+                ns.update(self.initial)
+                self._set_rng(self.rng)
+            runner.cell_timeout = cell_timeout
+            CellClock.install()  # again for each run: the last one may have replaced the handler
+            with os.fdopen(progress_fd, "w", encoding="utf-8") as progress, os.fdopen(result_fd, "wb") as out:
+                runner.run(run["cells"], run["captures"], run["start"], progress, out)
+            del runner
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+    def write_data(self, workdir: str) -> None:
+        for name, content in self.data.items():
+            os.makedirs(os.path.dirname(os.path.join(workdir, name)), exist_ok=True)  # `data/names.txt`
+            with open(os.path.join(workdir, name), "wb") as f:
+                f.write(content)
+
+    def _reset(self, workdir: str) -> None:
+        """Between two runs of a job: undo what the last one could have changed outside its namespace."""
+        restore(self.pristine)
+        for name, (tensor, version, copy) in self.setup_tensors.items():
+            if tensor._version != version:  # changed in place: the next run gets the data as the setup made it
+                fresh = copy.clone()
+                self.setup_tensors[name] = (fresh, fresh._version, copy)
+                self.after_setup[name] = fresh
+        self.torch._C._set_grad_enabled(True)
+        try:
+            self.write_data(workdir)
+        except OSError:
+            pass  # e.g. the last run filled its disk: this run will say so itself
