@@ -13,7 +13,7 @@ from grader.hints import diagnose, with_hint, wrong_axis
 from grader.reference import LOCAL, PARTS, TARGETS
 from grader.plan import Plan
 from grader.rubric import Exercise, Rubric
-from grader.sandbox import Captured
+from grader.runs import Captured
 from grader.scan import scan, scan_forbidden
 from grader.values import MISSING, UNCHANGED, Flag, Raised
 

@@ -23,7 +23,7 @@ import torch
 
 from grader import lecture, reference, rubric as rubrics
 from grader.plan import Plan
-from grader.sandbox import Captured
+from grader.runs import Captured
 from grader.score import GradedRun, Report, VariableResult, score
 from grader.values import UNCHANGED
 

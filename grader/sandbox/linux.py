@@ -27,11 +27,12 @@ from pathlib import Path
 
 from grader.errors import SandboxError
 from grader.plan import Plan, PlannedCell
+from grader.runs import Captured
 from grader.sandbox import confine
 from grader.sandbox.cgroups import Cap, Hierarchy
 from grader.sandbox.common import (OUTPUT_TAIL, SUPERVISOR_GRACE, WORKER_START_TIMEOUT, Limits, child_env, hideable,
                                    plain, warm_start, worker_folder)
-from grader.sandbox.results import Captured, Run, collect
+from grader.sandbox.results import Run, collect
 
 
 def _worker_limits() -> None:  # runs in the worker between fork and exec

@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Protocol
 from grader.errors import SandboxError, UsageError
 from grader.sandbox.cgroups import memory_limit
 from grader.sandbox.common import DEFAULT_LIMITS, FILE_LIMIT, MEMORY_LIMIT, Limits, fit, warm_start
-from grader.sandbox.results import Captured, CellOutcome
+from grader.runs import Captured
 
 if TYPE_CHECKING:
     from grader.plan import PlannedCell
 
 
 
-__all__ = ["DEFAULT_LIMITS", "FILE_LIMIT", "MEMORY_LIMIT", "Backend", "Captured", "CellOutcome", "Job", "Limits",
-           "Pool", "Worker", "choose", "warm_start"]  # what `grader.sandbox` offers
+__all__ = ["DEFAULT_LIMITS", "FILE_LIMIT", "MEMORY_LIMIT", "Backend", "Job", "Limits", "Pool",
+           "Worker", "choose", "warm_start"]  # what `grader.sandbox` offers
 
 CHOICES = ("auto", "linux", "portable")
 ENVIRONMENT = "GRADER_SANDBOX"

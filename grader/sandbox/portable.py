@@ -32,8 +32,9 @@ import psutil
 
 from grader.errors import SandboxError
 from grader.plan import Plan, PlannedCell
+from grader.runs import Captured
 from grader.sandbox.common import OUTPUT_TAIL, WORKER_START_TIMEOUT, Limits, child_env, plain, warm_start, worker_folder
-from grader.sandbox.results import Captured, Run, collect
+from grader.sandbox.results import Run, collect
 
 POLL = 0.05
 """Seconds between two looks at a job's interpreter (its memory, its output, the time)."""

@@ -18,49 +18,13 @@ import json
 import os
 import signal
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from grader.plan import Plan, describe_cell
+from grader.runs import Captured, CellOutcome
 from grader.sandbox.common import FILE_LIMIT, MAX_RESULT_BYTES, plain
 from grader.values import MISSING, UNCHANGED, Flag, NotTensor, Raised
-
-
-@dataclass(frozen=True)
-class CellOutcome:
-    """How one planned cell went."""
-
-    label: str
-    """The cell's label, e.g. `cell 9 (ex1)`."""
-    error: str
-    """`ExceptionType: message (line N)`, or empty if the cell ran without raising."""
-
-
-@dataclass(frozen=True)
-class Captured:
-    """What came back from one run of a submission."""
-
-    finished: bool
-    """The child ran every cell and returned its values."""
-    reason: str
-    """Why not, naming the cell, when `finished` is False."""
-    cells: tuple[CellOutcome, ...]
-    """One per planned cell that ran (empty when not finished)."""
-    values: dict[tuple[str, str], object]
-    """(exercise, variable) -> a tensor, None, `MISSING`, `UNCHANGED` or a `NotTensor`."""
-    peak_memory_mb: float = 0.0
-    """Largest resident memory of the run (its process under Linux; its whole process tree under the watchdog)."""
-    notes: tuple[str, ...] = ()
-    """What else the grader saw, e.g. processes the notebook left running."""
-    done: tuple[str, ...] = ()
-    """The exercises whose values came back: all of them when `finished`; those that ended before the run
-    stopped otherwise (their values are in `values` and are graded; the others get `reason`)."""
-    started: bool = True
-    """False for a run that never began: an earlier run of its job ended their process first."""
-
-    def reached(self, exercise: str) -> bool:
-        """Whether the run's values for `exercise` came back: it ran to the end, or stopped after that exercise."""
-        return self.finished or exercise in self.done
 
 
 _SIGXFSZ = getattr(signal, "SIGXFSZ", None)  # no such signal on Windows
