@@ -1,0 +1,182 @@
+"""Reading a lecture notebook's cells, and the syntax-tree helpers every stage of `grader.lecture` shares.
+
+Guarantees:
+
+* each code cell is parsed once per notebook (the stages ask again and get the same cells): shell cells
+  (`%%bash`) read as `pass`, `%%time`/`%%capture` cells as their body, IPython's magics translated to Python;
+  a cell that does not parse has no tree: the stages read nothing from it (and the run shows its error);
+* a cell knows the exercise its `# Exercise N` comment, or the markdown heading above it, gives it;
+* `_walk` goes in source order without recursion (code can nest deeper than the stack) and never into
+  function or class bodies (what a cell defines is not what it runs).
+
+Pure functions of the notebook: nothing here runs its code. The names with an underscore are the package's
+own, shared by its modules and not part of `grader.lecture`'s interface.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import re
+import threading
+from dataclasses import dataclass
+
+import nbformat
+from IPython.core.inputtransformer2 import TransformerManager
+
+from grader.scan import python_body
+
+GRAD_ATTRIBUTES = frozenset({"backward", "retain_grad", "grad", "autograd"})
+# (`[ \t]`, not `\s`, before the word: `\s` also takes line breaks, and every line start of a long run of blank
+# lines would then scan to its end: minutes for a cell of them)
+MARKER = re.compile(r"^[ \t#*>]*exercise\s*([1-4])\b", re.IGNORECASE | re.MULTILINE)
+SHELL_CELL_MAGICS = frozenset({"bash", "sh", "shell", "script", "system", "writefile", "html", "javascript", "js"})
+_PARSING = threading.Lock()  # (CPython 3.11's ast is not thread-safe)
+
+
+@dataclass
+class _Cell:
+    index: int
+    number: int  # 1-based position among all cells, as messages name them
+    source: str  # with shell escapes neutralised, magics translated: plain Python
+    tree: ast.Module | None
+    shell: tuple[str, ...]  # a shell cell magic that replaced the whole cell (`%%bash`), if any
+    marker: int | None
+
+    @property
+    def label(self) -> str:
+        return f"cell {self.number}"
+
+
+def _key(name: str) -> str:
+    """Names compared loosely: `bn_var_inv` is the lecture's `bnvar_inv`."""
+    return name.replace("_", "").lower()
+
+
+def _gradient_key(name: str) -> str | None:
+    """`dbn_gain` and `d_bngain` -> `bngain`; None for a name that does not start with d."""
+    if name.startswith("d_") and len(name) > 2:
+        return _key(name[2:])
+    if name.startswith("d") and len(name) > 1:
+        return _key(name[1:])
+    return None
+
+
+def _neutralised(source: str) -> tuple[str, tuple[str, ...]]:
+    """A shell cell (`%%bash`) as `pass`, and a `%%time`/`%%capture` cell as its plain body; the shell cell's
+    first line, if it was one. (Line shell escapes, `!wget` and `%pip`, are found in the syntax tree.)"""
+    lines = source.splitlines()
+    first = next((ln.strip() for ln in lines if ln.strip()), "")
+    if first.startswith("%%") and first[2:].split(" ")[0] in SHELL_CELL_MAGICS:
+        return "pass\n", (first,)
+    return python_body(source), ()
+
+
+def _read(nb: nbformat.NotebookNode) -> list[_Cell]:
+    """The notebook's cells as the stages here read them (recognise, plan and saved_checks: parsed once)."""
+    return list(_read_cells(tuple((c.cell_type, c.source if isinstance(c.source, str) else "".join(c.source))
+                                  for c in nb.cells)))
+
+
+@functools.lru_cache(maxsize=16)
+def _read_cells(cells_in: tuple[tuple[str, str], ...]) -> tuple[_Cell, ...]:
+    cells = []
+    pending_marker = None  # a markdown heading "Exercise N" marks the next code cell
+    for index, (cell_type, text) in enumerate(cells_in):
+        if cell_type == "markdown":
+            found = MARKER.search(text)
+            pending_marker = int(found.group(1)) if found else pending_marker
+            continue
+        if cell_type != "code":
+            continue
+        plain, shell = _neutralised(text)
+        try:
+            with _PARSING:
+                translated = TransformerManager().transform_cell(plain)
+                tree = ast.parse(translated)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            translated, tree = plain, None
+        marker = _comment_marker(text) or pending_marker
+        pending_marker = None
+        cells.append(_Cell(index, index + 1, translated, tree, shell, marker))
+    return tuple(cells)  # (shared by the callers of _read: never changed)
+
+
+def _comment_marker(text: str) -> int | None:
+    """N, for the first comment line of a code cell that starts `# Exercise N`."""
+    for line in text.splitlines():
+        if line.strip().startswith("#"):
+            found = MARKER.match(line)
+            if found:
+                return int(found.group(1))
+    return None
+
+
+def _walk(node: ast.AST):
+    """Every node below `node`, in source order, not descending into function and class bodies."""
+    todo = list(reversed(list(ast.iter_child_nodes(node))))  # (a list, not recursion: code can nest deeper than the stack)
+    while todo:
+        child = todo.pop()
+        yield child
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            todo += reversed(list(ast.iter_child_nodes(child)))
+
+
+def _stored(node: ast.AST) -> list[str]:
+    """Names `node` assigns (loop variables aside), outside function bodies."""
+    loops = {id(n) for s in [node, *_walk(node)] if isinstance(s, (ast.For, ast.comprehension))
+             for n in ast.walk(s.target)}
+    return [n.id for n in [node, *_walk(node)] if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+            and id(n) not in loops]
+
+
+@dataclass(frozen=True)
+class _Call:
+    cell: int  # index in nb.cells
+    label: str | None  # the string first argument, if there is one
+    gradient: str  # the second argument's name
+    tensor: str  # the third argument's name
+
+
+def _checkers(cells: list[_Cell]) -> set[str]:
+    """Functions the notebook defines to compare a gradient with autograd's (the lecture's `cmp`, renamed or not)."""
+    out = set()
+    for c in cells:
+        for node in ast.walk(c.tree) if c.tree else ():
+            # (`.grad` looked for below functions only: below every node, the walks add up to the square of a cell's size)
+            if isinstance(node, ast.FunctionDef) and len(node.args.args) >= 3 and _reads_grad(node):
+                out.add(node.name)
+            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda) and \
+                    len(node.value.args.args) >= 3 and _reads_grad(node):  # `cmp = lambda s, dt, t: ...`
+                out.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return out
+
+
+def _reads_grad(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Attribute) and n.attr == "grad" for n in ast.walk(node))
+
+
+def _calls(cell: _Cell, checkers: set[str], tensors: set[str]) -> list[_Call]:
+    """The check calls of a cell, in order: `cmp('probs', dprobs, probs)` and the like."""
+    return _calls_in(cell.tree, cell.index, checkers, tensors) if cell.tree else []
+
+
+def _calls_in(tree: ast.AST, index: int, checkers: set[str], tensors: set[str]) -> list[_Call]:
+    """The check calls below `tree` (of the cell at `index`), in source order."""
+    out = []
+    for node in _walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) >= 3):
+            continue
+        label, gradient, tensor = node.args[:3]
+        if not (isinstance(gradient, ast.Name) and isinstance(tensor, ast.Name)):
+            continue
+        labelled = isinstance(label, ast.Constant) and isinstance(label.value, str)
+        if node.func.id in checkers or (labelled and _key(tensor.id) in tensors):
+            out.append(_Call(index, label.value if labelled else None, gradient.id, tensor.id))
+    return out
+
+
+
+def _cell_range(indices: tuple[int, ...]) -> str:
+    first, last = indices[0] + 1, indices[-1] + 1
+    return f"cell {first}" if first == last else f"cells {first}-{last}"

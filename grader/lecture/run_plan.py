@@ -1,0 +1,124 @@
+"""Planning the run of a lecture notebook: which cells the child runs, in what order, and what it captures.
+
+Guarantees:
+
+* the plan holds the notebook's cells up to the end of Exercise 3, each rewritten (`rewrite`): all with
+  autograd refused (the forward pass without PyTorch's backward pass, the exercises without their check
+  calls), each exercise cell given its exercise's id;
+* the grader's own cells (the stand-in for missing modules, the copy function for checks) come first, and only
+  when a cell needs them;
+* one capture takes the forward tensors just before Exercise 1, and one per exercise found takes its
+  gradients (and the copies its check calls recorded) over its cells, up to the next exercise;
+* what could not be found, or was not run, is said in the plan's notes and its unfound variables.
+
+Pure functions of the notebook: nothing here runs its code.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import nbformat
+
+from grader import rubric as rubrics
+from grader.lecture.cells import _Cell, _cell_range, _checkers, _key, _read
+from grader.lecture.own_checks import _snapshots, checks
+from grader.lecture.recognition import Recognised
+from grader.lecture.rewrite import COPY_SOURCE, STAND_IN_SOURCE, _rewrite
+from grader.plan import Capture, Plan, PlannedCell
+
+FORWARD = "#forward"
+"""Id of the capture that takes the forward pass's tensors, just before Exercise 1."""
+
+
+def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> Plan:
+    """The run of a lecture notebook: its cells up to Exercise 3, all with autograd refused (the forward
+    pass without PyTorch's backward pass, the exercises without their check calls)."""
+    cells = _read(nb)
+    checkers = _checkers(cells)
+    keys = {_key(ours) for ours, _ in rec.forward} | {_key(g.of) for g in rec.gradients}
+    first = rec.sections[0].cells[0] if rec.sections else len(nb.cells)
+    section_of = {i: s.exercise for s in rec.sections for i in range(s.cells[0], s.cells[-1] + 1)}
+    planned: list[PlannedCell] = []
+    positions: dict[int, int] = {}
+    notes: list[str] = list(rec.notes)
+    needs_stand_in = False
+    checked_lines: list[tuple[_Cell, str]] = []
+    for c in cells:
+        if c.index > rec.last:
+            continue
+        role = "before" if c.index < first else "exercise"
+        source, changed, stand_in, checked = _rewrite(c, role, checkers, keys)
+        notes += changed
+        if checked:
+            checked_lines.append((c, checked))
+        needs_stand_in |= stand_in
+        positions[c.index] = len(planned)
+        if role == "before":  # autograd refused here too: no gradient can be taken early and kept for later
+            planned.append(PlannedCell(c.label, source, no_grad=True, guarded=True))
+        else:
+            exercise = section_of.get(c.index) or _section_before(rec, c.index)
+            planned.append(PlannedCell(f"{c.label} ({exercise})", source, no_grad=False, guarded=True, grade_id=exercise))
+    if checked_lines:  # one note for all cells (one gradient per cell: dozens of them)
+        where = f"{checked_lines[0][0].label}, {checked_lines[0][1]}" if len(checked_lines) == 1 else \
+            "cells " + _numbers([c.number for c, _ in checked_lines])
+        notes.append(f"your checks against autograd's gradients ({where}) were not run: the grader compares every "
+                     "gradient itself, as each check saw it")
+    skipped = [c for c in cells if c.index > rec.last]
+    if skipped and not rec.sections:
+        notes.append("nothing was run: there is no answer to grade yet")
+    elif skipped:
+        loops = [(c, c.source.splitlines()[n.lineno - 1].strip()) for c in skipped if c.tree
+                 for n in ast.walk(c.tree) if isinstance(n, (ast.For, ast.While))]
+        # the training loop: the one over `max_steps` or a large literal, if there is one (read in the loop's
+        # first 200 characters: the pattern takes time quadratic in a line's length)
+        loops.sort(key=lambda cl: not re.search(r"range\(.*(steps|\d{4,})", cl[1][:200]))
+        what = f", among them the loop `{loops[0][1][:60]}` in {loops[0][0].label}" if loops else ""
+        notes.append(f"{_cell_range((skipped[0].index, skipped[-1].index))} not run{what}: lecture notebooks are "
+                     "graded on Exercises 1-3")
+    if needs_stand_in:
+        planned.insert(0, PlannedCell("the grader's stand-in for missing modules", STAND_IN_SOURCE, no_grad=False,
+                                      guarded=False))
+        positions = {i: p + 1 for i, p in positions.items()}
+    recorded = checks(nb, rec)
+    copies = any(names for c in cells if first <= c.index <= rec.last for _, names in _snapshots(c, checkers, keys))
+    if copies:  # (guarded like the notebook's cells: it only defines the function its check statements call)
+        planned.insert(0, PlannedCell("the grader's record of your checks", COPY_SOURCE, no_grad=False, guarded=True))
+        positions = {i: p + 1 for i, p in positions.items()}
+
+    forward_names = tuple(dict.fromkeys(theirs for _, theirs in rec.forward))
+    starts = sorted(positions[s.cells[0]] for s in rec.sections)
+    captures = [Capture(FORWARD, forward_names, starts[0] if starts else len(planned), starts[0] if starts else len(planned))]
+    unfound = []
+    for ex in rubric.exercises:
+        section = next((s for s in rec.sections if s.exercise == ex.id), None)
+        if section is None:
+            unfound.append((ex.id, "", f"no cells for Exercise {ex.id[2:]} were found (no `# Exercise {ex.id[2:]}` "
+                                       "comment, and no cell computing its gradient after Exercise 1)"))
+            continue
+        start = positions[section.cells[0]]
+        later = [p for p in starts if p > start]
+        snapshots = tuple(k.snapshot for k in recorded if k.exercise == ex.id)
+        captures.append(Capture(ex.id, tuple(v.name for v in ex.variables) + snapshots, start,
+                                later[0] if later else len(planned)))
+        for g in rec.gradients:
+            if g.exercise == ex.id and not g.how:
+                unfound.append((ex.id, g.name, f"not found in Exercise {ex.id[2:]} (no check call names {g.of}; "
+                                               f"no d{g.of} or d_{g.of} is assigned)"))
+    return Plan(tuple(planned), tuple(captures), tuple(notes), tuple(unfound))
+
+
+def _numbers(numbers: list[int]) -> str:
+    """`11-38, 40, 42` for the numbers 11 to 38, 40 and 42 (in order)."""
+    runs: list[list[int]] = []
+    for k in numbers:
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+
+
+def _section_before(rec: Recognised, index: int) -> str:
+    return max((s for s in rec.sections if s.cells[0] <= index), key=lambda s: s.cells[0]).exercise
