@@ -1,8 +1,8 @@
-"""Grade a whole class: find the submissions, grade them in parallel, keep every grade.
+"""Grade a whole class: grade the submissions found in parallel, keep every grade, rebuild the class's files.
 
-find submissions (files, folders, nbgrader's layout, LMS zips) -> grade each one (skipping those
-whose content already has a report) -> write its report atomically the moment it is ready ->
-rebuild grades.csv, the feedback files and the class summary from the reports on disk.
+find submissions (`grader.submissions`) -> grade each one (skipping those whose content already has
+a report) -> write its report atomically the moment it is ready -> rebuild grades.csv, the feedback
+files and the class summary from the reports on disk (`grader.reports.class_files`).
 
 The reports on disk are the gradebook: a batch killed at any moment and started again grades only
 what has no report yet, and ends with the same files as a run that was never interrupted.
@@ -11,18 +11,12 @@ what has no report yet, and ends with the same files as a run that was never int
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import hashlib
-import io
 import json
-import os
-import re
 import sys
-import tempfile
 import tomllib
-import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib import metadata
@@ -30,43 +24,16 @@ from pathlib import Path
 
 from grader import assets, notebook, rubric as rubrics, sandbox
 from grader.reports import text as reports
+from grader.reports.class_files import (Summary, canvas_csv, feedback_markdown, gradebook_csv, summarize,
+                                       summary_png, summary_text)
+from grader.reports.files import write_atomically
 from grader.errors import GraderError, NotANotebook
 from grader.rubric import Rubric
 from grader.sandbox import common
+from grader.submissions import Found, Submission
 
 # torch, and the modules that import it (grade's stages, compare, score, feedback, class_report), are imported
 # where they are used: the pool's worker starts first, and its `import torch` overlaps the grader's own.
-
-MAX_ZIP_BYTES = 2 * 2**30
-"""Largest total size of the files extracted from one zip."""
-
-
-@dataclass(frozen=True)
-class Submission:
-    """One student's notebook, as found."""
-
-    student: str
-    """The student's id: the nbgrader folder name, an LMS download's name field, or the file stem."""
-    path: Path
-    """The notebook file (extracted from a zip into the batch's scratch folder where need be)."""
-    digest: str
-    """sha256 of the file's bytes: a report is reused only for the very same submission."""
-    canvas_id: str = ""
-    """The Canvas user id in the file name of a Canvas bulk download (`name_[LATE_]userid_subid_file`), or empty."""
-    late: bool = False
-    """Whether Canvas marked the submission late (`LATE_` in its file name)."""
-
-
-@dataclass(frozen=True)
-class Found:
-    """What `discover` found."""
-
-    submissions: tuple[Submission, ...]
-    """One per student, sorted by student id."""
-    problems: tuple[str, ...]
-    """Duplicates and inputs that hold no notebook, one sentence each."""
-    roots: tuple[Path, ...] = ()
-    """The folders the submissions were found in (a zip's: where it was unpacked); hidden from every run."""
 
 
 @dataclass(frozen=True)
@@ -83,125 +50,7 @@ class Outcome:
     """Why it was graded again, when an earlier report existed ("rubric changed"); empty otherwise."""
 
 
-# --- finding submissions ----------------------------------------------------------------------------
-
-# Canvas: name_[LATE_]userid_subid_file
-_LMS = re.compile(r"^(?P<student>[A-Za-z0-9-]+)_(?P<late>LATE_)?(?P<user>\d+)_\d+_")
-
-
-def _student_of(path: Path, root: Path, assignment: str) -> str:
-    relative = path.relative_to(root)
-    if len(relative.parts) >= 3 and relative.parts[-2] == assignment:  # nbgrader: <student>/<assignment>/x.ipynb
-        return relative.parts[-3]
-    m = _LMS.match(path.name)
-    return m["student"] if m else path.stem
-
-
-def _canvas_of(path: Path, root: Path, assignment: str) -> tuple[str, bool]:
-    """The Canvas user id and late flag in the name of a file of a Canvas bulk download, or ("", False)."""
-    relative = path.relative_to(root)
-    if len(relative.parts) >= 3 and relative.parts[-2] == assignment:  # nbgrader's layout: no Canvas name
-        return "", False
-    m = _LMS.match(path.name)
-    return (m["user"], bool(m["late"])) if m else ("", False)
-
-
-_RESERVED = re.compile(r"^(CON|PRN|AUX|NUL|COM[1-9]|LPT[1-9])(\.|$)", re.IGNORECASE)  # devices, not files, on Windows
-
-
-def _safe_id(student: str) -> str:
-    """The id as a file name on every platform: letters, digits and `._@-` only, never starting with a dot
-    or ending with one, never a name Windows keeps for a device (`con`, `nul.x`, `com1`)."""
-    safe = re.sub(r"[^A-Za-z0-9._@-]", "_", student).strip(".") or "_"
-    return f"_{safe}" if _RESERVED.match(safe) else safe
-
-
-def _extract(archive: Path, scratch: Path) -> Path:
-    """Unpack the notebooks of a zip into `scratch` (nothing outside it, nothing over the size cap)."""
-    dest = Path(tempfile.mkdtemp(prefix=_safe_id(archive.stem) + "-", dir=scratch))
-    total = 0
-    with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
-            name = Path(info.filename)
-            if info.is_dir() or name.suffix != ".ipynb" or name.is_absolute() or ".." in name.parts \
-                    or "__MACOSX" in name.parts or ".ipynb_checkpoints" in name.parts:
-                continue
-            total += info.file_size
-            if total > MAX_ZIP_BYTES:
-                raise GraderError(f"{archive}: more than {MAX_ZIP_BYTES} bytes of notebooks")
-            target = dest / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                out.write(src.read(MAX_ZIP_BYTES + 1))
-    return dest
-
-
-def _notebooks(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts and p.is_file())
-
-
-def discover(inputs: Iterable[Path], assignment: str, scratch: Path) -> Found:
-    """Find one notebook per student in `inputs` (files, folders, zips); zips are unpacked into `scratch`."""
-    candidates: list[tuple[str, Path, Path]] = []
-    problems: list[str] = []
-    roots: list[Path] = []
-    for given in inputs:
-        given = Path(given)
-        if given.is_file() and zipfile.is_zipfile(given):
-            try:
-                root = _extract(given, scratch)
-            except (zipfile.BadZipFile, OSError) as e:
-                problems.append(f"{given}: cannot unpack ({e})")
-                continue
-            found = _notebooks(root)
-        elif given.is_dir():
-            root, found = given, _notebooks(given)
-        elif given.exists():
-            root, found = given.parent, [given]
-        else:
-            problems.append(f"{given}: no such file or folder")
-            continue
-        roots.append(root)
-        if not found:
-            problems.append(f"{given}: no notebook (.ipynb) in it")
-        candidates += [(_student_of(p, root, assignment), p, root) for p in found]
-    by_student: dict[str, list[tuple[Path, Path]]] = {}
-    for student, path, root in candidates:
-        by_student.setdefault(_safe_id(student), []).append((path, root))
-    for student, paths in list(by_student.items()):
-        # Canvas names are "lastfirst": two students of the same name are told apart by their user ids
-        users = {_canvas_of(p, root, assignment)[0] for p, root in paths}
-        if len(users) > 1 and "" not in users:
-            del by_student[student]
-            for p, root in paths:
-                by_student.setdefault(f"{student}_{_canvas_of(p, root, assignment)[0]}", []).append((p, root))
-    submissions = []
-    for student, paths in sorted(by_student.items()):
-        if len(paths) > 1:
-            problems.append(f"{student}: {len(paths)} notebooks ({', '.join(str(p) for p, _ in paths)}); "
-                            f"graded {paths[0][0]}")
-        path, root = paths[0]
-        canvas_id, late = _canvas_of(path, root, assignment)
-        submissions.append(Submission(student, path, hashlib.sha256(path.read_bytes()).hexdigest(), canvas_id, late))
-    return Found(tuple(submissions), tuple(problems), tuple(dict.fromkeys(roots)))
-
-
 # --- grading and writing ------------------------------------------------------------------------------
-
-def _write_atomically(path: Path, content: str | bytes) -> None:
-    """Replace `path` with `content` in one step: a reader (or a killed batch) sees the old file or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content.encode("utf-8") if isinstance(content, str) else content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def failed_report(rubric: Rubric, notebook: str, reason: str) -> dict:
     """The report (as JSON) of a submission that could not be graded at all: 0 for every variable, and why."""
@@ -414,8 +263,8 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
     def record(s: Submission, report: dict, page: str | None) -> None:
         report = {**report, "inputs": inputs}
         if page is not None:  # before the report: a report on disk means its page is there too
-            _write_atomically(out / "feedback" / f"{s.student}.html", page)
-        _write_atomically(folder / f"{s.student}.json", json.dumps(report, indent=2))
+            write_atomically(out / "feedback" / f"{s.student}.html", page)
+        write_atomically(folder / f"{s.student}.json", json.dumps(report, indent=2))
         outcomes.append(Outcome(s, report, reused=False, why=why[s.student]))
         if progress:
             progress(outcomes[-1])
@@ -447,143 +296,6 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
 
 # --- what the instructor reads ------------------------------------------------------------------------
 
-def _columns(rubric: Rubric) -> list[str]:
-    return [f"{ex.id}:{v.name}" for ex in rubric.exercises for v in ex.graded]
-
-
-def gradebook_csv(rubric: Rubric, report_files: Iterable[dict], late: Iterable[str] = ()) -> str:
-    """grades.csv: a row per student, the total, the points per variable, the status, the error, and `yes` in
-    the last column for the students in `late` (submissions Canvas marked late)."""
-    columns = _columns(rubric)
-    late = set(late)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["student", "status", "score", "max_score", *columns, "error", "late"])
-    for r in sorted(report_files, key=lambda r: r["student"]):
-        points = {f"{v['exercise']}:{v['name']}": v["points"] for v in r["variables"]}
-        writer.writerow([r["student"], r["status"], f"{r['score']:g}", f"{r['max_score']:g}",
-                         *(f"{points.get(c, 0.0):g}" for c in columns), r["error"],
-                         "yes" if r["student"] in late else ""])
-    return buffer.getvalue()
-
-
-CANVAS_COLUMNS = ("Student", "ID", "SIS User ID", "SIS Login ID", "Section")
-"""The student columns Canvas's gradebook import reads, in its order; the assignment's column follows."""
-
-
-def canvas_csv(submissions: Iterable[Submission], report_files: Iterable[dict], column: str) -> str:
-    """canvas.csv: the scores of the submissions that came from a Canvas bulk download, in the layout of
-    Canvas's gradebook import (Grades > Import), one upload.
-
-    Canvas finds each student by `ID`, its user id (the number in the download's file names), and the
-    assignment by `column`: `Name (assignment id)` as Canvas's own export heads it, or a name alone (Canvas
-    then looks the assignment up by name, and offers to create it if there is none). There is no `Points
-    Possible` row: Canvas would take it as a change of the assignment's points, which are the instructor's.
-    """
-    by_student = {r["student"]: r for r in report_files}
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*CANVAS_COLUMNS, column])
-    for s in sorted(submissions, key=lambda s: s.student):
-        report = by_student.get(s.student)
-        if s.canvas_id and report is not None:
-            writer.writerow([s.student, s.canvas_id, "", "", "", f"{report['score']:g}"])
-    return buffer.getvalue()
-
-
-def feedback_markdown(report: dict) -> str:
-    """A feedback page a student can read anywhere: the score, then what lost points and why."""
-    lines = [f"# {report['assignment']}: {report['score']:g}/{report['max_score']:g}", ""]
-    if report["status"] == "failed":
-        lines += [f"**Your notebook did not run to the end:** {report['error']}", ""]
-    for ex in report["exercises"]:
-        lines += [f"## Exercise {ex['id']}: {ex['score']:g}/{ex['max_score']:g}", ""]
-        lost = [v for v in report["variables"] if v["exercise"] == ex["id"] and v["points"] < v["max_points"]]
-        lines += [f"- `{v['name']}` ({v['status']}): {v['message']}" for v in lost] or ["Every gradient is right."]
-        lines.append("")
-    if report["notes"]:
-        lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
-    return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class Summary:
-    """The class at a glance."""
-
-    students: int
-    """How many were graded."""
-    scores: tuple[float, ...]
-    """Every total, sorted."""
-    max_score: float
-    """Points available."""
-    right: tuple[tuple[str, float], ...]
-    """Per variable (`ex1:d_probs`), the share of students who earned its points, in rubric order."""
-    failed: int
-    """Notebooks that did not run to the end."""
-
-
-def summarize(rubric: Rubric, report_files: list[dict]) -> Summary:
-    """Score distribution and, per variable, the share of the class that got it right (pure)."""
-    n = len(report_files)
-    columns = _columns(rubric)
-    earned = dict.fromkeys(columns, 0)
-    for r in report_files:
-        for v in r["variables"]:
-            key = f"{v['exercise']}:{v['name']}"
-            if key in earned and v["points"] >= v["max_points"] > 0:
-                earned[key] += 1
-    return Summary(n, tuple(sorted(r["score"] for r in report_files)), rubric.max_score,
-                   tuple((c, earned[c] / n if n else 0.0) for c in columns),
-                   sum(r["status"] == "failed" for r in report_files))
-
-
-def summary_text(summary: Summary, problems: Iterable[str] = ()) -> str:
-    """The class summary as plain text: the distribution, then the variables from hardest to easiest."""
-    s = summary
-    lines = [f"{s.students} students graded, {s.failed} notebooks did not run to the end"]
-    if s.scores:
-        median = s.scores[len(s.scores) // 2]
-        lines.append(f"scores out of {s.max_score:g}: min {s.scores[0]:g}, median {median:g}, max {s.scores[-1]:g}")
-        bins = 5
-        counts = [0] * bins
-        for x in s.scores:
-            counts[min(bins - 1, int(bins * x / s.max_score)) if s.max_score else 0] += 1
-        for i, c in enumerate(counts):
-            lo, hi = s.max_score * i / bins, s.max_score * (i + 1) / bins
-            lines.append(f"  {lo:5.1f} - {hi:5.1f} {'#' * c} {c}")
-        lines.append("share of the class with each gradient right, hardest first:")
-        for name, share in sorted(s.right, key=lambda x: x[1]):
-            lines.append(f"  {name:22s} {share:6.0%}  {'#' * round(20 * share)}")
-    lines += [f"note: {p}" for p in problems]
-    return "\n".join(lines)
-
-
-def summary_png(summary: Summary, path: Path) -> bytes:
-    """The same summary as a picture: the score histogram and the share right per variable (written to
-    `path`, and returned as PNG bytes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n for n, _ in summary.right]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, max(4, 0.25 * len(names))),
-                                      gridspec_kw={"width_ratios": [1, 1.3]})
-    left.hist(summary.scores, bins=min(20, max(1, int(summary.max_score))), range=(0, summary.max_score or 1))
-    left.set(title=f"Scores ({summary.students} students)", xlabel=f"points out of {summary.max_score:g}",
-             ylabel="students")
-    right.barh(range(len(names)), [share for _, share in summary.right])
-    right.set_yticks(range(len(names)), names, fontsize=7)
-    right.invert_yaxis()
-    right.set(xlim=(0, 1), title="Share of the class with the gradient right", xlabel="share of students")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    _write_atomically(path, buffer.getvalue())
-    return buffer.getvalue()
-
-
 def answer_cells(rubric: Rubric, path: Path) -> str:
     """The source of a submission's answer cells, one after another (for the class report's code similarity)."""
     answers = {ex.cell for ex in rubric.exercises}
@@ -606,16 +318,16 @@ def write_outputs(out: Path, assignment: str, found: Found, canvas_column: str |
         report = _existing(out / "reports" / f"{s.student}.json", s.digest)
         if report is not None:
             loaded.append(report)
-            _write_atomically(out / "feedback" / f"{s.student}.md", feedback_markdown(report))
-    _write_atomically(out / "grades.csv", gradebook_csv(rubric, loaded, (s.student for s in found.submissions if s.late)))
+            write_atomically(out / "feedback" / f"{s.student}.md", feedback_markdown(report))
+    write_atomically(out / "grades.csv", gradebook_csv(rubric, loaded, (s.student for s in found.submissions if s.late)))
     if any(s.canvas_id for s in found.submissions):
-        _write_atomically(out / "canvas.csv", canvas_csv(found.submissions, loaded, canvas_column or assignment))
+        write_atomically(out / "canvas.csv", canvas_csv(found.submissions, loaded, canvas_column or assignment))
     summary = summarize(rubric, loaded)
-    _write_atomically(out / "summary.txt", summary_text(summary, found.problems) + "\nthe class, its mistakes and shared answers: class.html\n")
+    write_atomically(out / "summary.txt", summary_text(summary, found.problems) + "\nthe class, its mistakes and shared answers: class.html\n")
     picture = summary_png(summary, out / "summary.png")
     paths = {s.student: s.path for s in found.submissions}
     built = class_report.build(rubric, loaded, lambda student: answer_cells(rubric, paths[student]))
-    _write_atomically(out / "class.json", class_report.to_json(built))
+    write_atomically(out / "class.json", class_report.to_json(built))
     pages = {r["student"] for r in loaded if (out / "feedback" / f"{r['student']}.html").is_file()}
-    _write_atomically(out / "class.html", class_report.to_html(built, picture, pages))
+    write_atomically(out / "class.html", class_report.to_html(built, picture, pages))
     return summary

@@ -217,7 +217,8 @@ def _grade(args: argparse.Namespace, backend) -> int:
     import tempfile
     from pathlib import Path
 
-    from grader import batch, rubric
+    from grader import batch, rubric, submissions
+    from grader.reports import class_files
 
     if args.jobs < 1:
         _parser().error("--jobs must be at least 1")
@@ -226,7 +227,7 @@ def _grade(args: argparse.Namespace, backend) -> int:
         rubric.load(args.assignment)
         hidden = rubric.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
         with tempfile.TemporaryDirectory(prefix="grader-batch-") as scratch:
-            found = batch.discover([Path(s) for s in args.submissions], args.assignment, Path(scratch))
+            found = submissions.discover([Path(s) for s in args.submissions], args.assignment, Path(scratch))
             for problem in found.problems:
                 print(f"note: {problem}", file=sys.stderr)
             progress = _Progress(len(found.submissions))
@@ -241,7 +242,7 @@ def _grade(args: argparse.Namespace, backend) -> int:
         print(f"note: canvas.csv's score column is named {args.assignment!r}, and Canvas's import matches it to an "
               "assignment by name (or creates one); --canvas-assignment 'Name (assignment id)' sends the scores to "
               "the assignment you mean (README: Back to Canvas)", file=sys.stderr)
-    print(batch.summary_text(summary, found.problems))
+    print(class_files.summary_text(summary, found.problems))
     canvas = f"; Canvas: {out / 'canvas.csv'}" if any(s.canvas_id for s in found.submissions) else ""
     print(f"grades: {out / 'grades.csv'}; reports: {out / 'reports'}; feedback: {out / 'feedback'}; "
           f"summary: {out / 'summary.png'}; the class (mistakes, shared answers): {out / 'class.html'}{canvas}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import NOTEBOOKS, grader_command
-from grader import batch, rubric
+from grader import batch, rubric, submissions
 
 RUBRIC = rubric.load("backprop_ninja")
 NB = NOTEBOOKS / "full_marks.ipynb"
@@ -46,7 +46,7 @@ def test_discover_reads_every_layout_and_reports_duplicates(tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
 
-    found = batch.discover([nbgrader, lms, single, again, empty, tmp_path / "missing"], "backprop_ninja", scratch)
+    found = submissions.discover([nbgrader, lms, single, again, empty, tmp_path / "missing"], "backprop_ninja", scratch)
     assert [s.student for s in found.submissions] == ["alice", "bob", "carol", "doejane", "smithjohn"]
     assert all(s.path.is_file() and len(s.digest) == 64 for s in found.submissions)
     assert all(scratch in s.path.parents for s in found.submissions if s.student in ("doejane", "smithjohn"))

@@ -20,7 +20,7 @@ import nbformat
 import pytest
 
 from conftest import ROOT, answered, grader_command
-from grader import assets, batch, rubric
+from grader import assets, batch, rubric, submissions
 from grader.reports import class_report
 
 RUBRIC = rubric.load("backprop_ninja")
@@ -70,7 +70,7 @@ def graded_class(tmp_path_factory, warm_pool) -> Path:
     """The test class graded into a folder, as `grader grade` does, in the session's warm pool."""
     tmp = tmp_path_factory.mktemp("class-report")
     submitted = _write_class(tmp / "submitted", CLASS)
-    found = batch.discover([submitted], "backprop_ninja", tmp / "scratch")
+    found = submissions.discover([submitted], "backprop_ninja", tmp / "scratch")
     out = tmp / "out"
     batch.grade_all(found, "backprop_ninja", out, jobs=2, timeout=60, pool=warm_pool)
     batch.write_outputs(out, "backprop_ninja", found)
@@ -219,7 +219,7 @@ def test_tokens_ignore_whitespace_comments_and_names():
 
 def test_reports_are_graded_again_when_the_hidden_runs_or_the_rubric_change(tmp_path, warm_pool, monkeypatch):
     submitted = _write_class(tmp_path / "submitted", {"alice": (), "bob": (SHARED_W2,)})
-    found = batch.discover([submitted], "backprop_ninja", tmp_path / "scratch")
+    found = submissions.discover([submitted], "backprop_ninja", tmp_path / "scratch")
     out = tmp_path / "out"
 
     def grade(timeout: float = 60, **kwargs) -> dict[str, tuple[bool, str]]:
@@ -361,7 +361,7 @@ def test_canvas_names_keep_their_user_ids_and_late_flags(tmp_path):
                      "doejane_2222_3333_backprop_ninja-1.ipynb"):
             zf.writestr(name, "{}")
     (tmp_path / "scratch").mkdir()
-    found = batch.discover([download], "backprop_ninja", tmp_path / "scratch")
+    found = submissions.discover([download], "backprop_ninja", tmp_path / "scratch")
     # two students named alike are two students, told apart by their Canvas user ids
     assert [(s.student, s.canvas_id, s.late) for s in found.submissions] == [
         ("doejane", "2222", False), ("smithjohn_12345", "12345", False), ("smithjohn_777", "777", True)]

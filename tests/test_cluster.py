@@ -109,7 +109,7 @@ def test_a_scheduler_and_two_workers_give_the_local_gradebook(tmp_path, local_gr
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_batch_loses_nothing(tmp_path, local_gradebook):
-    from grader import batch
+    from grader import batch, submissions
 
     submitted, expected = local_gradebook
     cluster = Cluster(tmp_path, workers=2)
@@ -122,7 +122,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(tmp_path, local_gradebook):
             killed.append(outcome.submission.student)
 
     try:
-        found = batch.discover([submitted], "backprop_ninja", tmp_path / "scratch")
+        found = submissions.discover([submitted], "backprop_ninja", tmp_path / "scratch")
         outcomes = batch.grade_all(found, "backprop_ninja", out, timeout=float(TIMEOUT), progress=kill_one_worker,
                                    scheduler=cluster.address)
         batch.write_outputs(out, "backprop_ninja", found)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from grader import rubric as rubrics, sandbox
 from grader.errors import GraderError, RubricError
+from grader.submissions import Submission
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def grade_task(task: Task) -> tuple[dict, str | None]:
     path = folder / (Path(task.notebook).name or "submission.ipynb")
     try:
         path.write_bytes(task.content)
-        report, page = batch.grade_one(batch.Submission(task.student, path, task.digest), rubric, task.timeout, pool,
+        report, page = batch.grade_one(Submission(task.student, path, task.digest), rubric, task.timeout, pool,
                                        hidden_runs=task.hidden_runs)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -152,7 +153,7 @@ def _client(scheduler: str):
 def grade(submissions, rubric: rubrics.Rubric, scheduler: str, *, timeout: float | None,
           limits: sandbox.Limits, hidden: tuple[str, ...] = (), backend: str = "auto",
           hidden_runs: tuple[dict[str, object], ...] | None = None) -> Iterator[tuple[object, dict, str | None]]:
-    """Grade `submissions` (`batch.Submission`s) on the cluster: (submission, report, page) as each finishes.
+    """Grade `submissions` (`Submission`s) on the cluster: (submission, report, page) as each finishes.
     `hidden`: paths of this machine no run may read, wherever a worker shares it. `backend`: the sandbox
     each worker must use (`auto`: the best that works there). `hidden_runs`: the hidden re-runs (default: the rubric's)."""
     digest = rubric_digest(rubric)
