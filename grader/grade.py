@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from grader import assets, lecture, notebook, rubric as rubrics, sandbox
 from grader import plan as planning
 from grader.errors import GraderError, RubricError, UsageError
+from grader.runs import Key, LocalGradient, ReplayedCall
 
 if TYPE_CHECKING:
     from grader.score import Report
@@ -209,7 +210,7 @@ def _check_parameters(rubric: rubrics.Rubric, published: dict[str, object], over
 
 
 def _reference(rubric: rubrics.Rubric, released, params: dict[str, object], where: str,
-               overrides: dict[str, object]) -> dict[str, object]:
+               overrides: dict[str, object]) -> dict[Key, object]:
     """The reference of one run. The released cells run with the published values; where they fail with values a
     caller set (a batch size of 0, a negative width), a `RubricError` that names them."""
     from grader import reference
@@ -267,11 +268,11 @@ def feedback_edges(rubric: rubrics.Rubric) -> dict[str, tuple[str, ...]]:
     return reference.forward_edges(rubric, params)
 
 
-def _replayed_calls(rubric: rubrics.Rubric, params: dict[str, object], captured) -> dict[str, object]:
-    """Autograd's answers to the recorded calls of function exercises: `<exercise>@<call>` -> gradients."""
+def _replayed_calls(rubric: rubrics.Rubric, params: dict[str, object], captured) -> dict[Key, object]:
+    """Autograd's answers to the recorded calls of function exercises: `ReplayedCall` -> gradients."""
     from grader import reference
 
-    out: dict[str, object] = {}
+    out: dict[Key, object] = {}
     for ex in rubric.exercises:
         if ex.function is None or not captured.reached(ex.id):
             continue
@@ -282,23 +283,23 @@ def _replayed_calls(rubric: rubrics.Rubric, params: dict[str, object], captured)
             if args or weights:
                 calls[call] = (args, weights)
         for call, grads in reference.call_gradients(rubric, ex, params, calls).items():
-            out[f"{ex.id}@{call}"] = grads
+            out[ReplayedCall(ex.id, call)] = grads
     return out
 
 
-def _local_references(rubric: rubrics.Rubric, params: dict[str, object], captured, refs: dict) -> dict[str, object]:
+def _local_references(rubric: rubrics.Rubric, params: dict[str, object], captured, refs: dict) -> dict[Key, object]:
     """Per plain exercise, what each gradient should be given the student's own gradients below it in the
-    chain (`<LOCAL><exercise>:<forward name>` -> tensor): each step judged on its own."""
+    chain (`LocalGradient` -> tensor): each step judged on its own."""
     from grader import reference
 
-    out: dict[str, object] = {}
+    out: dict[Key, object] = {}
     for ex in rubric.exercises:
         if not captured.reached(ex.id):  # stopped before it: nothing of it to judge
             continue
         if ex.plain and len(ex.variables) > 1:
             answers = {v.of: _fitted(captured.values.get((ex.id, v.name)), v, refs) for v in ex.variables}
             for x, t in reference.local_references(rubric, params, answers).items():
-                out[f"{reference.LOCAL}{ex.id}:{x}"] = t
+                out[LocalGradient(ex.id, x)] = t
         if ex.plain and ex.given:
             # the student's own gradient of `given`, from the exercise that asks for it
             source = next(((e.id, v.name) for e in rubric.exercises for v in e.variables
@@ -308,7 +309,7 @@ def _local_references(rubric: rubrics.Rubric, params: dict[str, object], capture
             for v in ex.variables:
                 t = reference.local_from(rubric, params, ex.given, gradient, v.of)
                 if t is not None:
-                    out[f"{reference.LOCAL}{ex.id}:{v.of}"] = t
+                    out[LocalGradient(ex.id, v.of)] = t
     return out
 
 

@@ -25,15 +25,10 @@ from grader.errors import GraderError, RubricError
 from grader.notebook import grade_id
 from grader.plan import injected_source
 from grader.rubric import Exercise, Rubric
+from grader.runs import TARGETS, GradientParts, Key, TrainingResult
 
 # The reference cells use process-wide state (the `random` module's seed, stdout): one run at a time.
 _LOCK = threading.RLock()
-TARGETS = "#targets"
-"""Key of the batch's target classes among the references (for hints)."""
-LOCAL = "#local:"
-"""Prefix of the keys of local references: `#local:ex1:counts` -> tensor (see `local_references`)."""
-PARTS = "#parts:"
-"""Prefix of the keys of per-use gradients: `#parts:counts` -> {"counts_sum": ..., "probs": ...}."""
 
 
 def _check_kernels() -> None:
@@ -85,9 +80,10 @@ def _namespace(rubric: Rubric, params: dict[str, object], cells: tuple[str, ...]
     return ns
 
 
-def gradients(rubric: Rubric, released: nbformat.NotebookNode, params: dict[str, object]) -> dict[str, object]:
-    """Reference of every graded variable of the plain exercises (forward name -> gradient), and of
-    the training runs of function exercises (`<exercise>:<result>` -> a float64 scalar)."""
+def gradients(rubric: Rubric, released: nbformat.NotebookNode, params: dict[str, object]) -> dict[Key, object]:
+    """Reference of every graded variable of the plain exercises (forward name -> gradient; `GradientParts`,
+    `TARGETS` for hints), of values exercises (`ValueOf`) and of the training runs of function exercises
+    (`TrainingResult` -> a float64 scalar)."""
     with _LOCK:
         return dict(_gradients(rubric.assignment, tuple(params.items())))
 
@@ -99,8 +95,9 @@ def _reference_namespace(assignment: str, params_items: tuple) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def _graph(assignment: str, params_items: tuple) -> dict[str, torch.Tensor]:
-    """The released forward pass with autograd: every graded forward tensor, its `.grad` set, the graph kept."""
+def _graph(assignment: str, params_items: tuple) -> dict[Key, torch.Tensor]:
+    """The released forward pass with autograd: every graded forward tensor, its `.grad` set, the graph kept
+    (and the batch's targets under `TARGETS`)."""
     rubric = rubrics.load(assignment)
     where = str(rubric.released)
     plain = [ex for ex in rubric.exercises if ex.plain]
@@ -130,10 +127,10 @@ def forward_values(rubric: Rubric, params: dict[str, object]) -> dict[str, torch
 
 
 @functools.lru_cache(maxsize=16)
-def _gradients(assignment: str, params_items: tuple) -> tuple[tuple[str, object], ...]:
+def _gradients(assignment: str, params_items: tuple) -> tuple[tuple[Key, object], ...]:
     rubric = rubrics.load(assignment)
     params = dict(params_items)
-    out: list[tuple[str, object]] = []
+    out: list[tuple[Key, object]] = []
     if any(ex.plain for ex in rubric.exercises):
         with _LOCK:
             graph = _graph(assignment, params_items)
@@ -141,10 +138,10 @@ def _gradients(assignment: str, params_items: tuple) -> tuple[tuple[str, object]
             out += [(name, t.grad.detach().clone()) for name, t in named.items()]
             if TARGETS in graph:
                 out.append((TARGETS, graph[TARGETS].clone()))
-            out += [(PARTS + name, parts) for name, parts in _parts_by_use(assignment, params_items).items()]
+            out += [(GradientParts(name), parts) for name, parts in _parts_by_use(assignment, params_items).items()]
     for ex in rubric.exercises:
         if ex.function is not None and ex.function.training is not None:
-            out.append((f"{ex.id}:{ex.function.training.result.name}", _training(rubric, ex, params)))
+            out.append((TrainingResult(ex.id, ex.function.training.result.name), _training(rubric, ex, params)))
     if any(ex.kind == "values" for ex in rubric.exercises):
         with _LOCK:
             out += _values(rubric, params)
@@ -165,9 +162,9 @@ def as_reference(value: object) -> torch.Tensor | str:
     return f"the reference value is {type(value).__name__}, not a tensor or a number"
 
 
-def _values(rubric: Rubric, params: dict[str, object]) -> list[tuple[str, object]]:
-    """References of values exercises (`<exercise>=<name>` -> tensor, or why there is none)."""
-    out: list[tuple[str, object]] = []
+def _values(rubric: Rubric, params: dict[str, object]) -> list[tuple[Key, object]]:
+    """References of values exercises (`ValueOf` -> tensor, or why there is none)."""
+    out: list[tuple[Key, object]] = []
     exercises = [ex for ex in rubric.exercises if ex.kind == "values"]
     if any(ex.source == "reference" for ex in exercises):
         ns = _reference_namespace(rubric.assignment, tuple(params.items()))
@@ -185,7 +182,7 @@ def _values(rubric: Rubric, params: dict[str, object]) -> list[tuple[str, object
 
 
 @functools.lru_cache(maxsize=8)
-def _solution_values(assignment: str, params_items: tuple) -> dict[str, object]:
+def _solution_values(assignment: str, params_items: tuple) -> dict[Key, object]:
     """The instructor's solution run here (trusted code), with the same parameters: the value of each variable
     of a `source = "solution"` exercise right after its answer cell. `""` -> why there are none."""
     rubric = rubrics.load(assignment)
@@ -204,7 +201,7 @@ def _solution_values(assignment: str, params_items: tuple) -> dict[str, object]:
     exec(injected_source(params), ns)
     skip = set(rubric.skip_cells) | set(rubric.setup_cells)
     wanted = {ex.cell: ex for ex in rubric.exercises if ex.kind == "values" and ex.source == "solution"}
-    out: dict[str, object] = {}
+    out: dict[Key, object] = {}
     with torch.enable_grad(), contextlib.redirect_stdout(io.StringIO()):
         for cell in solution.cells:
             gid = grade_id(cell)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from grader import assets
 from grader.errors import RubricError, UnknownAssignment, UsageError
+from grader.runs import Key, ValueOf
 
 # The defaults of `torch.allclose`, which the lecture's `cmp` uses.
 DEFAULT_RTOL = 1e-5
@@ -108,9 +109,10 @@ class Exercise:
         """Gradients of forward tensors, from autograd (not a function, not values)."""
         return self.function is None and self.kind == "gradients"
 
-    def reference_key(self, var: Variable) -> str:
-        """Where a run's references hold `var`'s: its forward tensor's name, or `<exercise>=<name>` for values."""
-        return var.of if self.kind == "gradients" else f"{self.id}={var.of}"
+    def reference_key(self, var: Variable) -> Key:
+        """Where a run's reference keeps `var`'s: under its forward tensor's name (autograd's gradient), or for a
+        values exercise its own `ValueOf` key."""
+        return var.of if self.kind == "gradients" else ValueOf(self.id, var.of)
 
     @property
     def graded(self) -> tuple[Variable, ...]:

@@ -1,14 +1,16 @@
-"""The types both sides of a run share: what a run brings back, and where its reference is kept.
+"""The types both sides of a run share: what a run brings back, and where its reference keeps each entry.
 
 The sandbox (which runs student code) builds `Captured`; the reference (which runs the released cells)
-fills a `Reference`; the pure stages (compare, hints, score) read both. Keeping the types here, in a
-module that imports nothing of the grader's, lets those stages depend on neither side.
+fills a run's reference, a `dict[Key, object]`; the pure stages (compare, hints, score) read both.
+Keeping the types here, in a module that imports nothing of the grader's, lets those stages depend on
+neither side.
 
 Guarantees:
 
 * every type is a frozen dataclass: built once, read by every later stage, changed by none;
-* a reference key names its kind by its type, never by the format of a string: two kinds of entry
-  cannot be confused, and no code takes a key apart to find what it holds.
+* a reference entry is found by a key whose type says what it holds (a forward tensor's plain name for
+  autograd's gradient of it, a typed key for anything else), never by the format of a string: no code
+  builds a key by hand or takes one apart.
 
 Portable: the sandbox's results reader imports this module; nothing here may need more than the
 standard library.
@@ -16,6 +18,7 @@ standard library.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -54,3 +57,78 @@ class Captured:
     def reached(self, exercise: str) -> bool:
         """Whether the run's values for `exercise` came back: it ran to the end, or stopped after that exercise."""
         return self.finished or exercise in self.done
+
+
+# --- where a run's reference keeps each entry ----------------------------------------------------------------
+# A run's reference maps a `Key` to what the grader computed for it. Autograd's gradient of a graded forward
+# tensor, the entry most exercises read, is kept under the tensor's own name (`"probs"`); every other entry
+# under a key whose type says what it is.
+
+
+@dataclass(frozen=True)
+class ValueOf:
+    """A variable of a values exercise: its value as the released reference cells or the solution compute it."""
+
+    exercise: str
+    """Exercise id, e.g. `ex5`."""
+    of: str
+    """The name the reference computes it under, e.g. `bnmean`."""
+
+
+@dataclass(frozen=True)
+class LocalGradient:
+    """What a gradient should be given the student's own gradients of the tensors that use it (a tensor):
+    its backward step judged on its own."""
+
+    exercise: str
+    """Exercise id: the student's gradients it starts from are those of this exercise's run."""
+    of: str
+    """The forward tensor, e.g. `counts`."""
+
+
+@dataclass(frozen=True)
+class GradientParts:
+    """A forward tensor's gradient split by the tensors that use it (`{user: its part}`), for hints."""
+
+    of: str
+    """The forward tensor used by two or more others, e.g. `counts`."""
+
+
+@dataclass(frozen=True)
+class ReplayedCall:
+    """Autograd's gradients at one recorded call of a function exercise's answer (a tuple of tensors), or why
+    that call could not be replayed (a string)."""
+
+    exercise: str
+    """Exercise id."""
+    call: int
+    """Which call, 0 the first."""
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """The result of a function exercise's training run with autograd's gradients (a float64 tensor)."""
+
+    exercise: str
+    """Exercise id."""
+    name: str
+    """The variable the training leaves it in, e.g. `train_loss`."""
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The batch's target classes (a tensor), for hints about the target entries."""
+
+
+TARGETS = Targets()
+"""The one key of the batch's target classes."""
+
+Key = str | ValueOf | LocalGradient | GradientParts | ReplayedCall | TrainingResult | Targets
+"""Where a run's reference keeps an entry: a forward tensor's name (autograd's gradient of it), or a typed key."""
+
+
+def answer_key(reference: Mapping[Key, object], exercise: str, of: str) -> Key:
+    """Where `reference` keeps the reference of a graded variable known by its exercise and forward name only
+    (as a report names it): its values exercise's entry where there is one, else the gradient of `of`."""
+    value = ValueOf(exercise, of)
+    return value if value in reference else of

@@ -10,10 +10,9 @@ import torch
 
 from grader.compare import PASSING, Comparison, compare
 from grader.hints import diagnose, with_hint, wrong_axis
-from grader.reference import LOCAL, PARTS, TARGETS
 from grader.plan import Plan
 from grader.rubric import Exercise, Rubric
-from grader.runs import Captured
+from grader.runs import TARGETS, Captured, GradientParts, Key, LocalGradient, ReplayedCall, TrainingResult
 from grader.scan import scan, scan_forbidden
 from grader.values import MISSING, UNCHANGED, Flag, Raised
 
@@ -173,8 +172,8 @@ class GradedRun:
     """What was run."""
     captured: Captured
     """What came back."""
-    reference: dict[str, object]
-    """The reference for this run's parameters: gradients by forward name, `<ex>@<call>` tuples, `<ex>:<result>`."""
+    reference: dict[Key, object]
+    """The reference for this run's parameters: gradients by forward name, and the entries of the other keys."""
 
 
 def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Comparison:
@@ -207,7 +206,7 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
         value = as_number(value, reference)
     result = compare(var.name, value, reference, var.tolerance, noun)
     if result.status == "wrong":
-        parts = run.reference.get(PARTS + var.of) if ex.plain else None
+        parts = run.reference.get(GradientParts(var.of)) if ex.plain else None
         # (values are not checked for a mix-up of names: two values of an exercise can be equal by design)
         hint = diagnose(var.name, value, reference,
                         others={v.name: run.reference[ex.reference_key(v)] for v in ex.variables
@@ -236,7 +235,7 @@ def _local_verdict(ex: Exercise, var, run: GradedRun, plain: Comparison) -> Comp
     of the tensors that use it. The plain verdict where that cannot be judged or does not differ."""
     if plain.status != "wrong":
         return plain
-    local = run.reference.get(f"{LOCAL}{ex.id}:{var.of}")
+    local = run.reference.get(LocalGradient(ex.id, var.of))
     value = run.captured.values.get((ex.id, var.name))
     if not isinstance(local, torch.Tensor) or type(value) is not torch.Tensor:
         return plain
@@ -252,7 +251,7 @@ def _local_verdict(ex: Exercise, var, run: GradedRun, plain: Comparison) -> Comp
 
 def _below_a_mistake(ex: Exercise, var, run: GradedRun) -> bool:
     """Whether the gradients this step was computed from are wrong (its local reference is not the reference)."""
-    local, reference = run.reference.get(f"{LOCAL}{ex.id}:{var.of}"), run.reference.get(var.of)
+    local, reference = run.reference.get(LocalGradient(ex.id, var.of)), run.reference.get(var.of)
     if not isinstance(local, torch.Tensor) or not isinstance(reference, torch.Tensor):
         return False
     return not torch.allclose(local, reference, rtol=var.tolerance.rtol, atol=var.tolerance.atol)
@@ -282,7 +281,7 @@ def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str
         step = "the first step" if call == 0 else f"step {call + 1}, after the weights moved"
         raised = captured.values.get((ex.id, f"{call}/!error"))
         value = captured.values.get((ex.id, f"{call}/{var.name}"), MISSING)
-        ref = run.reference.get(f"{ex.id}@{call}")
+        ref = run.reference.get(ReplayedCall(ex.id, call))
         if isinstance(raised, Raised):
             v = Comparison("error", False, False, None, f"{var.name}: {fn}() raised {raised.error} at {step}")
         elif value is MISSING:
@@ -326,7 +325,7 @@ def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> C
         return Comparison("error", False, False, None, f"{result.name}: the training did not run to the end: {errors[0]}")
     if value is MISSING:
         return Comparison("missing", False, False, None, f"{result.name} was not computed")
-    c = compare(result.name, value, run.reference[f"{ex.id}:{result.name}"], result.tolerance)
+    c = compare(result.name, value, run.reference[TrainingResult(ex.id, result.name)], result.tolerance)
     message = c.message
     if c.status == "wrong":
         message = (f"{result.name}: the loss after the short training run is off by {c.maxdiff:.3g} from a run "

@@ -23,7 +23,7 @@ import torch
 
 from grader import lecture, reference, rubric as rubrics
 from grader.plan import Plan
-from grader.runs import Captured
+from grader.runs import Captured, Key
 from grader.score import GradedRun, Report, VariableResult, score
 from grader.values import UNCHANGED
 
@@ -43,7 +43,7 @@ class Changed:
 def graded(path: str, student, recognised: lecture.Recognised, rubric: rubrics.Rubric, plan: Plan,
            captured: Captured) -> tuple[Report, list[GradedRun]]:
     """The `Report` of a lecture notebook's run, and the run with its values and references (for pictures)."""
-    refs: dict[str, object] = {}
+    refs: dict[Key, object] = {}
     notes: list[str] = []
     changed: tuple[Changed, ...] = ()
     zero: dict[tuple[str, str], str] = {}
@@ -149,7 +149,7 @@ def as_checked(recognised: lecture.Recognised, student, captured: Captured) -> t
     return dataclasses.replace(captured, values=values), tuple(changed)
 
 
-def zero_references(rubric: rubrics.Rubric, refs: dict[str, object], recognised: lecture.Recognised,
+def zero_references(rubric: rubrics.Rubric, refs: dict[Key, object], recognised: lecture.Recognised,
                     captured: Captured) -> dict[tuple[str, str], str]:
     """(exercise, variable) -> why it earns nothing, for each variable whose right gradient is all zeros here (an
     all-zero answer would pass: the check cannot tell a right answer from a stub)."""

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from grader.compare import PASSING
+from grader.runs import answer_key
 from grader.score import GradedRun, Report
 
 GREEN, ORANGE, RED, GREY = "#2e7d32", "#ef6c00", "#c62828", "#9e9e9e"
@@ -140,9 +141,8 @@ def page(report: Report, runs: list[GradedRun], edges: dict[str, tuple[str, ...]
         for v in variables if main is not None and main.captured.finished else ():
             if v.status in PASSING or v.local_status in PASSING:
                 continue
-            # (a values exercise's reference is under `<exercise>=<name>`, a gradient's under its tensor's name)
             answer = main.captured.values.get((ex.id, v.name))
-            reference = main.reference.get(f"{ex.id}={v.of}", main.reference.get(v.of))
+            reference = main.reference.get(answer_key(main.reference, ex.id, v.of))
             if type(answer) is torch.Tensor and isinstance(reference, torch.Tensor) \
                     and answer.shape == reference.shape and answer.numel() > 0:
                 heatmaps.append((v, heatmap(v.name, answer, reference), tuple(reference.shape)))
