@@ -41,9 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import nbformat  # noqa: E402
 
-from grader import assets, notebook, rubric as rubrics  # noqa: E402
-from grader import plan as plans
-from grader.grade import released_parameters  # noqa: E402
+from grader import assets, assignment as assignments, notebook, plan as plans  # noqa: E402
 
 NAME = "backprop_ninja"
 SOLUTION = ROOT / "solutions" / f"{NAME}.ipynb"
@@ -120,12 +118,12 @@ def physical_floor(submitted: Path, kinds: dict[str, str], timeout: float) -> fl
     from IPython.core.interactiveshell import InteractiveShell
 
     torch.set_num_threads(1)
-    rubric = rubrics.load(NAME)
-    released = notebook.read(rubric.released)
-    main = released_parameters(released) | (rubric.grading_parameters or {}) | {"data_path": assets.names_path()}
+    assignment = assignments.load(NAME)
+    rubric, released = assignment.rubric, assignment.released
+    main = dict(assignment.published) | (rubric.grading_parameters or {}) | {"data_path": assets.names_path()}
     settings = [main] + [main | h for h in rubric.hidden_runs]
     shell = InteractiveShell.instance(cache_size=0)
-    first = plans.plan(released, released, rubric, main).cells
+    first = plans.plan(released, assignment, main).cells
     setup = max(i for i, c in enumerate(first) if c.grade_id in rubric.setup_cells)
     for cell in first[: setup + 1]:
         shell.run_cell(cell.source, silent=True)
@@ -138,7 +136,7 @@ def physical_floor(submitted: Path, kinds: dict[str, str], timeout: float) -> fl
             continue
         nb = notebook.read(submitted / student / NAME / f"{NAME}.ipynb")
         for params in settings:
-            cells = plans.plan(nb, released, rubric, params).cells
+            cells = plans.plan(nb, assignment, params).cells
             shell.user_ns.clear()
             shell.user_ns.update(after_setup)
             stdout, sys.stdout = sys.stdout, devnull
@@ -163,7 +161,7 @@ def class_report_time(out: Path, submitted: Path, rounds: int = 5) -> tuple[floa
     from grader import batch
     from grader.reports import class_report
 
-    rubric = rubrics.load(NAME)
+    rubric = assignments.rubric_of(NAME)
     reports = [json.loads(p.read_text()) for p in sorted((out / "reports").glob("*.json"))]
     picture = (out / "summary.png").read_bytes()
     paths = {p.parent.parent.name: p for p in submitted.glob(f"*/{NAME}/{NAME}.ipynb")}

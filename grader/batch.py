@@ -15,14 +15,14 @@ import functools
 import hashlib
 import json
 import sys
-import tomllib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from grader import assets, notebook, rubric as rubrics, sandbox
+from grader import assignment as assignments, notebook, sandbox
+from grader.assignment import Assignment
 from grader.reports import text as reports
 from grader.reports.class_files import (Summary, canvas_csv, feedback_markdown, gradebook_csv, summarize,
                                        summary_png, summary_text)
@@ -31,6 +31,7 @@ from grader.errors import GraderError, NotANotebook
 from grader.rubric import Rubric
 from grader.sandbox import common
 from grader.submissions import Found, Submission
+from grader.verdicts import ungradable
 
 # torch, and the modules that import it (grade's stages, compare, score, feedback, class_report), are imported
 # where they are used: the pool's worker starts first, and its `import torch` overlaps the grader's own.
@@ -54,8 +55,6 @@ class Outcome:
 
 def failed_report(rubric: Rubric, notebook: str, reason: str) -> dict:
     """The report (as JSON) of a submission that could not be graded at all: 0 for every variable, and why."""
-    from grader.score import ungradable
-
     return reports.to_dict(ungradable(rubric, notebook, reason))
 
 
@@ -82,11 +81,6 @@ _CHANGED = {"submission": "submission", "rubric": "rubric", "released": "release
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _canonical(value: object) -> bytes:
-    """The same bytes for the same values, whatever the order of keys or the comments of the file they came from."""
-    return json.dumps(value, sort_keys=True, default=repr).encode("utf-8")
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,24 +112,17 @@ def _torch_version() -> str:
         return "unknown"
 
 
-def grading_inputs(rubric: Rubric, hidden_runs: tuple[dict[str, object], ...] | None = None,
+def grading_inputs(assignment: Assignment, hidden_runs: tuple[dict[str, object], ...] | None = None,
                    timeout: float | None = None, limits: sandbox.Limits = sandbox.DEFAULT_LIMITS) -> dict[str, str]:
     """A digest of everything besides the submission that its grade depends on, one per input: the rubric (its
     values, not its comments), the released notebook, the solution where the rubric reads it, the hidden runs
     (`hidden_runs`, or the rubric's), the data files, the time limit (`timeout`, or the rubric's) and the memory
     cap (`limits.memory`) a run had, since a run that ran out of either may pass with more, the grader's
     version, and PyTorch's (another release can compute the references a few ulps apart)."""
-    toml = rubric.released.with_name(f"{rubric.assignment}.toml")
-    uses_solution = any(ex.kind == "values" and ex.source == "solution" for ex in rubric.exercises)
-    data = hashlib.sha256()
-    for key, name in sorted(rubric.data.items()):
-        data.update(f"{key}={name}\0".encode() + (assets.data_dir() / name).read_bytes())
+    rubric = assignment.rubric
     return {
-        "rubric": _sha256(_canonical(tomllib.loads(toml.read_text(encoding="utf-8")))),
-        "released": _sha256(rubric.released.read_bytes()),
-        "solution": _sha256(rubric.solution.read_bytes()) if uses_solution and rubric.solution.is_file() else "",
-        "hidden_runs": _sha256(_canonical(list(rubric.hidden_runs if hidden_runs is None else hidden_runs))),
-        "data": data.hexdigest(),
+        **assignment.inputs,  # the rubric, the released notebook, the solution where it is read, the data
+        "hidden_runs": assignments.value_digest(list(rubric.hidden_runs if hidden_runs is None else hidden_runs)),
         "timeout": f"{timeout or rubric.timeout:g}",  # seconds, as `grade_with_runs` reads it
         "memory": f"{limits.memory / 2**20:g}",  # MB
         "grader": _grader_version(),
@@ -191,22 +178,23 @@ def answer_digests(rubric: Rubric, graded, main) -> dict[str, str]:
     return out
 
 
-def grade_one(submission: Submission, rubric: Rubric, timeout: float | None, pool: sandbox.Pool | None = None,
+def grade_one(submission: Submission, assignment: Assignment, timeout: float | None, pool: sandbox.Pool | None = None,
               edges: dict[str, tuple[str, ...]] | None = None,
               hidden_runs: tuple[dict[str, object], ...] | None = None) -> tuple[dict, str | None]:
-    """Grade one submission as `rubric`'s assignment: its report, and its HTML feedback page (None for a
-    notebook that cannot be read, which gets a failed report). `edges`: `grade.feedback_edges(rubric)`;
-    `hidden_runs`: the hidden re-runs' parameters (default: the rubric's)."""
+    """Grade one submission as `assignment`: its report, and its HTML feedback page (None for a notebook that
+    cannot be read, which gets a failed report). `edges`: `grade.feedback_edges(assignment)`; `hidden_runs`:
+    the hidden re-runs' parameters (default: the rubric's)."""
     from grader.reports import feedback
     from grader.grade import feedback_edges, grade_with_runs
 
+    rubric = assignment.rubric
     try:
-        graded, runs = grade_with_runs(submission.path, assignment=rubric.assignment, timeout=timeout, pool=pool,
+        graded, runs = grade_with_runs(submission.path, assignment=assignment, timeout=timeout, pool=pool,
                                        hidden_runs=hidden_runs)
     except NotANotebook as e:  # the student's file; anything else is the grader's problem and stops the batch
         return {"student": submission.student, "sha256": submission.digest,
                 **failed_report(rubric, str(submission.path), str(e)), "answers": {}}, None
-    page = feedback.page(graded, runs, feedback_edges(rubric) if edges is None else edges)
+    page = feedback.page(graded, runs, feedback_edges(assignment) if edges is None else edges)
     answers = answer_digests(rubric, graded, runs[0]) if runs else {}
     return {"student": submission.student, "sha256": submission.digest, **reports.to_dict(graded),
             "answers": answers}, page
@@ -222,13 +210,14 @@ def _at_once(jobs: int, workers: sandbox.Pool) -> int:
     return workers.most_at_once
 
 
-def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeout: float | None = None,
+def grade_all(found: Found, assignment: str | Assignment, out: Path, *, jobs: int = 1, timeout: float | None = None,
               force: bool = False, progress: Callable[[Outcome], None] | None = None,
               limits: sandbox.Limits = sandbox.DEFAULT_LIMITS, scheduler: str | None = None,
               backend: sandbox.Backend | None = None, hidden_runs: tuple[dict[str, object], ...] | None = None,
               pool: sandbox.Pool | None = None) -> list[Outcome]:
-    """Grade every submission in `found` into `out/reports/`, `jobs` at a time, reusing a report only while
-    the submission and everything else that graded it (`grading_inputs`) are unchanged.
+    """Grade every submission in `found` as `assignment` (its name, or the `Assignment` a caller loaded) into
+    `out/reports/`, `jobs` at a time, reusing a report only while the submission and everything else that graded
+    it (`grading_inputs`) are unchanged.
 
     `limits` caps each run (memory, file size, processes, its /tmp). `scheduler`: grade on a Dask cluster
     instead (`tcp://HOST:PORT`, or `local:N` for N local Dask workers; see `grader.cluster`); `jobs` is
@@ -239,8 +228,9 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
     """
     from grader.grade import feedback_edges, hidden_folders
 
-    rubric = rubrics.load(assignment)
-    inputs = grading_inputs(rubric, hidden_runs, timeout, limits)
+    if not isinstance(assignment, Assignment):
+        assignment = assignments.load(assignment)
+    inputs = grading_inputs(assignment, hidden_runs, timeout, limits)
     folder = out / "reports"
     for stale in folder.glob(".*.json.*"):  # a write that a killed batch left half done
         stale.unlink(missing_ok=True)
@@ -270,13 +260,13 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
             progress(outcomes[-1])
 
     # No run may read the solutions, the rubric, the other submissions or what this batch writes.
-    hidden = [*hidden_folders(rubric), out.resolve(), *found.roots, *(s.path.resolve() for s in found.submissions)]
+    hidden = [*hidden_folders(assignment), out.resolve(), *found.roots, *(s.path.resolve() for s in found.submissions)]
     if scheduler is not None:
         from grader.integrations import cluster
 
         # the folders only (every submission is in one of them): a task's size must not grow with the class
-        folders = [*hidden_folders(rubric), out.resolve(), *found.roots]
-        for s, report, page in cluster.grade(todo, rubric, scheduler, timeout=timeout, limits=limits,
+        folders = [*hidden_folders(assignment), out.resolve(), *found.roots]
+        for s, report, page in cluster.grade(todo, assignment, scheduler, timeout=timeout, limits=limits,
                                              hidden=tuple(str(p) for p in folders),
                                              backend=backend.requested if backend else "auto",
                                              hidden_runs=hidden_runs):
@@ -287,8 +277,8 @@ def grade_all(found: Found, assignment: str, out: Path, *, jobs: int = 1, timeou
         pool.hide(hidden)
     with (sandbox.Pool(hidden, limits, backend, jobs=max(1, jobs)) if pool is None else contextlib.nullcontext(pool)) as workers, \
             ThreadPoolExecutor(max_workers=_at_once(max(1, jobs), workers)) as threads:
-        edges = feedback_edges(rubric)
-        futures = {threads.submit(grade_one, s, rubric, timeout, workers, edges, hidden_runs): s for s in todo}
+        edges = feedback_edges(assignment)
+        futures = {threads.submit(grade_one, s, assignment, timeout, workers, edges, hidden_runs): s for s in todo}
         for future in as_completed(futures):
             record(futures[future], *future.result())
     return sorted(outcomes, key=lambda o: o.submission.student)
@@ -306,13 +296,15 @@ def answer_cells(rubric: Rubric, path: Path) -> str:
     return "\n".join(c.source for c in nb.cells if c.cell_type == "code" and notebook.grade_id(c) in answers)
 
 
-def write_outputs(out: Path, assignment: str, found: Found, canvas_column: str | None = None) -> Summary:
+def write_outputs(out: Path, assignment: str | Assignment, found: Found, canvas_column: str | None = None) -> Summary:
     """Rebuild grades.csv, the feedback files, the summary and the class report (class.json, class.html) from
     the reports of `found`'s students; and canvas.csv where submissions came from a Canvas download
     (`canvas_column`: the assignment's column there, default its name)."""
     from grader.reports import class_report
 
-    rubric = rubrics.load(assignment)
+    if not isinstance(assignment, Assignment):
+        assignment = assignments.load(assignment)
+    rubric = assignment.rubric
     loaded = []
     for s in found.submissions:
         report = _existing(out / "reports" / f"{s.student}.json", s.digest)
@@ -321,7 +313,7 @@ def write_outputs(out: Path, assignment: str, found: Found, canvas_column: str |
             write_atomically(out / "feedback" / f"{s.student}.md", feedback_markdown(report))
     write_atomically(out / "grades.csv", gradebook_csv(rubric, loaded, (s.student for s in found.submissions if s.late)))
     if any(s.canvas_id for s in found.submissions):
-        write_atomically(out / "canvas.csv", canvas_csv(found.submissions, loaded, canvas_column or assignment))
+        write_atomically(out / "canvas.csv", canvas_csv(found.submissions, loaded, canvas_column or assignment.name))
     summary = summarize(rubric, loaded)
     write_atomically(out / "summary.txt", summary_text(summary, found.problems) + "\nthe class, its mistakes and shared answers: class.html\n")
     picture = summary_png(summary, out / "summary.png")

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     timeout = getattr(args, "timeout", None)
     if timeout is not None and not 0 < timeout < float("inf"):
         _parser().error("--timeout must be a positive number of seconds")
-    from grader import grade, rubric, sandbox  # after parsing: `--help` should not wait for torch
+    from grader import assignment, grade, sandbox  # after parsing: `--help` should not wait for torch
     from grader.reports import text as report
 
     backend = None
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(str(p) for p in written))
         return 0
     try:
-        hidden = rubric.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
+        hidden = assignment.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
         with sandbox.Pool(limits=_limits(args), backend=backend) as pool:
             result, runs = grade.grade_with_runs(args.notebook, assignment=args.assignment, timeout=args.timeout,
                                                  hidden_runs=hidden, pool=pool, data=args.data)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
             from grader.reports import feedback
 
-            Path(args.html).write_text(feedback.page(result, runs, grade.feedback_edges(rubric.load(result.assignment))),
+            Path(args.html).write_text(feedback.page(result, runs, grade.feedback_edges(assignment.load(result.assignment))),
                                        encoding="utf-8")
     except GraderError as e:
         if args.junit:  # CI reads a failure, not a missing file
@@ -217,25 +217,25 @@ def _grade(args: argparse.Namespace, backend) -> int:
     import tempfile
     from pathlib import Path
 
-    from grader import batch, rubric, submissions
+    from grader import assignment, batch, submissions
     from grader.reports import class_files
 
     if args.jobs < 1:
         _parser().error("--jobs must be at least 1")
     out = Path(args.out)
     try:
-        rubric.load(args.assignment)
-        hidden = rubric.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
+        graded = assignment.load(args.assignment)  # once for the whole class (an unknown name fails here)
+        hidden = assignment.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
         with tempfile.TemporaryDirectory(prefix="grader-batch-") as scratch:
             found = submissions.discover([Path(s) for s in args.submissions], args.assignment, Path(scratch))
             for problem in found.problems:
                 print(f"note: {problem}", file=sys.stderr)
             progress = _Progress(len(found.submissions))
-            batch.grade_all(found, args.assignment, out, jobs=args.jobs, timeout=args.timeout, force=args.force,
+            batch.grade_all(found, graded, out, jobs=args.jobs, timeout=args.timeout, force=args.force,
                             progress=progress, limits=_limits(args), scheduler=args.scheduler, backend=backend,
                             hidden_runs=hidden)
             progress.finish()
-            summary = batch.write_outputs(out, args.assignment, found, args.canvas_assignment)
+            summary = batch.write_outputs(out, graded, found, args.canvas_assignment)
     except GraderError as e:
         return _fail(e)
     if args.canvas_assignment is None and any(s.canvas_id for s in found.submissions):

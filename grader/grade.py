@@ -6,35 +6,17 @@ here) -> compare and score -> a `Report`.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
-from typing import TYPE_CHECKING
-
-from grader import assets, lecture, notebook, rubric as rubrics, sandbox
-from grader import plan as planning
+from grader import assets, assignment as assignments, lecture, notebook, plan as planning, rubric as rubrics, sandbox
+from grader.assignment import LECTURE, Assignment
 from grader.errors import GraderError, RubricError, UsageError
 from grader.runs import Key, LocalGradient, ReplayedCall
-
-if TYPE_CHECKING:
-    from grader.score import Report
+from grader.verdicts import GradedRun, Report
 
 # torch, and the modules that import it (reference, score, compare, lecture_grading), are imported inside the
 # functions that need them: `grader check` starts its worker process first, and the worker's `import torch`
 # (a second or more) then overlaps the grader's own instead of following it.
-
-
-@functools.lru_cache(maxsize=8)
-def _released(path: str, mtime_ns: int):
-    """The released notebook, read once per batch (never changed by the stages that use it)."""
-    return notebook.read(Path(path))
-
-
-def released_parameters(released_nb) -> dict[str, object]:
-    """The default values of the released notebook's `parameters` cell."""
-    ns: dict[str, object] = {}
-    exec(notebook.parameters_source(released_nb), ns)  # trusted: our own released notebook
-    return {k: v for k, v in ns.items() if not k.startswith("__")}
 
 
 def graded_rubric(path: str | Path, assignment: str | None = None) -> rubrics.Rubric:
@@ -42,20 +24,22 @@ def graded_rubric(path: str | Path, assignment: str | None = None) -> rubrics.Ru
     variables). Raises as `grade_with_runs` does for input that cannot be graded."""
     student = notebook.read(Path(path))
     if _as_lecture(student, assignment):
-        return lecture.rubric_for(lecture.recognise(student, path))
-    return rubrics.load(assignment or notebook.assignment_of(student, Path(path)))
+        lectures = assignments.lecture().rubric
+        return lecture.rubric_for(lecture.recognise(student, path, lectures), lectures)
+    return assignments.rubric_of(assignment or notebook.assignment_of(student, Path(path)))
 
 
-def _as_lecture(student, assignment: str | None) -> bool:
+def _as_lecture(student, assignment: str | Assignment | None) -> bool:
     """Whether to grade `student` as the lecture's own notebook: asked for, or it is not one of ours."""
-    return assignment == rubrics.LECTURE or (assignment is None and not lecture.is_ours(student))
+    name = assignment.name if isinstance(assignment, Assignment) else assignment
+    return name == LECTURE or (name is None and not lecture.is_ours(student))
 
 
-def hidden_folders(rubric: rubrics.Rubric) -> list[Path]:
+def hidden_folders(assignment: Assignment) -> list[Path]:
     """Folders no run may read: the rubric and released notebook's, the solutions', and a checkout's
     tests and git history."""
     repository = assets.solutions_dir().parent  # a source checkout: its tests and history hold solutions too
-    return [rubric.released.parent, assets.solutions_dir(), repository / "tests", repository / ".git"]
+    return [assignment.rubric.released.parent, assets.solutions_dir(), repository / "tests", repository / ".git"]
 
 
 def cell_timeout(rubric: rubrics.Rubric, timeout: float | None) -> float:
@@ -64,20 +48,21 @@ def cell_timeout(rubric: rubrics.Rubric, timeout: float | None) -> float:
     return min(rubric.cell_timeout, (timeout or rubric.timeout) / 2)
 
 
-def _worker(pool: sandbox.Pool, rubric: rubrics.Rubric, released, params: dict[str, object],
+def _worker(pool: sandbox.Pool, assignment: Assignment, params: dict[str, object],
             data_files: dict[str, Path]) -> sandbox.Worker:
     """The warm worker for `params`' setup parameters: the release's cells up to the last setup cell run."""
+    rubric = assignment.rubric
     key = (rubric.assignment, tuple(repr(params.get(k)) for k in rubric.setup_parameters))
 
     def make():
-        cells = planning.plan(released, released, rubric, params).cells
+        cells = planning.plan(assignment.released, assignment, params).cells
         last = max((i for i, c in enumerate(cells) if c.grade_id in rubric.setup_cells), default=-1)
         return cells[: last + 1], [c.source for c in cells[last + 1 :]], data_files
 
     return pool.worker(key, make)
 
 
-def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: float | None = None,
+def grade_notebook(path: str | Path, *, assignment: str | Assignment | None = None, timeout: float | None = None,
                    parameters: dict[str, object] | None = None,
                    hidden_runs: tuple[dict[str, object], ...] | None = None,
                    pool: sandbox.Pool | None = None, data: str | Path | None = None) -> Report:
@@ -86,7 +71,7 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, timeout: 
                            hidden_runs=hidden_runs, pool=pool, data=data)[0]
 
 
-def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout: float | None = None,
+def grade_with_runs(path: str | Path, *, assignment: str | Assignment | None = None, timeout: float | None = None,
                     parameters: dict[str, object] | None = None,
                     hidden_runs: tuple[dict[str, object], ...] | None = None,
                     pool: sandbox.Pool | None = None, data: str | Path | None = None) -> tuple[Report, list]:
@@ -95,7 +80,8 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
     Parameters
     ----------
     path: the student's notebook.
-    assignment: which assignment it is; by default the one its metadata names.
+    assignment: which assignment it is (its name, or the `Assignment` a caller loaded); by default the one its
+        metadata names.
     timeout: wall-clock limit in seconds for running it (each run); by default the rubric's.
     parameters: values for the `parameters` cell (e.g. `{"seed": 7}`); the rest keep their defaults.
     hidden_runs: parameter overrides of the hidden re-runs; by default the rubric's, `()` for none.
@@ -116,9 +102,9 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
         return _grade_lecture(path, student, data=data, timeout=timeout, pool=pool)
     if data is not None:
         raise UsageError("--data is for lecture notebooks; an assignment reads the data set its rubric names")
-    rubric = rubrics.load(assignment or notebook.assignment_of(student, path))
-    released = _released(str(rubric.released), rubric.released.stat().st_mtime_ns)
-    published = released_parameters(released)
+    if not isinstance(assignment, Assignment):
+        assignment = assignments.load(assignment or notebook.assignment_of(student, path))
+    rubric, published = assignment.rubric, dict(assignment.published)
     hidden = rubric.hidden_runs if hidden_runs is None else tuple(hidden_runs)
     overrides = [parameters or {}, *hidden]
     wheres = ["parameters"] + [f"hidden run {i}" for i in range(1, len(hidden) + 1)]
@@ -127,19 +113,19 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
     main = published | (rubric.grading_parameters or {}) | (parameters or {})
     settings = [main] + [main | h for h in hidden]
     labels = ["the notebook's parameters"] + [f"hidden run {i}" for i in range(1, len(settings))]
-    data_files = {name: assets.data_dir() / file for name, file in rubric.data.items()}
+    data_files = dict(assignment.data)
     copies = {rubric.data[k]: p for k, p in data_files.items()}
     with_data = [p | {k: str(f) for k, f in data_files.items()} for p in settings]  # as the grader's references read them
 
     # The run reads its own copy of each data file, under the file's name in its working directory.
-    plans = [planning.plan(student, released, rubric, p | rubric.data) for p in settings]
+    plans = [planning.plan(student, assignment, p | rubric.data) for p in settings]
     own_pool = pool is None
     pool = pool or sandbox.Pool()
-    pool.hide(hidden_folders(rubric))
+    pool.hide(hidden_folders(assignment))
     # One job per worker (per data set): the runs of a job go one after another in one process.
     groups: dict[int, tuple[sandbox.Worker, list[int]]] = {}
     for i, p in enumerate(settings):
-        worker = _worker(pool, rubric, released, p | rubric.data, copies)
+        worker = _worker(pool, assignment, p | rubric.data, copies)
         groups.setdefault(id(worker), (worker, []))[1].append(i)
     jobs = [(w.start([plans[i] for i in runs], [labels[i] for i in runs], timeout or rubric.timeout,
                      cell_timeout(rubric, timeout)), runs)
@@ -150,11 +136,11 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
         import safetensors.torch  # noqa: F401
 
         from grader import reference  # noqa: F401  (for _reference, imported before any cell runs)
-        from grader.score import GradedRun, score
+        from grader.score import score
 
         try:
             # The references first: they take about as long as the worker takes to start, the first time.
-            refs = [_reference(rubric, released, p, where, changed)
+            refs = [_reference(assignment, p, where, changed)
                     for p, where, changed in zip(with_data, wheres, overrides)]
             for job, _ in jobs:
                 job.release()
@@ -166,8 +152,8 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
         # was killed) begins again in a process of its own: each run is judged on what it reached.
         while not all(c.started for c in captured):
             again = [i for i, c in enumerate(captured) if not c.started]
-            worker = _worker(pool, rubric, released, settings[again[0]] | rubric.data, copies)
-            same = [i for i in again if _worker(pool, rubric, released, settings[i] | rubric.data, copies) is worker]
+            worker = _worker(pool, assignment, settings[again[0]] | rubric.data, copies)
+            same = [i for i in again if _worker(pool, assignment, settings[i] | rubric.data, copies) is worker]
             job = worker.start([plans[i] for i in same], [labels[i] for i in same], timeout or rubric.timeout,
                                cell_timeout(rubric, timeout))
             job.release()
@@ -179,8 +165,8 @@ def grade_with_runs(path: str | Path, *, assignment: str | None = None, timeout:
         if own_pool:
             pool.close()
     for p, c, ref in zip(with_data, captured, refs):
-        ref.update(_replayed_calls(rubric, p, c))
-        ref.update(_local_references(rubric, p, c, ref))
+        ref.update(_replayed_calls(assignment, p, c))
+        ref.update(_local_references(assignment, p, c, ref))
     graded = [
         GradedRun(label, tuple(k for k in p if p[k] != main[k]), plan, c, ref)
         for label, p, plan, c, ref in zip(labels, settings, plans, captured, refs)
@@ -209,20 +195,20 @@ def _check_parameters(rubric: rubrics.Rubric, published: dict[str, object], over
                           f"{_KINDS.get(type(default), type(default).__name__)} (published: {default!r})")
 
 
-def _reference(rubric: rubrics.Rubric, released, params: dict[str, object], where: str,
+def _reference(assignment: Assignment, params: dict[str, object], where: str,
                overrides: dict[str, object]) -> dict[Key, object]:
     """The reference of one run. The released cells run with the published values; where they fail with values a
     caller set (a batch size of 0, a negative width), a `RubricError` that names them."""
     from grader import reference
 
     if not overrides:
-        return reference.gradients(rubric, released, params)  # (a failure here is the grader's own bug)
+        return reference.gradients(assignment, params)  # (a failure here is the grader's own bug)
     try:
-        return reference.gradients(rubric, released, params)
+        return reference.gradients(assignment, params)
     except Exception as e:  # the released cells are trusted code; what they cannot run with is the caller's mistake
         values = ", ".join(f"{k} = {v!r}" for k, v in overrides.items())
         why = " ".join(str(e).split())[:200]
-        raise RubricError(f"{where} ({values}): {rubric.assignment}'s reference cells fail with these values "
+        raise RubricError(f"{where} ({values}): {assignment.name}'s reference cells fail with these values "
                           f"({type(e).__name__}: {why})") from None
 
 
@@ -232,17 +218,19 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
     forward pass run here on the parameters and minibatch its run produced."""
     from grader.lecture import grading as lecture_grading
 
-    recognised = lecture.recognise(student, path)
-    rubric = lecture.rubric_for(recognised)
+    lectures = assignments.lecture()
+    recognised = lecture.recognise(student, path, lectures.rubric)
+    assignment = lectures.with_rubric(lecture.rubric_for(recognised, lectures.rubric))
+    rubric = assignment.rubric
     plan = lecture.plan(student, recognised, rubric)
     data_path = Path(data) if data is not None else assets.data_dir() / "names.txt"
     if not data_path.is_file():
         raise GraderError(f"--data {data_path}: no such file")
     own_pool = pool is None
     pool = pool or sandbox.Pool()
-    pool.hide(hidden_folders(rubric))
-    worker = pool.worker((rubrics.LECTURE, str(data_path.resolve())),
-                         lambda: ((), [lecture.warm_up_source()], {f: data_path for f in lecture.DATA_FILES}))
+    pool.hide(hidden_folders(assignment))
+    worker = pool.worker((LECTURE, str(data_path.resolve())),
+                         lambda: ((), [lecture.warm_up_source(lectures)], {f: data_path for f in lecture.DATA_FILES}))
     try:
         job = worker.start([plan], ["the notebook as it is"], timeout or rubric.timeout, cell_timeout(rubric, timeout))
         job.release()
@@ -252,28 +240,24 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
             pool.close()
 
 
-    return lecture_grading.graded(str(path), student, recognised, rubric, plan, captured)
+    return lecture_grading.graded(str(path), student, recognised, assignment, plan, captured)
 
 
-def feedback_edges(rubric: rubrics.Rubric) -> dict[str, tuple[str, ...]]:
+def feedback_edges(assignment: Assignment) -> dict[str, tuple[str, ...]]:
     """The graded forward tensors and those each is computed from, with the published parameters."""
     from grader import reference
 
-    if rubric.assignment == rubrics.LECTURE:
-    
-        return reference.forward_edges(rubric, {"leaves": lecture.leaves(lecture.example_leaves())})
-    released = _released(str(rubric.released), rubric.released.stat().st_mtime_ns)
-    params = released_parameters(released) | (rubric.grading_parameters or {}) | {
-        k: str(assets.data_dir() / f) for k, f in rubric.data.items()}
-    return reference.forward_edges(rubric, params)
+    if assignment.name == LECTURE:
+        return reference.forward_edges(assignment, {"leaves": lecture.leaves(lecture.example_leaves())})
+    return reference.forward_edges(assignment, assignment.defaults())
 
 
-def _replayed_calls(rubric: rubrics.Rubric, params: dict[str, object], captured) -> dict[Key, object]:
+def _replayed_calls(assignment: Assignment, params: dict[str, object], captured) -> dict[Key, object]:
     """Autograd's answers to the recorded calls of function exercises: `ReplayedCall` -> gradients."""
     from grader import reference
 
     out: dict[Key, object] = {}
-    for ex in rubric.exercises:
+    for ex in assignment.rubric.exercises:
         if ex.function is None or not captured.reached(ex.id):
             continue
         calls = {}
@@ -282,23 +266,24 @@ def _replayed_calls(rubric: rubrics.Rubric, params: dict[str, object], captured)
             weights = _numbered(captured.values, ex.id, f"{call}/param")
             if args or weights:
                 calls[call] = (args, weights)
-        for call, grads in reference.call_gradients(rubric, ex, params, calls).items():
+        for call, grads in reference.call_gradients(assignment, ex, params, calls).items():
             out[ReplayedCall(ex.id, call)] = grads
     return out
 
 
-def _local_references(rubric: rubrics.Rubric, params: dict[str, object], captured, refs: dict) -> dict[Key, object]:
+def _local_references(assignment: Assignment, params: dict[str, object], captured, refs: dict) -> dict[Key, object]:
     """Per plain exercise, what each gradient should be given the student's own gradients below it in the
     chain (`LocalGradient` -> tensor): each step judged on its own."""
     from grader import reference
 
+    rubric = assignment.rubric
     out: dict[Key, object] = {}
     for ex in rubric.exercises:
         if not captured.reached(ex.id):  # stopped before it: nothing of it to judge
             continue
         if ex.plain and len(ex.variables) > 1:
             answers = {v.of: _fitted(captured.values.get((ex.id, v.name)), v, refs) for v in ex.variables}
-            for x, t in reference.local_references(rubric, params, answers).items():
+            for x, t in reference.local_references(assignment, params, answers).items():
                 out[LocalGradient(ex.id, x)] = t
         if ex.plain and ex.given:
             # the student's own gradient of `given`, from the exercise that asks for it
@@ -307,7 +292,7 @@ def _local_references(rubric: rubrics.Rubric, params: dict[str, object], capture
             source_var = next((v for e in rubric.exercises for v in e.variables if (e.id, v.name) == source), None)
             gradient = _fitted(captured.values.get(source), source_var, refs) if source else None
             for v in ex.variables:
-                t = reference.local_from(rubric, params, ex.given, gradient, v.of)
+                t = reference.local_from(assignment, params, ex.given, gradient, v.of)
                 if t is not None:
                     out[LocalGradient(ex.id, v.of)] = t
     return out

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import nbformat
 
+from grader.assignment import Assignment
 from grader.notebook import grade_id, has_tag, is_locked
-from grader.rubric import Rubric
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,9 @@ def _first_line(source: str) -> str:
     return lines[0].strip() if lines else ""
 
 
-def plan(student: nbformat.NotebookNode, released: nbformat.NotebookNode, rubric: Rubric,
-         params: dict[str, object]) -> Plan:
-    """Plan the grading run of `student` against the `released` notebook of `rubric`."""
+def plan(student: nbformat.NotebookNode, assignment: Assignment, params: dict[str, object]) -> Plan:
+    """Plan the grading run of `student` against the released notebook of `assignment`, with `params` injected."""
+    released, rubric = assignment.released, assignment.rubric
     locked = {grade_id(c): c for c in released.cells if c.cell_type == "code" and is_locked(c) and grade_id(c)}
     released_order = [PARAMS if has_tag(c, "parameters") else grade_id(c) for c in released.cells if c.cell_type == "code"]
     no_grad, skip = set(rubric.no_grad_cells), set(rubric.skip_cells)

@@ -9,22 +9,23 @@ the batch of that very call.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import hashlib
 import io
 import numbers
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
-import nbformat
 import torch
 
-from grader import notebook, rubric as rubrics
+from grader.assignment import Assignment
 from grader.errors import GraderError, RubricError
-from grader.notebook import grade_id
+from grader.notebook import grade_id, has_tag
 from grader.plan import injected_source
-from grader.rubric import Exercise, Rubric
+from grader.rubric import Exercise
 from grader.runs import TARGETS, GradientParts, Key, TrainingResult
 
 # The reference cells use process-wide state (the `random` module's seed, stdout): one run at a time.
@@ -40,18 +41,7 @@ def _check_kernels() -> None:
         )
 
 
-def _sources(rubric: Rubric) -> dict[str, str]:
-    return dict(_released_sources(str(rubric.released)))
-
-
-@functools.lru_cache(maxsize=8)
-def _released_sources(path: str) -> tuple[tuple[str, str], ...]:
-    # read and validated once: every reference computation of every run needs these cells
-    released = notebook.read(Path(path))
-    return tuple((grade_id(c), c.source) for c in released.cells if c.cell_type == "code" and grade_id(c))
-
-
-def _run(ns: dict, sources: dict[str, str], cells: tuple[str, ...], where: str) -> None:
+def _run(ns: dict, sources: Mapping[str, str], cells: tuple[str, ...], where: str) -> None:
     missing = [gid for gid in cells if gid not in sources]
     if missing:
         raise RubricError(f"{where}: no cells with grade_id {missing}")
@@ -60,45 +50,49 @@ def _run(ns: dict, sources: dict[str, str], cells: tuple[str, ...], where: str) 
             exec(compile(sources[gid], f"<{Path(where).name} reference cell {gid}>", "exec"), ns)
 
 
+# The memos below (functools.lru_cache) are keyed by the assignment, which is equal to another exactly when
+# their digests are, and by the parameters: they compute, never load.
+
 @functools.lru_cache(maxsize=4)
-def _after_setup(assignment: str, setup_params: tuple) -> dict:
+def _after_setup(assignment: Assignment, setup_params: tuple) -> dict:
     """The namespace after the setup cells (shared: callers copy it, never change it)."""
     _check_kernels()
-    rubric = rubrics.load(assignment)
+    rubric = assignment.rubric
     ns: dict = {"__name__": "__reference__"}
     exec(injected_source(dict(setup_params)), ns)
-    _run(ns, _sources(rubric), rubric.setup_cells, str(rubric.released))
+    _run(ns, assignment.cells, rubric.setup_cells, str(rubric.released))
     return ns
 
 
-def _namespace(rubric: Rubric, params: dict[str, object], cells: tuple[str, ...]) -> dict:
+def _namespace(assignment: Assignment, params: dict[str, object], cells: tuple[str, ...]) -> dict:
     """A fresh namespace: the shared setup, then the parameters and `cells`."""
-    base = _after_setup(rubric.assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
+    rubric = assignment.rubric
+    base = _after_setup(assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
     ns = dict(base)
     exec(injected_source(params), ns)
-    _run(ns, _sources(rubric), cells, str(rubric.released))
+    _run(ns, assignment.cells, cells, str(rubric.released))
     return ns
 
 
-def gradients(rubric: Rubric, released: nbformat.NotebookNode, params: dict[str, object]) -> dict[Key, object]:
+def gradients(assignment: Assignment, params: dict[str, object]) -> dict[Key, object]:
     """Reference of every graded variable of the plain exercises (forward name -> gradient; `GradientParts`,
     `TARGETS` for hints), of values exercises (`ValueOf`) and of the training runs of function exercises
     (`TrainingResult` -> a float64 scalar)."""
     with _LOCK:
-        return dict(_gradients(rubric.assignment, tuple(params.items())))
+        return dict(_gradients(assignment, tuple(params.items())))
 
 
 @functools.lru_cache(maxsize=8)
-def _reference_namespace(assignment: str, params_items: tuple) -> dict:
+def _reference_namespace(assignment: Assignment, params_items: tuple) -> dict:
     """The reference cells run once per parameter set: the gradients' graph and the values both read it."""
-    return _namespace(rubrics.load(assignment), dict(params_items), rubrics.load(assignment).reference_cells)
+    return _namespace(assignment, dict(params_items), assignment.rubric.reference_cells)
 
 
 @functools.lru_cache(maxsize=8)
-def _graph(assignment: str, params_items: tuple) -> dict[Key, torch.Tensor]:
+def _graph(assignment: Assignment, params_items: tuple) -> dict[Key, torch.Tensor]:
     """The released forward pass with autograd: every graded forward tensor, its `.grad` set, the graph kept
     (and the batch's targets under `TARGETS`)."""
-    rubric = rubrics.load(assignment)
+    rubric = assignment.rubric
     where = str(rubric.released)
     plain = [ex for ex in rubric.exercises if ex.plain]
     ns = _reference_namespace(assignment, params_items)
@@ -120,15 +114,15 @@ def _graph(assignment: str, params_items: tuple) -> dict[Key, torch.Tensor]:
     return tensors
 
 
-def forward_values(rubric: Rubric, params: dict[str, object]) -> dict[str, torch.Tensor]:
+def forward_values(assignment: Assignment, params: dict[str, object]) -> dict[str, torch.Tensor]:
     """The graded forward tensors' values (detached), as the reference's forward pass made them."""
     with _LOCK:
-        return {k: t.detach() for k, t in _graph(rubric.assignment, tuple(params.items())).items() if k != TARGETS}
+        return {k: t.detach() for k, t in _graph(assignment, tuple(params.items())).items() if k != TARGETS}
 
 
 @functools.lru_cache(maxsize=16)
-def _gradients(assignment: str, params_items: tuple) -> tuple[tuple[Key, object], ...]:
-    rubric = rubrics.load(assignment)
+def _gradients(assignment: Assignment, params_items: tuple) -> tuple[tuple[Key, object], ...]:
+    rubric = assignment.rubric
     params = dict(params_items)
     out: list[tuple[Key, object]] = []
     if any(ex.plain for ex in rubric.exercises):
@@ -141,10 +135,10 @@ def _gradients(assignment: str, params_items: tuple) -> tuple[tuple[Key, object]
             out += [(GradientParts(name), parts) for name, parts in _parts_by_use(assignment, params_items).items()]
     for ex in rubric.exercises:
         if ex.function is not None and ex.function.training is not None:
-            out.append((TrainingResult(ex.id, ex.function.training.result.name), _training(rubric, ex, params)))
+            out.append((TrainingResult(ex.id, ex.function.training.result.name), _training(assignment, ex, params)))
     if any(ex.kind == "values" for ex in rubric.exercises):
         with _LOCK:
-            out += _values(rubric, params)
+            out += _values(assignment, params)
     return tuple(out)
 
 
@@ -162,18 +156,19 @@ def as_reference(value: object) -> torch.Tensor | str:
     return f"the reference value is {type(value).__name__}, not a tensor or a number"
 
 
-def _values(rubric: Rubric, params: dict[str, object]) -> list[tuple[Key, object]]:
+def _values(assignment: Assignment, params: dict[str, object]) -> list[tuple[Key, object]]:
     """References of values exercises (`ValueOf` -> tensor, or why there is none)."""
+    rubric = assignment.rubric
     out: list[tuple[Key, object]] = []
     exercises = [ex for ex in rubric.exercises if ex.kind == "values"]
     if any(ex.source == "reference" for ex in exercises):
-        ns = _reference_namespace(rubric.assignment, tuple(params.items()))
+        ns = _reference_namespace(assignment, tuple(params.items()))
         for ex in exercises:
             if ex.source == "reference":
                 out += [(ex.reference_key(v), as_reference(ns[v.of]) if v.of in ns else
                          f"the reference cells do not define {v.of}") for v in ex.variables]
     if any(ex.source == "solution" for ex in exercises):
-        found = _solution_values(rubric.assignment, tuple(params.items()))
+        found = _solution_values(assignment, tuple(params.items()))
         for ex in exercises:
             if ex.source == "solution":
                 out += [(ex.reference_key(v), found.get(ex.reference_key(v), found.get("")
@@ -182,21 +177,21 @@ def _values(rubric: Rubric, params: dict[str, object]) -> list[tuple[Key, object
 
 
 @functools.lru_cache(maxsize=8)
-def _solution_values(assignment: str, params_items: tuple) -> dict[Key, object]:
+def _solution_values(assignment: Assignment, params_items: tuple) -> dict[Key, object]:
     """The instructor's solution run here (trusted code), with the same parameters: the value of each variable
     of a `source = "solution"` exercise right after its answer cell. `""` -> why there are none."""
-    rubric = rubrics.load(assignment)
-    path = rubric.solution
-    if not path.is_file():
-        return {"": f"its reference comes from the instructor's solution ({path.name}), which this installation "
+    rubric = assignment.rubric
+    solution = assignment.solution
+    name = rubric.released.name  # (the solution's file name too)
+    if solution is None:
+        return {"": f"its reference comes from the instructor's solution ({name}), which this installation "
                     "does not have (a student's copy never does: it is graded where the solution is, by `grader "
                     "grade` in a source checkout, nbgrader or the Gradescope autograder)"}
     import matplotlib
 
     matplotlib.use("Agg")  # a solution cell may plot
     params = dict(params_items)
-    solution = notebook.read(path)
-    base = _after_setup(rubric.assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
+    base = _after_setup(assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
     ns = dict(base)
     exec(injected_source(params), ns)
     skip = set(rubric.skip_cells) | set(rubric.setup_cells)
@@ -205,9 +200,9 @@ def _solution_values(assignment: str, params_items: tuple) -> dict[Key, object]:
     with torch.enable_grad(), contextlib.redirect_stdout(io.StringIO()):
         for cell in solution.cells:
             gid = grade_id(cell)
-            if cell.cell_type != "code" or gid in skip or notebook.has_tag(cell, "parameters"):
+            if cell.cell_type != "code" or gid in skip or has_tag(cell, "parameters"):
                 continue
-            exec(compile(cell.source, f"<{path.name} solution cell {gid}>", "exec"), ns)
+            exec(compile(cell.source, f"<{name} solution cell {gid}>", "exec"), ns)
             if gid in wanted:
                 ex = wanted[gid]
                 out.update((ex.reference_key(v), as_reference(ns[v.of]) if v.of in ns else
@@ -216,7 +211,7 @@ def _solution_values(assignment: str, params_items: tuple) -> dict[Key, object]:
 
 
 @functools.lru_cache(maxsize=8)
-def _cut(assignment: str, params_items: tuple) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+def _cut(assignment: Assignment, params_items: tuple) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
     """The forward pass cut at every graded tensor: name -> (the tensor, the named tensors it is made from).
 
     The reference cells run again, statement by statement; right after a statement makes a graded
@@ -224,15 +219,13 @@ def _cut(assignment: str, params_items: tuple) -> dict[str, tuple[torch.Tensor, 
     back only to the named tensors it is computed from directly, and autograd's gradient of it with
     respect to them is the local step alone (broadcasting and all).
     """
-    import ast
-
-    rubric = rubrics.load(assignment)
+    rubric = assignment.rubric
     params = dict(params_items)
     wanted = sorted({v.of for ex in rubric.exercises if ex.plain for v in ex.variables})  # (an order of its own: pictures are the same in every process)
-    base = _after_setup(rubric.assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
+    base = _after_setup(assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
     ns = dict(base)
     exec(injected_source(params), ns)
-    sources = _sources(rubric)
+    sources = assignment.cells
     made: dict[str, torch.Tensor] = {}  # name -> the tensor as its statement made it (with its graph)
     leaves: dict[str, torch.Tensor] = {}  # name -> the detached copy later statements use
     with torch.enable_grad(), contextlib.redirect_stdout(io.StringIO()):
@@ -258,7 +251,7 @@ def _cut(assignment: str, params_items: tuple) -> dict[str, tuple[torch.Tensor, 
     return out
 
 
-def own_gradients(rubric: Rubric, params: dict[str, object], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def own_gradients(assignment: Assignment, params: dict[str, object], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Autograd's gradient of every graded forward tensor, with each graded tensor's value taken from `own`
     (the student's forward tensors, as their run made them) where that is a tensor of the same shape and dtype.
 
@@ -269,15 +262,14 @@ def own_gradients(rubric: Rubric, params: dict[str, object], own: dict[str, torc
     its own autograd gives (as the lecture's `cmp` checks them), not those of the released values: checked
     against those, rounding is amplified where sums cancel (`dW2`, whose rows of `dlogits` sum to zero).
     """
-    import ast
-
+    rubric = assignment.rubric
     with _LOCK:
         params = dict(params)
         wanted = {v.of for ex in rubric.exercises if ex.plain for v in ex.variables} | {rubric.loss}
-        base = _after_setup(rubric.assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
+        base = _after_setup(assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
         ns = dict(base)
         exec(injected_source(params), ns)
-        sources = _sources(rubric)
+        sources = assignment.cells
         made: dict[str, torch.Tensor] = {}  # name -> the tensor its statement made from the leaves before it
         leaves: dict[str, torch.Tensor] = {}  # name -> the leaf later statements read (the student's value)
         order: list[str] = []
@@ -318,10 +310,10 @@ def own_gradients(rubric: Rubric, params: dict[str, object], own: dict[str, torc
         return {name: g for name, g in grads.items() if name != rubric.loss}
 
 
-def forward_edges(rubric: Rubric, params: dict[str, object]) -> dict[str, tuple[str, ...]]:
+def forward_edges(assignment: Assignment, params: dict[str, object]) -> dict[str, tuple[str, ...]]:
     """Graded forward tensor -> the graded tensors it is computed from directly (for pictures)."""
     with _LOCK:
-        return {name: tuple(inputs) for name, (_, inputs) in _cut(rubric.assignment, tuple(params.items())).items()}
+        return {name: tuple(inputs) for name, (_, inputs) in _cut(assignment, tuple(params.items())).items()}
 
 
 def _flow(assignment: str, params_items: tuple, y: str, grad: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -363,7 +355,7 @@ def _parts_by_use(assignment: str, params_items: tuple) -> dict[str, dict[str, t
     return out
 
 
-def local_references(rubric: Rubric, params: dict[str, object], answers: dict[str, object]) -> dict[str, torch.Tensor]:
+def local_references(assignment: Assignment, params: dict[str, object], answers: dict[str, object]) -> dict[str, torch.Tensor]:
     """What each gradient should be, given the student's own gradients of the tensors that use it.
 
     `answers` maps forward names to the student's gradients (`"probs"` -> their `d_probs`). For a
@@ -371,10 +363,10 @@ def local_references(rubric: Rubric, params: dict[str, object], answers: dict[st
     is the sum over its users of what their answers send back to `x` through the released forward
     pass: an answer equal to it got its own step right, whatever was wrong before it.
     """
-    if not any(ex.plain for ex in rubric.exercises):
+    if not any(ex.plain for ex in assignment.rubric.exercises):
         return {}
     with _LOCK:
-        key = (rubric.assignment, tuple(params.items()))
+        key = (assignment, tuple(params.items()))
         named = _graph(*key)
         users = _uses(*key)  # (shared, cached: read, never changed)
         sent: dict[str, dict[str, torch.Tensor] | None] = {}
@@ -390,12 +382,12 @@ def local_references(rubric: Rubric, params: dict[str, object], answers: dict[st
         return out
 
 
-def local_from(rubric: Rubric, params: dict[str, object], given: str, gradient: object, wrt: str) -> torch.Tensor | None:
+def local_from(assignment: Assignment, params: dict[str, object], given: str, gradient: object, wrt: str) -> torch.Tensor | None:
     """The gradient of `wrt` that `gradient`, put on forward tensor `given`, sends back through the released
     forward pass (all paths): what an exercise starting from the student's own gradient of `given` should
     give. None if that gradient is not a tensor of `given`'s shape and dtype."""
     with _LOCK:
-        named = _graph(rubric.assignment, tuple(params.items()))
+        named = _graph(assignment, tuple(params.items()))
         y, x = named.get(given), named.get(wrt)
         if y is None or x is None or type(gradient) is not torch.Tensor or gradient.shape != y.shape \
                 or gradient.dtype != y.dtype:
@@ -405,10 +397,10 @@ def local_from(rubric: Rubric, params: dict[str, object], given: str, gradient: 
         return g.detach()
 
 
-def _training(rubric: Rubric, ex: Exercise, params: dict[str, object]) -> torch.Tensor:
+def _training(assignment: Assignment, ex: Exercise, params: dict[str, object]) -> torch.Tensor:
     """The training run of a function exercise, with autograd standing in for the student's function."""
     f = ex.function
-    ns = _namespace(rubric, params, f.reference_cells)
+    ns = _namespace(assignment, params, f.reference_cells)
 
     def with_autograd(Xb, Yb, *rest):
         with torch.enable_grad():
@@ -416,19 +408,19 @@ def _training(rubric: Rubric, ex: Exercise, params: dict[str, object]) -> torch.
             return torch.autograd.grad(loss, ns[f.wrt])
 
     ns[f.name] = with_autograd
-    _run(ns, _sources(rubric), f.training.cells, str(rubric.released))
+    _run(ns, assignment.cells, f.training.cells, str(assignment.rubric.released))
     result = ns[f.training.result.name]
     if isinstance(result, torch.Tensor):
         return result.detach().clone()
     return torch.tensor(float(result), dtype=torch.float64)  # the child sends plain numbers the same way
 
 
-def call_gradients(rubric: Rubric, ex: Exercise, params: dict[str, object],
+def call_gradients(assignment: Assignment, ex: Exercise, params: dict[str, object],
                    calls: dict[int, tuple[list, list]]) -> dict[int, tuple[torch.Tensor, ...] | str]:
     """For each recorded call (inputs, weights at that step): autograd's gradients, or why it cannot replay."""
     f = ex.function
     out: dict[int, tuple[torch.Tensor, ...] | str] = {}
-    key = (rubric.assignment, ex.id, repr(sorted(params.items())))
+    key = (assignment.digest, ex.id, repr(sorted(params.items())))
     digests = {call: _digest([*args, *recorded]) for call, (args, recorded) in calls.items()}
     with _LOCK:
         for call, digest in digests.items():
@@ -438,7 +430,7 @@ def call_gradients(rubric: Rubric, ex: Exercise, params: dict[str, object],
     if not calls:
         return out
     with _LOCK:
-        ns = _namespace(rubric, params, f.reference_cells)
+        ns = _namespace(assignment, params, f.reference_cells)
         weights = list(ns[f.wrt])
         homes = [[k for k, v in ns.items() if v is w] for w in weights]  # the globals the forward pass reads
         batch = (params.get("batch_size"), ns.get("block_size"))

@@ -1,4 +1,5 @@
-"""Stage 0: what to grade. Loads an assignment's rubric (a TOML file beside its released notebook).
+"""Stage 0: what to grade. The rubric's types, and parsing one (a TOML file beside its released notebook;
+`grader.assignment` reads the file).
 
 A rubric names the cells of the released notebook by their nbgrader `grade_id` and lists, per
 exercise, the gradient variables to grade with their points and tolerances. Nothing else in the
@@ -7,14 +8,11 @@ grader knows anything about a particular assignment.
 
 from __future__ import annotations
 
-import functools
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader import assets
-from grader.errors import RubricError, UnknownAssignment, UsageError
+from grader.errors import RubricError
 from grader.runs import Key, ValueOf
 
 # The defaults of `torch.allclose`, which the lecture's `cmp` uses.
@@ -168,41 +166,9 @@ class Rubric:
     """Names answer cells may not use (`batch_norm`, `clip_grad_norm_`): what the exercise asks to write by hand."""
 
     @property
-    def solution(self) -> Path:
-        """The instructor's solution notebook (in a source checkout; `source = "solution"` values need it)."""
-        return assets.solutions_dir() / self.released.name
-
-    @property
     def max_score(self) -> float:
         """Points available in the assignment."""
         return sum(e.max_score for e in self.exercises)
-
-
-def known_assignments() -> list[str]:
-    """Names of the assignments the grader can grade."""
-    return sorted(p.stem for p in assets.assignments_dir().glob("*.toml"))
-
-
-LECTURE = "lecture"
-"""The built-in rubric for the lecture's own notebook (see `grader.lecture`); not an assignment of the course."""
-
-
-def load(name: str) -> Rubric:
-    """Load the rubric of assignment `name` from the assignments folder (or the built-in `lecture` one)."""
-    if name == LECTURE:
-        path = Path(__file__).resolve().parent / "lecture" / "data" / "lecture.toml"
-        return _parsed(path, path.stat().st_mtime_ns)
-    # Only names of rubrics shipped with the grader: the name comes from a student's notebook metadata.
-    if name not in known_assignments():
-        known = ", ".join(known_assignments()) or "none"
-        raise UnknownAssignment(f"unknown assignment {name!r} (known: {known})")
-    path = assets.assignments_dir() / f"{name}.toml"
-    return _parsed(path, path.stat().st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _parsed(path: Path, mtime_ns: int) -> Rubric:  # a batch loads the same rubric for every submission
-    return parse(tomllib.loads(path.read_text(encoding="utf-8")), path)
 
 
 def parse(raw: dict, path: Path) -> Rubric:
@@ -342,17 +308,3 @@ def hidden_runs(raw: dict, path: Path) -> tuple[dict[str, object], ...]:
             if type(value) is float and not math.isfinite(value):
                 raise RubricError(f"{path}: hidden run {i}: {key} = {value!r} is not a finite number")
     return tuple(dict(r) for r in runs)
-
-
-def load_hidden_runs(path: Path) -> tuple[dict[str, object], ...]:
-    """An instructor's own hidden runs, from a TOML file of `[[hidden_run]]` tables kept out of the release."""
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:  # the command line names a file that is not there: a usage error
-        raise UsageError(f"{path}: cannot read hidden runs ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise RubricError(f"{path}: cannot read hidden runs (not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset "
-                          f"{e.start}; TOML files are UTF-8)") from None
-    except tomllib.TOMLDecodeError as e:
-        raise RubricError(f"{path}: not valid TOML ({e})") from None
-    return hidden_runs(raw, Path(path))

@@ -132,16 +132,25 @@ def python_body(source: str) -> str:
 _PARSING = threading.Lock()  # CPython 3.11's ast is not thread-safe (gh-106905: "recursion depth mismatch")
 
 
+def as_python(source: str) -> tuple[str, ast.Module | None]:
+    """A cell as IPython runs it (magics and shell escapes turned into calls, a `%%time` body plain) and its syntax
+    tree; the tree is None where it does not parse (it will not run either). Every cell of a student's the grader
+    reads is parsed here, under the one lock."""
+    plain = python_body(source)
+    try:
+        with _PARSING:
+            translated = TransformerManager().transform_cell(plain)
+            return translated, ast.parse(translated)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return plain, None
+
+
 # scan and scan_forbidden of a cell come one after the other, and IPython's tokenizer is the slow part of each;
 # two trees kept, not more: a cell's tree takes a hundred times its size in memory.
 @functools.lru_cache(maxsize=2)
 def _tree(source: str) -> ast.Module | None:
-    """The cell's syntax tree, as IPython runs it; None where it does not parse (it will not run either)."""
-    try:
-        with _PARSING:
-            return ast.parse(TransformerManager().transform_cell(python_body(source)))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
+    """The cell's syntax tree, as IPython runs it; None where it does not parse."""
+    return as_python(source)[1]
 
 
 @functools.lru_cache(maxsize=4096)  # a batch scans the same released and copied cells again and again

@@ -9,6 +9,7 @@ os.environ["ATEN_CPU_CAPABILITY"] = "default"
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from grader import assignment as assignments
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +115,7 @@ def pool():
     """One warm worker for the whole session (torch imported and the data built once), as a batch has."""
     from grader import grade, rubric, sandbox
 
-    with sandbox.Pool(grade.hidden_folders(rubric.load("backprop_ninja"))) as workers:
+    with sandbox.Pool(grade.hidden_folders(assignments.load("backprop_ninja"))) as workers:
         yield workers
 
 

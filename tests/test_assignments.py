@@ -13,6 +13,7 @@ import nbformat
 import pytest
 
 from conftest import ROOT, answered
+from grader import assignment as assignments
 from grader import grade_notebook, rubric
 
 NEW = ["activations_batchnorm", "leaky_abstractions"]
@@ -154,20 +155,20 @@ def test_one_wrong_answer_gets_its_verdict_and_hint(pool, file, name, cell, old,
     assert verdict.points == 0 and verdict.status == status, verdict
     assert phrase in verdict.message, verdict.message
     # the mistake costs points in its own answer cell's exercises only (the layers also feed the diagnostics)
-    cells = {ex.id: ex.cell for ex in rubric.load(name).exercises}
+    cells = {ex.id: ex.cell for ex in assignments.rubric_of(name).exercises}
     lost = {cells[v.exercise] for v in report.variables if v.points < v.max_points}
     assert lost == {cell} or (cell, lost) == ("layers", {"layers", "diagnostics"}), lost
 
 
 def test_every_exercise_of_the_new_assignments_has_a_mistake_above():
     for name in NEW:
-        r = rubric.load(name)
+        r = assignments.rubric_of(name)
         cells = {c for n, c, *_ in MISTAKES if n == name}
         assert cells == {ex.cell for ex in r.exercises}, (name, cells)
 
 
 def test_the_grader_has_no_branch_on_an_assignment_name():
-    names = rubric.known_assignments()
+    names = assignments.known()
     assert set(NEW) | {"backprop_ninja"} <= set(names)
     for path in (ROOT / "grader").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):

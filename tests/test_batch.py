@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import NOTEBOOKS, grader_command
+from grader import assignment as assignments
 from grader import batch, rubric, submissions
 
-RUBRIC = rubric.load("backprop_ninja")
+RUBRIC = assignments.rubric_of("backprop_ninja")
 NB = NOTEBOOKS / "full_marks.ipynb"
 
 

@@ -20,10 +20,12 @@ import nbformat
 import pytest
 
 from conftest import ROOT, answered, grader_command
+from grader import assignment as assignments
 from grader import assets, batch, rubric, submissions
 from grader.reports import class_report
 
-RUBRIC = rubric.load("backprop_ninja")
+RUBRIC = assignments.rubric_of("backprop_ninja")
+ASSIGNMENT = assignments.load("backprop_ninja")
 
 COMMON = ("ex1", "d_logprobs[range(n), Yb] = -1.0 / n", "d_logprobs[range(n), Yb] = -1.0")  # factor n, all below follow
 SHARED_W2 = ("ex1", "d_W2 = h.T @ d_logits", "d_W2 = h.T @ d_logits * 0.9")
@@ -255,14 +257,14 @@ def test_the_time_limit_and_the_memory_cap_are_inputs_of_a_grade():
 
     from grader import sandbox
 
-    given = batch.grading_inputs(RUBRIC)
+    given = batch.grading_inputs(ASSIGNMENT)
     assert given["timeout"] == f"{RUBRIC.timeout:g}" and given["memory"] == f"{sandbox.DEFAULT_LIMITS.memory / 2**20:g}"
-    assert batch.grading_inputs(RUBRIC, timeout=RUBRIC.timeout) == given  # the rubric's, said or not
+    assert batch.grading_inputs(ASSIGNMENT, timeout=RUBRIC.timeout) == given  # the rubric's, said or not
     s = batch.Submission("amy", Path("amy.ipynb"), "d1")
     kept = {"sha256": "d1", "inputs": given}
-    longer = batch.grading_inputs(RUBRIC, timeout=RUBRIC.timeout * 2)
+    longer = batch.grading_inputs(ASSIGNMENT, timeout=RUBRIC.timeout * 2)
     assert batch.regrade_reason(kept, s, longer) == "time limit changed"
-    more = batch.grading_inputs(RUBRIC, limits=dataclasses.replace(sandbox.DEFAULT_LIMITS, memory=4096 * 2**20))
+    more = batch.grading_inputs(ASSIGNMENT, limits=dataclasses.replace(sandbox.DEFAULT_LIMITS, memory=4096 * 2**20))
     assert more["memory"] == "4096" and batch.regrade_reason(kept, s, more) == "memory limit changed"
 
 
@@ -279,7 +281,7 @@ def test_the_grader_input_follows_its_templates_and_torch(tmp_path):
     assert after != before
     (package / "notes.txt").write_text("not code\n")  # only code and templates count
     assert batch.code_digest(package) == after
-    inputs = batch.grading_inputs(RUBRIC)
+    inputs = batch.grading_inputs(ASSIGNMENT)
     assert inputs["torch"] == torch.__version__
     s = batch.Submission("amy", Path("amy.ipynb"), "d1")
     assert batch.regrade_reason({"sha256": "d1", "inputs": {**inputs, "torch": "1.0.0"}}, s, inputs) == "PyTorch changed"

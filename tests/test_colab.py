@@ -15,11 +15,12 @@ import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
 from conftest import ROOT, answered
+from grader import assignment as assignments
 from grader import notebook, rubric
 
 pytestmark = pytest.mark.portable
 
-ALL = rubric.known_assignments()
+ALL = assignments.known()
 NAMES_TXT = ROOT / "data" / "names.txt"
 DISTRIBUTION = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["name"]
 
@@ -89,13 +90,13 @@ def with_own_data(tmp_path_factory) -> dict[str, list]:
 @pytest.mark.parametrize("name", ALL)
 def test_every_test_cell_is_among_the_cells_checked(with_own_data, name):
     checked = {notebook.grade_id(c) for c in with_own_data[name]}
-    tests = {ex.test_cell for ex in rubric.load(name).exercises}
+    tests = {ex.test_cell for ex in assignments.rubric_of(name).exercises}
     assert tests and tests <= checked
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_a_check_cell_says_how_to_install_the_grader_and_scores_nothing(with_own_data, name):
-    setup = set(rubric.load(name).setup_cells)
+    setup = set(assignments.rubric_of(name).setup_cells)
     for cell in with_own_data[name]:
         if notebook.grade_id(cell) in setup:
             continue
@@ -109,7 +110,7 @@ READS_NAMES = [n for n in ALL if _has_data_path(nbformat.read(ROOT / "assignment
 
 @pytest.mark.parametrize("name", READS_NAMES)
 def test_the_setup_reads_your_own_names_txt_without_the_grader(with_own_data, name):
-    setup = [c for c in with_own_data[name] if notebook.grade_id(c) in rubric.load(name).setup_cells]
+    setup = [c for c in with_own_data[name] if notebook.grade_id(c) in assignments.rubric_of(name).setup_cells]
     assert len(setup) == 1
     assert [o.output_type for o in setup[0].outputs] == ["stream"]
     assert _text(setup[0], "stdout").startswith("32469 names, vocabulary of 27;")
@@ -118,7 +119,7 @@ def test_the_setup_reads_your_own_names_txt_without_the_grader(with_own_data, na
 @pytest.mark.parametrize("name", READS_NAMES)
 def test_the_setup_without_the_grader_or_a_data_path_says_how_to_install_it(with_own_data, tmp_path, name):
     nb = nbformat.read(ROOT / "assignments" / f"{name}.ipynb", as_version=4)
-    setup = rubric.load(name).setup_cells
+    setup = assignments.rubric_of(name).setup_cells
     nb.cells = nb.cells[:1 + max(i for i, c in enumerate(nb.cells) if notebook.grade_id(c) in setup)]
     users = _run_without_grader(nb, tmp_path)
     assert [notebook.grade_id(c) for c in users] == list(setup)
@@ -127,7 +128,7 @@ def test_the_setup_without_the_grader_or_a_data_path_says_how_to_install_it(with
 
 
 def test_one_wording_everywhere(with_own_data):
-    setup = {name: set(rubric.load(name).setup_cells) for name in ALL}
+    setup = {name: set(assignments.rubric_of(name).setup_cells) for name in ALL}
     lines = {_install_line(c) for name, cells in with_own_data.items() for c in cells
              if notebook.grade_id(c) not in setup[name]}
     assert len(lines) == 1, lines

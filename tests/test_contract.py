@@ -10,10 +10,11 @@ import nbformat
 import pytest
 
 from conftest import LECTURE_NAMES, RELEASE, ROOT, SOLUTION, grader_command
+from grader import assignment as assignments
 from grader import notebook, rubric
-from grader.grade import released_parameters
+from grader.assignment import released_parameters
 
-RUBRIC = rubric.load("backprop_ninja")
+RUBRIC = assignments.rubric_of("backprop_ninja")
 
 
 def _check_json(path) -> tuple[int, dict]:

@@ -10,6 +10,7 @@ import nbformat
 import pytest
 
 from conftest import NOTEBOOKS
+from grader import assignment as assignments
 from grader import rubric
 from grader.reports import feedback
 from grader.grade import feedback_edges, grade_with_runs
@@ -25,7 +26,7 @@ def page(tmp_path_factory, pool) -> str:
     path = tmp_path_factory.mktemp("feedback") / "partly_wrong.ipynb"
     nbformat.write(nb, str(path))
     report, runs = grade_with_runs(path, pool=pool)
-    return feedback.page(report, runs, feedback_edges(rubric.load("backprop_ninja")))
+    return feedback.page(report, runs, feedback_edges(assignments.load("backprop_ninja")))
 
 
 def test_the_page_holds_the_hints_the_pictures_and_nothing_from_elsewhere(page):

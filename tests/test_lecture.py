@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import LECTURE_NAMES, NOTEBOOKS, grader_command
+from grader import assignment as assignments
 from grader import assets, grade, lecture
 from grader.compare import compare
 from grader.errors import UnknownAssignment
@@ -25,6 +26,8 @@ MISTAKES = {  # three planted mistakes, each of a kind the hints name
     "bnvar": "{d}bnvar = (-(bnvar + 1e-5)**-1.5) * {d}bnvar_inv",  # the 0.5 dropped: a factor 2
     "W2": "{d}W2 = h.T @ {d}logits / n",  # an extra 1/n
 }
+
+LECTURES = assignments.lecture().rubric  # the built-in rubric lecture notebooks are graded by
 
 
 def _grade(nb, tmp_path, pool, name="makemore_part4.ipynb", **kwargs):
@@ -155,7 +158,7 @@ def test_labels_with_typos_do_not_matter_the_tensor_does():
     ex1 = next(c for c in nb.cells if c.source.startswith("# Exercise 1"))
     ex1.source = ex1.source.replace("cmp('bnvar_inv', dbnvar_inv", "cmp('bnrav_inv', dbnvar_inv").replace(
         "cmp('W2', dW2", "cmp('w2', dW2").replace("dlogit_maxes", "dlmax")
-    rec = lecture.recognise(nb, "nb.ipynb")
+    rec = lecture.recognise(nb, "nb.ipynb", LECTURES)
     names = {(g.exercise, g.of): (g.name, g.how) for g in rec.gradients}
     assert names[("ex1", "bnvar_inv")] == ("dbnvar_inv", "cmp")
     assert names[("ex1", "logit_maxes")] == ("dlmax", "cmp")  # the checked variable, whatever its name
@@ -165,7 +168,7 @@ def test_labels_with_typos_do_not_matter_the_tensor_does():
 def test_a_notebook_that_is_neither_ours_nor_the_lectures_asks_for_an_assignment():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import torch\nx = torch.ones(3)")])
     with pytest.raises(UnknownAssignment, match="does not look like the lecture's backprop notebook.*--assignment"):
-        lecture.recognise(nb, "mine.ipynb")
+        lecture.recognise(nb, "mine.ipynb", LECTURES)
 
 
 def test_a_copy_of_our_release_without_its_metadata_is_not_taken_for_the_lectures():
@@ -209,7 +212,7 @@ def test_what_the_run_executes_instead_of_magics_missing_modules_and_local_paths
     data.source = data.source.replace("open('names.txt'", "open(r'C:\\Users\\me\\names.txt'")
     batch = next(c for c in nb.cells if c.source.startswith("batch_size"))
     batch.source += "\nXb = Xb.cuda()"
-    plan = lecture.plan(nb, lecture.recognise(nb, "nb.ipynb"), lecture.rubric_for(lecture.recognise(nb, "nb.ipynb")))
+    plan = lecture.plan(nb, lecture.recognise(nb, "nb.ipynb", LECTURES), lecture.rubric_for(lecture.recognise(nb, "nb.ipynb", LECTURES), LECTURES))
     sources = "\n".join(c.source for c in plan.cells)
     assert "%pip" not in sources and "ic = _grader_stand_in" in sources and "mh = _grader_stand_in" in sources
     assert "open('names.txt', 'r')" in sources and "Xb = Xb.cpu()" in sources
@@ -289,12 +292,13 @@ def test_a_gradient_changed_after_its_check_says_how(pool):
 def test_the_reference_at_the_lectures_own_values_is_autograds_to_the_bit():
     # own_gradients steps back one graded tensor at a time: at the lecture's own forward values it must give what
     # autograd gives through the whole graph at once, bit for bit
-    from grader import reference, rubric as rubrics
+    from grader import reference
 
-    rubric = rubrics.load(rubrics.LECTURE)
+    lectures = assignments.lecture()
+    rubric = lectures.rubric
     params = {"leaves": lecture.leaves(lecture.example_leaves())}
-    whole = reference.gradients(rubric, None, params)
-    stepwise = reference.own_gradients(rubric, params, reference.forward_values(rubric, params))
+    whole = reference.gradients(lectures, params)
+    stepwise = reference.own_gradients(lectures, params, reference.forward_values(lectures, params))
     names = {v.of for v in rubric.exercises[0].variables}
     assert set(stepwise) >= names
     assert [n for n in sorted(names) if not torch.equal(stepwise[n], whole[n])] == []
@@ -310,13 +314,13 @@ def test_constant_parameters_only_cost_the_gradients_they_make_zero(pool):
 
 def test_a_training_loop_is_one_that_updates_the_parameters():
     nb = lecture_notebook(markers=False)
-    rec = lecture.recognise(nb, "nb.ipynb")
+    rec = lecture.recognise(nb, "nb.ipynb", LECTURES)
     loop = next(i for i, c in enumerate(nb.cells) if "range(max_steps)" in c.source)
     assert rec.last < loop and [s.exercise for s in rec.sections] == ["ex1", "ex2", "ex3"]
     for update in ("p.data.add_(-lr * grad)", "p -= lr * grad"):  # other ways to write the update
         cell = nb.cells[loop]
         cell.source = cell.source.replace("p.data += -lr * grad", update)
-        assert lecture.recognise(nb, "nb.ipynb").last == rec.last, update
+        assert lecture.recognise(nb, "nb.ipynb", LECTURES).last == rec.last, update
 
 
 def _run_in_a_kernel(nb, cwd):
@@ -370,7 +374,7 @@ def test_exercise_1_half_done_one_gradient_per_cell_then_exercises_2_and_3():
     dh = next(i for i, c in enumerate(nb.cells) if c.source.startswith("dh = dlogits @ W2.T"))
     ex2 = next(i for i, c in enumerate(nb.cells) if c.source.startswith("# forward pass\nloss_fast"))
     del nb.cells[dh:ex2]
-    rec = lecture.recognise(nb, "nb.ipynb")
+    rec = lecture.recognise(nb, "nb.ipynb", LECTURES)
     starts = {s.exercise: s.cells[0] for s in rec.sections}
     assert nb.cells[starts["ex2"]].source.startswith("# backward pass\ndlogits = F.softmax")
     assert "dhprebn = bngain*bnvar_inv/n" in nb.cells[starts["ex3"]].source

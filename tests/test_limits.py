@@ -19,6 +19,7 @@ import nbformat
 import pytest
 
 from conftest import NOTEBOOKS, ROOT, SOLUTION, linux_sandbox
+from grader import assignment as assignments
 from grader import grade_notebook, sandbox
 from grader.sandbox import common
 from grader.sandbox.cgroups import Hierarchy
@@ -86,7 +87,7 @@ def userns_pool():
     from grader import grade, rubric
 
     backend = sandbox.Backend("linux", "userns")
-    with sandbox.Pool(grade.hidden_folders(rubric.load("backprop_ninja")), backend=backend) as workers:
+    with sandbox.Pool(grade.hidden_folders(assignments.load("backprop_ninja")), backend=backend) as workers:
         yield workers
 
 

@@ -11,6 +11,7 @@ import nbformat
 import pytest
 
 from conftest import NOTEBOOKS
+from grader import assignment as assignments
 from grader import grade_notebook, rubric
 
 SIGN, BRANCH, ZEROS, TARGETS = "the sign is flipped", "only the gradient flowing back from", "all zeros", "target entries"
@@ -147,7 +148,7 @@ def test_zeros_all_the_way_down_earn_no_credit(tmp_path, pool):
 
 def test_answers_consistent_with_each_other_but_no_attempt_earn_nothing(tmp_path, pool):
     # all ones: d_emb = ones is what d_embcat = ones sends back through the view, but nothing was derived
-    names = [v.name for v in rubric.load("backprop_ninja").exercises[0].variables]
+    names = [v.name for v in assignments.rubric_of("backprop_ninja").exercises[0].variables]
     source = "\n".join(f"{v} = torch.ones_like({v[2:]})" for v in names)
     report = grade_notebook(_with_ex1(tmp_path, source), hidden_runs=(), pool=pool)
     assert len(names) == 26 and sum(v.points for v in report.variables if v.exercise == "ex1") == 0

@@ -15,6 +15,7 @@ import nbformat
 import pytest
 
 from conftest import RELEASE, ROOT, SOLUTION, answered, grader_command
+from grader import assignment as assignments
 from grader import rubric
 
 sys.path.insert(0, str(ROOT / "tools"))  # the maintainer's release tool is not part of the package
@@ -22,7 +23,7 @@ from release import generate  # noqa: E402
 
 pytest.importorskip("nbgrader")
 
-RUBRIC = rubric.load("backprop_ninja")
+RUBRIC = assignments.rubric_of("backprop_ninja")
 NAME = "backprop_ninja"
 
 
@@ -36,13 +37,13 @@ def _differences(a: Path, b: Path) -> list[str]:
     return out
 
 
-ALL = rubric.known_assignments()
+ALL = assignments.known()
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_solutions_are_valid_nbgrader_source_notebooks(name):
     nb = nbformat.read(ROOT / "solutions" / f"{name}.ipynb", as_version=4)
-    graded = rubric.load(name)
+    graded = assignments.rubric_of(name)
     nbformat.validate(nb)
     by_id = {}
     for cell in nb.cells:
@@ -213,7 +214,7 @@ def test_nbgrader_autograde_agrees_on_the_other_assignments(tmp_path, name, edit
         folder.mkdir(parents=True)
         nbformat.write(nb, folder / f"{name}.ipynb")
     _nbgrader(course, "autograde", name)
-    graded = rubric.load(name)
+    graded = assignments.rubric_of(name)
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         autograded = {s: [gb.find_grade(ex.test_cell, name, name, s).score for ex in graded.exercises] for s in students}
     for student in students:

@@ -6,10 +6,12 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from conftest import RELEASE
+from grader import assignment as assignments
 from grader import notebook, rubric
 from grader import plan as plans
 
-RUBRIC = rubric.load("backprop_ninja")
+RUBRIC = assignments.rubric_of("backprop_ninja")
+ASSIGNMENT = assignments.load("backprop_ninja")
 RELEASED = nbformat.read(RELEASE, as_version=4)
 PARAMS = {"seed": 1, "data_path": "names.txt"}
 
@@ -28,7 +30,7 @@ def _labels(plan: plans.Plan) -> list[str]:
 
 
 def test_untouched_release_runs_every_code_cell_but_the_skipped_ones():
-    plan = plans.plan(_student(), RELEASED, RUBRIC, PARAMS)
+    plan = plans.plan(_student(), ASSIGNMENT, PARAMS)
     labels = _labels(plan)
     assert labels[:3] == ["cell 3", "injected parameters", "cell 5 (setup)"]
     assert not any(skip in label for label in labels for skip in ("autograd", "check_ex"))
@@ -38,7 +40,7 @@ def test_untouched_release_runs_every_code_cell_but_the_skipped_ones():
 
 
 def test_captures_span_from_each_answer_cell_to_the_next():
-    plan = plans.plan(_student(), RELEASED, RUBRIC, PARAMS)
+    plan = plans.plan(_student(), ASSIGNMENT, PARAMS)
     labels = _labels(plan)
     by_ex = {c.exercise: c for c in plan.captures}
     assert labels[by_ex["ex1"].start] == "cell 13 (ex1)"
@@ -50,14 +52,14 @@ def test_captures_span_from_each_answer_cell_to_the_next():
 
 
 def test_edited_locked_cell_is_restored_and_noted():
-    plan = plans.plan(_student(edit={"forward": "loss = 0"}), RELEASED, RUBRIC, PARAMS)
+    plan = plans.plan(_student(edit={"forward": "loss = 0"}), ASSIGNMENT, PARAMS)
     forward = next(c for c in plan.cells if c.label == "cell 9 (forward)")
     assert "bnvar = 1 / (n - 1)" in forward.source
     assert plan.notes == ("cell 9 (forward) is locked but was edited: the released version was run instead",)
 
 
 def test_deleted_locked_cell_is_put_back_after_its_predecessor():
-    plan = plans.plan(_student(drop={"init"}), RELEASED, RUBRIC, PARAMS)
+    plan = plans.plan(_student(drop={"init"}), ASSIGNMENT, PARAMS)
     labels = _labels(plan)
     assert labels[labels.index("cell 5 (setup)") + 1] == "released cell (init)"
     assert "locked cell init was missing: the released version was run in its place" in plan.notes
@@ -65,7 +67,7 @@ def test_deleted_locked_cell_is_put_back_after_its_predecessor():
 
 def test_without_a_parameters_cell_the_parameters_go_first():
     nb = new_notebook(cells=[new_markdown_cell("# mine"), new_code_cell("d_logits = None")])
-    plan = plans.plan(nb, RELEASED, RUBRIC, PARAMS)
+    plan = plans.plan(nb, ASSIGNMENT, PARAMS)
     labels = _labels(plan)
     assert labels[0] == "injected parameters"
     # all locked code cells are restored, in release order, before the student's own cell
@@ -79,7 +81,7 @@ def test_without_the_tag_the_parameters_still_win_over_an_untagged_parameters_ce
     nb = _student()
     for c in nb.cells:
         c.metadata.pop("tags", None)
-    plan = plans.plan(nb, RELEASED, RUBRIC, PARAMS)
+    plan = plans.plan(nb, ASSIGNMENT, PARAMS)
     labels = _labels(plan)
     assert labels[:3] == ["cell 3", "injected parameters", "cell 5 (setup)"]
 
@@ -90,7 +92,7 @@ def test_copies_of_locked_cells_do_not_run():
     autograd = next(c for c in nb.cells if notebook.grade_id(c) == "autograd")
     copies = [nbformat.from_dict(dict(forward)), nbformat.from_dict(dict(autograd))]
     nb.cells[3:3] = copies  # before the originals, as an attacker who read the source would
-    plan = plans.plan(nb, RELEASED, RUBRIC, PARAMS)
+    plan = plans.plan(nb, ASSIGNMENT, PARAMS)
     assert [c.label for c in plan.cells if c.label.endswith("(forward)")] == ["cell 4 (forward)"]
     assert plan.cells[[c.label for c in plan.cells].index("cell 4 (forward)")].no_grad
     assert not any("autograd" in c.label for c in plan.cells)
@@ -103,5 +105,5 @@ def test_metadata_of_the_wrong_type_is_ignored_not_a_crash():
     nb.cells[0].metadata["nbgrader"] = ["x"]
     nb.cells[2].metadata["tags"] = "parameters"
     assert notebook.grade_id(nb.cells[0]) is None
-    plan = plans.plan(nb, RELEASED, RUBRIC, PARAMS)
+    plan = plans.plan(nb, ASSIGNMENT, PARAMS)
     assert "injected parameters" in _labels(plan)

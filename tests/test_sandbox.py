@@ -9,21 +9,23 @@ import nbformat
 import pytest
 
 from conftest import NOTEBOOKS, RELEASE
+from grader import assignment as assignments
 from grader import grade_notebook, notebook, rubric as rubrics, sandbox
 from grader import plan as plans
 from grader.plan import PARAMS
-from grader.grade import released_parameters
+from grader.assignment import released_parameters
 
-RUBRIC = rubrics.load("backprop_ninja")
+RUBRIC = assignments.rubric_of("backprop_ninja")
+ASSIGNMENT = assignments.load("backprop_ninja")
 
 
 def _prefix_and_plans(student: nbformat.NotebookNode):
     released = notebook.read(RELEASE)
     main = released_parameters(released) | RUBRIC.grading_parameters | RUBRIC.data
-    cells = plans.plan(released, released, RUBRIC, main).cells
+    cells = plans.plan(released, ASSIGNMENT, main).cells
     last = max(i for i, c in enumerate(cells) if c.grade_id in RUBRIC.setup_cells)
     settings = [main] + [main | h for h in RUBRIC.hidden_runs]
-    return cells[: last + 1], [plans.plan(student, released, RUBRIC, p) for p in settings]
+    return cells[: last + 1], [plans.plan(student, ASSIGNMENT, p) for p in settings]
 
 
 def test_a_run_starts_after_the_setup_when_its_first_cells_are_the_released_ones():

@@ -17,11 +17,14 @@ import pytest
 import torch
 
 from conftest import RELEASE, SOLUTION
+from grader import assignment as assignments
 from grader import assets, notebook, reference, rubric
 from grader.compare import compare
-from grader.grade import grade_notebook, released_parameters
+from grader.assignment import released_parameters
+from grader.grade import grade_notebook
 
-RUBRIC = rubric.load("backprop_ninja")
+RUBRIC = assignments.rubric_of("backprop_ninja")
+ASSIGNMENT = assignments.load("backprop_ninja")
 RELEASED = nbformat.read(RELEASE, as_version=4)
 SEEDS = range(1, 51)
 PLANTED = ("d_b1 = d_hprebn.sum(0)", "d_b1 = d_hprebn[0].clone()")  # one row instead of the column sum
@@ -47,7 +50,7 @@ def after_setup(solution_cells) -> dict:
 
 def _grade_in_process(cells: dict[str, str], base: dict, seed: int, ex1: str) -> dict[tuple[str, str], str]:
     params = released_parameters(RELEASED) | RUBRIC.grading_parameters | {"seed": seed, "data_path": assets.names_path()}
-    ref = reference.gradients(RUBRIC, RELEASED, params)
+    ref = reference.gradients(ASSIGNMENT, params)
     ns = dict(base) | {"seed": seed}
     verdicts = {}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -98,10 +101,10 @@ def test_references_computed_in_two_threads_match_sequential_ones():
     params = [released_parameters(RELEASED) | RUBRIC.grading_parameters | {"seed": s, "data_path": assets.names_path()} for s in (101, 102)]
     reference._gradients.cache_clear()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        parallel = list(pool.map(lambda p: reference.gradients(RUBRIC, RELEASED, p), params))
+        parallel = list(pool.map(lambda p: reference.gradients(ASSIGNMENT, p), params))
     reference._gradients.cache_clear()
     for p, got in zip(params, parallel):
-        want = reference.gradients(RUBRIC, RELEASED, p)
+        want = reference.gradients(ASSIGNMENT, p)
         assert all(torch.equal(got[k], want[k]) for k in want if isinstance(want[k], torch.Tensor))
 
 
@@ -111,13 +114,13 @@ def test_computing_the_reference_imports_no_module():
     code = """
 import sys
 import safetensors.torch
-from grader import assets, grade, notebook, reference, rubric, score
+from grader import assets, assignment as assignments, grade, notebook, reference, rubric, score
 from grader.reports import text as report
-r = rubric.load("backprop_ninja")
-released = notebook.read(r.released)
-params = grade.released_parameters(released) | r.grading_parameters | {"data_path": assets.names_path()}
+a = assignments.load("backprop_ninja")
+r = a.rubric
+params = dict(a.published) | r.grading_parameters | {"data_path": assets.names_path()}
 before = set(sys.modules)
-reference.gradients(r, released, params)
+reference.gradients(a, params)
 print(sorted(set(sys.modules) - before))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from grader import rubric as rubrics
+from grader import assignment as assignments
 from grader.errors import GraderError
 
 TORCH = "2.13.0"
@@ -95,7 +95,7 @@ def _function_name(exercise: str, variable: str) -> str:
 
 def write(assignment: str, out: Path, package: str = "backprop-grader") -> list[Path]:
     """Write the student repository's autograding files for `assignment` into `out`; return their paths."""
-    rubric = rubrics.load(assignment)
+    rubric = assignments.rubric_of(assignment)
     needs = [ex.id for ex in rubric.exercises if ex.kind == "values" and ex.source == "solution"]
     if needs:
         raise GraderError(f"{assignment}: the answers of {', '.join(needs)} are checked against the instructor's "

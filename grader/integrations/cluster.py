@@ -17,7 +17,6 @@ Only `batch.grade_all(..., scheduler=...)` imports this module; a local batch ne
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import shutil
@@ -28,7 +27,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from grader import rubric as rubrics, sandbox
+from grader import assignment as assignments, sandbox
+from grader.assignment import Assignment
 from grader.errors import GraderError, RubricError
 from grader.submissions import Submission
 
@@ -47,8 +47,9 @@ class Task:
     """sha256 of `content`."""
     assignment: str
     """The assignment to grade it as."""
-    rubric_digest: str
-    """`rubric_digest()` of the grader's copy of the assignment: a worker with another copy refuses the task."""
+    assignment_digest: str
+    """The digest of the grader's copy of the assignment (`Assignment.digest`: its rubric, released notebook,
+    solution where read, data): a worker with another copy refuses the task."""
     timeout: float | None
     """Wall-clock limit per run, or the rubric's."""
     limits: dict
@@ -60,18 +61,6 @@ class Task:
     """The sandbox the worker must run it in (`--sandbox`): a worker where `linux` cannot work refuses."""
     hidden_runs: tuple[dict[str, object], ...] | None = None
     """The hidden re-runs' parameters (`--hidden-runs`); None for the rubric's."""
-
-
-def rubric_digest(rubric: rubrics.Rubric) -> str:
-    """sha256 of the rubric file, the released notebook and, where the rubric's values need it, the solution:
-    what a worker must have the same copy of."""
-    h = hashlib.sha256()
-    paths = [rubric.released.with_name(f"{rubric.assignment}.toml"), rubric.released]
-    if any(ex.kind == "values" and ex.source == "solution" for ex in rubric.exercises):
-        paths.append(rubric.solution)
-    for path in paths:
-        h.update(path.read_bytes() if path.is_file() else b"(none)")
-    return h.hexdigest()
 
 
 # --- on the worker -------------------------------------------------------------------------------
@@ -103,8 +92,8 @@ def grade_task(task: Task) -> tuple[dict, str | None]:
     """Grade one submission on a Dask worker: the report and feedback page `batch.grade_one` gives."""
     from grader import batch
 
-    rubric = rubrics.load(task.assignment)
-    if rubric_digest(rubric) != task.rubric_digest:
+    assignment = assignments.load(task.assignment)
+    if assignment.digest != task.assignment_digest:
         raise RubricError(f"this worker's copy of {task.assignment} differs from the grader's: install the same "
                           "version of backprop-grader on every worker")
     pool, scratch = _pool(sandbox.Limits(**task.limits), task.hidden, task.sandbox)
@@ -112,7 +101,7 @@ def grade_task(task: Task) -> tuple[dict, str | None]:
     path = folder / (Path(task.notebook).name or "submission.ipynb")
     try:
         path.write_bytes(task.content)
-        report, page = batch.grade_one(Submission(task.student, path, task.digest), rubric, task.timeout, pool,
+        report, page = batch.grade_one(Submission(task.student, path, task.digest), assignment, task.timeout, pool,
                                        hidden_runs=task.hidden_runs)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -150,13 +139,12 @@ def _client(scheduler: str):
         raise GraderError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({e})") from None
 
 
-def grade(submissions, rubric: rubrics.Rubric, scheduler: str, *, timeout: float | None,
+def grade(submissions, assignment: Assignment, scheduler: str, *, timeout: float | None,
           limits: sandbox.Limits, hidden: tuple[str, ...] = (), backend: str = "auto",
           hidden_runs: tuple[dict[str, object], ...] | None = None) -> Iterator[tuple[object, dict, str | None]]:
     """Grade `submissions` (`Submission`s) on the cluster: (submission, report, page) as each finishes.
     `hidden`: paths of this machine no run may read, wherever a worker shares it. `backend`: the sandbox
     each worker must use (`auto`: the best that works there). `hidden_runs`: the hidden re-runs (default: the rubric's)."""
-    digest = rubric_digest(rubric)
     batch = uuid.uuid4().hex[:8]  # keys of this batch's own: another batch's results are not this one's
     client, cluster = _client(scheduler)  # first: without Dask, it says how to install it
     try:
@@ -164,7 +152,7 @@ def grade(submissions, rubric: rubrics.Rubric, scheduler: str, *, timeout: float
 
         futures = {}
         for s in submissions:
-            task = Task(s.student, str(s.path), s.path.read_bytes(), s.digest, rubric.assignment, digest, timeout,
+            task = Task(s.student, str(s.path), s.path.read_bytes(), s.digest, assignment.name, assignment.digest, timeout,
                         asdict(limits), hidden, backend, hidden_runs)
             # pure=False: the same notebook handed in twice is graded twice, as a local run would
             futures[client.submit(grade_task, task, key=f"grade-{batch}-{s.student}-{s.digest[:12]}", pure=False,

@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader import rubric as rubrics, sandbox
+from grader import assignment as assignments, rubric as rubrics, sandbox
+from grader.assignment import Assignment
 from grader.errors import GraderError, NotANotebook
 from grader.grade import grade_notebook, hidden_folders
-from grader.score import Report
+from grader.verdicts import Report
 
 
 @dataclass(frozen=True)
@@ -95,25 +96,25 @@ def record(gradebook, assignment: str, submission: Submission, report: Report | 
     gradebook.db.commit()
 
 
-def _ours(gradebook, course: Path, assignment: str) -> dict[str, rubrics.Rubric]:
-    """The assignment's notebooks that are ours (by the course's own release), with their rubrics.
+def _ours(gradebook, course: Path, assignment: str) -> dict[str, Assignment]:
+    """The assignment's notebooks that are ours (by the course's own release), each with our assignment it is.
 
     Raises `GraderError` when one of them lacks a test cell its rubric scores (an older course version).
     """
     from grader import notebook as notebooks
 
-    ours: dict[str, rubrics.Rubric] = {}
+    ours: dict[str, Assignment] = {}
     for nb in gradebook.find_assignment(assignment).notebooks:
         for folder in ("release", "source"):
             path = course / folder / assignment / f"{nb.name}.ipynb"
             if path.is_file():
                 name = notebooks.read(path).metadata.get("grader", {}).get("assignment")
-                if isinstance(name, str) and name in rubrics.known_assignments():
-                    ours[nb.name] = rubrics.load(name)
+                if isinstance(name, str) and name in assignments.known():
+                    ours[nb.name] = assignments.load(name)
                 break
         if nb.name in ours:
             cells = {c.name for c in nb.grade_cells}
-            missing = [ex.test_cell for ex in ours[nb.name].exercises if ex.test_cell and ex.test_cell not in cells]
+            missing = [ex.test_cell for ex in ours[nb.name].rubric.exercises if ex.test_cell and ex.test_cell not in cells]
             if missing:
                 raise GraderError(f"{assignment}/{nb.name} in this course has no test cells {missing}: "
                                   "regenerate it from the current solutions/ notebook")
@@ -153,15 +154,14 @@ def grade_course(course: str | Path, assignment: str, *, db_url: str | None = No
         hidden = [course, *(folder for r in ours.values() for folder in hidden_folders(r))]
         pool = stack.enter_context(sandbox.Pool(hidden))
         for submission in submissions(course, assignment):
-            rubric = ours.get(submission.notebook)
-            if rubric is None:
+            graded = ours.get(submission.notebook)
+            if graded is None:
                 continue  # not a notebook of this assignment, or not one we grade: nbgrader's business
             try:
-                report, error = grade_notebook(submission.path, assignment=rubric.assignment, timeout=timeout,
-                                               pool=pool), ""
+                report, error = grade_notebook(submission.path, assignment=graded, timeout=timeout, pool=pool), ""
             except NotANotebook as e:  # the student's file is no notebook: 0 for every test cell, and why
                 report, error = None, str(e)
-            record(gradebook, assignment, submission, report, rubric, error)
+            record(gradebook, assignment, submission, report, graded.rubric, error)
             done.append(Recorded(submission, report, error))
             if progress:
                 progress(done[-1])

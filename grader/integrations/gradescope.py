@@ -20,10 +20,10 @@ import time
 import zipfile
 from pathlib import Path
 
-from grader import assets, rubric as rubrics
+from grader import assets, assignment as assignments
 from grader.errors import GraderError, NotANotebook
 from grader.compare import PASSING
-from grader.score import Report
+from grader.verdicts import Report
 
 VISIBILITIES = ("hidden", "after_due_date", "after_published", "visible")
 """Gradescope's visibility settings, from most to least private."""
@@ -96,15 +96,15 @@ def run(submission: Path, results_path: Path, assignment: str, hidden_visibility
 
     started = time.monotonic()
     try:
-        rubric = rubrics.load(assignment)
-        notebook = find_notebook(submission, rubric.released.name)
+        graded = assignments.load(assignment)
+        notebook = find_notebook(submission, graded.rubric.released.name)
         from grader import sandbox
 
         # the zip's own copy of the package, rubric included, sits in the autograder's source folder
         results_folder = results_path.resolve().parent
         hidden = [results_folder.parent / "source"] if results_folder.name == "results" else []
         with sandbox.Pool(hidden) as pool:
-            report = grade_notebook(notebook, assignment=assignment, timeout=timeout, pool=pool)
+            report = grade_notebook(notebook, assignment=graded, timeout=timeout, pool=pool)
         out = results(report, time.monotonic() - started, hidden_visibility)
     except NotANotebook as e:  # the student's upload: still a valid results.json, with the reason
         # (an unknown assignment or a sandbox that cannot start is ours: it fails the autograder instead)
@@ -172,19 +172,19 @@ packages = ["grader"]
 
 def _package_tree(dest: Path, assignment: str) -> None:
     """Copy the installed `grader` package, with the assignment's release and data, into `dest`."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # the grader package (this module is in its integrations/)
     shutil.copytree(package, dest / "grader", ignore=shutil.ignore_patterns("__pycache__", "_assets"))
     shipped = dest / "grader" / "_assets"
     (shipped / "assignments").mkdir(parents=True)
-    rubric = rubrics.load(assignment)
-    for path in (rubric.released, rubric.released.with_name(f"{assignment}.toml")):
+    rubric = assignments.rubric_of(assignment)
+    for path in (rubric.released, assignments.rubric_path(assignment)):
         shutil.copyfile(path, shipped / "assignments" / path.name)
     shutil.copytree(assets.data_dir(), shipped / "data", ignore=shutil.ignore_patterns("*.py", "*.md", "__pycache__"))
     if any(ex.kind == "values" and ex.source == "solution" for ex in rubric.exercises):
         # answers whose reference is the instructor's solution: the autograder needs it (runs never see it:
         # the solutions folder is hidden from them like the rubric's)
         (shipped / "solutions").mkdir()
-        shutil.copyfile(rubric.solution, shipped / "solutions" / rubric.released.name)
+        shutil.copyfile(assets.solutions_dir() / rubric.released.name, shipped / "solutions" / rubric.released.name)
     try:
         dist = importlib.metadata.distribution("backprop-grader")
     except importlib.metadata.PackageNotFoundError:
@@ -204,7 +204,7 @@ def build(assignment: str, out: Path, hidden_visibility: str = "after_published"
         raise GraderError(f"not an assignment name: {assignment!r}")
     if not re.fullmatch(r"[A-Za-z0-9:/._~%+-]*", torch_index_url):  # it goes into setup.sh as is
         raise GraderError(f"not a plain URL: {torch_index_url!r}")
-    rubrics.load(assignment)  # an unknown name fails here, with the names we know
+    assignments.rubric_path(assignment)  # an unknown name fails here, with the names we know
     torch_version = importlib.metadata.version("torch").split("+")[0]
     with tempfile.TemporaryDirectory(prefix="grader-gradescope-") as tmp:
         root = Path(tmp)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from grader import rubric
+from grader import assignment as assignments, rubric
 from grader.compare import compare, cmp_line
 from grader.hints import with_hint
 from grader.rubric import Tolerance
@@ -30,8 +30,8 @@ def _tolerance_for(variable: str, loosest: bool = False) -> Tolerance:
     # The rubric's tolerance for this variable, so that a self-check passes when the grader will pass it.
     found = {
         v.tolerance
-        for name in rubric.known_assignments()
-        for ex in rubric.load(name).exercises
+        for name in assignments.known()
+        for ex in assignments.rubric_of(name).exercises
         for v in ex.variables
         if v.name == variable
     }
@@ -44,7 +44,7 @@ def _tolerance_for(variable: str, loosest: bool = False) -> Tolerance:
 
 
 def _targets_names() -> set[str]:
-    return {t for name in rubric.known_assignments() if (t := rubric.load(name).targets)}
+    return {t for name in assignments.known() if (t := assignments.rubric_of(name).targets)}
 
 
 def _notebook_namespace() -> Mapping[str, object]:

@@ -18,20 +18,17 @@ from __future__ import annotations
 import ast
 import functools
 import re
-import threading
 from dataclasses import dataclass
 
 import nbformat
-from IPython.core.inputtransformer2 import TransformerManager
 
-from grader.scan import python_body
+from grader.scan import as_python, python_body
 
 GRAD_ATTRIBUTES = frozenset({"backward", "retain_grad", "grad", "autograd"})
 # (`[ \t]`, not `\s`, before the word: `\s` also takes line breaks, and every line start of a long run of blank
 # lines would then scan to its end: minutes for a cell of them)
 MARKER = re.compile(r"^[ \t#*>]*exercise\s*([1-4])\b", re.IGNORECASE | re.MULTILINE)
 SHELL_CELL_MAGICS = frozenset({"bash", "sh", "shell", "script", "system", "writefile", "html", "javascript", "js"})
-_PARSING = threading.Lock()  # (CPython 3.11's ast is not thread-safe)
 
 
 @dataclass
@@ -90,12 +87,7 @@ def _read_cells(cells_in: tuple[tuple[str, str], ...]) -> tuple[_Cell, ...]:
         if cell_type != "code":
             continue
         plain, shell = _neutralised(text)
-        try:
-            with _PARSING:
-                translated = TransformerManager().transform_cell(plain)
-                tree = ast.parse(translated)
-        except (SyntaxError, ValueError, RecursionError, MemoryError):
-            translated, tree = plain, None
+        translated, tree = as_python(plain)
         marker = _comment_marker(text) or pending_marker
         pending_marker = None
         cells.append(_Cell(index, index + 1, translated, tree, shell, marker))

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 import torch
 
 from grader import lecture, reference, rubric as rubrics
+from grader.assignment import Assignment
 from grader.plan import Plan
 from grader.runs import Captured, Key
-from grader.score import GradedRun, Report, VariableResult, score
+from grader.score import score
 from grader.values import UNCHANGED
+from grader.verdicts import GradedRun, Report, VariableResult
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,10 @@ class Changed:
     """What happened and how to avoid it, for the student."""
 
 
-def graded(path: str, student, recognised: lecture.Recognised, rubric: rubrics.Rubric, plan: Plan,
+def graded(path: str, student, recognised: lecture.Recognised, assignment: Assignment, plan: Plan,
            captured: Captured) -> tuple[Report, list[GradedRun]]:
     """The `Report` of a lecture notebook's run, and the run with its values and references (for pictures)."""
+    rubric = assignment.rubric
     refs: dict[Key, object] = {}
     notes: list[str] = []
     changed: tuple[Changed, ...] = ()
@@ -51,13 +54,13 @@ def graded(path: str, student, recognised: lecture.Recognised, rubric: rubrics.R
         params, own, problem = parameters(recognised, plan, captured)
         if not problem:
             try:
-                refs = reference.gradients(rubric, None, params)  # (targets and per-use parts, for hints)
+                refs = reference.gradients(assignment, params)  # (targets and per-use parts, for hints)
             except Exception as e:  # e.g. a minibatch that does not index the embedding table
                 problem = f"the lecture's forward pass does not run on the notebook's tensors ({type(e).__name__}: {e})"
         if not problem:
             try:
-                refs.update(reference.own_gradients(rubric, params, own))
-                notes += forward_differences(rubric, recognised, own, params)
+                refs.update(reference.own_gradients(assignment, params, own))
+                notes += forward_differences(assignment, recognised, own, params)
             except Exception as e:  # (the grader's own failure: the lecture's values still give a reference)
                 notes.append(f"the reference is autograd's at the lecture's forward values, not the notebook's own "
                              f"({type(e).__name__}: {e})")
@@ -68,7 +71,7 @@ def graded(path: str, student, recognised: lecture.Recognised, rubric: rubrics.R
             from grader.grade import _local_references  # (the same step credit as our own assignments)
 
             try:
-                refs.update(_local_references(rubric, params, captured, refs))
+                refs.update(_local_references(assignment, params, captured, refs))
             except Exception as e:  # (the grader's own failure: every step is then judged on its value alone)
                 notes.append(f"no step was judged on its own ({type(e).__name__}: {e})")
             zero = zero_references(rubric, refs, recognised, captured)
@@ -106,13 +109,13 @@ def parameters(recognised: lecture.Recognised, plan: Plan,
     return {"leaves": lecture.leaves(values)}, own, ""
 
 
-def forward_differences(rubric: rubrics.Rubric, recognised: lecture.Recognised, own: dict[str, torch.Tensor],
+def forward_differences(assignment: Assignment, recognised: lecture.Recognised, own: dict[str, torch.Tensor],
                         params: dict[str, object]) -> list[str]:
     """A note if the notebook's forward pass is not the lecture's on its own tensors beyond rounding (the first
     tensor, from the loss back, that differs)."""
     forward = dict(recognised.forward)
-    ours = reference.forward_values(rubric, params)
-    for name in [v.of for v in reversed(rubric.exercises[0].variables)]:  # (listed from the loss back: the first one)
+    ours = reference.forward_values(assignment, params)
+    for name in [v.of for v in reversed(assignment.rubric.exercises[0].variables)]:  # (listed from the loss back: the first one)
         theirs, mine = own.get(name), ours.get(name)
         if theirs is None or mine is None:
             continue

@@ -82,9 +82,9 @@ def is_ours(nb: nbformat.NotebookNode) -> bool:
                for c in nb.cells)
 
 
-def recognise(nb: nbformat.NotebookNode, path: object) -> Recognised:
-    """Map a lecture-style notebook onto the lecture rubric, or raise `UnknownAssignment`."""
-    rubric = rubrics.load(rubrics.LECTURE)
+def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -> Recognised:
+    """Map a lecture-style notebook onto the lecture's `rubric` (`grader.assignment.lecture()`'s), or raise
+    `UnknownAssignment`."""
     cells = _read(nb)
     wanted = list(dict.fromkeys([*LEAVES, *(v.of for ex in rubric.exercises for v in ex.variables), rubric.loss]))
     keys = {_key(w) for w in wanted}
@@ -285,9 +285,8 @@ def _gradient(exercise: str, of: str, section: Section | None, calls: dict[int, 
     return Gradient(exercise, of, guess, "")
 
 
-def rubric_for(rec: Recognised) -> rubrics.Rubric:
-    """The lecture rubric with the notebook's own gradient names, so that messages name its variables."""
-    rubric = rubrics.load(rubrics.LECTURE)
+def rubric_for(rec: Recognised, rubric: rubrics.Rubric) -> rubrics.Rubric:
+    """The lecture's `rubric` with the notebook's own gradient names, so that messages name its variables."""
     names = {(g.exercise, g.of): g.name for g in rec.gradients}
     exercises = tuple(
         dataclasses.replace(ex, variables=tuple(dataclasses.replace(v, name=names[(ex.id, v.of)]) for v in ex.variables))

@@ -8,7 +8,7 @@ Nothing here reads a learner's notebook; torch is imported only inside the funct
 
 from __future__ import annotations
 
-from grader import rubric as rubrics
+from grader.assignment import Assignment
 
 LEAVES = ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias", "Xb", "Yb")
 """The tensors the grader's reference needs from the run: the parameters and the minibatch."""
@@ -36,13 +36,10 @@ def example_leaves(n_hidden: int = 64, batch: int = 32) -> dict[str, object]:
     }
 
 
-def warm_up_source() -> str:
-    """What the worker runs once before forking runs: the lecture's forward pass on example tensors."""
-    from grader import notebook
-    from grader.notebook import grade_id
-
-    released = notebook.read(rubrics.load(rubrics.LECTURE).released)
-    forward = next(c.source for c in released.cells if grade_id(c) == "forward")
+def warm_up_source(lectures: Assignment) -> str:
+    """What the worker runs once before forking runs: the lecture's forward pass (from `lectures`, the lecture's
+    built-in assignment) on example tensors."""
+    forward = lectures.cells["forward"]
     tensors = "\n".join(f"{k} = _t[{k!r}]" for k in LEAVES)
     return ("from grader.lecture import example_leaves\n_t = example_leaves()\n" + tensors +
             "\nn = Xb.shape[0]\nimport torch\nimport torch.nn.functional as F\n" + forward +
