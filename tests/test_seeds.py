@@ -19,6 +19,7 @@ import torch
 from conftest import RELEASE, SOLUTION
 from grader import assignment as assignments
 from grader import assets, notebook, reference, rubric
+from grader.reference import expected
 from grader.compare import compare
 from grader.assignment import released_parameters
 from grader.grade import grade_notebook
@@ -99,10 +100,10 @@ def test_end_to_end_for_50_seeds(tmp_path):
 
 def test_references_computed_in_two_threads_match_sequential_ones():
     params = [released_parameters(RELEASED) | RUBRIC.grading_parameters | {"seed": s, "data_path": assets.names_path()} for s in (101, 102)]
-    reference._gradients.cache_clear()
+    expected._gradients.cache_clear()
     with ThreadPoolExecutor(max_workers=2) as pool:
         parallel = list(pool.map(lambda p: reference.gradients(ASSIGNMENT, p), params))
-    reference._gradients.cache_clear()
+    expected._gradients.cache_clear()
     for p, got in zip(params, parallel):
         want = reference.gradients(ASSIGNMENT, p)
         assert all(torch.equal(got[k], want[k]) for k in want if isinstance(want[k], torch.Tensor))

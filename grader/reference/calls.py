@@ -1,0 +1,81 @@
+"""Function exercises: autograd's answer to each call of the student's function the run recorded, replayed in the
+grader at the weights and on the batch of that very call. Replays are memos by the content of their inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from grader.assignment import Assignment
+from grader.rubric import Exercise
+from grader.reference.forward import _LOCK, _namespace
+
+
+def call_gradients(assignment: Assignment, ex: Exercise, params: dict[str, object],
+                   calls: dict[int, tuple[list, list]]) -> dict[int, tuple[torch.Tensor, ...] | str]:
+    """For each recorded call (inputs, weights at that step): autograd's gradients, or why it cannot replay."""
+    f = ex.function
+    out: dict[int, tuple[torch.Tensor, ...] | str] = {}
+    key = (assignment.digest, ex.id, repr(sorted(params.items())))
+    digests = {call: _digest([*args, *recorded]) for call, (args, recorded) in calls.items()}
+    with _LOCK:
+        for call, digest in digests.items():
+            if digest is not None and (key, digest) in _REPLAYED:
+                out[call] = _REPLAYED[(key, digest)]  # e.g. the first step: the same for every student
+    calls = {c: v for c, v in calls.items() if c not in out}
+    if not calls:
+        return out
+    with _LOCK:
+        ns = _namespace(assignment, params, f.reference_cells)
+        weights = list(ns[f.wrt])
+        homes = [[k for k, v in ns.items() if v is w] for w in weights]  # the globals the forward pass reads
+        batch = (params.get("batch_size"), ns.get("block_size"))
+        for call, (args, recorded) in calls.items():
+            if len(args) >= 2 and all(isinstance(b, int) for b in batch) and not (
+                    isinstance(args[0], torch.Tensor) and tuple(args[0].shape) == batch
+                    and isinstance(args[1], torch.Tensor) and tuple(args[1].shape) == batch[:1]):
+                # replayed here, in the grader's process: a call with any other batch is not one of the loop's
+                out[call] = "the recorded call's batch is not a minibatch of the training loop"
+                continue
+            if len(args) < 2 or len(recorded) != len(weights) or any(
+                    not isinstance(r, torch.Tensor) or r.shape != w.shape or r.dtype != w.dtype
+                    for r, w in zip(recorded, weights)):
+                out[call] = "the recorded weights or batch do not fit the network"
+                continue
+            if call == 0 and not all(torch.equal(r, w.detach()) for r, w in zip(recorded, weights)):
+                out[call] = "the weights were not the released initial weights when training started"
+                continue
+            leaves = [r.detach().clone().requires_grad_(True) for r in recorded]
+            for names, leaf in zip(homes, leaves):
+                for name in names:
+                    ns[name] = leaf
+            try:
+                with torch.enable_grad():
+                    loss = ns[f.forward](args[0], args[1])[0]
+                    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            except Exception as e:  # a batch that does not index the embedding, say
+                out[call] = f"the recorded batch cannot be replayed ({type(e).__name__})"
+                continue
+            out[call] = tuple(torch.zeros_like(l) if g is None else g.detach() for g, l in zip(grads, leaves))
+            if digests[call] is not None:
+                if len(_REPLAYED) >= 256:
+                    _REPLAYED.pop(next(iter(_REPLAYED)))
+                _REPLAYED[(key, digests[call])] = out[call]
+    return out
+
+
+_REPLAYED: dict[tuple, tuple[torch.Tensor, ...] | str] = {}
+"""Replayed calls by the content of their inputs and weights (the oldest go first past 256)."""
+
+
+def _digest(tensors: list) -> str | None:
+    """A hash of the dtypes, shapes and bytes of `tensors`, or None if any is not a plain CPU tensor."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if type(t) is not torch.Tensor or t.device.type != "cpu" or t.layout != torch.strided:
+            return None
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
