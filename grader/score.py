@@ -1,10 +1,12 @@
-"""Stage 4: turn what came back from a run into points. A pure function of its inputs."""
+"""Stage 4: turn what came back from a run into points: the credit rules. A pure function of its inputs.
+
+`score()` judges every graded variable in every run and returns a `Report` (the verdict types are in
+`grader.verdicts`, which every output reads).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,112 +14,10 @@ from grader.compare import PASSING, Comparison, compare
 from grader.hints import diagnose, with_hint, wrong_axis
 from grader.plan import Plan
 from grader.rubric import Exercise, Rubric
-from grader.runs import TARGETS, Captured, GradientParts, Key, LocalGradient, ReplayedCall, TrainingResult
+from grader.runs import TARGETS, Captured, GradientParts, LocalGradient, ReplayedCall, TrainingResult
 from grader.scan import scan, scan_forbidden
 from grader.values import MISSING, UNCHANGED, Flag, Raised
-
-if TYPE_CHECKING:
-    from grader.lecture import SavedCheck
-
-
-@dataclass(frozen=True)
-class VariableResult:
-    """The verdict and points for one graded variable."""
-
-    exercise: str
-    """Exercise id, e.g. `ex1`."""
-    name: str
-    """The student's variable, e.g. `d_logits`."""
-    of: str
-    """The forward tensor it is the gradient of, e.g. `logits`."""
-    status: str
-    """One of `grader.compare.STATUSES`."""
-    exact: bool
-    """Same shape, dtype and values as the reference."""
-    approximate: bool
-    """Within the rubric's tolerance of the reference."""
-    maxdiff: float | None
-    """Largest absolute difference from the reference, when comparable."""
-    points: float
-    """Points earned."""
-    max_points: float
-    """Points available."""
-    message: str
-    """What is wrong, for the student; empty when full points."""
-    runs: tuple[str, ...] = ()
-    """The status in each run: the notebook's own parameters first, then the hidden re-runs."""
-    local_status: str = ""
-    """The status of this backward step judged on its own, from the student's own gradients of the
-    tensors that use it (cascade-free); the same as `status` where that cannot be judged."""
-    hint: str = ""
-    """The likely mistake `message` names (`grader.hints`, e.g. "it is the right gradient times 2"), as
-    data for class statistics; empty when the message names none."""
-
-
-@dataclass(frozen=True)
-class ExerciseResult:
-    """Points for one exercise."""
-
-    id: str
-    """Exercise id."""
-    score: float
-    """Points earned."""
-    max_score: float
-    """Points available."""
-    root_cause: str = ""
-    """The first variable of the exercise whose own step is wrong, when it has later ones that are
-    off only because of it."""
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """How one run of the notebook went (hidden runs name no parameter values)."""
-
-    label: str
-    """`the notebook's parameters` or `hidden run N`."""
-    status: str
-    """`graded`, or `failed` when it did not run to the end."""
-    error: str
-    """Why it failed, or empty."""
-
-
-@dataclass(frozen=True)
-class Report:
-    """The grade of one notebook."""
-
-    assignment: str
-    """Assignment name."""
-    notebook: str
-    """Path of the graded notebook, as given."""
-    status: str
-    """`graded`, or `failed` when the notebook could not run to the end."""
-    error: str
-    """Why it failed (one line), or empty."""
-    score: float
-    """Points earned."""
-    max_score: float
-    """Points available."""
-    exercises: tuple[ExerciseResult, ...]
-    """Per exercise."""
-    variables: tuple[VariableResult, ...]
-    """Per variable, in rubric order."""
-    notes: tuple[str, ...]
-    """What the grader changed in the notebook and which cells raised."""
-    runs: tuple[RunSummary, ...] = ()
-    """Each run: the notebook's parameters first, then the hidden re-runs."""
-    peak_memory_mb: float = 0.0
-    """Largest resident memory of any of its runs, in MB."""
-    saved_checks: tuple[SavedCheck, ...] = ()
-    """Lecture notebooks: their own saved `cmp` printouts beside the grader's verdicts."""
-
-
-def ungradable(rubric: Rubric, notebook: str, reason: str) -> Report:
-    """The report of a notebook that could not be graded at all: 0 for every variable, and why."""
-    variables = tuple(VariableResult(ex.id, v.name, v.of, "error", False, False, None, 0.0, v.points,
-                                     f"{v.name}: {reason}", local_status="error")
-                      for ex in rubric.exercises for v in ex.graded)
-    exercises = tuple(ExerciseResult(ex.id, 0.0, ex.max_score) for ex in rubric.exercises)
-    return Report(rubric.assignment, notebook, "failed", reason, 0.0, rubric.max_score, exercises, variables, ())
+from grader.verdicts import ExerciseResult, GradedRun, Report, RunSummary, VariableResult
 
 
 def _span_errors(plan: Plan, captured: Captured, exercise: str) -> list[str]:
@@ -158,22 +58,6 @@ def _scan_flags(plan: Plan, ex: Exercise, forbidden: tuple[str, ...] = ()) -> di
 
 def _hinted(result: Comparison, message: str, hint: str) -> Comparison:
     return dataclasses.replace(result, message=message, hint=hint)
-
-
-@dataclass(frozen=True)
-class GradedRun:
-    """One run of the notebook, with what is needed to grade it."""
-
-    label: str
-    """How the report names the run, e.g. `hidden run 2`; hidden values never appear in it."""
-    changed: tuple[str, ...]
-    """Names of the parameters that differ from the notebook's own run."""
-    plan: Plan
-    """What was run."""
-    captured: Captured
-    """What came back."""
-    reference: dict[Key, object]
-    """The reference for this run's parameters: gradients by forward name, and the entries of the other keys."""
 
 
 def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Comparison:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from grader.compare import PASSING
 from grader.runs import answer_key
-from grader.score import GradedRun, Report
+from grader.verdicts import GradedRun, Report
 
 GREEN, ORANGE, RED, GREY = "#2e7d32", "#ef6c00", "#c62828", "#9e9e9e"
 

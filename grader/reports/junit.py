@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from grader.compare import PASSING
 
 if TYPE_CHECKING:
-    from grader.score import Report
+    from grader.verdicts import Report
 
 
 def _case(suite: ET.Element, classname: str, name: str, properties: list[tuple[str, str]], failure: str) -> None:

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from grader.score import Report
+    from grader.verdicts import Report
 
 
 def _points(x: float) -> str:
