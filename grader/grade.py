@@ -11,7 +11,7 @@ from pathlib import Path
 from grader import assets, assignment as assignments, lecture, notebook, plan as planning, rubric as rubrics, sandbox
 from grader.assignment import LECTURE, Assignment
 from grader.errors import GraderError, RubricError, UsageError
-from grader.runs import Key, LocalGradient, ReplayedCall
+from grader.runs import Key
 from grader.verdicts import GradedRun, Report
 
 # torch, and the modules that import it (reference, score, compare, lecture_grading), are imported inside the
@@ -135,7 +135,7 @@ def grade_with_runs(path: str | Path, *, assignment: str | Assignment | None = N
         # Everything this process will need is imported before the notebook's first cell may run.
         import safetensors.torch  # noqa: F401
 
-        from grader import reference  # noqa: F401  (for _reference, imported before any cell runs)
+        from grader import reference
         from grader.score import score
 
         try:
@@ -165,8 +165,8 @@ def grade_with_runs(path: str | Path, *, assignment: str | Assignment | None = N
         if own_pool:
             pool.close()
     for p, c, ref in zip(with_data, captured, refs):
-        ref.update(_replayed_calls(assignment, p, c))
-        ref.update(_local_references(assignment, p, c, ref))
+        ref.update(reference.replayed_calls(assignment, p, c))
+        ref.update(reference.step_references(assignment, p, c, ref))
     graded = [
         GradedRun(label, tuple(k for k in p if p[k] != main[k]), plan, c, ref)
         for label, p, plan, c, ref in zip(labels, settings, plans, captured, refs)
@@ -250,69 +250,3 @@ def feedback_edges(assignment: Assignment) -> dict[str, tuple[str, ...]]:
     if assignment.name == LECTURE:
         return reference.forward_edges(assignment, {"leaves": lecture.leaves(lecture.example_leaves())})
     return reference.forward_edges(assignment, assignment.defaults())
-
-
-def _replayed_calls(assignment: Assignment, params: dict[str, object], captured) -> dict[Key, object]:
-    """Autograd's answers to the recorded calls of function exercises: `ReplayedCall` -> gradients."""
-    from grader import reference
-
-    out: dict[Key, object] = {}
-    for ex in assignment.rubric.exercises:
-        if ex.function is None or not captured.reached(ex.id):
-            continue
-        calls = {}
-        for call in ex.function.calls:
-            args = _numbered(captured.values, ex.id, f"{call}/arg")
-            weights = _numbered(captured.values, ex.id, f"{call}/param")
-            if args or weights:
-                calls[call] = (args, weights)
-        for call, grads in reference.call_gradients(assignment, ex, params, calls).items():
-            out[ReplayedCall(ex.id, call)] = grads
-    return out
-
-
-def _local_references(assignment: Assignment, params: dict[str, object], captured, refs: dict) -> dict[Key, object]:
-    """Per plain exercise, what each gradient should be given the student's own gradients below it in the
-    chain (`LocalGradient` -> tensor): each step judged on its own."""
-    from grader import reference
-
-    rubric = assignment.rubric
-    out: dict[Key, object] = {}
-    for ex in rubric.exercises:
-        if not captured.reached(ex.id):  # stopped before it: nothing of it to judge
-            continue
-        if ex.plain and len(ex.variables) > 1:
-            answers = {v.of: _fitted(captured.values.get((ex.id, v.name)), v, refs) for v in ex.variables}
-            for x, t in reference.local_references(assignment, params, answers).items():
-                out[LocalGradient(ex.id, x)] = t
-        if ex.plain and ex.given:
-            # the student's own gradient of `given`, from the exercise that asks for it
-            source = next(((e.id, v.name) for e in rubric.exercises for v in e.variables
-                           if v.of == ex.given and e.id != ex.id), None)
-            source_var = next((v for e in rubric.exercises for v in e.variables if (e.id, v.name) == source), None)
-            gradient = _fitted(captured.values.get(source), source_var, refs) if source else None
-            for v in ex.variables:
-                t = reference.local_from(assignment, params, ex.given, gradient, v.of)
-                if t is not None:
-                    out[LocalGradient(ex.id, v.of)] = t
-    return out
-
-
-def _fitted(value: object, var, refs: dict) -> object:
-    """`value`, reshaped to its reference's shape where the rubric credits broadcastable shapes."""
-    import torch
-
-    from grader.compare import same_but_ones
-
-    ref = refs.get(var.of) if var is not None else None
-    if (var is not None and var.tolerance.broadcast and type(value) is torch.Tensor and isinstance(ref, torch.Tensor)
-            and value.shape != ref.shape and same_but_ones(tuple(value.shape), tuple(ref.shape))):
-        return value.reshape(ref.shape)
-    return value
-
-
-def _numbered(values: dict, exercise: str, prefix: str) -> list:
-    found = []
-    while (exercise, f"{prefix}{len(found)}") in values:
-        found.append(values[(exercise, f"{prefix}{len(found)}")])
-    return found

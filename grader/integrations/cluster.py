@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from grader import assignment as assignments, sandbox
+from grader import assignment as assignments, batch, sandbox
 from grader.assignment import Assignment
 from grader.errors import GraderError, RubricError
 from grader.submissions import Submission
@@ -90,8 +90,6 @@ def _pool(limits: sandbox.Limits, hidden: tuple[str, ...], backend: str = "auto"
 
 def grade_task(task: Task) -> tuple[dict, str | None]:
     """Grade one submission on a Dask worker: the report and feedback page `batch.grade_one` gives."""
-    from grader import batch
-
     assignment = assignments.load(task.assignment)
     if assignment.digest != task.assignment_digest:
         raise RubricError(f"this worker's copy of {task.assignment} differs from the grader's: install the same "

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader import assignment as assignments, rubric as rubrics, sandbox
+from grader import assignment as assignments, notebook as notebooks, rubric as rubrics, sandbox
 from grader.assignment import Assignment
 from grader.errors import GraderError, NotANotebook
 from grader.grade import grade_notebook, hidden_folders
@@ -101,8 +101,6 @@ def _ours(gradebook, course: Path, assignment: str) -> dict[str, Assignment]:
 
     Raises `GraderError` when one of them lacks a test cell its rubric scores (an older course version).
     """
-    from grader import notebook as notebooks
-
     ours: dict[str, Assignment] = {}
     for nb in gradebook.find_assignment(assignment).notebooks:
         for folder in ("release", "source"):

@@ -20,9 +20,10 @@ import time
 import zipfile
 from pathlib import Path
 
-from grader import assets, assignment as assignments
+from grader import assets, assignment as assignments, sandbox
 from grader.errors import GraderError, NotANotebook
 from grader.compare import PASSING
+from grader.grade import grade_notebook
 from grader.verdicts import Report
 
 VISIBILITIES = ("hidden", "after_due_date", "after_published", "visible")
@@ -92,14 +93,10 @@ def find_notebook(submission: Path, expected: str) -> Path:
 def run(submission: Path, results_path: Path, assignment: str, hidden_visibility: str = "after_published",
         timeout: float | None = None) -> dict:
     """Grade the notebook in `submission` as `assignment` and write results.json; return what was written."""
-    from grader.grade import grade_notebook
-
     started = time.monotonic()
     try:
         graded = assignments.load(assignment)
         notebook = find_notebook(submission, graded.rubric.released.name)
-        from grader import sandbox
-
         # the zip's own copy of the package, rubric included, sits in the autograder's source folder
         results_folder = results_path.resolve().parent
         hidden = [results_folder.parent / "source"] if results_folder.name == "results" else []

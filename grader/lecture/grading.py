@@ -68,10 +68,8 @@ def graded(path: str, student, recognised: lecture.Recognised, assignment: Assig
             captured = dataclasses.replace(captured, finished=False, reason=problem, done=())
         else:
             captured, changed = as_checked(recognised, student, captured)
-            from grader.grade import _local_references  # (the same step credit as our own assignments)
-
             try:
-                refs.update(_local_references(assignment, params, captured, refs))
+                refs.update(reference.step_references(assignment, params, captured, refs))  # (as our own assignments')
             except Exception as e:  # (the grader's own failure: every step is then judged on its value alone)
                 notes.append(f"no step was judged on its own ({type(e).__name__}: {e})")
             zero = zero_references(rubric, refs, recognised, captured)

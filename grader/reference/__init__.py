@@ -11,12 +11,14 @@ are keyed by the typed keys of `grader.runs`.
 - `expected`: what each graded variable should be: gradients, values, training results.
 - `steps`: each step of the chain on its own: step credit, the learner's own forward values, the graph.
 - `calls`: function exercises: each recorded call replayed with autograd.
+- `from_run`: the references a run's own values decide (its recorded calls, step credit), after it.
 """
 
 from grader.reference.calls import call_gradients
 from grader.reference.expected import as_reference, gradients
 from grader.reference.forward import forward_values
+from grader.reference.from_run import replayed_calls, step_references
 from grader.reference.steps import forward_edges, local_from, local_references, own_gradients
 
 __all__ = ["as_reference", "call_gradients", "forward_edges", "forward_values", "gradients", "local_from",
-           "local_references", "own_gradients"]
+           "local_references", "own_gradients", "replayed_calls", "step_references"]

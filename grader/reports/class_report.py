@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from itertools import combinations
 
+import jinja2
+
 from grader.compare import PASSING
 from grader.rubric import Rubric
 
@@ -349,8 +351,6 @@ def to_json(report: ClassReport) -> str:
 def to_html(report: ClassReport, summary_png: bytes | None = None, pages: Iterable[str] = ()) -> str:
     """The class page: one self-contained HTML file (`summary_png` inlined), each student linked to their
     feedback page (`feedback/<student>.html`, for the students in `pages`)."""
-    import jinja2
-
     env = jinja2.Environment(loader=jinja2.PackageLoader("grader.reports", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     picture = "data:image/png;base64," + base64.b64encode(summary_png).decode("ascii") if summary_png else ""

@@ -7,7 +7,9 @@ Portable: nothing here may use an API that macOS or Windows lacks (`tests/test_p
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,9 +110,6 @@ def child_env(workdir: Path, own_path: bool = False) -> dict[str, str]:
 
 def worker_folder(data_files: dict[str, Path]) -> Path:
     """A new folder for a worker, holding its copy of each data file under the name the cells read."""
-    import shutil
-    import tempfile
-
     folder = Path(tempfile.mkdtemp(prefix="grader-worker-"))
     for name, source in data_files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)  # `data/names.txt`
