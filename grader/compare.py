@@ -1,4 +1,4 @@
-"""Stage 3: compare one answer with its reference. Pure functions, no notebook in sight.
+"""Stage 5: compare one answer with its reference. Pure functions, no notebook in sight.
 
 The three numbers of the lecture's `cmp` helper, made strict:
 

@@ -1,7 +1,8 @@
-"""The library entry point: grade one notebook, stage by stage.
+"""The library entry point: grade one notebook, stage by stage (the numbers of ARCHITECTURE.md).
 
-load the notebook -> plan its run -> run it in a child process (while the reference is computed
-here) -> compare and score -> a `Report`.
+0 the assignment (loaded here when given by name) -> 1 load the notebook -> 2 plan its runs -> 3 run them in
+child processes, while 4 the reference is computed here -> 5, 6 compare and score -> a `Report` (7 is the
+caller's: text, JSON, a page).
 """
 
 from __future__ import annotations

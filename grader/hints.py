@@ -1,4 +1,5 @@
-"""What a wrong gradient most likely is: one sentence naming the mistake, or nothing. Pure functions.
+"""Stage 5, beside compare: what a wrong gradient most likely is, in one sentence naming the mistake, or
+nothing. Pure functions.
 
 Each check compares the student's tensor with the reference (or with the references of the other
 variables) and speaks only when the match is unmistakable: the student's values must equal the

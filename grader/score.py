@@ -1,4 +1,4 @@
-"""Stage 4: turn what came back from a run into points: the credit rules. A pure function of its inputs.
+"""Stage 6: turn what came back from a run into points: the credit rules. A pure function of its inputs.
 
 `score()` judges every graded variable in every run and returns a `Report` (the verdict types are in
 `grader.verdicts`, which every output reads).

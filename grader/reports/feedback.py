@@ -1,4 +1,4 @@
-"""Stage 6: the feedback page a student opens in a browser: one self-contained HTML file.
+"""Stage 7: the feedback page a student opens in a browser: one self-contained HTML file.
 
 For every wrong gradient of the notebook's own run: a heatmap of |answer - reference| beside the
 reference, as the lecture looks at `d_logits` with `imshow`; and per exercise the forward graph, each

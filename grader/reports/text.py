@@ -1,4 +1,4 @@
-"""Stage 5: show a `Report`, as cmp-style text for a terminal or as one JSON object."""
+"""Stage 7: show a `Report`, as cmp-style text for a terminal or as one JSON object."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 2: run a planned notebook away from the grader and bring back its values.
+"""Stage 3: run a planned notebook away from the grader and bring back its values.
 
 The only stage that touches student code, and it does so from a distance, through one interface with
 two backends:
