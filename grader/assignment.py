@@ -91,6 +91,23 @@ def known() -> list[str]:
     return sorted(p.stem for p in assets.assignments_dir().glob("*.toml"))
 
 
+def name_of(nb: nbformat.NotebookNode, path: Path) -> str:
+    """The assignment named in the notebook's metadata, or raise `UnknownAssignment`."""
+    name = notebook.claimed_assignment(nb)
+    if not isinstance(name, str) or not name:
+        raise UnknownAssignment(
+            f"{path}: the notebook's metadata does not name an assignment (grader.assignment); "
+            "was it made from one of the released notebooks? Pass --assignment NAME to say which"
+        )
+    # Only the names of shipped assignments: the name is the student's to edit (a path, or the built-in
+    # rubric of lecture notebooks, which is chosen by recognising one, never by a name in the metadata).
+    if name not in known():
+        raise UnknownAssignment(
+            f"{path}: the notebook's metadata names the assignment {notebook.cut(repr(name), 60)}, which the grader does not "
+            f"have (known: {', '.join(known()) or 'none'}); pass --assignment NAME to grade it as one of them")
+    return name
+
+
 def rubric_path(name: str) -> Path:
     """The rubric file of assignment `name` (or of the built-in `lecture` one), or raise `UnknownAssignment`."""
     if name == LECTURE:
@@ -99,6 +116,26 @@ def rubric_path(name: str) -> Path:
     if name not in known():
         raise UnknownAssignment(f"unknown assignment {name!r} (known: {', '.join(known()) or 'none'})")
     return assets.assignments_dir() / f"{name}.toml"
+
+
+@dataclass(frozen=True)
+class Files:
+    """Where an assignment's files are, for a package that carries them elsewhere (the Gradescope autograder)."""
+
+    rubric: Path
+    """The rubric (TOML)."""
+    released: Path
+    """The released notebook."""
+    solution: Path | None
+    """The instructor's solution, where a values exercise reads it; None where none does."""
+
+
+def files(name: str) -> Files:
+    """The files of assignment `name` (one of `known()`), or raise `UnknownAssignment`."""
+    toml = rubric_path(name)
+    rubric = _rubric(toml, _stamp(toml))
+    solution = assets.solutions_dir() / rubric.released.name if rubric.reads_solution else None
+    return Files(toml, rubric.released, solution)
 
 
 def rubric_of(name: str) -> Rubric:
@@ -151,7 +188,6 @@ def _load(toml: Path, stamp: tuple, stamps: tuple) -> Assignment:
     released_bytes = _read(rubric.released, "released notebook")
     released = notebook.read(rubric.released)
     cells = {notebook.grade_id(c): c.source for c in released.cells if c.cell_type == "code" and notebook.grade_id(c)}
-    uses_solution = any(ex.kind == "values" and ex.source == "solution" for ex in rubric.exercises)
     solution = notebook.read(solution_path) if solution_path.is_file() else None
     data_digest = hashlib.sha256()
     for key, path in sorted(data.items()):
@@ -159,7 +195,7 @@ def _load(toml: Path, stamp: tuple, stamps: tuple) -> Assignment:
     inputs = {
         "rubric": value_digest(tomllib.loads(toml.read_text(encoding="utf-8"))),
         "released": _sha256(released_bytes),
-        "solution": _sha256(solution_path.read_bytes()) if uses_solution and solution is not None else "",
+        "solution": _sha256(solution_path.read_bytes()) if rubric.reads_solution and solution is not None else "",
         "data": data_digest.hexdigest(),
     }
     return Assignment(

@@ -31,7 +31,7 @@ from grader.errors import GraderError, NotANotebook
 from grader.rubric import Rubric
 from grader.sandbox import common
 from grader.submissions import Found, Submission
-from grader.verdicts import ungradable
+from grader.verdicts import PASSING, ungradable
 
 # torch, and the modules that import it (grade's stages, compare, score, feedback, class_report), are imported
 # where they are used: the pool's worker starts first, and its `import torch` overlaps the grader's own.
@@ -161,8 +161,6 @@ def answer_digests(rubric: Rubric, graded, main) -> dict[str, str]:
     """`exercise/name` -> a digest of the answer the notebook's own run gave (`main`), for every variable of the
     `graded` report that is wrong in that run: what the class report compares between students (identical wrong
     values)."""
-    from grader.compare import PASSING
-
     exercises = {ex.id: ex for ex in rubric.exercises}
     out = {}
     for v in graded.variables:
@@ -220,7 +218,7 @@ def grade_all(found: Found, assignment: str | Assignment, out: Path, *, jobs: in
     it (`grading_inputs`) are unchanged.
 
     `limits` caps each run (memory, file size, processes, its /tmp). `scheduler`: grade on a Dask cluster
-    instead (`tcp://HOST:PORT`, or `local:N` for N local Dask workers; see `grader.cluster`); `jobs` is
+    instead (`tcp://HOST:PORT`, or `local:N` for N local Dask workers; see `grader.integrations.cluster`); `jobs` is
     then the cluster's business. `backend`: the sandbox to run them in (default: `sandbox.choose()`).
     `hidden_runs`: the hidden re-runs' parameters (default: the rubric's). `pool`: warm workers to grade in
     (default: a pool of the batch's own, which hides the batch's folders from every run; a pool given here

@@ -15,7 +15,7 @@ from grader.errors import GraderError, RubricError, UsageError
 from grader.runs import Key
 from grader.verdicts import GradedRun, Report
 
-# torch, and the modules that import it (reference, score, compare, lecture_grading), are imported inside the
+# torch, and the modules that import it (reference, score, the lecture's grading), are imported inside the
 # functions that need them: `grader check` starts its worker process first, and the worker's `import torch`
 # (a second or more) then overlaps the grader's own instead of following it.
 
@@ -27,7 +27,7 @@ def graded_rubric(path: str | Path, assignment: str | None = None) -> rubrics.Ru
     if _as_lecture(student, assignment):
         lectures = assignments.lecture().rubric
         return lecture.rubric_for(lecture.recognise(student, path, lectures), lectures)
-    return assignments.rubric_of(assignment or notebook.assignment_of(student, Path(path)))
+    return assignments.rubric_of(assignment or assignments.name_of(student, Path(path)))
 
 
 def _as_lecture(student, assignment: str | Assignment | None) -> bool:
@@ -104,7 +104,7 @@ def grade_with_runs(path: str | Path, *, assignment: str | Assignment | None = N
     if data is not None:
         raise UsageError("--data is for lecture notebooks; an assignment reads the data set its rubric names")
     if not isinstance(assignment, Assignment):
-        assignment = assignments.load(assignment or notebook.assignment_of(student, path))
+        assignment = assignments.load(assignment or assignments.name_of(student, path))
     rubric, published = assignment.rubric, dict(assignment.published)
     hidden = rubric.hidden_runs if hidden_runs is None else tuple(hidden_runs)
     overrides = [parameters or {}, *hidden]

@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import nbformat.warnings
 
-from grader.errors import NotANotebook, UnknownAssignment
+from grader.errors import NotANotebook
 
 
 def read(path: Path) -> nbformat.NotebookNode:
@@ -49,12 +49,12 @@ def read(path: Path) -> nbformat.NotebookNode:
                 nbformat.validate(nb)
     except nbformat.ValidationError as e:
         what = " ".join(str(getattr(e, "message", None) or e).split())
-        raise _broken(path, f"{_where(getattr(e, 'absolute_path', ()))}: {_cut(what)}") from None
+        raise _broken(path, f"{_where(getattr(e, 'absolute_path', ()))}: {cut(what)}") from None
     except RecursionError:
         raise _broken(path, "its JSON is nested too deeply") from None
     except Exception as e:  # nbformat's conversion of formats 1-3 assumes their schema: any type can come out
         what = "nbformat cannot read it" if major == 4 else f"a format {major} notebook that cannot be converted to 4"
-        raise _broken(path, f"{what} ({type(e).__name__}: {_cut(str(e))})") from None
+        raise _broken(path, f"{what} ({type(e).__name__}: {cut(str(e))})") from None
     for number, cell in enumerate(nb.cells, start=1):
         if cell.cell_type == "code" and len(cell.source) > MAX_CODE:
             raise NotANotebook(f"{path}: cell {number} holds {len(cell.source):,} characters of code, more than the "
@@ -82,7 +82,7 @@ def _broken(path: Path, what: str) -> NotANotebook:
     return NotANotebook(f"{path}: not a Jupyter notebook ({what}): {FIX}")
 
 
-def _cut(text: str, limit: int = 160) -> str:
+def cut(text: str, limit: int = 160) -> str:
     """`text` on one line and at most about `limit` characters (a schema error quotes the whole bad value)."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
@@ -115,7 +115,7 @@ def _json(path: Path, text: str) -> dict:
             raise _broken(path, f"its JSON ends in the middle, at line {e.lineno}: the file was cut short") from None
         raise _broken(path, f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     except ValueError as e:  # e.g. a number of more digits than Python converts
-        raise _broken(path, f"invalid JSON: {_cut(str(e))}") from None
+        raise _broken(path, f"invalid JSON: {cut(str(e))}") from None
     if not isinstance(raw, dict):
         raise _broken(path, f"its JSON is {_kind(raw)}, not the object a notebook is")
     if _depth(raw) > MAX_DEPTH:
@@ -146,12 +146,12 @@ def _format(path: Path, raw: dict) -> int:
         raise _broken(path, "no nbformat key: every notebook's JSON names its format")
     major, minor = raw["nbformat"], raw.get("nbformat_minor", 0)
     if type(major) is not int or major not in nbformat.versions:
-        raise _broken(path, f"nbformat is {_cut(repr(major), 40)}, not 4: Jupyter writes format 4 (and the grader "
+        raise _broken(path, f"nbformat is {cut(repr(major), 40)}, not 4: Jupyter writes format 4 (and the grader "
                             "converts 1-3)")
     if major in (2, 3) and not isinstance(raw.get("worksheets"), list):
         raise _broken(path, f"nbformat is {major}, but the file has no worksheets, as a format {major} notebook has")
     if type(minor) is not int or minor < 0:
-        raise _broken(path, f"nbformat_minor is {_cut(repr(minor), 40)}, not a whole number")
+        raise _broken(path, f"nbformat_minor is {cut(repr(minor), 40)}, not a whole number")
     return major
 
 
@@ -168,10 +168,10 @@ def _cells(path: Path, cells: object) -> None:
         if not isinstance(cell, dict):
             raise _broken(path, f"cell {number} is {_kind(cell)}, not an object")
         if cell.get("cell_type") not in CELL_TYPES:
-            raise _broken(path, f"cell {number} has cell_type {_cut(repr(cell.get('cell_type')), 40)}, not one of "
+            raise _broken(path, f"cell {number} has cell_type {cut(repr(cell.get('cell_type')), 40)}, not one of "
                                 f"{', '.join(CELL_TYPES)}")
         if "id" in cell and not isinstance(cell["id"], str):
-            raise _broken(path, f"cell {number} has the id {_cut(repr(cell['id']), 40)}, not a string")
+            raise _broken(path, f"cell {number} has the id {cut(repr(cell['id']), 40)}, not a string")
 
 
 def _where(parts: Iterable[object]) -> str:
@@ -201,23 +201,10 @@ def _dict(value: object) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def assignment_of(nb: nbformat.NotebookNode, path: Path) -> str:
-    """The assignment named in the notebook's metadata, or raise `UnknownAssignment`."""
-    from grader.assignment import known as known_assignments  # (the module that reads assignments imports this one)
-
-    name = _dict(nb.metadata.get("grader")).get("assignment")
-    if not isinstance(name, str) or not name:
-        raise UnknownAssignment(
-            f"{path}: the notebook's metadata does not name an assignment (grader.assignment); "
-            "was it made from one of the released notebooks? Pass --assignment NAME to say which"
-        )
-    # Only the names of shipped assignments: the name is the student's to edit (a path, or the built-in
-    # rubric of lecture notebooks, which is chosen by recognising one, never by a name in the metadata).
-    if name not in known_assignments():
-        raise UnknownAssignment(
-            f"{path}: the notebook's metadata names the assignment {_cut(repr(name), 60)}, which the grader does not "
-            f"have (known: {', '.join(known_assignments()) or 'none'}); pass --assignment NAME to grade it as one of them")
-    return name
+def claimed_assignment(nb: nbformat.NotebookNode) -> object:
+    """What the notebook's metadata gives as its assignment's name (`grader.assignment`): anything at all, or None;
+    the student can edit it."""
+    return _dict(nb.metadata.get("grader")).get("assignment")
 
 
 def _nbgrader(cell: nbformat.NotebookNode) -> dict:

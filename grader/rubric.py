@@ -166,6 +166,11 @@ class Rubric:
     """Names answer cells may not use (`batch_norm`, `clip_grad_norm_`): what the exercise asks to write by hand."""
 
     @property
+    def reads_solution(self) -> bool:
+        """Whether a values exercise takes its reference from the instructor's solution (`source = "solution"`)."""
+        return any(ex.kind == "values" and ex.source == "solution" for ex in self.exercises)
+
+    @property
     def max_score(self) -> float:
         """Points available in the assignment."""
         return sum(e.max_score for e in self.exercises)

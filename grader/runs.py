@@ -10,7 +10,8 @@ Guarantees:
 * every type is a frozen dataclass: built once, read by every later stage, changed by none;
 * a reference entry is found by a key whose type says what it holds (a forward tensor's plain name for
   autograd's gradient of it, a typed key for anything else), never by the format of a string: no code
-  builds a key by hand or takes one apart.
+  builds a reference key by hand or takes one apart. (The names of a run's recorded calls in `values`,
+  `<call>/arg<j>` and `<call>/param<j>`, are still strings: the child writes them.)
 
 Portable: the sandbox's results reader imports this module; nothing here may need more than the
 standard library.
@@ -43,7 +44,7 @@ class Captured:
     cells: tuple[CellOutcome, ...]
     """One per planned cell that ran (empty when not finished)."""
     values: dict[tuple[str, str], object]
-    """(exercise, variable) -> a tensor, None, `MISSING`, `UNCHANGED` or a `NotTensor`."""
+    """(exercise, variable) -> a tensor, None, `MISSING`, `UNCHANGED`, a `NotTensor`, a `Raised` or a `Flag`."""
     peak_memory_mb: float = 0.0
     """Largest resident memory of the run (its process under Linux; its whole process tree under the watchdog)."""
     notes: tuple[str, ...] = ()

@@ -36,6 +36,8 @@ class Finding:
     """What was found, e.g. `.backward()` or `getattr with a computed name`."""
     targets: tuple[str, ...]
     """Names assigned by the statement it is in (empty if it assigns nothing)."""
+    forbidden: bool = False
+    """A name the rubric forbids (PyTorch's own version of what the exercise asks to write by hand), not a trick."""
 
 
 def _dotted(node: ast.AST) -> str:
@@ -132,6 +134,12 @@ def python_body(source: str) -> str:
 _PARSING = threading.Lock()  # CPython 3.11's ast is not thread-safe (gh-106905: "recursion depth mismatch")
 
 
+def parse(source: str) -> ast.Module:
+    """`ast.parse` of plain Python (the released cells the reference steps through), under the same lock."""
+    with _PARSING:
+        return ast.parse(source)
+
+
 def as_python(source: str) -> tuple[str, ast.Module | None]:
     """A cell as IPython runs it (magics and shell escapes turned into calls, a `%%time` body plain) and its syntax
     tree; the tree is None where it does not parse (it will not run either). Every cell of a student's the grader
@@ -193,7 +201,7 @@ def scan_forbidden(source: str, names: tuple[str, ...]) -> tuple[Finding, ...]:
             for alias in stmt.names:
                 if alias.name.split(".")[-1] in names:
                     findings.append(Finding(stmt.lineno, "suspicious", f"PyTorch's own `{alias.name.split('.')[-1]}`",
-                                            _targets(stmt)))
+                                            _targets(stmt), forbidden=True))
             continue
         for node in ast.iter_child_nodes(stmt):
             for sub in ast.walk(node):
@@ -203,5 +211,5 @@ def scan_forbidden(source: str, names: tuple[str, ...]) -> tuple[Finding, ...]:
                     used = sub.args[1].value  # getattr(torch.nn, "BatchNorm1d"): the same use, spelled out
                 if used in names:
                     findings.append(Finding(getattr(sub, "lineno", stmt.lineno), "suspicious",
-                                            f"PyTorch's own `{used}`", _targets(stmt)))
+                                            f"PyTorch's own `{used}`", _targets(stmt), forbidden=True))
     return tuple(sorted(set(findings), key=lambda f: f.line))

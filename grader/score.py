@@ -10,14 +10,14 @@ import dataclasses
 
 import torch
 
-from grader.compare import PASSING, Comparison, compare
-from grader.hints import diagnose, with_hint, wrong_axis
+from grader.compare import Comparison, compare
+from grader.hints import with_hint
 from grader.plan import Plan
 from grader.rubric import Exercise, Rubric
 from grader.runs import TARGETS, Captured, GradientParts, LocalGradient, ReplayedCall, TrainingResult
 from grader.scan import scan, scan_forbidden
 from grader.values import MISSING, UNCHANGED, Flag, Raised
-from grader.verdicts import ExerciseResult, GradedRun, Report, RunSummary, VariableResult
+from grader.verdicts import PASSING, ExerciseResult, GradedRun, Report, RunSummary, VariableResult
 
 
 def _span_errors(plan: Plan, captured: Captured, exercise: str) -> list[str]:
@@ -49,15 +49,11 @@ def _scan_flags(plan: Plan, ex: Exercise, forbidden: tuple[str, ...] = ()) -> di
         # a finding in a statement that assigns graded variables concerns those; anywhere else, all of them
         concerned = [n for n in names if n in f.targets] if any(where is c for c in cells) else []
         rule = "autograd is not allowed in this exercise" if f.status == "autograd_used" else \
-            "this assignment asks you to write it yourself" if f.what.startswith("PyTorch's own") else \
+            "this assignment asks you to write it yourself" if f.forbidden else \
             "code that could hide autograd is not allowed in graded notebooks"
         for n in concerned or names:
             flags.setdefault(n, Flag(f.status, f"line {f.line} of {where.label} uses {f.what}: {rule}"))
     return flags
-
-
-def _hinted(result: Comparison, message: str, hint: str) -> Comparison:
-    return dataclasses.replace(result, message=message, hint=hint)
 
 
 def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Comparison:
@@ -89,20 +85,14 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
     if ex.kind == "values":
         value = as_number(value, reference)
     result = compare(var.name, value, reference, var.tolerance, noun)
-    if result.status == "wrong":
-        parts = run.reference.get(GradientParts(var.of)) if ex.plain else None
-        # (values are not checked for a mix-up of names: two values of an exercise can be equal by design)
-        hint = diagnose(var.name, value, reference,
-                        others={v.name: run.reference[ex.reference_key(v)] for v in ex.variables
-                                if isinstance(run.reference.get(ex.reference_key(v)), torch.Tensor)} if ex.plain else None,
-                        branches=parts if isinstance(parts, dict) else None, n=_n(run), targets=_targets(run), noun=noun)
-        if hint:
-            result = _hinted(result, f"{var.name}: {hint} ({result.message.partition(': ')[2]})", hint)
-    elif result.status == "shape" and not result.hint and isinstance(value, torch.Tensor):
-        hint = wrong_axis(tuple(value.shape), tuple(reference.shape), _n(run))
-        if hint:
-            result = _hinted(result, f"{result.message} -- {hint}", hint)
-    return result
+    if result.status not in ("wrong", "shape"):
+        return result
+    parts = run.reference.get(GradientParts(var.of)) if ex.plain else None
+    # (values are not checked for a mix-up of names: two values of an exercise can be equal by design)
+    others = {v.name: run.reference[ex.reference_key(v)] for v in ex.variables
+              if isinstance(run.reference.get(ex.reference_key(v)), torch.Tensor)} if ex.plain else None
+    return with_hint(result, var.name, value, reference, others=others,
+                     branches=parts if isinstance(parts, dict) else None, n=_n(run), targets=_targets(run), noun=noun)
 
 
 def as_number(value: object, reference: torch.Tensor) -> object:
@@ -126,11 +116,9 @@ def _local_verdict(ex: Exercise, var, run: GradedRun, plain: Comparison) -> Comp
     if not bool(value.any()) and bool(run.reference[var.of].abs().gt(var.tolerance.atol).any()):
         return plain  # zeros all the way down are "consistent" too: they never earn a step's credit
     result = compare(var.name, value, local, var.tolerance)
-    if result.status == "wrong":  # what is wrong with the step itself
-        hint = diagnose(var.name, value, local, n=_n(run), targets=_targets(run))
-        if hint:
-            result = _hinted(result, f"{var.name}: {hint} ({result.message.partition(': ')[2]})", hint)
-    return result
+    if result.status != "wrong":
+        return result
+    return with_hint(result, var.name, value, local, n=_n(run), targets=_targets(run))  # the step's own mistake
 
 
 def _below_a_mistake(ex: Exercise, var, run: GradedRun) -> bool:

@@ -19,6 +19,11 @@ from typing import TYPE_CHECKING
 
 from grader.runs import Captured, Key
 
+STATUSES = ("exact", "approximate", "wrong", "shape", "dtype", "missing", "not_finite", "not_tensor", "error",
+            "autograd_used", "suspicious")
+"""Every status a variable can get; `exact` and `approximate` earn points."""
+PASSING = ("exact", "approximate")
+
 if TYPE_CHECKING:
     from grader.lecture import SavedCheck
     from grader.plan import Plan

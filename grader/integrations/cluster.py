@@ -29,7 +29,7 @@ from pathlib import Path
 
 from grader import assignment as assignments, batch, sandbox
 from grader.assignment import Assignment
-from grader.errors import GraderError, RubricError
+from grader.errors import GraderError, RubricError, UsageError
 from grader.submissions import Submission
 
 
@@ -126,7 +126,7 @@ def _client(scheduler: str):
         except ValueError:
             n = 0
         if n < 1:
-            raise GraderError(f"--scheduler {scheduler}: local:N needs a number of workers N >= 1")
+            raise UsageError(f"--scheduler {scheduler}: local:N needs a number of workers N >= 1")
         # one task at a time per worker process: a run of a notebook uses one core
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                host="127.0.0.1")

@@ -21,8 +21,8 @@ import zipfile
 from pathlib import Path
 
 from grader import assets, assignment as assignments, sandbox
-from grader.errors import GraderError, NotANotebook
-from grader.compare import PASSING
+from grader.errors import GraderError, NotANotebook, UsageError
+from grader.verdicts import PASSING
 from grader.grade import grade_notebook
 from grader.verdicts import Report
 
@@ -173,15 +173,15 @@ def _package_tree(dest: Path, assignment: str) -> None:
     shutil.copytree(package, dest / "grader", ignore=shutil.ignore_patterns("__pycache__", "_assets"))
     shipped = dest / "grader" / "_assets"
     (shipped / "assignments").mkdir(parents=True)
-    rubric = assignments.rubric_of(assignment)
-    for path in (rubric.released, assignments.rubric_path(assignment)):
+    files = assignments.files(assignment)
+    for path in (files.released, files.rubric):
         shutil.copyfile(path, shipped / "assignments" / path.name)
     shutil.copytree(assets.data_dir(), shipped / "data", ignore=shutil.ignore_patterns("*.py", "*.md", "__pycache__"))
-    if any(ex.kind == "values" and ex.source == "solution" for ex in rubric.exercises):
+    if files.solution is not None:
         # answers whose reference is the instructor's solution: the autograder needs it (runs never see it:
         # the solutions folder is hidden from them like the rubric's)
         (shipped / "solutions").mkdir()
-        shutil.copyfile(assets.solutions_dir() / rubric.released.name, shipped / "solutions" / rubric.released.name)
+        shutil.copyfile(files.solution, shipped / "solutions" / files.solution.name)
     try:
         dist = importlib.metadata.distribution("backprop-grader")
     except importlib.metadata.PackageNotFoundError:
@@ -196,7 +196,7 @@ def build(assignment: str, out: Path, hidden_visibility: str = "after_published"
           torch_index_url: str = TORCH_CPU_INDEX) -> Path:
     """Write a Gradescope autograder zip for `assignment` to `out`."""
     if hidden_visibility not in VISIBILITIES:
-        raise GraderError(f"--hidden-visibility must be one of {', '.join(VISIBILITIES)}")
+        raise UsageError(f"--hidden-visibility must be one of {', '.join(VISIBILITIES)}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", assignment):
         raise GraderError(f"not an assignment name: {assignment!r}")
     if not re.fullmatch(r"[A-Za-z0-9:/._~%+-]*", torch_index_url):  # it goes into setup.sh as is

@@ -15,6 +15,7 @@ import torch
 from grader.assignment import Assignment
 from grader.plan import injected_source
 from grader.reference.forward import _LOCK, _after_setup, _graph
+from grader.scan import parse
 
 
 @functools.lru_cache(maxsize=8)
@@ -37,7 +38,7 @@ def _cut(assignment: Assignment, params_items: tuple) -> dict[str, tuple[torch.T
     leaves: dict[str, torch.Tensor] = {}  # name -> the detached copy later statements use
     with torch.enable_grad(), contextlib.redirect_stdout(io.StringIO()):
         for gid in rubric.reference_cells:
-            for statement in ast.parse(sources[gid]).body:
+            for statement in parse(sources[gid]).body:
                 exec(compile(ast.Module([statement], []), f"<reference cell {gid}>", "exec"), ns)
                 for name in wanted:
                     value = ns.get(name)
@@ -82,7 +83,7 @@ def own_gradients(assignment: Assignment, params: dict[str, object], own: dict[s
         order: list[str] = []
         with torch.enable_grad(), contextlib.redirect_stdout(io.StringIO()):
             for gid in rubric.reference_cells:
-                for statement in ast.parse(sources[gid]).body:
+                for statement in parse(sources[gid]).body:
                     exec(compile(ast.Module([statement], []), f"<reference cell {gid}>", "exec"), ns)
                     for name in sorted(wanted):
                         value = ns.get(name)

@@ -37,7 +37,7 @@ from itertools import combinations
 
 import jinja2
 
-from grader.compare import PASSING
+from grader.verdicts import PASSING
 from grader.rubric import Rubric
 
 COMMON_STUDENTS, COMMON_SHARE = 3, 0.25

@@ -17,7 +17,7 @@ import jinja2
 import torch
 from PIL import Image
 
-from grader.compare import PASSING
+from grader.verdicts import PASSING
 from grader.runs import answer_key
 from grader.verdicts import GradedRun, Report
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
-from grader.compare import PASSING
+from grader.verdicts import PASSING
 
 if TYPE_CHECKING:
     from grader.verdicts import Report

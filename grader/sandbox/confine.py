@@ -57,7 +57,6 @@ RUN_UID = 1000
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 """What every run sees of the system, read-only: programs, libraries, their configuration."""
 DEVICES = ("null", "zero", "full", "random", "urandom")
-MODES = ("root", "userns")
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 

@@ -105,7 +105,7 @@ class Worker:
         self.ready = True
 
     def submit(self, fds: list[int]) -> None:
-        """Hand the worker one job: the job file, then the status pipe, then each run's three files."""
+        """Hand the worker one job (one run): the job file, then the status pipe, then the run's three files."""
         with self.lock:
             self._wait_ready()
             try:

@@ -1,4 +1,4 @@
-"""The Linux backend's worker process: a warm child that forks one confined job per submission.
+"""The Linux backend's worker process: a warm child that forks one confined process per job (one run).
 
     python -m grader.sandbox.linux_child SPEC_JSON SOCKET_FD
 

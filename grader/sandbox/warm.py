@@ -24,8 +24,9 @@ MAX_RUNS = 16
 class Warm:
     """torch imported and the released setup cells run: the state every run of a job starts from.
 
-    A job is one submission: all its runs (its own parameters, then the hidden re-runs), one after
-    another in one process, each starting again from the state after the setup cells.
+    A job is what one process runs: one run on Linux (each run a confined fork of its own); all the runs of a
+    submission (its own parameters, then the hidden re-runs) on the portable backend, one after another, each
+    starting again from the state after the setup cells.
     """
 
     def __init__(self, spec: dict) -> None:
