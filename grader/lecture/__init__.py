@@ -18,7 +18,9 @@ in the order a lecture notebook meets them:
 
 The lecture's data (its rubric, its released notebook) is in `data/`, which student runs cannot see; no code
 lives there. Nothing in this package runs the notebook's code: `grader/grade.py` does, in the sandbox. The names
-below are the package's interface; `grading` is imported on its own (it imports torch).
+below are the package's interface; `grading` is imported on its own (it imports torch). Names with a leading
+underscore belong to the package: its modules share them (`cells._Cell`, `cells._read`, ...), nothing outside
+it uses them.
 """
 
 from grader.lecture.own_checks import Check, SavedCheck, checks, saved_checks, saved_note

@@ -12,6 +12,9 @@ are keyed by the typed keys of `grader.runs`.
 - `steps`: each step of the chain on its own: step credit, the learner's own forward values, the graph.
 - `calls`: function exercises: each recorded call replayed with autograd.
 - `from_run`: the references a run's own values decide (its recorded calls, step credit), after it.
+
+Names with a leading underscore belong to the package: its modules share them (`forward._LOCK`, the memos of
+`forward`), nothing outside it uses them.
 """
 
 from grader.reference.calls import call_gradients
