@@ -133,7 +133,7 @@ class Files:
 def files(name: str) -> Files:
     """The files of assignment `name` (one of `known()`), or raise `UnknownAssignment`."""
     toml = rubric_path(name)
-    rubric = _rubric(toml, _stamp(toml))
+    rubric = _rubric(toml, _stamp(toml))[0]
     solution = assets.solutions_dir() / rubric.released.name if rubric.reads_solution else None
     return Files(toml, rubric.released, solution)
 
@@ -142,13 +142,13 @@ def rubric_of(name: str) -> Rubric:
     """Only the rubric of assignment `name`, for code that needs its variables' names and tolerances and nothing
     else: the self-check in a student's kernel, and the integrations naming a course's columns."""
     path = rubric_path(name)
-    return _rubric(path, _stamp(path))
+    return _rubric(path, _stamp(path))[0]
 
 
 def load(name: str) -> Assignment:
     """Assignment `name` (one of `known()`, or `LECTURE`), with its released notebook, solution and data."""
     toml = rubric_path(name)
-    rubric = _rubric(toml, _stamp(toml))
+    rubric = _rubric(toml, _stamp(toml))[0]
     files = (rubric.released, assets.solutions_dir() / rubric.released.name,
              *(assets.data_dir() / file for file in rubric.data.values()))
     return _load(toml, _stamp(toml), tuple(_stamp(p) for p in files))
@@ -169,33 +169,37 @@ def _stamp(path: Path) -> tuple[str, int, int]:
 
 
 @functools.lru_cache(maxsize=16)
-def _rubric(path: Path, stamp: tuple) -> Rubric:
-    """A memo of parsing (a batch grades every submission by the same file): keyed by the file's stamp."""
+def _rubric(path: Path, stamp: tuple) -> tuple[Rubric, str]:
+    """The rubric in the file at `path`, and a digest of its values (not of its comments). A memo of reading and
+    parsing it (a batch grades every submission by the same file), keyed by the file's stamp."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise RubricError(f"{path}: cannot read the rubric ({e.strerror or e})") from None
-    return parse(tomllib.loads(text), path)
+    raw = tomllib.loads(text)
+    digest = value_digest(raw)  # (before parse, which may keep parts of `raw`)
+    return parse(raw, path), digest
 
 
 @functools.lru_cache(maxsize=8)
 def _load(toml: Path, stamp: tuple, stamps: tuple) -> Assignment:
     """A memo of reading an assignment's files (tests and the library API load it per notebook): keyed by the
     stamps of all of them, so an edited file is read again."""
-    rubric = _rubric(toml, stamp)
+    rubric, rubric_digest = _rubric(toml, stamp)
     solution_path = assets.solutions_dir() / rubric.released.name
     data = {key: assets.data_dir() / file for key, file in rubric.data.items()}
     released_bytes = _read(rubric.released, "released notebook")
-    released = notebook.read(rubric.released)
+    released = notebook.from_bytes(released_bytes, rubric.released)
     cells = {notebook.grade_id(c): c.source for c in released.cells if c.cell_type == "code" and notebook.grade_id(c)}
-    solution = notebook.read(solution_path) if solution_path.is_file() else None
+    solution_bytes = _read(solution_path, "solution") if solution_path.is_file() else None
+    solution = notebook.from_bytes(solution_bytes, solution_path) if solution_bytes is not None else None
     data_digest = hashlib.sha256()
     for key, path in sorted(data.items()):
         data_digest.update(f"{key}={path.name}\0".encode() + _read(path, f"data file for {key}"))
     inputs = {
-        "rubric": value_digest(tomllib.loads(toml.read_text(encoding="utf-8"))),
+        "rubric": rubric_digest,
         "released": _sha256(released_bytes),
-        "solution": _sha256(solution_path.read_bytes()) if rubric.reads_solution and solution is not None else "",
+        "solution": _sha256(solution_bytes) if rubric.reads_solution and solution_bytes is not None else "",
         "data": data_digest.hexdigest(),
     }
     return Assignment(

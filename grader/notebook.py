@@ -34,6 +34,11 @@ def read(path: Path) -> nbformat.NotebookNode:
         raise NotANotebook(f"{path}: is a directory, not a notebook") from None
     except OSError as e:
         raise NotANotebook(f"{path}: cannot be read ({e.strerror or e})") from None
+    return from_bytes(data, path)
+
+
+def from_bytes(data: bytes, path: Path) -> nbformat.NotebookNode:
+    """`read` of a file's bytes already read (`path` names it in messages)."""
     raw = _json(path, _text(path, data))
     major = _format(path, raw)
     if major == 4:
