@@ -13,8 +13,8 @@ are keyed by the typed keys of `grader.runs`.
 - `calls`: function exercises: each recorded call replayed with autograd.
 - `from_run`: the references a run's own values decide (its recorded calls, step credit), after it.
 
-Names with a leading underscore belong to the package: its modules share them (`forward._LOCK`, the memos of
-`forward`), nothing outside it uses them.
+`forward`'s names (its lock, its memos) are what the other modules build on; outside the package, only the
+names below are used.
 """
 
 from grader.reference.calls import call_gradients

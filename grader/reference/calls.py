@@ -10,7 +10,7 @@ import torch
 
 from grader.assignment import Assignment
 from grader.rubric import Exercise
-from grader.reference.forward import _LOCK, _namespace
+from grader.reference.forward import LOCK, namespace_with
 
 
 def call_gradients(assignment: Assignment, ex: Exercise, params: dict[str, object],
@@ -20,15 +20,15 @@ def call_gradients(assignment: Assignment, ex: Exercise, params: dict[str, objec
     out: dict[int, tuple[torch.Tensor, ...] | str] = {}
     key = (assignment.digest, ex.id, repr(sorted(params.items())))
     digests = {call: _digest([*args, *recorded]) for call, (args, recorded) in calls.items()}
-    with _LOCK:
+    with LOCK:
         for call, digest in digests.items():
             if digest is not None and (key, digest) in _REPLAYED:
                 out[call] = _REPLAYED[(key, digest)]  # e.g. the first step: the same for every student
     calls = {c: v for c, v in calls.items() if c not in out}
     if not calls:
         return out
-    with _LOCK:
-        ns = _namespace(assignment, params, f.reference_cells)
+    with LOCK:
+        ns = namespace_with(assignment, params, f.reference_cells)
         weights = list(ns[f.wrt])
         homes = [[k for k, v in ns.items() if v is w] for w in weights]  # the globals the forward pass reads
         batch = (params.get("batch_size"), ns.get("block_size"))

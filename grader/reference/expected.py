@@ -17,15 +17,16 @@ from grader.notebook import grade_id, has_tag
 from grader.plan import injected_source
 from grader.rubric import Exercise
 from grader.runs import TARGETS, GradientParts, Key, TrainingResult
-from grader.reference.forward import _LOCK, _after_setup, _graph, _namespace, _reference_namespace, _run
-from grader.reference.steps import _parts_by_use
+from grader.reference.forward import (LOCK, after_setup, forward_graph, namespace_with, reference_namespace,
+                                      run_cells)
+from grader.reference.steps import parts_by_use
 
 
 def gradients(assignment: Assignment, params: dict[str, object]) -> dict[Key, object]:
     """Reference of every graded variable of the plain exercises (forward name -> gradient; `GradientParts`,
     `TARGETS` for hints), of values exercises (`ValueOf`) and of the training runs of function exercises
     (`TrainingResult` -> a float64 scalar)."""
-    with _LOCK:
+    with LOCK:
         return dict(_gradients(assignment, tuple(params.items())))
 
 
@@ -35,18 +36,18 @@ def _gradients(assignment: Assignment, params_items: tuple) -> tuple[tuple[Key, 
     params = dict(params_items)
     out: list[tuple[Key, object]] = []
     if any(ex.plain for ex in rubric.exercises):
-        with _LOCK:
-            graph = _graph(assignment, params_items)
+        with LOCK:
+            graph = forward_graph(assignment, params_items)
             named = {k: t for k, t in graph.items() if k != TARGETS}
             out += [(name, t.grad.detach().clone()) for name, t in named.items()]
             if TARGETS in graph:
                 out.append((TARGETS, graph[TARGETS].clone()))
-            out += [(GradientParts(name), parts) for name, parts in _parts_by_use(assignment, params_items).items()]
+            out += [(GradientParts(name), parts) for name, parts in parts_by_use(assignment, params_items).items()]
     for ex in rubric.exercises:
         if ex.function is not None and ex.function.training is not None:
             out.append((TrainingResult(ex.id, ex.function.training.result.name), _training(assignment, ex, params)))
     if any(ex.kind == "values" for ex in rubric.exercises):
-        with _LOCK:
+        with LOCK:
             out += _values(assignment, params)
     return tuple(out)
 
@@ -71,7 +72,7 @@ def _values(assignment: Assignment, params: dict[str, object]) -> list[tuple[Key
     out: list[tuple[Key, object]] = []
     exercises = [ex for ex in rubric.exercises if ex.kind == "values"]
     if any(ex.source == "reference" for ex in exercises):
-        ns = _reference_namespace(assignment, tuple(params.items()))
+        ns = reference_namespace(assignment, tuple(params.items()))
         for ex in exercises:
             if ex.source == "reference":
                 out += [(ex.reference_key(v), as_reference(ns[v.of]) if v.of in ns else
@@ -100,7 +101,7 @@ def _solution_values(assignment: Assignment, params_items: tuple) -> dict[Key, o
 
     matplotlib.use("Agg")  # a solution cell may plot
     params = dict(params_items)
-    base = _after_setup(assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
+    base = after_setup(assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
     ns = dict(base)
     exec(injected_source(params), ns)
     skip = set(rubric.skip_cells) | set(rubric.setup_cells)
@@ -122,7 +123,7 @@ def _solution_values(assignment: Assignment, params_items: tuple) -> dict[Key, o
 def _training(assignment: Assignment, ex: Exercise, params: dict[str, object]) -> torch.Tensor:
     """The training run of a function exercise, with autograd standing in for the student's function."""
     f = ex.function
-    ns = _namespace(assignment, params, f.reference_cells)
+    ns = namespace_with(assignment, params, f.reference_cells)
 
     def with_autograd(Xb, Yb, *rest):
         with torch.enable_grad():
@@ -130,7 +131,7 @@ def _training(assignment: Assignment, ex: Exercise, params: dict[str, object]) -
             return torch.autograd.grad(loss, ns[f.wrt])
 
     ns[f.name] = with_autograd
-    _run(ns, assignment.cells, f.training.cells, str(assignment.rubric.released))
+    run_cells(ns, assignment.cells, f.training.cells, str(assignment.rubric.released))
     result = ns[f.training.result.name]
     if isinstance(result, torch.Tensor):
         return result.detach().clone()

@@ -24,7 +24,7 @@ from grader.plan import injected_source
 from grader.runs import TARGETS, Key
 
 # The reference cells use process-wide state (the `random` module's seed, stdout): one run at a time.
-_LOCK = threading.RLock()
+LOCK = threading.RLock()
 
 
 def _check_kernels() -> None:
@@ -36,7 +36,7 @@ def _check_kernels() -> None:
         )
 
 
-def _run(ns: dict, sources: Mapping[str, str], cells: tuple[str, ...], where: str) -> None:
+def run_cells(ns: dict, sources: Mapping[str, str], cells: tuple[str, ...], where: str) -> None:
     missing = [gid for gid in cells if gid not in sources]
     if missing:
         raise RubricError(f"{where}: no cells with grade_id {missing}")
@@ -49,40 +49,40 @@ def _run(ns: dict, sources: Mapping[str, str], cells: tuple[str, ...], where: st
 # their digests are, and by the parameters: they compute, never load.
 
 @functools.lru_cache(maxsize=4)
-def _after_setup(assignment: Assignment, setup_params: tuple) -> dict:
+def after_setup(assignment: Assignment, setup_params: tuple) -> dict:
     """The namespace after the setup cells (shared: callers copy it, never change it)."""
     _check_kernels()
     rubric = assignment.rubric
     ns: dict = {"__name__": "__reference__"}
     exec(injected_source(dict(setup_params)), ns)
-    _run(ns, assignment.cells, rubric.setup_cells, str(rubric.released))
+    run_cells(ns, assignment.cells, rubric.setup_cells, str(rubric.released))
     return ns
 
 
-def _namespace(assignment: Assignment, params: dict[str, object], cells: tuple[str, ...]) -> dict:
+def namespace_with(assignment: Assignment, params: dict[str, object], cells: tuple[str, ...]) -> dict:
     """A fresh namespace: the shared setup, then the parameters and `cells`."""
     rubric = assignment.rubric
-    base = _after_setup(assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
+    base = after_setup(assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
     ns = dict(base)
     exec(injected_source(params), ns)
-    _run(ns, assignment.cells, cells, str(rubric.released))
+    run_cells(ns, assignment.cells, cells, str(rubric.released))
     return ns
 
 
 @functools.lru_cache(maxsize=8)
-def _reference_namespace(assignment: Assignment, params_items: tuple) -> dict:
+def reference_namespace(assignment: Assignment, params_items: tuple) -> dict:
     """The reference cells run once per parameter set: the gradients' graph and the values both read it."""
-    return _namespace(assignment, dict(params_items), assignment.rubric.reference_cells)
+    return namespace_with(assignment, dict(params_items), assignment.rubric.reference_cells)
 
 
 @functools.lru_cache(maxsize=8)
-def _graph(assignment: Assignment, params_items: tuple) -> dict[Key, torch.Tensor]:
+def forward_graph(assignment: Assignment, params_items: tuple) -> dict[Key, torch.Tensor]:
     """The released forward pass with autograd: every graded forward tensor, its `.grad` set, the graph kept
     (and the batch's targets under `TARGETS`)."""
     rubric = assignment.rubric
     where = str(rubric.released)
     plain = [ex for ex in rubric.exercises if ex.plain]
-    ns = _reference_namespace(assignment, params_items)
+    ns = reference_namespace(assignment, params_items)
     wanted = sorted({v.of for ex in plain for v in ex.variables})
     tensors = {name: ns.get(name) for name in wanted}
     absent = [name for name, t in tensors.items() if not isinstance(t, torch.Tensor)]
@@ -103,5 +103,5 @@ def _graph(assignment: Assignment, params_items: tuple) -> dict[Key, torch.Tenso
 
 def forward_values(assignment: Assignment, params: dict[str, object]) -> dict[str, torch.Tensor]:
     """The graded forward tensors' values (detached), as the reference's forward pass made them."""
-    with _LOCK:
-        return {k: t.detach() for k, t in _graph(assignment, tuple(params.items())).items() if k != TARGETS}
+    with LOCK:
+        return {k: t.detach() for k, t in forward_graph(assignment, tuple(params.items())).items() if k != TARGETS}

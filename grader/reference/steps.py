@@ -14,7 +14,7 @@ import torch
 
 from grader.assignment import Assignment
 from grader.plan import injected_source
-from grader.reference.forward import _LOCK, _after_setup, _graph
+from grader.reference.forward import LOCK, after_setup, forward_graph
 from grader.scan import parse
 
 
@@ -30,7 +30,7 @@ def _cut(assignment: Assignment, params_items: tuple) -> dict[str, tuple[torch.T
     rubric = assignment.rubric
     params = dict(params_items)
     wanted = sorted({v.of for ex in rubric.exercises if ex.plain for v in ex.variables})  # (an order of its own: pictures are the same in every process)
-    base = _after_setup(assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
+    base = after_setup(assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
     ns = dict(base)
     exec(injected_source(params), ns)
     sources = assignment.cells
@@ -71,10 +71,10 @@ def own_gradients(assignment: Assignment, params: dict[str, object], own: dict[s
     against those, rounding is amplified where sums cancel (`dW2`, whose rows of `dlogits` sum to zero).
     """
     rubric = assignment.rubric
-    with _LOCK:
+    with LOCK:
         params = dict(params)
         wanted = {v.of for ex in rubric.exercises if ex.plain for v in ex.variables} | {rubric.loss}
-        base = _after_setup(assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
+        base = after_setup(assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
         ns = dict(base)
         exec(injected_source(params), ns)
         sources = assignment.cells
@@ -120,7 +120,7 @@ def own_gradients(assignment: Assignment, params: dict[str, object], own: dict[s
 
 def forward_edges(assignment: Assignment, params: dict[str, object]) -> dict[str, tuple[str, ...]]:
     """Graded forward tensor -> the graded tensors it is computed from directly (for pictures)."""
-    with _LOCK:
+    with LOCK:
         return {name: tuple(inputs) for name, (_, inputs) in _cut(assignment, tuple(params.items())).items()}
 
 
@@ -139,7 +139,7 @@ def _flow(assignment: str, params_items: tuple, y: str, grad: torch.Tensor) -> d
 @functools.lru_cache(maxsize=8)
 def _uses(assignment: str, params_items: tuple) -> dict[str, dict[str, torch.Tensor]]:
     """x -> {y: the part of x's gradient that comes back through y}, for every named x and its users y."""
-    references = dict(_graph(assignment, params_items))
+    references = dict(forward_graph(assignment, params_items))
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for y in _cut(assignment, params_items):
         for x, g in _flow(assignment, params_items, y, references[y].grad).items():
@@ -147,12 +147,12 @@ def _uses(assignment: str, params_items: tuple) -> dict[str, dict[str, torch.Ten
     return parts
 
 
-def _parts_by_use(assignment: str, params_items: tuple) -> dict[str, dict[str, torch.Tensor]]:
+def parts_by_use(assignment: str, params_items: tuple) -> dict[str, dict[str, torch.Tensor]]:
     """For each named tensor used by two or more named tensors, the gradient flowing back from each use.
 
     A use whose part is negligible (the max path into `logits`) is left out.
     """
-    named = _graph(assignment, params_items)
+    named = forward_graph(assignment, params_items)
     out = {}
     for x, by_use in _uses(assignment, params_items).items():
         total = named[x].grad
@@ -173,9 +173,9 @@ def local_references(assignment: Assignment, params: dict[str, object], answers:
     """
     if not any(ex.plain for ex in assignment.rubric.exercises):
         return {}
-    with _LOCK:
+    with LOCK:
         key = (assignment, tuple(params.items()))
-        named = _graph(*key)
+        named = forward_graph(*key)
         users = _uses(*key)  # (shared, cached: read, never changed)
         sent: dict[str, dict[str, torch.Tensor] | None] = {}
         for y in {y for by_use in users.values() for y in by_use}:
@@ -194,8 +194,8 @@ def local_from(assignment: Assignment, params: dict[str, object], given: str, gr
     """The gradient of `wrt` that `gradient`, put on forward tensor `given`, sends back through the released
     forward pass (all paths): what an exercise starting from the student's own gradient of `given` should
     give. None if that gradient is not a tensor of `given`'s shape and dtype."""
-    with _LOCK:
-        named = _graph(assignment, tuple(params.items()))
+    with LOCK:
+        named = forward_graph(assignment, tuple(params.items()))
         y, x = named.get(given), named.get(wrt)
         if y is None or x is None or type(gradient) is not torch.Tensor or gradient.shape != y.shape \
                 or gradient.dtype != y.dtype:
