@@ -226,6 +226,8 @@ def _grade(args: argparse.Namespace, backend) -> int:
     try:
         graded = assignment.load(args.assignment)  # once for the whole class (an unknown name fails here)
         hidden = assignment.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
+        if not any(Path(s).exists() for s in args.submissions):  # a mistyped path (as check's: exit 1), not an empty class
+            raise GraderError(f"{', '.join(args.submissions)}: no such file or folder")
         with tempfile.TemporaryDirectory(prefix="grader-batch-") as scratch:
             found = submissions.discover([Path(s) for s in args.submissions], args.assignment, Path(scratch))
             for problem in found.problems:

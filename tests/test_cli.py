@@ -32,6 +32,13 @@ def test_missing_file_is_one_line_and_exit_1(tmp_path):
     assert proc.stderr.strip().splitlines() == [f"grader: {tmp_path / 'nope.ipynb'}: no such file"]
 
 
+def test_grading_a_class_from_a_path_that_is_not_there_is_one_line_and_exit_1(tmp_path):
+    # (it used to grade nobody and exit 0, which a script cannot tell from an empty class)
+    proc = run("grade", str(tmp_path / "submitted"), "--assignment", "backprop_ninja", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"grader: {tmp_path / 'submitted'}: no such file or folder"]
+
+
 def test_a_file_that_is_not_a_notebook_exits_1(tmp_path):
     bad = tmp_path / "homework.ipynb"
     bad.write_text("print('hello')\n")
