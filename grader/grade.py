@@ -25,7 +25,7 @@ def graded_rubric(path: str | Path, assignment: str | None = None) -> rubrics.Ru
     variables). Raises as `grade_with_runs` does for input that cannot be graded."""
     student = notebook.read(Path(path))
     if _as_lecture(student, assignment):
-        lectures = assignments.lecture().rubric
+        lectures = assignments.rubric_of(LECTURE)  # (the names only: no need to read the lecture's notebook)
         return lecture.rubric_for(lecture.recognise(student, path, lectures), lectures)
     return assignments.rubric_of(assignment or assignments.name_of(student, Path(path)))
 
