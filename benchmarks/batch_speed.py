@@ -51,7 +51,9 @@ RELEASE = ROOT / "assignments" / f"{NAME}.ipynb"
 def _answered(*replace: tuple[str, str, str]) -> nbformat.NotebookNode:
     """The release with the solution's answers pasted in; each of `replace` = (cell, old, new) edits an answer."""
     released = nbformat.read(RELEASE, as_version=4)
-    solution = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in nbformat.read(SOLUTION, as_version=4).cells}
+    solution = {
+        c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in nbformat.read(SOLUTION, as_version=4).cells
+    }
     for cell in released.cells:
         gid = cell.metadata.get("nbgrader", {}).get("grade_id")
         if cell.metadata.get("nbgrader", {}).get("solution"):
@@ -63,17 +65,24 @@ def _answered(*replace: tuple[str, str, str]) -> nbformat.NotebookNode:
     return released
 
 
-WRONG = [("ex1", "d_W2 = h.T @ d_logits", "d_W2 = h.T @ d_logits / n"),
-         ("ex1", "d_b2 = d_logits.sum(0)", "d_b2 = d_logits.sum(1)"),
-         ("ex2", "d_logits[range(n), Yb] -= 1", "d_logits[range(n), Yb] -= 2")]
+WRONG = [
+    ("ex1", "d_W2 = h.T @ d_logits", "d_W2 = h.T @ d_logits / n"),
+    ("ex1", "d_b2 = d_logits.sum(0)", "d_b2 = d_logits.sum(1)"),
+    ("ex2", "d_logits[range(n), Yb] -= 1", "d_logits[range(n), Yb] -= 2"),
+]
 
 
 def shared(group: int) -> tuple[tuple[str, str, str], ...]:
     """Two odd wrong answers without a hint, the same for the three students of `group` and no one else: what
     the class report names as shared, reading their answer cells and ten others' for the code similarity."""
-    return (("ex1", "d_W2 = h.T @ d_logits", f"d_W2 = h.T @ d_logits * {0.9 - 0.01 * group:.2f}"),
-            ("ex1", "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True)",
-             f"d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True) + {0.01 * (group + 1):.2f}"))
+    return (
+        ("ex1", "d_W2 = h.T @ d_logits", f"d_W2 = h.T @ d_logits * {0.9 - 0.01 * group:.2f}"),
+        (
+            "ex1",
+            "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True)",
+            f"d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True) + {0.01 * (group + 1):.2f}",
+        ),
+    )
 
 
 def make_class(folder: Path, students: int) -> dict[str, str]:
@@ -81,8 +90,17 @@ def make_class(folder: Path, students: int) -> dict[str, str]:
     sharing wrong answers in every 60."""
     kinds = {}
     for i in range(students):
-        kind = "timeout" if i == students // 2 else "shared" if i % 60 in (7, 8, 9) else "crash" if i % 13 == 5 \
-            else "wrong" if i % 5 == 2 else "correct"
+        kind = (
+            "timeout"
+            if i == students // 2
+            else "shared"
+            if i % 60 in (7, 8, 9)
+            else "crash"
+            if i % 13 == 5
+            else "wrong"
+            if i % 5 == 2
+            else "correct"
+        )
         if kind == "correct":
             nb = _answered()
         elif kind == "shared":
@@ -90,8 +108,11 @@ def make_class(folder: Path, students: int) -> dict[str, str]:
         elif kind == "wrong":
             nb = _answered(WRONG[i % len(WRONG)])
         else:
-            nb = _answered(("ex1", "d_probs =", "undefined_name + 1\nd_probs =") if kind == "crash"
-                           else ("ex1", "d_probs =", "while True:\n    pass\nd_probs ="))
+            nb = _answered(
+                ("ex1", "d_probs =", "undefined_name + 1\nd_probs =")
+                if kind == "crash"
+                else ("ex1", "d_probs =", "while True:\n    pass\nd_probs =")
+            )
         student = f"s{i:03d}"
         (folder / student / NAME).mkdir(parents=True)
         nbformat.write(nb, str(folder / student / NAME / f"{NAME}.ipynb"))
@@ -102,9 +123,26 @@ def make_class(folder: Path, students: int) -> dict[str, str]:
 def grader_grade(submitted: Path, out: Path, jobs: int, timeout: float, *extra: str) -> float:
     grader = shutil.which("grader") or str(Path(sys.executable).parent / "grader")
     started = time.perf_counter()
-    subprocess.run([grader, "grade", str(submitted), "--assignment", NAME, "--out", str(out), "--jobs", str(jobs),
-                    "--timeout", str(timeout), *extra], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   env=ENV)
+    subprocess.run(
+        [
+            grader,
+            "grade",
+            str(submitted),
+            "--assignment",
+            NAME,
+            "--out",
+            str(out),
+            "--jobs",
+            str(jobs),
+            "--timeout",
+            str(timeout),
+            *extra,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     return time.perf_counter() - started
 
 
@@ -186,8 +224,12 @@ def nbgrader_autograde(submitted: Path, timeout: float) -> float:
         subprocess.run([*nbgrader, "generate_assignment", NAME], cwd=course, check=True, capture_output=True)
         shutil.copytree(submitted, course / "submitted")
         started = time.perf_counter()
-        subprocess.run([*nbgrader, "autograde", NAME, f"--Execute.timeout={int(timeout)}"], cwd=course,
-                       check=True, capture_output=True)
+        subprocess.run(
+            [*nbgrader, "autograde", NAME, f"--Execute.timeout={int(timeout)}"],
+            cwd=course,
+            check=True,
+            capture_output=True,
+        )
         return time.perf_counter() - started
     finally:
         shutil.rmtree(course, ignore_errors=True)
@@ -199,11 +241,20 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per notebook (nbgrader: per cell)")
     parser.add_argument("--jobs", type=int, default=(os.cpu_count() or 1) + 1, help="as `grader grade`'s default")
     parser.add_argument("--skip-nbgrader", action="store_true", help="do not run nbgrader (it takes minutes)")
-    parser.add_argument("--dask", type=int, metavar="N", help="also grade on N local Dask workers (--scheduler local:N)")
-    parser.add_argument("--sandbox", choices=["auto", "linux", "portable"], default="auto",
-                        help="the grader's sandbox backend (default: the best that works here)")
-    parser.add_argument("--userns", action="store_true",
-                        help="the Linux backend in an ordinary user's mode (user namespaces), even as root")
+    parser.add_argument(
+        "--dask", type=int, metavar="N", help="also grade on N local Dask workers (--scheduler local:N)"
+    )
+    parser.add_argument(
+        "--sandbox",
+        choices=["auto", "linux", "portable"],
+        default="auto",
+        help="the grader's sandbox backend (default: the best that works here)",
+    )
+    parser.add_argument(
+        "--userns",
+        action="store_true",
+        help="the Linux backend in an ordinary user's mode (user namespaces), even as root",
+    )
     args = parser.parse_args()
     if args.userns:
         ENV["GRADER_LINUX_MODE"] = "userns"
@@ -226,8 +277,20 @@ def main() -> None:
         reports = [json.loads(p.read_text()) for p in (Path(tmp) / "out" / "reports").glob("*.json")]
         peak = max((r.get("peak_memory_mb") or 0 for r in reports), default=0)
         report_time, groups = class_report_time(Path(tmp) / "out", submitted)
-        dask = grader_grade(submitted, Path(tmp) / "out-dask", args.jobs, args.timeout, "--scheduler",
-                            f"local:{args.dask}", "--sandbox", args.sandbox) if args.dask else None
+        dask = (
+            grader_grade(
+                submitted,
+                Path(tmp) / "out-dask",
+                args.jobs,
+                args.timeout,
+                "--scheduler",
+                f"local:{args.dask}",
+                "--sandbox",
+                args.sandbox,
+            )
+            if args.dask
+            else None
+        )
         floor = physical_floor(submitted, kinds, args.timeout)
         theirs = None if args.skip_nbgrader else nbgrader_autograde(submitted, args.timeout)
 
@@ -238,8 +301,10 @@ def main() -> None:
         print(f"throughput as an ordinary user / as root:   {as_root / ours:6.2f}   (target: about 1)")
     if dask is not None:
         print(f"grader grade --scheduler local:{args.dask}:          {dask:7.2f} s  ({n / dask:6.2f} notebooks/s)")
-    print(f"of which the class report (class.json, .html): {report_time:7.2f} s  ({100 * report_time / ours:.2f} %, "
-          f"target: under 5 %; {groups} groups sharing answers named)")
+    print(
+        f"of which the class report (class.json, .html): {report_time:7.2f} s  ({100 * report_time / ours:.2f} %, "
+        f"target: under 5 %; {groups} groups sharing answers named)"
+    )
     print(f"physical floor (one warm process, serial):     {floor:7.2f} s")
     if theirs is not None:
         print(f"nbgrader autograde:                            {theirs:7.2f} s  ({n / theirs:6.2f} notebooks/s)")

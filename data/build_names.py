@@ -58,9 +58,7 @@ def load_names(parquet: Path, year: int = YEAR, min_births: int = MIN_BIRTHS) ->
         sys.exit(INSTALL_HINT)
 
     table = pq.read_table(parquet, columns=["year", "sex", "name", "n"])
-    table = table.filter(
-        pc.and_(pc.equal(table["year"], year), pc.greater_equal(table["n"], min_births))
-    )
+    table = table.filter(pc.and_(pc.equal(table["year"], year), pc.greater_equal(table["n"], min_births)))
     names: list[str] = []
     for sex in SEXES:
         rows = table.filter(pc.equal(table["sex"], sex))

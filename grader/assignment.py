@@ -74,8 +74,9 @@ class Assignment:
     def with_rubric(self, rubric: Rubric) -> Assignment:
         """The same files graded by a rubric that differs only in the names of its variables (a lecture notebook's
         own gradient names): the digest, and so every memo of the reference, stays the same."""
-        if [(ex.id, [v.of for v in ex.variables]) for ex in rubric.exercises] != \
-                [(ex.id, [v.of for v in ex.variables]) for ex in self.rubric.exercises]:
+        if [(ex.id, [v.of for v in ex.variables]) for ex in rubric.exercises] != [
+            (ex.id, [v.of for v in ex.variables]) for ex in self.rubric.exercises
+        ]:
             raise ValueError("with_rubric: the rubrics grade different tensors")  # (the grader's own bug)
         return dataclasses.replace(self, rubric=rubric)
 
@@ -104,7 +105,8 @@ def name_of(nb: nbformat.NotebookNode, path: Path) -> str:
     if name not in known():
         raise UnknownAssignment(
             f"{path}: the notebook's metadata names the assignment {notebook.cut(repr(name), 60)}, which the grader does not "
-            f"have (known: {', '.join(known()) or 'none'}); pass --assignment NAME to grade it as one of them")
+            f"have (known: {', '.join(known()) or 'none'}); pass --assignment NAME to grade it as one of them"
+        )
     return name
 
 
@@ -149,8 +151,11 @@ def load(name: str) -> Assignment:
     """Assignment `name` (one of `known()`, or `LECTURE`), with its released notebook, solution and data."""
     toml = rubric_path(name)
     rubric = _rubric(toml, _stamp(toml))[0]
-    files = (rubric.released, assets.solutions_dir() / rubric.released.name,
-             *(assets.data_dir() / file for file in rubric.data.values()))
+    files = (
+        rubric.released,
+        assets.solutions_dir() / rubric.released.name,
+        *(assets.data_dir() / file for file in rubric.data.values()),
+    )
     return _load(toml, _stamp(toml), tuple(_stamp(p) for p in files))
 
 
@@ -245,8 +250,10 @@ def load_hidden_runs(path: Path) -> tuple[dict[str, object], ...]:
     except OSError as e:  # the command line names a file that is not there: a usage error
         raise UsageError(f"{path}: cannot read hidden runs ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
-        raise RubricError(f"{path}: cannot read hidden runs (not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset "
-                          f"{e.start}; TOML files are UTF-8)") from None
+        raise RubricError(
+            f"{path}: cannot read hidden runs (not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset "
+            f"{e.start}; TOML files are UTF-8)"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise RubricError(f"{path}: not valid TOML ({e})") from None
     return hidden_runs(raw, Path(path))

@@ -24,8 +24,15 @@ from pathlib import Path
 from grader import assignment as assignments, notebook, sandbox
 from grader.assignment import Assignment
 from grader.reports import text as reports
-from grader.reports.class_files import (Summary, canvas_csv, feedback_markdown, gradebook_csv, summarize,
-                                       summary_png, summary_text)
+from grader.reports.class_files import (
+    Summary,
+    canvas_csv,
+    feedback_markdown,
+    gradebook_csv,
+    summarize,
+    summary_png,
+    summary_text,
+)
 from grader.reports.files import write_atomically
 from grader.errors import GraderError, NotANotebook
 from grader.rubric import Rubric
@@ -53,6 +60,7 @@ class Outcome:
 
 # --- grading and writing ------------------------------------------------------------------------------
 
+
 def failed_report(rubric: Rubric, notebook: str, reason: str) -> dict:
     """The report (as JSON) of a submission that could not be graded at all: 0 for every variable, and why."""
     return reports.to_dict(ungradable(rubric, notebook, reason))
@@ -73,9 +81,18 @@ def _existing(path: Path, digest: str) -> dict | None:
 
 # --- what grades a submission: a report is reused only while all of it is unchanged ---------------------
 
-_CHANGED = {"submission": "submission", "rubric": "rubric", "released": "released notebook",
-            "solution": "solution", "hidden_runs": "hidden runs", "data": "data", "timeout": "time limit",
-            "memory": "memory limit", "grader": "grader", "torch": "PyTorch"}
+_CHANGED = {
+    "submission": "submission",
+    "rubric": "rubric",
+    "released": "released notebook",
+    "solution": "solution",
+    "hidden_runs": "hidden runs",
+    "data": "data",
+    "timeout": "time limit",
+    "memory": "memory limit",
+    "grader": "grader",
+    "torch": "PyTorch",
+}
 """Each input of a grade, as the progress line names it when it changed."""
 
 
@@ -97,7 +114,11 @@ def _grader_version() -> str:
 
 def code_digest(package: Path) -> str:
     """A short digest of the `*.py` files of `package` and of everything in its `templates/` folders."""
-    files = {p for p in package.rglob("*") if p.is_file() and (p.suffix == ".py" or "templates" in p.relative_to(package).parts)}
+    files = {
+        p
+        for p in package.rglob("*")
+        if p.is_file() and (p.suffix == ".py" or "templates" in p.relative_to(package).parts)
+    }
     h = hashlib.sha256()
     for path in sorted(files):
         h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
@@ -112,8 +133,12 @@ def _torch_version() -> str:
         return "unknown"
 
 
-def grading_inputs(assignment: Assignment, hidden_runs: tuple[dict[str, object], ...] | None = None,
-                   timeout: float | None = None, limits: sandbox.Limits = sandbox.DEFAULT_LIMITS) -> dict[str, str]:
+def grading_inputs(
+    assignment: Assignment,
+    hidden_runs: tuple[dict[str, object], ...] | None = None,
+    timeout: float | None = None,
+    limits: sandbox.Limits = sandbox.DEFAULT_LIMITS,
+) -> dict[str, str]:
     """A digest of everything besides the submission that its grade depends on, one per input: the rubric (its
     values, not its comments), the released notebook, the solution where the rubric reads it, the hidden runs
     (`hidden_runs`, or the rubric's), the data files, the time limit (`timeout`, or the rubric's) and the memory
@@ -176,9 +201,14 @@ def answer_digests(rubric: Rubric, graded, main) -> dict[str, str]:
     return out
 
 
-def grade_one(submission: Submission, assignment: Assignment, timeout: float | None, pool: sandbox.Pool | None = None,
-              edges: dict[str, tuple[str, ...]] | None = None,
-              hidden_runs: tuple[dict[str, object], ...] | None = None) -> tuple[dict, str | None]:
+def grade_one(
+    submission: Submission,
+    assignment: Assignment,
+    timeout: float | None,
+    pool: sandbox.Pool | None = None,
+    edges: dict[str, tuple[str, ...]] | None = None,
+    hidden_runs: tuple[dict[str, object], ...] | None = None,
+) -> tuple[dict, str | None]:
     """Grade one submission as `assignment`: its report, and its HTML feedback page (None for a notebook that
     cannot be read, which gets a failed report). `edges`: `grade.feedback_edges(assignment)`; `hidden_runs`:
     the hidden re-runs' parameters (default: the rubric's)."""
@@ -187,15 +217,24 @@ def grade_one(submission: Submission, assignment: Assignment, timeout: float | N
 
     rubric = assignment.rubric
     try:
-        graded, runs = grade_with_runs(submission.path, assignment=assignment, timeout=timeout, pool=pool,
-                                       hidden_runs=hidden_runs)
+        graded, runs = grade_with_runs(
+            submission.path, assignment=assignment, timeout=timeout, pool=pool, hidden_runs=hidden_runs
+        )
     except NotANotebook as e:  # the student's file; anything else is the grader's problem and stops the batch
-        return {"student": submission.student, "sha256": submission.digest,
-                **failed_report(rubric, str(submission.path), str(e)), "answers": {}}, None
+        return {
+            "student": submission.student,
+            "sha256": submission.digest,
+            **failed_report(rubric, str(submission.path), str(e)),
+            "answers": {},
+        }, None
     page = feedback.page(graded, runs, feedback_edges(assignment) if edges is None else edges)
     answers = answer_digests(rubric, graded, runs[0]) if runs else {}
-    return {"student": submission.student, "sha256": submission.digest, **reports.to_dict(graded),
-            "answers": answers}, page
+    return {
+        "student": submission.student,
+        "sha256": submission.digest,
+        **reports.to_dict(graded),
+        "answers": answers,
+    }, page
 
 
 def _at_once(jobs: int, workers: sandbox.Pool) -> int:
@@ -203,16 +242,29 @@ def _at_once(jobs: int, workers: sandbox.Pool) -> int:
     the container the grader runs in (said on stderr)."""
     if workers.most_at_once is None or jobs <= workers.most_at_once:
         return jobs
-    print(f"grader: warning: grading {workers.most_at_once} at once, not {jobs}: more runs would not fit the "
-          f"memory limit the grader runs under with {common.MIN_RUN_MEMORY // 2**20} MB each", file=sys.stderr)
+    print(
+        f"grader: warning: grading {workers.most_at_once} at once, not {jobs}: more runs would not fit the "
+        f"memory limit the grader runs under with {common.MIN_RUN_MEMORY // 2**20} MB each",
+        file=sys.stderr,
+    )
     return workers.most_at_once
 
 
-def grade_all(found: Found, assignment: str | Assignment, out: Path, *, jobs: int = 1, timeout: float | None = None,
-              force: bool = False, progress: Callable[[Outcome], None] | None = None,
-              limits: sandbox.Limits = sandbox.DEFAULT_LIMITS, scheduler: str | None = None,
-              backend: sandbox.Backend | None = None, hidden_runs: tuple[dict[str, object], ...] | None = None,
-              pool: sandbox.Pool | None = None) -> list[Outcome]:
+def grade_all(
+    found: Found,
+    assignment: str | Assignment,
+    out: Path,
+    *,
+    jobs: int = 1,
+    timeout: float | None = None,
+    force: bool = False,
+    progress: Callable[[Outcome], None] | None = None,
+    limits: sandbox.Limits = sandbox.DEFAULT_LIMITS,
+    scheduler: str | None = None,
+    backend: sandbox.Backend | None = None,
+    hidden_runs: tuple[dict[str, object], ...] | None = None,
+    pool: sandbox.Pool | None = None,
+) -> list[Outcome]:
     """Grade every submission in `found` as `assignment` (its name, or the `Assignment` a caller loaded) into
     `out/reports/`, `jobs` at a time, reusing a report only while the submission and everything else that graded
     it (`grading_inputs`) are unchanged.
@@ -264,17 +316,27 @@ def grade_all(found: Found, assignment: str | Assignment, out: Path, *, jobs: in
 
         # the folders only (every submission is in one of them): a task's size must not grow with the class
         folders = [*hidden_folders(assignment), out.resolve(), *found.roots]
-        for s, report, page in cluster.grade(todo, assignment, scheduler, timeout=timeout, limits=limits,
-                                             hidden=tuple(str(p) for p in folders),
-                                             backend=backend.requested if backend else "auto",
-                                             hidden_runs=hidden_runs):
+        for s, report, page in cluster.grade(
+            todo,
+            assignment,
+            scheduler,
+            timeout=timeout,
+            limits=limits,
+            hidden=tuple(str(p) for p in folders),
+            backend=backend.requested if backend else "auto",
+            hidden_runs=hidden_runs,
+        ):
             record(s, report, page)
         return sorted(outcomes, key=lambda o: o.submission.student)
 
     if pool is not None:
         pool.hide(hidden)
-    with (sandbox.Pool(hidden, limits, backend, jobs=max(1, jobs)) if pool is None else contextlib.nullcontext(pool)) as workers, \
-            ThreadPoolExecutor(max_workers=_at_once(max(1, jobs), workers)) as threads:
+    with (
+        (
+            sandbox.Pool(hidden, limits, backend, jobs=max(1, jobs)) if pool is None else contextlib.nullcontext(pool)
+        ) as workers,
+        ThreadPoolExecutor(max_workers=_at_once(max(1, jobs), workers)) as threads,
+    ):
         edges = feedback_edges(assignment)
         futures = {threads.submit(grade_one, s, assignment, timeout, workers, edges, hidden_runs): s for s in todo}
         for future in as_completed(futures):
@@ -283,6 +345,7 @@ def grade_all(found: Found, assignment: str | Assignment, out: Path, *, jobs: in
 
 
 # --- what the instructor reads ------------------------------------------------------------------------
+
 
 def answer_cells(rubric: Rubric, path: Path) -> str:
     """The source of a submission's answer cells, one after another (for the class report's code similarity)."""
@@ -309,11 +372,16 @@ def write_outputs(out: Path, assignment: str | Assignment, found: Found, canvas_
         if report is not None:
             loaded.append(report)
             write_atomically(out / "feedback" / f"{s.student}.md", feedback_markdown(report))
-    write_atomically(out / "grades.csv", gradebook_csv(rubric, loaded, (s.student for s in found.submissions if s.late)))
+    write_atomically(
+        out / "grades.csv", gradebook_csv(rubric, loaded, (s.student for s in found.submissions if s.late))
+    )
     if any(s.canvas_id for s in found.submissions):
         write_atomically(out / "canvas.csv", canvas_csv(found.submissions, loaded, canvas_column or assignment.name))
     summary = summarize(rubric, loaded)
-    write_atomically(out / "summary.txt", summary_text(summary, found.problems) + "\nthe class, its mistakes and shared answers: class.html\n")
+    write_atomically(
+        out / "summary.txt",
+        summary_text(summary, found.problems) + "\nthe class, its mistakes and shared answers: class.html\n",
+    )
     picture = summary_png(summary, out / "summary.png")
     paths = {s.student: s.path for s in found.submissions}
     built = class_report.build(rubric, loaded, lambda student: answer_cells(rubric, paths[student]))

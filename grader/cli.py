@@ -19,75 +19,132 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("notebook", metavar="NOTEBOOK", help="the .ipynb file to grade")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     check.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit in seconds (default: the rubric's)")
-    check.add_argument("--assignment", metavar="NAME", help="grade as this assignment (default: from the notebook's metadata)")
-    check.add_argument("--html", metavar="FILE", help="also write the feedback page (pictures of what is wrong) to FILE")
-    check.add_argument("--junit", metavar="FILE", help="also write the grades as JUnit XML (a testcase per variable) to FILE")
-    check.add_argument("--memory", type=float, metavar="MB", help="memory cap per process of the notebook (default: 2048)")
-    check.add_argument("--data", metavar="PATH",
-                       help="lecture notebooks: the names.txt their code reads (default: the grader's data/names.txt)")
-    check.add_argument("--hidden-runs", metavar="FILE",
-                       help="a TOML file of [[hidden_run]] parameter tables to use instead of the published ones")
+    check.add_argument(
+        "--assignment", metavar="NAME", help="grade as this assignment (default: from the notebook's metadata)"
+    )
+    check.add_argument(
+        "--html", metavar="FILE", help="also write the feedback page (pictures of what is wrong) to FILE"
+    )
+    check.add_argument(
+        "--junit", metavar="FILE", help="also write the grades as JUnit XML (a testcase per variable) to FILE"
+    )
+    check.add_argument(
+        "--memory", type=float, metavar="MB", help="memory cap per process of the notebook (default: 2048)"
+    )
+    check.add_argument(
+        "--data",
+        metavar="PATH",
+        help="lecture notebooks: the names.txt their code reads (default: the grader's data/names.txt)",
+    )
+    check.add_argument(
+        "--hidden-runs",
+        metavar="FILE",
+        help="a TOML file of [[hidden_run]] parameter tables to use instead of the published ones",
+    )
     _sandbox_option(check)
     grade = commands.add_parser("grade", help="grade a whole class into a folder of reports, grades.csv and a summary")
-    grade.add_argument("submissions", metavar="SUBMISSION", nargs="+",
-                       help="notebooks, folders of them (nbgrader's submitted/ too) or zips of an LMS download")
+    grade.add_argument(
+        "submissions",
+        metavar="SUBMISSION",
+        nargs="+",
+        help="notebooks, folders of them (nbgrader's submitted/ too) or zips of an LMS download",
+    )
     grade.add_argument("--assignment", metavar="NAME", required=True, help="the assignment to grade them as")
     grade.add_argument("--out", metavar="DIR", required=True, help="where the reports and the gradebook go")
     # one more than the cores: while one submission's results are being scored here, the cores stay busy
-    grade.add_argument("--jobs", type=int, default=(os.cpu_count() or 1) + 1, metavar="N",
-                       help="submissions graded at once (default: the number of cores plus one)")
+    grade.add_argument(
+        "--jobs",
+        type=int,
+        default=(os.cpu_count() or 1) + 1,
+        metavar="N",
+        help="submissions graded at once (default: the number of cores plus one)",
+    )
     grade.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
-    grade.add_argument("--memory", type=float, metavar="MB", help="memory cap per process of a notebook (default: 2048)")
-    grade.add_argument("--force", action="store_true",
-                       help="grade again even where a report exists that the same submission, rubric, hidden runs, "
-                            "data, released notebook, time limit, memory cap, grader and PyTorch made")
-    grade.add_argument("--hidden-runs", metavar="FILE",
-                       help="a TOML file of [[hidden_run]] parameter tables to use instead of the published ones")
-    grade.add_argument("--canvas-assignment", metavar="COLUMN",
-                       help="the assignment's column in canvas.csv, as Canvas's gradebook export heads it: "
-                            "'Name (assignment id)' (default: the assignment's name)")
-    grade.add_argument("--scheduler", metavar="ADDRESS",
-                       help="grade on a Dask cluster: tcp://HOST:PORT of a running scheduler, or local:N for N local "
-                            "Dask workers (needs the dask extra)")
+    grade.add_argument(
+        "--memory", type=float, metavar="MB", help="memory cap per process of a notebook (default: 2048)"
+    )
+    grade.add_argument(
+        "--force",
+        action="store_true",
+        help="grade again even where a report exists that the same submission, rubric, hidden runs, "
+        "data, released notebook, time limit, memory cap, grader and PyTorch made",
+    )
+    grade.add_argument(
+        "--hidden-runs",
+        metavar="FILE",
+        help="a TOML file of [[hidden_run]] parameter tables to use instead of the published ones",
+    )
+    grade.add_argument(
+        "--canvas-assignment",
+        metavar="COLUMN",
+        help="the assignment's column in canvas.csv, as Canvas's gradebook export heads it: "
+        "'Name (assignment id)' (default: the assignment's name)",
+    )
+    grade.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="grade on a Dask cluster: tcp://HOST:PORT of a running scheduler, or local:N for N local "
+        "Dask workers (needs the dask extra)",
+    )
     _sandbox_option(grade)
 
     gradebook = commands.add_parser(
-        "gradebook", help="grade an nbgrader course's submitted/ folder and write the scores into its gradebook")
+        "gradebook", help="grade an nbgrader course's submitted/ folder and write the scores into its gradebook"
+    )
     gradebook.add_argument("course", metavar="COURSE", help="the nbgrader course directory")
     gradebook.add_argument("assignment", metavar="ASSIGNMENT", help="the assignment's name in that course")
     gradebook.add_argument("--db", metavar="URL", help="the gradebook's database URL (default: COURSE/gradebook.db)")
-    gradebook.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
+    gradebook.add_argument(
+        "--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)"
+    )
 
     classroom = commands.add_parser("classroom", help="write a GitHub Classroom student repository's autograding files")
     classroom.add_argument("assignment", metavar="ASSIGNMENT", help="the assignment, e.g. backprop_ninja")
     classroom.add_argument("--out", metavar="DIR", default=".", help="the student repository (default: here)")
-    classroom.add_argument("--package", metavar="SPEC", default="backprop-grader",
-                           help="what the autograder pip-installs for the grader (default: backprop-grader), "
-                                "e.g. 'backprop-grader @ git+https://github.com/you/grader'")
+    classroom.add_argument(
+        "--package",
+        metavar="SPEC",
+        default="backprop-grader",
+        help="what the autograder pip-installs for the grader (default: backprop-grader), "
+        "e.g. 'backprop-grader @ git+https://github.com/you/grader'",
+    )
 
     gradescope = commands.add_parser("gradescope", help="build a Gradescope autograder, or run it on a submission")
     steps = gradescope.add_subparsers(dest="step", required=True, metavar="STEP")
     build = steps.add_parser("build", help="write an autograder zip to upload to Gradescope")
     build.add_argument("assignment", metavar="ASSIGNMENT", help="the assignment to grade, e.g. backprop_ninja")
-    build.add_argument("--out", metavar="ZIP", default="autograder.zip", help="where to write it (default: autograder.zip)")
-    build.add_argument("--torch-index-url", metavar="URL", help="where setup.sh gets PyTorch (default: PyTorch's CPU builds)")
-    run_step = steps.add_parser("run", help="grade a submission folder and write results.json (what run_autograder does)")
+    build.add_argument(
+        "--out", metavar="ZIP", default="autograder.zip", help="where to write it (default: autograder.zip)"
+    )
+    build.add_argument(
+        "--torch-index-url", metavar="URL", help="where setup.sh gets PyTorch (default: PyTorch's CPU builds)"
+    )
+    run_step = steps.add_parser(
+        "run", help="grade a submission folder and write results.json (what run_autograder does)"
+    )
     run_step.add_argument("submission", metavar="SUBMISSION", help="the folder holding the submitted notebook")
     run_step.add_argument("results", metavar="RESULTS", help="the results.json to write")
     run_step.add_argument("--assignment", metavar="NAME", required=True, help="the assignment to grade it as")
     run_step.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
     for step in (build, run_step):
-        step.add_argument("--hidden-visibility", default="after_published", metavar="WHEN",
-                          choices=["hidden", "after_due_date", "after_published", "visible"],
-                          help="when students see the hidden re-runs' details (default: after_published)")
+        step.add_argument(
+            "--hidden-visibility",
+            default="after_published",
+            metavar="WHEN",
+            choices=["hidden", "after_due_date", "after_published", "visible"],
+            help="when students see the hidden re-runs' details (default: after_published)",
+        )
     return parser
 
 
 def _sandbox_option(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--sandbox", choices=["auto", "linux", "portable"],
-                         help="how notebooks are isolated: linux (namespaces, as root or an ordinary user), portable "
-                              "(any platform: timeout, memory cap, process tree), auto (default, or $GRADER_SANDBOX: "
-                              "the best that works here)")
+    command.add_argument(
+        "--sandbox",
+        choices=["auto", "linux", "portable"],
+        help="how notebooks are isolated: linux (namespaces, as root or an ordinary user), portable "
+        "(any platform: timeout, memory cap, process tree), auto (default, or $GRADER_SANDBOX: "
+        "the best that works here)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,8 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hidden = assignment.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
         with sandbox.Pool(limits=_limits(args), backend=backend) as pool:
-            result, runs = grade.grade_with_runs(args.notebook, assignment=args.assignment, timeout=args.timeout,
-                                                 hidden_runs=hidden, pool=pool, data=args.data)
+            result, runs = grade.grade_with_runs(
+                args.notebook,
+                assignment=args.assignment,
+                timeout=args.timeout,
+                hidden_runs=hidden,
+                pool=pool,
+                data=args.data,
+            )
         if args.junit:
             from pathlib import Path
 
@@ -144,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
 
             from grader.reports import feedback
 
-            Path(args.html).write_text(feedback.page(result, runs, grade.feedback_edges(assignment.load(result.assignment))),
-                                       encoding="utf-8")
+            Path(args.html).write_text(
+                feedback.page(result, runs, grade.feedback_edges(assignment.load(result.assignment))), encoding="utf-8"
+            )
     except GraderError as e:
         if args.junit:  # CI reads a failure, not a missing file
             from pathlib import Path
@@ -188,7 +252,9 @@ class _Progress:
     def __init__(self, total: int) -> None:
         self.total, self.done = total, 0
         self.again: dict[str, int] = {}
-        self.bar = tqdm(total=total, file=sys.stderr, unit="notebook", dynamic_ncols=True) if sys.stderr.isatty() else None
+        self.bar = (
+            tqdm(total=total, file=sys.stderr, unit="notebook", dynamic_ncols=True) if sys.stderr.isatty() else None
+        )
 
     def __call__(self, outcome) -> None:
         self.done += 1
@@ -196,7 +262,8 @@ class _Progress:
         if outcome.why:
             self.again[outcome.why] = self.again.get(outcome.why, 0) + 1
         what = f"{outcome.submission.student}: {r['score']:g}/{r['max_score']:g}" + (
-            " (kept)" if outcome.reused else f" (graded again: {outcome.why})" if outcome.why else "")
+            " (kept)" if outcome.reused else f" (graded again: {outcome.why})" if outcome.why else ""
+        )
         if self.bar is None:
             print(f"[{self.done}/{self.total}] {what}", file=sys.stderr, flush=True)
             return
@@ -226,28 +293,45 @@ def _grade(args: argparse.Namespace, backend) -> int:
     try:
         graded = assignment.load(args.assignment)  # once for the whole class (an unknown name fails here)
         hidden = assignment.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
-        if not any(Path(s).exists() for s in args.submissions):  # a mistyped path (as check's: exit 1), not an empty class
+        if not any(
+            Path(s).exists() for s in args.submissions
+        ):  # a mistyped path (as check's: exit 1), not an empty class
             raise GraderError(f"{', '.join(args.submissions)}: no such file or folder")
         with tempfile.TemporaryDirectory(prefix="grader-batch-") as scratch:
             found = submissions.discover([Path(s) for s in args.submissions], args.assignment, Path(scratch))
             for problem in found.problems:
                 print(f"note: {problem}", file=sys.stderr)
             progress = _Progress(len(found.submissions))
-            batch.grade_all(found, graded, out, jobs=args.jobs, timeout=args.timeout, force=args.force,
-                            progress=progress, limits=_limits(args), scheduler=args.scheduler, backend=backend,
-                            hidden_runs=hidden)
+            batch.grade_all(
+                found,
+                graded,
+                out,
+                jobs=args.jobs,
+                timeout=args.timeout,
+                force=args.force,
+                progress=progress,
+                limits=_limits(args),
+                scheduler=args.scheduler,
+                backend=backend,
+                hidden_runs=hidden,
+            )
             progress.finish()
             summary = batch.write_outputs(out, graded, found, args.canvas_assignment)
     except GraderError as e:
         return _fail(e)
     if args.canvas_assignment is None and any(s.canvas_id for s in found.submissions):
-        print(f"note: canvas.csv's score column is named {args.assignment!r}, and Canvas's import matches it to an "
-              "assignment by name (or creates one); --canvas-assignment 'Name (assignment id)' sends the scores to "
-              "the assignment you mean (README: Back to Canvas)", file=sys.stderr)
+        print(
+            f"note: canvas.csv's score column is named {args.assignment!r}, and Canvas's import matches it to an "
+            "assignment by name (or creates one); --canvas-assignment 'Name (assignment id)' sends the scores to "
+            "the assignment you mean (README: Back to Canvas)",
+            file=sys.stderr,
+        )
     print(class_files.summary_text(summary, found.problems))
     canvas = f"; Canvas: {out / 'canvas.csv'}" if any(s.canvas_id for s in found.submissions) else ""
-    print(f"grades: {out / 'grades.csv'}; reports: {out / 'reports'}; feedback: {out / 'feedback'}; "
-          f"summary: {out / 'summary.png'}; the class (mistakes, shared answers): {out / 'class.html'}{canvas}")
+    print(
+        f"grades: {out / 'grades.csv'}; reports: {out / 'reports'}; feedback: {out / 'feedback'}; "
+        f"summary: {out / 'summary.png'}; the class (mistakes, shared answers): {out / 'class.html'}{canvas}"
+    )
     return 0
 
 
@@ -256,11 +340,15 @@ def _gradebook(args: argparse.Namespace) -> int:
 
     def progress(done: gradebook.Recorded) -> None:
         r, s = done.report, done.submission
-        outcome = f"{r.score:g}/{r.max_score:g}" + ("" if r.status == "graded" else f" ({r.error})") if r else done.error
+        outcome = (
+            f"{r.score:g}/{r.max_score:g}" + ("" if r.status == "graded" else f" ({r.error})") if r else done.error
+        )
         print(f"{s.student}  {s.notebook}  {outcome}", flush=True)
 
     try:
-        done = gradebook.grade_course(args.course, args.assignment, db_url=args.db, timeout=args.timeout, progress=progress)
+        done = gradebook.grade_course(
+            args.course, args.assignment, db_url=args.db, timeout=args.timeout, progress=progress
+        )
     except GraderError as e:
         return _fail(e)
     print(f"{len(done)} submissions of {args.assignment} graded and written to the gradebook")
@@ -277,8 +365,9 @@ def _gradescope(args: argparse.Namespace) -> int:
             index = gradescope.TORCH_CPU_INDEX if args.torch_index_url is None else args.torch_index_url
             print(gradescope.build(args.assignment, Path(args.out), args.hidden_visibility, index))
             return 0
-        out = gradescope.run(Path(args.submission), Path(args.results), args.assignment, args.hidden_visibility,
-                             args.timeout)
+        out = gradescope.run(
+            Path(args.submission), Path(args.results), args.assignment, args.hidden_visibility, args.timeout
+        )
     except GraderError as e:
         return _fail(e)
     print(f"{out['score']:g} points; results written to {args.results}")

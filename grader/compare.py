@@ -74,11 +74,15 @@ def same_but_ones(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
     return [d for d in got if d != 1] == [d for d in want if d != 1]
 
 
-def compare(name: str, actual: object, expected: torch.Tensor, tolerance: Tolerance, noun: str = "gradient") -> Comparison:
+def compare(
+    name: str, actual: object, expected: torch.Tensor, tolerance: Tolerance, noun: str = "gradient"
+) -> Comparison:
     """Compare the student's value `actual` for variable `name` with the reference `expected` (a `noun`:
     `gradient`, or `value` for a values exercise)."""
     if actual is None:
-        return _fail("missing", f"{name} is None: replace the stub with your {'gradient' if noun == 'gradient' else 'answer'}")
+        return _fail(
+            "missing", f"{name} is None: replace the stub with your {'gradient' if noun == 'gradient' else 'answer'}"
+        )
     if type(actual) is not torch.Tensor:
         return _fail("not_tensor", f"{name} is {describe(actual)}; it must be a plain torch.Tensor")
     if actual.layout != torch.strided or actual.device.type != "cpu":
@@ -90,8 +94,10 @@ def compare(name: str, actual: object, expected: torch.Tensor, tolerance: Tolera
         # the lecture's cmp compares with broadcasting: credit it as cmp would, and say how to match
         actual = actual.reshape(want)
         fix = "keepdim=True in the sum" if len(got) < len(want) else f"no keepdim, or .view{want}"
-        warning = (f"{name}: shape {got} where the tensor is {want}; credited (the lecture's cmp broadcasts), "
-                   f"but use {fix} to match")
+        warning = (
+            f"{name}: shape {got} where the tensor is {want}; credited (the lecture's cmp broadcasts), "
+            f"but use {fix} to match"
+        )
     elif got != want:
         hint = _shape_hint(got, want)
         return _fail("shape", f"{name}: shape {got}, expected {want}" + (f" -- {hint}" if hint else ""), hint)
@@ -110,7 +116,10 @@ def compare(name: str, actual: object, expected: torch.Tensor, tolerance: Tolera
         return Comparison("approximate", False, True, maxdiff, warning)
     scale = float(expected.double().abs().max()) if expected.numel() else 0.0
     return Comparison(
-        "wrong", False, False, maxdiff,
+        "wrong",
+        False,
+        False,
+        maxdiff,
         f"{name}: off by up to {maxdiff:.3g} where the {'gradient' if noun == 'gradient' else 'expected value'}'s "
         f"entries are up to {scale:.3g} in size",
     )
@@ -119,7 +128,9 @@ def compare(name: str, actual: object, expected: torch.Tensor, tolerance: Tolera
 def cmp_line(name: str, result: Comparison) -> str:
     """One line in the style of the lecture's `cmp`: `logits | exact: True | approximate: True | maxdiff: 0.0`."""
     maxdiff = "-" if result.maxdiff is None else repr(result.maxdiff)
-    line = f"{name:15s} | exact: {str(result.exact):5s} | approximate: {str(result.approximate):5s} | maxdiff: {maxdiff}"
+    line = (
+        f"{name:15s} | exact: {str(result.exact):5s} | approximate: {str(result.approximate):5s} | maxdiff: {maxdiff}"
+    )
     if result.status not in PASSING:
         line += f" | {result.message}"
     return line

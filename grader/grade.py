@@ -49,8 +49,9 @@ def cell_timeout(rubric: rubrics.Rubric, timeout: float | None) -> float:
     return min(rubric.cell_timeout, (timeout or rubric.timeout) / 2)
 
 
-def _worker(pool: sandbox.Pool, assignment: Assignment, params: dict[str, object],
-            data_files: dict[str, Path]) -> sandbox.Worker:
+def _worker(
+    pool: sandbox.Pool, assignment: Assignment, params: dict[str, object], data_files: dict[str, Path]
+) -> sandbox.Worker:
     """The warm worker for `params`' setup parameters: the release's cells up to the last setup cell run."""
     rubric = assignment.rubric
     key = (rubric.assignment, tuple(repr(params.get(k)) for k in rubric.setup_parameters))
@@ -63,19 +64,38 @@ def _worker(pool: sandbox.Pool, assignment: Assignment, params: dict[str, object
     return pool.worker(key, make)
 
 
-def grade_notebook(path: str | Path, *, assignment: str | Assignment | None = None, timeout: float | None = None,
-                   parameters: dict[str, object] | None = None,
-                   hidden_runs: tuple[dict[str, object], ...] | None = None,
-                   pool: sandbox.Pool | None = None, data: str | Path | None = None) -> Report:
+def grade_notebook(
+    path: str | Path,
+    *,
+    assignment: str | Assignment | None = None,
+    timeout: float | None = None,
+    parameters: dict[str, object] | None = None,
+    hidden_runs: tuple[dict[str, object], ...] | None = None,
+    pool: sandbox.Pool | None = None,
+    data: str | Path | None = None,
+) -> Report:
     """Grade the notebook at `path` and return its `Report` (the parameters: see `grade_with_runs`)."""
-    return grade_with_runs(path, assignment=assignment, timeout=timeout, parameters=parameters,
-                           hidden_runs=hidden_runs, pool=pool, data=data)[0]
+    return grade_with_runs(
+        path,
+        assignment=assignment,
+        timeout=timeout,
+        parameters=parameters,
+        hidden_runs=hidden_runs,
+        pool=pool,
+        data=data,
+    )[0]
 
 
-def grade_with_runs(path: str | Path, *, assignment: str | Assignment | None = None, timeout: float | None = None,
-                    parameters: dict[str, object] | None = None,
-                    hidden_runs: tuple[dict[str, object], ...] | None = None,
-                    pool: sandbox.Pool | None = None, data: str | Path | None = None) -> tuple[Report, list]:
+def grade_with_runs(
+    path: str | Path,
+    *,
+    assignment: str | Assignment | None = None,
+    timeout: float | None = None,
+    parameters: dict[str, object] | None = None,
+    hidden_runs: tuple[dict[str, object], ...] | None = None,
+    pool: sandbox.Pool | None = None,
+    data: str | Path | None = None,
+) -> tuple[Report, list]:
     """Grade the notebook at `path`: its `Report`, and each run with its values and references (for pictures).
 
     Parameters
@@ -116,7 +136,9 @@ def grade_with_runs(path: str | Path, *, assignment: str | Assignment | None = N
     labels = ["the notebook's parameters"] + [f"hidden run {i}" for i in range(1, len(settings))]
     data_files = dict(assignment.data)
     copies = {rubric.data[k]: p for k, p in data_files.items()}
-    with_data = [p | {k: str(f) for k, f in data_files.items()} for p in settings]  # as the grader's references read them
+    with_data = [
+        p | {k: str(f) for k, f in data_files.items()} for p in settings
+    ]  # as the grader's references read them
 
     # The run reads its own copy of each data file, under the file's name in its working directory.
     plans = [planning.plan(student, assignment, p | rubric.data) for p in settings]
@@ -128,9 +150,18 @@ def grade_with_runs(path: str | Path, *, assignment: str | Assignment | None = N
     for i, p in enumerate(settings):
         worker = _worker(pool, assignment, p | rubric.data, copies)
         groups.setdefault(id(worker), (worker, []))[1].append(i)
-    jobs = [(w.start([plans[i] for i in runs], [labels[i] for i in runs], timeout or rubric.timeout,
-                     cell_timeout(rubric, timeout)), runs)
-            for w, runs in groups.values()]
+    jobs = [
+        (
+            w.start(
+                [plans[i] for i in runs],
+                [labels[i] for i in runs],
+                timeout or rubric.timeout,
+                cell_timeout(rubric, timeout),
+            ),
+            runs,
+        )
+        for w, runs in groups.values()
+    ]
     captured: list = [None] * len(settings)
     try:
         # Everything this process will need is imported before the notebook's first cell may run.
@@ -141,8 +172,9 @@ def grade_with_runs(path: str | Path, *, assignment: str | Assignment | None = N
 
         try:
             # The references first: they take about as long as the worker takes to start, the first time.
-            refs = [_reference(assignment, p, where, changed)
-                    for p, where, changed in zip(with_data, wheres, overrides)]
+            refs = [
+                _reference(assignment, p, where, changed) for p, where, changed in zip(with_data, wheres, overrides)
+            ]
             for job, _ in jobs:
                 job.release()
         finally:
@@ -155,8 +187,12 @@ def grade_with_runs(path: str | Path, *, assignment: str | Assignment | None = N
             again = [i for i, c in enumerate(captured) if not c.started]
             worker = _worker(pool, assignment, settings[again[0]] | rubric.data, copies)
             same = [i for i in again if _worker(pool, assignment, settings[i] | rubric.data, copies) is worker]
-            job = worker.start([plans[i] for i in same], [labels[i] for i in same], timeout or rubric.timeout,
-                               cell_timeout(rubric, timeout))
+            job = worker.start(
+                [plans[i] for i in same],
+                [labels[i] for i in same],
+                timeout or rubric.timeout,
+                cell_timeout(rubric, timeout),
+            )
             job.release()
             for i, c in zip(same, job.wait()):
                 captured[i] = c
@@ -178,13 +214,16 @@ def grade_with_runs(path: str | Path, *, assignment: str | Assignment | None = N
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
 
 
-def _check_parameters(rubric: rubrics.Rubric, published: dict[str, object], overrides: dict[str, object],
-                      where: str) -> None:
+def _check_parameters(
+    rubric: rubrics.Rubric, published: dict[str, object], overrides: dict[str, object], where: str
+) -> None:
     """Raise `RubricError` naming the field unless `overrides` set parameters the release has, to values of the
     published ones' kinds (a whole number for a whole number, any number for a number)."""
     unknown = set(overrides) - set(published)
     if unknown:
-        raise RubricError(f"{where}: {rubric.assignment} has no parameters {sorted(unknown)} (it has {sorted(published)})")
+        raise RubricError(
+            f"{where}: {rubric.assignment} has no parameters {sorted(unknown)} (it has {sorted(published)})"
+        )
     for key, value in overrides.items():
         if key in rubric.data:
             raise RubricError(f"{where}: {key} is the grader's to set (to its own copy of {rubric.data[key]})")
@@ -192,12 +231,15 @@ def _check_parameters(rubric: rubrics.Rubric, published: dict[str, object], over
         if default is None or type(value) is type(default) or (type(default) is float and type(value) is int):
             continue
         kind = _KINDS.get(type(value), type(value).__name__)
-        raise RubricError(f"{where}: {key} = {value!r} is {kind}, but {rubric.assignment}'s {key} is "
-                          f"{_KINDS.get(type(default), type(default).__name__)} (published: {default!r})")
+        raise RubricError(
+            f"{where}: {key} = {value!r} is {kind}, but {rubric.assignment}'s {key} is "
+            f"{_KINDS.get(type(default), type(default).__name__)} (published: {default!r})"
+        )
 
 
-def _reference(assignment: Assignment, params: dict[str, object], where: str,
-               overrides: dict[str, object]) -> dict[Key, object]:
+def _reference(
+    assignment: Assignment, params: dict[str, object], where: str, overrides: dict[str, object]
+) -> dict[Key, object]:
     """The reference of one run. The released cells run with the published values; where they fail with values a
     caller set (a batch size of 0, a negative width), a `RubricError` that names them."""
     from grader import reference
@@ -209,12 +251,15 @@ def _reference(assignment: Assignment, params: dict[str, object], where: str,
     except Exception as e:  # the released cells are trusted code; what they cannot run with is the caller's mistake
         values = ", ".join(f"{k} = {v!r}" for k, v in overrides.items())
         why = " ".join(str(e).split())[:200]
-        raise RubricError(f"{where} ({values}): {assignment.name}'s reference cells fail with these values "
-                          f"({type(e).__name__}: {why})") from None
+        raise RubricError(
+            f"{where} ({values}): {assignment.name}'s reference cells fail with these values "
+            f"({type(e).__name__}: {why})"
+        ) from None
 
 
-def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: float | None,
-                   pool: sandbox.Pool | None) -> tuple[Report, list]:
+def _grade_lecture(
+    path: Path, student, *, data: str | Path | None, timeout: float | None, pool: sandbox.Pool | None
+) -> tuple[Report, list]:
     """A lecture notebook: recognise it, run it up to Exercise 3, and grade it against the lecture's
     forward pass run here on the parameters and minibatch its run produced."""
     from grader.lecture import grading as lecture_grading
@@ -230,8 +275,10 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
     own_pool = pool is None
     pool = pool or sandbox.Pool()
     pool.hide(hidden_folders(assignment))
-    worker = pool.worker((LECTURE, str(data_path.resolve())),
-                         lambda: ((), [lecture.warm_up_source(lectures)], {f: data_path for f in lecture.DATA_FILES}))
+    worker = pool.worker(
+        (LECTURE, str(data_path.resolve())),
+        lambda: ((), [lecture.warm_up_source(lectures)], {f: data_path for f in lecture.DATA_FILES}),
+    )
     try:
         job = worker.start([plan], ["the notebook as it is"], timeout or rubric.timeout, cell_timeout(rubric, timeout))
         job.release()
@@ -239,7 +286,6 @@ def _grade_lecture(path: Path, student, *, data: str | Path | None, timeout: flo
     finally:
         if own_pool:
             pool.close()
-
 
     return lecture_grading.graded(str(path), student, recognised, assignment, plan, captured)
 

@@ -31,10 +31,16 @@ def _factors(n: int | None) -> list[tuple[str, float]]:
     """Constant factors students get wrong, named as they would write them."""
     named = [("2", 2.0), ("1/2", 0.5), ("-2", -2.0), ("-1/2", -0.5)]
     if n and n > 1:
-        named = [(f"n (= {n})", float(n)), (f"1/n (= 1/{n})", 1 / n), (f"n/(n-1) (= {n}/{n - 1})", n / (n - 1)),
-                 (f"(n-1)/n (= {n - 1}/{n})", (n - 1) / n), (f"1/(n-1) (= 1/{n - 1})", 1 / (n - 1)),
-                 (f"n-1 (= {n - 1})", float(n - 1)), (f"n² (= {n * n})", float(n * n)),
-                 (f"1/n² (= 1/{n * n})", 1 / (n * n))] + named
+        named = [
+            (f"n (= {n})", float(n)),
+            (f"1/n (= 1/{n})", 1 / n),
+            (f"n/(n-1) (= {n}/{n - 1})", n / (n - 1)),
+            (f"(n-1)/n (= {n - 1}/{n})", (n - 1) / n),
+            (f"1/(n-1) (= 1/{n - 1})", 1 / (n - 1)),
+            (f"n-1 (= {n - 1})", float(n - 1)),
+            (f"n² (= {n * n})", float(n * n)),
+            (f"1/n² (= 1/{n * n})", 1 / (n * n)),
+        ] + named
     return named
 
 
@@ -59,9 +65,17 @@ def _some_rows_or_columns(bad: torch.Tensor, targets: torch.Tensor | None) -> st
     return ""
 
 
-def diagnose(name: str, actual: torch.Tensor, expected: torch.Tensor, *,
-             others: Mapping[str, torch.Tensor] | None = None, branches: Mapping[str, torch.Tensor] | None = None,
-             n: int | None = None, targets: torch.Tensor | None = None, noun: str = "gradient") -> str:
+def diagnose(
+    name: str,
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    *,
+    others: Mapping[str, torch.Tensor] | None = None,
+    branches: Mapping[str, torch.Tensor] | None = None,
+    n: int | None = None,
+    targets: torch.Tensor | None = None,
+    noun: str = "gradient",
+) -> str:
     """The likely mistake behind a wrong answer of the right shape and dtype, or "" when unsure.
 
     Parameters
@@ -93,8 +107,10 @@ def diagnose(name: str, actual: torch.Tensor, expected: torch.Tensor, *,
                     return f"it is the right {noun} times {label}: a factor too many or too few?"
     for part, gradient in (branches or {}).items():
         if _close(a, gradient.double()):
-            return (f"it holds only the gradient flowing back from {part}: the variable is used more than once, "
-                    f"so the gradients from each use must be added (+=)")
+            return (
+                f"it holds only the gradient flowing back from {part}: the variable is used more than once, "
+                f"so the gradients from each use must be added (+=)"
+            )
     for other, gradient in (others or {}).items():
         if other != name and _close(a, gradient.double()):
             return f"it equals the gradient {other}: a mix-up of names?"
@@ -122,17 +138,27 @@ def wrong_axis(got: tuple[int, ...], want: tuple[int, ...], n: int | None) -> st
     return ""
 
 
-def with_hint(result: Comparison, name: str, actual: object, expected: torch.Tensor, *,
-              others: Mapping[str, torch.Tensor] | None = None, branches: Mapping[str, torch.Tensor] | None = None,
-              n: int | None = None, targets: torch.Tensor | None = None, noun: str = "gradient") -> Comparison:
+def with_hint(
+    result: Comparison,
+    name: str,
+    actual: object,
+    expected: torch.Tensor,
+    *,
+    others: Mapping[str, torch.Tensor] | None = None,
+    branches: Mapping[str, torch.Tensor] | None = None,
+    n: int | None = None,
+    targets: torch.Tensor | None = None,
+    noun: str = "gradient",
+) -> Comparison:
     """`result` with the likely mistake named in its message, as every report words it (the grader's report and the
     self-check in the student's kernel): `d_W2: it is the right gradient times 2: ... (off by up to ...)`; a shape
     error gets the sum over the wrong axis. `result` itself where no hint is sure (see `diagnose`)."""
     if result.status == "wrong" and isinstance(actual, torch.Tensor):
         hint = diagnose(name, actual, expected, others=others, branches=branches, n=n, targets=targets, noun=noun)
         if hint:
-            return dataclasses.replace(result, message=f"{name}: {hint} ({result.message.partition(': ')[2]})",
-                                       hint=hint)
+            return dataclasses.replace(
+                result, message=f"{name}: {hint} ({result.message.partition(': ')[2]})", hint=hint
+            )
     elif result.status == "shape" and not result.hint and isinstance(actual, torch.Tensor):
         hint = wrong_axis(tuple(actual.shape), tuple(expected.shape), n)
         if hint:

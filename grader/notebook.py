@@ -50,7 +50,9 @@ def from_bytes(data: bytes, path: Path) -> nbformat.NotebookNode:
                 nbformat.validate(nb)
                 nb = nbformat.versions[4].to_notebook_json(nb)
             else:
-                nb = nbformat.convert(nbformat.versions[major].to_notebook_json(raw, minor=raw.get("nbformat_minor", 0)), 4)
+                nb = nbformat.convert(
+                    nbformat.versions[major].to_notebook_json(raw, minor=raw.get("nbformat_minor", 0)), 4
+                )
                 nbformat.validate(nb)
     except nbformat.ValidationError as e:
         what = " ".join(str(getattr(e, "message", None) or e).split())
@@ -62,18 +64,24 @@ def from_bytes(data: bytes, path: Path) -> nbformat.NotebookNode:
         raise _broken(path, f"{what} ({type(e).__name__}: {cut(str(e))})") from None
     for number, cell in enumerate(nb.cells, start=1):
         if cell.cell_type == "code" and len(cell.source) > MAX_CODE:
-            raise NotANotebook(f"{path}: cell {number} holds {len(cell.source):,} characters of code, more than the "
-                               f"grader reads in one cell ({MAX_CODE:,}): was something pasted into it by mistake?")
+            raise NotANotebook(
+                f"{path}: cell {number} holds {len(cell.source):,} characters of code, more than the "
+                f"grader reads in one cell ({MAX_CODE:,}): was something pasted into it by mistake?"
+            )
     return nb
 
 
 FIX = "save it again from Jupyter, or download it again (File > Download)"
 """What a student can do about a file that is not a notebook, whatever is wrong with it."""
 
-_BINARY = ((b"PK\x03\x04", "a zip archive: unzip it and hand in the .ipynb file inside"),
-           (b"%PDF", "a PDF document: hand in the .ipynb file itself, not an export of it"),
-           (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x1f\x8b", "a gzip archive"),
-           (b"\xd0\xcf\x11\xe0", "a Microsoft Office document"))
+_BINARY = (
+    (b"PK\x03\x04", "a zip archive: unzip it and hand in the .ipynb file inside"),
+    (b"%PDF", "a PDF document: hand in the .ipynb file itself, not an export of it"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"\xd0\xcf\x11\xe0", "a Microsoft Office document"),
+)
 MAX_CODE = 2 * 2**20
 """Longest code cell read, in characters: four times the longest seen in a submission (a run's printed tensors
 copied into a cell, half a MiB), and scanned and compiled in seconds. (A cell of many megabytes takes minutes, in
@@ -96,7 +104,9 @@ def cut(text: str, limit: int = 160) -> str:
 def _text(path: Path, data: bytes) -> str:
     """The file's text: UTF-8 as Jupyter writes it, with a byte order mark or in UTF-16/32 too (as JSON allows)."""
     if not data.strip():
-        raise NotANotebook(f"{path}: not a Jupyter notebook (the file is empty): hand in the notebook again, saved in Jupyter")
+        raise NotANotebook(
+            f"{path}: not a Jupyter notebook (the file is empty): hand in the notebook again, saved in Jupyter"
+        )
     for magic, what in _BINARY:
         if data.startswith(magic):
             raise NotANotebook(f"{path}: not a Jupyter notebook (it is {what})")
@@ -105,8 +115,11 @@ def _text(path: Path, data: bytes) -> str:
         return data.decode(encoding)
     except UnicodeDecodeError as e:
         name = "UTF-8" if encoding.startswith("utf-8") else encoding.upper()
-        raise _broken(path, f"not {name} text, byte 0x{data[e.start]:02x} at offset {e.start}: was it saved by another "
-                            "program, in another encoding?") from None
+        raise _broken(
+            path,
+            f"not {name} text, byte 0x{data[e.start]:02x} at offset {e.start}: was it saved by another "
+            "program, in another encoding?",
+        ) from None
 
 
 def _json(path: Path, text: str) -> dict:
@@ -129,8 +142,15 @@ def _json(path: Path, text: str) -> dict:
 
 
 def _kind(value: object) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "true or false", int: "a number",
-             float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "true or false",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -151,8 +171,9 @@ def _format(path: Path, raw: dict) -> int:
         raise _broken(path, "no nbformat key: every notebook's JSON names its format")
     major, minor = raw["nbformat"], raw.get("nbformat_minor", 0)
     if type(major) is not int or major not in nbformat.versions:
-        raise _broken(path, f"nbformat is {cut(repr(major), 40)}, not 4: Jupyter writes format 4 (and the grader "
-                            "converts 1-3)")
+        raise _broken(
+            path, f"nbformat is {cut(repr(major), 40)}, not 4: Jupyter writes format 4 (and the grader converts 1-3)"
+        )
     if major in (2, 3) and not isinstance(raw.get("worksheets"), list):
         raise _broken(path, f"nbformat is {major}, but the file has no worksheets, as a format {major} notebook has")
     if type(minor) is not int or minor < 0:
@@ -173,8 +194,11 @@ def _cells(path: Path, cells: object) -> None:
         if not isinstance(cell, dict):
             raise _broken(path, f"cell {number} is {_kind(cell)}, not an object")
         if cell.get("cell_type") not in CELL_TYPES:
-            raise _broken(path, f"cell {number} has cell_type {cut(repr(cell.get('cell_type')), 40)}, not one of "
-                                f"{', '.join(CELL_TYPES)}")
+            raise _broken(
+                path,
+                f"cell {number} has cell_type {cut(repr(cell.get('cell_type')), 40)}, not one of "
+                f"{', '.join(CELL_TYPES)}",
+            )
         if "id" in cell and not isinstance(cell["id"], str):
             raise _broken(path, f"cell {number} has the id {cut(repr(cell['id']), 40)}, not a string")
 

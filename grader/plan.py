@@ -87,7 +87,9 @@ def plan(student: nbformat.NotebookNode, assignment: Assignment, params: dict[st
     """Plan the grading run of `student` against the released notebook of `assignment`, with `params` injected."""
     released, rubric = assignment.released, assignment.rubric
     locked = {grade_id(c): c for c in released.cells if c.cell_type == "code" and is_locked(c) and grade_id(c)}
-    released_order = [PARAMS if has_tag(c, "parameters") else grade_id(c) for c in released.cells if c.cell_type == "code"]
+    released_order = [
+        PARAMS if has_tag(c, "parameters") else grade_id(c) for c in released.cells if c.cell_type == "code"
+    ]
     no_grad, skip = set(rubric.no_grad_cells), set(rubric.skip_cells)
     protected = set(locked) | skip | no_grad | set(rubric.reference_cells)
 
@@ -125,7 +127,9 @@ def plan(student: nbformat.NotebookNode, assignment: Assignment, params: dict[st
         if gid in locked and gid not in seen and gid not in skip:
             previous = [g for g in released_order[:i] if g in gids]
             at = gids.index(previous[-1]) + 1 if previous else 0
-            cells.insert(at, PlannedCell(f"released cell ({gid})", locked[gid].source, no_grad=gid in no_grad, grade_id=gid))
+            cells.insert(
+                at, PlannedCell(f"released cell ({gid})", locked[gid].source, no_grad=gid in no_grad, grade_id=gid)
+            )
             gids.insert(at, gid)
             notes.append(f"locked cell {gid} was missing: the released version was run in its place")
 
@@ -148,16 +152,27 @@ def plan(student: nbformat.NotebookNode, assignment: Assignment, params: dict[st
         before = later[0] if later else len(cells)
         f = ex.function
         if f is None:
-            captures.append(Capture(ex.id, tuple(v.name for v in ex.variables), start, before,
-                                    numbers=ex.kind == "values"))
+            captures.append(
+                Capture(ex.id, tuple(v.name for v in ex.variables), start, before, numbers=ex.kind == "values")
+            )
         else:
             # the training loop that calls the function comes after the answer cell: capture right after
             # it, so that a scratch cell of the student's further down cannot stop or change its result
             training = [i for i, g in enumerate(gids) if f.training and g in f.training.cells and i > start]
             result = (f.training.result.name,) if f.training else ()
             end = training[-1] + 1 if training else len(cells)
-            captures.append(Capture(ex.id, result, start, end, function=f.name, calls=f.calls,
-                                    returns=tuple(v.name for v in ex.variables), wrt=f.wrt))
+            captures.append(
+                Capture(
+                    ex.id,
+                    result,
+                    start,
+                    end,
+                    function=f.name,
+                    calls=f.calls,
+                    returns=tuple(v.name for v in ex.variables),
+                    wrt=f.wrt,
+                )
+            )
     return Plan(tuple(cells), tuple(captures), tuple(notes))
 
 

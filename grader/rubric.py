@@ -192,12 +192,16 @@ def parse(raw: dict, path: Path) -> Rubric:
             where = f"in exercise {ex['id']!r}"
             variables = []
             # an exercise may set its own default tolerance; [variable.NAME] still overrides it
-            ex_tol = Tolerance(rtol=float(ex.get("rtol", default_tol.rtol)), atol=float(ex.get("atol", default_tol.atol)),
-                               broadcast=default_tol.broadcast)
+            ex_tol = Tolerance(
+                rtol=float(ex.get("rtol", default_tol.rtol)),
+                atol=float(ex.get("atol", default_tol.atol)),
+                broadcast=default_tol.broadcast,
+            )
             kind = ex.get("kind", "gradients")
             if kind not in ("gradients", "values") or ex.get("source", "reference") not in ("reference", "solution"):
-                raise RubricError(f"{path}: exercise {ex.get('id')}: kind must be gradients or values, source "
-                                  "reference or solution")
+                raise RubricError(
+                    f"{path}: exercise {ex.get('id')}: kind must be gradients or values, source reference or solution"
+                )
             for name in ex["variables"]:
                 o = overrides.get(name, {})
                 variables.append(
@@ -217,16 +221,35 @@ def parse(raw: dict, path: Path) -> Rubric:
                 training = None
                 if "training" in ex:
                     t = ex["training"]
-                    result = Variable(name=t["result"], of=t["result"], points=float(t.get("points", 1)),
-                                      tolerance=Tolerance(rtol=float(t.get("rtol", default_tol.rtol)),
-                                                          atol=float(t.get("atol", 0.0))))
+                    result = Variable(
+                        name=t["result"],
+                        of=t["result"],
+                        points=float(t.get("points", 1)),
+                        tolerance=Tolerance(
+                            rtol=float(t.get("rtol", default_tol.rtol)), atol=float(t.get("atol", 0.0))
+                        ),
+                    )
                     training = Training(cells=tuple(t["cells"]), result=result)
-                function = Function(name=ex["function"], forward=ex["forward"], wrt=ex["wrt"],
-                                    reference_cells=tuple(ex["reference_cells"]),
-                                    calls=tuple(int(c) for c in ex["calls"]), training=training)
-            exercises.append(Exercise(id=ex["id"], cell=ex.get("cell", ex["id"]), variables=tuple(variables),
-                                      function=function, test_cell=ex.get("test_cell"), given=ex.get("given"),
-                                      kind=kind, source=ex.get("source", "reference")))
+                function = Function(
+                    name=ex["function"],
+                    forward=ex["forward"],
+                    wrt=ex["wrt"],
+                    reference_cells=tuple(ex["reference_cells"]),
+                    calls=tuple(int(c) for c in ex["calls"]),
+                    training=training,
+                )
+            exercises.append(
+                Exercise(
+                    id=ex["id"],
+                    cell=ex.get("cell", ex["id"]),
+                    variables=tuple(variables),
+                    function=function,
+                    test_cell=ex.get("test_cell"),
+                    given=ex.get("given"),
+                    kind=kind,
+                    source=ex.get("source", "reference"),
+                )
+            )
         where = "at the top level"
         unknown = set(overrides) - {v.name for e in exercises for v in e.variables}
         if unknown:
@@ -296,7 +319,7 @@ def _flag(value: object, path: Path, key: str) -> bool:
 
 def _credit(value: object, path: Path) -> str:
     if value not in ("local", "chain"):
-        raise RubricError(f"{path}: credit must be \"local\" or \"chain\", not {value!r}")
+        raise RubricError(f'{path}: credit must be "local" or "chain", not {value!r}')
     return str(value)
 
 

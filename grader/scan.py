@@ -14,14 +14,38 @@ from dataclasses import dataclass
 
 from IPython.core.inputtransformer2 import TransformerManager
 
-AUTOGRAD_ATTRIBUTES = frozenset({"grad", "backward", "retain_grad", "requires_grad_", "enable_grad",
-                                 "set_grad_enabled", "autograd", "func", "grad_fn", "next_functions"})
+AUTOGRAD_ATTRIBUTES = frozenset(
+    {
+        "grad",
+        "backward",
+        "retain_grad",
+        "requires_grad_",
+        "enable_grad",
+        "set_grad_enabled",
+        "autograd",
+        "func",
+        "grad_fn",
+        "next_functions",
+    }
+)
 HIDING_NAMES = frozenset({"importlib", "__builtins__", "gc", "attrgetter", "methodcaller", "inspect", "ctypes"})
 AUTOGRAD_MODULES = ("torch.autograd", "torch.func", "functorch", "torch._functorch")
 DYNAMIC_CALLS = frozenset({"exec", "eval", "compile", "__import__", "globals", "vars", "locals"})
 DYNAMIC_ATTRIBUTE_CALLS = frozenset({"getattr", "setattr", "delattr"})
-DUNDER_ESCAPES = frozenset({"__dict__", "__globals__", "__builtins__", "__subclasses__", "__getattribute__",
-                            "__code__", "__closure__", "__class__", "__bases__", "__mro__"})
+DUNDER_ESCAPES = frozenset(
+    {
+        "__dict__",
+        "__globals__",
+        "__builtins__",
+        "__subclasses__",
+        "__getattribute__",
+        "__code__",
+        "__closure__",
+        "__class__",
+        "__bases__",
+        "__mro__",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -85,8 +109,12 @@ def _flags(node: ast.AST) -> list[tuple[str, str]]:
             return [("autograd_used", "an import from torch.autograd / torch.func")]
         if any(m.split(".")[0] == "importlib" for m in modules):
             return [("suspicious", "importlib")]
-    if isinstance(node, ast.Name) and node.id in DYNAMIC_ATTRIBUTE_CALLS | DYNAMIC_CALLS and isinstance(node.ctx, ast.Load) \
-            and not getattr(node, "_called", False):
+    if (
+        isinstance(node, ast.Name)
+        and node.id in DYNAMIC_ATTRIBUTE_CALLS | DYNAMIC_CALLS
+        and isinstance(node.ctx, ast.Load)
+        and not getattr(node, "_called", False)
+    ):
         return [("suspicious", f"`{node.id}` used as a value")]
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         if node.func.id in DYNAMIC_CALLS:
@@ -101,7 +129,11 @@ def _flags(node: ast.AST) -> list[tuple[str, str]]:
         return [("autograd_used", "`functorch`")]
     if isinstance(node, ast.Name) and node.id in HIDING_NAMES:
         return [("suspicious", f"`{node.id}`")]
-    if isinstance(node, ast.Attribute) and node.attr in ("modules", "attrgetter", "get_objects") and _dotted(node).split(".")[0] in ("sys", "operator", "gc"):
+    if (
+        isinstance(node, ast.Attribute)
+        and node.attr in ("modules", "attrgetter", "get_objects")
+        and _dotted(node).split(".")[0] in ("sys", "operator", "gc")
+    ):
         return [("suspicious", f"`{_dotted(node)}`")]
     if isinstance(node, (ast.Import, ast.ImportFrom)):
         modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
@@ -124,8 +156,11 @@ def python_body(source: str) -> str:
     a string, out of sight of a syntax tree. (The line count is kept: line numbers stay right.)"""
     lines = source.split("\n")
     first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
-    if first is not None and lines[first].lstrip().startswith("%%") and \
-            lines[first].strip()[2:].split(" ")[0] in PYTHON_CELL_MAGICS:
+    if (
+        first is not None
+        and lines[first].lstrip().startswith("%%")
+        and lines[first].strip()[2:].split(" ")[0] in PYTHON_CELL_MAGICS
+    ):
         lines[first] = "# " + lines[first].strip()  # (a comment: the line count, and numbers, stay)
         return "\n".join(lines)
     return source
@@ -200,16 +235,35 @@ def scan_forbidden(source: str, names: tuple[str, ...]) -> tuple[Finding, ...]:
         if isinstance(stmt, (ast.Import, ast.ImportFrom)):
             for alias in stmt.names:
                 if alias.name.split(".")[-1] in names:
-                    findings.append(Finding(stmt.lineno, "suspicious", f"PyTorch's own `{alias.name.split('.')[-1]}`",
-                                            _targets(stmt), forbidden=True))
+                    findings.append(
+                        Finding(
+                            stmt.lineno,
+                            "suspicious",
+                            f"PyTorch's own `{alias.name.split('.')[-1]}`",
+                            _targets(stmt),
+                            forbidden=True,
+                        )
+                    )
             continue
         for node in ast.iter_child_nodes(stmt):
             for sub in ast.walk(node):
                 used = sub.attr if isinstance(sub, ast.Attribute) else None
-                if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id in ("getattr", "setattr") \
-                        and len(sub.args) >= 2 and isinstance(sub.args[1], ast.Constant):
+                if (
+                    isinstance(sub, ast.Call)
+                    and isinstance(sub.func, ast.Name)
+                    and sub.func.id in ("getattr", "setattr")
+                    and len(sub.args) >= 2
+                    and isinstance(sub.args[1], ast.Constant)
+                ):
                     used = sub.args[1].value  # getattr(torch.nn, "BatchNorm1d"): the same use, spelled out
                 if used in names:
-                    findings.append(Finding(getattr(sub, "lineno", stmt.lineno), "suspicious",
-                                            f"PyTorch's own `{used}`", _targets(stmt), forbidden=True))
+                    findings.append(
+                        Finding(
+                            getattr(sub, "lineno", stmt.lineno),
+                            "suspicious",
+                            f"PyTorch's own `{used}`",
+                            _targets(stmt),
+                            forbidden=True,
+                        )
+                    )
     return tuple(sorted(set(findings), key=lambda f: f.line))

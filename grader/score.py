@@ -41,16 +41,25 @@ def _scan_flags(plan: Plan, ex: Exercise, forbidden: tuple[str, ...] = ()) -> di
     # them; plain autograd use counts in the answer cell (a scratch cell may print a .grad; at run time
     # the guard refuses autograd in every cell the student wrote anyway).
     answers = {c.start for c in plan.captures}
-    elsewhere = [(c, f) for i, c in enumerate(plan.cells) if c.guarded and i not in answers
-                 for f in (*scan(c.source), *scan_forbidden(c.source, forbidden)) if f.status == "suspicious"]
+    elsewhere = [
+        (c, f)
+        for i, c in enumerate(plan.cells)
+        if c.guarded and i not in answers
+        for f in (*scan(c.source), *scan_forbidden(c.source, forbidden))
+        if f.status == "suspicious"
+    ]
     found = [(cell, f) for cell in cells for f in scan(cell.source)]
     found += [(cell, f) for cell in cells for f in scan_forbidden(cell.source, forbidden)]
     for where, f in sorted(found, key=lambda cf: cf[1].line) + elsewhere:
         # a finding in a statement that assigns graded variables concerns those; anywhere else, all of them
         concerned = [n for n in names if n in f.targets] if any(where is c for c in cells) else []
-        rule = "autograd is not allowed in this exercise" if f.status == "autograd_used" else \
-            "this assignment asks you to write it yourself" if f.forbidden else \
-            "code that could hide autograd is not allowed in graded notebooks"
+        rule = (
+            "autograd is not allowed in this exercise"
+            if f.status == "autograd_used"
+            else "this assignment asks you to write it yourself"
+            if f.forbidden
+            else "code that could hide autograd is not allowed in graded notebooks"
+        )
         for n in concerned or names:
             flags.setdefault(n, Flag(f.status, f"line {f.line} of {where.label} uses {f.what}: {rule}"))
     return flags
@@ -62,13 +71,22 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
     value = captured.values.get((ex.id, var.name), MISSING)
     flag = flags.get(var.name) or (value if isinstance(value, Flag) else None)
     if not captured.reached(ex.id):
-        return Comparison("error", False, False, None, f"{var.name}: the notebook did not run to the end ({captured.reason})")
+        return Comparison(
+            "error", False, False, None, f"{var.name}: the notebook did not run to the end ({captured.reason})"
+        )
     unfound = {(e, v): why for e, v, why in plan.unfound}
     if (ex.id, "") in unfound or (ex.id, var.name) in unfound:
-        return Comparison("missing", False, False, None, f"{var.name}: {unfound.get((ex.id, var.name)) or unfound[(ex.id, '')]}")
+        return Comparison(
+            "missing", False, False, None, f"{var.name}: {unfound.get((ex.id, var.name)) or unfound[(ex.id, '')]}"
+        )
     if not found:
-        return Comparison("missing", False, False, None,
-                        f"{var.name}: the notebook has no answer cell {ex.cell} (was it deleted, or its metadata lost?)")
+        return Comparison(
+            "missing",
+            False,
+            False,
+            None,
+            f"{var.name}: the notebook has no answer cell {ex.cell} (was it deleted, or its metadata lost?)",
+        )
     if flag is not None:
         return Comparison(flag.status, False, False, None, f"{var.name}: {flag.reason}")
     errors = _span_errors(plan, captured, ex.id)
@@ -76,7 +94,9 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
         if errors:
             return Comparison("error", False, False, None, f"{var.name} was not computed: {errors[0]}")
         if value is UNCHANGED:
-            return Comparison("missing", False, False, None, f"{var.name} was not assigned in the {ex.cell} answer cell")
+            return Comparison(
+                "missing", False, False, None, f"{var.name} was not assigned in the {ex.cell} answer cell"
+            )
         return Comparison("missing", False, False, None, f"{var.name} is not defined")
     reference = run.reference.get(ex.reference_key(var))
     if not isinstance(reference, torch.Tensor):
@@ -89,17 +109,38 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
         return result
     parts = run.reference.get(GradientParts(var.of)) if ex.plain else None
     # (values are not checked for a mix-up of names: two values of an exercise can be equal by design)
-    others = {v.name: run.reference[ex.reference_key(v)] for v in ex.variables
-              if isinstance(run.reference.get(ex.reference_key(v)), torch.Tensor)} if ex.plain else None
-    return with_hint(result, var.name, value, reference, others=others,
-                     branches=parts if isinstance(parts, dict) else None, n=_n(run), targets=_targets(run), noun=noun)
+    others = (
+        {
+            v.name: run.reference[ex.reference_key(v)]
+            for v in ex.variables
+            if isinstance(run.reference.get(ex.reference_key(v)), torch.Tensor)
+        }
+        if ex.plain
+        else None
+    )
+    return with_hint(
+        result,
+        var.name,
+        value,
+        reference,
+        others=others,
+        branches=parts if isinstance(parts, dict) else None,
+        n=_n(run),
+        targets=_targets(run),
+        noun=noun,
+    )
 
 
 def as_number(value: object, reference: torch.Tensor) -> object:
     """A one-element floating answer as the float64 scalar a numeric reference is (`tensor([3.29])`, a float32
     scalar and a Python float all answer "3.29")."""
-    if reference.ndim == 0 and reference.dtype == torch.float64 and type(value) is torch.Tensor \
-            and value.is_floating_point() and value.numel() == 1:
+    if (
+        reference.ndim == 0
+        and reference.dtype == torch.float64
+        and type(value) is torch.Tensor
+        and value.is_floating_point()
+        and value.numel() == 1
+    ):
         return value.detach().double().reshape(())
     return value
 
@@ -168,8 +209,15 @@ def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str
             c = compare(var.name, value, ref[j], var.tolerance)
             # the hints check_training prints too: the other parameters' gradients at this call, and its batch
             batch = captured.values.get((ex.id, f"{call}/arg1"))
-            c = with_hint(c, var.name, value, ref[j], n=_n(run), targets=batch if type(batch) is torch.Tensor else None,
-                          others={v.name: r for v, r in zip(ex.variables, ref) if isinstance(r, torch.Tensor)})
+            c = with_hint(
+                c,
+                var.name,
+                value,
+                ref[j],
+                n=_n(run),
+                targets=batch if type(batch) is torch.Tensor else None,
+                others={v.name: r for v, r in zip(ex.variables, ref) if isinstance(r, torch.Tensor)},
+            )
             message = c.message
             if not c.passed and len(verdicts) and verdicts[0].passed:
                 message = f"{var.name} is right at the first step but not at {step}: {c.message.removeprefix(var.name + ': ')}"
@@ -187,21 +235,32 @@ def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> C
     if result.name in flags and run.captured.reached(ex.id):
         return Comparison(flags[result.name].status, False, False, None, f"{result.name}: {flags[result.name].reason}")
     if not run.captured.reached(ex.id):
-        return Comparison("error", False, False, None, f"{result.name}: the notebook did not run to the end ({run.captured.reason})")
+        return Comparison(
+            "error", False, False, None, f"{result.name}: the notebook did not run to the end ({run.captured.reason})"
+        )
     value = run.captured.values.get((ex.id, result.name), MISSING)
     if _returned_nothing(ex, run.captured):  # the stub as released: the training fails on it, but that is no news
-        return Comparison("missing", False, False, None,
-                          f"{result.name}: `{ex.function.name}` returns None: write {_exercise_name(ex)} first")
+        return Comparison(
+            "missing",
+            False,
+            False,
+            None,
+            f"{result.name}: `{ex.function.name}` returns None: write {_exercise_name(ex)} first",
+        )
     errors = _span_errors(run.plan, run.captured, ex.id) if any(c.exercise == ex.id for c in run.plan.captures) else []
     if errors:  # the training stopped early: its loss says nothing
-        return Comparison("error", False, False, None, f"{result.name}: the training did not run to the end: {errors[0]}")
+        return Comparison(
+            "error", False, False, None, f"{result.name}: the training did not run to the end: {errors[0]}"
+        )
     if value is MISSING:
         return Comparison("missing", False, False, None, f"{result.name} was not computed")
     c = compare(result.name, value, run.reference[TrainingResult(ex.id, result.name)], result.tolerance)
     message = c.message
     if c.status == "wrong":
-        message = (f"{result.name}: the loss after the short training run is off by {c.maxdiff:.3g} from a run "
-                   "with autograd's gradients")
+        message = (
+            f"{result.name}: the loss after the short training run is off by {c.maxdiff:.3g} from a run "
+            "with autograd's gradients"
+        )
     return dataclasses.replace(c, message=message)
 
 
@@ -267,8 +326,15 @@ def _credible_roots_only(rubric: Rubric, results: list[VariableResult], main: Gr
             continue
         for i, r in enumerate(out):
             if r.exercise == ex.id and r.status not in PASSING and r.points:
-                out[i] = dataclasses.replace(r, points=0.0, local_status=r.status, hint="", message=(
-                    f"{r.name}: off because of an earlier gradient ({root.name}), which is not an attempt at it"))
+                out[i] = dataclasses.replace(
+                    r,
+                    points=0.0,
+                    local_status=r.status,
+                    hint="",
+                    message=(
+                        f"{r.name}: off because of an earlier gradient ({root.name}), which is not an attempt at it"
+                    ),
+                )
     return out
 
 
@@ -330,11 +396,15 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                 hint = _hint(run.changed, defaults) if ex.function is None else ""
                 if hint and v.status == "wrong" and _only_just(first, var, main.reference.get(ex.reference_key(var))):
                     # a formula a little off, not a copied number: it passes here within the tolerance only
-                    hint = (": it passes with the notebook's parameters only just (within the tolerance), so a small "
-                            "error in the formula shows with other values")
+                    hint = (
+                        ": it passes with the notebook's parameters only just (within the tolerance), so a small "
+                        "error in the formula shows with other values"
+                    )
                 if run.captured.reached(ex.id):
-                    message = (f"{var.name} is right with the notebook's parameters but {v.status.replace('_', ' ')} "
-                               f"in {run.label} (other {', '.join(run.changed)}){hint}")
+                    message = (
+                        f"{var.name} is right with the notebook's parameters but {v.status.replace('_', ' ')} "
+                        f"in {run.label} (other {', '.join(run.changed)}){hint}"
+                    )
                 else:
                     message = f"{var.name} is right with the notebook's parameters but {run.label} did not run to the end{hint}"
             passed = all(v.passed for v in verdicts)
@@ -344,22 +414,38 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                 local_status = local_failing.status if local_failing else local[0].status
                 if rubric.credit == "local" and local_failing is None and not passed:
                     passed, message, hint_given = True, LOCAL_ONLY.format(name=var.name), ""
-                elif (first.status == local[0].status == "wrong" and local[0] is not first
-                      and local[0].hint
-                      and (not first.hint or _below_a_mistake(ex, var, main))):
+                elif (
+                    first.status == local[0].status == "wrong"
+                    and local[0] is not first
+                    and local[0].hint
+                    and (not first.hint or _below_a_mistake(ex, var, main))
+                ):
                     # below an earlier mistake: say what is wrong with this step (its value's hint would mix
                     # in the earlier mistake: a factor 2 seen through a flipped sign reads as -2)
                     message, hint_given = local[0].message, local[0].hint
-            results.append(VariableResult(
-                ex.id, var.name, var.of, status, first.exact, first.approximate, first.maxdiff,
-                var.points if passed else 0.0, var.points, message,  # (a passing answer's: a warning, or empty)
-                runs=tuple(v.status for v in verdicts), local_status=local_status, hint=hint_given,
-            ))
+            results.append(
+                VariableResult(
+                    ex.id,
+                    var.name,
+                    var.of,
+                    status,
+                    first.exact,
+                    first.approximate,
+                    first.maxdiff,
+                    var.points if passed else 0.0,
+                    var.points,
+                    message,  # (a passing answer's: a warning, or empty)
+                    runs=tuple(v.status for v in verdicts),
+                    local_status=local_status,
+                    hint=hint_given,
+                )
+            )
     results = _credible_roots_only(rubric, results, main)
     results = _name_root_causes(rubric, results)
     exercises = tuple(
-        ExerciseResult(ex.id, sum(r.points for r in results if r.exercise == ex.id), ex.max_score,
-                       _root_cause(ex, results))
+        ExerciseResult(
+            ex.id, sum(r.points for r in results if r.exercise == ex.id), ex.max_score, _root_cause(ex, results)
+        )
         for ex in rubric.exercises
     )
     notes = main.plan.notes + tuple(f"{o.label} raised {o.error}" for o in main.captured.cells if o.error)
@@ -375,7 +461,11 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
         exercises=exercises,
         variables=tuple(results),
         notes=notes,
-        runs=tuple(RunSummary(run.label, "graded" if run.captured.finished else "failed", run.captured.reason if run is main else "")
-                   for run in runs),
+        runs=tuple(
+            RunSummary(
+                run.label, "graded" if run.captured.finished else "failed", run.captured.reason if run is main else ""
+            )
+            for run in runs
+        ),
         peak_memory_mb=max((run.captured.peak_memory_mb for run in runs), default=0.0),
     )

@@ -91,8 +91,14 @@ def _extract(archive: Path, scratch: Path) -> Path:
     with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
             name = Path(info.filename)
-            if info.is_dir() or name.suffix != ".ipynb" or name.is_absolute() or ".." in name.parts \
-                    or "__MACOSX" in name.parts or ".ipynb_checkpoints" in name.parts:
+            if (
+                info.is_dir()
+                or name.suffix != ".ipynb"
+                or name.is_absolute()
+                or ".." in name.parts
+                or "__MACOSX" in name.parts
+                or ".ipynb_checkpoints" in name.parts
+            ):
                 continue
             total += info.file_size
             if total > MAX_ZIP_BYTES:
@@ -147,10 +153,10 @@ def discover(inputs: Iterable[Path], assignment: str, scratch: Path) -> Found:
     submissions = []
     for student, paths in sorted(by_student.items()):
         if len(paths) > 1:
-            problems.append(f"{student}: {len(paths)} notebooks ({', '.join(str(p) for p, _ in paths)}); "
-                            f"graded {paths[0][0]}")
+            problems.append(
+                f"{student}: {len(paths)} notebooks ({', '.join(str(p) for p, _ in paths)}); graded {paths[0][0]}"
+            )
         path, root = paths[0]
         canvas_id, late = _canvas_of(path, root, assignment)
         submissions.append(Submission(student, path, hashlib.sha256(path.read_bytes()).hexdigest(), canvas_id, late))
     return Found(tuple(submissions), tuple(problems), tuple(dict.fromkeys(roots)))
-

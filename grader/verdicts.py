@@ -19,8 +19,19 @@ from typing import TYPE_CHECKING
 
 from grader.runs import Captured, Key
 
-STATUSES = ("exact", "approximate", "wrong", "shape", "dtype", "missing", "not_finite", "not_tensor", "error",
-            "autograd_used", "suspicious")
+STATUSES = (
+    "exact",
+    "approximate",
+    "wrong",
+    "shape",
+    "dtype",
+    "missing",
+    "not_finite",
+    "not_tensor",
+    "error",
+    "autograd_used",
+    "suspicious",
+)
 """Every status a variable can get; `exact` and `approximate` earn points."""
 PASSING = ("exact", "approximate")
 
@@ -123,9 +134,13 @@ class Report:
 
 def ungradable(rubric: Rubric, notebook: str, reason: str) -> Report:
     """The report of a notebook that could not be graded at all: 0 for every variable, and why."""
-    variables = tuple(VariableResult(ex.id, v.name, v.of, "error", False, False, None, 0.0, v.points,
-                                     f"{v.name}: {reason}", local_status="error")
-                      for ex in rubric.exercises for v in ex.graded)
+    variables = tuple(
+        VariableResult(
+            ex.id, v.name, v.of, "error", False, False, None, 0.0, v.points, f"{v.name}: {reason}", local_status="error"
+        )
+        for ex in rubric.exercises
+        for v in ex.graded
+    )
     exercises = tuple(ExerciseResult(ex.id, 0.0, ex.max_score) for ex in rubric.exercises)
     return Report(rubric.assignment, notebook, "failed", reason, 0.0, rubric.max_score, exercises, variables, ())
 

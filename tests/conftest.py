@@ -59,9 +59,12 @@ def sandbox_processes(since: float, left_behind: bool = True) -> list:
 
     found = []
     for p in psutil.process_iter(["create_time", "cmdline", "status"]):
-        if (p.info["create_time"] or 0) >= since - 0.01 and p.info["status"] != psutil.STATUS_ZOMBIE \
-                and any("grader.sandbox." in part for part in p.info["cmdline"] or []) \
-                and not (left_behind and attached(p)):
+        if (
+            (p.info["create_time"] or 0) >= since - 0.01
+            and p.info["status"] != psutil.STATUS_ZOMBIE
+            and any("grader.sandbox." in part for part in p.info["cmdline"] or [])
+            and not (left_behind and attached(p))
+        ):
             found.append(p)
     return found
 

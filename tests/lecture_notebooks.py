@@ -17,7 +17,10 @@ EX1 = [
     ("probs", "{d}probs = (1.0 / probs) * {d}logprobs"),
     ("counts_sum_inv", "{d}counts_sum_inv = (counts * {d}probs).sum(1, keepdim=True)"),
     ("counts", "{d}counts = counts_sum_inv * {d}probs"),
-    ("counts_sum", "{d}counts_sum = (-counts_sum**-2) * {d}counts_sum_inv\n{d}counts += torch.ones_like(counts) * {d}counts_sum"),
+    (
+        "counts_sum",
+        "{d}counts_sum = (-counts_sum**-2) * {d}counts_sum_inv\n{d}counts += torch.ones_like(counts) * {d}counts_sum",
+    ),
     ("norm_logits", "{d}norm_logits = counts * {d}counts"),
     ("logit_maxes", "{d}logits = {d}norm_logits.clone()\n{d}logit_maxes = (-{d}norm_logits).sum(1, keepdim=True)"),
     ("logits", "{d}logits += F.one_hot(logits.max(1).indices, num_classes=logits.shape[1]) * {d}logit_maxes"),
@@ -38,20 +41,23 @@ EX1 = [
     ("W1", "{d}W1 = embcat.T @ {d}hprebn"),
     ("b1", "{d}b1 = {d}hprebn.sum(0)"),
     ("emb", "{d}emb = {d}embcat.view(emb.shape)"),
-    ("C", "{d}C = torch.zeros_like(C)\nfor k in range(Xb.shape[0]):\n    for j in range(Xb.shape[1]):\n"
-          "        {d}C[Xb[k, j]] += {d}emb[k, j]"),
+    (
+        "C",
+        "{d}C = torch.zeros_like(C)\nfor k in range(Xb.shape[0]):\n    for j in range(Xb.shape[1]):\n"
+        "        {d}C[Xb[k, j]] += {d}emb[k, j]",
+    ),
 ]
 ORDER = [name for name, _ in EX1]
 
 CHECKERS = {
-    "cmp": '''# utility function we will use later when comparing manual gradients to PyTorch gradients
+    "cmp": """# utility function we will use later when comparing manual gradients to PyTorch gradients
 def cmp(s, dt, t):
     ex = torch.all(dt == t.grad).item()
     app = torch.allclose(dt, t.grad)
     maxdiff = (dt - t.grad).abs().max().item()
-    print(f'{s:15s} | exact: {str(ex):5s} | approximate: {str(app):5s} | maxdiff: {maxdiff}')''',
+    print(f'{s:15s} | exact: {str(ex):5s} | approximate: {str(app):5s} | maxdiff: {maxdiff}')""",
     # a learner's variant: another name, a shape check, and `t.grad is None` handled
-    "compare_gradients": '''def compare_gradients(label, mine, t):
+    "compare_gradients": """def compare_gradients(label, mine, t):
     if t.grad is None:
         print(f"{label:15s} | no .grad: did you call retain_grad()?")
         return
@@ -59,10 +65,10 @@ def cmp(s, dt, t):
         print(f"{label:15s} | shape {tuple(mine.shape)} vs {tuple(t.grad.shape)}")
     exact = torch.all(mine == t.grad).item()
     approx = torch.allclose(mine, t.grad)
-    print(f"{label:15s} | exact : {exact} | approx : {approx} | max_diff : {(mine - t.grad).abs().max().item():.2e}")''',
+    print(f"{label:15s} | exact : {exact} | approx : {approx} | max_diff : {(mine - t.grad).abs().max().item():.2e}")""",
 }
 
-FORWARD = '''# forward pass, chunked into steps small enough to backward through one at a time
+FORWARD = """# forward pass, chunked into steps small enough to backward through one at a time
 emb = C[Xb]
 embcat = emb.view(emb.shape[0], -1)
 # Linear layer 1
@@ -96,9 +102,9 @@ for t in [logprobs, probs, counts, counts_sum, counts_sum_inv, norm_logits, logi
           bnraw, bnvar_inv, bnvar, bndiff2, bndiff, hprebn, bnmeani, embcat, emb]:
     t.retain_grad()
 loss.backward()
-loss'''
+loss"""
 
-EX4 = '''# Exercise 4: putting it all together!
+EX4 = """# Exercise 4: putting it all together!
 n_embd = 10
 n_hidden = 200
 g = torch.Generator().manual_seed(2147483647)
@@ -159,19 +165,19 @@ with torch.no_grad():
             print(f'{i:7d}/{max_steps:7d}: {loss.item():.4f}')
         lossi.append(loss.log10().item())
         # if i >= 100: # TODO: delete early breaking when you're ready to train the full net
-        #     break'''
+        #     break"""
 
 AFTER = [
-    '''# calibrate the batch norm at the end of training
+    """# calibrate the batch norm at the end of training
 with torch.no_grad():
     emb = C[Xtr]
     embcat = emb.view(emb.shape[0], -1)
     hpreact = embcat @ W1 + b1
     bnmean = hpreact.mean(0, keepdim=True)
-    bnvar = hpreact.var(0, keepdim=True, unbiased=True)''',
-    '''plt.plot(torch.tensor(lossi).view(-1, 1000).mean(1))
-plt.show()''',
-    '''# sample from the model
+    bnvar = hpreact.var(0, keepdim=True, unbiased=True)""",
+    """plt.plot(torch.tensor(lossi).view(-1, 1000).mean(1))
+plt.show()""",
+    """# sample from the model
 g = torch.Generator().manual_seed(2147483647 + 10)
 for _ in range(20):
     out = []
@@ -185,7 +191,7 @@ for _ in range(20):
         out.append(ix)
         if ix == 0:
             break
-    print(''.join(itos[i] for i in out))''',
+    print(''.join(itos[i] for i in out))""",
 ]
 
 
@@ -194,10 +200,20 @@ def _code(source: str, outputs: list | None = None, count: int | None = None):
     return cell
 
 
-def lecture_notebook(*, style: str = "d", checker: str = "cmp", data_path: str = "names.txt", colab: bool = False,
-                     wget: bool = False, ex1_upto: str | None = None, mistakes: dict[str, str] | None = None,
-                     copied: tuple[str, ...] = (), saved_outputs: dict[str, bool] | None = None,
-                     tqdm: bool = True, markers: bool = True) -> nbformat.NotebookNode:
+def lecture_notebook(
+    *,
+    style: str = "d",
+    checker: str = "cmp",
+    data_path: str = "names.txt",
+    colab: bool = False,
+    wget: bool = False,
+    ex1_upto: str | None = None,
+    mistakes: dict[str, str] | None = None,
+    copied: tuple[str, ...] = (),
+    saved_outputs: dict[str, bool] | None = None,
+    tqdm: bool = True,
+    markers: bool = True,
+) -> nbformat.NotebookNode:
     """A lecture-style notebook.
 
     style: "d" (`dlogprobs`) or "d_" (`d_logprobs`). checker: "cmp" or "compare_gradients".
@@ -212,25 +228,36 @@ def lecture_notebook(*, style: str = "d", checker: str = "cmp", data_path: str =
     if colab:
         cells.append(_code("from google.colab import drive\ndrive.mount('/content/drive')"))
     if wget:
-        cells.append(_code("# download the names.txt file from github\n"
-                           "!wget https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"))
+        cells.append(
+            _code(
+                "# download the names.txt file from github\n"
+                "!wget https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
+            )
+        )
     imports = "import torch\nimport torch.nn.functional as F\nimport matplotlib.pyplot as plt # for making figures\n%matplotlib inline"
     if tqdm:
         imports += "\nfrom tqdm.notebook import tqdm"
     else:
         imports += "\ntqdm = lambda x: x"
     cells.append(_code(imports))
-    cells.append(_code(f"# read in all the words\nwords = open({data_path!r}, 'r').read().splitlines()\n"
-                       "print(len(words))\nprint(max(len(w) for w in words))\nprint(words[:8])"))
-    cells.append(_code('''# build the vocabulary of characters and mappings to/from integers
+    cells.append(
+        _code(
+            f"# read in all the words\nwords = open({data_path!r}, 'r').read().splitlines()\n"
+            "print(len(words))\nprint(max(len(w) for w in words))\nprint(words[:8])"
+        )
+    )
+    cells.append(
+        _code("""# build the vocabulary of characters and mappings to/from integers
 chars = sorted(list(set(''.join(words))))
 stoi = {s:i+1 for i,s in enumerate(chars)}
 stoi['.'] = 0
 itos = {i:s for s,i in stoi.items()}
 vocab_size = len(itos)
 print(itos)
-print(vocab_size)'''))
-    cells.append(_code('''# build the dataset
+print(vocab_size)""")
+    )
+    cells.append(
+        _code("""# build the dataset
 block_size = 3 # context length: how many characters do we take to predict the next one?
 
 def build_dataset(words):
@@ -255,10 +282,12 @@ n2 = int(0.9*len(words))
 
 Xtr,  Ytr  = build_dataset(words[:n1])     # 80%
 Xdev, Ydev = build_dataset(words[n1:n2])   # 10%
-Xte,  Yte  = build_dataset(words[n2:])     # 10%'''))
+Xte,  Yte  = build_dataset(words[n2:])     # 10%""")
+    )
     cells.append(new_markdown_cell("ok biolerplate done, now we get to the action:"))
     cells.append(_code(CHECKERS[checker]))
-    cells.append(_code('''n_embd = 10 # the dimensionality of the character embedding vectors
+    cells.append(
+        _code("""n_embd = 10 # the dimensionality of the character embedding vectors
 n_hidden = 64 # the number of neurons in the hidden layer of the MLP
 
 g = torch.Generator().manual_seed(2147483647) # for reproducibility
@@ -276,19 +305,34 @@ bnbias = torch.randn((1, n_hidden))*0.1
 parameters = [C, W1, b1, W2, b2, bngain, bnbias]
 print(sum(p.nelement() for p in parameters)) # number of parameters in total
 for p in parameters:
-    p.requires_grad = True'''))
-    cells.append(_code('''batch_size = 32
+    p.requires_grad = True""")
+    )
+    cells.append(
+        _code("""batch_size = 32
 n = batch_size # a shorter variable also, for convenience
 # construct a minibatch
 ix = torch.randint(0, Xtr.shape[0], (batch_size,), generator=g)
-Xb, Yb = Xtr[ix], Ytr[ix] # batch X,Y'''))
-    cells.append(_code(FORWARD, [new_output("execute_result", {"text/plain": "tensor(3.3482, grad_fn=<NegBackward0>)"},
-                                            execution_count=9)], 9))
+Xb, Yb = Xtr[ix], Ytr[ix] # batch X,Y""")
+    )
+    cells.append(
+        _code(
+            FORWARD,
+            [new_output("execute_result", {"text/plain": "tensor(3.3482, grad_fn=<NegBackward0>)"}, execution_count=9)],
+            9,
+        )
+    )
 
     # Exercise 1
-    lines = ["# Exercise 1: backprop through the whole thing manually,",
-             "# backpropagating through exactly all of the variables",
-             "# as they are defined in the forward pass above, one by one", ""] if markers else []
+    lines = (
+        [
+            "# Exercise 1: backprop through the whole thing manually,",
+            "# backpropagating through exactly all of the variables",
+            "# as they are defined in the forward pass above, one by one",
+            "",
+        ]
+        if markers
+        else []
+    )
     done = ORDER if ex1_upto is None else ORDER[: ORDER.index(ex1_upto) + 1]
     for name, line in EX1:
         if name not in done:
@@ -307,25 +351,43 @@ Xb, Yb = Xtr[ix], Ytr[ix] # batch X,Y'''))
             lines.append(call)
             if saved_outputs and name in saved_outputs:
                 flag = saved_outputs[name]
-                outputs_text.append(f"{name:15s} | exact: {str(flag):5s} | approximate: {str(flag):5s} | maxdiff: "
-                                    f"{0.0 if flag else 0.0123}\n")
+                outputs_text.append(
+                    f"{name:15s} | exact: {str(flag):5s} | approximate: {str(flag):5s} | maxdiff: "
+                    f"{0.0 if flag else 0.0123}\n"
+                )
         else:
             lines.append("# " + call)
     outputs = [new_output("stream", name="stdout", text="".join(outputs_text))] if outputs_text else []
     cells.append(_code("\n".join(lines), outputs, 10 if outputs else None))
 
     # Exercise 2
-    cells.append(_code(("# Exercise 2: backprop through cross_entropy but all in one go\n" if markers else "") +
-                       "# forward pass\nloss_fast = F.cross_entropy(logits, Yb)\nprint(loss_fast.item(), 'diff:', (loss_fast - loss).item())"))
-    cells.append(_code(f"# backward pass\n{d}logits = F.softmax(logits, 1)\n{d}logits[range(n), Yb] -= 1\n{d}logits /= n\n\n"
-                       f"{checker}('logits', {d}logits, logits) # I can only get approximate to be true"))
+    cells.append(
+        _code(
+            ("# Exercise 2: backprop through cross_entropy but all in one go\n" if markers else "")
+            + "# forward pass\nloss_fast = F.cross_entropy(logits, Yb)\nprint(loss_fast.item(), 'diff:', (loss_fast - loss).item())"
+        )
+    )
+    cells.append(
+        _code(
+            f"# backward pass\n{d}logits = F.softmax(logits, 1)\n{d}logits[range(n), Yb] -= 1\n{d}logits /= n\n\n"
+            f"{checker}('logits', {d}logits, logits) # I can only get approximate to be true"
+        )
+    )
     # Exercise 3
-    cells.append(_code(("# Exercise 3: backprop through batchnorm but all in one go\n" if markers else "") +
-                       "# forward pass\nhpreact_fast = bngain * (hprebn - hprebn.mean(0, keepdim=True)) / "
-                       "torch.sqrt(hprebn.var(0, keepdim=True, unbiased=True) + 1e-5) + bnbias\n"
-                       "print('max diff:', (hpreact_fast - hpreact).abs().max())"))
-    cells.append(_code(f"# backward pass\n{d}hprebn = bngain*bnvar_inv/n * (n*{d}hpreact - {d}hpreact.sum(0) - "
-                       f"n/(n-1)*bnraw*({d}hpreact*bnraw).sum(0))\n\n{checker}('hprebn', {d}hprebn, hprebn)"))
+    cells.append(
+        _code(
+            ("# Exercise 3: backprop through batchnorm but all in one go\n" if markers else "")
+            + "# forward pass\nhpreact_fast = bngain * (hprebn - hprebn.mean(0, keepdim=True)) / "
+            "torch.sqrt(hprebn.var(0, keepdim=True, unbiased=True) + 1e-5) + bnbias\n"
+            "print('max diff:', (hpreact_fast - hpreact).abs().max())"
+        )
+    )
+    cells.append(
+        _code(
+            f"# backward pass\n{d}hprebn = bngain*bnvar_inv/n * (n*{d}hpreact - {d}hpreact.sum(0) - "
+            f"n/(n-1)*bnraw*({d}hpreact*bnraw).sum(0))\n\n{checker}('hprebn', {d}hprebn, hprebn)"
+        )
+    )
     cells.append(_code(EX4 if markers else EX4.replace("# Exercise 4: putting it all together!\n", "")))
     cells.extend(_code(s) for s in AFTER)
     nb = new_notebook(cells=cells)
@@ -371,13 +433,19 @@ def _notebook(cells: list) -> nbformat.NotebookNode:
 
 # Exercise 1 one step per cell, as learners check it: dcounts once both of its parts are in (after dcounts_sum)
 _LINES = dict(EX1)
-STEPS = [(name, _LINES[name]) for name in ORDER[:3]] + [
-    ("counts_sum", "{d}counts_sum = (-counts_sum**-2) * {d}counts_sum_inv"),
-    ("counts", "{d}counts = counts_sum_inv * {d}probs\n{d}counts += torch.ones_like(counts) * {d}counts_sum"),
-] + [(name, _LINES[name]) for name in ORDER[5:]]
+STEPS = (
+    [(name, _LINES[name]) for name in ORDER[:3]]
+    + [
+        ("counts_sum", "{d}counts_sum = (-counts_sum**-2) * {d}counts_sum_inv"),
+        ("counts", "{d}counts = counts_sum_inv * {d}probs\n{d}counts += torch.ones_like(counts) * {d}counts_sum"),
+    ]
+    + [(name, _LINES[name]) for name in ORDER[5:]]
+)
 
 
-def one_gradient_per_cell(*, alias: bool = False, chain_again: bool = True, markers: bool = False) -> nbformat.NotebookNode:
+def one_gradient_per_cell(
+    *, alias: bool = False, chain_again: bool = True, markers: bool = False
+) -> nbformat.NotebookNode:
     """Exercise 1 one gradient per cell, a cmp after each (dlogits and dhprebn built up over two cells, as the
     forward pass makes them), then the whole chain again in one cell; by default no `# Exercise` markers anywhere.
 
@@ -407,14 +475,18 @@ def batchnorm_ones_and_zeros() -> nbformat.NotebookNode:
     """The batch-norm gain and shift initialised the standard way (ones and zeros), as in nn.BatchNorm1d."""
     nb = lecture_notebook()
     params = next(c for c in nb.cells if c.source.startswith("n_embd = 10"))
-    params.source = params.source.replace("bngain = torch.randn((1, n_hidden))*0.1 + 1.0",
-                                          "bngain = torch.ones((1, n_hidden))  # as nn.BatchNorm1d starts")
-    params.source = params.source.replace("bnbias = torch.randn((1, n_hidden))*0.1", "bnbias = torch.zeros((1, n_hidden))")
+    params.source = params.source.replace(
+        "bngain = torch.randn((1, n_hidden))*0.1 + 1.0",
+        "bngain = torch.ones((1, n_hidden))  # as nn.BatchNorm1d starts",
+    )
+    params.source = params.source.replace(
+        "bnbias = torch.randn((1, n_hidden))*0.1", "bnbias = torch.zeros((1, n_hidden))"
+    )
     assert "torch.ones((1, n_hidden))" in params.source and "torch.zeros((1, n_hidden))" in params.source
     return nb
 
 
-WORD_PULL = '''# my own experiment between the exercises: how hard does each word pull on the output layer?
+WORD_PULL = """# my own experiment between the exercises: how hard does each word pull on the output layer?
 def word_pull(some_words):
     pulls = []
     for w in some_words:
@@ -428,7 +500,7 @@ def word_pull(some_words):
         pulls.append((w, round(dW2.norm().item(), 3), round(dh.norm().item(), 3), round(db2.norm().item(), 3)))
     return pulls
 
-word_pull(words[:4])'''
+word_pull(words[:4])"""
 
 
 def words_loop_between_exercises() -> nbformat.NotebookNode:
@@ -447,12 +519,18 @@ def equivalent_forward() -> nbformat.NotebookNode:
     seed 42 with the grader's names.txt)."""
     nb = lecture_notebook(saved_outputs={"W2": True, "bnvar_inv": True})
     params = next(c for c in nb.cells if c.source.startswith("n_embd = 10"))
-    params.source = params.source.replace("manual_seed(2147483647)", "manual_seed(42)").replace(
-        "bngain = torch.randn((1, n_hidden))*0.1 + 1.0", "bngain = torch.randn((1, n_hidden), generator=g)*0.1 + 1.0"
-    ).replace("bnbias = torch.randn((1, n_hidden))*0.1", "bnbias = torch.randn((1, n_hidden), generator=g)*0.1")
+    params.source = (
+        params.source.replace("manual_seed(2147483647)", "manual_seed(42)")
+        .replace(
+            "bngain = torch.randn((1, n_hidden))*0.1 + 1.0",
+            "bngain = torch.randn((1, n_hidden), generator=g)*0.1 + 1.0",
+        )
+        .replace("bnbias = torch.randn((1, n_hidden))*0.1", "bnbias = torch.randn((1, n_hidden), generator=g)*0.1")
+    )
     forward = next(c for c in nb.cells if c.source.startswith("# forward pass"))
-    forward.source = forward.source.replace("bnvar_inv = (bnvar + 1e-5)**-0.5",
-                                            "bnvar_inv = 1.0 / torch.sqrt(bnvar + 1e-5)  # 1/std, easier to read")
+    forward.source = forward.source.replace(
+        "bnvar_inv = (bnvar + 1e-5)**-0.5", "bnvar_inv = 1.0 / torch.sqrt(bnvar + 1e-5)  # 1/std, easier to read"
+    )
     assert "generator=g)*0.1 + 1.0" in params.source and "torch.sqrt(bnvar" in forward.source
     return nb
 

@@ -59,15 +59,37 @@ def test_discover_reads_every_layout_and_reports_duplicates(tmp_path):
 
 
 def _report(student: str, points: dict[str, float], status: str = "graded") -> dict:
-    variables = [{"exercise": ex.id, "name": v.name, "points": points.get(v.name, v.points), "max_points": v.points,
-                  "status": "exact" if points.get(v.name, v.points) else "wrong", "message": "" if points.get(v.name, 1) else f"{v.name}: off"}
-                 for ex in RUBRIC.exercises for v in ex.graded]
+    variables = [
+        {
+            "exercise": ex.id,
+            "name": v.name,
+            "points": points.get(v.name, v.points),
+            "max_points": v.points,
+            "status": "exact" if points.get(v.name, v.points) else "wrong",
+            "message": "" if points.get(v.name, 1) else f"{v.name}: off",
+        }
+        for ex in RUBRIC.exercises
+        for v in ex.graded
+    ]
     score = sum(v["points"] for v in variables)
-    return {"student": student, "assignment": "backprop_ninja", "status": status, "error": "", "score": score,
-            "max_score": RUBRIC.max_score, "exercises": [{"id": ex.id, "score": sum(v["points"] for v in variables
-                                                                                  if v["exercise"] == ex.id),
-                                                          "max_score": ex.max_score} for ex in RUBRIC.exercises],
-            "variables": variables, "notes": []}
+    return {
+        "student": student,
+        "assignment": "backprop_ninja",
+        "status": status,
+        "error": "",
+        "score": score,
+        "max_score": RUBRIC.max_score,
+        "exercises": [
+            {
+                "id": ex.id,
+                "score": sum(v["points"] for v in variables if v["exercise"] == ex.id),
+                "max_score": ex.max_score,
+            }
+            for ex in RUBRIC.exercises
+        ],
+        "variables": variables,
+        "notes": [],
+    }
 
 
 def test_gradebook_summary_and_feedback_from_reports():
@@ -86,8 +108,19 @@ def test_gradebook_summary_and_feedback_from_reports():
 
 
 def _grade(out: Path, *inputs: Path, jobs: int = 2, **kwargs) -> subprocess.Popen | subprocess.CompletedProcess:
-    cmd = [*grader_command(), "grade", *map(str, inputs), "--assignment", "backprop_ninja", "--out", str(out),
-           "--jobs", str(jobs), "--timeout", "30"]
+    cmd = [
+        *grader_command(),
+        "grade",
+        *map(str, inputs),
+        "--assignment",
+        "backprop_ninja",
+        "--out",
+        str(out),
+        "--jobs",
+        str(jobs),
+        "--timeout",
+        "30",
+    ]
     if kwargs.get("background"):
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -109,8 +142,13 @@ def test_a_batch_grades_everyone_and_a_killed_batch_resumes_to_the_same_gradeboo
     rows = {r["student"]: r for r in csv.DictReader(io.StringIO((tmp_path / "whole" / "grades.csv").read_text()))}
     assert {k: (r["status"], r["score"]) for k, r in rows.items()} == {
         # os._exit(0) in Exercise 2: the run failed, and Exercise 1, which had ended, keeps its 26 points
-        "exits_process": ("failed", "26"), "full_marks": ("graded", "36"), "half_done": ("graded", "8"),
-        "keepdim_d_b2": ("graded", "35"), "not_json": ("failed", "0"), "wrong_d_W2": ("graded", "35")}
+        "exits_process": ("failed", "26"),
+        "full_marks": ("graded", "36"),
+        "half_done": ("graded", "8"),
+        "keepdim_d_b2": ("graded", "35"),
+        "not_json": ("failed", "0"),
+        "wrong_d_W2": ("graded", "35"),
+    }
     assert "not a Jupyter notebook" in rows["not_json"]["error"]
     report = json.loads((tmp_path / "whole" / "reports" / "wrong_d_W2.json").read_text())
     assert report["student"] == "wrong_d_W2" and len(report["sha256"]) == 64 and report["score"] == 35

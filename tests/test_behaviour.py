@@ -16,16 +16,18 @@ import pytest
 from conftest import NOTEBOOKS
 from grader import grade_notebook
 
-EX1 = ("d_logprobs d_probs d_counts_sum_inv d_counts_sum d_counts d_norm_logits d_logit_maxes d_logits "
-       "d_h d_W2 d_b2 d_hpreact d_bngain d_bnbias d_bnraw d_bnvar_inv d_bnvar d_bndiff2 d_bndiff d_bnmeani "
-       "d_hprebn d_embcat d_W1 d_b1 d_emb d_C").split()
+EX1 = (
+    "d_logprobs d_probs d_counts_sum_inv d_counts_sum d_counts d_norm_logits d_logit_maxes d_logits "
+    "d_h d_W2 d_b2 d_hpreact d_bngain d_bnbias d_bnraw d_bnvar_inv d_bnvar d_bndiff2 d_bndiff d_bnmeani "
+    "d_hprebn d_embcat d_W1 d_b1 d_emb d_C"
+).split()
 EX4 = ["d_C", "d_W1", "d_b1", "d_W2", "d_b2", "d_bngain", "d_bnbias"]
 EX123 = [("ex1", v) for v in EX1] + [("ex2", "d_logits"), ("ex3", "d_hprebn")]
 ALL = EX123 + [("ex4", v) for v in EX4 + ["loss"]]
 
 
 def ex1(status: str | tuple[str, ...], names: list[str] | None = None, start: str | None = None) -> dict:
-    chosen = names if names is not None else EX1[EX1.index(start):] if start else EX1
+    chosen = names if names is not None else EX1[EX1.index(start) :] if start else EX1
     return {("ex1", v): status for v in chosen}
 
 
@@ -39,8 +41,10 @@ CASES: dict[str, tuple[str, dict]] = {
     "raises_midway": ("graded", ex1("error", start="d_bnraw")),
     # the counts_sum branch of d_counts was deleted: d_counts and everything downstream is wrong, except
     # d_b1, which is zero whatever arrives from above (b1 sits in front of batchnorm's mean)
-    "deleted_line": ("graded", {k: v for k, v in ex1("wrong", start="d_counts").items() if k[1] != "d_b1"}
-                     | {("ex3", "d_hprebn"): "wrong"}),
+    "deleted_line": (
+        "graded",
+        {k: v for k, v in ex1("wrong", start="d_counts").items() if k[1] != "d_b1"} | {("ex3", "d_hprebn"): "wrong"},
+    ),
     # an endless loop after Exercise 1's eighth line: the cell is interrupted, what it computed before counts,
     # and the run goes on (Exercise 3 reads Exercise 1's d_hpreact)
     "infinite_loop": ("graded", ex1("error", start="d_h") | {("ex3", "d_hprebn"): "error"}),
@@ -65,7 +69,10 @@ CASES: dict[str, tuple[str, dict]] = {
     "lying_subclass": ("graded", ex1("not_tensor") | {("ex3", "d_hprebn"): "not_tensor"}),
     # the student changed the locked forward pass (biased variance, loss times 0) and fitted d_bndiff2 to
     # it: the released forward pass is run, so d_bndiff2 and what depends on it are wrong
-    "edited_locked_forward": ("graded", ex1("wrong", ["d_bndiff2", "d_bndiff", "d_hprebn", "d_embcat", "d_W1", "d_emb", "d_C"])),
+    "edited_locked_forward": (
+        "graded",
+        ex1("wrong", ["d_bndiff2", "d_bndiff", "d_hprebn", "d_embcat", "d_W1", "d_emb", "d_C"]),
+    ),
     # %matplotlib inline, plt.show(), !shell escapes, %time, prints and an extra cell of the student's own
     "plots_and_magics": ("graded", {}),
     # copies of the locked forward and autograd cells placed first, answers read from .grad: copies don't run
@@ -77,10 +84,16 @@ CASES: dict[str, tuple[str, dict]] = {
     # os.kill(os.getpid(), 40) in ex3: Exercises 1 and 2 had ended
     "dies_by_signal": ("failed", dict.fromkeys([k for k in ALL if k[0] in ("ex3", "ex4")], "error")),
     # 1/31 in d_bndiff2 and /32 in Exercise 2: right for the published batch size, wrong for the hidden one
-    "hardcoded_batch": ("graded", ex1("wrong", ["d_bndiff2", "d_bndiff", "d_hprebn", "d_embcat", "d_W1", "d_emb", "d_C"])
-                        | {("ex2", "d_logits"): "wrong"}),
+    "hardcoded_batch": (
+        "graded",
+        ex1("wrong", ["d_bndiff2", "d_bndiff", "d_hprebn", "d_embcat", "d_W1", "d_emb", "d_C"])
+        | {("ex2", "d_logits"): "wrong"},
+    ),
     # a correct Exercise 1 pasted in as numbers: right for the published run only
-    "copied_numbers": ("graded", ex1(("wrong", "shape")) | {("ex3", "d_hprebn"): "error"}),  # ex3 uses the pasted d_hpreact
+    "copied_numbers": (
+        "graded",
+        ex1(("wrong", "shape")) | {("ex3", "d_hprebn"): "error"},
+    ),  # ex3 uses the pasted d_hpreact
     # Exercise 4 with a stale copy of W1: right at the first step, wrong after the weights moved
     "ex4_stale_weights": ("graded", {("ex4", "d_C"): "wrong", ("ex4", "loss"): "wrong"}),
     # Exercise 4 leaves d_b1 as None: the first update fails, and with it the training
@@ -92,8 +105,12 @@ CASES: dict[str, tuple[str, dict]] = {
     # are recorded before the call, and the first step must start from the released initial weights
     "ex4_zeroes_weights": ("graded", {("ex4", v): "wrong" for v in EX4 + ["loss"]} | {("ex4", "d_b1"): "error"}),
     # the first eight gradients written, the rest still stubs
-    "half_done": ("graded", ex1("missing", start="d_h") | {("ex2", "d_logits"): "missing", ("ex3", "d_hprebn"): "missing"}
-                  | {("ex4", v): "missing" for v in EX4 + ["loss"]}),  # the stub returns None: the loss too
+    "half_done": (
+        "graded",
+        ex1("missing", start="d_h")
+        | {("ex2", "d_logits"): "missing", ("ex3", "d_hprebn"): "missing"}
+        | {("ex4", v): "missing" for v in EX4 + ["loss"]},
+    ),  # the stub returns None: the loss too
 }
 TIMEOUT = 20.0
 
@@ -129,15 +146,21 @@ def test_a_hung_cell_is_interrupted_and_the_run_goes_on(pool):
     assert report.status == "graded" and report.error == ""
     d_h = next(v for v in report.variables if v.name == "d_h")
     # a cell may use half of its run's time: 4 s of 8
-    assert d_h.message == "d_h was not computed: cell 13 (ex1) raised interrupted after 4 s (a cell's share of the time)"
+    assert (
+        d_h.message == "d_h was not computed: cell 13 (ex1) raised interrupted after 4 s (a cell's share of the time)"
+    )
     assert [e.score for e in report.exercises] == [8, 1, 0, 8]
 
 
-def test_a_cell_that_swallows_the_interrupt_is_stopped_by_the_run_timeout_and_the_run_keeps_what_it_finished(tmp_path, pool):
+def test_a_cell_that_swallows_the_interrupt_is_stopped_by_the_run_timeout_and_the_run_keeps_what_it_finished(
+    tmp_path, pool
+):
     nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
     cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex2")
-    cell.source = "while True:\n    try:\n        while True:\n            pass\n    except KeyboardInterrupt:\n" \
-                  "        pass\n" + cell.source
+    cell.source = (
+        "while True:\n    try:\n        while True:\n            pass\n    except KeyboardInterrupt:\n"
+        "        pass\n" + cell.source
+    )
     nbformat.write(nb, tmp_path / "swallows.ipynb")
     report = grade_notebook(tmp_path / "swallows.ipynb", timeout=4, pool=pool)
     assert report.status == "failed" and report.error.startswith("timed out after 4 s in cell 17 (ex2)")
@@ -156,8 +179,9 @@ def test_a_notebook_that_kills_its_process_is_reported_with_the_cell(pool):
 def test_a_raising_cell_is_named_with_its_line(pool):
     report = grade_notebook(NOTEBOOKS / "raises_midway.ipynb", pool=pool)
     d_bnraw = next(v for v in report.variables if v.name == "d_bnraw")
-    assert d_bnraw.message == ("d_bnraw was not computed: cell 13 (ex1) raised NameError: "
-                               "name 'bn_gain' is not defined (line 45)")
+    assert d_bnraw.message == (
+        "d_bnraw was not computed: cell 13 (ex1) raised NameError: name 'bn_gain' is not defined (line 45)"
+    )
 
 
 def test_an_edited_locked_cell_is_reported(pool):
@@ -182,7 +206,9 @@ def test_a_hard_coded_batch_size_is_named_without_the_hidden_value(pool):
     report = grade_notebook(NOTEBOOKS / "hardcoded_batch.ipynb", pool=pool)
     d_bndiff2 = next(v for v in report.variables if v.name == "d_bndiff2")
     assert d_bndiff2.runs == ("exact", "exact", "wrong")
-    assert d_bndiff2.message.startswith("d_bndiff2 is right with the notebook's parameters but wrong in hidden run 2 (other batch_size)")
+    assert d_bndiff2.message.startswith(
+        "d_bndiff2 is right with the notebook's parameters but wrong in hidden run 2 (other batch_size)"
+    )
     assert d_bndiff2.message.endswith("is there a literal 32 or 31 (use n, the batch size) in your code?")
     assert "19" not in d_bndiff2.message
 
@@ -218,8 +244,11 @@ def test_a_notebook_cannot_reach_the_network_where_the_platform_allows_a_namespa
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
     nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(
-        f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5).sendall(b'leak')"))
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5).sendall(b'leak')"
+        )
+    )
     path = tmp_path / "phones_home.ipynb"
     nbformat.write(nb, path)
     try:
@@ -238,17 +267,26 @@ PART_WAY: dict[str, tuple[str, dict, str | tuple[str, ...]]] = {
     # backward() hangs after three steps: the training cell is interrupted, Exercises 1-3 keep their 28 points
     "ex4_hangs": ("graded", dict.fromkeys(EX4_ALL, "missing") | {("ex4", "loss"): "error"}, "interrupted after 4 s"),
     "ex4_exits": ("failed", dict.fromkeys([*EX4_ALL, ("ex4", "loss")], "error"), "exited with code 0 in cell 27"),
-    "ex4_kills_itself": ("failed", dict.fromkeys([*EX4_ALL, ("ex4", "loss")], "error"),
-                         "killed by signal SIGKILL in cell 27"),
+    "ex4_kills_itself": (
+        "failed",
+        dict.fromkeys([*EX4_ALL, ("ex4", "loss")], "error"),
+        "killed by signal SIGKILL in cell 27",
+    ),
     # a per-process cap (Linux) or the watchdog (portable) stops it; the training cell raises or the run ends
-    "ex4_out_of_memory": ("graded", dict.fromkeys(EX4_ALL, "missing") | {("ex4", "loss"): "error"},
-                          ("can't allocate memory", "ran out of memory")),
+    "ex4_out_of_memory": (
+        "graded",
+        dict.fromkeys(EX4_ALL, "missing") | {("ex4", "loss"): "error"},
+        ("can't allocate memory", "ran out of memory"),
+    ),
     # the row-by-row loop never moves on: Exercise 2 is interrupted with a wrong d_logits, and the run goes on
     "ex2_endless": ("graded", {("ex2", "d_logits"): "wrong"}, "cell 17 (ex2) raised interrupted after 4 s"),
     # only hidden run 2 (another batch size) hangs, in Exercise 4 with SIGINT blocked, until its own timeout:
     # Exercises 1-3, which that run had finished, keep their points
-    "hidden_run_hangs": ("graded", dict.fromkeys([*EX4_ALL, ("ex4", "loss")], "error"),
-                         "hidden run 2 did not run to the end"),
+    "hidden_run_hangs": (
+        "graded",
+        dict.fromkeys([*EX4_ALL, ("ex4", "loss")], "error"),
+        "hidden run 2 did not run to the end",
+    ),
 }
 PART_WAY_TIMEOUT = 8.0
 
@@ -278,14 +316,31 @@ def test_grader_grade_keeps_the_same_points_as_grader_check(tmp_path, pool) -> N
     for name in PART_WAY:
         shutil.copyfile(NOTEBOOKS / f"{name}.ipynb", tmp_path / f"{name}.ipynb")
     out = tmp_path / "out"
-    done = subprocess.run([*grader_command(), "grade", str(tmp_path), "--assignment", "backprop_ninja", "--out",
-                           str(out), "--timeout", str(PART_WAY_TIMEOUT), "--jobs", "2"],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            *grader_command(),
+            "grade",
+            str(tmp_path),
+            "--assignment",
+            "backprop_ninja",
+            "--out",
+            str(out),
+            "--timeout",
+            str(PART_WAY_TIMEOUT),
+            "--jobs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     with (out / "grades.csv").open(encoding="utf-8") as f:
         rows = {r["student"]: float(r["score"]) for r in csv.DictReader(f)}
-    checked = {name: grade_notebook(NOTEBOOKS / f"{name}.ipynb", timeout=PART_WAY_TIMEOUT, pool=pool).score
-               for name in PART_WAY}
+    checked = {
+        name: grade_notebook(NOTEBOOKS / f"{name}.ipynb", timeout=PART_WAY_TIMEOUT, pool=pool).score
+        for name in PART_WAY
+    }
     assert rows == checked
     assert rows["ex4_hangs"] == rows["ex4_exits"] == rows["ex4_out_of_memory"] == 28
     assert rows["ex2_endless"] == 35 and rows["hidden_run_hangs"] == 28

@@ -29,22 +29,39 @@ ASSIGNMENT = assignments.load("backprop_ninja")
 
 COMMON = ("ex1", "d_logprobs[range(n), Yb] = -1.0 / n", "d_logprobs[range(n), Yb] = -1.0")  # factor n, all below follow
 SHARED_W2 = ("ex1", "d_W2 = h.T @ d_logits", "d_W2 = h.T @ d_logits * 0.9")
-SHARED_BNGAIN = ("ex1", "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True)",
-                 "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True) + 0.01")
+SHARED_BNGAIN = (
+    "ex1",
+    "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True)",
+    "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True) + 0.01",
+)
 OWN_B2 = ("ex1", "d_b2 = d_logits.sum(0)", "d_b2 = d_logits.sum(0) * 1.1")
 
 CLASS = {
-    "ok1": (), "ok2": (), "ok3": (),
-    "common1": (COMMON,), "common2": (COMMON,), "common3": (COMMON,), "common4": (COMMON,),
+    "ok1": (),
+    "ok2": (),
+    "ok3": (),
+    "common1": (COMMON,),
+    "common2": (COMMON,),
+    "common3": (COMMON,),
+    "common4": (COMMON,),
     # the group: the same two odd answers; one of them renamed a variable and added comments
     "group1": (SHARED_W2, SHARED_BNGAIN),
     "group2": (SHARED_W2, SHARED_BNGAIN),
-    "group3": (("ex1", "d_W2 = h.T @ d_logits", "# weights of the output layer\nW2_grad = h.T @ d_logits * 0.9\nd_W2 = W2_grad"),
-               SHARED_BNGAIN),
+    "group3": (
+        (
+            "ex1",
+            "d_W2 = h.T @ d_logits",
+            "# weights of the output layer\nW2_grad = h.T @ d_logits * 0.9\nd_W2 = W2_grad",
+        ),
+        SHARED_BNGAIN,
+    ),
     # their own mistakes; own1 and own2 share one uncommon answer (d_b2), and nothing else
     "own1": (OWN_B2, ("ex1", "d_W1 = embcat.T @ d_hprebn", "d_W1 = embcat.T @ d_hprebn * 2")),
     "own2": (OWN_B2, ("ex2", "d_logits /= n", "d_logits /= n - 1")),
-    "own3": (COMMON, ("ex1", "d_bnbias = d_hpreact.sum(0, keepdim=True)", "d_bnbias = d_hpreact.sum(0, keepdim=True) - 0.5")),
+    "own3": (
+        COMMON,
+        ("ex1", "d_bnbias = d_hpreact.sum(0, keepdim=True)", "d_bnbias = d_hpreact.sum(0, keepdim=True) - 0.5"),
+    ),
     "own4": (("ex1", "d_bndiff2 = (1.0 / (n - 1))", "d_bndiff2 = (1.0 / n)"), ("ex3", "n / (n - 1) * bnraw", "bnraw")),
 }
 
@@ -125,22 +142,41 @@ def _browser() -> str | None:
 
 @pytest.mark.skipif(_browser() is None, reason="no Chromium here (CI installs Debian's chromium)")
 def test_the_class_page_loads_in_a_headless_browser_with_its_picture(graded_class, tmp_path):
-    flags = ["--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     page = (graded_class / "class.html").as_uri()
     dom = subprocess.run([_browser(), *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
     assert 'data-images="loaded"' in dom  # set by the page itself once its picture has decoded
     assert "A lead for a conversation, not proof." in dom and "group1" in dom
     shot = tmp_path / "class.png"
-    subprocess.run([_browser(), *flags, f"--screenshot={shot}", "--window-size=1200,2600", page],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [_browser(), *flags, f"--screenshot={shot}", "--window-size=1200,2600", page], capture_output=True, timeout=120
+    )
     assert shot.read_bytes()[:4] == b"\x89PNG"
 
 
 def _report(student: str, answers: dict[str, str], hints: dict[str, str] | None = None) -> dict:
     """A report whose root mistakes are `answers` (`exercise/variable` -> digest), with the grader's `hints`."""
-    variables = [{"exercise": k.split("/")[0], "name": k.split("/")[1], "status": "wrong", "local_status": "wrong",
-                  "hint": (hints or {}).get(k, ""), "points": 0, "max_points": 1} for k in answers]
+    variables = [
+        {
+            "exercise": k.split("/")[0],
+            "name": k.split("/")[1],
+            "status": "wrong",
+            "local_status": "wrong",
+            "hint": (hints or {}).get(k, ""),
+            "points": 0,
+            "max_points": 1,
+        }
+        for k in answers
+    ]
     return {"student": student, "status": "graded", "variables": variables, "answers": answers}
 
 
@@ -154,17 +190,21 @@ def test_shared_answers_never_rest_on_common_mistakes_or_a_single_answer():
     six = [_report(f"c{i}", {"ex1/d_a": "aaaa", "ex1/d_b": "bbbb"}) for i in range(6)]  # 30 % of 20: common
     pair = [_report(p, {"ex1/d_a": "xxxx", "ex1/d_c": "yyyy"}) for p in ("p1", "p2")]
     one = [_report(q, {"ex1/d_d": "zzzz"}) for q in ("q1", "q2")]  # one shared answer: not enough
-    assert class_report.shared_answers(_class(20, six, pair, one)) == [(("p1", "p2"), ("ex1/d_a", "ex1/d_c"), (20 / 2) ** 2)]
+    assert class_report.shared_answers(_class(20, six, pair, one)) == [
+        (("p1", "p2"), ("ex1/d_a", "ex1/d_c"), (20 / 2) ** 2)
+    ]
 
 
 def test_a_ring_is_named_by_its_share_of_the_class_not_a_head_count():
     ring = {"ex1/d_W2": "ring-w2", "ex1/d_bngain": "ring-bngain"}  # two odd answers without a hint
     four = [_report(f"r{i}", ring) for i in range(4)]
     assert class_report.shared_answers(_class(20, four)) == [
-        (("r0", "r1", "r2", "r3"), ("ex1/d_W2", "ex1/d_bngain"), (20 / 4) ** 2)]
+        (("r0", "r1", "r2", "r3"), ("ex1/d_W2", "ex1/d_bngain"), (20 / 4) ** 2)
+    ]
     five = [_report(f"r{i}", ring) for i in range(5)]
     assert class_report.shared_answers(_class(60, five)) == [
-        (tuple(f"r{i}" for i in range(5)), ("ex1/d_W2", "ex1/d_bngain"), (60 / 5) ** 2)]
+        (tuple(f"r{i}" for i in range(5)), ("ex1/d_W2", "ex1/d_bngain"), (60 / 5) ** 2)
+    ]
     assert class_report.shared_answers(_class(20, five))[0][0] == tuple(f"r{i}" for i in range(5))  # 25 %: still rare
     # the limit: at most 3 students, or 25 % of the class where that is more
     assert [class_report.common_limit(n) for n in (4, 12, 20, 60)] == [3, 3, 5, 15]
@@ -218,6 +258,7 @@ def test_tokens_ignore_whitespace_comments_and_names():
 
 
 # --- regrading when what grades changed -----------------------------------------------------------------
+
 
 def test_reports_are_graded_again_when_the_hidden_runs_or_the_rubric_change(tmp_path, warm_pool, monkeypatch):
     submitted = _write_class(tmp_path / "submitted", {"alice": (), "bob": (SHARED_W2,)})
@@ -284,13 +325,23 @@ def test_the_grader_input_follows_its_templates_and_torch(tmp_path):
     inputs = batch.grading_inputs(ASSIGNMENT)
     assert inputs["torch"] == torch.__version__
     s = batch.Submission("amy", Path("amy.ipynb"), "d1")
-    assert batch.regrade_reason({"sha256": "d1", "inputs": {**inputs, "torch": "1.0.0"}}, s, inputs) == "PyTorch changed"
+    assert (
+        batch.regrade_reason({"sha256": "d1", "inputs": {**inputs, "torch": "1.0.0"}}, s, inputs) == "PyTorch changed"
+    )
 
 
 def test_regrade_reasons_name_every_input_that_changed():
     s = batch.Submission("amy", Path("amy.ipynb"), "d1")
-    inputs = {"rubric": "r", "released": "n", "solution": "", "hidden_runs": "h", "data": "d", "timeout": "60",
-              "memory": "2048", "grader": "0.1.0+abc"}
+    inputs = {
+        "rubric": "r",
+        "released": "n",
+        "solution": "",
+        "hidden_runs": "h",
+        "data": "d",
+        "timeout": "60",
+        "memory": "2048",
+        "grader": "0.1.0+abc",
+    }
     kept = {"sha256": "d1", "inputs": dict(inputs)}
     assert batch.regrade_reason(kept, s, inputs) is None
     assert batch.regrade_reason(None, s, inputs) == ""
@@ -303,8 +354,10 @@ def test_regrade_reasons_name_every_input_that_changed():
 def _outcomes() -> list:
     report = {"score": 36.0, "max_score": 36.0}
     why = ["rubric changed"] * 3 + ["time limit, memory limit and grader changed", "", "--force"]
-    return [batch.Outcome(batch.Submission(f"s{i}", Path(f"s{i}.ipynb"), "d"), report, reused=i == 4, why=w)
-            for i, w in enumerate(why)]
+    return [
+        batch.Outcome(batch.Submission(f"s{i}", Path(f"s{i}.ipynb"), "d"), report, reused=i == 4, why=w)
+        for i, w in enumerate(why)
+    ]
 
 
 def test_progress_ends_with_each_reason_for_grading_again_and_its_count(capsys):
@@ -316,12 +369,19 @@ def test_progress_ends_with_each_reason_for_grading_again_and_its_count(capsys):
     progress.finish()
     lines = capsys.readouterr().err.splitlines()
     # one line per submission as before (what logs and tests read), then the reasons, most common first
-    assert lines[:6] == ["[1/6] s0: 36/36 (graded again: rubric changed)", "[2/6] s1: 36/36 (graded again: rubric changed)",
-                         "[3/6] s2: 36/36 (graded again: rubric changed)",
-                         "[4/6] s3: 36/36 (graded again: time limit, memory limit and grader changed)",
-                         "[5/6] s4: 36/36 (kept)", "[6/6] s5: 36/36 (graded again: --force)"]
-    assert lines[6:] == ["graded again: rubric changed (3)", "graded again: --force (1)",
-                         "graded again: time limit, memory limit and grader changed (1)"]
+    assert lines[:6] == [
+        "[1/6] s0: 36/36 (graded again: rubric changed)",
+        "[2/6] s1: 36/36 (graded again: rubric changed)",
+        "[3/6] s2: 36/36 (graded again: rubric changed)",
+        "[4/6] s3: 36/36 (graded again: time limit, memory limit and grader changed)",
+        "[5/6] s4: 36/36 (kept)",
+        "[6/6] s5: 36/36 (graded again: --force)",
+    ]
+    assert lines[6:] == [
+        "graded again: rubric changed (3)",
+        "graded again: --force (1)",
+        "graded again: time limit, memory limit and grader changed (1)",
+    ]
 
 
 def test_on_a_terminal_the_bar_stays_and_the_reasons_follow_it_in_full(monkeypatch):
@@ -339,34 +399,51 @@ def test_on_a_terminal_the_bar_stays_and_the_reasons_follow_it_in_full(monkeypat
     progress.finish()
     shown = terminal.getvalue()
     assert "6/6" in shown and "[1/6]" not in shown  # the bar, not the lines
-    assert shown.endswith("graded again: rubric changed (3)\ngraded again: --force (1)\n"
-                          "graded again: time limit, memory limit and grader changed (1)\n")
+    assert shown.endswith(
+        "graded again: rubric changed (3)\ngraded again: --force (1)\n"
+        "graded again: time limit, memory limit and grader changed (1)\n"
+    )
 
 
 # --- back to the LMS ------------------------------------------------------------------------------------
 
+
 def test_canvas_csv_has_the_gradebook_import_layout():
-    subs = [batch.Submission("doejane", Path("a"), "1", canvas_id="2222", late=True),
-            batch.Submission("smithjohn", Path("b"), "2", canvas_id="12345"),
-            batch.Submission("local", Path("c"), "3")]
-    reports = [{"student": "doejane", "score": 35.0}, {"student": "smithjohn", "score": 36.0},
-               {"student": "local", "score": 1.0}]
+    subs = [
+        batch.Submission("doejane", Path("a"), "1", canvas_id="2222", late=True),
+        batch.Submission("smithjohn", Path("b"), "2", canvas_id="12345"),
+        batch.Submission("local", Path("c"), "3"),
+    ]
+    reports = [
+        {"student": "doejane", "score": 35.0},
+        {"student": "smithjohn", "score": 36.0},
+        {"student": "local", "score": 1.0},
+    ]
     rows = list(csv.reader(io.StringIO(batch.canvas_csv(subs, reports, "Backprop ninja (4411)"))))
-    assert rows == [["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Backprop ninja (4411)"],
-                    ["doejane", "2222", "", "", "", "35"], ["smithjohn", "12345", "", "", "", "36"]]
+    assert rows == [
+        ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Backprop ninja (4411)"],
+        ["doejane", "2222", "", "", "", "35"],
+        ["smithjohn", "12345", "", "", "", "36"],
+    ]
 
 
 def test_canvas_names_keep_their_user_ids_and_late_flags(tmp_path):
     download = tmp_path / "submissions.zip"
     with zipfile.ZipFile(download, "w") as zf:
-        for name in ("smithjohn_12345_67890_backprop_ninja.ipynb", "smithjohn_LATE_777_888_backprop_ninja.ipynb",
-                     "doejane_2222_3333_backprop_ninja-1.ipynb"):
+        for name in (
+            "smithjohn_12345_67890_backprop_ninja.ipynb",
+            "smithjohn_LATE_777_888_backprop_ninja.ipynb",
+            "doejane_2222_3333_backprop_ninja-1.ipynb",
+        ):
             zf.writestr(name, "{}")
     (tmp_path / "scratch").mkdir()
     found = submissions.discover([download], "backprop_ninja", tmp_path / "scratch")
     # two students named alike are two students, told apart by their Canvas user ids
     assert [(s.student, s.canvas_id, s.late) for s in found.submissions] == [
-        ("doejane", "2222", False), ("smithjohn_12345", "12345", False), ("smithjohn_777", "777", True)]
+        ("doejane", "2222", False),
+        ("smithjohn_12345", "12345", False),
+        ("smithjohn_777", "777", True),
+    ]
     assert found.problems == ()
 
 
@@ -378,10 +455,16 @@ def test_without_canvas_assignment_a_canvas_download_gets_a_note_on_its_column(t
     done = subprocess.run([*command, "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     [note] = [line for line in done.stderr.splitlines() if "canvas.csv" in line]
-    assert note.startswith("note: canvas.csv's score column is named 'backprop_ninja'") and "--canvas-assignment" in note
+    assert (
+        note.startswith("note: canvas.csv's score column is named 'backprop_ninja'") and "--canvas-assignment" in note
+    )
     assert (tmp_path / "out" / "canvas.csv").read_text().splitlines()[0].endswith(",backprop_ninja")
-    named = subprocess.run([*command, "--out", str(tmp_path / "named"), "--canvas-assignment", "Backprop ninja (4411)"],
-                           capture_output=True, text=True, timeout=300)
+    named = subprocess.run(
+        [*command, "--out", str(tmp_path / "named"), "--canvas-assignment", "Backprop ninja (4411)"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert named.returncode == 0 and "canvas.csv" not in named.stderr, named.stderr
 
 
@@ -390,24 +473,46 @@ def test_grade_from_a_canvas_download_writes_canvas_csv_flags_late_and_regrades_
     download = tmp_path / "submissions.zip"
     with zipfile.ZipFile(download, "w") as zf:
         zf.writestr("smithjohn_12345_67890_backprop_ninja.ipynb", nbformat.writes(answered("backprop_ninja")))
-        zf.writestr("doejane_LATE_2222_3333_backprop_ninja-1.ipynb",
-                    nbformat.writes(answered("backprop_ninja", (SHARED_W2,))))
+        zf.writestr(
+            "doejane_LATE_2222_3333_backprop_ninja-1.ipynb", nbformat.writes(answered("backprop_ninja", (SHARED_W2,)))
+        )
     hidden = tmp_path / "hidden.toml"
     hidden.write_text("[[hidden_run]]\nbatch_size = 23\n")
     out = tmp_path / "out"
 
     def grade(*extra: str) -> subprocess.CompletedProcess:
-        done = subprocess.run([*grader_command(), "grade", str(download), "--assignment", "backprop_ninja", "--out",
-                               str(out), "--jobs", "2", "--timeout", "30", "--canvas-assignment",
-                               "Backprop ninja (4411)", *extra], capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [
+                *grader_command(),
+                "grade",
+                str(download),
+                "--assignment",
+                "backprop_ninja",
+                "--out",
+                str(out),
+                "--jobs",
+                "2",
+                "--timeout",
+                "30",
+                "--canvas-assignment",
+                "Backprop ninja (4411)",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stderr
         return done
 
     first = grade()
     assert "class.html" in first.stdout and "canvas.csv" in first.stdout
     rows = list(csv.reader(io.StringIO((out / "canvas.csv").read_text())))
-    assert rows == [["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Backprop ninja (4411)"],
-                    ["doejane", "2222", "", "", "", "35"], ["smithjohn", "12345", "", "", "", "36"]]
+    assert rows == [
+        ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "Backprop ninja (4411)"],
+        ["doejane", "2222", "", "", "", "35"],
+        ["smithjohn", "12345", "", "", "", "36"],
+    ]
     grades = {r["student"]: r for r in csv.DictReader(io.StringIO((out / "grades.csv").read_text()))}
     assert grades["doejane"]["late"] == "yes" and grades["smithjohn"]["late"] == ""
     assert json.loads((out / "class.json").read_text())["students"] == 2

@@ -53,7 +53,11 @@ def test_a_notebook_of_no_known_assignment_exits_1(tmp_path):
     proc = run("check", str(plain))
     assert proc.returncode == 1 and "--assignment" in proc.stderr
     proc = run("check", str(plain), "--assignment", "nonesuch")
-    assert proc.returncode == 1 and "unknown assignment 'nonesuch' (known: activations_batchnorm, backprop_ninja, leaky_abstractions)" in proc.stderr
+    assert (
+        proc.returncode == 1
+        and "unknown assignment 'nonesuch' (known: activations_batchnorm, backprop_ninja, leaky_abstractions)"
+        in proc.stderr
+    )
 
 
 def test_renamed_notebook_without_metadata_grades_with_assignment_flag(tmp_path):
@@ -73,7 +77,9 @@ def test_table_from_an_unrelated_directory(tmp_path):
     assert "Exercise ex1: 25/26" in lines and lines[-1] == "Total: 35/36"
     b2 = next(ln for ln in lines if ln.strip().startswith("b2 "))
     assert "0/1" in b2 and "shape (1, 27), expected (27,)" in b2
-    assert any(ln.strip().startswith("logprobs        | exact: True  | approximate: True  | maxdiff: 0") for ln in lines)
+    assert any(
+        ln.strip().startswith("logprobs        | exact: True  | approximate: True  | maxdiff: 0") for ln in lines
+    )
 
 
 def test_python_dash_m_grader_works_too():
@@ -84,8 +90,10 @@ def test_python_dash_m_grader_works_too():
 
 
 def test_usage_errors_exit_2_with_one_line(tmp_path):
-    for args in (["check", str(SOLUTION), "--hidden-runs", str(tmp_path / "missing.toml")],
-                 ["check", str(SOLUTION), "--data", str(tmp_path / "names.txt")]):
+    for args in (
+        ["check", str(SOLUTION), "--hidden-runs", str(tmp_path / "missing.toml")],
+        ["check", str(SOLUTION), "--data", str(tmp_path / "names.txt")],
+    ):
         proc = run(*args)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
         assert proc.stderr.startswith("grader: ")

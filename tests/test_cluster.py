@@ -49,8 +49,22 @@ def local_gradebook(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
     root = tmp_path_factory.mktemp("cluster")
     submitted = _batch(root / "submitted")
     out = root / "local"
-    proc = subprocess.run([*grader_command(), "grade", str(submitted), "--assignment", "backprop_ninja", "--out",
-                           str(out), "--timeout", TIMEOUT], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            *grader_command(),
+            "grade",
+            str(submitted),
+            "--assignment",
+            "backprop_ninja",
+            "--out",
+            str(out),
+            "--timeout",
+            TIMEOUT,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     return submitted, _gradebook(out)
 
@@ -61,16 +75,37 @@ class Cluster:
     def __init__(self, folder: Path, workers: int) -> None:
         dask = str(Path(sys.executable).parent / "dask")
         self.file = folder / "scheduler.json"
-        self.processes = [subprocess.Popen(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
-             str(self.file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+        self.processes = [
+            subprocess.Popen(
+                [
+                    dask,
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--no-dashboard",
+                    "--scheduler-file",
+                    str(self.file),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        ]
         deadline = time.monotonic() + 60
         while not self.file.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         self.address = json.loads(self.file.read_text())["address"]
-        self.workers = [subprocess.Popen(
-            [dask, "worker", self.address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True) for _ in range(workers)]
+        self.workers = [
+            subprocess.Popen(
+                [dask, "worker", self.address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            for _ in range(workers)
+        ]
         self.processes += self.workers
         from distributed import Client
 
@@ -95,9 +130,24 @@ def test_a_scheduler_and_two_workers_give_the_local_gradebook(tmp_path, local_gr
     cluster = Cluster(tmp_path, workers=2)
     try:
         out = tmp_path / "dask"
-        proc = subprocess.run([*grader_command(), "grade", str(submitted), "--assignment", "backprop_ninja", "--out",
-                               str(out), "--timeout", TIMEOUT, "--scheduler", cluster.address],
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [
+                *grader_command(),
+                "grade",
+                str(submitted),
+                "--assignment",
+                "backprop_ninja",
+                "--out",
+                str(out),
+                "--timeout",
+                TIMEOUT,
+                "--scheduler",
+                cluster.address,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr
     finally:
         cluster.close()
@@ -123,8 +173,9 @@ def test_a_worker_killed_mid_batch_loses_nothing(tmp_path, local_gradebook):
 
     try:
         found = submissions.discover([submitted], "backprop_ninja", tmp_path / "scratch")
-        outcomes = batch.grade_all(found, "backprop_ninja", out, timeout=float(TIMEOUT), progress=kill_one_worker,
-                                   scheduler=cluster.address)
+        outcomes = batch.grade_all(
+            found, "backprop_ninja", out, timeout=float(TIMEOUT), progress=kill_one_worker, scheduler=cluster.address
+        )
         batch.write_outputs(out, "backprop_ninja", found)
     finally:
         cluster.close()

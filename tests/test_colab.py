@@ -31,9 +31,13 @@ PROBE = "import grader"
 
 def _imports_grader(cell) -> bool:
     tree = ast.parse(TransformerManager().transform_cell(cell.source))  # magics as IPython runs them
-    return any(isinstance(node, ast.Import) and any(a.name.split(".")[0] == "grader" for a in node.names)
-               or isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "grader"
-               for node in ast.walk(tree))
+    return any(
+        isinstance(node, ast.Import)
+        and any(a.name.split(".")[0] == "grader" for a in node.names)
+        or isinstance(node, ast.ImportFrom)
+        and (node.module or "").split(".")[0] == "grader"
+        for node in ast.walk(tree)
+    )
 
 
 def _has_data_path(nb) -> bool:
@@ -50,10 +54,13 @@ def _run_without_grader(nb, cwd) -> list:
     users = [c for c in nb.cells if c.cell_type == "code" and _imports_grader(c)]
     probe = nbformat.v4.new_code_cell(PROBE)
     nb.cells = [nbformat.v4.new_code_cell(HIDE_GRADER), *nb.cells, probe]
-    NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(cwd)}}).execute()
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(cwd)}}
+    ).execute()
     errors = [o for o in probe.outputs if o.output_type == "error"]
-    assert [e.ename for e in errors] == ["ModuleNotFoundError"], "the kernel could import grader: the test proves nothing"
+    assert [e.ename for e in errors] == ["ModuleNotFoundError"], (
+        "the kernel could import grader: the test proves nothing"
+    )
     return users
 
 
@@ -120,7 +127,7 @@ def test_the_setup_reads_your_own_names_txt_without_the_grader(with_own_data, na
 def test_the_setup_without_the_grader_or_a_data_path_says_how_to_install_it(with_own_data, tmp_path, name):
     nb = nbformat.read(ROOT / "assignments" / f"{name}.ipynb", as_version=4)
     setup = assignments.rubric_of(name).setup_cells
-    nb.cells = nb.cells[:1 + max(i for i, c in enumerate(nb.cells) if notebook.grade_id(c) in setup)]
+    nb.cells = nb.cells[: 1 + max(i for i, c in enumerate(nb.cells) if notebook.grade_id(c) in setup)]
     users = _run_without_grader(nb, tmp_path)
     assert [notebook.grade_id(c) for c in users] == list(setup)
     check_cell = next(c for c in with_own_data[name] if notebook.grade_id(c) not in setup)
@@ -129,6 +136,10 @@ def test_the_setup_without_the_grader_or_a_data_path_says_how_to_install_it(with
 
 def test_one_wording_everywhere(with_own_data):
     setup = {name: set(assignments.rubric_of(name).setup_cells) for name in ALL}
-    lines = {_install_line(c) for name, cells in with_own_data.items() for c in cells
-             if notebook.grade_id(c) not in setup[name]}
+    lines = {
+        _install_line(c)
+        for name, cells in with_own_data.items()
+        for c in cells
+        if notebook.grade_id(c) not in setup[name]
+    }
     assert len(lines) == 1, lines

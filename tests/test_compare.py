@@ -54,7 +54,10 @@ def test_no_broadcasting_keepdim_shape_is_a_shape_error():
     expected = torch.ones(27)
     c = compare("d_b2", torch.ones(1, 27), expected, TOL)
     assert c.status == "shape" and not c.approximate and c.maxdiff is None
-    assert c.message == "d_b2: shape (1, 27), expected (27,) -- summed with keepdim=True where the variable has no such dimension?"
+    assert (
+        c.message
+        == "d_b2: shape (1, 27), expected (27,) -- summed with keepdim=True where the variable has no such dimension?"
+    )
     assert torch.allclose(torch.ones(1, 27), expected)  # what the lecture's cmp would have said
 
 
@@ -75,7 +78,10 @@ def test_dtype_none_nan_and_non_tensors_each_have_their_status():
     assert compare("d_x", torch.tensor([0.0, float("nan"), 0.0]), expected, TOL).status == "not_finite"
     assert compare("d_x", torch.tensor([0.0, float("inf"), 0.0]), expected, TOL).status == "not_finite"
     assert compare("d_x", [0.0, 0.0, 0.0], expected, TOL).status == "not_tensor"
-    assert compare("d_x", NotTensor("of type list"), expected, TOL).message == "d_x is of type list; it must be a plain torch.Tensor"
+    assert (
+        compare("d_x", NotTensor("of type list"), expected, TOL).message
+        == "d_x is of type list; it must be a plain torch.Tensor"
+    )
     assert compare("d_x", torch.zeros(3).to_sparse(), expected, TOL).status == "not_tensor"
 
 
@@ -118,4 +124,6 @@ def test_cmp_line_looks_like_the_lecture():
     exact = compare("d_logits", torch.ones(2), torch.ones(2), TOL)
     assert cmp_line("logits", exact) == "logits          | exact: True  | approximate: True  | maxdiff: 0.0"
     shape = compare("d_b2", torch.ones(1, 2), torch.ones(2), TOL)
-    assert cmp_line("b2", shape).endswith("| maxdiff: - | d_b2: shape (1, 2), expected (2,) -- summed with keepdim=True where the variable has no such dimension?")
+    assert cmp_line("b2", shape).endswith(
+        "| maxdiff: - | d_b2: shape (1, 2), expected (2,) -- summed with keepdim=True where the variable has no such dimension?"
+    )

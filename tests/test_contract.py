@@ -18,7 +18,9 @@ RUBRIC = assignments.rubric_of("backprop_ninja")
 
 
 def _check_json(path) -> tuple[int, dict]:
-    proc = subprocess.run([*grader_command(), "check", str(path), "--json"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*grader_command(), "check", str(path), "--json"], capture_output=True, text=True, timeout=300
+    )
     return proc.returncode, json.loads(proc.stdout) if proc.stdout else {}
 
 
@@ -29,7 +31,9 @@ def test_solution_earns_full_marks_with_every_ex1_gradient_exact():
     ex1 = [v for v in report["variables"] if v["exercise"] == "ex1"]
     assert len(ex1) == 26 and all(v["status"] == "exact" and v["maxdiff"] == 0.0 for v in ex1)
     assert [e["score"] for e in report["exercises"]] == [26, 1, 1, 8]
-    assert all(v["runs"] == [v["status"]] * 3 or set(v["runs"]) <= {"exact", "approximate"} for v in report["variables"])
+    assert all(
+        v["runs"] == [v["status"]] * 3 or set(v["runs"]) <= {"exact", "approximate"} for v in report["variables"]
+    )
 
 
 def test_untouched_release_earns_zero_with_every_variable_missing():
@@ -38,12 +42,39 @@ def test_untouched_release_earns_zero_with_every_variable_missing():
     assert report["status"] == "graded" and report["error"] == "" and report["score"] == 0
     assert len(report["variables"]) == 36
     assert {v["status"] for v in report["variables"]} == {"missing"}
-    loss = next(v for v in report["variables"] if v["name"] == "loss")  # not the training loop's error on the stub's None
+    loss = next(
+        v for v in report["variables"] if v["name"] == "loss"
+    )  # not the training loop's error on the stub's None
     assert loss["message"] == "loss: `backward` returns None: write Exercise 4 first"
-    assert set(report) == {"assignment", "notebook", "status", "error", "score", "max_score", "exercises", "variables",
-                           "notes", "runs", "peak_memory_mb", "saved_checks"}
-    assert set(report["variables"][0]) == {"exercise", "name", "of", "status", "exact", "approximate", "maxdiff",
-                                           "points", "max_points", "message", "runs", "local_status", "hint"}
+    assert set(report) == {
+        "assignment",
+        "notebook",
+        "status",
+        "error",
+        "score",
+        "max_score",
+        "exercises",
+        "variables",
+        "notes",
+        "runs",
+        "peak_memory_mb",
+        "saved_checks",
+    }
+    assert set(report["variables"][0]) == {
+        "exercise",
+        "name",
+        "of",
+        "status",
+        "exact",
+        "approximate",
+        "maxdiff",
+        "points",
+        "max_points",
+        "message",
+        "runs",
+        "local_status",
+        "hint",
+    }
     assert set(report["exercises"][0]) == {"id", "score", "max_score", "root_cause"}
     assert [r["label"] for r in report["runs"]] == ["the notebook's parameters", "hidden run 1", "hidden run 2"]
 
@@ -74,8 +105,15 @@ def test_rubric_names_cells_that_exist_with_the_right_roles():
 
 def test_parameters_cell_holds_the_documented_defaults():
     params = released_parameters(nbformat.read(RELEASE, as_version=4))
-    assert params == {"seed": 2147483647, "batch_size": 32, "n_embd": 10, "n_hidden": 64, "data_path": None,
-                      "ex4_n_hidden": 200, "max_steps": 200000}
+    assert params == {
+        "seed": 2147483647,
+        "batch_size": 32,
+        "n_embd": 10,
+        "n_hidden": 64,
+        "data_path": None,
+        "ex4_n_hidden": 200,
+        "max_steps": 200000,
+    }
 
 
 def test_names_txt_is_the_documented_data_set():

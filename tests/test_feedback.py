@@ -21,7 +21,9 @@ def page(tmp_path_factory, pool) -> str:
     # partly wrong: d_probs twice too large (everything below follows from it), d_W2 off by 1/n
     nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
     answer = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex1")
-    answer.source = answer.source.replace("d_probs = (1.0 / probs) * d_logprobs", "d_probs = 2 * (1.0 / probs) * d_logprobs")
+    answer.source = answer.source.replace(
+        "d_probs = (1.0 / probs) * d_logprobs", "d_probs = 2 * (1.0 / probs) * d_logprobs"
+    )
     answer.source = answer.source.replace("d_W2 = h.T @ d_logits", "d_W2 = h.T @ d_logits / n")
     path = tmp_path_factory.mktemp("feedback") / "partly_wrong.ipynb"
     nbformat.write(nb, str(path))
@@ -46,11 +48,26 @@ def _browser() -> str | None:
 def test_the_page_loads_in_a_headless_browser_with_every_image(page, tmp_path):
     path = tmp_path / "feedback.html"
     path.write_text(page, encoding="utf-8")
-    dom = subprocess.run([_browser(), "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", path.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [_browser(), "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", path.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert 'data-images="loaded"' in dom  # set by the page itself once every image has decoded
     assert "The first wrong step is" in dom and "a factor too many or too few?" in dom
     shot = tmp_path / "feedback.png"
-    subprocess.run([_browser(), "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}",
-                    "--window-size=1000,2000", path.as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            _browser(),
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            f"--screenshot={shot}",
+            "--window-size=1000,2000",
+            path.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.read_bytes()[:4] == b"\x89PNG"

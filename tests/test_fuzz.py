@@ -134,8 +134,25 @@ def _important(nb: dict, rng: random.Random) -> tuple[object, object, tuple]:
     return rng.choice(choices)
 
 
-ODD_VALUES = [None, True, 0, -1, 2**70, 1.5, float("nan"), float("inf"), "", "x", [], [1, "a"], {}, {"a": 1},
-              [[[]]], "\udc80", "\x00"]
+ODD_VALUES = [
+    None,
+    True,
+    0,
+    -1,
+    2**70,
+    1.5,
+    float("nan"),
+    float("inf"),
+    "",
+    "x",
+    [],
+    [1, "a"],
+    {},
+    {"a": 1},
+    [[[]]],
+    "\udc80",
+    "\x00",
+]
 
 
 def wrong_type(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
@@ -154,8 +171,11 @@ def missing_key(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
 
 def version(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
     key = "nbformat" if rng.random() < 0.7 else "nbformat_minor"
-    nb[key] = rng.choice([3, 5, 0, 1, 2, -4, 10**30, "4", 4.0, 4.5, None, True, [4]] if key == "nbformat"
-                         else [0, 1, 4, 99, -1, "5", 5.5, None])
+    nb[key] = rng.choice(
+        [3, 5, 0, 1, 2, -4, 10**30, "4", 4.0, 4.5, None, True, [4]]
+        if key == "nbformat"
+        else [0, 1, 4, 99, -1, "5", 5.5, None]
+    )
     if key == "nbformat" and nb[key] == 3 and rng.random() < 0.5:
         nb["worksheets"] = [{"cells": nb.pop("cells"), "metadata": {}}]  # the shape nbformat 3 has
     return _dumps(nb), f"{key} = {nb[key]!r}"
@@ -182,8 +202,22 @@ def cell_ids(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
 
 
 def tags(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
-    value = rng.choice(["parameters", {"parameters": True}, 7, [1, 2], [["parameters"]], None, ["parameters"] * 3,
-                        ["parameters"], ["skip-execution"], ["raises-exception"], [None], ["x" * 10000]])
+    value = rng.choice(
+        [
+            "parameters",
+            {"parameters": True},
+            7,
+            [1, 2],
+            [["parameters"]],
+            None,
+            ["parameters"] * 3,
+            ["parameters"],
+            ["skip-execution"],
+            ["raises-exception"],
+            [None],
+            ["x" * 10000],
+        ]
+    )
     targets = rng.sample(nb["cells"], rng.choice([1, 1, 3, len(nb["cells"])]))
     for c in targets:
         c.setdefault("metadata", {})["tags"] = value
@@ -198,7 +232,9 @@ def nbgrader(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
     if how == "whole":
         meta["nbgrader"] = rng.choice([None, "yes", 3, [], ["grade_id"], {}, {"grade_id": {"a": 1}}])
         return _dumps(nb), f"metadata.nbgrader = {meta['nbgrader']!r}"
-    grading = meta.setdefault("nbgrader", {}) if isinstance(meta.get("nbgrader"), dict) else meta.setdefault("nbgrader", {})
+    grading = (
+        meta.setdefault("nbgrader", {}) if isinstance(meta.get("nbgrader"), dict) else meta.setdefault("nbgrader", {})
+    )
     if how == "grade_id":
         grading["grade_id"] = rng.choice([5, None, [], "", " ", "../../etc/passwd", "/abs/x", "ex1\x00", "\udc80"])
     elif how == "locked":
@@ -217,11 +253,35 @@ def nbgrader(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
     return _dumps(nb), f"nbgrader metadata: {how}"
 
 
-ASSIGNMENTS = ["../../etc/passwd", "/abs/x", "..", ".", "", " ", "backprop_ninja/../backprop_ninja",
-               "C:\\Windows\\x", "BACKPROP_NINJA", "backprop_ninja ", "backprop_ninja\x00", "lecture", "rubric",
-               "activations_batchnorm", "leaky_abstractions", "backprop_ninja", "x" * 5000, "\udc80", "~/x",
-               "assignments/backprop_ninja", "backprop_ninja.toml", "%s%s%n", 5, None, ["backprop_ninja"],
-               {"name": "backprop_ninja"}, True]
+ASSIGNMENTS = [
+    "../../etc/passwd",
+    "/abs/x",
+    "..",
+    ".",
+    "",
+    " ",
+    "backprop_ninja/../backprop_ninja",
+    "C:\\Windows\\x",
+    "BACKPROP_NINJA",
+    "backprop_ninja ",
+    "backprop_ninja\x00",
+    "lecture",
+    "rubric",
+    "activations_batchnorm",
+    "leaky_abstractions",
+    "backprop_ninja",
+    "x" * 5000,
+    "\udc80",
+    "~/x",
+    "assignments/backprop_ninja",
+    "backprop_ninja.toml",
+    "%s%s%n",
+    5,
+    None,
+    ["backprop_ninja"],
+    {"name": "backprop_ninja"},
+    True,
+]
 
 
 def assignment(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
@@ -248,8 +308,14 @@ def nesting(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
     elif where == "cell metadata":
         rng.choice(nb["cells"]).setdefault("metadata", {})["deep"] = "__DEEP__"
     elif where == "output":
-        rng.choice(_code_cells(nb))["outputs"] = [{"output_type": "execute_result", "execution_count": 1,
-                                                    "metadata": {}, "data": {"application/json": "__DEEP__"}}]
+        rng.choice(_code_cells(nb))["outputs"] = [
+            {
+                "output_type": "execute_result",
+                "execution_count": 1,
+                "metadata": {},
+                "data": {"application/json": "__DEEP__"},
+            }
+        ]
     elif where == "nbgrader":
         cell = rng.choice(_answer_cells(nb))
         cell.setdefault("metadata", {})["nbgrader"] = "__DEEP__"
@@ -260,15 +326,17 @@ def nesting(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
 
 def deep_code(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
     depth = rng.choice([100, 199, 201, 1000, 20_000])
-    code = rng.choice([
-        "x = " + "(" * depth + "1" + ")" * depth,
-        "x = " + "[" * depth + "]" * depth,
-        "x = " + "-" * depth + "1",
-        "x = 1" + " + 1" * depth,
-        "".join(" " * i + "if True:\n" for i in range(min(depth, 400))) + " " * min(depth, 400) + "pass",
-        "x = " + "f'{" * min(depth, 300) + "1" + "}'" * min(depth, 300),
-        "d_probs = " + "not " * depth + "None",
-    ])
+    code = rng.choice(
+        [
+            "x = " + "(" * depth + "1" + ")" * depth,
+            "x = " + "[" * depth + "]" * depth,
+            "x = " + "-" * depth + "1",
+            "x = 1" + " + 1" * depth,
+            "".join(" " * i + "if True:\n" for i in range(min(depth, 400))) + " " * min(depth, 400) + "pass",
+            "x = " + "f'{" * min(depth, 300) + "1" + "}'" * min(depth, 300),
+            "d_probs = " + "not " * depth + "None",
+        ]
+    )
     cell = rng.choice(_answer_cells(nb))
     cell["source"] = code + "\n" + _source(cell)
     return _dumps(nb), f"nested code ({len(code)} characters) at the top of an answer cell"
@@ -276,12 +344,14 @@ def deep_code(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
 
 def huge_cell(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
     size = rng.choice([10**5, 10**6, 4 * 10**6])
-    body = rng.choice([
-        "# " + "x" * size,
-        "".join(f"# line {i}\n" for i in range(size // 10)),
-        "s = '" + "a" * size + "'",
-        "x = [" + "1," * (size // 2) + "]",
-    ])
+    body = rng.choice(
+        [
+            "# " + "x" * size,
+            "".join(f"# line {i}\n" for i in range(size // 10)),
+            "s = '" + "a" * size + "'",
+            "x = [" + "1," * (size // 2) + "]",
+        ]
+    )
     cell = rng.choice(_answer_cells(nb) if rng.random() < 0.6 else nb["cells"])
     cell["source"] = _source(cell) + "\n" + body
     return _dumps(nb), f"{len(body)} characters added to a {cell['cell_type']} cell"
@@ -290,13 +360,18 @@ def huge_cell(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
 def huge_output(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
     size = rng.choice([10**5, 10**6, 8 * 10**6])
     count = rng.choice([1, 1, 1000])
-    output = rng.choice([
-        {"output_type": "stream", "name": "stdout", "text": "y" * (size // count)},
-        {"output_type": "stream", "name": "stdout", "text": ["logits | exact: True | approximate: True | maxdiff: 0\n"]
-         * (size // 60 // count)},
-        {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBORw0K" * (size // 8 // count)}},
-        {"output_type": "error", "ename": "E", "evalue": "v" * (size // count), "traceback": ["t"] * 100},
-    ])
+    output = rng.choice(
+        [
+            {"output_type": "stream", "name": "stdout", "text": "y" * (size // count)},
+            {
+                "output_type": "stream",
+                "name": "stdout",
+                "text": ["logits | exact: True | approximate: True | maxdiff: 0\n"] * (size // 60 // count),
+            },
+            {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBORw0K" * (size // 8 // count)}},
+            {"output_type": "error", "ename": "E", "evalue": "v" * (size // count), "traceback": ["t"] * 100},
+        ]
+    )
     cell = rng.choice(_code_cells(nb))
     cell["outputs"] = [output] * count
     cell["execution_count"] = 1
@@ -330,15 +405,40 @@ def many_cells(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
 
 
 def empty(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
-    data = rng.choice([b"", b" ", b"\n\n", b"\x00", b"{}", b"[]", b"null", b'""', b"0", b"true", b"\xef\xbb\xbf",
-                       b'{"cells": []}', b'{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}',
-                       b'{"nbformat": 4, "nbformat_minor": 5, "metadata": {"grader": {"assignment": "backprop_ninja"}},'
-                       b' "cells": []}'])
+    data = rng.choice(
+        [
+            b"",
+            b" ",
+            b"\n\n",
+            b"\x00",
+            b"{}",
+            b"[]",
+            b"null",
+            b'""',
+            b"0",
+            b"true",
+            b"\xef\xbb\xbf",
+            b'{"cells": []}',
+            b'{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}',
+            b'{"nbformat": 4, "nbformat_minor": 5, "metadata": {"grader": {"assignment": "backprop_ninja"}},'
+            b' "cells": []}',
+        ]
+    )
     return data, f"the file is {data[:40]!r}"
 
 
-MAGIC = [b"", b"PK\x03\x04", b"\x89PNG\r\n\x1a\n", b"%PDF-1.7\n", b"\x7fELF", b"\x1f\x8b\x08", b"{", b'{"cells": [',
-         b"\xfe\xff", b"\xff\xfe"]
+MAGIC = [
+    b"",
+    b"PK\x03\x04",
+    b"\x89PNG\r\n\x1a\n",
+    b"%PDF-1.7\n",
+    b"\x7fELF",
+    b"\x1f\x8b\x08",
+    b"{",
+    b'{"cells": [',
+    b"\xfe\xff",
+    b"\xff\xfe",
+]
 
 
 def binary(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
@@ -346,8 +446,24 @@ def binary(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
     return head + rng.randbytes(rng.choice([1, 100, 10_000, 10**6])), f"random bytes after {head!r}"
 
 
-ODD_TEXT = ["\x00", "\udc80", "\ud800\udc00", "\r", "\u202e", "\u200b", "\x0c", "\x1b[2J", "😀", "\ufeff", "\\",
-            "%%bash\n", "%load_ext autoreload\n", "!rm -rf /\n", "\t", "d_probs = None\x00"]
+ODD_TEXT = [
+    "\x00",
+    "\udc80",
+    "\ud800\udc00",
+    "\r",
+    "\u202e",
+    "\u200b",
+    "\x0c",
+    "\x1b[2J",
+    "😀",
+    "\ufeff",
+    "\\",
+    "%%bash\n",
+    "%load_ext autoreload\n",
+    "!rm -rf /\n",
+    "\t",
+    "d_probs = None\x00",
+]
 
 
 def odd_text(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
@@ -387,15 +503,25 @@ def stripped(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
     code = _code_cells(nb)
     extra = rng.choice(["nothing more", "blank lines", "spaces", "printouts", "deep code", "many edits"])
     if extra == "blank lines":
-        nb["cells"].insert(rng.randrange(len(nb["cells"])),
-                           {"cell_type": "markdown", "metadata": {}, "source": rng.choice([" ", "#", ""]) + "\n" * 200_000})
+        nb["cells"].insert(
+            rng.randrange(len(nb["cells"])),
+            {"cell_type": "markdown", "metadata": {}, "source": rng.choice([" ", "#", ""]) + "\n" * 200_000},
+        )
     elif extra == "spaces":
         cell = rng.choice(code)
         cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": " " * 10**6 + "x"}]
     elif extra == "printouts":
         cell = rng.choice(code)
-        cell["outputs"] = [{"output_type": "stream", "name": "stdout",
-                            "text": "probs | exact:" + " " * 10**5 + "|\n" + "logprobs | exact: True | approximate: True\n" * 20_000}]
+        cell["outputs"] = [
+            {
+                "output_type": "stream",
+                "name": "stdout",
+                "text": "probs | exact:"
+                + " " * 10**5
+                + "|\n"
+                + "logprobs | exact: True | approximate: True\n" * 20_000,
+            }
+        ]
     elif extra == "deep code":
         cell = rng.choice(code)
         cell["source"] = "x = 1" + " + 1" * rng.choice([500, 5000]) + "\n" + _source(cell)
@@ -405,9 +531,31 @@ def stripped(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
     return _dumps(nb), f"our metadata removed, then {extra}"
 
 
-KINDS: dict[str, Damage] = {f.__name__: f for f in (
-    cut, flip, encoding, wrong_type, missing_key, version, cell_ids, tags, nbgrader, assignment, nesting, deep_code,
-    huge_cell, huge_output, many_cells, empty, binary, odd_text, cell_type, stripped)}
+KINDS: dict[str, Damage] = {
+    f.__name__: f
+    for f in (
+        cut,
+        flip,
+        encoding,
+        wrong_type,
+        missing_key,
+        version,
+        cell_ids,
+        tags,
+        nbgrader,
+        assignment,
+        nesting,
+        deep_code,
+        huge_cell,
+        huge_output,
+        many_cells,
+        empty,
+        binary,
+        odd_text,
+        cell_type,
+        stripped,
+    )
+}
 
 
 def case(index: int, seed: int = SEED) -> Case:
@@ -430,6 +578,7 @@ def cases(count: int, seed: int = SEED) -> list[Case]:
 
 
 # --- judging an answer --------------------------------------------------------------------------------
+
 
 def problem(path: Path, code: object, out: str, err: str) -> str | None:
     """What is wrong with how `grader check --json` answered the damaged file at `path`, or None: a report on stdout
@@ -468,8 +617,10 @@ def _table(rows: dict[str, Counter]) -> str:
     for kind, n in rows.items():
         out.append(f"{kind:<12} {n['cases']:>5} {n['report']:>7} {n['line']:>8} {n['broken']:>6} {n['seconds']:>8.1f}")
     total = sum(rows.values(), Counter())
-    out.append(f"{'total':<12} {total['cases']:>5} {total['report']:>7} {total['line']:>8} {total['broken']:>6} "
-               f"{total['seconds']:>8.1f}")
+    out.append(
+        f"{'total':<12} {total['cases']:>5} {total['report']:>7} {total['line']:>8} {total['broken']:>6} "
+        f"{total['seconds']:>8.1f}"
+    )
     return "\n".join(out)
 
 
@@ -491,6 +642,7 @@ class _Shared:
 
 # --- the tests ------------------------------------------------------------------------------------------
 
+
 def test_the_judge_tells_every_broken_answer_from_a_good_one(tmp_path):
     """The rules below are only as good as `problem` and the watchdog: each way of breaking the promise is caught."""
     path = tmp_path / "x.ipynb"
@@ -498,7 +650,9 @@ def test_the_judge_tells_every_broken_answer_from_a_good_one(tmp_path):
     one_line = f"grader: {path}: not a Jupyter notebook (the file is empty): hand in the notebook again\n"
     assert problem(path, 0, report, "") is None and problem(path, 1, "", one_line) is None
     assert problem(path, 0, report, "grader: warning: notebooks run in the portable sandbox (...)\n") is None
-    assert problem(path, 1, "", "Traceback (most recent call last):\n  ...\nKeyError: 'cells'\n").startswith("a traceback")
+    assert problem(path, 1, "", "Traceback (most recent call last):\n  ...\nKeyError: 'cells'\n").startswith(
+        "a traceback"
+    )
     assert problem(path, 1, "", one_line * 2).startswith("exit 1 with 2 lines")
     assert problem(path, 1, "", "grader: not a Jupyter notebook\n").startswith("exit 1, but the line does not name")
     assert problem(path, 2, "", one_line) == "exit code 2"
@@ -535,8 +689,18 @@ def test_no_damaged_notebook_breaks_grader_check(request, pool, monkeypatch, cap
             started = time.monotonic()
             signal.setitimer(signal.ITIMER_REAL, CASE_SECONDS)
             try:
-                code: object = cli.main(["check", str(path), "--json", "--timeout", RUN_TIMEOUT,
-                                         "--hidden-runs", str(no_hidden_runs), *c.args])
+                code: object = cli.main(
+                    [
+                        "check",
+                        str(path),
+                        "--json",
+                        "--timeout",
+                        RUN_TIMEOUT,
+                        "--hidden-runs",
+                        str(no_hidden_runs),
+                        *c.args,
+                    ]
+                )
             except Hang as e:
                 code = f"a hang ({e})"
             except SystemExit as e:
@@ -546,23 +710,42 @@ def test_no_damaged_notebook_breaks_grader_check(request, pool, monkeypatch, cap
             out, err = capsys.readouterr()
             wrong = problem(path, code, out, err)
             row = rows[c.kind]
-            row.update(cases=1, seconds=time.monotonic() - started, broken=wrong is not None,
-                       report=wrong is None and code == 0, line=wrong is None and code == 1)
+            row.update(
+                cases=1,
+                seconds=time.monotonic() - started,
+                broken=wrong is not None,
+                report=wrong is None and code == 0,
+                line=wrong is None and code == 1,
+            )
             if wrong:
-                broken.append(f"case {c.index} ({c.kind}, {c.source}, {c.what}{' ' + ' '.join(c.args) if c.args else ''})"
-                              f": {wrong}")
+                broken.append(
+                    f"case {c.index} ({c.kind}, {c.source}, {c.what}{' ' + ' '.join(c.args) if c.args else ''})"
+                    f": {wrong}"
+                )
             path.unlink()
     finally:
         signal.signal(signal.SIGALRM, previous)
     with capsys.disabled():  # the count per kind of damage, shown without -s too
         print(f"\nfuzzer, seed {SEED}, {count} cases:\n{_table(rows)}")
     assert all(rows[kind]["cases"] for kind in KINDS)  # every kind had its turn
-    assert not broken, (f"{len(broken)} of {count} damaged files broke the grader (reproduce one with "
-                        f"`python tests/test_fuzz.py CASE --out x.ipynb`):\n" + "\n".join(broken[:30]))
+    assert not broken, (
+        f"{len(broken)} of {count} damaged files broke the grader (reproduce one with "
+        f"`python tests/test_fuzz.py CASE --out x.ipynb`):\n" + "\n".join(broken[:30])
+    )
 
 
-SAMPLE_KINDS = ("cut", "flip", "encoding", "wrong_type", "version", "assignment", "nesting", "empty", "binary",
-                "stripped")
+SAMPLE_KINDS = (
+    "cut",
+    "flip",
+    "encoding",
+    "wrong_type",
+    "version",
+    "assignment",
+    "nesting",
+    "empty",
+    "binary",
+    "stripped",
+)
 
 
 def test_a_sample_through_the_console_script(tmp_path):
@@ -572,8 +755,12 @@ def test_a_sample_through_the_console_script(tmp_path):
         c = case(list(KINDS).index(kind))
         path = tmp_path / f"{kind}.ipynb"
         path.write_bytes(c.data)
-        proc = subprocess.run([*grader_command(), "check", str(path), "--json", *c.args], capture_output=True,
-                              text=True, timeout=CASE_SECONDS)
+        proc = subprocess.run(
+            [*grader_command(), "check", str(path), "--json", *c.args],
+            capture_output=True,
+            text=True,
+            timeout=CASE_SECONDS,
+        )
         assert problem(path, proc.returncode, proc.stdout, proc.stderr) is None, (kind, c.what, proc.stderr[-2000:])
 
 
@@ -588,8 +775,22 @@ def test_grade_gives_a_row_with_a_reason_to_every_damaged_file_and_full_marks_to
         made.append(f"case{c.index}_{c.kind}")
     for i in (1, 2, 3):
         shutil.copyfile(NOTEBOOKS / "full_marks.ipynb", folder / f"honest{i}.ipynb")
-    proc = subprocess.run([*grader_command(), "grade", str(folder), "--assignment", "backprop_ninja", "--out",
-                           str(tmp_path / "out"), "--jobs", "2"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            *grader_command(),
+            "grade",
+            str(folder),
+            "--assignment",
+            "backprop_ninja",
+            "--out",
+            str(tmp_path / "out"),
+            "--jobs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     with open(tmp_path / "out" / "grades.csv", newline="") as f:
@@ -605,8 +806,10 @@ def test_grade_gives_a_row_with_a_reason_to_every_damaged_file_and_full_marks_to
             assert row["status"] == "graded" and not row["error"]
             assert all(v["message"] for v in report["variables"] if v["points"] < v["max_points"]), student
     counts = Counter(student.partition("_")[2] for student in made)
-    print(f"\ngrader grade: {len(made)} damaged files ({dict(sorted(counts.items()))}) and 3 honest ones; "
-          f"{sum(rows[s]['status'] == 'failed' for s in made)} failed with a reason, the rest graded")
+    print(
+        f"\ngrader grade: {len(made)} damaged files ({dict(sorted(counts.items()))}) and 3 honest ones; "
+        f"{sum(rows[s]['status'] == 'failed' for s in made)} failed with a reason, the rest graded"
+    )
 
 
 def test_control_characters_from_a_notebook_reach_no_terminal(pool, monkeypatch, capsys, tmp_path):
@@ -629,11 +832,14 @@ def test_control_characters_from_a_notebook_reach_no_terminal(pool, monkeypatch,
     named = tmp_path / "two\nlines\x1b[2J.ipynb"
     named.write_text("")
     assert cli.main(["check", str(named)]) == 1
-    assert capsys.readouterr().err == (f"grader: {tmp_path}/two\\nlines\\x1b[2J.ipynb: not a Jupyter notebook (the "
-                                       "file is empty): hand in the notebook again, saved in Jupyter\n")
+    assert capsys.readouterr().err == (
+        f"grader: {tmp_path}/two\\nlines\\x1b[2J.ipynb: not a Jupyter notebook (the "
+        "file is empty): hand in the notebook again, saved in Jupyter\n"
+    )
 
 
 # --- the grader's own inputs ------------------------------------------------------------------------------
+
 
 def _without(module: str, tmp_path: Path) -> dict[str, str]:
     """An environment in which `module` cannot be imported (as where its extra is not installed)."""
@@ -653,16 +859,35 @@ def test_grade_on_dask_without_dask_says_how_to_install_it(tmp_path):
     folder = tmp_path / "submitted"
     folder.mkdir()
     shutil.copyfile(NOTEBOOKS / "full_marks.ipynb", folder / "alice.ipynb")
-    proc = subprocess.run([*grader_command(), "grade", str(folder), "--assignment", "backprop_ninja", "--out",
-                           str(tmp_path / "out"), "--scheduler", "local:2"], capture_output=True, text=True,
-                          timeout=300, env=_without("dask", tmp_path))
+    proc = subprocess.run(
+        [
+            *grader_command(),
+            "grade",
+            str(folder),
+            "--assignment",
+            "backprop_ninja",
+            "--out",
+            str(tmp_path / "out"),
+            "--scheduler",
+            "local:2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_without("dask", tmp_path),
+    )
     assert proc.returncode == 1
     assert _one_line(proc) == "grader: --scheduler needs Dask: pip install 'backprop-grader[dask]'"
 
 
 def test_gradebook_without_nbgrader_says_how_to_install_it(tmp_path):
-    proc = subprocess.run([*grader_command(), "gradebook", str(tmp_path), "backprop_ninja"], capture_output=True,
-                          text=True, timeout=300, env=_without("nbgrader", tmp_path))
+    proc = subprocess.run(
+        [*grader_command(), "gradebook", str(tmp_path), "backprop_ninja"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_without("nbgrader", tmp_path),
+    )
     assert proc.returncode == 1
     assert "pip install 'backprop-grader[nbgrader]'" in _one_line(proc)
 
@@ -672,8 +897,7 @@ HIDDEN_RUNS = {  # a malformed --hidden-runs file -> what its one line must say
     "hidden_run = 5\n": "[[hidden_run]] must be tables of parameter values",
     "[hidden_run]\nseed = 3\n": "[[hidden_run]] must be tables of parameter values",
     "[[hidden_run]]\nsneed = 3\n": "hidden run 1: backprop_ninja has no parameters ['sneed']",
-    "[[hidden_run]]\nseed = 1\n[[hidden_run]]\nseed = 'three'\n":
-        "hidden run 2: seed = 'three' is a string, but backprop_ninja's seed is a whole number",
+    "[[hidden_run]]\nseed = 1\n[[hidden_run]]\nseed = 'three'\n": "hidden run 2: seed = 'three' is a string, but backprop_ninja's seed is a whole number",
     "[[hidden_run]]\nbatch_size = 2.5\n": "hidden run 1: batch_size = 2.5 is a number, but backprop_ninja's batch_size",
     "[[hidden_run]]\nn_hidden = [64]\n": "hidden run 1: n_hidden = [64] is not a number, a string or true/false",
     "[[hidden_run]]\nseed = inf\n": "hidden run 1: seed = inf is not a finite number",
@@ -703,7 +927,10 @@ def test_hidden_runs_of_another_encoding_name_the_file(capsys, tmp_path):
     runs.write_bytes("[[hidden_run]]\nseed = 3\n".encode("utf-16"))
     assert cli.main(["check", str(NOTEBOOKS / "full_marks.ipynb"), "--hidden-runs", str(runs)]) == 1
     err = capsys.readouterr().err
-    assert err == f"grader: {runs}: cannot read hidden runs (not UTF-8 text: byte 0xff at offset 0; TOML files are UTF-8)\n"
+    assert (
+        err
+        == f"grader: {runs}: cannot read hidden runs (not UTF-8 text: byte 0xff at offset 0; TOML files are UTF-8)\n"
+    )
 
 
 RUBRICS = [  # (where, a value put there or None for none, what the one error must say): changes to the shipped rubric
@@ -715,7 +942,7 @@ RUBRICS = [  # (where, a value put there or None for none, what the one error mu
     ("exercise.0.variables", ["d_probs", 3], "exercise 'ex1': variables must be a list of names"),
     ("exercise.0.id", 1, "[[exercise]] 1: id must be a string"),
     ("exercise.3.training", "ex4_train", "exercise 'ex4': [exercise.training] must be a table"),
-    ("credit", "partial", "credit must be \"local\" or \"chain\""),
+    ("credit", "partial", 'credit must be "local" or "chain"'),
     ("exercise.3.calls", ["first"], "malformed rubric in exercise 'ex4' (ValueError: invalid literal for int()"),
     ("exercise.3.forward", None, "malformed rubric in exercise 'ex4' (no 'forward')"),
 ]
@@ -747,17 +974,22 @@ def test_usage_errors_exit_2(tmp_path, monkeypatch, capsys):
     from grader import cli
 
     notebook = str(NOTEBOOKS / "full_marks.ipynb")
-    for argv in (["check", notebook, "--sandbox", "nonesuch"], ["check", notebook, "--timeout", "nan"],
-                 ["check", notebook, "--memory", "1"], ["grade", notebook, "--assignment", "backprop_ninja"],
-                 ["grade", notebook, "--assignment", "backprop_ninja", "--out", str(tmp_path), "--jobs", "0"]):
+    for argv in (
+        ["check", notebook, "--sandbox", "nonesuch"],
+        ["check", notebook, "--timeout", "nan"],
+        ["check", notebook, "--memory", "1"],
+        ["grade", notebook, "--assignment", "backprop_ninja"],
+        ["grade", notebook, "--assignment", "backprop_ninja", "--out", str(tmp_path), "--jobs", "0"],
+    ):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         assert e.value.code == 2, argv
         assert "Traceback" not in capsys.readouterr().err
     monkeypatch.setenv("GRADER_SANDBOX", "nonesuch")
     assert cli.main(["check", notebook]) == 2
-    assert capsys.readouterr().err == ("grader: GRADER_SANDBOX: 'nonesuch' is not a sandbox; choose one of auto, linux, "
-                                       "portable\n")
+    assert capsys.readouterr().err == (
+        "grader: GRADER_SANDBOX: 'nonesuch' is not a sandbox; choose one of auto, linux, portable\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

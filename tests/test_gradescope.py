@@ -16,10 +16,29 @@ from conftest import NOTEBOOKS, SOLUTION, grader_command
 from grader.integrations import gradescope
 
 VISIBILITY = {"hidden", "after_due_date", "after_published", "visible"}
-TOP = {"score": (int, float), "execution_time": int, "output": str, "visibility": str,
-       "stdout_visibility": str, "extra_data": dict, "tests": list, "leaderboard": list}
-TEST = {"score": (int, float), "max_score": (int, float), "status": str, "name": str, "name_format": str,
-        "number": str, "output": str, "output_format": str, "tags": list, "visibility": str, "extra_data": dict}
+TOP = {
+    "score": (int, float),
+    "execution_time": int,
+    "output": str,
+    "visibility": str,
+    "stdout_visibility": str,
+    "extra_data": dict,
+    "tests": list,
+    "leaderboard": list,
+}
+TEST = {
+    "score": (int, float),
+    "max_score": (int, float),
+    "status": str,
+    "name": str,
+    "name_format": str,
+    "number": str,
+    "output": str,
+    "output_format": str,
+    "tags": list,
+    "visibility": str,
+    "extra_data": dict,
+}
 
 
 def assert_spec_valid(results: dict) -> None:
@@ -50,13 +69,21 @@ def autograder(tmp_path_factory) -> Path:
     """/autograder as Gradescope lays it out: the zip in source/, run_autograder copied beside it."""
     root = tmp_path_factory.mktemp("autograder")
     zip_path = root / "autograder.zip"
-    proc = subprocess.run([*grader_command(), "gradescope", "build", "backprop_ninja", "--out", str(zip_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*grader_command(), "gradescope", "build", "backprop_ninja", "--out", str(zip_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     with zipfile.ZipFile(zip_path) as zf:
         names = zf.namelist()
-    assert {"setup.sh", "run_autograder", "backprop-grader/pyproject.toml",
-            "backprop-grader/grader/_assets/assignments/backprop_ninja.ipynb"} <= set(names)
+    assert {
+        "setup.sh",
+        "run_autograder",
+        "backprop-grader/pyproject.toml",
+        "backprop-grader/grader/_assets/assignments/backprop_ninja.ipynb",
+    } <= set(names)
     assert not any("solutions" in n or n.endswith(".pyc") for n in names)
     gradescope.unpack(zip_path, root / "source")
     shutil.copy2(root / "source" / "run_autograder", root / "run_autograder")
@@ -72,7 +99,9 @@ def _submit(root: Path, notebook: Path | None, python: str | None = sys.executab
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"AUTOGRADER_ROOT": str(root)}
     if python:  # this environment's interpreter, running the zip's copy of the package
         env |= {"GRADER_PYTHON": python, "PYTHONPATH": str(root / "source" / "backprop-grader")}
-    proc = subprocess.run([str(root / "run_autograder")], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(root / "run_autograder")], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((root / "results" / "results.json").read_text())
     assert_spec_valid(results)
@@ -96,7 +125,9 @@ def test_a_wrong_gradient_fails_its_own_test_with_the_reason(autograder):
     failed = [t for t in results["tests"] if t["status"] == "failed"]
     assert [t["name"] for t in failed] == ["Ex1 d_W2", "Hidden run 1", "Hidden run 2"]
     assert failed[1]["output"] == "hidden run 1 ran to the end; not right in this run:\nEx1 d_W2: wrong"
-    assert failed[0]["score"] == 0 and failed[0]["output"].startswith("d_W2: it is the right gradient times 1/n (= 1/32)")
+    assert failed[0]["score"] == 0 and failed[0]["output"].startswith(
+        "d_W2: it is the right gradient times 1/n (= 1/32)"
+    )
     assert sum(t["score"] for t in results["tests"]) == results["score"]
 
 
@@ -125,10 +156,14 @@ def test_setup_sh_installs_a_working_autograder(autograder):
     # Gradescope's image build: setup.sh makes its own virtual environment (torch from the default index
     # here, as this machine cannot reach PyTorch's), then run_autograder uses that environment alone.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env |= {"AUTOGRADER_ROOT": str(autograder), "TORCH_INDEX_URL": "",
-            "PATH": os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(sys.prefix))}
-    proc = subprocess.run(["bash", str(autograder / "source" / "setup.sh")], env=env, capture_output=True, text=True,
-                          timeout=900)
+    env |= {
+        "AUTOGRADER_ROOT": str(autograder),
+        "TORCH_INDEX_URL": "",
+        "PATH": os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(sys.prefix)),
+    }
+    proc = subprocess.run(
+        ["bash", str(autograder / "source" / "setup.sh")], env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = _submit(autograder, NOTEBOOKS / "wrong_d_W2.ipynb", python=None)
     assert results["score"] == 35

@@ -25,8 +25,17 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import (NOTEBOOKS, RELEASE, ROOT, SOLUTION, Listener, grader_command, linux_sandbox,
-                      sandbox_processes, without_linux_calls)
+from conftest import (
+    NOTEBOOKS,
+    RELEASE,
+    ROOT,
+    SOLUTION,
+    Listener,
+    grader_command,
+    linux_sandbox,
+    sandbox_processes,
+    without_linux_calls,
+)
 
 RUBRIC_FILE = ROOT / "assignments" / "backprop_ninja.toml"
 RUBRIC_START = RUBRIC_FILE.read_text(encoding="utf-8")[:30]
@@ -44,8 +53,11 @@ def _with_answer(base: Path, code: str, out: Path) -> None:
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def attacks(backend: str, solution: Path, port: int) -> dict[str, tuple[Path, str, tuple[str, ...]]]:
@@ -60,24 +72,52 @@ def attacks(backend: str, solution: Path, port: int) -> dict[str, tuple[Path, st
     return {
         # interrupted after its cell's share of the time (half the run's): the exercises after it still count
         "infinite_loop": (SOLUTION, "while True:\n    pass", ("interrupted after 5 s",)),
-        "memory_bomb": (RELEASE, "hog = torch.ones(2**31)  # 8 GiB",
-                        ("d_logprobs was not computed",) if linux else ("ran out of memory",)),
+        "memory_bomb": (
+            RELEASE,
+            "hog = torch.ones(2**31)  # 8 GiB",
+            ("d_logprobs was not computed",) if linux else ("ran out of memory",),
+        ),
         # 300 processes at most, each asleep: the cap (64) stops it on Linux; the portable stand-in has no fork
-        "fork_bomb": (RELEASE, "import os, time\nfor _ in range(300):\n    if os.fork() == 0:\n"
-                               "        time.sleep(60)\n        os._exit(0)",
-                      ("BlockingIOError",) if linux else ("has no attribute 'fork'",)),
-        "leaves_processes": (RELEASE, "import subprocess, sys\nkids = [subprocess.Popen([sys.executable, '-c', "
-                             "'import time; time.sleep(600)'], start_new_session=i % 2 == 0) for i in range(4)]",
-                             ("processes running when it ended; they were killed",)),
-        "gigabyte_of_output": (SOLUTION, "line = 'x' * 1023\nfor _ in range(2**20):\n    print(line)",
-                               ("wrote more than",)),
+        "fork_bomb": (
+            RELEASE,
+            "import os, time\nfor _ in range(300):\n    if os.fork() == 0:\n"
+            "        time.sleep(60)\n        os._exit(0)",
+            ("BlockingIOError",) if linux else ("has no attribute 'fork'",),
+        ),
+        "leaves_processes": (
+            RELEASE,
+            "import subprocess, sys\nkids = [subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(600)'], start_new_session=i % 2 == 0) for i in range(4)]",
+            ("processes running when it ended; they were killed",),
+        ),
+        "gigabyte_of_output": (
+            SOLUTION,
+            "line = 'x' * 1023\nfor _ in range(2**20):\n    print(line)",
+            ("wrote more than",),
+        ),
         "exits_quietly": (SOLUTION, "import os\nos._exit(0)", ("exited with code 0",)),
         "writes_solutions": (RELEASE, f"open({str(solution)!r}, 'w').write('{{}}')", stopped),
-        "reads_rubric": (RELEASE, f"raise RuntimeError('RUBRIC ' + open({str(RUBRIC_FILE)!r}).read()[:30])",
-                         ("FileNotFoundError",) if linux else (RUBRIC_START[:20],)),
-        "opens_socket": (RELEASE, f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)", stopped),
-        **({"kills_its_parent": (RELEASE, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
-                                 ("PermissionError", "d_logprobs was not computed"))} if linux else {}),
+        "reads_rubric": (
+            RELEASE,
+            f"raise RuntimeError('RUBRIC ' + open({str(RUBRIC_FILE)!r}).read()[:30])",
+            ("FileNotFoundError",) if linux else (RUBRIC_START[:20],),
+        ),
+        "opens_socket": (
+            RELEASE,
+            f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)",
+            stopped,
+        ),
+        **(
+            {
+                "kills_its_parent": (
+                    RELEASE,
+                    "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
+                    ("PermissionError", "d_logprobs was not computed"),
+                )
+            }
+            if linux
+            else {}
+        ),
     }
 
 
@@ -98,22 +138,50 @@ def batch(request, tmp_path_factory) -> dict:
     for name, (base, code, _) in table.items():
         _with_answer(base, code, folder / f"{name}.ipynb")
     # reads another student's notebook and writes into the grader's output folder
-    spy = f"print(open({str(folder / 'full_marks.ipynb')!r}).read()[:100])\n" \
-          f"open({str(out / 'spied.txt')!r}, 'w').write('spy')"
+    spy = (
+        f"print(open({str(folder / 'full_marks.ipynb')!r}).read()[:100])\n"
+        f"open({str(out / 'spied.txt')!r}, 'w').write('spy')"
+    )
     _with_answer(RELEASE, spy, folder / "spies.ipynb")
     (folder / "not_json.ipynb").write_text("{ this is not json")
     before = _fingerprint(ROOT / "solutions") | _fingerprint(ROOT / "assignments")
     solution_before = solution.read_bytes()
     since = time.time()
     env = dict(os.environ) if backend == "linux" else without_linux_calls()
-    result = subprocess.run([*grader_command(), "grade", str(folder), "--assignment", "backprop_ninja", "--out",
-                             str(out), "--jobs", "2", "--timeout", "10", "--sandbox", backend],
-                            capture_output=True, text=True, timeout=900, env=env)
+    result = subprocess.run(
+        [
+            *grader_command(),
+            "grade",
+            str(folder),
+            "--assignment",
+            "backprop_ninja",
+            "--out",
+            str(out),
+            "--jobs",
+            "2",
+            "--timeout",
+            "10",
+            "--sandbox",
+            backend,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     listener.close()
     assert _fingerprint(ROOT / "solutions") | _fingerprint(ROOT / "assignments") == before
     rows = {r["student"]: r for r in csv.DictReader(io.StringIO((out / "grades.csv").read_text()))}
-    return {"backend": backend, "out": out, "rows": rows, "result": result, "table": table, "since": since,
-            "reached": listener.reached, "solution_changed": solution.read_bytes() != solution_before}
+    return {
+        "backend": backend,
+        "out": out,
+        "rows": rows,
+        "result": result,
+        "table": table,
+        "since": since,
+        "reached": listener.reached,
+        "solution_changed": solution.read_bytes() != solution_before,
+    }
 
 
 def _reasons(batch: dict, name: str) -> str:
@@ -128,8 +196,9 @@ def test_the_batch_finishes_and_grades_everyone(batch):
 
 def test_honest_grades_hold(batch):
     rows = batch["rows"]
-    assert {name: (rows[name]["status"], rows[name]["score"]) for name in HONEST} == \
-           {name: ("graded", str(score)) for name, score in HONEST.items()}
+    assert {name: (rows[name]["status"], rows[name]["score"]) for name in HONEST} == {
+        name: ("graded", str(score)) for name, score in HONEST.items()
+    }
 
 
 def test_every_attack_costs_its_exercise_with_a_reason(batch):
@@ -187,8 +256,13 @@ def test_a_portable_notebook_can_kill_the_grader_and_leaves_nothing_running(tmp_
     notebook = tmp_path / "kills_its_parent.ipynb"
     _with_answer(SOLUTION, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nwhile True:\n    pass", notebook)
     since = time.time()
-    done = subprocess.run([*grader_command(), "check", str(notebook), "--sandbox", "portable", "--timeout", "60"],
-                          capture_output=True, text=True, timeout=120, env=without_linux_calls())
+    done = subprocess.run(
+        [*grader_command(), "check", str(notebook), "--sandbox", "portable", "--timeout", "60"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=without_linux_calls(),
+    )
     assert done.returncode == -9
     deadline = time.monotonic() + 10
     while sandbox_processes(since) and time.monotonic() < deadline:

@@ -73,8 +73,9 @@ def test_the_lecture_as_learners_run_it_in_colab(tmp_path, pool):
 
 
 def test_underscores_a_renamed_checker_colab_paths_and_a_half_done_exercise_1(tmp_path, pool):
-    nb = lecture_notebook(style="d_", checker="compare_gradients", colab=True, data_path="/content/names.txt",
-                          ex1_upto="logits")
+    nb = lecture_notebook(
+        style="d_", checker="compare_gradients", colab=True, data_path="/content/names.txt", ex1_upto="logits"
+    )
     report = _grade(nb, tmp_path, pool, name="Copy of makemore_part4_backprop.ipynb")
     by = _by(report)
     done = ORDER[: ORDER.index("logits") + 1]
@@ -98,9 +99,19 @@ def test_underscores_a_renamed_checker_colab_paths_and_a_half_done_exercise_1(tm
 
 def test_no_exercise_comments_renamed_tensors_another_seed_and_width(tmp_path, pool):
     nb = lecture_notebook(markers=False, data_path="./data/names.txt", tqdm=False)
-    nb = _renamed(nb, {"bngain": "bn_gain", "bnbias": "bn_bias", "bnmeani": "bn_mean_i", "bnvar": "bn_var",
-                       "bndiff": "bn_diff", "bnraw": "bn_raw", "n_hidden = 64": "n_hidden = 40",
-                       "manual_seed(2147483647) # for": "manual_seed(42) # for"})
+    nb = _renamed(
+        nb,
+        {
+            "bngain": "bn_gain",
+            "bnbias": "bn_bias",
+            "bnmeani": "bn_mean_i",
+            "bnvar": "bn_var",
+            "bndiff": "bn_diff",
+            "bnraw": "bn_raw",
+            "n_hidden = 64": "n_hidden = 40",
+            "manual_seed(2147483647) # for": "manual_seed(42) # for",
+        },
+    )
     report = _grade(nb, tmp_path, pool)
     assert report.score == 28, [v.message for v in report.variables if v.message]
     assert _by(report)[("ex1", "bnvar_inv")].name == "dbn_var_inv"
@@ -118,7 +129,9 @@ def test_a_gradient_copied_from_autograd_earns_nothing(tmp_path, pool):
 def test_saved_cmp_printouts_are_compared_with_the_verdicts(tmp_path, pool):
     # dbnvar is wrong now but its saved line says True (the cell was edited after it ran); dW2 is right
     # but its saved line says False; dprobs agrees
-    nb = lecture_notebook(saved_outputs={"probs": True, "bnvar": True, "W2": False}, mistakes={"bnvar": MISTAKES["bnvar"]})
+    nb = lecture_notebook(
+        saved_outputs={"probs": True, "bnvar": True, "W2": False}, mistakes={"bnvar": MISTAKES["bnvar"]}
+    )
     report = _grade(nb, tmp_path, pool)
     checks = {c.variable: (c.saved_approximate, c.graded_approximate) for c in report.saved_checks}
     assert checks == {"dprobs": (True, True), "dbnvar": (True, False), "dW2": (False, True)}
@@ -156,8 +169,11 @@ def test_three_planted_mistakes_are_exactly_the_three_lost_points_with_hints(tmp
 def test_labels_with_typos_do_not_matter_the_tensor_does():
     nb = lecture_notebook()
     ex1 = next(c for c in nb.cells if c.source.startswith("# Exercise 1"))
-    ex1.source = ex1.source.replace("cmp('bnvar_inv', dbnvar_inv", "cmp('bnrav_inv', dbnvar_inv").replace(
-        "cmp('W2', dW2", "cmp('w2', dW2").replace("dlogit_maxes", "dlmax")
+    ex1.source = (
+        ex1.source.replace("cmp('bnvar_inv', dbnvar_inv", "cmp('bnrav_inv', dbnvar_inv")
+        .replace("cmp('W2', dW2", "cmp('w2', dW2")
+        .replace("dlogit_maxes", "dlmax")
+    )
     rec = lecture.recognise(nb, "nb.ipynb", LECTURES)
     names = {(g.exercise, g.of): (g.name, g.how) for g in rec.gradients}
     assert names[("ex1", "bnvar_inv")] == ("dbnvar_inv", "cmp")
@@ -183,8 +199,12 @@ def test_broadcast_shapes_are_credited_only_where_the_rubric_says_so():
     strict = compare("dbnmeani", torch.arange(6.0), want, Tolerance(1e-5, 1e-8))
     assert lenient.status == "exact" and "keepdim=True" in lenient.message
     assert strict.status == "shape"
-    assert compare("x", torch.arange(6.0).view(2, 3), torch.arange(6.0).view(3, 2),
-                   Tolerance(1e-5, 1e-8, broadcast=True)).status == "shape"
+    assert (
+        compare(
+            "x", torch.arange(6.0).view(2, 3), torch.arange(6.0).view(3, 2), Tolerance(1e-5, 1e-8, broadcast=True)
+        ).status
+        == "shape"
+    )
 
 
 # --- the command line, as a learner runs it ---------------------------------------------------------
@@ -195,24 +215,38 @@ def test_grader_check_on_a_lecture_notebook_with_data(tmp_path):
     nbformat.write(lecture_notebook(wget=True), path)
     data = tmp_path / "my names.txt"
     data.write_text("emma\nolivia\nava\nisabella\nsophia\ncharlotte\nmia\namelia\n" * 20, encoding="utf-8")
-    proc = subprocess.run([*grader_command(), "check", str(path), "--data", str(data), "--json"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*grader_command(), "check", str(path), "--data", str(data), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["assignment"] == "lecture" and report["score"] == 28
-    proc = subprocess.run([*grader_command(), "check", str(path), "--data", str(tmp_path / "nope.txt")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*grader_command(), "check", str(path), "--data", str(tmp_path / "nope.txt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "no such file" in proc.stderr
 
 
 def test_what_the_run_executes_instead_of_magics_missing_modules_and_local_paths():
     nb = lecture_notebook()
-    nb.cells.insert(1, nbformat.v4.new_code_cell("%pip install icecream\nfrom icecream import ic\nimport mystuff.helpers as mh"))
+    nb.cells.insert(
+        1, nbformat.v4.new_code_cell("%pip install icecream\nfrom icecream import ic\nimport mystuff.helpers as mh")
+    )
     data = next(c for c in nb.cells if "open(" in c.source)
     data.source = data.source.replace("open('names.txt'", "open(r'C:\\Users\\me\\names.txt'")
     batch = next(c for c in nb.cells if c.source.startswith("batch_size"))
     batch.source += "\nXb = Xb.cuda()"
-    plan = lecture.plan(nb, lecture.recognise(nb, "nb.ipynb", LECTURES), lecture.rubric_for(lecture.recognise(nb, "nb.ipynb", LECTURES), LECTURES))
+    plan = lecture.plan(
+        nb,
+        lecture.recognise(nb, "nb.ipynb", LECTURES),
+        lecture.rubric_for(lecture.recognise(nb, "nb.ipynb", LECTURES), LECTURES),
+    )
     sources = "\n".join(c.source for c in plan.cells)
     assert "%pip" not in sources and "ic = _grader_stand_in" in sources and "mh = _grader_stand_in" in sources
     assert "open('names.txt', 'r')" in sources and "Xb = Xb.cpu()" in sources
@@ -230,7 +264,11 @@ KEPT = [  # (notebook, total, a phrase of the report)
     ("backward_in_exercise_1", 28, "your checks against autograd's gradients"),  # retain_grad + backward in ex1
     ("summary_at_the_top", 28, "`Exercise 1` in or above"),  # a markdown summary naming "Exercise 1" first
     # issue 19, pattern 5: cmp('counts') ran before `dcounts += ...` completed it: graded as that check saw it
-    ("lambda_cmp_interleaved", 27, "dcounts is graded as your check in cell 11 saw it, but its value changed afterwards"),
+    (
+        "lambda_cmp_interleaved",
+        27,
+        "dcounts is graded as your check in cell 11 saw it, but its value changed afterwards",
+    ),
     ("time_magic_forward", 28, "graded as the lecture's own notebook"),  # %%time on the forward cell
     ("data_path_in_a_variable", 28, "it read the data set given with --data instead"),  # DATA = '/content/...'
     ("nested_cuda", 28, "`.cuda()` ran as `.cpu()`"),
@@ -337,8 +375,9 @@ def _run_in_a_kernel(nb, cwd):
     (cwd / "names.txt").write_bytes((assets.data_dir() / "names.txt").read_bytes())
     kernels = os.environ.pop("ATEN_CPU_CAPABILITY", None)
     try:
-        NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
-                       resources={"metadata": {"path": str(cwd)}}).execute()
+        NotebookClient(
+            nb, timeout=120, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(cwd)}}
+        ).execute()
     finally:
         if kernels is not None:
             os.environ["ATEN_CPU_CAPABILITY"] = kernels

@@ -158,9 +158,11 @@ def test_caps_are_lowered_to_fit_a_container():
 # --- Gradescope under a container's memory limit (acceptance 3) -------------------------------------
 
 SINGLE_BOMB = "hoard = []\nwhile True:\n    hoard.append(torch.ones(10**7))\n"
-FORKING_BOMB = ("import os\nfor _ in range(6):\n    if os.fork() == 0:\n        hoard = []\n        while True:\n"
-                "            hoard.append(bytearray(b'x' * 10**7))\n"
-                "hoard = []\nwhile True:\n    hoard.append(bytearray(b'x' * 10**7))\n")
+FORKING_BOMB = (
+    "import os\nfor _ in range(6):\n    if os.fork() == 0:\n        hoard = []\n        while True:\n"
+    "            hoard.append(bytearray(b'x' * 10**7))\n"
+    "hoard = []\nwhile True:\n    hoard.append(bytearray(b'x' * 10**7))\n"
+)
 
 
 def _memory_cgroup(limit: int) -> Path | None:
@@ -185,11 +187,28 @@ def test_a_memory_bomb_under_gradescope_s_768_mb_gives_a_valid_results_json(tmp_
     (tmp_path / "submission").mkdir()
     nbformat.write(nb, tmp_path / "submission" / "backprop_ninja.ipynb")
     results = tmp_path / "results" / "results.json"
-    join = f"echo $$ > {container}/cgroup.procs && exec \"$0\" \"$@\""
+    join = f'echo $$ > {container}/cgroup.procs && exec "$0" "$@"'
     try:
-        proc = subprocess.run(["sh", "-c", join, sys.executable, "-m", "grader", "gradescope", "run",
-                               str(tmp_path / "submission"), str(results), "--assignment", "backprop_ninja"],
-                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        proc = subprocess.run(
+            [
+                "sh",
+                "-c",
+                join,
+                sys.executable,
+                "-m",
+                "grader",
+                "gradescope",
+                "run",
+                str(tmp_path / "submission"),
+                str(results),
+                "--assignment",
+                "backprop_ninja",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
         reached = int((container / "memory.failcnt").read_text())
     finally:
         container.rmdir()
@@ -198,7 +217,9 @@ def test_a_memory_bomb_under_gradescope_s_768_mb_gives_a_valid_results_json(tmp_
     out = json.loads(results.read_text())
     assert out["score"] == 0
     d_logprobs = next(t for t in out["tests"] if t["name"] == "Ex1 d_logprobs")
-    assert any(reason in d_logprobs["output"] for reason in ("MemoryError", "can't allocate memory", "ran out of memory"))
+    assert any(
+        reason in d_logprobs["output"] for reason in ("MemoryError", "can't allocate memory", "ran out of memory")
+    )
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
@@ -213,8 +234,11 @@ def test_a_grader_stopped_mid_run_leaves_no_cgroup_behind(how):
         pytest.skip(f"no cgroup per run here: {why}")
     from conftest import grader_command
 
-    grader = subprocess.Popen([*grader_command(), "check", str(NOTEBOOKS / "infinite_loop.ipynb"), "--timeout", "60"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    grader = subprocess.Popen(
+        [*grader_command(), "check", str(NOTEBOOKS / "infinite_loop.ipynb"), "--timeout", "60"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def its_cgroups() -> list[Path]:
         return [p for folder in hierarchy.folders for p in folder.glob(f"grader-{grader.pid}-*")]

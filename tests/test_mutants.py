@@ -14,7 +14,12 @@ from conftest import NOTEBOOKS
 from grader import assignment as assignments
 from grader import grade_notebook, rubric
 
-SIGN, BRANCH, ZEROS, TARGETS = "the sign is flipped", "only the gradient flowing back from", "all zeros", "target entries"
+SIGN, BRANCH, ZEROS, TARGETS = (
+    "the sign is flipped",
+    "only the gradient flowing back from",
+    "all zeros",
+    "target entries",
+)
 N, OVER_N, TWICE, HALF = "times n (= 32)", "times 1/n (= 1/32)", "times 2:", "times 1/2:"
 TRANSPOSED, KEEPDIM, NO_KEEPDIM, AXIS = "transposed?", "summed with keepdim=True", "keep the dimension", "wrong axis"
 
@@ -36,16 +41,31 @@ MUTANTS = [
     # ... or of 1/n: `d_logits /= n` twice, say
     ("ex1", "d_W2 = h.T @ d_logits", "d_W2 = h.T @ d_logits / n", "d_W2", OVER_N),
     ("ex1", "d_b2 = d_logits.sum(0)", "d_b2 = d_logits.sum(0) / n", "d_b2", OVER_N),
-    ("ex1", "d_bnvar_inv = (bndiff * d_bnraw).sum(0, keepdim=True)",
-     "d_bnvar_inv = (bndiff * d_bnraw).sum(0, keepdim=True) / n", "d_bnvar_inv", OVER_N),
+    (
+        "ex1",
+        "d_bnvar_inv = (bndiff * d_bnraw).sum(0, keepdim=True)",
+        "d_bnvar_inv = (bndiff * d_bnraw).sum(0, keepdim=True) / n",
+        "d_bnvar_inv",
+        OVER_N,
+    ),
     ("ex2", "d_logits /= n", "d_logits /= n\nd_logits /= n", "d_logits", OVER_N),
     # a factor of 2 or 1/2
     ("ex1", "d_bnvar = (-0.5 *", "d_bnvar = (-1.0 *", "d_bnvar", TWICE),
     ("ex1", "d_hpreact = (1.0 - h**2) * d_h", "d_hpreact = 2 * (1.0 - h**2) * d_h", "d_hpreact", TWICE),
-    ("ex1", "d_counts_sum_inv = (counts * d_probs).sum(1, keepdim=True)",
-     "d_counts_sum_inv = 2 * (counts * d_probs).sum(1, keepdim=True)", "d_counts_sum_inv", TWICE),
-    ("ex1", "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True)",
-     "d_bngain = 0.5 * (bnraw * d_hpreact).sum(0, keepdim=True)", "d_bngain", HALF),
+    (
+        "ex1",
+        "d_counts_sum_inv = (counts * d_probs).sum(1, keepdim=True)",
+        "d_counts_sum_inv = 2 * (counts * d_probs).sum(1, keepdim=True)",
+        "d_counts_sum_inv",
+        TWICE,
+    ),
+    (
+        "ex1",
+        "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True)",
+        "d_bngain = 0.5 * (bnraw * d_hpreact).sum(0, keepdim=True)",
+        "d_bngain",
+        HALF,
+    ),
     ("ex1", "d_emb = d_embcat.view(emb.shape)", "d_emb = d_embcat.view(emb.shape) / 2", "d_emb", HALF),
     # Bessel's correction the wrong way round
     ("ex1", "d_bndiff2 = (1.0 / (n - 1))", "d_bndiff2 = (1.0 / n)", "d_bndiff2", "times (n-1)/n (= 31/32)"),
@@ -56,8 +76,13 @@ MUTANTS = [
     ("ex1", "d_b2 = d_logits.sum(0)", "d_b2 = d_logits.sum(0, keepdim=True)", "d_b2", KEEPDIM),
     ("ex1", "d_b1 = d_hprebn.sum(0)", "d_b1 = d_hprebn.sum(0, keepdim=True)", "d_b1", KEEPDIM),
     ("ex1", "d_bnbias = d_hpreact.sum(0, keepdim=True)", "d_bnbias = d_hpreact.sum(0)", "d_bnbias", NO_KEEPDIM),
-    ("ex1", "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True)", "d_bngain = (bnraw * d_hpreact).sum(0)",
-     "d_bngain", NO_KEEPDIM),
+    (
+        "ex1",
+        "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True)",
+        "d_bngain = (bnraw * d_hpreact).sum(0)",
+        "d_bngain",
+        NO_KEEPDIM,
+    ),
     # summed over the wrong axis
     ("ex1", "d_b2 = d_logits.sum(0)", "d_b2 = d_logits.sum(1)", "d_b2", AXIS),
     ("ex1", "d_b1 = d_hprebn.sum(0)", "d_b1 = d_hprebn.sum(1)", "d_b1", AXIS),
@@ -66,10 +91,21 @@ MUTANTS = [
     ("ex1", "d_counts += torch.ones_like(counts) * d_counts_sum", "pass", "d_counts", BRANCH + " probs"),
     ("ex1", "d_bndiff += (2 * bndiff) * d_bndiff2", "pass", "d_bndiff", BRANCH + " bnraw"),
     ("ex1", "d_hprebn += 1.0 / n * (torch.ones_like(hprebn) * d_bnmeani)", "pass", "d_hprebn", BRANCH + " bndiff"),
-    ("ex1", "d_counts = counts_sum_inv * d_probs", "d_counts = torch.zeros_like(counts)", "d_counts",
-     BRANCH + " counts_sum"),
+    (
+        "ex1",
+        "d_counts = counts_sum_inv * d_probs",
+        "d_counts = torch.zeros_like(counts)",
+        "d_counts",
+        BRANCH + " counts_sum",
+    ),
     # nothing flows
-    ("ex1", "d_bnmeani = (-d_bndiff).sum(0, keepdim=True)", "d_bnmeani = torch.zeros_like(bnmeani)", "d_bnmeani", ZEROS),
+    (
+        "ex1",
+        "d_bnmeani = (-d_bndiff).sum(0, keepdim=True)",
+        "d_bnmeani = torch.zeros_like(bnmeani)",
+        "d_bnmeani",
+        ZEROS,
+    ),
     ("ex1", "d_C[Xb[row, col]] += d_emb[row, col]", "pass", "d_C", ZEROS),
     ("ex1", "d_emb = d_embcat.view(emb.shape)", "d_emb = torch.zeros_like(emb)", "d_emb", ZEROS),
     # the targets
@@ -77,10 +113,20 @@ MUTANTS = [
     ("ex2", "d_logits[range(n), Yb] -= 1", "d_logits[range(n), Yb] -= 2", "d_logits", TARGETS),
     ("ex2", "d_logits[range(n), Yb] -= 1", "d_logits[range(n), Yb] += 1", "d_logits", TARGETS),
     # a mix-up of names
-    ("ex1", "d_bnbias = d_hpreact.sum(0, keepdim=True)", "d_bnbias = (bnraw * d_hpreact).sum(0, keepdim=True)",
-     "d_bnbias", "equals the gradient d_bngain"),
-    ("ex1", "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True)", "d_bngain = d_hpreact.sum(0, keepdim=True)",
-     "d_bngain", "equals the gradient d_bnbias"),
+    (
+        "ex1",
+        "d_bnbias = d_hpreact.sum(0, keepdim=True)",
+        "d_bnbias = (bnraw * d_hpreact).sum(0, keepdim=True)",
+        "d_bnbias",
+        "equals the gradient d_bngain",
+    ),
+    (
+        "ex1",
+        "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True)",
+        "d_bngain = d_hpreact.sum(0, keepdim=True)",
+        "d_bngain",
+        "equals the gradient d_bnbias",
+    ),
     # a few rows: the last example of the batch left out of the embedding's gradient
     ("ex1", "for row in range(Xb.shape[0]):", "for row in range(Xb.shape[0] - 1):", "d_C", "wrong only in row"),
 ]
@@ -110,8 +156,7 @@ def test_the_mutants_are_many_and_of_many_kinds():
     assert len({hint.split(" (")[0].split(":")[0] for *_, hint in MUTANTS}) >= 12
 
 
-@pytest.mark.parametrize("cell, old, new, variable, hint", MUTANTS,
-                         ids=[f"{v}:{h[:20]}" for _, _, _, v, h in MUTANTS])
+@pytest.mark.parametrize("cell, old, new, variable, hint", MUTANTS, ids=[f"{v}:{h[:20]}" for _, _, _, v, h in MUTANTS])
 def test_a_typical_mistake_gets_its_hint(tmp_path, pool, cell, old, new, variable, hint):
     report = grade_notebook(_mutant(tmp_path, cell, old, new), hidden_runs=(), pool=pool)
     exercise = {"ex1": "ex1", "ex2": "ex2", "ex3": "ex3"}[cell]
@@ -128,7 +173,9 @@ def test_one_early_mistake_costs_one_variable_and_is_named_the_root_cause(tmp_pa
     assert [v.name for v in ex1 if v.points < v.max_points] == ["d_probs"]
     assert report.score == report.max_score - 1  # Exercise 3, which starts from d_hpreact, keeps its point too
     assert sum(v.status == "wrong" for v in ex1) > 20  # the values below it are all off ...
-    assert all(v.local_status in ("exact", "approximate") for v in ex1 if v.name != "d_probs")  # ... their steps are not
+    assert all(
+        v.local_status in ("exact", "approximate") for v in ex1 if v.name != "d_probs"
+    )  # ... their steps are not
     assert next(e for e in report.exercises if e.id == "ex1").root_cause == "d_probs"
     d_counts = next(v for v in ex1 if v.name == "d_counts")
     assert d_counts.message.endswith("off only because of an earlier mistake, in d_probs")
@@ -136,10 +183,35 @@ def test_one_early_mistake_costs_one_variable_and_is_named_the_root_cause(tmp_pa
 
 def test_zeros_all_the_way_down_earn_no_credit(tmp_path, pool):
     # consistent with each other, but nothing was computed: only the exactly-zero references may pass
-    zeros = "\n".join(f"{v} = torch.zeros_like({v[2:]})" for v in (
-        "d_logprobs", "d_probs", "d_counts_sum_inv", "d_counts_sum", "d_counts", "d_norm_logits", "d_logits", "d_h",
-        "d_W2", "d_b2", "d_hpreact", "d_bngain", "d_bnbias", "d_bnraw", "d_bnvar_inv", "d_bnvar", "d_bndiff2",
-        "d_bndiff", "d_bnmeani", "d_hprebn", "d_embcat", "d_W1", "d_emb", "d_C"))
+    zeros = "\n".join(
+        f"{v} = torch.zeros_like({v[2:]})"
+        for v in (
+            "d_logprobs",
+            "d_probs",
+            "d_counts_sum_inv",
+            "d_counts_sum",
+            "d_counts",
+            "d_norm_logits",
+            "d_logits",
+            "d_h",
+            "d_W2",
+            "d_b2",
+            "d_hpreact",
+            "d_bngain",
+            "d_bnbias",
+            "d_bnraw",
+            "d_bnvar_inv",
+            "d_bnvar",
+            "d_bndiff2",
+            "d_bndiff",
+            "d_bnmeani",
+            "d_hprebn",
+            "d_embcat",
+            "d_W1",
+            "d_emb",
+            "d_C",
+        )
+    )
     source = zeros + "\nd_logit_maxes = torch.zeros_like(logit_maxes)\nd_b1 = torch.zeros_like(b1)"
     report = grade_notebook(_with_ex1(tmp_path, source), hidden_runs=(), pool=pool)
     earned = sorted(v.name for v in report.variables if v.exercise == "ex1" and v.points)

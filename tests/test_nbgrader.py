@@ -69,7 +69,8 @@ def test_solutions_are_valid_nbgrader_source_notebooks(name):
 def test_nbgrader_generate_assignment_reproduces_the_release(tmp_path, name):
     generated = generate(ROOT / "solutions" / f"{name}.ipynb", tmp_path / "released.ipynb")
     assert _differences(generated, ROOT / "assignments" / f"{name}.ipynb") == [], (
-        "assignments/ is stale: run `python tools/release.py` after editing solutions/")
+        "assignments/ is stale: run `python tools/release.py` after editing solutions/"
+    )
 
 
 def test_an_edited_solution_no_longer_matches_the_release(tmp_path):
@@ -81,6 +82,7 @@ def test_an_edited_solution_no_longer_matches_the_release(tmp_path):
 
 
 # --- a real nbgrader course ------------------------------------------------------------------------
+
 
 def _answered(replace: dict[str, tuple[str, str]] | None = None):
     """The release with the solution's answer cells pasted in, as a student would hand it in."""
@@ -100,8 +102,9 @@ def _cheat():
     nb = nbformat.read(RELEASE, as_version=4)
     for cell in nb.cells:
         if cell.metadata.get("nbgrader", {}).get("grade_id") == "ex1":
-            cell.source = ("torch.allclose = lambda *a, **k: True\ntorch.equal = lambda *a, **k: True\n" +
-                           "\n".join(f"d_{v.of} = torch.ones_like({v.of})" for v in RUBRIC.exercises[0].variables))
+            cell.source = "torch.allclose = lambda *a, **k: True\ntorch.equal = lambda *a, **k: True\n" + "\n".join(
+                f"d_{v.of} = torch.ones_like({v.of})" for v in RUBRIC.exercises[0].variables
+            )
     return nb
 
 
@@ -111,8 +114,9 @@ SUBMISSIONS["dee"] = _cheat
 def _nbgrader(course: Path, *args: str) -> None:
     # nbgrader runs `alembic`: beside this interpreter, even when its virtual environment is not activated
     env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, capture_output=True, text=True,
-                          timeout=900, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nbgrader", *args], cwd=course, capture_output=True, text=True, timeout=900, env=env
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -149,7 +153,9 @@ def test_nbgrader_autograde_gives_the_points_grader_check_gives(course):
     assert autograded["dee"] == [26, 0, 0, 0]  # nbgrader's tests ran in the cheating kernel
     for student in ("ada", "ben", "cy", "dee"):
         path = course / "submitted" / student / NAME / f"{NAME}.ipynb"
-        proc = subprocess.run([*grader_command(), "check", str(path), "--json"], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [*grader_command(), "check", str(path), "--json"], capture_output=True, text=True, timeout=300
+        )
         ours = [e["score"] for e in json.loads(proc.stdout)["exercises"]]
         if student != "dee":
             assert ours == autograded[student], student
@@ -170,15 +176,24 @@ def test_grader_gradebook_writes_our_scores_where_formgrader_reads_them(course):
     nbformat.write(_answered(), course / "submitted" / "eve" / NAME / f"{NAME}.ipynb")
     (course / "submitted" / "eve" / NAME / "timestamp.txt").write_text("2026-11-21 09:30:00.000000 UTC")
 
-    proc = subprocess.run([*grader_command(), "gradebook", str(course), NAME], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*grader_command(), "gradebook", str(course), NAME], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     assert "5 submissions of backprop_ninja graded" in proc.stdout
     scores = _scores(course, [*SUBMISSIONS, "eve"])
-    assert scores == {"ada": [26, 1, 1, 8], "ben": [25, 0.5, 1, 8], "cy": [0, 0, 0, 0], "dee": [0, 0, 0, 0],
-                      "eve": [26, 1, 1, 8]}
+    assert scores == {
+        "ada": [26, 1, 1, 8],
+        "ben": [25, 0.5, 1, 8],
+        "cy": [0, 0, 0, 0],
+        "dee": [0, 0, 0, 0],
+        "eve": [26, 1, 1, 8],
+    }
 
     with Gradebook(url) as gb:
-        assert gb.find_comment("ex1", NAME, NAME, "ben").auto_comment.startswith("d_W2: it is the right gradient times 1/n (= 1/32)")
+        assert gb.find_comment("ex1", NAME, NAME, "ben").auto_comment.startswith(
+            "d_W2: it is the right gradient times 1/n (= 1/32)"
+        )
         assert gb.find_comment("ex1", NAME, NAME, "ada").auto_comment is None
         assert gb.find_submission(NAME, "dee").score == 0
         ben = gb.find_grade("check_ex2", NAME, NAME, "ben")
@@ -188,17 +203,22 @@ def test_grader_gradebook_writes_our_scores_where_formgrader_reads_them(course):
 
 
 def test_gradebook_command_refuses_a_folder_that_is_not_a_course(tmp_path):
-    proc = subprocess.run([*grader_command(), "gradebook", str(tmp_path), NAME], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*grader_command(), "gradebook", str(tmp_path), NAME], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1
     assert proc.stderr == f"grader: {tmp_path} is not an nbgrader course: it has no gradebook.db (or pass --db URL)\n"
     assert not (tmp_path / "gradebook.db").exists()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, edit", [
-    ("activations_batchnorm", ("ex1", "kaiming_std = (5 / 3) / fan_in**0.5", "kaiming_std = (5 / 3) / fan_in")),
-    ("leaky_abstractions", ("relu", "d_b_relu = d_pre.sum(0)", "d_b_relu = 2 * d_pre.sum(0)")),
-])
+@pytest.mark.parametrize(
+    "name, edit",
+    [
+        ("activations_batchnorm", ("ex1", "kaiming_std = (5 / 3) / fan_in**0.5", "kaiming_std = (5 / 3) / fan_in")),
+        ("leaky_abstractions", ("relu", "d_b_relu = d_pre.sum(0)", "d_b_relu = 2 * d_pre.sum(0)")),
+    ],
+)
 def test_nbgrader_autograde_agrees_on_the_other_assignments(tmp_path, name, edit):
     """Their hidden tests (values checked against numbers the release must not show) under real nbgrader."""
     from nbgrader.api import Gradebook
@@ -216,10 +236,16 @@ def test_nbgrader_autograde_agrees_on_the_other_assignments(tmp_path, name, edit
     _nbgrader(course, "autograde", name)
     graded = assignments.rubric_of(name)
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        autograded = {s: [gb.find_grade(ex.test_cell, name, name, s).score for ex in graded.exercises] for s in students}
+        autograded = {
+            s: [gb.find_grade(ex.test_cell, name, name, s).score for ex in graded.exercises] for s in students
+        }
     for student in students:
         path = course / "submitted" / student / name / f"{name}.ipynb"
-        proc = subprocess.run([*grader_command(), "check", str(path), "--json"], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [*grader_command(), "check", str(path), "--json"], capture_output=True, text=True, timeout=300
+        )
         assert [e["score"] for e in json.loads(proc.stdout)["exercises"]] == autograded[student], student
     assert autograded["ada"] == [ex.max_score for ex in graded.exercises]
-    assert sum(autograded["ben"]) < graded.max_score  # (in leaky_abstractions the wrong d_b_relu also moves the dead mask)
+    assert (
+        sum(autograded["ben"]) < graded.max_score
+    )  # (in leaky_abstractions the wrong d_b_relu also moves the dead mask)

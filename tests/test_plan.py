@@ -71,7 +71,12 @@ def test_without_a_parameters_cell_the_parameters_go_first():
     labels = _labels(plan)
     assert labels[0] == "injected parameters"
     # all locked code cells are restored, in release order, before the student's own cell
-    assert labels[1:5] == ["released cell (setup)", "released cell (init)", "released cell (forward)", "released cell (ex2_forward)"]
+    assert labels[1:5] == [
+        "released cell (setup)",
+        "released cell (init)",
+        "released cell (forward)",
+        "released cell (ex2_forward)",
+    ]
     assert plan.captures == ()
     assert "no answer cell ex1 found: ex1 earns no points" in plan.notes
     assert "no cell is tagged `parameters`: the grader's parameters were set before the setup cell" in plan.notes

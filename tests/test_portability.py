@@ -22,11 +22,24 @@ from conftest import NOTEBOOKS, ROOT, SOLUTION, grader_command, linux_sandbox, s
 
 pytestmark = pytest.mark.portable
 
-LINUX_BACKEND = {"grader/sandbox/linux.py", "grader/sandbox/linux_child.py", "grader/sandbox/confine.py",
-                 "grader/sandbox/syscalls.py",
-                 "grader/sandbox/linux_check.py"}
-LINUX_ONLY_ATTRIBUTES = {"fork", "forkpty", "pidfd_open", "unshare", "setns", "prctl", "SOCK_SEQPACKET", "send_fds",
-                         "recv_fds"}
+LINUX_BACKEND = {
+    "grader/sandbox/linux.py",
+    "grader/sandbox/linux_child.py",
+    "grader/sandbox/confine.py",
+    "grader/sandbox/syscalls.py",
+    "grader/sandbox/linux_check.py",
+}
+LINUX_ONLY_ATTRIBUTES = {
+    "fork",
+    "forkpty",
+    "pidfd_open",
+    "unshare",
+    "setns",
+    "prctl",
+    "SOCK_SEQPACKET",
+    "send_fds",
+    "recv_fds",
+}
 
 
 def test_no_module_outside_the_linux_backend_names_a_linux_only_call():
@@ -48,8 +61,10 @@ def test_no_module_outside_the_linux_backend_names_a_linux_only_call():
 
 
 def test_the_stand_in_really_takes_the_calls_away():
-    code = "import os, socket\ntry:\n    import resource\nexcept ImportError:\n    resource = None\n" \
-           "print(hasattr(os, 'fork'), hasattr(os, 'pidfd_open'), hasattr(socket, 'SOCK_SEQPACKET'), resource)"
+    code = (
+        "import os, socket\ntry:\n    import resource\nexcept ImportError:\n    resource = None\n"
+        "print(hasattr(os, 'fork'), hasattr(os, 'pidfd_open'), hasattr(socket, 'SOCK_SEQPACKET'), resource)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=without_linux_calls())
     assert done.stdout.split() == ["False", "False", "False", "None"], done.stderr
 
@@ -65,8 +80,12 @@ def test_auto_chooses_the_portable_backend_and_says_what_does_not_hold():
 
 
 def test_asking_for_the_linux_backend_where_it_cannot_work_is_one_line():
-    done = subprocess.run([*grader_command(), "check", str(SOLUTION), "--sandbox", "linux"], capture_output=True,
-                          text=True, env=without_linux_calls())
+    done = subprocess.run(
+        [*grader_command(), "check", str(SOLUTION), "--sandbox", "linux"],
+        capture_output=True,
+        text=True,
+        env=without_linux_calls(),
+    )
     assert done.returncode == 1
     [line] = done.stderr.strip().splitlines()
     reason = "this Python has no os.fork" if sys.platform.startswith("linux") else f"this is {sys.platform}, not Linux"
@@ -74,16 +93,25 @@ def test_asking_for_the_linux_backend_where_it_cannot_work_is_one_line():
 
 
 def test_an_unknown_sandbox_in_the_environment_is_a_usage_error():
-    done = subprocess.run([*grader_command(), "check", str(SOLUTION)], capture_output=True, text=True,
-                          env=dict(os.environ, GRADER_SANDBOX="docker"))
+    done = subprocess.run(
+        [*grader_command(), "check", str(SOLUTION)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, GRADER_SANDBOX="docker"),
+    )
     assert done.returncode == 2
     assert "GRADER_SANDBOX: 'docker' is not a sandbox; choose one of auto, linux, portable" in done.stderr
 
 
 def _check(notebook: Path, backend: str, *extra: str) -> tuple[dict, str]:
     env = without_linux_calls() if backend == "portable" else dict(os.environ)
-    done = subprocess.run([*grader_command(), "check", str(notebook), "--json", "--sandbox", backend, *extra],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [*grader_command(), "check", str(notebook), "--json", "--sandbox", backend, *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout), done.stderr
 
@@ -117,9 +145,23 @@ def test_the_portable_backend_gives_the_linux_backends_report(name, extra):
 def test_the_pytest_plugin_grades_with_the_portable_backend(tmp_path):
     (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     env = without_linux_calls() | {"GRADER_SANDBOX": "portable"}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--grade",
-                           str(NOTEBOOKS / "wrong_d_W2.ipynb"), "-q"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env=env)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--grade",
+            str(NOTEBOOKS / "wrong_d_W2.ipynb"),
+            "-q",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 1, done.stdout[-2000:]
     assert "1 failed, 37 passed" in done.stdout and "d_W2: it is the right gradient times 1/n" in done.stdout
 
@@ -131,14 +173,32 @@ def test_grader_grade_with_parallel_jobs_and_a_folder_name_with_spaces(tmp_path)
         (folder / f"{name}.ipynb").write_bytes((NOTEBOOKS / f"{name}.ipynb").read_bytes())
     out = tmp_path / "grades out"
     since = time.time()
-    done = subprocess.run([*grader_command(), "grade", str(folder), "--assignment", "backprop_ninja", "--out", str(out),
-                           "--jobs", "3", "--sandbox", "portable"], capture_output=True, text=True, timeout=600,
-                          env=without_linux_calls())
+    done = subprocess.run(
+        [
+            *grader_command(),
+            "grade",
+            str(folder),
+            "--assignment",
+            "backprop_ninja",
+            "--out",
+            str(out),
+            "--jobs",
+            "3",
+            "--sandbox",
+            "portable",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=without_linux_calls(),
+    )
     assert done.returncode == 0, done.stderr
     grades = (out / "grades.csv").read_text(encoding="utf-8")
     assert all(row in grades for row in ("full_marks,", "wrong_d_W2,", "half_done,"))
-    scores = {Path(json.loads(p.read_text())["notebook"]).name: json.loads(p.read_text())["score"]
-              for p in (out / "reports").glob("*.json")}
+    scores = {
+        Path(json.loads(p.read_text())["notebook"]).name: json.loads(p.read_text())["score"]
+        for p in (out / "reports").glob("*.json")
+    }
     assert scores == {"full_marks.ipynb": 36, "wrong_d_W2.ipynb": 35, "half_done.ipynb": 8}
     assert sandbox_processes(since) == []
 
@@ -153,9 +213,14 @@ def test_where_user_namespaces_are_refused_auto_falls_back_naming_the_setting():
     probe = subprocess.run(["unshare", "-Ur", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip("this machine refuses user namespaces already")
-    script = "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\""
-    done = subprocess.run(["unshare", "-Ur", "sh", "-c", script, "sh", *grader_command(), "check", str(SOLUTION)],
-                          capture_output=True, text=True, timeout=300, env=dict(os.environ, GRADER_LINUX_MODE="userns"))
+    script = 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"'
+    done = subprocess.run(
+        ["unshare", "-Ur", "sh", "-c", script, "sh", *grader_command(), "check", str(SOLUTION)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, GRADER_LINUX_MODE="userns"),
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.rstrip().endswith("Total: 36/36")
     warning = done.stderr.strip().splitlines()

@@ -23,21 +23,26 @@ SCHEMA = Path(__file__).parent / "junit.xsd"
 def _pytest(cwd: Path, *args: str, python: str = sys.executable) -> subprocess.CompletedProcess:
     """pytest as a user runs it, in a folder of their own (not this repository's test configuration)."""
     (cwd / "pytest.ini").exists() or (cwd / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
-    return subprocess.run([python, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [python, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def _cases(xml_path: Path) -> dict[str, ET.Element]:
     # `<notebook>.<exercise>` and the variable -> `<exercise>::<variable>`
-    return {f"{c.get('classname').rsplit('.', 1)[-1]}::{c.get('name')}": c
-            for c in ET.parse(xml_path).getroot().iter("testcase")}
+    return {
+        f"{c.get('classname').rsplit('.', 1)[-1]}::{c.get('name')}": c
+        for c in ET.parse(xml_path).getroot().iter("testcase")
+    }
 
 
 def _two_wrong(tmp_path: Path) -> Path:
     nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
     ex1 = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex1")
-    for old, new in [("d_W2 = h.T @ d_logits", "d_W2 = h.T @ d_logits / n"),
-                     ("d_bnbias = d_hpreact.sum(0, keepdim=True)", "d_bnbias = -d_hpreact.sum(0, keepdim=True)")]:
+    for old, new in [
+        ("d_W2 = h.T @ d_logits", "d_W2 = h.T @ d_logits / n"),
+        ("d_bnbias = d_hpreact.sum(0, keepdim=True)", "d_bnbias = -d_hpreact.sum(0, keepdim=True)"),
+    ]:
         assert ex1.source.count(old) == 1, old
         ex1.source = ex1.source.replace(old, new)
     path = tmp_path / "two wrong.ipynb"
@@ -65,8 +70,11 @@ def test_the_untouched_release_fails_every_variable_with_its_reason(tmp_path):
 def test_two_wrong_gradients_fail_exactly_with_their_hints(tmp_path):
     proc = _pytest(tmp_path, "--grade", str(_two_wrong(tmp_path)), f"--junitxml={tmp_path / 'r.xml'}")
     assert proc.returncode == 1
-    failed = {k: c.find("failure").get("message") for k, c in _cases(tmp_path / "r.xml").items()
-              if c.find("failure") is not None}
+    failed = {
+        k: c.find("failure").get("message")
+        for k, c in _cases(tmp_path / "r.xml").items()
+        if c.find("failure") is not None
+    }
     assert set(failed) == {"ex1::d_W2", "ex1::d_bnbias"}, failed
     assert "times 1/n (= 1/32)" in failed["ex1::d_W2"] and "the sign is flipped" in failed["ex1::d_bnbias"]
     # the failure text is the verdict, not a traceback
@@ -80,7 +88,9 @@ def test_pytest_machinery_works_unchanged(tmp_path):
     first = _pytest(tmp_path, "--grade", notebook, "-x", "-q")
     assert "1 failed" in first.stdout and "stopping after 1 failures" in first.stdout
     listed = _pytest(tmp_path, "--grade", notebook, "--collect-only", "-q")
-    assert "ex1::d_probs" in listed.stdout and "hidden::run-2" in listed.stdout and "38 tests collected" in listed.stdout
+    assert (
+        "ex1::d_probs" in listed.stdout and "hidden::run-2" in listed.stdout and "38 tests collected" in listed.stdout
+    )
 
 
 def test_usage_mistakes_are_usage_errors(tmp_path):
@@ -95,11 +105,20 @@ def test_usage_mistakes_are_usage_errors(tmp_path):
 
 def test_a_notebook_whose_cell_hangs_fails_what_it_did_not_compute_with_one_line(tmp_path):
     # an endless loop after Exercise 1's eighth line: interrupted after 1.5 s (half the run's 3 s); the run goes on
-    _pytest(tmp_path, "--grade", str(NOTEBOOKS / "infinite_loop.ipynb"), "--grade-timeout", "3",
-            "--grade-no-runs", f"--junitxml={tmp_path / 'r.xml'}")
+    _pytest(
+        tmp_path,
+        "--grade",
+        str(NOTEBOOKS / "infinite_loop.ipynb"),
+        "--grade-timeout",
+        "3",
+        "--grade-no-runs",
+        f"--junitxml={tmp_path / 'r.xml'}",
+    )
     cases = _cases(tmp_path / "r.xml")
     messages = [c.find("failure").get("message") for c in cases.values() if c.find("failure") is not None]
-    assert len(cases) == 36 and len(messages) == 19  # 18 of Exercise 1, and Exercise 3 (it reads Exercise 1's d_hpreact)
+    assert (
+        len(cases) == 36 and len(messages) == 19
+    )  # 18 of Exercise 1, and Exercise 3 (it reads Exercise 1's d_hpreact)
     assert all(m and "\n" not in m for m in messages)
     assert sum("interrupted after 1.5 s" in m for m in messages) == 18
 
@@ -107,8 +126,12 @@ def test_a_notebook_whose_cell_hangs_fails_what_it_did_not_compute_with_one_line
 def test_junit_xml_from_both_paths_validates_with_points_as_properties(tmp_path):
     notebook = _two_wrong(tmp_path)
     _pytest(tmp_path, "--grade", str(notebook), f"--junitxml={tmp_path / 'pytest.xml'}")
-    proc = subprocess.run([*grader_command(), "check", str(notebook), "--junit", str(tmp_path / "grader.xml")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*grader_command(), "check", str(notebook), "--junit", str(tmp_path / "grader.xml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     schema = xmlschema.XMLSchema(str(SCHEMA))
     for name in ("pytest.xml", "grader.xml"):
@@ -127,8 +150,12 @@ def test_junit_xml_from_both_paths_validates_with_points_as_properties(tmp_path)
 
 def _classroom_repository(tmp_path: Path, notebook: Path, package: str) -> Path:
     repo = tmp_path / "student-repo"
-    proc = subprocess.run([*grader_command(), "classroom", "backprop_ninja", "--out", str(repo), "--package", package],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [*grader_command(), "classroom", "backprop_ninja", "--out", str(repo), "--package", package],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     shutil.copy(notebook, repo / "backprop_ninja.ipynb")
     return repo
@@ -137,8 +164,11 @@ def _classroom_repository(tmp_path: Path, notebook: Path, package: str) -> Path:
 def _classroom_score(repo: Path, python: str) -> float:
     """What GitHub Classroom's Python grader awards: max-score x passed / total, pytest run its way."""
     workflow = yaml.safe_load((repo / ".github" / "workflows" / "classroom.yml").read_text(encoding="utf-8"))
-    step = next(s for s in workflow["jobs"]["run-autograding-tests"]["steps"]
-                if s.get("uses", "").startswith("classroom-resources/autograding-python-grader"))
+    step = next(
+        s
+        for s in workflow["jobs"]["run-autograding-tests"]["steps"]
+        if s.get("uses", "").startswith("classroom-resources/autograding-python-grader")
+    )
     tests = [str(p) for p in repo.rglob("*_test.py")]  # the files it runs
     proc = _pytest(repo, "-s", "--tb=no", f"--junitxml={repo / 'results.xml'}", *tests, python=python)
     assert proc.returncode in (0, 1), proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -150,8 +180,11 @@ def _classroom_score(repo: Path, python: str) -> float:
 def test_the_classroom_template_scores_as_grader_check(tmp_path):
     notebook = _two_wrong(tmp_path)
     repo = _classroom_repository(tmp_path, notebook, "backprop-grader")
-    check = json.loads(subprocess.run([*grader_command(), "check", str(notebook), "--json"], capture_output=True,
-                                      text=True, timeout=300).stdout)
+    check = json.loads(
+        subprocess.run(
+            [*grader_command(), "check", str(notebook), "--json"], capture_output=True, text=True, timeout=300
+        ).stdout
+    )
     assert _classroom_score(repo, sys.executable) == check["score"] == 34
 
 
@@ -167,10 +200,17 @@ def test_the_classroom_workflow_commands_in_a_fresh_virtual_environment(tmp_path
     step = next(s for s in workflow["jobs"]["run-autograding-tests"]["steps"] if "setup-command" in s.get("with", {}))
     # (here pip's own configuration serves PyTorch's CPU build: no index URL)
     env = os.environ | {"PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "TORCH_INDEX_URL": ""}
-    setup = subprocess.run(step["with"]["setup-command"], shell=True, cwd=repo, env=env, capture_output=True,
-                           text=True, timeout=1800)
+    setup = subprocess.run(
+        step["with"]["setup-command"], shell=True, cwd=repo, env=env, capture_output=True, text=True, timeout=1800
+    )
     assert setup.returncode == 0, setup.stdout[-2000:] + setup.stderr[-2000:]
     score = _classroom_score(repo, str(venv / "bin" / "python"))
-    check = json.loads(subprocess.run([str(venv / "bin" / "grader"), "check", str(notebook), "--json"],
-                                      capture_output=True, text=True, timeout=300).stdout)
+    check = json.loads(
+        subprocess.run(
+            [str(venv / "bin" / "grader"), "check", str(notebook), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ).stdout
+    )
     assert score == check["score"] == 34

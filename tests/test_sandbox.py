@@ -62,12 +62,15 @@ def test_a_notebook_with_its_own_parameters_cell_is_graded_from_scratch(tmp_path
     assert (report.status, report.score) == ("graded", report.max_score)
 
 
-@pytest.mark.parametrize("mess", [
-    "Xtr.zero_()\nYtr.zero_()",  # the data the setup made, changed in place
-    "import builtins\nbuiltins.len = lambda x: 0\nbuiltins.range = None",  # builtins replaced
-    "import torch\ntorch.randn = torch.zeros\ntorch.Tensor.sum = lambda *a, **k: 0",  # torch patched
-    "import sys, io\nsys.stdout = io.StringIO()",  # output swallowed
-])
+@pytest.mark.parametrize(
+    "mess",
+    [
+        "Xtr.zero_()\nYtr.zero_()",  # the data the setup made, changed in place
+        "import builtins\nbuiltins.len = lambda x: 0\nbuiltins.range = None",  # builtins replaced
+        "import torch\ntorch.randn = torch.zeros\ntorch.Tensor.sum = lambda *a, **k: 0",  # torch patched
+        "import sys, io\nsys.stdout = io.StringIO()",  # output swallowed
+    ],
+)
 def test_each_run_starts_clean_whatever_the_run_before_left(tmp_path, pool, mess):
     # the mess comes at the end of each run: the hidden runs after the first must not see it
     report = grade_notebook(_full_marks_with(tmp_path, mess), pool=pool)
@@ -96,8 +99,12 @@ def test_a_replayed_call_must_be_a_minibatch_of_the_training_loop(tmp_path, pool
     # which replays recorded calls with autograd in its own process, must not take that call
     nb = nbformat.read(NOTEBOOKS / "full_marks.ipynb", as_version=4)
     index = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == "ex4")
-    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(
-        "with torch.no_grad():\n    big = Xtr[:2000], Ytr[:2000]\n    backward(*big, *forward(*big)[1])"))
+    nb.cells.insert(
+        index + 1,
+        nbformat.v4.new_code_cell(
+            "with torch.no_grad():\n    big = Xtr[:2000], Ytr[:2000]\n    backward(*big, *forward(*big)[1])"
+        ),
+    )
     path = tmp_path / "big_call.ipynb"
     nbformat.write(nb, str(path))
     report = grade_notebook(path, hidden_runs=(), pool=pool)
@@ -119,8 +126,11 @@ def test_a_run_ends_when_its_grader_is_killed(tmp_path, backend):
     if backend == "linux" and not linux_sandbox():
         pytest.skip("the Linux sandbox does not work on this machine")
     since = time.time()
-    grader = subprocess.Popen([*grader_command(), "check", str(NOTEBOOKS / "infinite_loop.ipynb"), "--timeout", "120",
-                               "--sandbox", backend], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    grader = subprocess.Popen(
+        [*grader_command(), "check", str(NOTEBOOKS / "infinite_loop.ipynb"), "--timeout", "120", "--sandbox", backend],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(8)  # the worker starts, the job starts, the notebook loops
     assert sandbox_processes(since, left_behind=False), "the notebook should be running"
     grader.send_signal(signal.SIGKILL)

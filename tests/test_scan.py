@@ -8,7 +8,7 @@ from conftest import SOLUTION
 from grader import notebook
 from grader.scan import scan
 
-SOURCE = '''%matplotlib inline
+SOURCE = """%matplotlib inline
 d_logits = logits.grad
 loss.backward()
 d_W1 = getattr(W1, "gr" + "ad")
@@ -19,7 +19,7 @@ with torch.enable_grad():
 torch._C._set_grad_enabled(True)
 d_h = d_logits @ W2.T
 exec("d_C = C.grad")
-'''
+"""
 
 
 def test_each_way_into_autograd_is_found_with_its_line_and_targets():

@@ -50,7 +50,9 @@ def after_setup(solution_cells) -> dict:
 
 
 def _grade_in_process(cells: dict[str, str], base: dict, seed: int, ex1: str) -> dict[tuple[str, str], str]:
-    params = released_parameters(RELEASED) | RUBRIC.grading_parameters | {"seed": seed, "data_path": assets.names_path()}
+    params = (
+        released_parameters(RELEASED) | RUBRIC.grading_parameters | {"seed": seed, "data_path": assets.names_path()}
+    )
     ref = reference.gradients(ASSIGNMENT, params)
     ns = dict(base) | {"seed": seed}
     verdicts = {}
@@ -89,8 +91,10 @@ def test_end_to_end_for_50_seeds(tmp_path):
 
     def both(seed: int):
         # the seeds are the hidden runs here
-        return (grade_notebook(SOLUTION, parameters={"seed": seed}, hidden_runs=()),
-                grade_notebook(planted, parameters={"seed": seed}, hidden_runs=()))
+        return (
+            grade_notebook(SOLUTION, parameters={"seed": seed}, hidden_runs=()),
+            grade_notebook(planted, parameters={"seed": seed}, hidden_runs=()),
+        )
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         for seed, (good, bad) in zip(SEEDS, pool.map(both, SEEDS)):
@@ -99,7 +103,10 @@ def test_end_to_end_for_50_seeds(tmp_path):
 
 
 def test_references_computed_in_two_threads_match_sequential_ones():
-    params = [released_parameters(RELEASED) | RUBRIC.grading_parameters | {"seed": s, "data_path": assets.names_path()} for s in (101, 102)]
+    params = [
+        released_parameters(RELEASED) | RUBRIC.grading_parameters | {"seed": s, "data_path": assets.names_path()}
+        for s in (101, 102)
+    ]
     expected._gradients.cache_clear()
     with ThreadPoolExecutor(max_workers=2) as pool:
         parallel = list(pool.map(lambda p: reference.gradients(ASSIGNMENT, p), params))

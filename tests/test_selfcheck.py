@@ -169,11 +169,28 @@ KERNEL_MISTAKES = (
     ("ex1", "d_b2 = d_logits.sum(0)", "d_b2 = -d_logits.sum(0)", "d_b2", "b2"),  # sign
     ("ex1", "d_W2 = h.T @ d_logits", "d_W2 = 2 * h.T @ d_logits", "d_W2", "W2"),  # a factor 2
     ("ex1", "d_W1 = embcat.T @ d_hprebn", "d_W1 = d_hprebn.T @ embcat", "d_W1", "W1"),  # transposed
-    ("ex1", "d_bnbias = d_hpreact.sum(0, keepdim=True)", "d_bnbias = d_hpreact.sum(0)", "d_bnbias", "bnbias"),  # keepdim
+    (
+        "ex1",
+        "d_bnbias = d_hpreact.sum(0, keepdim=True)",
+        "d_bnbias = d_hpreact.sum(0)",
+        "d_bnbias",
+        "bnbias",
+    ),  # keepdim
     ("ex1", "d_b1 = d_hprebn.sum(0)", "d_b1 = d_hprebn.sum(1)", "d_b1", "b1"),  # the axis
-    ("ex1", "        d_C[Xb[row, col]] += d_emb[row, col]", "        pass  # TODO route d_emb back into C", "d_C", "C"),  # zeros
-    ("ex1", "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True)", "d_bngain = d_hpreact.sum(0, keepdim=True)",
-     "d_bngain", "bngain"),  # a mix-up: this is d_bnbias
+    (
+        "ex1",
+        "        d_C[Xb[row, col]] += d_emb[row, col]",
+        "        pass  # TODO route d_emb back into C",
+        "d_C",
+        "C",
+    ),  # zeros
+    (
+        "ex1",
+        "d_bngain = (bnraw * d_hpreact).sum(0, keepdim=True)",
+        "d_bngain = d_hpreact.sum(0, keepdim=True)",
+        "d_bngain",
+        "bngain",
+    ),  # a mix-up: this is d_bnbias
     ("ex4", "d_b2 = d_logits.sum(0)", "d_b2 = -d_logits.sum(0)", "d_b2", "b2 @1"),  # sign, in backward()
 )
 
@@ -185,8 +202,9 @@ def _kernel_lines(nb, cwd) -> dict[str, str]:
 
     from grader.notebook import grade_id
 
-    NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(cwd)}}).execute()
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(cwd)}}
+    ).execute()
     out: dict[str, str] = {}
     for cell in nb.cells:
         if grade_id(cell) not in ("check_ex1", "check_ex4"):
@@ -212,13 +230,24 @@ def test_the_release_check_cells_in_a_kernel_print_the_hints_grader_check_gives(
     report = grade.grade_notebook(path, pool=pool)
     by = {(v.exercise, v.name): v for v in report.variables}
     printed = _kernel_lines(nb, tmp_path)
-    hints = ("the sign is flipped", "times 2: a factor", "-- transposed?", "keep the dimension (keepdim=True)",
-             "summed over the wrong axis", "it is all zeros", "it equals the gradient d_bnbias")
+    hints = (
+        "the sign is flipped",
+        "times 2: a factor",
+        "-- transposed?",
+        "keep the dimension (keepdim=True)",
+        "summed over the wrong axis",
+        "it is all zeros",
+        "it equals the gradient d_bnbias",
+    )
     for (gid, _, _, variable, label), hint in zip(KERNEL_MISTAKES, (*hints, hints[0])):
         graded = by[(gid, variable)]
         assert graded.points == 0 and hint in graded.message, graded
         # the grader says at which step of the short training run; the kernel's label says it (@1)
-        assert printed[label] == graded.message.removesuffix(" (at the first step)"), (label, printed[label], graded.message)
+        assert printed[label] == graded.message.removesuffix(" (at the first step)"), (
+            label,
+            printed[label],
+            graded.message,
+        )
     wrong = {m[4] for m in KERNEL_MISTAKES} | {"b2 @25"}  # (backward()'s d_b2 is as wrong at the last step)
     assert [label for label, message in printed.items() if message and label not in wrong] == []
     lost = [(v.exercise, v.name) for v in report.variables if v.points < v.max_points]

@@ -26,8 +26,10 @@ SYSTEM_PYTHON = Path("/usr/bin/python3")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="making a user needs root"),
-    pytest.mark.skipif(not (shutil.which("useradd") and shutil.which("runuser") and SYSTEM_PYTHON.exists()),
-                       reason="needs useradd, runuser and /usr/bin/python3"),
+    pytest.mark.skipif(
+        not (shutil.which("useradd") and shutil.which("runuser") and SYSTEM_PYTHON.exists()),
+        reason="needs useradd, runuser and /usr/bin/python3",
+    ),
 ]
 
 
@@ -37,8 +39,13 @@ def _as_user(home: Path, *command: str, timeout: float = 600) -> subprocess.Comp
     for passthrough in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CERT"):
         if passthrough in os.environ:  # where this machine's pip finds the CPU build of torch
             env[passthrough] = os.environ[passthrough]
-    return subprocess.run(["runuser", "-u", USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()), *command],
-                          capture_output=True, text=True, cwd=home, timeout=timeout)
+    return subprocess.run(
+        ["runuser", "-u", USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()), *command],
+        capture_output=True,
+        text=True,
+        cwd=home,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +57,13 @@ def home() -> Path:
     for old in ("src", "venv", "venv-link", "secret.txt", "work"):
         old = home / old
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink(missing_ok=True)
-    shutil.copytree(ROOT, home / "src", ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".ci-venv", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache"))
+    shutil.copytree(
+        ROOT,
+        home / "src",
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".ci-venv", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache"
+        ),
+    )
     (home / "secret.txt").write_text("the user's own secret\n")
     (home / "work").mkdir()
     (home / "venv-link").symlink_to(home / "venv")  # another spelling of the same environment
@@ -66,8 +78,12 @@ def home() -> Path:
 
 
 def _fingerprint(*folders: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def test_an_ordinary_user_gets_full_marks_for_the_solution_and_no_warning(home):
@@ -86,11 +102,20 @@ def test_a_hostile_notebook_of_an_ordinary_user_gets_nothing_it_should_not(home,
     listener = Listener()
     port = listener.port
     site = next((home / spelling / "lib").glob("python3*/site-packages"))
-    reads = [site / "grader" / "_assets" / "assignments" / "backprop_ninja.toml", home / "src" / "assignments" /
-             "backprop_ninja.toml", home / "src" / "solutions" / "backprop_ninja.ipynb", home / "secret.txt",
-             home / "work" / "solution.ipynb"]
-    writes = [home / "pwned", site / "grader" / "pwned.py", home / "src" / "pwned", home / "venv" / "pwned",
-              Path("/var/tmp/pwned-by-a-notebook")]
+    reads = [
+        site / "grader" / "_assets" / "assignments" / "backprop_ninja.toml",
+        home / "src" / "assignments" / "backprop_ninja.toml",
+        home / "src" / "solutions" / "backprop_ninja.ipynb",
+        home / "secret.txt",
+        home / "work" / "solution.ipynb",
+    ]
+    writes = [
+        home / "pwned",
+        site / "grader" / "pwned.py",
+        home / "src" / "pwned",
+        home / "venv" / "pwned",
+        Path("/var/tmp/pwned-by-a-notebook"),
+    ]
     private = [Path("/tmp/pwned-by-a-notebook"), Path("/dev/shm/pwned-by-a-notebook")]  # its own: may write there
     attack = f"""
 import os, socket
@@ -102,8 +127,8 @@ for path in {[str(p) for p in reads]!r}:
         pass
 # the folders on the way to Python and the grader are there (empty but for that way); nothing else is
 way = {{"/home": ["{home.name}"], {str(home)!r}: ["venv", "venv-link"],
-       {str(site / 'grader' / '_assets')!r}: ["assignments", "data"]}}
-for folder in ("/home", {str(home)!r}, {str(site / 'grader' / '_assets')!r}, {str(site / 'grader' / '_assets' / 'assignments')!r},
+       {str(site / "grader" / "_assets")!r}: ["assignments", "data"]}}
+for folder in ("/home", {str(home)!r}, {str(site / "grader" / "_assets")!r}, {str(site / "grader" / "_assets" / "assignments")!r},
                "/root", "/srv", "/mnt", "/media", "/var"):
     try:
         leaks += [("listed", folder, name) for name in os.listdir(folder) if name not in way.get(folder, [])]
@@ -153,8 +178,17 @@ raise RuntimeError(f"LEAKS {{leaks}}")
     subprocess.run(["chown", f"{USER}:{USER}", str(home / "work" / "hostile.ipynb")], check=True)
     before = _fingerprint(home / "src", home / "venv" / "lib", home / "work")
 
-    done = _as_user(home, str(home / spelling / "bin" / "python"), "-m", "grader", "check",
-                    str(home / "work" / "hostile.ipynb"), "--json", "--hidden-runs", "/dev/null")
+    done = _as_user(
+        home,
+        str(home / spelling / "bin" / "python"),
+        "-m",
+        "grader",
+        "check",
+        str(home / "work" / "hostile.ipynb"),
+        "--json",
+        "--hidden-runs",
+        "/dev/null",
+    )
     listener.close()
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""

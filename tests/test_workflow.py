@@ -32,16 +32,21 @@ def _check_jsonschema() -> str:
     """The check-jsonschema script of the environment running the tests."""
     # A venv keeps scripts beside python (bin/ or Scripts/); a Windows install without one, in Scripts/ below it.
     here = Path(sys.executable).parent
-    found = (shutil.which("check-jsonschema", path=os.pathsep.join([str(here), str(here / "Scripts")]))
-             or shutil.which("check-jsonschema"))
+    found = shutil.which("check-jsonschema", path=os.pathsep.join([str(here), str(here / "Scripts")])) or shutil.which(
+        "check-jsonschema"
+    )
     assert found, "check-jsonschema is not installed: pip install -e '.[test]'"
     return found
 
 
 def _validate(path: Path) -> subprocess.CompletedProcess[str]:
     # The vendored schema ships inside check-jsonschema: no network.
-    return subprocess.run([_check_jsonschema(), "--builtin-schema", "vendor.github-workflows", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [_check_jsonschema(), "--builtin-schema", "vendor.github-workflows", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _load() -> dict:
@@ -77,7 +82,7 @@ def _pytest_args(step: dict) -> list[str] | None:
     for line in step.get("run", "").splitlines():
         words = shlex.split(line)
         if "pytest" in words:
-            return words[words.index("pytest") + 1:]
+            return words[words.index("pytest") + 1 :]
     return None
 
 
@@ -86,11 +91,15 @@ def test_workflow_passes_github_schema() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("edit, complaint", [
-    (lambda job: None, None),  # the round trip alone: what fails below fails for its edit
-    (lambda job: job.pop("runs-on"), "'runs-on' is a required property"),
-    (lambda job: job.update(steps="pytest"), "$.jobs.test.steps: 'pytest' is not of type 'array'"),
-], ids=["unchanged", "no-runs-on", "steps-a-string"])
+@pytest.mark.parametrize(
+    "edit, complaint",
+    [
+        (lambda job: None, None),  # the round trip alone: what fails below fails for its edit
+        (lambda job: job.pop("runs-on"), "'runs-on' is a required property"),
+        (lambda job: job.update(steps="pytest"), "$.jobs.test.steps: 'pytest' is not of type 'array'"),
+    ],
+    ids=["unchanged", "no-runs-on", "steps-a-string"],
+)
 def test_schema_rejects_broken_copy(tmp_path: Path, edit, complaint: str | None) -> None:
     workflow = _load()
     edit(workflow["jobs"]["test"])
@@ -120,8 +129,11 @@ def test_three_platforms_independently() -> None:
 def test_torch_cpu_build_installed_before_project(label: str) -> None:
     steps = _steps_on(_job(), RUNNER_OS[label])
     runs = [step.get("run", "") for step in steps]
-    torch = [i for i, run in enumerate(runs)
-             if "torch==2.13.0" in run and "--index-url https://download.pytorch.org/whl/cpu" in run]
+    torch = [
+        i
+        for i, run in enumerate(runs)
+        if "torch==2.13.0" in run and "--index-url https://download.pytorch.org/whl/cpu" in run
+    ]
     project = [i for i, run in enumerate(runs) if '-e ".[test]"' in run]
     assert torch and project, runs
     assert max(torch) < min(project), "the project's torch>=2.2 would pull PyPI's CUDA build first"

@@ -31,8 +31,13 @@ def generate(solution: Path, out: Path, config: Path = REPOSITORY / "nbgrader_co
         # nbgrader runs `alembic` to make its gradebook: find it beside this interpreter even when the
         # virtual environment is not activated
         env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-        proc = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", name, "--force"],
-                              cwd=course, capture_output=True, text=True, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "nbgrader", "generate_assignment", name, "--force"],
+            cwd=course,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         released = course / "release" / name / solution.name
         if proc.returncode != 0 or not released.is_file():
             raise RuntimeError(f"nbgrader generate_assignment {name} failed:\n{proc.stdout}{proc.stderr}")
@@ -44,7 +49,9 @@ def generate(solution: Path, out: Path, config: Path = REPOSITORY / "nbgrader_co
 def main(argv: list[str] | None = None) -> int:
     """Regenerate assignments/NAME.ipynb for each NAME (default: all solutions)."""
     names = sys.argv[1:] if argv is None else argv
-    solutions = [REPOSITORY / "solutions" / f"{n}.ipynb" for n in names] or sorted((REPOSITORY / "solutions").glob("*.ipynb"))
+    solutions = [REPOSITORY / "solutions" / f"{n}.ipynb" for n in names] or sorted(
+        (REPOSITORY / "solutions").glob("*.ipynb")
+    )
     for solution in solutions:
         if not solution.is_file():
             print(f"no solution notebook {solution}", file=sys.stderr)

@@ -98,19 +98,23 @@ def write(assignment: str, out: Path, package: str = "backprop-grader") -> list[
     rubric = assignments.rubric_of(assignment)
     needs = [ex.id for ex in rubric.exercises if ex.kind == "values" and ex.source == "solution"]
     if needs:
-        raise GraderError(f"{assignment}: the answers of {', '.join(needs)} are checked against the instructor's "
-                          "solution, which a student repository must not hold; grade this assignment with "
-                          "`grader grade`, nbgrader or Gradescope instead")
+        raise GraderError(
+            f"{assignment}: the answers of {', '.join(needs)} are checked against the instructor's "
+            "solution, which a student repository must not hold; grade this assignment with "
+            "`grader grade`, nbgrader or Gradescope instead"
+        )
     notebook = rubric.released.name
     variables = [(ex.id, v) for ex in rubric.exercises for v in ex.graded]
     points = rubric.max_score
     files = {
-        Path(".github/workflows/classroom.yml"): WORKFLOW.format(assignment=assignment, notebook=notebook,
-                                                                 points=f"{points:g}", tests=len(variables)),
+        Path(".github/workflows/classroom.yml"): WORKFLOW.format(
+            assignment=assignment, notebook=notebook, points=f"{points:g}", tests=len(variables)
+        ),
         Path(".github/classroom/setup.sh"): SETUP.format(torch=TORCH, package=package),
         Path("pytest.ini"): PYTEST_INI.format(notebook=notebook, assignment=assignment),
-        Path("grade_test.py"): TESTS.format(notebook=notebook, assignment=assignment) + "\n\n".join(
-            f"def {_function_name(ex, v.name)}(grade):\n    grade({ex!r}, {v.name!r})" for ex, v in variables) + "\n",
+        Path("grade_test.py"): TESTS.format(notebook=notebook, assignment=assignment)
+        + "\n\n".join(f"def {_function_name(ex, v.name)}(grade):\n    grade({ex!r}, {v.name!r})" for ex, v in variables)
+        + "\n",
     }
     written = []
     for relative, text in files.items():

@@ -92,15 +92,18 @@ def grade_task(task: Task) -> tuple[dict, str | None]:
     """Grade one submission on a Dask worker: the report and feedback page `batch.grade_one` gives."""
     assignment = assignments.load(task.assignment)
     if assignment.digest != task.assignment_digest:
-        raise RubricError(f"this worker's copy of {task.assignment} differs from the grader's: install the same "
-                          "version of backprop-grader on every worker")
+        raise RubricError(
+            f"this worker's copy of {task.assignment} differs from the grader's: install the same "
+            "version of backprop-grader on every worker"
+        )
     pool, scratch = _pool(sandbox.Limits(**task.limits), task.hidden, task.sandbox)
     folder = Path(tempfile.mkdtemp(dir=scratch))
     path = folder / (Path(task.notebook).name or "submission.ipynb")
     try:
         path.write_bytes(task.content)
-        report, page = batch.grade_one(Submission(task.student, path, task.digest), assignment, task.timeout, pool,
-                                       hidden_runs=task.hidden_runs)
+        report, page = batch.grade_one(
+            Submission(task.student, path, task.digest), assignment, task.timeout, pool, hidden_runs=task.hidden_runs
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     # the report and page name the notebook as the grader found it, not as this worker's copy
@@ -128,8 +131,9 @@ def _client(scheduler: str):
         if n < 1:
             raise UsageError(f"--scheduler {scheduler}: local:N needs a number of workers N >= 1")
         # one task at a time per worker process: a run of a notebook uses one core
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                               host="127.0.0.1")
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+        )
         return Client(cluster), cluster
     try:
         return Client(scheduler, timeout=30), None
@@ -137,9 +141,17 @@ def _client(scheduler: str):
         raise GraderError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({e})") from None
 
 
-def grade(submissions, assignment: Assignment, scheduler: str, *, timeout: float | None,
-          limits: sandbox.Limits, hidden: tuple[str, ...] = (), backend: str = "auto",
-          hidden_runs: tuple[dict[str, object], ...] | None = None) -> Iterator[tuple[object, dict, str | None]]:
+def grade(
+    submissions,
+    assignment: Assignment,
+    scheduler: str,
+    *,
+    timeout: float | None,
+    limits: sandbox.Limits,
+    hidden: tuple[str, ...] = (),
+    backend: str = "auto",
+    hidden_runs: tuple[dict[str, object], ...] | None = None,
+) -> Iterator[tuple[object, dict, str | None]]:
     """Grade `submissions` (`Submission`s) on the cluster: (submission, report, page) as each finishes.
     `hidden`: paths of this machine no run may read, wherever a worker shares it. `backend`: the sandbox
     each worker must use (`auto`: the best that works there). `hidden_runs`: the hidden re-runs (default: the rubric's)."""
@@ -150,18 +162,32 @@ def grade(submissions, assignment: Assignment, scheduler: str, *, timeout: float
 
         futures = {}
         for s in submissions:
-            task = Task(s.student, str(s.path), s.path.read_bytes(), s.digest, assignment.name, assignment.digest, timeout,
-                        asdict(limits), hidden, backend, hidden_runs)
+            task = Task(
+                s.student,
+                str(s.path),
+                s.path.read_bytes(),
+                s.digest,
+                assignment.name,
+                assignment.digest,
+                timeout,
+                asdict(limits),
+                hidden,
+                backend,
+                hidden_runs,
+            )
             # pure=False: the same notebook handed in twice is graded twice, as a local run would
-            futures[client.submit(grade_task, task, key=f"grade-{batch}-{s.student}-{s.digest[:12]}", pure=False,
-                                  retries=1)] = s
+            futures[
+                client.submit(grade_task, task, key=f"grade-{batch}-{s.student}-{s.digest[:12]}", pure=False, retries=1)
+            ] = s
         for future in as_completed(futures):
             try:
                 report, page = future.result()
             except GraderError:
                 raise
             except Exception as e:  # e.g. KilledWorker: the task's workers died more often than Dask allows
-                raise GraderError(f"{futures[future].student}: the cluster could not grade it ({type(e).__name__}: {e})") from None
+                raise GraderError(
+                    f"{futures[future].student}: the cluster could not grade it ({type(e).__name__}: {e})"
+                ) from None
             yield futures[future], report, page
     finally:
         client.close()

@@ -71,15 +71,17 @@ def _timestamp(submission: Submission):
         return None
 
 
-def record(gradebook, assignment: str, submission: Submission, report: Report | None, rubric: rubrics.Rubric,
-           error: str = "") -> None:
+def record(
+    gradebook, assignment: str, submission: Submission, report: Report | None, rubric: rubrics.Rubric, error: str = ""
+) -> None:
     """Write one graded submission into an open nbgrader `Gradebook` (no report: 0 points, and `error` says why)."""
     from nbgrader.api import MissingEntry
 
     gradebook.update_or_create_student(submission.student)
     timestamp = _timestamp(submission)
-    gradebook.update_or_create_submission(assignment, submission.student,
-                                          **({"timestamp": timestamp} if timestamp else {}))
+    gradebook.update_or_create_submission(
+        assignment, submission.student, **({"timestamp": timestamp} if timestamp else {})
+    )
     scores = {e.id: e.score for e in report.exercises} if report else {}
     for ex in rubric.exercises:
         if ex.test_cell is None:
@@ -112,15 +114,25 @@ def _ours(gradebook, course: Path, assignment: str) -> dict[str, Assignment]:
                 break
         if nb.name in ours:
             cells = {c.name for c in nb.grade_cells}
-            missing = [ex.test_cell for ex in ours[nb.name].rubric.exercises if ex.test_cell and ex.test_cell not in cells]
+            missing = [
+                ex.test_cell for ex in ours[nb.name].rubric.exercises if ex.test_cell and ex.test_cell not in cells
+            ]
             if missing:
-                raise GraderError(f"{assignment}/{nb.name} in this course has no test cells {missing}: "
-                                  "regenerate it from the current solutions/ notebook")
+                raise GraderError(
+                    f"{assignment}/{nb.name} in this course has no test cells {missing}: "
+                    "regenerate it from the current solutions/ notebook"
+                )
     return ours
 
 
-def grade_course(course: str | Path, assignment: str, *, db_url: str | None = None, timeout: float | None = None,
-                 progress: Callable[[Recorded], None] | None = None) -> list[Recorded]:
+def grade_course(
+    course: str | Path,
+    assignment: str,
+    *,
+    db_url: str | None = None,
+    timeout: float | None = None,
+    progress: Callable[[Recorded], None] | None = None,
+) -> list[Recorded]:
     """Grade every submission of `assignment` in the nbgrader course at `course`; record each in its gradebook.
 
     Parameters
@@ -134,7 +146,9 @@ def grade_course(course: str | Path, assignment: str, *, db_url: str | None = No
     try:
         from nbgrader.api import Gradebook, MissingEntry
     except ImportError:
-        raise GraderError("writing to an nbgrader gradebook needs nbgrader: pip install 'backprop-grader[nbgrader]'") from None
+        raise GraderError(
+            "writing to an nbgrader gradebook needs nbgrader: pip install 'backprop-grader[nbgrader]'"
+        ) from None
 
     course = Path(course).resolve()
     if db_url is None and not (course / "gradebook.db").is_file():
@@ -145,8 +159,10 @@ def grade_course(course: str | Path, assignment: str, *, db_url: str | None = No
         try:
             ours = _ours(gradebook, course, assignment)
         except MissingEntry:
-            raise GraderError(f"the gradebook at {url} has no assignment {assignment!r}: "
-                              f"run `nbgrader generate_assignment {assignment}` first") from None
+            raise GraderError(
+                f"the gradebook at {url} has no assignment {assignment!r}: "
+                f"run `nbgrader generate_assignment {assignment}` first"
+            ) from None
         # One warm worker for the whole course. No run may read the course (the other students, the
         # gradebook), the solutions or the rubric.
         hidden = [course, *(folder for r in ours.values() for folder in hidden_folders(r))]

@@ -43,43 +43,73 @@ def results(report: Report, execution_time: float, hidden_visibility: str = "aft
     tests = []
     for v in report.variables:
         maxdiff = "" if v.maxdiff is None else f", maxdiff {v.maxdiff:.3g}"
-        tests.append({
-            "name": _test_name(v.exercise, v.name),
-            "score": v.points,
-            "max_score": v.max_points,
-            "status": "passed" if v.points >= v.max_points else "failed",
-            "output": v.message or f"{v.name}: {v.status}{maxdiff}",
-            "visibility": "visible",
-        })
+        tests.append(
+            {
+                "name": _test_name(v.exercise, v.name),
+                "score": v.points,
+                "max_score": v.max_points,
+                "status": "passed" if v.points >= v.max_points else "failed",
+                "output": v.message or f"{v.name}: {v.status}{maxdiff}",
+                "visibility": "visible",
+            }
+        )
     for i, run in enumerate(report.runs[1:], start=1):
-        failing = [f"{_test_name(v.exercise, v.name)}: {v.runs[i]}" for v in report.variables
-                   if len(v.runs) > i and v.runs[i] not in PASSING]
+        failing = [
+            f"{_test_name(v.exercise, v.name)}: {v.runs[i]}"
+            for v in report.variables
+            if len(v.runs) > i and v.runs[i] not in PASSING
+        ]
         detail = "ran to the end" if run.status == "graded" else "did not run to the end"
-        output = f"{run.label} {detail}; " + ("every variable was right." if not failing else
-                                              "not right in this run:\n" + "\n".join(failing))
-        tests.append({"name": run.label.capitalize(), "score": 0.0, "max_score": 0.0,
-                      "status": "passed" if run.status == "graded" and not failing else "failed",
-                      "output": output, "visibility": hidden_visibility})
+        output = f"{run.label} {detail}; " + (
+            "every variable was right." if not failing else "not right in this run:\n" + "\n".join(failing)
+        )
+        tests.append(
+            {
+                "name": run.label.capitalize(),
+                "score": 0.0,
+                "max_score": 0.0,
+                "status": "passed" if run.status == "graded" and not failing else "failed",
+                "output": output,
+                "visibility": hidden_visibility,
+            }
+        )
     summary = f"{report.assignment}: {report.score:g}/{report.max_score:g}"
     if report.status == "failed":
         summary += f"\nThe notebook did not run to the end: {report.error}"
     if report.notes:
         summary += "\n" + "\n".join(f"note: {n}" for n in report.notes)
-    return {"score": report.score, "execution_time": round(execution_time), "output": summary[:MAX_OUTPUT],
-            "visibility": "visible", "stdout_visibility": "hidden", "tests": tests}
+    return {
+        "score": report.score,
+        "execution_time": round(execution_time),
+        "output": summary[:MAX_OUTPUT],
+        "visibility": "visible",
+        "stdout_visibility": "hidden",
+        "tests": tests,
+    }
 
 
 def failure(reason: str, execution_time: float) -> dict:
     """results.json for a submission that could not be graded at all: score 0 and why."""
-    return {"score": 0.0, "execution_time": round(execution_time), "output": reason[:MAX_OUTPUT],
-            "visibility": "visible", "stdout_visibility": "hidden", "tests": []}
+    return {
+        "score": 0.0,
+        "execution_time": round(execution_time),
+        "output": reason[:MAX_OUTPUT],
+        "visibility": "visible",
+        "stdout_visibility": "hidden",
+        "tests": [],
+    }
 
 
 def find_notebook(submission: Path, expected: str) -> Path:
     """The submitted notebook: the one named like the release if there is one, else the only one."""
-    found = sorted((p for p in submission.rglob("*.ipynb")
-                    if not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(submission).parts)),
-                   key=lambda p: (len(p.parts), str(p)))  # the shallowest first: a zip's folder, not its copies
+    found = sorted(
+        (
+            p
+            for p in submission.rglob("*.ipynb")
+            if not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(submission).parts)
+        ),
+        key=lambda p: (len(p.parts), str(p)),
+    )  # the shallowest first: a zip's folder, not its copies
     if not found:
         raise NotANotebook(f"no notebook (.ipynb) in the submission: upload {expected}")
     named = [p for p in found if p.name == expected]
@@ -90,8 +120,13 @@ def find_notebook(submission: Path, expected: str) -> Path:
     return found[0]
 
 
-def run(submission: Path, results_path: Path, assignment: str, hidden_visibility: str = "after_published",
-        timeout: float | None = None) -> dict:
+def run(
+    submission: Path,
+    results_path: Path,
+    assignment: str,
+    hidden_visibility: str = "after_published",
+    timeout: float | None = None,
+) -> dict:
     """Grade the notebook in `submission` as `assignment` and write results.json; return what was written."""
     started = time.monotonic()
     try:
@@ -188,12 +223,14 @@ def _package_tree(dest: Path, assignment: str) -> None:
         raise GraderError("building the autograder needs the package installed: pip install .") from None
     # the runtime dependencies only; torch is installed first by setup.sh, pinned
     needed = [r for r in (dist.requires or []) if "extra ==" not in r]
-    (dest / "pyproject.toml").write_text(PYPROJECT.format(version=dist.version, dependencies=json.dumps(needed)),
-                                         encoding="utf-8")
+    (dest / "pyproject.toml").write_text(
+        PYPROJECT.format(version=dist.version, dependencies=json.dumps(needed)), encoding="utf-8"
+    )
 
 
-def build(assignment: str, out: Path, hidden_visibility: str = "after_published",
-          torch_index_url: str = TORCH_CPU_INDEX) -> Path:
+def build(
+    assignment: str, out: Path, hidden_visibility: str = "after_published", torch_index_url: str = TORCH_CPU_INDEX
+) -> Path:
     """Write a Gradescope autograder zip for `assignment` to `out`."""
     if hidden_visibility not in VISIBILITIES:
         raise UsageError(f"--hidden-visibility must be one of {', '.join(VISIBILITIES)}")
@@ -206,8 +243,10 @@ def build(assignment: str, out: Path, hidden_visibility: str = "after_published"
     with tempfile.TemporaryDirectory(prefix="grader-gradescope-") as tmp:
         root = Path(tmp)
         _package_tree(root / "backprop-grader", assignment)
-        scripts = {"setup.sh": SETUP.format(index=torch_index_url, torch=torch_version),
-                   "run_autograder": RUN.format(assignment=assignment, visibility=hidden_visibility)}
+        scripts = {
+            "setup.sh": SETUP.format(index=torch_index_url, torch=torch_version),
+            "run_autograder": RUN.format(assignment=assignment, visibility=hidden_visibility),
+        }
         out.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
             for name, text in scripts.items():  # at the root of the zip, executable
@@ -228,4 +267,3 @@ def unpack(zip_path: Path, source: Path) -> None:
             mode = info.external_attr >> 16
             if mode & 0o111:
                 os.chmod(source / info.filename, mode & 0o777)
-

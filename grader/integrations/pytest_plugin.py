@@ -67,8 +67,11 @@ class _Grading:
         found = next((v for v in report.variables if v.exercise == exercise and v.name == name), None)
         if found is None:
             raise GradeFailure(f"{report.assignment} grades no variable {name} in {exercise}")
-        properties += [("points", f"{found.points:g}"), ("max_points", f"{found.max_points:g}"),
-                       ("status", found.status)]
+        properties += [
+            ("points", f"{found.points:g}"),
+            ("max_points", f"{found.max_points:g}"),
+            ("status", found.status),
+        ]
         failure = junit.variable_failure(found)  # (the same words as `grader check --junit`)
         if failure:
             raise GradeFailure(failure)
@@ -85,8 +88,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--grade", metavar="NOTEBOOK", help="grade this notebook: one test item per graded variable")
     group.addoption("--grade-assignment", metavar="NAME", help="grade it as this assignment (default: its metadata)")
     group.addoption("--grade-timeout", metavar="S", type=float, help="wall-clock limit per run (default: the rubric's)")
-    group.addoption("--grade-no-runs", action="store_true",
-                    help="no items for the hidden re-runs (their failures still fail the variables)")
+    group.addoption(
+        "--grade-no-runs",
+        action="store_true",
+        help="no items for the hidden re-runs (their failures still fail the variables)",
+    )
     parser.addini("grade_notebook", "the notebook the `grade` fixture grades (relative to the rootdir)")
     parser.addini("grade_assignment", "the assignment the `grade` fixture grades it as (default: its metadata)")
 
@@ -134,11 +140,19 @@ class NotebookFile(pytest.File):
     def collect(self):
         rubric = self.grading.rubric
         for ex in rubric.exercises:
-            yield Group.from_parent(self, name=ex.id, grading=self.grading,
-                                    items=[(var.name, {"exercise": ex.id, "variable": var.name}) for var in ex.graded])
+            yield Group.from_parent(
+                self,
+                name=ex.id,
+                grading=self.grading,
+                items=[(var.name, {"exercise": ex.id, "variable": var.name}) for var in ex.graded],
+            )
         if rubric.hidden_runs and not self.config.getoption("grade_no_runs"):
-            yield Group.from_parent(self, name="hidden", grading=self.grading,
-                                    items=[(f"run-{i}", {"index": i}) for i in range(1, len(rubric.hidden_runs) + 1)])
+            yield Group.from_parent(
+                self,
+                name="hidden",
+                grading=self.grading,
+                items=[(f"run-{i}", {"index": i}) for i in range(1, len(rubric.hidden_runs) + 1)],
+            )
 
 
 class Group(pytest.Collector):
@@ -202,7 +216,9 @@ def grade(request: pytest.FixtureRequest):
     if grading is None:
         notebook = config.getini("grade_notebook")
         if not notebook:
-            raise pytest.UsageError("the grade fixture needs a notebook: set grade_notebook in the ini file, or --grade")
+            raise pytest.UsageError(
+                "the grade fixture needs a notebook: set grade_notebook in the ini file, or --grade"
+            )
         path = Path(notebook) if Path(notebook).is_absolute() else Path(config.rootpath) / notebook
         grading = config.stash[_INI_GRADING] = _Grading(path, config.getini("grade_assignment") or None, None)
 

@@ -53,7 +53,9 @@ def _notebook_namespace() -> Mapping[str, object]:
     return vars(main) if main is not None else {}
 
 
-def _context(tensor: torch.Tensor, namespace: Mapping[str, object]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+def _context(
+    tensor: torch.Tensor, namespace: Mapping[str, object]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """What `namespace` offers the hints: the gradient autograd filled in for every other tensor (named as the
     grader names their variables, `d_<name>`), and the batch's target classes (the rubric's `targets`, `Yb`)."""
     others: dict[str, torch.Tensor] = {}
@@ -70,8 +72,14 @@ def _context(tensor: torch.Tensor, namespace: Mapping[str, object]) -> tuple[dic
     return others, targets
 
 
-def check(name: str, actual: object, tensor: torch.Tensor, tolerance: Tolerance | None = None, *,
-          namespace: Mapping[str, object] | None = None) -> bool:
+def check(
+    name: str,
+    actual: object,
+    tensor: torch.Tensor,
+    tolerance: Tolerance | None = None,
+    *,
+    namespace: Mapping[str, object] | None = None,
+) -> bool:
     """Print one cmp-style line comparing `actual` with `tensor.grad`; return whether it passes. A wrong answer's
     line names the likely mistake, as `grader check` does.
 
@@ -93,8 +101,15 @@ def check(name: str, actual: object, tensor: torch.Tensor, tolerance: Tolerance 
         result = compare(f"d_{name}", actual, expected, tolerance or _tolerance_for(f"d_{name}"))
         if not result.passed:
             others, targets = _context(tensor, _notebook_namespace() if namespace is None else namespace)
-            result = with_hint(result, f"d_{name}", actual, expected, others=others,
-                               n=targets.numel() if targets is not None else None, targets=targets)
+            result = with_hint(
+                result,
+                f"d_{name}",
+                actual,
+                expected,
+                others=others,
+                n=targets.numel() if targets is not None else None,
+                targets=targets,
+            )
     print(cmp_line(name, result))
     return result.passed
 
@@ -117,9 +132,20 @@ def check_value(name: str, actual: object, expected: object, rtol: float = 1e-4,
     return result.passed
 
 
-def check_training(forward: Callable, backward: Callable, parameters: Sequence[torch.Tensor], names: Sequence[str],
-                   X: torch.Tensor, Y: torch.Tensor, *, batch_size: int, generator: torch.Generator,
-                   steps: int = 25, lr: float = 0.1, loss_rtol: float = 1e-4) -> int:
+def check_training(
+    forward: Callable,
+    backward: Callable,
+    parameters: Sequence[torch.Tensor],
+    names: Sequence[str],
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    steps: int = 25,
+    lr: float = 0.1,
+    loss_rtol: float = 1e-4,
+) -> int:
     """Train for `steps` steps with your `backward`, then with autograd's gradients; return the points.
 
     Both runs start from the current weights and the generator's current state, and both are put back
@@ -163,13 +189,22 @@ def check_training(forward: Callable, backward: Callable, parameters: Sequence[t
                 if len(grads) != len(parameters):
                     raise ValueError(f"backward() returned {len(grads)} gradients for {len(parameters)} parameters")
                 if step in checked:
-                    wants = [torch.zeros_like(s) if w is None else w.detach()
-                             for s, w in zip(start, autograd_gradients(Xb, Yb))]
+                    wants = [
+                        torch.zeros_like(s) if w is None else w.detach()
+                        for s, w in zip(start, autograd_gradients(Xb, Yb))
+                    ]
                     for name, got, want in zip(names, grads, wants):
                         result = compare(f"d_{name}", got, want, _tolerance_for(f"d_{name}", loosest=True))
                         # the other parameters' gradients at this step, and this batch: as the grader's hints
-                        result = with_hint(result, f"d_{name}", got, want, n=batch_size, targets=Yb,
-                                           others={f"d_{o}": w for o, w in zip(names, wants) if o != name})
+                        result = with_hint(
+                            result,
+                            f"d_{name}",
+                            got,
+                            want,
+                            n=batch_size,
+                            targets=Yb,
+                            others={f"d_{o}": w for o, w in zip(names, wants) if o != name},
+                        )
                         print(cmp_line(f"{name} @{step + 1}", result))
                         passed[name] = passed[name] and result.passed
             with torch.no_grad():
@@ -198,6 +233,8 @@ def check_training(forward: Callable, backward: Callable, parameters: Sequence[t
         finally:
             restore()
     loss_ok = abs(mine - reference) <= loss_rtol * abs(reference)
-    print(f"{'loss @' + str(steps):15s} | yours: {mine:.6f} | autograd: {reference:.6f} | "
-          f"{'close' if loss_ok else 'too far apart'}")
+    print(
+        f"{'loss @' + str(steps):15s} | yours: {mine:.6f} | autograd: {reference:.6f} | "
+        f"{'close' if loss_ok else 'too far apart'}"
+    )
     return sum(passed.values()) + int(loss_ok)

@@ -29,6 +29,23 @@ from grader.lecture.rewrite import DATA_FILES
 from grader.lecture.run_plan import FORWARD, plan
 from grader.lecture.tensors import LEAVES, example_leaves, leaves, warm_up_source
 
-__all__ = ["DATA_FILES", "FORWARD", "LEAVES", "Check", "Gradient", "Recognised", "SavedCheck", "Section", "checks",
-           "example_leaves", "is_ours", "leaves", "plan", "recognise", "rubric_for", "saved_checks", "saved_note",
-           "warm_up_source"]
+__all__ = [
+    "DATA_FILES",
+    "FORWARD",
+    "LEAVES",
+    "Check",
+    "Gradient",
+    "Recognised",
+    "SavedCheck",
+    "Section",
+    "checks",
+    "example_leaves",
+    "is_ours",
+    "leaves",
+    "plan",
+    "recognise",
+    "rubric_for",
+    "saved_checks",
+    "saved_note",
+    "warm_up_source",
+]

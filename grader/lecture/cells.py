@@ -71,8 +71,11 @@ def _neutralised(source: str) -> tuple[str, tuple[str, ...]]:
 
 def _read(nb: nbformat.NotebookNode) -> list[_Cell]:
     """The notebook's cells as the stages here read them (recognise, plan and saved_checks: parsed once)."""
-    return list(_read_cells(tuple((c.cell_type, c.source if isinstance(c.source, str) else "".join(c.source))
-                                  for c in nb.cells)))
+    return list(
+        _read_cells(
+            tuple((c.cell_type, c.source if isinstance(c.source, str) else "".join(c.source)) for c in nb.cells)
+        )
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -106,7 +109,9 @@ def _comment_marker(text: str) -> int | None:
 
 def _walk(node: ast.AST):
     """Every node below `node`, in source order, not descending into function and class bodies."""
-    todo = list(reversed(list(ast.iter_child_nodes(node))))  # (a list, not recursion: code can nest deeper than the stack)
+    todo = list(
+        reversed(list(ast.iter_child_nodes(node)))
+    )  # (a list, not recursion: code can nest deeper than the stack)
     while todo:
         child = todo.pop()
         yield child
@@ -116,10 +121,14 @@ def _walk(node: ast.AST):
 
 def _stored(node: ast.AST) -> list[str]:
     """Names `node` assigns (loop variables aside), outside function bodies."""
-    loops = {id(n) for s in [node, *_walk(node)] if isinstance(s, (ast.For, ast.comprehension))
-             for n in ast.walk(s.target)}
-    return [n.id for n in [node, *_walk(node)] if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
-            and id(n) not in loops]
+    loops = {
+        id(n) for s in [node, *_walk(node)] if isinstance(s, (ast.For, ast.comprehension)) for n in ast.walk(s.target)
+    }
+    return [
+        n.id
+        for n in [node, *_walk(node)]
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and id(n) not in loops
+    ]
 
 
 @dataclass(frozen=True)
@@ -138,8 +147,12 @@ def _checkers(cells: list[_Cell]) -> set[str]:
             # (`.grad` looked for below functions only: below every node, the walks add up to the square of a cell's size)
             if isinstance(node, ast.FunctionDef) and len(node.args.args) >= 3 and _reads_grad(node):
                 out.add(node.name)
-            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda) and \
-                    len(node.value.args.args) >= 3 and _reads_grad(node):  # `cmp = lambda s, dt, t: ...`
+            elif (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Lambda)
+                and len(node.value.args.args) >= 3
+                and _reads_grad(node)
+            ):  # `cmp = lambda s, dt, t: ...`
                 out.update(t.id for t in node.targets if isinstance(t, ast.Name))
     return out
 
@@ -166,7 +179,6 @@ def _calls_in(tree: ast.AST, index: int, checkers: set[str], tensors: set[str]) 
         if node.func.id in checkers or (labelled and _key(tensor.id) in tensors):
             out.append(_Call(index, label.value if labelled else None, gradient.id, tensor.id))
     return out
-
 
 
 def _cell_range(indices: tuple[int, ...]) -> str:

@@ -42,8 +42,9 @@ class Changed:
     """What happened and how to avoid it, for the student."""
 
 
-def graded(path: str, student, recognised: lecture.Recognised, assignment: Assignment, plan: Plan,
-           captured: Captured) -> tuple[Report, list[GradedRun]]:
+def graded(
+    path: str, student, recognised: lecture.Recognised, assignment: Assignment, plan: Plan, captured: Captured
+) -> tuple[Report, list[GradedRun]]:
     """The `Report` of a lecture notebook's run, and the run with its values and references (for pictures)."""
     rubric = assignment.rubric
     refs: dict[Key, object] = {}
@@ -62,8 +63,10 @@ def graded(path: str, student, recognised: lecture.Recognised, assignment: Assig
                 refs.update(reference.own_gradients(assignment, params, own))
                 notes += forward_differences(assignment, recognised, own, params)
             except Exception as e:  # (the grader's own failure: the lecture's values still give a reference)
-                notes.append(f"the reference is autograd's at the lecture's forward values, not the notebook's own "
-                             f"({type(e).__name__}: {e})")
+                notes.append(
+                    f"the reference is autograd's at the lecture's forward values, not the notebook's own "
+                    f"({type(e).__name__}: {e})"
+                )
         if problem:
             captured = dataclasses.replace(captured, finished=False, reason=problem, done=())
         else:
@@ -78,13 +81,15 @@ def graded(path: str, student, recognised: lecture.Recognised, assignment: Assig
     graded_flags = {(v.exercise, v.name): v.approximate for v in result.variables}
     checks = lecture.saved_checks(student, recognised, graded_flags) if captured.finished else ()
     saved = lecture.saved_note(student, checks)
-    result = dataclasses.replace(result, notes=result.notes + tuple(notes) + ((saved,) if saved else ()),
-                                 saved_checks=checks)
+    result = dataclasses.replace(
+        result, notes=result.notes + tuple(notes) + ((saved,) if saved else ()), saved_checks=checks
+    )
     return result, [run]
 
 
-def parameters(recognised: lecture.Recognised, plan: Plan,
-               captured: Captured) -> tuple[dict[str, object], dict[str, torch.Tensor], str]:
+def parameters(
+    recognised: lecture.Recognised, plan: Plan, captured: Captured
+) -> tuple[dict[str, object], dict[str, torch.Tensor], str]:
     """The lecture reference's parameters (a file of the run's parameters and minibatch), the run's forward tensors
     by the lecture's names, or why there are none."""
     forward = dict(recognised.forward)
@@ -94,35 +99,57 @@ def parameters(recognised: lecture.Recognised, plan: Plan,
         before = next((c.before for c in plan.captures if c.exercise == lecture.FORWARD), len(captured.cells))
         first = next((o for o in captured.cells[:before] if o.error), None)
         why = f"{first.label} raised {first.error}, so " if first else ""
-        return {}, {}, (f"{why}the notebook left no tensor {', '.join(bad)} before Exercise 1; the grader needs the "
-                        f"parameters and the minibatch (the lecture's {', '.join(lecture.LEAVES)}, or the same names "
-                        "with underscores)")
-    wrong = [forward[w] for w in lecture.LEAVES[:7] if not values[w].is_floating_point()] + \
-            [forward[w] for w in lecture.LEAVES[7:] if values[w].is_floating_point()]
+        return (
+            {},
+            {},
+            (
+                f"{why}the notebook left no tensor {', '.join(bad)} before Exercise 1; the grader needs the "
+                f"parameters and the minibatch (the lecture's {', '.join(lecture.LEAVES)}, or the same names "
+                "with underscores)"
+            ),
+        )
+    wrong = [forward[w] for w in lecture.LEAVES[:7] if not values[w].is_floating_point()] + [
+        forward[w] for w in lecture.LEAVES[7:] if values[w].is_floating_point()
+    ]
     if wrong:
-        return {}, {}, (f"{', '.join(wrong)} in the notebook do not have the lecture's kinds (float parameters, "
-                        "integer batch)")
+        return (
+            {},
+            {},
+            (f"{', '.join(wrong)} in the notebook do not have the lecture's kinds (float parameters, integer batch)"),
+        )
     own = {ours: captured.values.get((lecture.FORWARD, theirs)) for ours, theirs in recognised.forward}
     own = {k: v for k, v in own.items() if type(v) is torch.Tensor}
     return {"leaves": lecture.leaves(values)}, own, ""
 
 
-def forward_differences(assignment: Assignment, recognised: lecture.Recognised, own: dict[str, torch.Tensor],
-                        params: dict[str, object]) -> list[str]:
+def forward_differences(
+    assignment: Assignment, recognised: lecture.Recognised, own: dict[str, torch.Tensor], params: dict[str, object]
+) -> list[str]:
     """A note if the notebook's forward pass is not the lecture's on its own tensors beyond rounding (the first
     tensor, from the loss back, that differs)."""
     forward = dict(recognised.forward)
     ours = reference.forward_values(assignment, params)
-    for name in [v.of for v in reversed(assignment.rubric.exercises[0].variables)]:  # (listed from the loss back: the first one)
+    for name in [
+        v.of for v in reversed(assignment.rubric.exercises[0].variables)
+    ]:  # (listed from the loss back: the first one)
         theirs, mine = own.get(name), ours.get(name)
         if theirs is None or mine is None:
             continue
-        if theirs.shape != mine.shape or theirs.dtype != mine.dtype or not torch.allclose(theirs, mine, rtol=1e-4, atol=1e-5):
-            diff = f"off by up to {(theirs.double() - mine.double()).abs().max().item():.3g}" \
-                if theirs.shape == mine.shape else f"shape {tuple(theirs.shape)}, not {tuple(mine.shape)}"
-            return [f"the notebook's {forward[name]} is not what the lecture's forward pass gives on its parameters and "
-                    f"minibatch ({diff}): the reference steps back through the lecture's formulas, so the gradients "
-                    f"of what {name} is computed from may differ from what your own autograd says"]
+        if (
+            theirs.shape != mine.shape
+            or theirs.dtype != mine.dtype
+            or not torch.allclose(theirs, mine, rtol=1e-4, atol=1e-5)
+        ):
+            diff = (
+                f"off by up to {(theirs.double() - mine.double()).abs().max().item():.3g}"
+                if theirs.shape == mine.shape
+                else f"shape {tuple(theirs.shape)}, not {tuple(mine.shape)}"
+            )
+            return [
+                f"the notebook's {forward[name]} is not what the lecture's forward pass gives on its parameters and "
+                f"minibatch ({diff}): the reference steps back through the lecture's formulas, so the gradients "
+                f"of what {name} is computed from may differ from what your own autograd says"
+            ]
     return []
 
 
@@ -141,17 +168,25 @@ def as_checked(recognised: lecture.Recognised, student, captured: Captured) -> t
         values[(k.exercise, k.name)] = seen
         if k.alias:
             other = k.alias.partition(" = ")[0]
-            how = (f"`{k.alias}` makes {other} the same tensor as {k.name}, so changing {other} in place changed "
-                   f"{k.name} too: write `{other} = {k.name}.clone()`")
+            how = (
+                f"`{k.alias}` makes {other} the same tensor as {k.name}, so changing {other} in place changed "
+                f"{k.name} too: write `{other} = {k.name}.clone()`"
+            )
         else:
             how = "it was changed in place or assigned again after that check without a new check"
-        changed.append(Changed(k.exercise, k.name, f"{k.name} is graded as your check in {k.cell} saw it, but its "
-                                                   f"value changed afterwards: {how}"))
+        changed.append(
+            Changed(
+                k.exercise,
+                k.name,
+                f"{k.name} is graded as your check in {k.cell} saw it, but its value changed afterwards: {how}",
+            )
+        )
     return dataclasses.replace(captured, values=values), tuple(changed)
 
 
-def zero_references(rubric: rubrics.Rubric, refs: dict[Key, object], recognised: lecture.Recognised,
-                    captured: Captured) -> dict[tuple[str, str], str]:
+def zero_references(
+    rubric: rubrics.Rubric, refs: dict[Key, object], recognised: lecture.Recognised, captured: Captured
+) -> dict[tuple[str, str], str]:
     """(exercise, variable) -> why it earns nothing, for each variable whose right gradient is all zeros here (an
     all-zero answer would pass: the check cannot tell a right answer from a stub)."""
     forward = dict(recognised.forward)
@@ -170,12 +205,12 @@ def zero_references(rubric: rubrics.Rubric, refs: dict[Key, object], recognised:
                 out[(ex.id, v.name)] = (
                     f"{v.name}: the right gradient is all zeros with this notebook's parameters{why}, so any all-zero "
                     "answer passes, a stub too: not counted; draw the parameters at random, as the lecture does, to "
-                    "test this step")
+                    "test this step"
+                )
     return out
 
 
-def _with_warnings(report: Report, changed: tuple[Changed, ...],
-                   zero: dict[tuple[str, str], str]) -> Report:
+def _with_warnings(report: Report, changed: tuple[Changed, ...], zero: dict[tuple[str, str], str]) -> Report:
     """`report` with the lecture's own warnings on their variables (and the points of all-zero references taken back)."""
     if not changed and not zero:
         return report
@@ -188,10 +223,12 @@ def _with_warnings(report: Report, changed: tuple[Changed, ...],
         if key in by:
             v = dataclasses.replace(v, message=_joined(v.message, by[key]))
         variables.append(v)
-    exercises = tuple(dataclasses.replace(e, score=sum(v.points for v in variables if v.exercise == e.id))
-                      for e in report.exercises)
-    return dataclasses.replace(report, variables=tuple(variables), exercises=exercises,
-                               score=sum(e.score for e in exercises))
+    exercises = tuple(
+        dataclasses.replace(e, score=sum(v.points for v in variables if v.exercise == e.id)) for e in report.exercises
+    )
+    return dataclasses.replace(
+        report, variables=tuple(variables), exercises=exercises, score=sum(e.score for e in exercises)
+    )
 
 
 def _joined(first: str, second: str) -> str:

@@ -23,8 +23,19 @@ from dataclasses import dataclass
 
 import nbformat
 
-from grader.lecture.cells import (GRAD_ATTRIBUTES, _Call, _calls, _calls_in, _Cell, _checkers, _gradient_key, _key,
-                                  _read, _stored, _walk)
+from grader.lecture.cells import (
+    GRAD_ATTRIBUTES,
+    _Call,
+    _calls,
+    _calls_in,
+    _Cell,
+    _checkers,
+    _gradient_key,
+    _key,
+    _read,
+    _stored,
+    _walk,
+)
 from grader.lecture.recognition import Recognised
 
 CHECKED = "_grader_checked_"
@@ -60,8 +71,16 @@ def _snapshots(cell: _Cell, checkers: set[str], keys: set[str]) -> list[tuple[as
     for stmt in cell.tree.body:
         calls = _calls_in(ast.Module([stmt], []), cell.index, checkers, keys)
         if _is_check(stmt, checkers, keys):
-            out.append((stmt, [(call, f"{CHECKED}{cell.index}_{k + j}") for j, call in enumerate(calls)
-                               if _key(call.tensor) in keys]))
+            out.append(
+                (
+                    stmt,
+                    [
+                        (call, f"{CHECKED}{cell.index}_{k + j}")
+                        for j, call in enumerate(calls)
+                        if _key(call.tensor) in keys
+                    ],
+                )
+            )
         k += len(calls)
     return out
 
@@ -73,8 +92,9 @@ def _is_check(stmt: ast.stmt, checkers: set[str], keys: set[str]) -> bool:
     if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)):
         return False
     nodes = [stmt, *_walk(stmt)]
-    checks = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in checkers for n in nodes) or \
-        any(isinstance(n, ast.Attribute) and n.attr in GRAD_ATTRIBUTES for n in nodes)
+    checks = any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in checkers for n in nodes
+    ) or any(isinstance(n, ast.Attribute) and n.attr in GRAD_ATTRIBUTES for n in nodes)
     return checks and not any(_gradient_key(n) in keys for n in _stored(stmt))
 
 
@@ -108,8 +128,14 @@ def checks(nb: nbformat.NotebookNode, rec: Recognised) -> tuple[Check, ...]:
             continue
         for _, names in _snapshots(c, checkers, keys):
             for call, snapshot in names:
-                gradient = next((g for g in rec.gradients if g.exercise == exercise and g.name == call.gradient
-                                 and _key(g.of) == _key(call.tensor)), None)
+                gradient = next(
+                    (
+                        g
+                        for g in rec.gradients
+                        if g.exercise == exercise and g.name == call.gradient and _key(g.of) == _key(call.tensor)
+                    ),
+                    None,
+                )
                 if gradient is not None:
                     found[(exercise, gradient.name)] = Check(exercise, gradient.name, snapshot, c.label, "")
     aliases = _aliases([c for c in cells if c.index in section_of])
@@ -124,8 +150,12 @@ def _aliases(cells: list[_Cell]) -> dict[str, str]:
     for c in cells:
         for stmt in c.tree.body if c.tree else []:
             for node in [stmt, *_walk(stmt)]:
-                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
-                        and isinstance(node.value, ast.Name):
+                if (
+                    isinstance(node, ast.Assign)
+                    and len(node.targets) == 1
+                    and isinstance(node.targets[0], ast.Name)
+                    and isinstance(node.value, ast.Name)
+                ):
                     bound[node.targets[0].id] = node.value.id
                     continue
                 if isinstance(node, ast.Assign):  # rebound: no longer the same tensor as before
@@ -134,8 +164,12 @@ def _aliases(cells: list[_Cell]) -> dict[str, str]:
                 target = node.target if isinstance(node, ast.AugAssign) else None
                 if isinstance(node, ast.Assign):
                     target = next((t for t in node.targets if isinstance(t, ast.Subscript)), None)
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.endswith("_") \
-                        and not node.func.attr.startswith("_"):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr.endswith("_")
+                    and not node.func.attr.startswith("_")
+                ):
                     target = node.func.value
                 while isinstance(target, ast.Subscript):
                     target = target.value
@@ -149,7 +183,9 @@ def _aliases(cells: list[_Cell]) -> dict[str, str]:
 # One part of a printout line, `exact: True` or `approximate: tensor(False)`: matched on a part that `|` cut out of
 # one line, never on a whole output, where a pattern with runs of `\s*` on either side of the label took minutes
 # (cubic in the length) on a line of spaces.
-_SAVED_PART = re.compile(r"\s*(?P<name>exact|approx\w*)\s*(?::\s*)?(?:tensor\()?(?P<value>True|False)\b\)?", re.IGNORECASE)
+_SAVED_PART = re.compile(
+    r"\s*(?P<name>exact|approx\w*)\s*(?::\s*)?(?:tensor\()?(?P<value>True|False)\b\)?", re.IGNORECASE
+)
 
 
 def _printouts(text: str) -> Iterator[tuple[str, bool]]:
@@ -160,12 +196,19 @@ def _printouts(text: str) -> Iterator[tuple[str, bool]]:
         if len(parts) < 3:
             continue
         exact, approx = _SAVED_PART.match(parts[1]), _SAVED_PART.match(parts[2])
-        if exact and exact["name"].lower() == "exact" and not parts[1][exact.end():].strip() \
-                and approx and approx["name"].lower().startswith("approx"):
+        if (
+            exact
+            and exact["name"].lower() == "exact"
+            and not parts[1][exact.end() :].strip()
+            and approx
+            and approx["name"].lower().startswith("approx")
+        ):
             yield parts[0].strip(), approx["value"].lower() == "true"
 
 
-def saved_checks(nb: nbformat.NotebookNode, rec: Recognised, graded: dict[tuple[str, str], bool]) -> tuple[SavedCheck, ...]:
+def saved_checks(
+    nb: nbformat.NotebookNode, rec: Recognised, graded: dict[tuple[str, str], bool]
+) -> tuple[SavedCheck, ...]:
     """The last saved `cmp` printout of each graded variable, beside the grader's `approximate` for it.
 
     A printout is matched to a variable through the check call in the cell's source whose label it
@@ -179,15 +222,19 @@ def saved_checks(nb: nbformat.NotebookNode, rec: Recognised, graded: dict[tuple[
     for section in rec.sections:
         for i in section.cells:
             by_label = {k.label.strip(): _key(k.tensor) for k in _calls(cells[i], checkers, tensors) if k.label}
-            text = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
-                           for o in nb.cells[i].get("outputs", []) if o.get("output_type") == "stream")
+            text = "".join(
+                o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+                for o in nb.cells[i].get("outputs", [])
+                if o.get("output_type") == "stream"
+            )
             for label, approximate in _printouts(text):
                 tensor = by_label.get(label)
                 name = names.get((section.exercise, tensor)) if tensor else None
                 if name is not None:
                     found[(section.exercise, name)] = approximate
-    return tuple(SavedCheck(ex, name, saved, graded[(ex, name)]) for (ex, name), saved in found.items()
-                 if (ex, name) in graded)
+    return tuple(
+        SavedCheck(ex, name, saved, graded[(ex, name)]) for (ex, name), saved in found.items() if (ex, name) in graded
+    )
 
 
 def saved_note(nb: nbformat.NotebookNode, checks: tuple[SavedCheck, ...]) -> str:
@@ -196,11 +243,17 @@ def saved_note(nb: nbformat.NotebookNode, checks: tuple[SavedCheck, ...]) -> str
         return ""
     disagree = [c for c in checks if not c.agrees]
     counts = [c.get("execution_count") for c in nb.cells if c.cell_type == "code" and c.get("execution_count")]
-    stale = " (the saved outputs come from cells run out of order: some may be older than the code)" \
-        if counts != sorted(counts) else ""
+    stale = (
+        " (the saved outputs come from cells run out of order: some may be older than the code)"
+        if counts != sorted(counts)
+        else ""
+    )
     if not disagree:
         return f"your saved cmp printouts agree with the grader on all {len(checks)} checks they show"
-    shown = ", ".join(f"{c.variable} (saved approximate: {c.saved_approximate}, graded: {c.graded_approximate})"
-                      for c in disagree)
-    return (f"your saved cmp printouts disagree with the grader on {len(disagree)} of {len(checks)} checks: {shown}; "
-            f"was the cell edited after it ran?{stale}")
+    shown = ", ".join(
+        f"{c.variable} (saved approximate: {c.saved_approximate}, graded: {c.graded_approximate})" for c in disagree
+    )
+    return (
+        f"your saved cmp printouts disagree with the grader on {len(disagree)} of {len(checks)} checks: {shown}; "
+        f"was the cell edited after it ran?{stale}"
+    )

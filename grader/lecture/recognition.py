@@ -25,8 +25,18 @@ import nbformat
 
 from grader import rubric as rubrics
 from grader.errors import UnknownAssignment
-from grader.lecture.cells import (_Call, _calls, _Cell, _cell_range, _checkers, _gradient_key, _key, _read,
-                                  _stored, _walk)
+from grader.lecture.cells import (
+    _Call,
+    _calls,
+    _Cell,
+    _cell_range,
+    _checkers,
+    _gradient_key,
+    _key,
+    _read,
+    _stored,
+    _walk,
+)
 from grader.lecture.tensors import LEAVES
 
 
@@ -78,8 +88,10 @@ def is_ours(nb: nbformat.NotebookNode) -> bool:
     meta = nb.metadata.get("grader")
     if isinstance(meta, dict) and meta.get("assignment"):
         return True
-    return any(isinstance(c.get("metadata", {}).get("nbgrader"), dict) and c.metadata.nbgrader.get("grade_id")
-               for c in nb.cells)
+    return any(
+        isinstance(c.get("metadata", {}).get("nbgrader"), dict) and c.metadata.nbgrader.get("grade_id")
+        for c in nb.cells
+    )
 
 
 def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -> Recognised:
@@ -96,8 +108,9 @@ def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -
     by_index = {c.index: c for c in cells}
 
     def answers(c: _Cell, allowed: set[str]) -> bool:
-        return any(_gradient_key(n) in allowed for n in stores[c.index]) or \
-            any(_key(k.tensor) in allowed for k in calls[c.index])
+        return any(_gradient_key(n) in allowed for n in stores[c.index]) or any(
+            _key(k.tensor) in allowed for k in calls[c.index]
+        )
 
     # Sections: by their `# Exercise N` comments (or markdown headings); else by what the cells compute.
     # Exercise 1 begins at the first of its markers with most of the forward pass before it (a summary at the
@@ -108,12 +121,23 @@ def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -
             starts[1] = (c.index, f"`Exercise 1` in or above {c.label}")
             break
     for c in cells:
-        if c.marker and c.marker > 1 and c.marker not in starts and 1 in starts \
-                and all(c.index > s for s, _ in starts.values()):
+        if (
+            c.marker
+            and c.marker > 1
+            and c.marker not in starts
+            and 1 in starts
+            and all(c.index > s for s, _ in starts.values())
+        ):
             starts[c.marker] = (c.index, f"`Exercise {c.marker}` in or above {c.label}")
     if 1 not in starts:
-        first = next((c for c in cells if answers(c, ex1_keys)
-                      and len(_forward_names(cells, wanted, c.index)) >= len(wanted) // 2), None)
+        first = next(
+            (
+                c
+                for c in cells
+                if answers(c, ex1_keys) and len(_forward_names(cells, wanted, c.index)) >= len(wanted) // 2
+            ),
+            None,
+        )
         if first is not None:
             starts[1] = (first.index, f"its gradients, from {first.label}")
     if 4 not in starts and 1 in starts:  # Exercise 4 begins with the cell of the training loop
@@ -127,19 +151,31 @@ def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -
         # gradient per cell compute dlogits and dhprebn alone inside Exercise 1 too: such a cell begins Exercise 2
         # (3) only once Exercise 1 is past that step of the chain, or (Exercise 1 left half done) when no cell of the
         # chain follows and it reads no gradient of the chain (dlogits from softmax, dhprebn from dhpreact alone).
-        chain = [c.index for c in cells if c.index >= starts[1][0] and answers(c, ex1_keys)
-                 and c.index < starts.get(4, (len(nb.cells), ""))[0]]
+        chain = [
+            c.index
+            for c in cells
+            if c.index >= starts[1][0] and answers(c, ex1_keys) and c.index < starts.get(4, (len(nb.cells), ""))[0]
+        ]
         for k, key in ((2, "logits"), (3, "hprebn")):
             if k in starts:
                 continue
             after = max(s for kk, (s, _) in starts.items() if kk < k)
             until = min((s for s, _ in starts.values() if s > after), default=len(nb.cells))
-            later = {_key(v.of) for v in rubric.exercises[0].variables[_position(rubric, key) + 1:]} & ex1_keys
-            found = next((c for c in cells if after < c.index < until and answers(c, {key})
-                          and not answers(c, ex1_keys)
-                          and (any(i < c.index and answers(by_index[i], later) for i in chain)
-                               or (not any(i > c.index for i in chain) and _in_one_go(c, ex1_keys - {"hpreact"})))),
-                         None)
+            later = {_key(v.of) for v in rubric.exercises[0].variables[_position(rubric, key) + 1 :]} & ex1_keys
+            found = next(
+                (
+                    c
+                    for c in cells
+                    if after < c.index < until
+                    and answers(c, {key})
+                    and not answers(c, ex1_keys)
+                    and (
+                        any(i < c.index and answers(by_index[i], later) for i in chain)
+                        or (not any(i > c.index for i in chain) and _in_one_go(c, ex1_keys - {"hpreact"}))
+                    )
+                ),
+                None,
+            )
             if found is not None:
                 starts[k] = (found.index, f"its gradient of {key}, in {found.label}")
 
@@ -149,7 +185,8 @@ def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -
         raise UnknownAssignment(
             f"{path}: the notebook's metadata names no assignment, and it does not look like the lecture's backprop "
             f"notebook either ({'no Exercise 1 cell' if 1 not in starts else 'too few of its tensors'} found); "
-            "pass --assignment NAME to grade it as one of ours")
+            "pass --assignment NAME to grade it as one of ours"
+        )
 
     order = sorted(starts.items(), key=lambda kv: kv[1][0])
     sections, gradients, notes = [], [], []
@@ -172,21 +209,32 @@ def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -
             gradients.append(_gradient(ex.id, v.of, section, calls, stores, forward, style))
     last = max((s.cells[-1] for s in sections), default=-1)
 
-    notes.append("graded as the lecture's own notebook (it names no assignment): " + ("; ".join(
-        f"Exercise {s.exercise[2:]} in {_cell_range(s.cells)} (found by {s.found_by})" for s in sections) or
-        "it has the lecture's forward pass, and no gradient of Exercise 1 yet"))
+    notes.append(
+        "graded as the lecture's own notebook (it names no assignment): "
+        + (
+            "; ".join(f"Exercise {s.exercise[2:]} in {_cell_range(s.cells)} (found by {s.found_by})" for s in sections)
+            or "it has the lecture's forward pass, and no gradient of Exercise 1 yet"
+        )
+    )
     by_cmp = sum(g.how == "cmp" for g in gradients)
     by_name = sum(g.how == "name" for g in gradients)
-    notes.append(f"gradients matched to the lecture's tensors: {by_cmp} by the tensor passed to a check call "
-                 f"({', '.join(sorted(checkers)) or 'cmp'}), {by_name} by their names")
+    notes.append(
+        f"gradients matched to the lecture's tensors: {by_cmp} by the tensor passed to a check call "
+        f"({', '.join(sorted(checkers)) or 'cmp'}), {by_name} by their names"
+    )
     lost = [g for g in gradients if not g.how and g.exercise in found_ids]
     if lost:
-        notes.append(f"{len(lost)} gradient{'s' if len(lost) > 1 else ''} not found: " + ", ".join(
-            f"{g.of} ({g.exercise})" for g in lost) + " (no check call names the tensor, and no d<name> or d_<name> "
-            "is assigned in its exercise)")
+        notes.append(
+            f"{len(lost)} gradient{'s' if len(lost) > 1 else ''} not found: "
+            + ", ".join(f"{g.of} ({g.exercise})" for g in lost)
+            + " (no check call names the tensor, and no d<name> or d_<name> "
+            "is assigned in its exercise)"
+        )
     renamed = [(ours, theirs) for ours, theirs in forward.items() if ours != theirs]
     if renamed:
-        notes.append("the notebook's own names for the lecture's tensors: " + ", ".join(f"{t} for {o}" for o, t in renamed))
+        notes.append(
+            "the notebook's own names for the lecture's tensors: " + ", ".join(f"{t} for {o}" for o, t in renamed)
+        )
     absent = [w for w in wanted if w not in forward]
     if absent:
         notes.append(f"not found in the forward pass (before Exercise 1): {', '.join(absent)}")
@@ -197,7 +245,9 @@ def _in_one_go(cell: _Cell, chain: set[str]) -> bool:
     """Whether the cell reads no gradient of `chain` (the lecture's names): it computes its own from the forward
     tensors (Exercise 2's dlogits from softmax; Exercise 3's dhprebn from dhpreact, the one it is given)."""
     return cell.tree is not None and not any(
-        isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and _gradient_key(n.id) in chain for n in _walk(cell.tree))
+        isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and _gradient_key(n.id) in chain
+        for n in _walk(cell.tree)
+    )
 
 
 def _position(rubric: rubrics.Rubric, of: str) -> int:
@@ -220,21 +270,36 @@ def _trains(cell: _Cell, parameters: set[str]) -> bool:
         # names that stand for a parameter inside the loop: the lecture's, and loop variables over `parameters`
         params = set(parameters)
         for inner in [loop, *_walk(loop)]:
-            if isinstance(inner, ast.For) and any(isinstance(n, ast.Name) and n.id in parameters
-                                                  for n in ast.walk(inner.iter)):
+            if isinstance(inner, ast.For) and any(
+                isinstance(n, ast.Name) and n.id in parameters for n in ast.walk(inner.iter)
+            ):
                 params |= {n.id for n in ast.walk(inner.target) if isinstance(n, ast.Name)}
         for node in _walk(loop):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "step" \
-                    and not node.args:
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "step"
+                and not node.args
+            ):
                 return True  # an optimizer's
-            target = node.target if isinstance(node, ast.AugAssign) else \
-                node.func.value if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-                node.func.attr in ("add_", "sub_", "copy_") else None
+            target = (
+                node.target
+                if isinstance(node, ast.AugAssign)
+                else node.func.value
+                if isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("add_", "sub_", "copy_")
+                else None
+            )
             if isinstance(node, ast.Assign):
                 target = next((t for t in node.targets if isinstance(t, ast.Attribute) and t.attr == "data"), None)
                 # `W1 = W1 - lr * dW1`: a parameter computed from itself
-                if target is None and any(isinstance(t, ast.Name) and t.id in params and any(
-                        isinstance(n, ast.Name) and n.id == t.id for n in ast.walk(node.value)) for t in node.targets):
+                if target is None and any(
+                    isinstance(t, ast.Name)
+                    and t.id in params
+                    and any(isinstance(n, ast.Name) and n.id == t.id for n in ast.walk(node.value))
+                    for t in node.targets
+                ):
                     return True
             while isinstance(target, (ast.Attribute, ast.Subscript)):
                 if isinstance(target, ast.Attribute) and target.attr == "data":
@@ -271,8 +336,15 @@ def _style(stores: dict[int, list[str]], calls: dict[int, list[_Call]]) -> str:
     return "d_" if underscored > plain else "d"
 
 
-def _gradient(exercise: str, of: str, section: Section | None, calls: dict[int, list[_Call]],
-              stores: dict[int, list[str]], forward: dict[str, str], style: str) -> Gradient:
+def _gradient(
+    exercise: str,
+    of: str,
+    section: Section | None,
+    calls: dict[int, list[_Call]],
+    stores: dict[int, list[str]],
+    forward: dict[str, str],
+    style: str,
+) -> Gradient:
     guess = style + forward.get(of, of)
     if section is None:
         return Gradient(exercise, of, guess, "")
@@ -289,6 +361,9 @@ def rubric_for(rec: Recognised, rubric: rubrics.Rubric) -> rubrics.Rubric:
     """The lecture's `rubric` with the notebook's own gradient names, so that messages name its variables."""
     names = {(g.exercise, g.of): g.name for g in rec.gradients}
     exercises = tuple(
-        dataclasses.replace(ex, variables=tuple(dataclasses.replace(v, name=names[(ex.id, v.of)]) for v in ex.variables))
-        for ex in rubric.exercises)
+        dataclasses.replace(
+            ex, variables=tuple(dataclasses.replace(v, name=names[(ex.id, v.of)]) for v in ex.variables)
+        )
+        for ex in rubric.exercises
+    )
     return dataclasses.replace(rubric, exercises=exercises)

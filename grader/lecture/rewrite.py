@@ -37,8 +37,9 @@ def {COPY}(value):
         return None
     return value.detach().clone() if type(value) is torch.Tensor else value
 '''
-SHELL_LINE_MAGICS = frozenset({"pip", "conda", "mamba", "cd", "sx", "system", "run", "load", "env", "bookmark",
-                               "sh", "bash", "writefile"})
+SHELL_LINE_MAGICS = frozenset(
+    {"pip", "conda", "mamba", "cd", "sx", "system", "run", "load", "env", "bookmark", "sh", "bash", "writefile"}
+)
 
 STAND_IN_SOURCE = f'''\
 class _GraderStandIn:
@@ -58,9 +59,13 @@ class _GraderStandIn:
 
 def _shell_call(node: ast.AST) -> str | None:
     """For a call IPython made of a shell escape (`!cmd`, `x = !cmd`, `%pip ...`): the escape as written."""
-    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and isinstance(node.func.value, ast.Call) and isinstance(node.func.value.func, ast.Name)
-            and node.func.value.func.id == "get_ipython"):
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Call)
+        and isinstance(node.func.value.func, ast.Name)
+        and node.func.value.func.id == "get_ipython"
+    ):
         return None
     args = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
     if node.func.attr in ("system", "getoutput") and args:
@@ -75,7 +80,6 @@ def _is_autograd(stmt: ast.stmt) -> bool:
     if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)):
         return False
     return any(isinstance(n, ast.Attribute) and n.attr in GRAD_ATTRIBUTES for n in [stmt, *_walk(stmt)])
-
 
 
 def _missing(module: str) -> bool:
@@ -127,8 +131,9 @@ def _edit(text: str, edits: list[tuple[ast.AST | _Span, str]]) -> str:
 def _opened_for_reading(call: ast.Call) -> bool:
     """`open(path)` or `open(path, "r")`: not a file the notebook writes."""
     mode = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "mode"), None)
-    return mode is None or (isinstance(mode, ast.Constant) and isinstance(mode.value, str) and
-                            not set(mode.value) & set("wax+"))
+    return mode is None or (
+        isinstance(mode, ast.Constant) and isinstance(mode.value, str) and not set(mode.value) & set("wax+")
+    )
 
 
 def _rewrite(cell: _Cell, role: str, checkers: set[str], keys: set[str]) -> tuple[str, list[str], bool, str]:
@@ -144,13 +149,25 @@ def _rewrite(cell: _Cell, role: str, checkers: set[str], keys: set[str]) -> tupl
     # through another name that is the same tensor, does not reach the copy): the grader grades what was checked
     snapshots = {id(s): names for s, names in _snapshots(cell, checkers, keys)} if role == "exercise" else {}
     for s in stripped:
-        edits.append((s, "; ".join(f"{name} = {COPY}(lambda: {call.gradient})" for call, name in snapshots.get(id(s), []))
-                      or "pass"))
-    lines = "" if not stripped else f"line {stripped[0].lineno}" if len(stripped) == 1 else \
-        f"lines {stripped[0].lineno}-{stripped[-1].end_lineno}"
+        edits.append(
+            (
+                s,
+                "; ".join(f"{name} = {COPY}(lambda: {call.gradient})" for call, name in snapshots.get(id(s), []))
+                or "pass",
+            )
+        )
+    lines = (
+        ""
+        if not stripped
+        else f"line {stripped[0].lineno}"
+        if len(stripped) == 1
+        else f"lines {stripped[0].lineno}-{stripped[-1].end_lineno}"
+    )
     if stripped and role == "before":
-        notes.append(f"{cell.label}: {lines} not run: PyTorch's own backward pass (the grader asks autograd itself, "
-                     "from your tensors)")
+        notes.append(
+            f"{cell.label}: {lines} not run: PyTorch's own backward pass (the grader asks autograd itself, "
+            "from your tensors)"
+        )
     skipped = {id(n) for s in stripped for n in ast.walk(s)}
     for node in ast.walk(cell.tree):
         if id(node) in skipped:
@@ -158,8 +175,10 @@ def _rewrite(cell: _Cell, role: str, checkers: set[str], keys: set[str]) -> tupl
         shell = _shell_call(node)
         if shell is not None:
             edits.append((node, "None"))
-            notes.append(f"{cell.label}: `{shell[:60]}` was not run (no shell or network while grading; the data "
-                         "set comes from --data)")
+            notes.append(
+                f"{cell.label}: `{shell[:60]}` was not run (no shell or network while grading; the data "
+                "set comes from --data)"
+            )
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             module = node.module if isinstance(node, ast.ImportFrom) else None
             if isinstance(node, ast.ImportFrom):
@@ -173,22 +192,43 @@ def _rewrite(cell: _Cell, role: str, checkers: set[str], keys: set[str]) -> tupl
             if gone and names:
                 edits.append((node, " = ".join(names) + f" = {STAND_IN}"))
                 stand_in = True
-                notes.append(f"{cell.label}: `{shown}`: not installed here; {', '.join(names)} stand"
-                             f"{'s' if len(names) == 1 else ''} in as a no-op")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "cuda" \
-                and not node.args:
+                notes.append(
+                    f"{cell.label}: `{shown}`: not installed here; {', '.join(names)} stand"
+                    f"{'s' if len(names) == 1 else ''} in as a no-op"
+                )
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "cuda"
+            and not node.args
+        ):
             f = node.func  # just the name: `x.cuda()` -> `x.cpu()`, whatever `x` is
             edits.append((_Span(f.end_lineno, f.end_col_offset - 4, f.end_lineno, f.end_col_offset), "cpu"))
             notes.append(f"{cell.label}: `.cuda()` ran as `.cpu()` (no GPU while grading)")
-        elif role == "before" and isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                and _is_data_path(node.value):
+        elif (
+            role == "before"
+            and isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and _is_data_path(node.value)
+        ):
             edits.append((node, repr("names.txt")))
             notes.append(f"{cell.label}: reads {node.value!r}: it read the data set given with --data instead")
-        elif role == "before" and isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
-                and node.func.id == "open" and node.args and _opened_for_reading(node):
+        elif (
+            role == "before"
+            and isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "open"
+            and node.args
+            and _opened_for_reading(node)
+        ):
             arg = node.args[0]
-            if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.endswith(".txt") \
-                    and not _is_data_path(arg.value) and arg.value.removeprefix("./") not in DATA_FILES:
+            if (
+                isinstance(arg, ast.Constant)
+                and isinstance(arg.value, str)
+                and arg.value.endswith(".txt")
+                and not _is_data_path(arg.value)
+                and arg.value.removeprefix("./") not in DATA_FILES
+            ):
                 edits.append((arg, repr("names.txt")))
                 notes.append(f"{cell.label}: reads {arg.value!r}: it read the data set given with --data instead")
     return _edit(cell.source, edits), notes, stand_in, lines if role == "exercise" else ""

@@ -59,27 +59,42 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
             planned.append(PlannedCell(c.label, source, no_grad=True, guarded=True))
         else:
             exercise = section_of.get(c.index) or _section_before(rec, c.index)
-            planned.append(PlannedCell(f"{c.label} ({exercise})", source, no_grad=False, guarded=True, grade_id=exercise))
+            planned.append(
+                PlannedCell(f"{c.label} ({exercise})", source, no_grad=False, guarded=True, grade_id=exercise)
+            )
     if checked_lines:  # one note for all cells (one gradient per cell: dozens of them)
-        where = f"{checked_lines[0][0].label}, {checked_lines[0][1]}" if len(checked_lines) == 1 else \
-            "cells " + _numbers([c.number for c, _ in checked_lines])
-        notes.append(f"your checks against autograd's gradients ({where}) were not run: the grader compares every "
-                     "gradient itself, as each check saw it")
+        where = (
+            f"{checked_lines[0][0].label}, {checked_lines[0][1]}"
+            if len(checked_lines) == 1
+            else "cells " + _numbers([c.number for c, _ in checked_lines])
+        )
+        notes.append(
+            f"your checks against autograd's gradients ({where}) were not run: the grader compares every "
+            "gradient itself, as each check saw it"
+        )
     skipped = [c for c in cells if c.index > rec.last]
     if skipped and not rec.sections:
         notes.append("nothing was run: there is no answer to grade yet")
     elif skipped:
-        loops = [(c, c.source.splitlines()[n.lineno - 1].strip()) for c in skipped if c.tree
-                 for n in ast.walk(c.tree) if isinstance(n, (ast.For, ast.While))]
+        loops = [
+            (c, c.source.splitlines()[n.lineno - 1].strip())
+            for c in skipped
+            if c.tree
+            for n in ast.walk(c.tree)
+            if isinstance(n, (ast.For, ast.While))
+        ]
         # the training loop: the one over `max_steps` or a large literal, if there is one (read in the loop's
         # first 200 characters: the pattern takes time quadratic in a line's length)
         loops.sort(key=lambda cl: not re.search(r"range\(.*(steps|\d{4,})", cl[1][:200]))
         what = f", among them the loop `{loops[0][1][:60]}` in {loops[0][0].label}" if loops else ""
-        notes.append(f"{_cell_range((skipped[0].index, skipped[-1].index))} not run{what}: lecture notebooks are "
-                     "graded on Exercises 1-3")
+        notes.append(
+            f"{_cell_range((skipped[0].index, skipped[-1].index))} not run{what}: lecture notebooks are "
+            "graded on Exercises 1-3"
+        )
     if needs_stand_in:
-        planned.insert(0, PlannedCell("the grader's stand-in for missing modules", STAND_IN_SOURCE, no_grad=False,
-                                      guarded=False))
+        planned.insert(
+            0, PlannedCell("the grader's stand-in for missing modules", STAND_IN_SOURCE, no_grad=False, guarded=False)
+        )
         positions = {i: p + 1 for i, p in positions.items()}
     recorded = checks(nb, rec)
     copies = any(names for c in cells if first <= c.index <= rec.last for _, names in _snapshots(c, checkers, keys))
@@ -89,23 +104,38 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
 
     forward_names = tuple(dict.fromkeys(theirs for _, theirs in rec.forward))
     starts = sorted(positions[s.cells[0]] for s in rec.sections)
-    captures = [Capture(FORWARD, forward_names, starts[0] if starts else len(planned), starts[0] if starts else len(planned))]
+    captures = [
+        Capture(FORWARD, forward_names, starts[0] if starts else len(planned), starts[0] if starts else len(planned))
+    ]
     unfound = []
     for ex in rubric.exercises:
         section = next((s for s in rec.sections if s.exercise == ex.id), None)
         if section is None:
-            unfound.append((ex.id, "", f"no cells for Exercise {ex.id[2:]} were found (no `# Exercise {ex.id[2:]}` "
-                                       "comment, and no cell computing its gradient after Exercise 1)"))
+            unfound.append(
+                (
+                    ex.id,
+                    "",
+                    f"no cells for Exercise {ex.id[2:]} were found (no `# Exercise {ex.id[2:]}` "
+                    "comment, and no cell computing its gradient after Exercise 1)",
+                )
+            )
             continue
         start = positions[section.cells[0]]
         later = [p for p in starts if p > start]
         snapshots = tuple(k.snapshot for k in recorded if k.exercise == ex.id)
-        captures.append(Capture(ex.id, tuple(v.name for v in ex.variables) + snapshots, start,
-                                later[0] if later else len(planned)))
+        captures.append(
+            Capture(ex.id, tuple(v.name for v in ex.variables) + snapshots, start, later[0] if later else len(planned))
+        )
         for g in rec.gradients:
             if g.exercise == ex.id and not g.how:
-                unfound.append((ex.id, g.name, f"not found in Exercise {ex.id[2:]} (no check call names {g.of}; "
-                                               f"no d{g.of} or d_{g.of} is assigned)"))
+                unfound.append(
+                    (
+                        ex.id,
+                        g.name,
+                        f"not found in Exercise {ex.id[2:]} (no check call names {g.of}; "
+                        f"no d{g.of} or d_{g.of} is assigned)",
+                    )
+                )
     return Plan(tuple(planned), tuple(captures), tuple(notes), tuple(unfound))
 
 

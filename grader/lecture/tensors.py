@@ -28,11 +28,15 @@ def example_leaves(n_hidden: int = 64, batch: int = 32) -> dict[str, object]:
 
     g = torch.Generator().manual_seed(1)
     return {
-        "C": torch.randn((27, 10), generator=g), "W1": torch.randn((30, n_hidden), generator=g) * 0.3,
-        "b1": torch.randn(n_hidden, generator=g) * 0.1, "W2": torch.randn((n_hidden, 27), generator=g) * 0.1,
-        "b2": torch.randn(27, generator=g) * 0.1, "bngain": torch.randn((1, n_hidden), generator=g) * 0.1 + 1,
+        "C": torch.randn((27, 10), generator=g),
+        "W1": torch.randn((30, n_hidden), generator=g) * 0.3,
+        "b1": torch.randn(n_hidden, generator=g) * 0.1,
+        "W2": torch.randn((n_hidden, 27), generator=g) * 0.1,
+        "b2": torch.randn(27, generator=g) * 0.1,
+        "bngain": torch.randn((1, n_hidden), generator=g) * 0.1 + 1,
         "bnbias": torch.randn((1, n_hidden), generator=g) * 0.1,
-        "Xb": torch.randint(0, 27, (batch, 3), generator=g), "Yb": torch.randint(0, 27, (batch,), generator=g),
+        "Xb": torch.randint(0, 27, (batch, 3), generator=g),
+        "Yb": torch.randint(0, 27, (batch,), generator=g),
     }
 
 
@@ -41,6 +45,10 @@ def warm_up_source(lectures: Assignment) -> str:
     built-in assignment) on example tensors."""
     forward = lectures.cells["forward"]
     tensors = "\n".join(f"{k} = _t[{k!r}]" for k in LEAVES)
-    return ("from grader.lecture import example_leaves\n_t = example_leaves()\n" + tensors +
-            "\nn = Xb.shape[0]\nimport torch\nimport torch.nn.functional as F\n" + forward +
-            "\nF.cross_entropy(logits, Yb); F.softmax(logits, 1); F.one_hot(Yb, 27)\n")
+    return (
+        "from grader.lecture import example_leaves\n_t = example_leaves()\n"
+        + tensors
+        + "\nn = Xb.shape[0]\nimport torch\nimport torch.nn.functional as F\n"
+        + forward
+        + "\nF.cross_entropy(logits, Yb); F.softmax(logits, 1); F.one_hot(Yb, 27)\n"
+    )

@@ -23,5 +23,15 @@ from grader.reference.forward import forward_values
 from grader.reference.from_run import replayed_calls, step_references
 from grader.reference.steps import forward_edges, local_from, local_references, own_gradients
 
-__all__ = ["as_reference", "call_gradients", "forward_edges", "forward_values", "gradients", "local_from",
-           "local_references", "own_gradients", "replayed_calls", "step_references"]
+__all__ = [
+    "as_reference",
+    "call_gradients",
+    "forward_edges",
+    "forward_values",
+    "gradients",
+    "local_from",
+    "local_references",
+    "own_gradients",
+    "replayed_calls",
+    "step_references",
+]

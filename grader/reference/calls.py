@@ -13,8 +13,9 @@ from grader.rubric import Exercise
 from grader.reference.forward import LOCK, namespace_with
 
 
-def call_gradients(assignment: Assignment, ex: Exercise, params: dict[str, object],
-                   calls: dict[int, tuple[list, list]]) -> dict[int, tuple[torch.Tensor, ...] | str]:
+def call_gradients(
+    assignment: Assignment, ex: Exercise, params: dict[str, object], calls: dict[int, tuple[list, list]]
+) -> dict[int, tuple[torch.Tensor, ...] | str]:
     """For each recorded call (inputs, weights at that step): autograd's gradients, or why it cannot replay."""
     f = ex.function
     out: dict[int, tuple[torch.Tensor, ...] | str] = {}
@@ -33,15 +34,27 @@ def call_gradients(assignment: Assignment, ex: Exercise, params: dict[str, objec
         homes = [[k for k, v in ns.items() if v is w] for w in weights]  # the globals the forward pass reads
         batch = (params.get("batch_size"), ns.get("block_size"))
         for call, (args, recorded) in calls.items():
-            if len(args) >= 2 and all(isinstance(b, int) for b in batch) and not (
-                    isinstance(args[0], torch.Tensor) and tuple(args[0].shape) == batch
-                    and isinstance(args[1], torch.Tensor) and tuple(args[1].shape) == batch[:1]):
+            if (
+                len(args) >= 2
+                and all(isinstance(b, int) for b in batch)
+                and not (
+                    isinstance(args[0], torch.Tensor)
+                    and tuple(args[0].shape) == batch
+                    and isinstance(args[1], torch.Tensor)
+                    and tuple(args[1].shape) == batch[:1]
+                )
+            ):
                 # replayed here, in the grader's process: a call with any other batch is not one of the loop's
                 out[call] = "the recorded call's batch is not a minibatch of the training loop"
                 continue
-            if len(args) < 2 or len(recorded) != len(weights) or any(
+            if (
+                len(args) < 2
+                or len(recorded) != len(weights)
+                or any(
                     not isinstance(r, torch.Tensor) or r.shape != w.shape or r.dtype != w.dtype
-                    for r, w in zip(recorded, weights)):
+                    for r, w in zip(recorded, weights)
+                )
+            ):
                 out[call] = "the recorded weights or batch do not fit the network"
                 continue
             if call == 0 and not all(torch.equal(r, w.detach()) for r, w in zip(recorded, weights)):

@@ -17,8 +17,7 @@ from grader.notebook import grade_id, has_tag
 from grader.plan import injected_source
 from grader.rubric import Exercise
 from grader.runs import TARGETS, GradientParts, Key, TrainingResult
-from grader.reference.forward import (LOCK, after_setup, forward_graph, namespace_with, reference_namespace,
-                                      run_cells)
+from grader.reference.forward import LOCK, after_setup, forward_graph, namespace_with, reference_namespace, run_cells
 from grader.reference.steps import parts_by_use
 
 
@@ -75,14 +74,24 @@ def _values(assignment: Assignment, params: dict[str, object]) -> list[tuple[Key
         ns = reference_namespace(assignment, tuple(params.items()))
         for ex in exercises:
             if ex.source == "reference":
-                out += [(ex.reference_key(v), as_reference(ns[v.of]) if v.of in ns else
-                         f"the reference cells do not define {v.of}") for v in ex.variables]
+                out += [
+                    (
+                        ex.reference_key(v),
+                        as_reference(ns[v.of]) if v.of in ns else f"the reference cells do not define {v.of}",
+                    )
+                    for v in ex.variables
+                ]
     if any(ex.source == "solution" for ex in exercises):
         found = _solution_values(assignment, tuple(params.items()))
         for ex in exercises:
             if ex.source == "solution":
-                out += [(ex.reference_key(v), found.get(ex.reference_key(v), found.get("")
-                         or f"the solution does not compute {v.of}")) for v in ex.variables]
+                out += [
+                    (
+                        ex.reference_key(v),
+                        found.get(ex.reference_key(v), found.get("") or f"the solution does not compute {v.of}"),
+                    )
+                    for v in ex.variables
+                ]
     return out
 
 
@@ -94,9 +103,11 @@ def _solution_values(assignment: Assignment, params_items: tuple) -> dict[Key, o
     solution = assignment.solution
     name = rubric.released.name  # (the solution's file name too)
     if solution is None:
-        return {"": f"its reference comes from the instructor's solution ({name}), which this installation "
-                    "does not have (a student's copy never does: it is graded where the solution is, by `grader "
-                    "grade` in a source checkout, nbgrader or the Gradescope autograder)"}
+        return {
+            "": f"its reference comes from the instructor's solution ({name}), which this installation "
+            "does not have (a student's copy never does: it is graded where the solution is, by `grader "
+            "grade` in a source checkout, nbgrader or the Gradescope autograder)"
+        }
     import matplotlib
 
     matplotlib.use("Agg")  # a solution cell may plot
@@ -115,8 +126,13 @@ def _solution_values(assignment: Assignment, params_items: tuple) -> dict[Key, o
             exec(compile(cell.source, f"<{name} solution cell {gid}>", "exec"), ns)
             if gid in wanted:
                 ex = wanted[gid]
-                out.update((ex.reference_key(v), as_reference(ns[v.of]) if v.of in ns else
-                            f"the solution does not compute {v.of}") for v in ex.variables)
+                out.update(
+                    (
+                        ex.reference_key(v),
+                        as_reference(ns[v.of]) if v.of in ns else f"the solution does not compute {v.of}",
+                    )
+                    for v in ex.variables
+                )
     return out
 
 

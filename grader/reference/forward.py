@@ -48,6 +48,7 @@ def run_cells(ns: dict, sources: Mapping[str, str], cells: tuple[str, ...], wher
 # The memos below (functools.lru_cache) are keyed by the assignment, which is equal to another exactly when
 # their digests are, and by the parameters: they compute, never load.
 
+
 @functools.lru_cache(maxsize=4)
 def after_setup(assignment: Assignment, setup_params: tuple) -> dict:
     """The namespace after the setup cells (shared: callers copy it, never change it)."""

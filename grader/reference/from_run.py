@@ -45,8 +45,10 @@ def step_references(assignment: Assignment, params: dict[str, object], captured,
                 out[LocalGradient(ex.id, x)] = t
         if ex.plain and ex.given:
             # the student's own gradient of `given`, from the exercise that asks for it
-            source = next(((e.id, v.name) for e in rubric.exercises for v in e.variables
-                           if v.of == ex.given and e.id != ex.id), None)
+            source = next(
+                ((e.id, v.name) for e in rubric.exercises for v in e.variables if v.of == ex.given and e.id != ex.id),
+                None,
+            )
             source_var = next((v for e in rubric.exercises for v in e.variables if (e.id, v.name) == source), None)
             gradient = _fitted(captured.values.get(source), source_var, refs) if source else None
             for v in ex.variables:
@@ -59,8 +61,14 @@ def step_references(assignment: Assignment, params: dict[str, object], captured,
 def _fitted(value: object, var, refs: dict) -> object:
     """`value`, reshaped to its reference's shape where the rubric credits broadcastable shapes."""
     ref = refs.get(var.of) if var is not None else None
-    if (var is not None and var.tolerance.broadcast and type(value) is torch.Tensor and isinstance(ref, torch.Tensor)
-            and value.shape != ref.shape and same_but_ones(tuple(value.shape), tuple(ref.shape))):
+    if (
+        var is not None
+        and var.tolerance.broadcast
+        and type(value) is torch.Tensor
+        and isinstance(ref, torch.Tensor)
+        and value.shape != ref.shape
+        and same_but_ones(tuple(value.shape), tuple(ref.shape))
+    ):
         return value.reshape(ref.shape)
     return value
 

@@ -29,7 +29,9 @@ def _cut(assignment: Assignment, params_items: tuple) -> dict[str, tuple[torch.T
     """
     rubric = assignment.rubric
     params = dict(params_items)
-    wanted = sorted({v.of for ex in rubric.exercises if ex.plain for v in ex.variables})  # (an order of its own: pictures are the same in every process)
+    wanted = sorted(
+        {v.of for ex in rubric.exercises if ex.plain for v in ex.variables}
+    )  # (an order of its own: pictures are the same in every process)
     base = after_setup(assignment, tuple((k, params[k]) for k in rubric.setup_parameters))
     ns = dict(base)
     exec(injected_source(params), ns)
@@ -59,7 +61,9 @@ def _cut(assignment: Assignment, params_items: tuple) -> dict[str, tuple[torch.T
     return out
 
 
-def own_gradients(assignment: Assignment, params: dict[str, object], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def own_gradients(
+    assignment: Assignment, params: dict[str, object], own: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Autograd's gradient of every graded forward tensor, with each graded tensor's value taken from `own`
     (the student's forward tensors, as their run made them) where that is a tensor of the same shape and dtype.
 
@@ -90,8 +94,12 @@ def own_gradients(assignment: Assignment, params: dict[str, object], own: dict[s
                         if not isinstance(value, torch.Tensor) or not value.requires_grad or value is leaves.get(name):
                             continue
                         theirs = own.get(name)
-                        fits = type(theirs) is torch.Tensor and theirs.shape == value.shape \
-                            and theirs.dtype == value.dtype and bool(torch.isfinite(theirs).all())
+                        fits = (
+                            type(theirs) is torch.Tensor
+                            and theirs.shape == value.shape
+                            and theirs.dtype == value.dtype
+                            and bool(torch.isfinite(theirs).all())
+                        )
                         if value.grad_fn is None:  # a parameter: autograd's leaf already
                             leaf = value
                         else:
@@ -163,7 +171,9 @@ def parts_by_use(assignment: str, params_items: tuple) -> dict[str, dict[str, to
     return out
 
 
-def local_references(assignment: Assignment, params: dict[str, object], answers: dict[str, object]) -> dict[str, torch.Tensor]:
+def local_references(
+    assignment: Assignment, params: dict[str, object], answers: dict[str, object]
+) -> dict[str, torch.Tensor]:
     """What each gradient should be, given the student's own gradients of the tensors that use it.
 
     `answers` maps forward names to the student's gradients (`"probs"` -> their `d_probs`). For a
@@ -190,15 +200,22 @@ def local_references(assignment: Assignment, params: dict[str, object], answers:
         return out
 
 
-def local_from(assignment: Assignment, params: dict[str, object], given: str, gradient: object, wrt: str) -> torch.Tensor | None:
+def local_from(
+    assignment: Assignment, params: dict[str, object], given: str, gradient: object, wrt: str
+) -> torch.Tensor | None:
     """The gradient of `wrt` that `gradient`, put on forward tensor `given`, sends back through the released
     forward pass (all paths): what an exercise starting from the student's own gradient of `given` should
     give. None if that gradient is not a tensor of `given`'s shape and dtype."""
     with LOCK:
         named = forward_graph(assignment, tuple(params.items()))
         y, x = named.get(given), named.get(wrt)
-        if y is None or x is None or type(gradient) is not torch.Tensor or gradient.shape != y.shape \
-                or gradient.dtype != y.dtype:
+        if (
+            y is None
+            or x is None
+            or type(gradient) is not torch.Tensor
+            or gradient.shape != y.shape
+            or gradient.dtype != y.dtype
+        ):
             return None
         with torch.enable_grad():
             (g,) = torch.autograd.grad((y * gradient.detach()).sum(), [x], retain_graph=True)

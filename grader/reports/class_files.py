@@ -34,9 +34,17 @@ def gradebook_csv(rubric: Rubric, report_files: Iterable[dict], late: Iterable[s
     writer.writerow(["student", "status", "score", "max_score", *columns, "error", "late"])
     for r in sorted(report_files, key=lambda r: r["student"]):
         points = {f"{v['exercise']}:{v['name']}": v["points"] for v in r["variables"]}
-        writer.writerow([r["student"], r["status"], f"{r['score']:g}", f"{r['max_score']:g}",
-                         *(f"{points.get(c, 0.0):g}" for c in columns), r["error"],
-                         "yes" if r["student"] in late else ""])
+        writer.writerow(
+            [
+                r["student"],
+                r["status"],
+                f"{r['score']:g}",
+                f"{r['max_score']:g}",
+                *(f"{points.get(c, 0.0):g}" for c in columns),
+                r["error"],
+                "yes" if r["student"] in late else "",
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -105,9 +113,13 @@ def summarize(rubric: Rubric, report_files: list[dict]) -> Summary:
             key = f"{v['exercise']}:{v['name']}"
             if key in earned and v["points"] >= v["max_points"] > 0:
                 earned[key] += 1
-    return Summary(n, tuple(sorted(r["score"] for r in report_files)), rubric.max_score,
-                   tuple((c, earned[c] / n if n else 0.0) for c in columns),
-                   sum(r["status"] == "failed" for r in report_files))
+    return Summary(
+        n,
+        tuple(sorted(r["score"] for r in report_files)),
+        rubric.max_score,
+        tuple((c, earned[c] / n if n else 0.0) for c in columns),
+        sum(r["status"] == "failed" for r in report_files),
+    )
 
 
 def summary_text(summary: Summary, problems: Iterable[str] = ()) -> str:
@@ -140,11 +152,13 @@ def summary_png(summary: Summary, path: Path) -> bytes:
     import matplotlib.pyplot as plt
 
     names = [n for n, _ in summary.right]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, max(4, 0.25 * len(names))),
-                                      gridspec_kw={"width_ratios": [1, 1.3]})
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(13, max(4, 0.25 * len(names))), gridspec_kw={"width_ratios": [1, 1.3]}
+    )
     left.hist(summary.scores, bins=min(20, max(1, int(summary.max_score))), range=(0, summary.max_score or 1))
-    left.set(title=f"Scores ({summary.students} students)", xlabel=f"points out of {summary.max_score:g}",
-             ylabel="students")
+    left.set(
+        title=f"Scores ({summary.students} students)", xlabel=f"points out of {summary.max_score:g}", ylabel="students"
+    )
     right.barh(range(len(names)), [share for _, share in summary.right])
     right.set_yticks(range(len(names)), names, fontsize=7)
     right.invert_yaxis()
@@ -155,4 +169,3 @@ def summary_png(summary: Summary, path: Path) -> bytes:
     plt.close(fig)
     write_atomically(path, buffer.getvalue())
     return buffer.getvalue()
-

@@ -58,9 +58,14 @@ MAX_SOURCE = 200_000
 """Characters of a student's answer cells read for the code similarity."""
 
 _UNANSWERED = ("missing", "error")
-_LABELS = {"shape": "wrong shape", "dtype": "wrong dtype", "not_finite": "not finite (NaN or infinity)",
-           "not_tensor": "not a plain tensor", "autograd_used": "uses autograd",
-           "suspicious": "code that could hide autograd"}
+_LABELS = {
+    "shape": "wrong shape",
+    "dtype": "wrong dtype",
+    "not_finite": "not finite (NaN or infinity)",
+    "not_tensor": "not a plain tensor",
+    "autograd_used": "uses autograd",
+    "suspicious": "code that could hide autograd",
+}
 
 
 @dataclass(frozen=True)
@@ -147,8 +152,11 @@ def _key(v: dict) -> str:
 
 def root_mistakes(report: dict) -> list[dict]:
     """The variables of `report` whose own step is wrong (not those wrong only because of an earlier one)."""
-    return [v for v in report["variables"] if v["status"] not in PASSING
-            and (v.get("local_status") or v["status"]) not in PASSING]
+    return [
+        v
+        for v in report["variables"]
+        if v["status"] not in PASSING and (v.get("local_status") or v["status"]) not in PASSING
+    ]
 
 
 def common_limit(students: int) -> float:
@@ -181,11 +189,17 @@ def _score(reports: list[dict], max_score: float) -> dict:
     counts = [0] * bins
     for x in scores:
         counts[min(bins - 1, int(bins * x / max_score)) if max_score else 0] += 1
-    return {"max_score": max_score, "min": scores[0] if scores else None,
-            "median": statistics.median(scores) if scores else None,
-            "mean": round(statistics.fmean(scores), 3) if scores else None, "max": scores[-1] if scores else None,
-            "histogram": [{"from": round(max_score * i / bins, 3), "to": round(max_score * (i + 1) / bins, 3),
-                           "students": c} for i, c in enumerate(counts)]}
+    return {
+        "max_score": max_score,
+        "min": scores[0] if scores else None,
+        "median": statistics.median(scores) if scores else None,
+        "mean": round(statistics.fmean(scores), 3) if scores else None,
+        "max": scores[-1] if scores else None,
+        "histogram": [
+            {"from": round(max_score * i / bins, 3), "to": round(max_score * (i + 1) / bins, 3), "students": c}
+            for i, c in enumerate(counts)
+        ],
+    }
 
 
 def _variables(rubric: Rubric, reports: list[dict]) -> tuple[VariableMistakes, ...]:
@@ -209,10 +223,18 @@ def _variables(rubric: Rubric, reports: list[dict]) -> tuple[VariableMistakes, .
                     unanswered.append(r["student"])
                     continue
                 made.setdefault(_label(root, r.get("answers", {}).get(key, "")), []).append(r["student"])
-            mistakes = sorted((Mistake(h, tuple(sorted(s))) for h, s in made.items()),
-                              key=lambda m: (-len(m.students), m.hint))
-            out.append(VariableMistakes(ex.id, var.name, right / len(reports) if reports else None, tuple(mistakes),
-                                        tuple(sorted(unanswered))))
+            mistakes = sorted(
+                (Mistake(h, tuple(sorted(s))) for h, s in made.items()), key=lambda m: (-len(m.students), m.hint)
+            )
+            out.append(
+                VariableMistakes(
+                    ex.id,
+                    var.name,
+                    right / len(reports) if reports else None,
+                    tuple(mistakes),
+                    tuple(sorted(unanswered)),
+                )
+            )
     return tuple(out)
 
 
@@ -263,8 +285,15 @@ def shared_answers(reports: list[dict]) -> list[tuple[tuple[str, ...], tuple[str
 # --- code similarity ---------------------------------------------------------------------------------
 
 _KEEP = frozenset(keyword.kwlist) | frozenset(dir(builtins))
-_SKIP = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING,
-         tokenize.ENDMARKER}
+_SKIP = {
+    tokenize.COMMENT,
+    tokenize.NL,
+    tokenize.NEWLINE,
+    tokenize.INDENT,
+    tokenize.DEDENT,
+    tokenize.ENCODING,
+    tokenize.ENDMARKER,
+}
 _FALLBACK = re.compile(r"[A-Za-z_]\w*|\d[\w.]*|\S")
 
 
@@ -274,12 +303,16 @@ def tokens(source: str) -> list[str]:
     than numbered by first use: one helper variable more would renumber every name after it.)"""
     raw: list[tuple[int, str]] = []
     try:
-        raw = [(t.type, t.string) for t in tokenize.generate_tokens(io.StringIO(source).readline)
-               if t.type not in _SKIP]
+        raw = [
+            (t.type, t.string) for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type not in _SKIP
+        ]
     except (tokenize.TokenError, SyntaxError, IndentationError):  # a cell that does not parse (magics): words
         lines = (line.split("#", 1)[0] for line in source.splitlines())
-        raw = [(tokenize.NAME if w[0].isalpha() or w[0] == "_" else tokenize.OP, w)
-               for line in lines for w in _FALLBACK.findall(line)]
+        raw = [
+            (tokenize.NAME if w[0].isalpha() or w[0] == "_" else tokenize.OP, w)
+            for line in lines
+            for w in _FALLBACK.findall(line)
+        ]
     out = []
     for i, (kind, text) in enumerate(raw):
         after_dot = i > 0 and raw[i - 1][1] == "."
@@ -323,7 +356,9 @@ def build(rubric: Rubric, reports: Iterable[dict], answer_cells: Callable[[str],
     for students, variables, rarity in groups:
         variables = tuple(sorted(variables, key=lambda k: (order.get(k, len(order)), k)))
         sources = [cell_tokens(s) for s in students]
-        similar = _mean_similarity([t for t in sources if t is not None]) if all(t is not None for t in sources) else None
+        similar = (
+            _mean_similarity([t for t in sources if t is not None]) if all(t is not None for t in sources) else None
+        )
         shared.append(SharedAnswers(students, variables, round(rarity, 1), similar))
     typical = None
     if groups:
@@ -334,8 +369,15 @@ def build(rubric: Rubric, reports: Iterable[dict], answer_cells: Callable[[str],
         pairs = [similarity(a, b) for a, b in combinations(sample, 2)]
         typical = round(statistics.median(pairs), 3) if pairs else None
     roster = tuple(StudentRow(r["student"], r["score"], r["max_score"], r["status"]) for r in reports)
-    return ClassReport(rubric.assignment, len(reports), _score(reports, rubric.max_score), _variables(rubric, reports),
-                       tuple(shared), typical, roster)
+    return ClassReport(
+        rubric.assignment,
+        len(reports),
+        _score(reports, rubric.max_score),
+        _variables(rubric, reports),
+        tuple(shared),
+        typical,
+        roster,
+    )
 
 
 def to_dict(report: ClassReport) -> dict:
@@ -351,11 +393,17 @@ def to_json(report: ClassReport) -> str:
 def to_html(report: ClassReport, summary_png: bytes | None = None, pages: Iterable[str] = ()) -> str:
     """The class page: one self-contained HTML file (`summary_png` inlined), each student linked to their
     feedback page (`feedback/<student>.html`, for the students in `pages`)."""
-    env = jinja2.Environment(loader=jinja2.PackageLoader("grader.reports", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("grader.reports", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     picture = "data:image/png;base64," + base64.b64encode(summary_png).decode("ascii") if summary_png else ""
     by_exercise: dict[str, list[VariableMistakes]] = {}
     for v in report.variables:
         by_exercise.setdefault(v.exercise, []).append(v)
-    return env.get_template("class.html").render(report=report, picture=picture, pages=set(pages),
-                                                 exercises=by_exercise)
+    return env.get_template("class.html").render(
+        report=report, picture=picture, pages=set(pages), exercises=by_exercise
+    )

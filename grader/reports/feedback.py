@@ -68,8 +68,10 @@ def heatmap(name: str, answer: torch.Tensor, reference: torch.Tensor) -> str:
     this takes a millisecond where a figure takes a tenth of a second."""
     diff, ref = _as_2d((answer.double() - reference.double()).abs()), _as_2d(reference)
     cell = max(2, min(12, 360 // max(diff.shape)))  # pixels per entry: small tensors drawn large
-    panels = [_shade(d, signed).repeat_interleave(cell, 0).repeat_interleave(cell, 1)
-              for d, signed in ((diff, False), (ref, True))]
+    panels = [
+        _shade(d, signed).repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+        for d, signed in ((diff, False), (ref, True))
+    ]
     gap = torch.full((panels[0].shape[0], 3 * cell, 3), 255, dtype=torch.uint8)
     image = torch.cat([panels[0], gap, panels[1]], dim=1)
     return "data:image/png;base64," + base64.b64encode(_png_rgb(image)).decode("ascii")
@@ -85,14 +87,16 @@ def _colour(status: str, local_status: str) -> str:
 
 def graph(report: Report, exercise: str, edges: dict[str, tuple[str, ...]]) -> str:
     """The exercise's forward graph, from the loss down, each tensor coloured by its gradient's verdict."""
-    nodes = tuple((v.of, v.name, v.status, _colour(v.status, v.local_status))
-                  for v in report.variables if v.exercise == exercise)
+    nodes = tuple(
+        (v.of, v.name, v.status, _colour(v.status, v.local_status)) for v in report.variables if v.exercise == exercise
+    )
     return _graph_png(exercise, nodes, tuple((of, edges.get(of, ())) for of, *_ in nodes))
 
 
 @functools.lru_cache(maxsize=256)  # students with the same verdicts share one picture
-def _graph_png(exercise: str, nodes: tuple[tuple[str, str, str, str], ...],
-               edges: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+def _graph_png(
+    exercise: str, nodes: tuple[tuple[str, str, str, str], ...], edges: tuple[tuple[str, tuple[str, ...]], ...]
+) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,8 +111,17 @@ def _graph_png(exercise: str, nodes: tuple[tuple[str, str, str, str], ...],
             if source in order:
                 ys = -order[source]
                 bend = 0.25 + 0.12 * abs(y - ys)
-                ax.annotate("", xy=(0, y), xytext=(0, ys), arrowprops=dict(
-                    arrowstyle="->", color="#90a4ae", lw=0.8, connectionstyle=f"arc3,rad={bend if y < ys else -bend}"))
+                ax.annotate(
+                    "",
+                    xy=(0, y),
+                    xytext=(0, ys),
+                    arrowprops=dict(
+                        arrowstyle="->",
+                        color="#90a4ae",
+                        lw=0.8,
+                        connectionstyle=f"arc3,rad={bend if y < ys else -bend}",
+                    ),
+                )
         ax.scatter([0], [y], s=140, color=colour, zorder=3)
         ax.text(0.08, y, f"{of}  ({name}: {status})", va="center", fontsize=8)
     ax.set_xlim(-1.2, 2.2)
@@ -121,8 +134,13 @@ def _graph_png(exercise: str, nodes: tuple[tuple[str, str, str, str], ...],
 @functools.lru_cache(maxsize=1)
 def _templates() -> jinja2.Environment:
     """The package's page templates (`grader/reports/templates/`), escaping every value put into them."""
-    return jinja2.Environment(loader=jinja2.PackageLoader("grader.reports", "templates"), autoescape=True,
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("grader.reports", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 def page(report: Report, runs: list[GradedRun], edges: dict[str, tuple[str, ...]] | None = None) -> str:
@@ -131,11 +149,16 @@ def page(report: Report, runs: list[GradedRun], edges: dict[str, tuple[str, ...]
     sections = []
     for ex in report.exercises:
         variables = [v for v in report.variables if v.exercise == ex.id]
-        rows = [(v, "ok" if v.status in PASSING else ("follows" if v.local_status in PASSING else "bad"))
-                for v in variables]
+        rows = [
+            (v, "ok" if v.status in PASSING else ("follows" if v.local_status in PASSING else "bad")) for v in variables
+        ]
         picture = None
-        if edges is not None and len(variables) > 2 and any(v.status not in PASSING for v in variables) \
-                and any(v.of in edges for v in variables):
+        if (
+            edges is not None
+            and len(variables) > 2
+            and any(v.status not in PASSING for v in variables)
+            and any(v.of in edges for v in variables)
+        ):
             picture = graph(report, ex.id, edges)
         heatmaps = []
         for v in variables if main is not None and main.captured.finished else ():
@@ -143,8 +166,12 @@ def page(report: Report, runs: list[GradedRun], edges: dict[str, tuple[str, ...]
                 continue
             answer = main.captured.values.get((ex.id, v.name))
             reference = main.reference.get(answer_key(main.reference, ex.id, v.of))
-            if type(answer) is torch.Tensor and isinstance(reference, torch.Tensor) \
-                    and answer.shape == reference.shape and answer.numel() > 0:
+            if (
+                type(answer) is torch.Tensor
+                and isinstance(reference, torch.Tensor)
+                and answer.shape == reference.shape
+                and answer.numel() > 0
+            ):
                 heatmaps.append((v, heatmap(v.name, answer, reference), tuple(reference.shape)))
         sections.append({"exercise": ex, "rows": rows, "graph": picture, "heatmaps": heatmaps})
     return _templates().get_template("feedback.html").render(report=report, sections=sections)

@@ -45,8 +45,11 @@ def run_failure(report: Report, index: int) -> str:
         return f"hidden run {index} did not run to the end"
     if not any(v.runs and v.runs[0] in PASSING for v in report.variables):
         return f"nothing to re-check in hidden run {index}: no variable is right with the notebook's parameters yet"
-    only_here = [v.name for v in report.variables
-                 if len(v.runs) > index and v.runs[0] in PASSING and v.runs[index] not in PASSING]
+    only_here = [
+        v.name
+        for v in report.variables
+        if len(v.runs) > index and v.runs[0] in PASSING and v.runs[index] not in PASSING
+    ]
     if only_here:
         return f"right with the notebook's parameters but not in hidden run {index} (other parameters): {', '.join(only_here)}"
     return ""
@@ -57,8 +60,9 @@ def ungradable(notebook: str, reason: str) -> str:
     from pathlib import Path
 
     root = ET.Element("testsuites", name="grader", tests="1", failures="1", errors="0", time="0.000")
-    suite = ET.SubElement(root, "testsuite", name=Path(notebook).name, tests="1", failures="1", errors="0",
-                          skipped="0", time="0.000")
+    suite = ET.SubElement(
+        root, "testsuite", name=Path(notebook).name, tests="1", failures="1", errors="0", skipped="0", time="0.000"
+    )
     _case(suite, Path(notebook).name, "notebook", [], reason)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
@@ -76,8 +80,13 @@ def to_junit(report: Report, seconds: float = 0.0) -> str:
     for v in report.variables:
         failure = variable_failure(v)
         failures += bool(failure)
-        _case(suite, prefix + v.exercise, v.name, [("points", f"{v.points:g}"), ("max_points", f"{v.max_points:g}"),
-                                           ("status", v.status)], failure)
+        _case(
+            suite,
+            prefix + v.exercise,
+            v.name,
+            [("points", f"{v.points:g}"), ("max_points", f"{v.max_points:g}"), ("status", v.status)],
+            failure,
+        )
     for i in range(1, len(report.runs)):
         failure = run_failure(report, i)
         failures += bool(failure)

@@ -36,8 +36,10 @@ def to_text(report: Report) -> str:
             maxdiff = "-" if v.maxdiff is None else f"{v.maxdiff:.3g}"
             # a gradient is named by its tensor (as cmp does), a value by its own name
             label = v.of if v.name.startswith("d") else v.name
-            line = (f"  {label:15s} | exact: {str(v.exact):5s} | approximate: {str(v.approximate):5s} "
-                    f"| maxdiff: {maxdiff:9s} | {_points(v.points)}/{_points(v.max_points)}")
+            line = (
+                f"  {label:15s} | exact: {str(v.exact):5s} | approximate: {str(v.approximate):5s} "
+                f"| maxdiff: {maxdiff:9s} | {_points(v.points)}/{_points(v.max_points)}"
+            )
             if v.message:
                 line += f"  {'warning' if v.status in ('exact', 'approximate') else v.status}: {v.message}"
             lines.append(line)
@@ -45,7 +47,9 @@ def to_text(report: Report) -> str:
     if hidden:
         lines.append("")
         finished = sum(r.status == "graded" for r in hidden)
-        lines.append(f"Hidden re-runs: {finished} of {len(hidden)} ran to the end; a variable earns its points only if it is right in every run")
+        lines.append(
+            f"Hidden re-runs: {finished} of {len(hidden)} ran to the end; a variable earns its points only if it is right in every run"
+        )
     if report.notes:
         lines.append("")
         lines.extend(f"note: {n}" for n in report.notes)

@@ -24,8 +24,18 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = ("DEFAULT_LIMITS", "FILE_LIMIT", "MEMORY_LIMIT", "Backend", "Job", "Limits", "Pool",
-            "Worker", "choose", "warm_start")  # as `grader.sandbox.pool.__all__`
+_EXPORTS = (
+    "DEFAULT_LIMITS",
+    "FILE_LIMIT",
+    "MEMORY_LIMIT",
+    "Backend",
+    "Job",
+    "Limits",
+    "Pool",
+    "Worker",
+    "choose",
+    "warm_start",
+)  # as `grader.sandbox.pool.__all__`
 __all__ = list(_EXPORTS)
 
 

@@ -31,10 +31,12 @@ class CellClock:
     @staticmethod
     def install() -> None:
         """In the main thread, before the first cell: our handler for the interrupt."""
+
         def handler(signum, frame):
             clock = CellClock.current
             if clock is not None and clock.running:
                 raise KeyboardInterrupt
+
         signal.signal(signal.SIGINT, handler)
 
     @contextlib.contextmanager
@@ -64,4 +66,3 @@ class CellClock:
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             else:
                 _thread.interrupt_main()
-

@@ -127,7 +127,9 @@ def needed() -> list[Path]:
 
     Each as given and as resolved: a module imported through a symlinked path must be found there too.
     """
-    given = [Path(os.path.abspath(p)) for p in (sys.prefix, sys.base_prefix, *sys.path, Path(__file__).parent.parent) if p]
+    given = [
+        Path(os.path.abspath(p)) for p in (sys.prefix, sys.base_prefix, *sys.path, Path(__file__).parent.parent) if p
+    ]
     return list(dict.fromkeys([*given, *(p.resolve() for p in given)]))
 
 

@@ -39,9 +39,22 @@ import subprocess
 import sys
 
 _CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = (
-    0x00020000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
+    0x00020000,
+    0x08000000,
+    0x10000000,
+    0x20000000,
+    0x40000000,
+)
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_NOATIME, _MS_NODIRATIME, _MS_BIND = (
-    1, 2, 4, 8, 32, 1024, 2048, 4096)
+    1,
+    2,
+    4,
+    8,
+    32,
+    1024,
+    2048,
+    4096,
+)
 _MS_REC, _MS_PRIVATE, _MS_RELATIME, _MS_STRICTATIME = 0x4000, 0x40000, 1 << 21, 1 << 24
 _MNT_DETACH = 2
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
@@ -68,8 +81,16 @@ def _check(result: int, what: str) -> None:
 
 
 def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    _check(_LIBC.mount(os.fsencode(source), os.fsencode(target), fstype.encode() if fstype else None, flags,
-                       data.encode() if data else None), f"mount {target}")
+    _check(
+        _LIBC.mount(
+            os.fsencode(source),
+            os.fsencode(target),
+            fstype.encode() if fstype else None,
+            flags,
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
 
 
 def _write(path: str, text: str) -> None:
@@ -153,9 +174,14 @@ def _flags_of(path: str) -> int:
     """The mount flags a read-only remount of `path` must keep (a user namespace may not drop them)."""
     st = os.statvfs(path)
     flags = 0
-    for st_flag, ms_flag in ((os.ST_NOSUID, _MS_NOSUID), (os.ST_NODEV, _MS_NODEV), (os.ST_NOEXEC, _MS_NOEXEC),
-                             (os.ST_NOATIME, _MS_NOATIME), (os.ST_NODIRATIME, _MS_NODIRATIME),
-                             (os.ST_RELATIME, _MS_RELATIME)):
+    for st_flag, ms_flag in (
+        (os.ST_NOSUID, _MS_NOSUID),
+        (os.ST_NODEV, _MS_NODEV),
+        (os.ST_NOEXEC, _MS_NOEXEC),
+        (os.ST_NOATIME, _MS_NOATIME),
+        (os.ST_NODIRATIME, _MS_NODIRATIME),
+        (os.ST_RELATIME, _MS_RELATIME),
+    ):
         if st.f_flag & st_flag:
             flags |= ms_flag
     if not st.f_flag & (os.ST_NOATIME | os.ST_RELATIME):
@@ -242,8 +268,12 @@ def private_view(hidden: list[str], workdir: str, tmp_size: int) -> None:
     for device in DEVICES:
         open(f"/dev/{device}", "w").close()
         _mount(f"/oldroot/dev/{device}", f"/dev/{device}", None, _MS_BIND)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                         ("stderr", "/proc/self/fd/2")):
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
         os.symlink(target, f"/dev/{name}")
     os.mkdir("/dev/shm")
     _mount("shm", "/dev/shm", "tmpfs", safe, f"size={tmp_size},nr_inodes=4k,mode=1777")
@@ -331,8 +361,11 @@ def _counts_per_namespace() -> bool:
 
 # --- can this machine do it? ------------------------------------------------------------------------
 
-_SETTINGS = ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "/proc/sys/kernel/unprivileged_userns_clone",
-             "/proc/sys/user/max_user_namespaces")
+_SETTINGS = (
+    "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+    "/proc/sys/kernel/unprivileged_userns_clone",
+    "/proc/sys/user/max_user_namespaces",
+)
 
 
 def _try(mode: str) -> None:
@@ -374,8 +407,9 @@ def problem(mode: str) -> str | None:
     if mode == "root" and os.geteuid() != 0:
         return "not root"
     try:  # this file as a script, in an interpreter without site-packages: 20 ms, not the package's imports
-        done = subprocess.run([sys.executable, "-I", "-S", os.path.abspath(__file__), mode], capture_output=True,
-                              text=True, timeout=30)
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", os.path.abspath(__file__), mode], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"could not try it ({e})"
     if done.returncode == 0:
@@ -390,7 +424,9 @@ def problem(mode: str) -> str | None:
                 settings.append(f"{path.removeprefix('/proc/sys/').replace('/', '.')}={f.read().strip()}")
         except OSError:
             pass
-    return f"unprivileged user namespaces refused ({why}; see sysctl {', '.join(settings) or 'user.max_user_namespaces'})"
+    return (
+        f"unprivileged user namespaces refused ({why}; see sysctl {', '.join(settings) or 'user.max_user_namespaces'})"
+    )
 
 
 if __name__ == "__main__":  # `problem()` runs this file to try a mode

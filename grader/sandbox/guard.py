@@ -69,7 +69,11 @@ def _autograd_patches(torch) -> list[tuple[object, str, object]]:
     for name in ("dual_level", "make_dual"):
         patches.append((torch.autograd.forward_ad, name, _refuse))
     for name in ("grad", "grad_and_value", "vjp", "jvp", "jacrev", "jacfwd", "hessian", "linearize"):
-        for module in (torch.func, sys.modules.get("torch._functorch.apis"), sys.modules.get("torch._functorch.eager_transforms")):
+        for module in (
+            torch.func,
+            sys.modules.get("torch._functorch.apis"),
+            sys.modules.get("torch._functorch.eager_transforms"),
+        ):
             if module is not None and hasattr(module, name):
                 patches.append((module, name, _refuse))
     return patches

@@ -30,8 +30,17 @@ from grader.plan import Plan, PlannedCell
 from grader.runs import Captured
 from grader.sandbox import confine
 from grader.sandbox.cgroups import Cap, Hierarchy
-from grader.sandbox.common import (OUTPUT_TAIL, SUPERVISOR_GRACE, WORKER_START_TIMEOUT, Limits, child_env, hideable,
-                                   plain, warm_start, worker_folder)
+from grader.sandbox.common import (
+    OUTPUT_TAIL,
+    SUPERVISOR_GRACE,
+    WORKER_START_TIMEOUT,
+    Limits,
+    child_env,
+    hideable,
+    plain,
+    warm_start,
+    worker_folder,
+)
 from grader.sandbox.results import Run, collect
 
 
@@ -55,17 +64,27 @@ class Worker:
     several threads at once; each job is a fork of the worker, confined as `confine.mode` says.
     """
 
-    def __init__(self, prefix: tuple[PlannedCell, ...], warm_up: list[str], data_files: dict[str, Path],
-                 hidden: list[Path], limits: Limits, mode: str) -> None:
+    def __init__(
+        self,
+        prefix: tuple[PlannedCell, ...],
+        warm_up: list[str],
+        data_files: dict[str, Path],
+        hidden: list[Path],
+        limits: Limits,
+        mode: str,
+    ) -> None:
         self.prefix, self.limits = prefix, limits
         self.hierarchy = _hierarchy()
         self.workdir = worker_folder(data_files)
         self.lock = threading.Lock()
         self.ready = False
         spec = {
-            "prefix": plain(prefix), "warm_up": warm_up,
+            "prefix": plain(prefix),
+            "warm_up": warm_up,
             "data": {name: str(self.workdir / name) for name in data_files},
-            "hidden": hideable([*hidden, self.workdir]), "limits": asdict(limits), "mode": mode,
+            "hidden": hideable([*hidden, self.workdir]),
+            "limits": asdict(limits),
+            "mode": mode,
         }
         spec_path = self.workdir / "spec.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
@@ -76,9 +95,14 @@ class Worker:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-P", "-m", "grader.sandbox.linux_child", str(spec_path), str(theirs.fileno())],
-                cwd=self.workdir, env=child_env(self.workdir), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True,
-                preexec_fn=_worker_limits, pass_fds=(theirs.fileno(),),
+                cwd=self.workdir,
+                env=child_env(self.workdir),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self.log,
+                start_new_session=True,
+                preexec_fn=_worker_limits,
+                pass_fds=(theirs.fileno(),),
             )
         except OSError as e:
             self.close()
@@ -126,8 +150,12 @@ class Worker:
     def start(self, plans: list[Plan], labels: list[str], timeout: float, cell_timeout: float | None = None) -> Job:
         """A job running `plans` one after another (named `labels` in messages), not yet released: each run
         `timeout` seconds at most, each cell `cell_timeout`."""
-        return Job(self, [Run(plan, label, *warm_start(plan, self.prefix)) for plan, label in zip(plans, labels)],
-                   timeout, cell_timeout)
+        return Job(
+            self,
+            [Run(plan, label, *warm_start(plan, self.prefix)) for plan, label in zip(plans, labels)],
+            timeout,
+            cell_timeout,
+        )
 
     def close(self) -> None:
         """Stop the worker (its runs end with it) and remove its folder."""
@@ -169,8 +197,11 @@ class Job:
         job = tempfile.TemporaryFile()
         self.cap = self.worker.cap()
         joins = self.cap.join_files() if self.cap else []
-        job.write(json.dumps({"runs": [run.job()], "timeout": self.timeout, "cell_timeout": self.cell_timeout,
-                              "cgroups": len(joins)}).encode())
+        job.write(
+            json.dumps(
+                {"runs": [run.job()], "timeout": self.timeout, "cell_timeout": self.cell_timeout, "cgroups": len(joins)}
+            ).encode()
+        )
         job.seek(0)
         status_read, status_write = os.pipe()
         try:

@@ -73,6 +73,7 @@ def _stray_processes() -> int:
 
 # --- the worker -------------------------------------------------------------------------------------
 
+
 class Server(Warm):
     """The worker: the warm state, and a supervisor forked from it per job."""
 
@@ -114,7 +115,7 @@ class Server(Warm):
         job_fd, status_fd, *rest = fds
         with os.fdopen(job_fd, "rb") as f:
             job = json.loads(f.read())
-        joins, run_fds = rest[:job["cgroups"]], rest[job["cgroups"]:]  # the run's cgroup files, then its own
+        joins, run_fds = rest[: job["cgroups"]], rest[job["cgroups"] :]  # the run's cgroup files, then its own
         mode = self.spec["mode"]
         try:
             confine.new_namespaces(mode)
@@ -143,14 +144,20 @@ class Server(Warm):
         os.waitpid(pid, 0)
         with os.fdopen(init_read, "rb") as f:
             ended = json.loads(f.read() or b"{}")
-        report = {"returncode": ended.get("returncode", -signal.SIGKILL), "timed_out": timed_out,
-                  "stray": ended.get("stray", 0), "sandbox_error": ended.get("sandbox_error", ""),
-                  "seconds": time.monotonic() - started, "max_rss_kb": ended.get("max_rss_kb", 0)}
+        report = {
+            "returncode": ended.get("returncode", -signal.SIGKILL),
+            "timed_out": timed_out,
+            "stray": ended.get("stray", 0),
+            "sandbox_error": ended.get("sandbox_error", ""),
+            "seconds": time.monotonic() - started,
+            "max_rss_kb": ended.get("max_rss_kb", 0),
+        }
         os.write(status_fd, json.dumps(report).encode() + b"\n")
         os._exit(0)
 
-    def _init(self, job: dict, uid: int, joins: list[int], run_fds: list[int], init_write: int,
-              supervisor: int) -> None:
+    def _init(
+        self, job: dict, uid: int, joins: list[int], run_fds: list[int], init_write: int, supervisor: int
+    ) -> None:
         """Process 1 of the job's namespaces: sets up its view of the files, starts the job, reports how it ended.
 
         The notebook does not run as process 1 itself: the kernel spares process 1 the signals it sends
@@ -191,12 +198,15 @@ class Server(Warm):
         if failed:
             os.write(init_write, json.dumps({"sandbox_error": failed}).encode())
             os._exit(0)
-        os.write(init_write, json.dumps({"returncode": os.waitstatus_to_exitcode(status),
-                                         "max_rss_kb": usage.ru_maxrss, "stray": stray}).encode())
+        os.write(
+            init_write,
+            json.dumps(
+                {"returncode": os.waitstatus_to_exitcode(status), "max_rss_kb": usage.ru_maxrss, "stray": stray}
+            ).encode(),
+        )
         os._exit(0)
 
-    def _run_all(self, job: dict, uid: int, workdir: str, run_fds: list[int],
-                 setup_write: int) -> None:
+    def _run_all(self, job: dict, uid: int, workdir: str, run_fds: list[int], setup_write: int) -> None:
         """The job itself: drop privileges, then its run, from the state after the setup.
 
         What fails before the first cell is the grader's problem, not the student's: it goes to

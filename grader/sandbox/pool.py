@@ -18,9 +18,18 @@ if TYPE_CHECKING:
     from grader.plan import PlannedCell
 
 
-
-__all__ = ["DEFAULT_LIMITS", "FILE_LIMIT", "MEMORY_LIMIT", "Backend", "Job", "Limits", "Pool",
-           "Worker", "choose", "warm_start"]  # what `grader.sandbox` offers
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FILE_LIMIT",
+    "MEMORY_LIMIT",
+    "Backend",
+    "Job",
+    "Limits",
+    "Pool",
+    "Worker",
+    "choose",
+    "warm_start",
+]  # what `grader.sandbox` offers
 
 CHOICES = ("auto", "linux", "portable")
 ENVIRONMENT = "GRADER_SANDBOX"
@@ -62,9 +71,11 @@ class Backend:
 
 
 def portable_warning(reason: str) -> str:
-    return (f"notebooks run in the portable sandbox ({reason}): the timeout, the memory cap and killing "
-            "their processes hold, but not file, network or process isolation: a notebook can read and write "
-            "your files (the rubric and solutions included) and use the network")
+    return (
+        f"notebooks run in the portable sandbox ({reason}): the timeout, the memory cap and killing "
+        "their processes hold, but not file, network or process isolation: a notebook can read and write "
+        "your files (the rubric and solutions included) and use the network"
+    )
 
 
 def choose(requested: str | None = None) -> Backend:
@@ -94,8 +105,13 @@ def choose(requested: str | None = None) -> Backend:
 class Pool:
     """Warm workers, one per assignment and data set, shared by every notebook graded while it is open."""
 
-    def __init__(self, hidden: list[Path] | tuple[Path, ...] = (), limits: Limits = DEFAULT_LIMITS,
-                 backend: Backend | None = None, jobs: int = 1) -> None:
+    def __init__(
+        self,
+        hidden: list[Path] | tuple[Path, ...] = (),
+        limits: Limits = DEFAULT_LIMITS,
+        backend: Backend | None = None,
+        jobs: int = 1,
+    ) -> None:
         """`jobs`: how many runs the caller means to have going on at once. Where the grader runs under a
         memory limit (a container), each run's `limits` are lowered to fit and `most_at_once` says how
         many runs fit at once (`common.fit`); None: no limit."""
@@ -110,7 +126,9 @@ class Pool:
         with self.lock:
             self.hidden += [p for p in paths if p not in self.hidden]
 
-    def worker(self, key: tuple, make: Callable[[], tuple[tuple[PlannedCell, ...], list[str], dict[str, Path]]]) -> Worker:
+    def worker(
+        self, key: tuple, make: Callable[[], tuple[tuple[PlannedCell, ...], list[str], dict[str, Path]]]
+    ) -> Worker:
         """The worker for `key`, started with `make()` -> (prefix, warm-up sources, data files) if need be."""
         with self.lock:
             if key not in self.workers:
@@ -118,8 +136,9 @@ class Pool:
                 if self.backend.name == "linux":
                     from grader.sandbox import linux
 
-                    self.workers[key] = linux.Worker(prefix, warm_up, data_files, self.hidden, self.limits,
-                                                     self.backend.mode)
+                    self.workers[key] = linux.Worker(
+                        prefix, warm_up, data_files, self.hidden, self.limits, self.backend.mode
+                    )
                 else:
                     from grader.sandbox import portable
 

@@ -63,9 +63,13 @@ class _Interpreter:
         self.process = subprocess.Popen(
             [sys.executable, "-P", "-m", "grader.sandbox.portable_child", str(spec_path)],
             # the setup cells run in the worker's folder, beside the data files, as on Linux
-            cwd=spec_path.parent, env=env | {"HOME": str(self.folder), "USERPROFILE": str(self.folder),
-                                             TOKEN: self.token}, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self.log, **_session())
+            cwd=spec_path.parent,
+            env=env | {"HOME": str(self.folder), "USERPROFILE": str(self.folder), TOKEN: self.token},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            **_session(),
+        )
 
     def wait_ready(self) -> None:
         """Block until it has imported torch and run the setup cells; `SandboxError` if it cannot."""
@@ -189,12 +193,21 @@ class Worker:
     The first starts at once; from the second job on (a batch), each job taken starts the next one.
     """
 
-    def __init__(self, prefix: tuple[PlannedCell, ...], warm_up: list[str], data_files: dict[str, Path],
-                 hidden: list[Path], limits: Limits) -> None:
+    def __init__(
+        self,
+        prefix: tuple[PlannedCell, ...],
+        warm_up: list[str],
+        data_files: dict[str, Path],
+        hidden: list[Path],
+        limits: Limits,
+    ) -> None:
         self.prefix, self.limits = prefix, limits
         self.workdir = worker_folder(data_files)
-        spec = {"prefix": plain(prefix), "warm_up": warm_up,
-                "data": {name: str(self.workdir / name) for name in data_files}}
+        spec = {
+            "prefix": plain(prefix),
+            "warm_up": warm_up,
+            "data": {name: str(self.workdir / name) for name in data_files},
+        }
         self.spec_path = self.workdir / "spec.json"
         self.spec_path.write_text(json.dumps(spec), encoding="utf-8")
         self.env = child_env(self.workdir, own_path=True)
@@ -236,12 +249,15 @@ class Job:
     """All runs of one submission in one fresh interpreter: `release()` sends them, `wait()` returns
     what each brought back. Each run has `timeout` seconds of its own."""
 
-    def __init__(self, worker: Worker, plans: list[Plan], labels: list[str], timeout: float,
-                 cell_timeout: float | None = None) -> None:
+    def __init__(
+        self, worker: Worker, plans: list[Plan], labels: list[str], timeout: float, cell_timeout: float | None = None
+    ) -> None:
         self.worker, self.timeout, self.cell_timeout = worker, timeout, cell_timeout
         self.folder = Path(tempfile.mkdtemp(prefix="grader-job-"))
-        self.runs = [Run(plan, label, *warm_start(plan, worker.prefix), folder=self.folder, index=i)
-                     for i, (plan, label) in enumerate(zip(plans, labels))]
+        self.runs = [
+            Run(plan, label, *warm_start(plan, worker.prefix), folder=self.folder, index=i)
+            for i, (plan, label) in enumerate(zip(plans, labels))
+        ]
         self.interpreter: _Interpreter | None = None
         self.started = time.monotonic()
         self.watcher: threading.Thread | None = None
@@ -253,8 +269,13 @@ class Job:
         interpreter = self.worker.take()
         self.interpreter = interpreter
         self.started = time.monotonic()
-        interpreter.send({"runs": [r.job() for r in self.runs], "workdir": str(interpreter.folder),
-                          "cell_timeout": self.cell_timeout})
+        interpreter.send(
+            {
+                "runs": [r.job() for r in self.runs],
+                "workdir": str(interpreter.folder),
+                "cell_timeout": self.cell_timeout,
+            }
+        )
         self.watcher = threading.Thread(target=self._watch, args=(interpreter,), daemon=True)
         self.watcher.start()
 
@@ -292,9 +313,15 @@ class Job:
         ended_by_us = timed_out or bool(over)
         stray = _kill(root, seen, interpreter)
         returncode = process.wait()
-        self.report = {"returncode": returncode, "timed_out": timed_out, "over": over, "memory_limit": limits.memory,
-                       "stray": 0 if ended_by_us else stray, "max_rss_kb": peak // 1024,
-                       "seconds": time.monotonic() - self.started}
+        self.report = {
+            "returncode": returncode,
+            "timed_out": timed_out,
+            "over": over,
+            "memory_limit": limits.memory,
+            "stray": 0 if ended_by_us else stray,
+            "max_rss_kb": peak // 1024,
+            "seconds": time.monotonic() - self.started,
+        }
 
     def wait(self) -> list[Captured]:
         """Wait for the job (at most the timeout per run), then read each run's values."""

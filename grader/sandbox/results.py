@@ -42,8 +42,9 @@ class Run:
     Either way this process reads them back only through its own handles.
     """
 
-    def __init__(self, plan: Plan, label: str, start: int, preamble: list[int], folder: Path | None = None,
-                 index: int = 0) -> None:
+    def __init__(
+        self, plan: Plan, label: str, start: int, preamble: list[int], folder: Path | None = None, index: int = 0
+    ) -> None:
         self.plan, self.label, self.start, self.preamble = plan, label, start, preamble
         if folder is None:
             self.paths: list[str] = []
@@ -56,8 +57,12 @@ class Run:
         self.notes: tuple[str, ...] = ()
 
     def job(self) -> dict:
-        job = {"cells": plain(self.plan.cells), "captures": [asdict(c) for c in self.plan.captures],
-               "start": self.start, "preamble": self.preamble}
+        job = {
+            "cells": plain(self.plan.cells),
+            "captures": [asdict(c) for c in self.plan.captures],
+            "start": self.start,
+            "preamble": self.preamble,
+        }
         return job | ({"files": self.paths} if self.paths else {})
 
     def fds(self) -> list[int]:
@@ -88,34 +93,46 @@ class Run:
         if (report or {}).get("over") != "memory":
             megabytes = int((report or {}).get("memory_limit", 0)) // 2**20
             if "memory" in held:
-                self.notes += (f"a process the notebook started was killed for memory: together its processes "
-                               f"reached {megabytes} MB, the cap on the run's whole process tree (its cgroup)",)
+                self.notes += (
+                    f"a process the notebook started was killed for memory: together its processes "
+                    f"reached {megabytes} MB, the cap on the run's whole process tree (its cgroup)",
+                )
             elif "outer-memory" in held:
-                self.notes += ("a process the notebook started was killed for memory: the machine or container "
-                               "the grader runs in ran out before the run's own cap",)
+                self.notes += (
+                    "a process the notebook started was killed for memory: the machine or container "
+                    "the grader runs in ran out before the run's own cap",
+                )
         if "processes" in held:
-            self.notes += ("the run reached its cap on processes and threads (its cgroup's): "
-                           "starting another one failed",)
+            self.notes += (
+                "the run reached its cap on processes and threads (its cgroup's): starting another one failed",
+            )
         if report is None:
             return self._unfinished("the run's supervisor did not report back (the worker was stopped?)")
         if self.result.seek(0, os.SEEK_END) > 0 and self is not current:
             return self._read()
         if not self.started() and current is not None and current is not self:
             return dataclasses.replace(
-                self._unfinished(f"it did not run: the notebook's process ended in {current.label}"),
-                started=False)
+                self._unfinished(f"it did not run: the notebook's process ended in {current.label}"), started=False
+            )
         if report.get("timed_out") and self is current:
             return self._unfinished(f"timed out after {timeout:g} s in {self._current_cell()}")
         if report.get("over") == "memory" and self is current:
             megabytes = int(report.get("memory_limit", 0)) // 2**20
             if report.get("cap") == "outer":
-                return self._unfinished("the notebook ran out of memory (the machine or container the grader runs in "
-                                        f"ran out before the run's own cap of {megabytes} MB) "
-                                        f"in {self._current_cell()}")
-            which = ("the cap on the run's whole process tree, its cgroup, held" if report.get("cap") == "cgroup"
-                     else "the watchdog's cap on the run's whole process tree held")
-            return self._unfinished(f"the notebook ran out of memory (its processes used more than {megabytes} MB "
-                                    f"together: {which}) in {self._current_cell()}")
+                return self._unfinished(
+                    "the notebook ran out of memory (the machine or container the grader runs in "
+                    f"ran out before the run's own cap of {megabytes} MB) "
+                    f"in {self._current_cell()}"
+                )
+            which = (
+                "the cap on the run's whole process tree, its cgroup, held"
+                if report.get("cap") == "cgroup"
+                else "the watchdog's cap on the run's whole process tree held"
+            )
+            return self._unfinished(
+                f"the notebook ran out of memory (its processes used more than {megabytes} MB "
+                f"together: {which}) in {self._current_cell()}"
+            )
         if report.get("over") == "file" and self is current:
             return self._unfinished(self._too_much_written())
         if self.returncode != 0:
@@ -224,8 +241,13 @@ def _frame(blob: bytes, planned: int, room: int) -> tuple[list, dict, dict, list
         tensors = load(blob)
         summary = json.loads(header["__metadata__"]["grader"])
         cells, kinds, done, final = summary["cells"], summary["values"], summary["done"], summary["final"]
-        if not isinstance(cells, list) or len(cells) > planned or not isinstance(kinds, dict) \
-                or not isinstance(done, list) or not isinstance(final, bool):
+        if (
+            not isinstance(cells, list)
+            or len(cells) > planned
+            or not isinstance(kinds, dict)
+            or not isinstance(done, list)
+            or not isinstance(final, bool)
+        ):
             raise ValueError("the summary does not match the plan")
     except (SafetensorError, ValueError, KeyError, TypeError, RecursionError, MemoryError, OverflowError) as e:
         return f"the notebook's results could not be read ({type(e).__name__})"
@@ -267,7 +289,12 @@ def collect(runs: list[Run], report: dict | None, timeout: float) -> list[Captur
     # the run that was going on when the process ended: the last one that started
     current = next((r for r in reversed(runs) if r.started()), None)
     finished = all(r.result.seek(0, os.SEEK_END) > 0 for r in runs)
-    if report is not None and not report.get("timed_out") and not report.get("over") \
-            and report.get("returncode") == 0 and finished:
+    if (
+        report is not None
+        and not report.get("timed_out")
+        and not report.get("over")
+        and report.get("returncode") == 0
+        and finished
+    ):
         current = None
     return [r.captured(report, timeout, current) for r in runs]

@@ -202,7 +202,10 @@ class Runner:
             torch.set_grad_enabled(grad_was)
         sys.stdout.flush()
         if self.clock.rang and isinstance(error, KeyboardInterrupt):
-            return {"status": "error", "error": f"interrupted after {self.cell_timeout:g} s (a cell's share of the time)"}
+            return {
+                "status": "error",
+                "error": f"interrupted after {self.cell_timeout:g} s (a cell's share of the time)",
+            }
         return {"status": "error" if error else "ok", "error": error_line(error) if error else ""}
 
     def run(self, cells: list[dict], captures: list[dict], start: int, progress, out=None) -> None:
@@ -217,7 +220,9 @@ class Runner:
                     self.done.append(cap["exercise"])
                     taken = True
                 if cap["start"] == position:
-                    self.baselines[cap["exercise"]] = {n: self.snapshot(self.ns[n]) for n in cap["variables"] if n in self.ns}
+                    self.baselines[cap["exercise"]] = {
+                        n: self.snapshot(self.ns[n]) for n in cap["variables"] if n in self.ns
+                    }
             if out is not None and (taken or position == len(cells)):
                 self.emit(out, final=position == len(cells))
             if position == len(cells):
@@ -237,8 +242,9 @@ class Runner:
 
         self.restore_modules()
         new = [k for k in self.values if k not in self.sent]
-        summary = json.dumps({"cells": self.outcomes, "values": {k: self.values[k] for k in new}, "done": self.done,
-                              "final": final})
+        summary = json.dumps(
+            {"cells": self.outcomes, "values": {k: self.values[k] for k in new}, "done": self.done, "final": final}
+        )
         frame = save({k: self.tensors[k] for k in new if k in self.tensors}, metadata={"grader": summary})
         out.write(len(frame).to_bytes(8, "little") + frame)
         out.flush()
@@ -248,8 +254,12 @@ class Runner:
 def _numpy_number(value: object) -> bool:
     """A numpy scalar or 0-d array of a real number (`np.float64(3.29)`, `arr.mean()`): a number too."""
     kind = type(value)
-    return kind.__module__ == "numpy" and getattr(value, "ndim", None) == 0 and getattr(value, "dtype", None) is not None \
+    return (
+        kind.__module__ == "numpy"
+        and getattr(value, "ndim", None) == 0
+        and getattr(value, "dtype", None) is not None
         and value.dtype.kind in "biuf"
+    )
 
 
 _ABSENT = object()  # a name the namespace lacks (`None` is a value a student can assign)

@@ -64,8 +64,9 @@ class Warm:
         self.warmed_rng = self._rng_state()
         self.after_setup = dict(self.shell.user_ns)
         # copies of the data the setup made: a run that changes it in place must not change the next run's
-        self.setup_tensors = {k: (v, v._version, v.clone()) for k, v in self.after_setup.items()
-                              if type(v) is torch.Tensor}
+        self.setup_tensors = {
+            k: (v, v._version, v.clone()) for k, v in self.after_setup.items() if type(v) is torch.Tensor
+        }
         self._warm_up(spec.get("warm_up", []))
 
     def _rng_state(self) -> tuple:
@@ -95,8 +96,14 @@ class Warm:
         self.torch.set_grad_enabled(grad_was)
         self._set_rng(self.warmed_rng)
 
-    def run_job(self, runs: list[dict], workdir: str, run_fds: list[int], new_run: Callable[[], object],
-                cell_timeout: float | None = None) -> None:
+    def run_job(
+        self,
+        runs: list[dict],
+        workdir: str,
+        run_fds: list[int],
+        new_run: Callable[[], object],
+        cell_timeout: float | None = None,
+    ) -> None:
         """Each run in turn, each from the state after the setup; `new_run()` as each run after the first begins.
 
         `run_fds` holds three open files per run: its output, its progress and its result. A cell that

@@ -10,8 +10,10 @@ import os
 import socket
 import sys
 
-for module, names in ((os, ("fork", "pidfd_open", "unshare", "setns")),
-                      (socket, ("SOCK_SEQPACKET", "send_fds", "recv_fds"))):
+for module, names in (
+    (os, ("fork", "pidfd_open", "unshare", "setns")),
+    (socket, ("SOCK_SEQPACKET", "send_fds", "recv_fds")),
+):
     for name in names:
         if hasattr(module, name):
             delattr(module, name)
