@@ -39,9 +39,11 @@ os.environ.setdefault("ATEN_CPU_CAPABILITY", "default")  # the grader's kernels,
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import nbformat  # noqa: E402
+import nbformat  # noqa: E402 -- after the environment above, which torch reads on import
 
-from grader import assets, assignment as assignments, notebook, plan as plans  # noqa: E402
+from grader import assets, notebook  # noqa: E402 -- from the checkout put on sys.path above
+from grader import assignment as assignments  # noqa: E402 -- as above
+from grader import plan as plans  # noqa: E402 -- as above
 
 NAME = "backprop_ninja"
 SOLUTION = ROOT / "solutions" / f"{NAME}.ipynb"
@@ -167,7 +169,7 @@ def physical_floor(submitted: Path, kinds: dict[str, str], timeout: float) -> fl
         shell.run_cell(cell.source, silent=True)
     after_setup = dict(shell.user_ns)
     total = 0.0
-    devnull = open(os.devnull, "w")
+    devnull = open(os.devnull, "w")  # noqa: SIM115 -- the benchmark's child processes share it to the end
     for student, kind in sorted(kinds.items()):
         if kind == "timeout":
             total += timeout  # its first run must be waited out; the grader does not start the others

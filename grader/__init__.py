@@ -13,7 +13,7 @@ import os
 # dependent way, so `exact` would otherwise mean different things on different machines.
 os.environ["ATEN_CPU_CAPABILITY"] = "default"
 
-from grader.assets import names_path  # noqa: E402
+from grader.assets import names_path
 
 __all__ = ["check", "check_training", "check_value", "grade_notebook", "names_path"]
 

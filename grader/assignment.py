@@ -104,7 +104,8 @@ def name_of(nb: nbformat.NotebookNode, path: Path) -> str:
     # rubric of lecture notebooks, which is chosen by recognising one, never by a name in the metadata).
     if name not in known():
         raise UnknownAssignment(
-            f"{path}: the notebook's metadata names the assignment {notebook.cut(repr(name), 60)}, which the grader does not "
+            f"{path}: the notebook's metadata names the assignment {notebook.cut(repr(name), 60)}, "
+            "which the grader does not "
             f"have (known: {', '.join(known()) or 'none'}); pass --assignment NAME to grade it as one of them"
         )
     return name

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from grader import assignment as assignments, notebook, sandbox
+from grader import assignment as assignments
+from grader import notebook, sandbox
 from grader.assignment import Assignment
+from grader.errors import GraderError, NotANotebook
 from grader.reports import text as reports
 from grader.reports.class_files import (
     Summary,
@@ -34,7 +36,6 @@ from grader.reports.class_files import (
     summary_text,
 )
 from grader.reports.files import write_atomically
-from grader.errors import GraderError, NotANotebook
 from grader.rubric import Rubric
 from grader.sandbox import common
 from grader.submissions import Found, Submission
@@ -212,8 +213,8 @@ def grade_one(
     """Grade one submission as `assignment`: its report, and its HTML feedback page (None for a notebook that
     cannot be read, which gets a failed report). `edges`: `grade.feedback_edges(assignment)`; `hidden_runs`:
     the hidden re-runs' parameters (default: the rubric's)."""
-    from grader.reports import feedback
     from grader.grade import feedback_edges, grade_with_runs
+    from grader.reports import feedback
 
     rubric = assignment.rubric
     try:

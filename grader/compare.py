@@ -128,9 +128,7 @@ def compare(
 def cmp_line(name: str, result: Comparison) -> str:
     """One line in the style of the lecture's `cmp`: `logits | exact: True | approximate: True | maxdiff: 0.0`."""
     maxdiff = "-" if result.maxdiff is None else repr(result.maxdiff)
-    line = (
-        f"{name:15s} | exact: {str(result.exact):5s} | approximate: {str(result.approximate):5s} | maxdiff: {maxdiff}"
-    )
+    line = f"{name:15s} | exact: {result.exact!s:5s} | approximate: {result.approximate!s:5s} | maxdiff: {maxdiff}"
     if result.status not in PASSING:
         line += f" | {result.message}"
     return line

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grader import assets, assignment as assignments, lecture, notebook, plan as planning, rubric as rubrics, sandbox
+from grader import assets, lecture, notebook, sandbox
+from grader import assignment as assignments
+from grader import plan as planning
+from grader import rubric as rubrics
 from grader.assignment import LECTURE, Assignment
 from grader.errors import GraderError, RubricError, UsageError
 from grader.runs import Key
@@ -165,7 +168,7 @@ def grade_with_runs(
     captured: list = [None] * len(settings)
     try:
         # Everything this process will need is imported before the notebook's first cell may run.
-        import safetensors.torch  # noqa: F401
+        import safetensors.torch  # noqa: F401 -- imported for its side effect: loaded before student code runs
 
         from grader import reference
         from grader.score import score

@@ -40,7 +40,8 @@ def _factors(n: int | None) -> list[tuple[str, float]]:
             (f"n-1 (= {n - 1})", float(n - 1)),
             (f"n² (= {n * n})", float(n * n)),
             (f"1/n² (= 1/{n * n})", 1 / (n * n)),
-        ] + named
+            *named,
+        ]
     return named
 
 

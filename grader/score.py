@@ -220,7 +220,8 @@ def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str
             )
             message = c.message
             if not c.passed and len(verdicts) and verdicts[0].passed:
-                message = f"{var.name} is right at the first step but not at {step}: {c.message.removeprefix(var.name + ': ')}"
+                detail = c.message.removeprefix(var.name + ": ")
+                message = f"{var.name} is right at the first step but not at {step}: {detail}"
             elif not c.passed:
                 message = f"{c.message} (at {step})"
             v = dataclasses.replace(c, message=message)
@@ -301,7 +302,10 @@ def _hint(changed: tuple[str, ...], defaults: dict[str, object]) -> str:
     return f": is there {' or '.join(guesses)} in your code?" if guesses else ""
 
 
-LOCAL_ONLY = "{name}: this step is right for the gradients it was computed from; its value is off only because of an earlier mistake"
+LOCAL_ONLY = (
+    "{name}: this step is right for the gradients it was computed from; "
+    "its value is off only because of an earlier mistake"
+)
 
 
 def _root_cause(ex: Exercise, results: list[VariableResult]) -> str:
@@ -406,7 +410,10 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                         f"in {run.label} (other {', '.join(run.changed)}){hint}"
                     )
                 else:
-                    message = f"{var.name} is right with the notebook's parameters but {run.label} did not run to the end{hint}"
+                    message = (
+                        f"{var.name} is right with the notebook's parameters "
+                        f"but {run.label} did not run to the end{hint}"
+                    )
             passed = all(v.passed for v in verdicts)
             local_status = status
             if local is not None:

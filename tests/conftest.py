@@ -6,11 +6,12 @@ import os
 
 os.environ["ATEN_CPU_CAPABILITY"] = "default"
 
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import sys
+from pathlib import Path
+
+import pytest
 
 from grader import assignment as assignments
-import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
@@ -116,7 +117,7 @@ def linux_sandbox() -> bool:
 @pytest.fixture(scope="session")
 def pool():
     """One warm worker for the whole session (torch imported and the data built once), as a batch has."""
-    from grader import grade, rubric, sandbox
+    from grader import grade, sandbox
 
     with sandbox.Pool(grade.hidden_folders(assignments.load("backprop_ninja"))) as workers:
         yield workers

@@ -352,8 +352,7 @@ Xb, Yb = Xtr[ix], Ytr[ix] # batch X,Y""")
             if saved_outputs and name in saved_outputs:
                 flag = saved_outputs[name]
                 outputs_text.append(
-                    f"{name:15s} | exact: {str(flag):5s} | approximate: {str(flag):5s} | maxdiff: "
-                    f"{0.0 if flag else 0.0123}\n"
+                    f"{name:15s} | exact: {flag!s:5s} | approximate: {flag!s:5s} | maxdiff: {0.0 if flag else 0.0123}\n"
                 )
         else:
             lines.append("# " + call)
@@ -402,7 +401,7 @@ Xb, Yb = Xtr[ix], Ytr[ix] # batch X,Y""")
 
 def _printout(name: str, approximate: bool = True) -> str:
     """A saved line of the lecture's cmp, as the learner's run printed it."""
-    return f"{name:15s} | exact: {str(approximate):5s} | approximate: {str(approximate):5s} | maxdiff: 0.0\n"
+    return f"{name:15s} | exact: {approximate!s:5s} | approximate: {approximate!s:5s} | maxdiff: 0.0\n"
 
 
 def _checked_cell(lines: str, names: list[str], count: int, d: str = "d"):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import ROOT, answered
+
 from grader import assignment as assignments
-from grader import grade_notebook, rubric
+from grader import grade_notebook
 
 NEW = ["activations_batchnorm", "leaky_abstractions"]
 SIGN, TWICE, TRANSPOSED = "the sign is flipped", "times 2:", "transposed?"

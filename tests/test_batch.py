@@ -14,10 +14,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import NOTEBOOKS, grader_command
+
 from grader import assignment as assignments
-from grader import batch, rubric, submissions
+from grader import batch, submissions
 
 RUBRIC = assignments.rubric_of("backprop_ninja")
 NB = NOTEBOOKS / "full_marks.ipynb"

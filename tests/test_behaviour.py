@@ -12,18 +12,41 @@ import time
 
 import nbformat
 import pytest
-
 from conftest import NOTEBOOKS
+
 from grader import grade_notebook
 
-EX1 = (
-    "d_logprobs d_probs d_counts_sum_inv d_counts_sum d_counts d_norm_logits d_logit_maxes d_logits "
-    "d_h d_W2 d_b2 d_hpreact d_bngain d_bnbias d_bnraw d_bnvar_inv d_bnvar d_bndiff2 d_bndiff d_bnmeani "
-    "d_hprebn d_embcat d_W1 d_b1 d_emb d_C"
-).split()
+EX1 = [
+    "d_logprobs",
+    "d_probs",
+    "d_counts_sum_inv",
+    "d_counts_sum",
+    "d_counts",
+    "d_norm_logits",
+    "d_logit_maxes",
+    "d_logits",
+    "d_h",
+    "d_W2",
+    "d_b2",
+    "d_hpreact",
+    "d_bngain",
+    "d_bnbias",
+    "d_bnraw",
+    "d_bnvar_inv",
+    "d_bnvar",
+    "d_bndiff2",
+    "d_bndiff",
+    "d_bnmeani",
+    "d_hprebn",
+    "d_embcat",
+    "d_W1",
+    "d_b1",
+    "d_emb",
+    "d_C",
+]
 EX4 = ["d_C", "d_W1", "d_b1", "d_W2", "d_b2", "d_bngain", "d_bnbias"]
 EX123 = [("ex1", v) for v in EX1] + [("ex2", "d_logits"), ("ex3", "d_hprebn")]
-ALL = EX123 + [("ex4", v) for v in EX4 + ["loss"]]
+ALL = EX123 + [("ex4", v) for v in [*EX4, "loss"]]
 
 
 def ex1(status: str | tuple[str, ...], names: list[str] | None = None, start: str | None = None) -> dict:
@@ -100,16 +123,16 @@ CASES: dict[str, tuple[str, dict]] = {
     "ex4_forgets_d_b1": ("graded", {("ex4", v): "missing" for v in EX4} | {("ex4", "loss"): "error"}),
     # the answer cell rebinds `forward` to one that hides autograd behind `ga = getattr`: flagged, and the
     # locked training loop gets the released `forward` back
-    "ex4_rebinds_forward": ("graded", {("ex4", v): "suspicious" for v in EX4 + ["loss"]}),
+    "ex4_rebinds_forward": ("graded", {("ex4", v): "suspicious" for v in [*EX4, "loss"]}),
     # backward() zeroes the weights and returns the gradients that are right at zero weights: the weights
     # are recorded before the call, and the first step must start from the released initial weights
-    "ex4_zeroes_weights": ("graded", {("ex4", v): "wrong" for v in EX4 + ["loss"]} | {("ex4", "d_b1"): "error"}),
+    "ex4_zeroes_weights": ("graded", {("ex4", v): "wrong" for v in [*EX4, "loss"]} | {("ex4", "d_b1"): "error"}),
     # the first eight gradients written, the rest still stubs
     "half_done": (
         "graded",
         ex1("missing", start="d_h")
         | {("ex2", "d_logits"): "missing", ("ex3", "d_hprebn"): "missing"}
-        | {("ex4", v): "missing" for v in EX4 + ["loss"]},
+        | {("ex4", v): "missing" for v in [*EX4, "loss"]},
     ),  # the stub returns None: the loss too
 }
 TIMEOUT = 20.0

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import ROOT, answered, grader_command
+
+from grader import assets, batch, submissions
 from grader import assignment as assignments
-from grader import assets, batch, rubric, submissions
 from grader.reports import class_report
 
 RUBRIC = assignments.rubric_of("backprop_ninja")

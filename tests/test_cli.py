@@ -6,7 +6,6 @@ import json
 import subprocess
 
 import nbformat
-
 from conftest import NOTEBOOKS, SOLUTION, grader_command
 
 

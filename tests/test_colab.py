@@ -12,11 +12,11 @@ import tomllib
 
 import nbformat
 import pytest
+from conftest import ROOT, answered
 from IPython.core.inputtransformer2 import TransformerManager
 
-from conftest import ROOT, answered
 from grader import assignment as assignments
-from grader import notebook, rubric
+from grader import notebook
 
 pytestmark = pytest.mark.portable
 
@@ -32,10 +32,8 @@ PROBE = "import grader"
 def _imports_grader(cell) -> bool:
     tree = ast.parse(TransformerManager().transform_cell(cell.source))  # magics as IPython runs them
     return any(
-        isinstance(node, ast.Import)
-        and any(a.name.split(".")[0] == "grader" for a in node.names)
-        or isinstance(node, ast.ImportFrom)
-        and (node.module or "").split(".")[0] == "grader"
+        (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "grader" for a in node.names))
+        or (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "grader")
         for node in ast.walk(tree)
     )
 

@@ -39,7 +39,7 @@ def test_rounding_differences_are_approximate_with_their_maxdiff():
 
 
 def test_a_wrong_gradient_is_wrong_and_says_how_far_off():
-    x, w, out, upstream = _tanh_layer()
+    x, w, _out, upstream = _tanh_layer()
     c = compare("d_w", x.detach().T @ upstream, w.grad, TOL)  # forgot the tanh
     assert c.status == "wrong" and not c.approximate
     assert c.maxdiff == pytest.approx(float((x.detach().T @ upstream - w.grad).abs().max()), rel=1e-6)

@@ -8,10 +8,10 @@ import subprocess
 
 import nbformat
 import pytest
-
 from conftest import LECTURE_NAMES, RELEASE, ROOT, SOLUTION, grader_command
+
 from grader import assignment as assignments
-from grader import notebook, rubric
+from grader import notebook
 from grader.assignment import released_parameters
 
 RUBRIC = assignments.rubric_of("backprop_ninja")

@@ -8,12 +8,11 @@ import subprocess
 
 import nbformat
 import pytest
-
 from conftest import NOTEBOOKS
+
 from grader import assignment as assignments
-from grader import rubric
-from grader.reports import feedback
 from grader.grade import feedback_edges, grade_with_runs
+from grader.reports import feedback
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import NOTEBOOKS, ROOT, grader_command
 
 SEED = 17
@@ -111,8 +110,8 @@ def _walk(node: object, path: tuple = ()):
     """Every (container, key, path) below `node`."""
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
     for key, value in items:
-        yield node, key, path + (key,)
-        yield from _walk(value, path + (key,))
+        yield node, key, (*path, key)
+        yield from _walk(value, (*path, key))
 
 
 def _named(path: tuple) -> str:
@@ -232,9 +231,7 @@ def nbgrader(rng: random.Random, raw: bytes, nb: dict) -> tuple[bytes, str]:
     if how == "whole":
         meta["nbgrader"] = rng.choice([None, "yes", 3, [], ["grade_id"], {}, {"grade_id": {"a": 1}}])
         return _dumps(nb), f"metadata.nbgrader = {meta['nbgrader']!r}"
-    grading = (
-        meta.setdefault("nbgrader", {}) if isinstance(meta.get("nbgrader"), dict) else meta.setdefault("nbgrader", {})
-    )
+    grading = meta.setdefault("nbgrader", {})
     if how == "grade_id":
         grading["grade_id"] = rng.choice([5, None, [], "", " ", "../../etc/passwd", "/abs/x", "ex1\x00", "\udc80"])
     elif how == "locked":

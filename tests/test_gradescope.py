@@ -11,8 +11,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import NOTEBOOKS, SOLUTION, grader_command
+
 from grader.integrations import gradescope
 
 VISIBILITY = {"hidden", "after_due_date", "after_published", "visible"}

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import (
     NOTEBOOKS,
     RELEASE,

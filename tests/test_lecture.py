@@ -11,14 +11,14 @@ import time
 import nbformat
 import pytest
 import torch
-
 from conftest import LECTURE_NAMES, NOTEBOOKS, grader_command
-from grader import assignment as assignments
+from lecture_notebooks import ORDER, lecture_notebook
+
 from grader import assets, grade, lecture
+from grader import assignment as assignments
 from grader.compare import compare
 from grader.errors import UnknownAssignment
 from grader.rubric import Tolerance
-from lecture_notebooks import ORDER, lecture_notebook
 
 PASSING = ("exact", "approximate")
 MISTAKES = {  # three planted mistakes, each of a kind the hints name
@@ -183,7 +183,7 @@ def test_labels_with_typos_do_not_matter_the_tensor_does():
 
 def test_a_notebook_that_is_neither_ours_nor_the_lectures_asks_for_an_assignment():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import torch\nx = torch.ones(3)")])
-    with pytest.raises(UnknownAssignment, match="does not look like the lecture's backprop notebook.*--assignment"):
+    with pytest.raises(UnknownAssignment, match=r"does not look like the lecture's backprop notebook.*--assignment"):
         lecture.recognise(nb, "mine.ipynb", LECTURES)
 
 

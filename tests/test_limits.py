@@ -17,8 +17,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import NOTEBOOKS, ROOT, SOLUTION, linux_sandbox
+
 from grader import assignment as assignments
 from grader import grade_notebook, sandbox
 from grader.sandbox import common
@@ -84,7 +84,7 @@ def _with_cell(tmp_path: Path, source: str, name: str) -> Path:
 @pytest.fixture(scope="module")
 def userns_pool():
     """The mode an ordinary user gets (user namespaces of the job's own), here as root."""
-    from grader import grade, rubric
+    from grader import grade
 
     backend = sandbox.Backend("linux", "userns")
     with sandbox.Pool(grade.hidden_folders(assignments.load("backprop_ninja")), backend=backend) as workers:

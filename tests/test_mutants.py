@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import nbformat
 import pytest
-
 from conftest import NOTEBOOKS
+
 from grader import assignment as assignments
-from grader import grade_notebook, rubric
+from grader import grade_notebook
 
 SIGN, BRANCH, ZEROS, TARGETS = (
     "the sign is flipped",

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import RELEASE, ROOT, SOLUTION, answered, grader_command
+
 from grader import assignment as assignments
-from grader import rubric
 
 sys.path.insert(0, str(ROOT / "tools"))  # the maintainer's release tool is not part of the package
-from release import generate  # noqa: E402
+from release import generate
 
 pytest.importorskip("nbgrader")
 

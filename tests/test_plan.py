@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import nbformat
+from conftest import RELEASE
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from conftest import RELEASE
 from grader import assignment as assignments
-from grader import notebook, rubric
+from grader import notebook
 from grader import plan as plans
 
 RUBRIC = assignments.rubric_of("backprop_ninja")

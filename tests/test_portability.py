@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import NOTEBOOKS, ROOT, SOLUTION, grader_command, linux_sandbox, sandbox_processes, without_linux_calls
 
 pytestmark = pytest.mark.portable

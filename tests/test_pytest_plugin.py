@@ -13,7 +13,6 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-
 from conftest import NOTEBOOKS, RELEASE, ROOT, SOLUTION, grader_command
 
 xmlschema = pytest.importorskip("xmlschema")

@@ -4,16 +4,17 @@ submission starts from that state however the run before it left things."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import NOTEBOOKS, RELEASE
+
 from grader import assignment as assignments
-from grader import grade_notebook, notebook, rubric as rubrics, sandbox
+from grader import grade_notebook, notebook, sandbox
 from grader import plan as plans
-from grader.plan import PARAMS
 from grader.assignment import released_parameters
+from grader.plan import PARAMS
 
 RUBRIC = assignments.rubric_of("backprop_ninja")
 ASSIGNMENT = assignments.load("backprop_ninja")
@@ -172,7 +173,7 @@ def test_process_one_ends_the_job_when_its_supervisor_is_gone():
     deadline = time.monotonic() + 5
     while os.path.exists(f"/proc/{job}") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not os.path.exists(f"/proc/{job}") or open(f"/proc/{job}/stat").read().split()[2] == "Z"
+    assert not os.path.exists(f"/proc/{job}") or Path(f"/proc/{job}/stat").read_text().split()[2] == "Z"
 
 
 @pytest.mark.parametrize("bomb", ["entries", "size"])

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import nbformat
-
 from conftest import SOLUTION
+
 from grader import notebook
 from grader.scan import scan
 

@@ -7,22 +7,22 @@ comparison, for 50 seeds; the slow one does the same end to end through `grade_n
 from __future__ import annotations
 
 import contextlib
+import io
 import subprocess
 import sys
-import io
 from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
 import pytest
 import torch
-
 from conftest import RELEASE, SOLUTION
+
+from grader import assets, notebook, reference
 from grader import assignment as assignments
-from grader import assets, notebook, reference, rubric
-from grader.reference import expected
-from grader.compare import compare
 from grader.assignment import released_parameters
+from grader.compare import compare
 from grader.grade import grade_notebook
+from grader.reference import expected
 
 RUBRIC = assignments.rubric_of("backprop_ninja")
 ASSIGNMENT = assignments.load("backprop_ninja")

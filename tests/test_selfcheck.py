@@ -220,8 +220,8 @@ def _kernel_lines(nb, cwd) -> dict[str, str]:
 @pytest.mark.slow
 def test_the_release_check_cells_in_a_kernel_print_the_hints_grader_check_gives(tmp_path, pool):
     import nbformat
-
     from conftest import answered
+
     from grader import grade
 
     nb = answered("backprop_ninja", tuple((gid, old, new) for gid, old, new, _, _ in KERNEL_MISTAKES))

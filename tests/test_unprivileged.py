@@ -17,7 +17,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import ROOT, SOLUTION, Listener
 
 USER = "grader-ordinary"

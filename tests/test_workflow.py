@@ -7,7 +7,6 @@ The schema cannot say what the steps do; the rest of the file reads the parsed Y
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import shlex
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
 
 pytestmark = pytest.mark.portable

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from grader import assignment as assignments, batch, sandbox
+from grader import assignment as assignments
+from grader import batch, sandbox
 from grader.assignment import Assignment
 from grader.errors import GraderError, RubricError, UsageError
 from grader.submissions import Submission
@@ -154,7 +155,8 @@ def grade(
 ) -> Iterator[tuple[object, dict, str | None]]:
     """Grade `submissions` (`Submission`s) on the cluster: (submission, report, page) as each finishes.
     `hidden`: paths of this machine no run may read, wherever a worker shares it. `backend`: the sandbox
-    each worker must use (`auto`: the best that works there). `hidden_runs`: the hidden re-runs (default: the rubric's)."""
+    each worker must use (`auto`: the best that works there). `hidden_runs`: the hidden re-runs (default: the
+    rubric's)."""
     batch = uuid.uuid4().hex[:8]  # keys of this batch's own: another batch's results are not this one's
     client, cluster = _client(scheduler)  # first: without Dask, it says how to install it
     try:

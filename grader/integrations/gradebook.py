@@ -15,7 +15,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader import assignment as assignments, notebook as notebooks, rubric as rubrics, sandbox
+from grader import assignment as assignments
+from grader import notebook as notebooks
+from grader import rubric as rubrics
+from grader import sandbox
 from grader.assignment import Assignment
 from grader.errors import GraderError, NotANotebook
 from grader.grade import grade_notebook, hidden_folders

@@ -20,11 +20,11 @@ import time
 import zipfile
 from pathlib import Path
 
-from grader import assets, assignment as assignments, sandbox
+from grader import assets, sandbox
+from grader import assignment as assignments
 from grader.errors import GraderError, NotANotebook, UsageError
-from grader.verdicts import PASSING
 from grader.grade import grade_notebook
-from grader.verdicts import Report
+from grader.verdicts import PASSING, Report
 
 VISIBILITIES = ("hidden", "after_due_date", "after_published", "visible")
 """Gradescope's visibility settings, from most to least private."""
@@ -158,7 +158,9 @@ TORCH_INDEX_URL="${{TORCH_INDEX_URL-{index}}}"   # empty: the default index
 
 PYTHON=""
 for p in python3 python3.13 python3.12 python3.11; do  # the first that runs, is 3.11 or newer and has venv
-  if "$p" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then PYTHON="$p"; break; fi
+  if "$p" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    PYTHON="$p"; break
+  fi
 done
 if [ -z "$PYTHON" ]; then  # Ubuntu 22.04 ships Python 3.10, 24.04 may lack venv; the grader needs 3.11+
   apt-get update

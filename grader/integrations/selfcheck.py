@@ -20,8 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from grader import assignment as assignments, rubric
-from grader.compare import compare, cmp_line
+from grader import assignment as assignments
+from grader import rubric
+from grader.compare import cmp_line, compare
 from grader.hints import with_hint
 from grader.rubric import Tolerance
 

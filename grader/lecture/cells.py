@@ -144,7 +144,8 @@ def _checkers(cells: list[_Cell]) -> set[str]:
     out = set()
     for c in cells:
         for node in ast.walk(c.tree) if c.tree else ():
-            # (`.grad` looked for below functions only: below every node, the walks add up to the square of a cell's size)
+            # (`.grad` looked for below functions only: below every node, the walks add up to the square of a
+            # cell's size)
             if isinstance(node, ast.FunctionDef) and len(node.args.args) >= 3 and _reads_grad(node):
                 out.add(node.name)
             elif (

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from grader import lecture, reference, rubric as rubrics
+from grader import lecture, reference
+from grader import rubric as rubrics
 from grader.assignment import Assignment
 from grader.plan import Plan
 from grader.runs import Captured, Key
@@ -211,7 +212,8 @@ def zero_references(
 
 
 def _with_warnings(report: Report, changed: tuple[Changed, ...], zero: dict[tuple[str, str], str]) -> Report:
-    """`report` with the lecture's own warnings on their variables (and the points of all-zero references taken back)."""
+    """`report` with the lecture's own warnings on their variables (and the points of all-zero references
+    taken back)."""
     if not changed and not zero:
         return report
     by = {(c.exercise, c.name): c.message for c in changed}

@@ -9,8 +9,8 @@ import hashlib
 import torch
 
 from grader.assignment import Assignment
-from grader.rubric import Exercise
 from grader.reference.forward import LOCK, namespace_with
+from grader.rubric import Exercise
 
 
 def call_gradients(
@@ -71,7 +71,7 @@ def call_gradients(
             except Exception as e:  # a batch that does not index the embedding, say
                 out[call] = f"the recorded batch cannot be replayed ({type(e).__name__})"
                 continue
-            out[call] = tuple(torch.zeros_like(l) if g is None else g.detach() for g, l in zip(grads, leaves))
+            out[call] = tuple(torch.zeros_like(leaf) if g is None else g.detach() for g, leaf in zip(grads, leaves))
             if digests[call] is not None:
                 if len(_REPLAYED) >= 256:
                     _REPLAYED.pop(next(iter(_REPLAYED)))

@@ -15,10 +15,10 @@ import torch
 from grader.assignment import Assignment
 from grader.notebook import grade_id, has_tag
 from grader.plan import injected_source
-from grader.rubric import Exercise
-from grader.runs import TARGETS, GradientParts, Key, TrainingResult
 from grader.reference.forward import LOCK, after_setup, forward_graph, namespace_with, reference_namespace, run_cells
 from grader.reference.steps import parts_by_use
+from grader.rubric import Exercise
+from grader.runs import TARGETS, GradientParts, Key, TrainingResult
 
 
 def gradients(assignment: Assignment, params: dict[str, object]) -> dict[Key, object]:

@@ -16,8 +16,9 @@ ten others), written by `grader grade` as `class.json` and `class.html`. What it
   make on their own, and make identically: never evidence, however many of them two students share. An
   answer many students give is a common mistake, not evidence, even though it makes every gradient below
   it identical for all of them (those are not root mistakes anyway); one shared answer is never enough.
-  Groups are ranked by how rare their shared answers are. Beside each group, a token similarity of their answer cells that ignores whitespace,
-  comments and variable names, with the class's typical similarity for comparison: a second signal.
+  Groups are ranked by how rare their shared answers are. Beside each group, a token similarity of their
+  answer cells that ignores whitespace, comments and variable names, with the class's typical similarity
+  for comparison: a second signal.
   Either is a lead for a conversation with the students, never proof.
 """
 
@@ -37,8 +38,8 @@ from itertools import combinations
 
 import jinja2
 
-from grader.verdicts import PASSING
 from grader.rubric import Rubric
+from grader.verdicts import PASSING
 
 COMMON_STUDENTS, COMMON_SHARE = 3, 0.25
 """An identical wrong answer given by more than max(COMMON_STUDENTS, COMMON_SHARE of the class) students is

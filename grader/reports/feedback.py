@@ -17,9 +17,8 @@ import jinja2
 import torch
 from PIL import Image
 
-from grader.verdicts import PASSING
 from grader.runs import answer_key
-from grader.verdicts import GradedRun, Report
+from grader.verdicts import PASSING, GradedRun, Report
 
 GREEN, ORANGE, RED, GREY = "#2e7d32", "#ef6c00", "#c62828", "#9e9e9e"
 

@@ -1,4 +1,5 @@
-"""Output files written in one step: a reader, or a batch killed half way, sees the old file or the new, never part of one.
+"""Output files written in one step: a reader, or a batch killed half way, sees the old file or the new,
+never part of one.
 
 A class's outputs are rebuilt from the reports on disk, and a batch may be killed at any moment and started
 again; so every file it writes goes through `write_atomically`.

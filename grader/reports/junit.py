@@ -1,8 +1,8 @@
 """A `Report` as JUnit XML (`grader check --junit FILE`), for CI systems that read test results.
 
 The same shape `pytest --grade NOTEBOOK --junitxml FILE` writes: one `testsuite` per notebook, one
-`testcase` per graded variable (`classname` the notebook's file name and the exercise, `name` the variable) with its points as
-properties and, when it does not earn them all, a `failure` whose message is the variable's message
+`testcase` per graded variable (`classname` the notebook's file name and the exercise, `name` the variable)
+with its points as properties and, when it does not earn them all, a `failure` whose message is the variable's message
 and hint; one testcase per hidden re-run.
 """
 
@@ -51,7 +51,10 @@ def run_failure(report: Report, index: int) -> str:
         if len(v.runs) > index and v.runs[0] in PASSING and v.runs[index] not in PASSING
     ]
     if only_here:
-        return f"right with the notebook's parameters but not in hidden run {index} (other parameters): {', '.join(only_here)}"
+        return (
+            f"right with the notebook's parameters but not in hidden run {index} (other parameters): "
+            f"{', '.join(only_here)}"
+        )
     return ""
 
 

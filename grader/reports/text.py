@@ -37,7 +37,7 @@ def to_text(report: Report) -> str:
             # a gradient is named by its tensor (as cmp does), a value by its own name
             label = v.of if v.name.startswith("d") else v.name
             line = (
-                f"  {label:15s} | exact: {str(v.exact):5s} | approximate: {str(v.approximate):5s} "
+                f"  {label:15s} | exact: {v.exact!s:5s} | approximate: {v.approximate!s:5s} "
                 f"| maxdiff: {maxdiff:9s} | {_points(v.points)}/{_points(v.max_points)}"
             )
             if v.message:
@@ -48,7 +48,8 @@ def to_text(report: Report) -> str:
         lines.append("")
         finished = sum(r.status == "graded" for r in hidden)
         lines.append(
-            f"Hidden re-runs: {finished} of {len(hidden)} ran to the end; a variable earns its points only if it is right in every run"
+            f"Hidden re-runs: {finished} of {len(hidden)} ran to the end; "
+            "a variable earns its points only if it is right in every run"
         )
     if report.notes:
         lines.append("")

@@ -21,6 +21,7 @@ Grader side of the Linux backend. Only file operations under /sys/fs/cgroup are 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
@@ -287,7 +288,5 @@ def _kill_members(folder: Path) -> None:
     except OSError:
         return
     for pid in members:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             os.kill(int(pid), signal.SIGKILL)
-        except (ValueError, OSError):
-            pass

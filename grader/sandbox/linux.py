@@ -28,7 +28,6 @@ from pathlib import Path
 from grader.errors import SandboxError
 from grader.plan import Plan, PlannedCell
 from grader.runs import Captured
-from grader.sandbox import confine
 from grader.sandbox.cgroups import Cap, Hierarchy
 from grader.sandbox.common import (
     OUTPUT_TAIL,
@@ -51,7 +50,7 @@ def _worker_limits() -> None:  # runs in the worker between fork and exec
     # death does too (even by SIGKILL); its jobs die with the worker.
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hierarchy() -> Hierarchy | None:
     """Where runs get a cgroup each, found once per grader process; None where they cannot."""
     return Hierarchy.find()[0]
@@ -91,7 +90,7 @@ class Worker:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # a file, not a pipe: what the worker and its forks print is read only if it fails to start, and a
         # pipe nobody reads would block them once full
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the worker, closed in close()
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-P", "-m", "grader.sandbox.linux_child", str(spec_path), str(theirs.fileno())],
@@ -194,7 +193,7 @@ class Job:
 
     def _send(self, run: Run) -> None:
         """Hand the worker one run: the job file, the status pipe, the cgroup's files, the run's three files."""
-        job = tempfile.TemporaryFile()
+        job = tempfile.TemporaryFile()  # noqa: SIM115 -- handed to the run's process, closed after it
         self.cap = self.worker.cap()
         joins = self.cap.join_files() if self.cap else []
         job.write(

@@ -30,7 +30,7 @@ def _linux_apis_missing() -> str:
     return ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def works_here() -> tuple[str, str]:
     """(mode, '') where the Linux backend works here; ('', why not) where it does not."""
     missing = _linux_apis_missing()
@@ -50,7 +50,7 @@ def works_here() -> tuple[str, str]:
     return "", why or userns
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def filter_problem() -> str:
     """Why the system-call filter cannot be built here (no libseccomp), or ''."""
     from grader.sandbox.syscalls import Filter

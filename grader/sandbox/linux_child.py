@@ -232,7 +232,8 @@ class Server(Warm):
 
 
 def main(argv: list[str]) -> int:
-    """`python -m grader.sandbox.linux_child SPEC_JSON SOCKET_FD`: become a worker for the grader at the socket's end."""
+    """`python -m grader.sandbox.linux_child SPEC_JSON SOCKET_FD`: become a worker for the grader at the
+    socket's end."""
     import socket
 
     spec_path, fd = argv

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from grader.errors import SandboxError, UsageError
+from grader.runs import Captured
 from grader.sandbox.cgroups import memory_limit
 from grader.sandbox.common import DEFAULT_LIMITS, FILE_LIMIT, MEMORY_LIMIT, Limits, fit, warm_start
-from grader.runs import Captured
 
 if TYPE_CHECKING:
     from grader.plan import PlannedCell

@@ -17,6 +17,7 @@ that user can (the rubric included) and use the network. `grader.sandbox` warns 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -58,7 +59,7 @@ class _Interpreter:
         self.folder = Path(tempfile.mkdtemp(prefix="grader-run-"))  # its working folder once its job starts
         self.token = secrets.token_hex(16)
         self.wall_started = time.time()
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the worker, closed in close()
         self.ready = False
         self.process = subprocess.Popen(
             [sys.executable, "-P", "-m", "grader.sandbox.portable_child", str(spec_path)],
@@ -109,10 +110,8 @@ class _Interpreter:
         self.process.wait()
         for stream in (self.process.stdin, self.process.stdout, self.log):
             if stream is not None and not stream.closed:
-                try:
+                with contextlib.suppress(OSError):
                     stream.close()
-                except OSError:
-                    pass
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -129,10 +128,8 @@ def _kill(root: psutil.Process | None, seen: dict[int, psutil.Process], interpre
     zombie if it ended) keeps its id, so the group is still the job's."""
     found = dict(seen)
     if root is not None:
-        try:
+        with contextlib.suppress(psutil.Error):
             found.update((p.pid, p) for p in root.children(recursive=True))
-        except psutil.Error:
-            pass
     for p in psutil.process_iter(["create_time"]):  # started since the job, and marked as the job's
         created = p.info.get("create_time")
         if created is None or created < interpreter.wall_started - 1 or p.pid in found:
@@ -150,10 +147,8 @@ def _kill(root: psutil.Process | None, seen: dict[int, psutil.Process], interpre
         except OSError:
             pass
     for p in ([root] if root is not None and _running(root) else []) + others:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(others, timeout=5)
     return len(others)
 
@@ -295,10 +290,8 @@ class Job:
                 begun, deadline = running, now + self.timeout
             looks += 1
             if looks % TREE_EVERY == 1:
-                try:
+                with contextlib.suppress(psutil.Error):
                     seen.update((p.pid, p) for p in root.children(recursive=True))
-                except psutil.Error:
-                    pass
                 seen = {pid: p for pid, p in seen.items() if _running(p)}
                 children = _unique(list(seen.values()))
             peak = max(peak, _resident(root) + children)

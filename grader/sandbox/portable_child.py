@@ -10,6 +10,7 @@ grader reads. Nothing here needs more than what Python has on macOS, Windows and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -27,10 +28,8 @@ def _end_with(grader: int) -> None:
     except OSError:  # the notebook closed or replaced the descriptor: end all the same
         pass
     if hasattr(os, "killpg"):  # POSIX: the processes the notebook started and left in its group too
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(0, 9)
-        except OSError:
-            pass
     os._exit(70)
 
 

@@ -26,7 +26,6 @@ from grader.runs import Captured, CellOutcome
 from grader.sandbox.common import FILE_LIMIT, MAX_RESULT_BYTES, plain
 from grader.values import MISSING, UNCHANGED, Flag, NotTensor, Raised
 
-
 _SIGXFSZ = getattr(signal, "SIGXFSZ", None)  # no such signal on Windows
 MAX_HEADER_BYTES = 8 * 2**20
 """Largest safetensors header read back (its JSON: the tensors' names, shapes and the summary)."""
@@ -48,10 +47,10 @@ class Run:
         self.plan, self.label, self.start, self.preamble = plan, label, start, preamble
         if folder is None:
             self.paths: list[str] = []
-            self.output, self.progress, self.result = (tempfile.TemporaryFile() for _ in range(3))
+            self.output, self.progress, self.result = (tempfile.TemporaryFile() for _ in range(3))  # noqa: SIM115 -- closed in close()
         else:
             self.paths = [str(folder / f"run-{index}-{kind}") for kind in ("output", "progress", "result")]
-            self.output, self.progress, self.result = (open(p, "w+b") for p in self.paths)
+            self.output, self.progress, self.result = (open(p, "w+b") for p in self.paths)  # noqa: SIM115 -- closed in close()
         self.returncode = 0
         self.peak_memory_mb = 0.0
         self.notes: tuple[str, ...] = ()

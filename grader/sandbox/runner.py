@@ -13,6 +13,7 @@ Portable: nothing here may use an API that macOS or Windows lacks (the backends 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -276,10 +277,8 @@ def restore(pristine: list[tuple[object, dict]]) -> None:
             # imported since stay (their parent module's attribute is set only when first imported).
             for name in [n for n in current if n not in attributes]:
                 if not isinstance(current[name], types.ModuleType):
-                    try:
+                    with contextlib.suppress(AttributeError, TypeError):
                         delattr(module, name)
-                    except (AttributeError, TypeError):
-                        pass
         for name, obj in attributes.items():
             if current.get(name, _ABSENT) is not obj:
                 setattr(module, name, obj)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from grader.sandbox.clock import CellClock
 from grader.sandbox.runner import Runner, restore
@@ -33,12 +34,11 @@ class Warm:
         import builtins
         import random
 
+        import safetensors.torch  # (every run needs it: import it once, here)
         import torch
         import torch.nn.functional
         from IPython.core.interactiveshell import InteractiveShell
         from traitlets.config import Config
-
-        import safetensors.torch  # (every run needs it: import it once, here)
 
         class Shell(InteractiveShell):
             def enable_gui(self, gui=None):  # `%matplotlib inline`: no event loop to start, figures render off screen
@@ -54,7 +54,7 @@ class Warm:
         self.pristine = [(m, dict(vars(m))) for m in (torch, torch.nn.functional, torch.Tensor, builtins)]
         self.initial = dict(self.shell.user_ns)
         self.rng = self._rng_state()
-        self.data = {name: open(path, "rb").read() for name, path in spec["data"].items()}
+        self.data = {name: Path(path).read_bytes() for name, path in spec["data"].items()}
         self.warm = Runner(torch, self.shell, self.pristine)
         with open(os.devnull, "w") as quiet:
             self.warm.run(spec["prefix"], [], 0, quiet)  # stops at the end of the prefix: no captures in it

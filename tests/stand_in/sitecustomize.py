@@ -18,7 +18,7 @@ for module, names in (
         if hasattr(module, name):
             delattr(module, name)
 try:  # psutil's Linux module needs `resource`; on macOS and Windows psutil uses what those have instead
-    import psutil  # noqa: F401
+    import psutil  # noqa: F401 -- loaded before `resource` is taken away below
 except ImportError:
     pass
 sys.modules["resource"] = None  # `import resource` raises ImportError, as on Windows
