@@ -1,14 +1,19 @@
 """Stage 0: what to grade. The one place that reads an assignment's files.
 
-An `Assignment` holds everything particular to one assignment that the stages read: its rubric (a
-TOML file beside the released notebook, parsed by `grader.rubric`), the released notebook and its code
-cells by grade_id, the parameters it publishes, the data files its runs read, the instructor's solution
-where this installation has one, and a digest of all of them. An entry point (a CLI command, the pytest
-plugin, a Dask task, a Gradescope run) loads its assignment here once and passes the object down: plan,
-reference and score receive it, and no other module reads a rubric or a released notebook.
+An `Assignment` holds everything particular to one assignment that the stages read: its rubric (parsed by
+`grader.rubric`, with what it leaves out read from the notebooks by `grader.infer`), the released notebook
+and its code cells by grade_id, the parameters it publishes, the data files its runs read, the
+instructor's solution where this installation has one, and a digest of all of them. Where the files are
+is `grader.course`'s business (a course folder, an assignment folder, the shipped assignments); a student's
+copy of a release carries what `grader check` needs in its metadata (`grader.embedded`). An entry point (a
+CLI command, the pytest plugin, a Dask task, a Gradescope run) loads its assignment here once and passes the
+object down: plan, reference and score receive it, and no other module reads a rubric or a released notebook.
 
 Guarantees:
-- Only assignments shipped with the grader are loaded by name: the name comes from a student's notebook.
+- A name from a student's notebook is only looked up (in the course, then among the shipped assignments),
+  never followed as a path.
+- A rubric that names what its notebooks lack, or holds an unknown key, is a `RubricError` that says the
+  assignment is broken, not the notebook being graded.
 - An `Assignment` is never changed after loading (the released notebook included: the stages only read it).
 - Two assignments are equal when their digests are: the reference module's memos, keyed by assignment,
   are shared by every submission of a batch and start afresh when any file changes.
@@ -28,7 +33,9 @@ from types import MappingProxyType
 
 import nbformat
 
-from grader import assets, notebook
+from grader import assets, infer, notebook
+from grader import course as courses
+from grader.course import Location
 from grader.errors import RubricError, UnknownAssignment, UsageError
 from grader.rubric import Rubric, hidden_runs, parse
 
@@ -60,6 +67,10 @@ class Assignment:
     (only where a values exercise reads it, else empty) and `data`."""
     digest: str
     """A sha256 of `inputs`: equal digests, equal assignments."""
+    location: Location
+    """Where its files are (`grader.course`): the hidden folders, the source folder of a course's."""
+    raw: Mapping[str, object]
+    """The rubric's values with what the notebooks decide filled in (what a release embeds for students)."""
 
     @property
     def name(self) -> str:
@@ -87,38 +98,51 @@ class Assignment:
         return hash(self.digest)
 
 
-def known() -> list[str]:
-    """Names of the assignments the grader can grade."""
-    return sorted(p.stem for p in assets.assignments_dir().glob("*.toml"))
+def known(course: Path | None = None) -> list[str]:
+    """Names of the assignments the grader can grade: the course's (if given), then the shipped ones."""
+    return courses.known(course)
 
 
-def name_of(nb: nbformat.NotebookNode, path: Path) -> str:
-    """The assignment named in the notebook's metadata, or raise `UnknownAssignment`."""
+def name_of(nb: nbformat.NotebookNode, path: Path, course: Path | None = None) -> str:
+    """The assignment named in the notebook's metadata, found in `course` or among the shipped ones, or raise
+    `UnknownAssignment`. The name is the student's to edit: it is only ever looked up, never followed as a path."""
     name = notebook.claimed_assignment(nb)
     if not isinstance(name, str) or not name:
         raise UnknownAssignment(
             f"{path}: the notebook's metadata does not name an assignment (grader.assignment); "
             "was it made from one of the released notebooks? Pass --assignment NAME to say which"
         )
-    # Only the names of shipped assignments: the name is the student's to edit (a path, or the built-in
-    # rubric of lecture notebooks, which is chosen by recognising one, never by a name in the metadata).
-    if name not in known():
+    # (the built-in rubric of lecture notebooks is chosen by recognising one, never by a name in the metadata)
+    if name not in known(course) or name == LECTURE:
+        also = "" if course else "; a course's assignment needs --course DIR"
         raise UnknownAssignment(
             f"{path}: the notebook's metadata names the assignment {notebook.cut(repr(name), 60)}, "
             "which the grader does not "
-            f"have (known: {', '.join(known()) or 'none'}); pass --assignment NAME to grade it as one of them"
+            f"have (known: {', '.join(known(course)) or 'none'}); pass --assignment NAME to grade it as one of them"
+            f"{also}"
         )
     return name
 
 
-def rubric_path(name: str) -> Path:
-    """The rubric file of assignment `name` (or of the built-in `lecture` one), or raise `UnknownAssignment`."""
+def locate(name: str, course: Path | None = None) -> Location:
+    """Where assignment `name` (or the built-in `lecture` one) is: the course's, else the shipped one."""
     if name == LECTURE:
-        return _LECTURE_RUBRIC
-    # Only names of rubrics shipped with the grader: the name comes from a student's notebook metadata.
-    if name not in known():
-        raise UnknownAssignment(f"unknown assignment {name!r} (known: {', '.join(known()) or 'none'})")
-    return assets.assignments_dir() / f"{name}.toml"
+        return Location(
+            name=LECTURE,
+            rubric=_LECTURE_RUBRIC,
+            released=_LECTURE_RUBRIC.with_name("lecture.ipynb"),
+            solution=None,
+            data=assets.data_dir(),
+            hidden_runs=None,
+            hidden=(),
+            origin="lecture",
+        )
+    return courses.locate(name, course)
+
+
+def rubric_path(name: str, course: Path | None = None) -> Path:
+    """The rubric file of assignment `name` (or of the built-in `lecture` one), or raise `UnknownAssignment`."""
+    return locate(name, course).rubric
 
 
 @dataclass(frozen=True)
@@ -131,33 +155,53 @@ class Files:
     """The released notebook."""
     solution: Path | None
     """The instructor's solution, where a values exercise reads it; None where none does."""
+    data: tuple[Path, ...] = ()
+    """The data files the rubric's [data] table names."""
 
 
-def files(name: str) -> Files:
-    """The files of assignment `name` (one of `known()`), or raise `UnknownAssignment`."""
-    toml = rubric_path(name)
-    rubric = _rubric(toml, _stamp(toml))[0]
-    solution = assets.solutions_dir() / rubric.released.name if rubric.reads_solution else None
-    return Files(toml, rubric.released, solution)
+def files(assignment: Assignment) -> Files:
+    """The files of `assignment` that grading it elsewhere needs (never the solution unless an answer is
+    checked against it)."""
+    loc, rubric = assignment.location, assignment.rubric
+    solution = loc.solution if rubric.reads_solution else None
+    return Files(loc.rubric, loc.released, solution, tuple(assignment.data.values()))
 
 
-def rubric_of(name: str) -> Rubric:
-    """Only the rubric of assignment `name`, for code that needs its variables' names and tolerances and nothing
-    else: the self-check in a student's kernel, and the integrations naming a course's columns."""
-    path = rubric_path(name)
-    return _rubric(path, _stamp(path))[0]
+def rubric_of(name: str, course: Path | None = None) -> Rubric:
+    """The rubric of assignment `name`, for code that needs its variables' names and tolerances: the self-check
+    in a student's kernel, and the integrations naming a course's columns. The lecture's is read alone."""
+    if name == LECTURE:
+        raw = _toml(_LECTURE_RUBRIC, _stamp(_LECTURE_RUBRIC))
+        return parse(raw, _LECTURE_RUBRIC)
+    return load(name, course).rubric
 
 
-def load(name: str) -> Assignment:
-    """Assignment `name` (one of `known()`, or `LECTURE`), with its released notebook, solution and data."""
-    toml = rubric_path(name)
-    rubric = _rubric(toml, _stamp(toml))[0]
-    files = (
-        rubric.released,
-        assets.solutions_dir() / rubric.released.name,
-        *(assets.data_dir() / file for file in rubric.data.values()),
-    )
-    return _load(toml, _stamp(toml), tuple(_stamp(p) for p in files))
+def load(name: str, course: Path | None = None) -> Assignment:
+    """Assignment `name` (the course's, a shipped one, or `LECTURE`), with its released notebook, solution and
+    data."""
+    return load_at(locate(name, course))
+
+
+def load_at(location: Location) -> Assignment:
+    """The assignment whose files are at `location` (a memo keyed by every file's stamp: an edited file is read
+    again)."""
+    if not location.released.is_file():
+        how = f"grader release {location.name} --course {location.source.parent.parent}" if location.source else ""
+        raise RubricError(
+            f"assignment {location.name} has no student notebook {location.released}"
+            + (f": make it with `{how}`" if how else "")
+        )
+    paths = (location.rubric, location.released, location.solution, location.hidden_runs)
+    return _load(location, tuple(_stamp(p) for p in paths if p is not None))
+
+
+def data_files(location: Location) -> list[Path]:
+    """The data files the rubric at `location` names (read from the rubric alone: the release may not exist)."""
+    raw = _toml(location.rubric, _stamp(location.rubric))
+    table = raw.get("data", {})
+    if not isinstance(table, dict):
+        return []
+    return [location.data / Path(str(file)).name for file in table.values()]
 
 
 def lecture() -> Assignment:
@@ -175,35 +219,85 @@ def _stamp(path: Path) -> tuple[str, int, int]:
 
 
 @functools.lru_cache(maxsize=16)
-def _rubric(path: Path, stamp: tuple) -> tuple[Rubric, str]:
-    """The rubric in the file at `path`, and a digest of its values (not of its comments). A memo of reading and
-    parsing it (a batch grades every submission by the same file), keyed by the file's stamp."""
+def _toml(path: Path, stamp: tuple) -> dict:
+    """The TOML file at `path`, parsed (a memo keyed by its stamp). A `RubricError` names what is wrong."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise RubricError(f"{path}: cannot read the rubric ({e.strerror or e})") from None
-    raw = tomllib.loads(text)
-    digest = value_digest(raw)  # (before parse, which may keep parts of `raw`)
-    return parse(raw, path), digest
+    except UnicodeDecodeError as e:
+        raise RubricError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RubricError(f"{path}: not valid TOML ({e})") from None
+
+
+def broken(location: Location, problem: str) -> RubricError:
+    """The error for an assignment its author must fix: it says the notebook being graded is not at fault."""
+    return RubricError(
+        f"assignment {location.name} is broken, not the notebook being graded ({location.rubric}: {problem}); "
+        f"its author must fix it (`grader validate {location.name}` lists every problem)"
+    )
 
 
 @functools.lru_cache(maxsize=8)
-def _load(toml: Path, stamp: tuple, stamps: tuple) -> Assignment:
+def _load(location: Location, stamps: tuple) -> Assignment:
     """A memo of reading an assignment's files (tests and the library API load it per notebook): keyed by the
     stamps of all of them, so an edited file is read again."""
-    rubric, rubric_digest = _rubric(toml, stamp)
-    solution_path = assets.solutions_dir() / rubric.released.name
-    data = {key: assets.data_dir() / file for key, file in rubric.data.items()}
-    released_bytes = _read(rubric.released, "released notebook")
-    released = notebook.from_bytes(released_bytes, rubric.released)
+    raw = _toml(location.rubric, _stamp(location.rubric))
+    released_bytes = _read(location.released, "released notebook")
+    released = notebook.from_bytes(released_bytes, location.released)
+    solution_path = location.solution
+    solution_bytes = _read(solution_path, "solution") if solution_path and solution_path.is_file() else None
+    solution = notebook.from_bytes(solution_bytes, solution_path) if solution_bytes and solution_path else None
+    private = load_hidden_runs(location.hidden_runs) if location.hidden_runs else ()
+    return build(location, raw, released, released_bytes, solution, solution_bytes, private)
+
+
+def build(
+    location: Location,
+    raw: dict,
+    released: nbformat.NotebookNode,
+    released_bytes: bytes,
+    solution: nbformat.NotebookNode | None,
+    solution_bytes: bytes | None,
+    private: tuple[dict[str, object], ...] = (),
+    published: Mapping[str, object] | None = None,
+) -> Assignment:
+    """The `Assignment` of files already read: what the rubric leaves out read from the notebooks, the rubric
+    checked against them (a `RubricError` that blames the assignment, not the student), the digests taken."""
+    written = raw  # (the digest is of the rubric as written: what is inferred follows from the notebooks)
+    if location.origin in ("course", "folder", "embedded"):
+        raw = {"assignment": location.name, **raw}
+        if raw["assignment"] != location.name:
+            raise broken(location, f"assignment = {raw['assignment']!r}, but its folder is {location.name!r}")
+    own_files = location.origin in ("shipped", "lecture")  # (the notebook the rubric names, beside it)
+    if location.origin != "lecture":  # (the lecture's notebook is not an nbgrader one: nothing to read from it)
+        raw = infer.defaults(raw, released, solution)
+    try:
+        rubric = parse(raw, location.rubric, None if own_files else location.released)
+    except RubricError as e:
+        if own_files:
+            raise
+        raise broken(location, str(e).removeprefix(f"{location.rubric}: ")) from None
+    if private:
+        rubric = dataclasses.replace(rubric, hidden_runs=rubric.hidden_runs + tuple(private))
+    published = dict(released_parameters(released) if published is None else published)
+    problems = infer.problems(rubric, released, solution, published) if location.origin != "lecture" else []
+    if problems:
+        raise broken(location, problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    data = {}
+    for key, file in rubric.data.items():
+        if not courses.NAME.fullmatch(Path(file).stem) or Path(file).name != file:
+            raise broken(location, f"[data] {key} = {file!r}: a data file is named by its file name alone")
+        data[key] = location.data / file
     cells = {notebook.grade_id(c): c.source for c in released.cells if c.cell_type == "code" and notebook.grade_id(c)}
-    solution_bytes = _read(solution_path, "solution") if solution_path.is_file() else None
-    solution = notebook.from_bytes(solution_bytes, solution_path) if solution_bytes is not None else None
     data_digest = hashlib.sha256()
     for key, path in sorted(data.items()):
         data_digest.update(f"{key}={path.name}\0".encode() + _read(path, f"data file for {key}"))
     inputs = {
-        "rubric": rubric_digest,
+        "rubric": value_digest([written, list(private)]) if private else value_digest(written),
         "released": _sha256(released_bytes),
         "solution": _sha256(solution_bytes) if rubric.reads_solution and solution_bytes is not None else "",
         "data": data_digest.hexdigest(),
@@ -212,11 +306,13 @@ def _load(toml: Path, stamp: tuple, stamps: tuple) -> Assignment:
         rubric=rubric,
         released=released,
         cells=MappingProxyType(cells),
-        published=MappingProxyType(released_parameters(released)),
+        published=MappingProxyType(published),
         data=MappingProxyType(data),
         solution=solution,
         inputs=MappingProxyType(inputs),
         digest=value_digest(inputs),
+        location=location,
+        raw=MappingProxyType(raw),
     )
 
 

@@ -7,14 +7,18 @@ caller's: text, JSON, a page).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+
+import nbformat
 
 from grader import assets, lecture, notebook, sandbox
 from grader import assignment as assignments
+from grader import embedded as embedded_copy
 from grader import plan as planning
 from grader import rubric as rubrics
 from grader.assignment import LECTURE, Assignment
-from grader.errors import GraderError, RubricError, UsageError
+from grader.errors import GraderError, RubricError, UnknownAssignment, UsageError
 from grader.runs import Key
 from grader.verdicts import GradedRun, Report
 
@@ -23,14 +27,38 @@ from grader.verdicts import GradedRun, Report
 # (a second or more) then overlaps the grader's own instead of following it.
 
 
-def graded_rubric(path: str | Path, assignment: str | None = None) -> rubrics.Rubric:
+def graded_rubric(
+    path: str | Path, assignment: str | Assignment | None = None, course: Path | None = None, embedded: bool = False
+) -> rubrics.Rubric:
     """The rubric `grade_with_runs` grades the notebook at `path` by, without running it (for the names of its
     variables). Raises as `grade_with_runs` does for input that cannot be graded."""
     student = notebook.read(Path(path))
     if _as_lecture(student, assignment):
         lectures = assignments.rubric_of(LECTURE)  # (the names only: no need to read the lecture's notebook)
         return lecture.rubric_for(lecture.recognise(student, path, lectures), lectures)
-    return assignments.rubric_of(assignment or assignments.name_of(student, Path(path)))
+    return for_notebook(student, Path(path), assignment, course, embedded).rubric
+
+
+def for_notebook(
+    student: nbformat.NotebookNode,
+    path: Path,
+    assignment: str | Assignment | None,
+    course: Path | None = None,
+    embedded: bool = False,
+) -> Assignment:
+    """The assignment to grade `student` by: the one given, else the one its metadata names (in `course`, then
+    among the shipped ones), else, where `embedded` allows it (`grader check`, `pytest --grade`: never the
+    instructor's grading), the copy the notebook carries (`grader.embedded`)."""
+    if isinstance(assignment, Assignment):
+        return assignment
+    if assignment is not None:
+        return assignments.load(assignment, course)
+    try:
+        return assignments.load(assignments.name_of(student, path, course), course)
+    except UnknownAssignment:
+        if not embedded or embedded_copy.carried(student) is None:
+            raise
+    return embedded_copy.load(student, path)
 
 
 def _as_lecture(student, assignment: str | Assignment | None) -> bool:
@@ -43,7 +71,13 @@ def hidden_folders(assignment: Assignment) -> list[Path]:
     """Folders no run may read: the rubric and released notebook's, the solutions', and a checkout's
     tests and git history."""
     repository = assets.solutions_dir().parent  # a source checkout: its tests and history hold solutions too
-    return [assignment.rubric.released.parent, assets.solutions_dir(), repository / "tests", repository / ".git"]
+    return [
+        assignment.rubric.released.parent,
+        assets.solutions_dir(),
+        repository / "tests",
+        repository / ".git",
+        *assignment.location.hidden,
+    ]
 
 
 def cell_timeout(rubric: rubrics.Rubric, timeout: float | None) -> float:
@@ -57,7 +91,7 @@ def _worker(
 ) -> sandbox.Worker:
     """The warm worker for `params`' setup parameters: the release's cells up to the last setup cell run."""
     rubric = assignment.rubric
-    key = (rubric.assignment, tuple(repr(params.get(k)) for k in rubric.setup_parameters))
+    key = (assignment.digest, tuple(repr(params.get(k)) for k in rubric.setup_parameters))
 
     def make():
         cells = planning.plan(assignment.released, assignment, params).cells
@@ -76,6 +110,8 @@ def grade_notebook(
     hidden_runs: tuple[dict[str, object], ...] | None = None,
     pool: sandbox.Pool | None = None,
     data: str | Path | None = None,
+    course: Path | None = None,
+    embedded: bool = False,
 ) -> Report:
     """Grade the notebook at `path` and return its `Report` (the parameters: see `grade_with_runs`)."""
     return grade_with_runs(
@@ -86,6 +122,8 @@ def grade_notebook(
         hidden_runs=hidden_runs,
         pool=pool,
         data=data,
+        course=course,
+        embedded=embedded,
     )[0]
 
 
@@ -98,6 +136,8 @@ def grade_with_runs(
     hidden_runs: tuple[dict[str, object], ...] | None = None,
     pool: sandbox.Pool | None = None,
     data: str | Path | None = None,
+    course: Path | None = None,
+    embedded: bool = False,
 ) -> tuple[Report, list]:
     """Grade the notebook at `path`: its `Report`, and each run with its values and references (for pictures).
 
@@ -111,6 +151,9 @@ def grade_with_runs(
     hidden_runs: parameter overrides of the hidden re-runs; by default the rubric's, `()` for none.
     pool: warm workers to run it in, shared between calls (a batch); by default a pool of its own.
     data: the data set a lecture notebook reads as `names.txt` (default: the grader's); lecture notebooks only.
+    course: the instructor's course folder, where an assignment's name is looked up first (`grader.course`).
+    embedded: whether, when its assignment is found nowhere, the copy the notebook carries may grade it
+        (`grader check` and `pytest --grade` only; the report says so in a note).
 
     A notebook whose metadata names no assignment is graded as the lecture's own notebook if it looks
     like one (`grader.lecture`): its own forward pass, Exercises 1-3, no parameters or hidden re-runs.
@@ -126,8 +169,7 @@ def grade_with_runs(
         return _grade_lecture(path, student, data=data, timeout=timeout, pool=pool)
     if data is not None:
         raise UsageError("--data is for lecture notebooks; an assignment reads the data set its rubric names")
-    if not isinstance(assignment, Assignment):
-        assignment = assignments.load(assignment or assignments.name_of(student, path))
+    assignment = for_notebook(student, path, assignment, course, embedded)
     rubric, published = assignment.rubric, dict(assignment.published)
     hidden = rubric.hidden_runs if hidden_runs is None else tuple(hidden_runs)
     overrides = [parameters or {}, *hidden]
@@ -211,7 +253,10 @@ def grade_with_runs(
         GradedRun(label, tuple(k for k in p if p[k] != main[k]), plan, c, ref)
         for label, p, plan, c, ref in zip(labels, settings, plans, captured, refs)
     ]
-    return score(rubric, str(path), graded, published), graded
+    report = score(rubric, str(path), graded, published)
+    if assignment.location.origin == "embedded":
+        report = dataclasses.replace(report, notes=(*report.notes, embedded_copy.NOTE.format(name=assignment.name)))
+    return report, graded
 
 
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}

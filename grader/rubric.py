@@ -8,6 +8,7 @@ grader knows anything about a particular assignment.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,8 +177,10 @@ class Rubric:
         return sum(e.max_score for e in self.exercises)
 
 
-def parse(raw: dict, path: Path) -> Rubric:
-    """Build a `Rubric` from the parsed TOML of the file at `path`."""
+def parse(raw: dict, path: Path, released: Path | None = None) -> Rubric:
+    """Build a `Rubric` from the parsed TOML of the file at `path`. `released`: where the student notebook is,
+    for an assignment folder (default: the `notebook` the rubric names, beside it)."""
+    _known_keys(raw, path)
     _shapes(raw, path)
     where = "at the top level"  # (for the message: the table being read)
     try:
@@ -254,9 +257,10 @@ def parse(raw: dict, path: Path) -> Rubric:
         unknown = set(overrides) - {v.name for e in exercises for v in e.variables}
         if unknown:
             raise RubricError(f"{path}: [variable] entries for ungraded names: {sorted(unknown)}")
-        released = path.with_name(raw["notebook"])
-        if released.parent != path.parent:
-            raise RubricError(f"{path}: the released notebook must sit beside the rubric")
+        if released is None:
+            released = path.with_name(raw["notebook"])
+            if released.parent != path.parent:
+                raise RubricError(f"{path}: the released notebook must sit beside the rubric")
         return Rubric(
             assignment=raw["assignment"],
             released=released,
@@ -279,6 +283,90 @@ def parse(raw: dict, path: Path) -> Rubric:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         what = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
         raise RubricError(f"{path}: malformed rubric {where} ({what})") from e
+
+
+# Every key a rubric may hold, with what it means: `grader validate` and parse refuse any other (a typo such as
+# `credits = "chain"` would otherwise be ignored, and every student graded by the default). The rubric
+# reference in docs/ is generated from these tables, so it cannot drift from what parse reads.
+TOP_KEYS = {
+    "assignment": "the assignment's name, as notebook metadata names it (default: the folder's name)",
+    "notebook": "the student notebook's file name, beside a shipped rubric (default: NAME.ipynb)",
+    "loss": 'the scalar every gradient is of (default: "loss")',
+    "timeout": f"seconds of wall-clock time for each run of a submission (default: {DEFAULT_TIMEOUT:g})",
+    "cell_timeout": f"seconds one cell may run before it is interrupted (default: {DEFAULT_CELL_TIMEOUT:g})",
+    "credit": '"local": a gradient earns its points when its own step is right; "chain": only when its value is',
+    "targets": "the forward pass's target classes (e.g. Yb), for hints that name the target entries",
+    "forbidden": "names answer cells may not use (e.g. PyTorch's own layer the exercise asks to write)",
+    "setup_cells": "grade_ids of locked cells that build the data, run once per value of setup_parameters",
+    "setup_parameters": "the only parameters the setup cells read",
+    "reference_cells": "grade_ids of locked cells the grader runs with autograd for the reference "
+    "(default: the locked code cells before the first answer cell, bar setup and test cells)",
+    "no_grad_cells": "grade_ids of cells run with autograd off while grading (default: the reference cells)",
+    "skip_cells": "grade_ids of cells never run while grading (default: nbgrader test cells and cells that "
+    "call .backward())",
+    "data": "table: parameter = data file beside the rubric that the grader points the parameter at",
+    "tolerance": "table: rtol, atol (torch.allclose's defaults), broadcast (credit size-1 dimension slips)",
+    "variable": "tables [variable.d_x]: of, points, rtol, atol of one variable",
+    "grading_parameters": "table: parameters the grader always sets (e.g. a short training run)",
+    "hidden_run": "tables [[hidden_run]]: parameter values of one more run a variable must also pass",
+    "exercise": "tables [[exercise]]: one per answer cell (see the exercise keys)",
+}
+EXERCISE_KEYS = {
+    "id": "the exercise's id (required)",
+    "cell": "grade_id of its answer cell (default: the id)",
+    "variables": "the variables graded (default: the d_ names its answer cell assigns)",
+    "test_cell": "grade_id of its nbgrader test cell (default: the test cell after the answer cell)",
+    "rtol": "the exercise's relative tolerance",
+    "atol": "the exercise's absolute tolerance",
+    "given": "the forward tensor whose gradient, from another exercise, this one starts from",
+    "kind": '"gradients" (default) or "values"',
+    "source": 'for values: "reference" (released cells) or "solution" (the instructor\'s solution, run by the grader)',
+    "function": "an answer that is a function: its name",
+    "forward": "for a function: the released function (Xb, Yb) -> (loss, ...) it is the backward pass of",
+    "wrt": "for a function: the list of tensors its gradients are of",
+    "reference_cells": "for a function: released cells that define forward and wrt",
+    "calls": "for a function: which calls (0 = the first) are graded",
+    "training": "for a function: table {cells, result, points, rtol, atol}: a training run graded by its result",
+}
+VARIABLE_KEYS = {
+    "of": "the forward tensor it is the gradient of (default: the name without d_)",
+    "points": "(1)",
+    "rtol": "relative tolerance",
+    "atol": "absolute tolerance",
+}
+TRAINING_KEYS = {
+    "cells": "released cells that train",
+    "result": "the number they leave",
+    "points": "(1)",
+    "rtol": "relative tolerance",
+    "atol": "absolute tolerance (0)",
+}
+TOLERANCE_KEYS = {"rtol": "relative (1e-5)", "atol": "absolute (1e-8)", "broadcast": "true or false (false)"}
+
+
+def _unknown(keys: object, known: dict[str, str], where: str, path: Path) -> None:
+    if not isinstance(keys, dict):
+        return  # (`_shapes` names what is not a table)
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            also = f"did you mean {close[0]!r}? " if close else ""
+            raise RubricError(f"{path}: unknown key {key!r} {where}; {also}the keys there are {', '.join(known)}")
+
+
+def _known_keys(raw: dict, path: Path) -> None:
+    """Refuse a key the rubric's format does not have, naming it and the keys it could be."""
+    _unknown(raw, TOP_KEYS, "at the top level", path)
+    _unknown(raw.get("tolerance", {}), TOLERANCE_KEYS, "in [tolerance]", path)
+    variables = raw.get("variable", {})
+    for name, table in variables.items() if isinstance(variables, dict) else ():
+        _unknown(table, VARIABLE_KEYS, f"in [variable.{name}]", path)
+    exercises = raw.get("exercise", [])
+    for number, ex in enumerate(exercises if isinstance(exercises, list) else (), start=1):
+        where = f"in exercise {ex.get('id')!r}" if isinstance(ex, dict) and "id" in ex else f"in [[exercise]] {number}"
+        _unknown(ex, EXERCISE_KEYS, where, path)
+        if isinstance(ex, dict):
+            _unknown(ex.get("training", {}), TRAINING_KEYS, f"{where}, [exercise.training]", path)
 
 
 _LISTS = ("setup_cells", "setup_parameters", "reference_cells", "no_grad_cells", "skip_cells", "forbidden")
