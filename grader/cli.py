@@ -20,7 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     check.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit in seconds (default: the rubric's)")
     check.add_argument(
-        "--assignment", metavar="NAME", help="grade as this assignment (default: from the notebook's metadata)"
+        "--assignment",
+        metavar="NAME|DIR",
+        help="grade as this assignment, a name or an assignment's folder (default: from the notebook's metadata)",
     )
     check.add_argument(
         "--html", metavar="FILE", help="also write the feedback page (pictures of what is wrong) to FILE"
@@ -42,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a TOML file of [[hidden_run]] parameter tables to use instead of the published ones",
     )
     _sandbox_option(check)
+    _course_option(check)
     grade = commands.add_parser("grade", help="grade a whole class into a folder of reports, grades.csv and a summary")
     grade.add_argument(
         "submissions",
@@ -49,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         help="notebooks, folders of them (nbgrader's submitted/ too) or zips of an LMS download",
     )
-    grade.add_argument("--assignment", metavar="NAME", required=True, help="the assignment to grade them as")
+    grade.add_argument(
+        "--assignment", metavar="NAME|DIR", required=True, help="the assignment to grade them as (a name or a folder)"
+    )
     grade.add_argument("--out", metavar="DIR", required=True, help="where the reports and the gradebook go")
     # one more than the cores: while one submission's results are being scored here, the cores stay busy
     grade.add_argument(
@@ -87,11 +92,14 @@ def _parser() -> argparse.ArgumentParser:
         "Dask workers (needs the dask extra)",
     )
     _sandbox_option(grade)
+    _course_option(grade)
 
     gradebook = commands.add_parser(
         "gradebook", help="grade an nbgrader course's submitted/ folder and write the scores into its gradebook"
     )
-    gradebook.add_argument("course", metavar="COURSE", help="the nbgrader course directory")
+    gradebook.add_argument(
+        "course", metavar="COURSE", help="the nbgrader course directory (also where its assignments are looked up)"
+    )
     gradebook.add_argument("assignment", metavar="ASSIGNMENT", help="the assignment's name in that course")
     gradebook.add_argument("--db", metavar="URL", help="the gradebook's database URL (default: COURSE/gradebook.db)")
     gradebook.add_argument(
@@ -100,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
 
     classroom = commands.add_parser("classroom", help="write a GitHub Classroom student repository's autograding files")
     classroom.add_argument("assignment", metavar="ASSIGNMENT", help="the assignment, e.g. backprop_ninja")
+    _course_option(classroom)
     classroom.add_argument("--out", metavar="DIR", default=".", help="the student repository (default: here)")
     classroom.add_argument(
         "--package",
@@ -113,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     steps = gradescope.add_subparsers(dest="step", required=True, metavar="STEP")
     build = steps.add_parser("build", help="write an autograder zip to upload to Gradescope")
     build.add_argument("assignment", metavar="ASSIGNMENT", help="the assignment to grade, e.g. backprop_ninja")
+    _course_option(build)
     build.add_argument(
         "--out", metavar="ZIP", default="autograder.zip", help="where to write it (default: autograder.zip)"
     )
@@ -124,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     run_step.add_argument("submission", metavar="SUBMISSION", help="the folder holding the submitted notebook")
     run_step.add_argument("results", metavar="RESULTS", help="the results.json to write")
-    run_step.add_argument("--assignment", metavar="NAME", required=True, help="the assignment to grade it as")
+    run_step.add_argument("--assignment", metavar="NAME|DIR", required=True, help="the assignment to grade it as")
+    _course_option(run_step)
     run_step.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
     for step in (build, run_step):
         step.add_argument(
@@ -134,7 +145,52 @@ def _parser() -> argparse.ArgumentParser:
             choices=["hidden", "after_due_date", "after_published", "visible"],
             help="when students see the hidden re-runs' details (default: after_published)",
         )
+    _authoring(commands)
     return parser
+
+
+def _authoring(commands: argparse._SubParsersAction) -> None:
+    """The author's commands: new, release, validate."""
+    new = commands.add_parser(
+        "new", help="start an assignment of your own: a solution notebook and rubric that validate"
+    )
+    new.add_argument("name", metavar="NAME", help="the assignment's name (letters, digits, _ and -)")
+    _course_option(new)
+    release = commands.add_parser(
+        "release",
+        help="make the student notebook from the solution (nbgrader generate_assignment, and the grader's copy)",
+    )
+    release.add_argument("name", metavar="NAME", help="the assignment (or its folder)")
+    _course_option(release)
+    validate = commands.add_parser(
+        "validate",
+        help="check an assignment: its rubric, full marks for the solution, zero for the release, tolerances, "
+        "and whether typical mistakes are caught and hinted",
+    )
+    validate.add_argument("name", metavar="NAME", help="the assignment (or its folder)")
+    validate.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    validate.add_argument(
+        "--strict", action="store_true", help="exit 1 also when a mistake is not caught, or caught without a hint"
+    )
+    validate.add_argument(
+        "--seeds", type=int, default=20, metavar="N", help="seeds to measure autograd's noise over (default: 20)"
+    )
+    validate.add_argument("--no-mistakes", action="store_true", help="skip grading the derived and written mistakes")
+    validate.add_argument(
+        "--jobs", type=int, default=(os.cpu_count() or 1) + 1, metavar="N", help="mistakes graded at once"
+    )
+    _sandbox_option(validate)
+    _course_option(validate)
+
+
+def _course_option(command: argparse.ArgumentParser, required: bool = False) -> None:
+    command.add_argument(
+        "--course",
+        metavar="DIR",
+        required=required,
+        help="the course folder (nbgrader's layout: source/NAME/NAME.ipynb and rubric.toml) where assignment names "
+        "are looked up first (default: $GRADER_COURSE)",
+    )
 
 
 def _sandbox_option(command: argparse.ArgumentParser) -> None:
@@ -157,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from grader.reports import text as report
 
     backend = None
-    if args.command in ("check", "grade", "gradebook"):
+    if args.command in ("check", "grade", "gradebook", "validate"):
         try:
             backend = sandbox.choose(getattr(args, "sandbox", None))
         except GraderError as e:
@@ -168,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     memory = getattr(args, "memory", None)
     if memory is not None and not 64 <= memory < float("inf"):
         _parser().error("--memory must be at least 64 (MB)")
+    if args.command in ("new", "release", "validate"):
+        return _author(args, backend)
     if args.command == "grade":
         return _grade(args, backend)
     if args.command == "gradebook":
@@ -180,21 +238,25 @@ def main(argv: list[str] | None = None) -> int:
         from grader.integrations import classroom
 
         try:
-            written = classroom.write(args.assignment, Path(args.out), args.package)
+            written = classroom.write(_assignment(args.assignment, args.course), Path(args.out), args.package)
         except GraderError as e:
             return _fail(e)
         print("\n".join(str(p) for p in written))
         return 0
     try:
+        graded = _assignment(args.assignment, args.course) if args.assignment else None
+        course = _course(args.course)
         hidden = assignment.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
         with sandbox.Pool(limits=_limits(args), backend=backend) as pool:
             result, runs = grade.grade_with_runs(
                 args.notebook,
-                assignment=args.assignment,
+                assignment=graded,
                 timeout=args.timeout,
                 hidden_runs=hidden,
                 pool=pool,
                 data=args.data,
+                course=course,
+                embedded=True,
             )
         if args.junit:
             from pathlib import Path
@@ -205,11 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.html:
             from pathlib import Path
 
+            from grader import notebook
             from grader.reports import feedback
 
-            Path(args.html).write_text(
-                feedback.page(result, runs, grade.feedback_edges(assignment.load(result.assignment))), encoding="utf-8"
-            )
+            graded = grade.for_notebook(notebook.read(Path(args.notebook)), Path(args.notebook), graded, course, True)
+            Path(args.html).write_text(feedback.page(result, runs, grade.feedback_edges(graded)), encoding="utf-8")
     except GraderError as e:
         if args.junit:  # CI reads a failure, not a missing file
             from pathlib import Path
@@ -220,6 +282,25 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(e)
     print(report.to_json(result) if args.json else report.to_text(result))
     return 0
+
+
+def _course(given: str | None):
+    """The course folder from --course or $GRADER_COURSE (None: neither), checked."""
+    from grader import course
+
+    return course.course_dir(given)
+
+
+def _assignment(given: str, course_given: str | None):
+    """The assignment --assignment (or ASSIGNMENT) names: a name looked up in the course then among the shipped
+    ones, or an assignment's folder; `lecture` stays a name (lecture notebooks are recognised, not loaded)."""
+    from grader import assignment, course
+
+    if given == assignment.LECTURE:
+        return given
+    location = course.resolve(given, course_given)
+    assert location is not None  # (given is not None)
+    return assignment.load_at(location)
 
 
 def _fail(error: GraderError) -> int:
@@ -280,6 +361,37 @@ class _Progress:
             print(f"graded again: {why} ({count})", file=sys.stderr, flush=True)
 
 
+def _author(args: argparse.Namespace, backend) -> int:
+    """grader new, release and validate."""
+    from grader import course
+
+    try:
+        if args.command == "new":
+            from grader import skeleton
+
+            written = skeleton.write(course.check_name(args.name), course.course_dir_for_new(args.course))
+            print("\n".join(str(p) for p in written))
+            return 0
+        location = course.resolve(args.name, args.course)
+        assert location is not None  # (a name is given)
+        if args.command == "release":
+            from grader import release
+
+            print(release.release(location))
+            return 0
+        from grader import validate
+
+        if args.seeds < 1 or args.jobs < 1:
+            _parser().error("--seeds and --jobs must be at least 1")
+        result = validate.validate(
+            location, seeds=args.seeds, with_mistakes=not args.no_mistakes, jobs=args.jobs, backend=backend
+        )
+    except GraderError as e:
+        return _fail(e)
+    print(validate.to_json(result) if args.json else validate.to_text(result))
+    return result.exit_code(args.strict)
+
+
 def _grade(args: argparse.Namespace, backend) -> int:
     import tempfile
     from pathlib import Path
@@ -291,14 +403,14 @@ def _grade(args: argparse.Namespace, backend) -> int:
         _parser().error("--jobs must be at least 1")
     out = Path(args.out)
     try:
-        graded = assignment.load(args.assignment)  # once for the whole class (an unknown name fails here)
+        graded = _assignment(args.assignment, args.course)  # once for the whole class (an unknown name fails here)
         hidden = assignment.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
         if not any(
             Path(s).exists() for s in args.submissions
         ):  # a mistyped path (as check's: exit 1), not an empty class
             raise GraderError(f"{', '.join(args.submissions)}: no such file or folder")
         with tempfile.TemporaryDirectory(prefix="grader-batch-") as scratch:
-            found = submissions.discover([Path(s) for s in args.submissions], args.assignment, Path(scratch))
+            found = submissions.discover([Path(s) for s in args.submissions], graded.name, Path(scratch))
             for problem in found.problems:
                 print(f"note: {problem}", file=sys.stderr)
             progress = _Progress(len(found.submissions))
@@ -321,7 +433,7 @@ def _grade(args: argparse.Namespace, backend) -> int:
         return _fail(e)
     if args.canvas_assignment is None and any(s.canvas_id for s in found.submissions):
         print(
-            f"note: canvas.csv's score column is named {args.assignment!r}, and Canvas's import matches it to an "
+            f"note: canvas.csv's score column is named {graded.name!r}, and Canvas's import matches it to an "
             "assignment by name (or creates one); --canvas-assignment 'Name (assignment id)' sends the scores to "
             "the assignment you mean (README: Back to Canvas)",
             file=sys.stderr,
@@ -363,10 +475,15 @@ def _gradescope(args: argparse.Namespace) -> int:
     try:
         if args.step == "build":
             index = gradescope.TORCH_CPU_INDEX if args.torch_index_url is None else args.torch_index_url
-            print(gradescope.build(args.assignment, Path(args.out), args.hidden_visibility, index))
+            graded = _assignment(args.assignment, args.course)
+            print(gradescope.build(graded, Path(args.out), args.hidden_visibility, index))
             return 0
         out = gradescope.run(
-            Path(args.submission), Path(args.results), args.assignment, args.hidden_visibility, args.timeout
+            Path(args.submission),
+            Path(args.results),
+            _assignment(args.assignment, args.course),
+            args.hidden_visibility,
+            args.timeout,
         )
     except GraderError as e:
         return _fail(e)

@@ -205,3 +205,13 @@ def resolve(assignment: str | None, course: str | Path | None) -> Location | Non
     if NAME.fullmatch(assignment) and not Path(assignment).is_dir():
         return locate(assignment, folder)
     return locate_dir(Path(assignment))
+
+
+def course_dir_for_new(given: str | Path | None) -> Path:
+    """The course folder `grader new` writes into: --course or `$GRADER_COURSE`, made if it does not exist."""
+    chosen = given if given is not None else os.environ.get(ENVIRONMENT) or None
+    if chosen is None:
+        raise UsageError(f"grader new needs --course DIR (or ${ENVIRONMENT}): the course folder to write into")
+    folder = Path(chosen).expanduser().resolve()
+    (folder / "source").mkdir(parents=True, exist_ok=True)
+    return folder

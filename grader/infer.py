@@ -4,8 +4,8 @@ A rubric holds only choices (points, tolerances, hidden runs, which cells are se
 already says is read from it, by nbgrader's cell metadata and the code of the cells, never by their words:
 
 - `loss`: `loss`;
-- an exercise's `cell`: its id; its `variables`: the `d_` names its answer cell assigns at the top level,
-  in order; its `test_cell`: the nbgrader test cell (`grade: true`, not an answer) after its answer cell;
+- an exercise's `cell`: its id; its `variables`: the `d_` names its released answer cell assigns at the top
+  level (the `d_x = None` lines), in order; its `test_cell`: the nbgrader test cell (`grade: true`, not an answer) after its answer cell;
 - `skip_cells`: the test cells, and the locked cells that call `.backward()` (PyTorch's own backward
   pass, there for the self-checks);
 - `reference_cells`: the locked code cells before the first answer cell, bar the parameters cell, the
@@ -87,13 +87,14 @@ def defaults(raw: dict, released: nbformat.NotebookNode, solution: nbformat.Note
     out.setdefault("loss", "loss")
     cells = list(_code(released))
     answers = {gid for gid, c in cells if notebook.is_solution(c)}
-    answer_sources = dict(_code(solution)) if solution is not None else {}
     for ex in out["exercise"]:
         if not isinstance(ex.get("id"), str):
             continue
         ex.setdefault("cell", ex["id"])
         if "variables" not in ex and "function" not in ex:
-            cell = answer_sources.get(ex["cell"]) or dict(cells).get(ex["cell"])
+            # (from the release: the `d_x = None` lines students see, the same for the instructor and a
+            # student's own check, whatever names the solution uses on its way)
+            cell = dict(cells).get(ex["cell"])
             ex["variables"] = assigned(cell.source) if cell is not None else []
         if "test_cell" not in ex:
             after = [gid for gid, _ in cells]

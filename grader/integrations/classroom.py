@@ -7,7 +7,10 @@ notebook the instructor adds):
   (`classroom-resources/autograding-python-grader`), worth the assignment's points, and its reporter;
 - `.github/classroom/setup.sh`: the grader step's setup, the CPU build of PyTorch first, then this package;
 - `pytest.ini`: `grade_notebook` names the notebook;
-- `grade_test.py`: one test function per graded variable, each `grade("ex1", "d_probs")`.
+- `grade_test.py`: one test function per graded variable, each `grade("ex1", "d_probs")`;
+- for an assignment of the instructor's own course (not shipped with the package the setup installs):
+  `.github/classroom/assignment/NAME/`, its rubric, student notebook and data (never its solution: an
+  assignment whose answers are checked against the solution is refused), which `pytest.ini` names.
 
 The Python grader runs pytest on the `*_test.py` files and awards `max-score * passed / total`; every
 variable of the shipped assignments is worth 1 point, so with `max-score` the assignment's points the
@@ -18,9 +21,12 @@ test file.)
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from grader import assignment as assignments
+from grader.assignment import Assignment
+from grader.course import RUBRIC
 from grader.errors import GraderError
 
 TORCH = "2.13.0"
@@ -93,9 +99,13 @@ def _function_name(exercise: str, variable: str) -> str:
     return "test_" + re.sub(r"\W", "_", f"{exercise}__{variable}")
 
 
-def write(assignment: str, out: Path, package: str = "backprop-grader") -> list[Path]:
-    """Write the student repository's autograding files for `assignment` into `out`; return their paths."""
-    rubric = assignments.rubric_of(assignment)
+CARRIED = Path(".github/classroom/assignment")
+"""Where a course assignment's files go in the student repository."""
+
+
+def write(graded: Assignment, out: Path, package: str = "backprop-grader") -> list[Path]:
+    """Write the student repository's autograding files for `graded` into `out`; return their paths."""
+    rubric, assignment = graded.rubric, graded.name
     needs = [ex.id for ex in rubric.exercises if ex.kind == "values" and ex.source == "solution"]
     if needs:
         raise GraderError(
@@ -111,12 +121,25 @@ def write(assignment: str, out: Path, package: str = "backprop-grader") -> list[
             assignment=assignment, notebook=notebook, points=f"{points:g}", tests=len(variables)
         ),
         Path(".github/classroom/setup.sh"): SETUP.format(torch=TORCH, package=package),
-        Path("pytest.ini"): PYTEST_INI.format(notebook=notebook, assignment=assignment),
+        Path("pytest.ini"): PYTEST_INI.format(
+            notebook=notebook,
+            assignment=assignment if graded.location.origin == "shipped" else (CARRIED / assignment).as_posix(),
+        ),
         Path("grade_test.py"): TESTS.format(notebook=notebook, assignment=assignment)
         + "\n\n".join(f"def {_function_name(ex, v.name)}(grade):\n    grade({ex!r}, {v.name!r})" for ex, v in variables)
         + "\n",
     }
     written = []
+    if graded.location.origin != "shipped":
+        # the package the setup installs does not have this assignment: the repository carries it, as an
+        # assignment folder (rubric.toml, the student notebook, the data), never the solution
+        folder = out / CARRIED / assignment
+        folder.mkdir(parents=True, exist_ok=True)
+        found = assignments.files(graded)
+        for path in (found.rubric, found.released, *found.data):
+            name = {found.rubric: RUBRIC, found.released: f"{assignment}.ipynb"}.get(path, path.name)
+            shutil.copyfile(path, folder / name)
+        written += sorted(p for p in folder.iterdir())
     for relative, text in files.items():
         path = out / relative
         path.parent.mkdir(parents=True, exist_ok=True)

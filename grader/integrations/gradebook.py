@@ -107,13 +107,15 @@ def _ours(gradebook, course: Path, assignment: str) -> dict[str, Assignment]:
     Raises `GraderError` when one of them lacks a test cell its rubric scores (an older course version).
     """
     ours: dict[str, Assignment] = {}
+    # The course's own assignments first (its source/NAME/rubric.toml), then the shipped ones.
+    lookup = course if (course / "source").is_dir() else None
     for nb in gradebook.find_assignment(assignment).notebooks:
         for folder in ("release", "source"):
             path = course / folder / assignment / f"{nb.name}.ipynb"
             if path.is_file():
                 name = notebooks.read(path).metadata.get("grader", {}).get("assignment")
-                if isinstance(name, str) and name in assignments.known():
-                    ours[nb.name] = assignments.load(name)
+                if isinstance(name, str) and name in assignments.known(lookup):
+                    ours[nb.name] = assignments.load(name, lookup)
                 break
         if nb.name in ours:
             cells = {c.name for c in nb.grade_cells}
