@@ -167,6 +167,21 @@ def files(assignment: Assignment) -> Files:
     return Files(loc.rubric, loc.released, solution, tuple(assignment.data.values()))
 
 
+def folder_files(assignment: Assignment, *, private: bool = True) -> dict[str, Path]:
+    """The files of `assignment` as an assignment folder holds them (`grader.course.locate_dir`): relative path
+    -> the file here. For a copy carried elsewhere (an autograder, a Dask worker, a student repository):
+    `private` adds what only the instructor's grading may have (the solution where an answer is checked
+    against it, the private hidden runs); a student repository's copy leaves it out."""
+    found, loc = files(assignment), assignment.location
+    out = {courses.RUBRIC: found.rubric, f"{assignment.name}.ipynb": found.released}
+    out |= {path.name: path for path in found.data}
+    if private and found.solution is not None:
+        out[f"{courses.SOLUTION}/{assignment.name}.ipynb"] = found.solution
+    if private and loc.hidden_runs is not None:
+        out[courses.HIDDEN_RUNS] = loc.hidden_runs
+    return out
+
+
 def rubric_of(name: str, course: Path | None = None) -> Rubric:
     """The rubric of assignment `name`, for code that needs its variables' names and tolerances: the self-check
     in a student's kernel, and the integrations naming a course's columns. The lecture's is read alone."""

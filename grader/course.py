@@ -38,6 +38,10 @@ NAME = re.compile(r"[A-Za-z0-9_-]+")
 RUBRIC = "rubric.toml"
 """The rubric's file name in an assignment folder (a shipped assignment's is `NAME.toml`)."""
 
+SOLUTION = "solution"
+"""In an assignment folder that an autograder carries: the folder of the solution, where an answer is checked
+against it."""
+
 HIDDEN_RUNS = "hidden_runs.toml"
 """The instructor's own hidden runs, in `COURSE/private/NAME/`."""
 
@@ -183,14 +187,17 @@ def locate_dir(path: Path) -> Location:
         located = in_course(folder.parent.parent, name)
         assert located is not None  # (the folder exists: it holds the rubric)
         return located
+    # (an autograder's copy may also hold the solution and the private hidden runs: both hidden from runs)
+    solution = folder / SOLUTION / f"{name}.ipynb"
+    private = folder / HIDDEN_RUNS
     return Location(
         name=name,
         rubric=rubric,
         released=folder / f"{name}.ipynb",
-        solution=None,
+        solution=solution if solution.is_file() else None,
         data=folder,
-        hidden_runs=None,
-        hidden=(),
+        hidden_runs=private if private.is_file() else None,
+        hidden=(folder / SOLUTION, private),
         origin="folder",
     )
 

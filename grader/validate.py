@@ -155,8 +155,10 @@ def validate(
                 )
         results: list[MistakeResult] = []
         if with_mistakes and not errors:
-            results = _mistakes(graded, solution, runs, scratch, pool, jobs)
+            zero = {n.variable for n in noise if n.scale <= n.atol}
+            results = _mistakes(graded, runs, scratch, pool, jobs, zero)
             warnings += [f"{m.name}: {m.verdict}" + (f" ({m.why})" if m.why else "") for m in results if _warn(m)]
+            warnings += _untold(graded, results, zero)
     stats = {
         "derived": sum(m.kind != "written" for m in results),
         "written": sum(m.kind == "written" for m in results),
@@ -280,8 +282,22 @@ class _Submission:
     path: Path
 
 
+def _untold(graded: Assignment, results: list[MistakeResult], zero: set[str]) -> list[str]:
+    """The variables that mistakes of their own line were aimed at, none of which was caught."""
+    out = []
+    for ex in graded.rubric.exercises:
+        for var in ex.variables:
+            aimed = [m for m in results if m.expected == var.name and m.verdict != "same as"]
+            if aimed and not any(var.name in m.cost for m in aimed):
+                why = (
+                    "its gradient is zero up to rounding" if var.name in zero else "the mistakes leave its value right"
+                )
+                out.append(f"{var.name}: none of the {len(aimed)} mistakes of its own line is caught ({why})")
+    return out
+
+
 def _mistakes(
-    graded: Assignment, solution: Path, runs: list[GradedRun], scratch: Path, pool: sandbox.Pool, jobs: int
+    graded: Assignment, runs: list[GradedRun], scratch: Path, pool: sandbox.Pool, jobs: int, zero: set[str]
 ) -> list[MistakeResult]:
     """Grade every derived and written mistake through the pool, `jobs` at a time."""
     from grader.grade import grade_with_runs
@@ -298,7 +314,7 @@ def _mistakes(
             out.append(MistakeResult(sub.name, sub.kind, sub.expected, (), "", "same as", seen[print_]))
             continue
         seen.setdefault(print_, sub.name)
-        out.append(_judge(graded, sub, report, print_ == right))
+        out.append(_judge(graded, sub, report, print_ == right, zero))
     return out
 
 
@@ -306,7 +322,6 @@ def _derived(graded: Assignment, scratch: Path) -> list[_Submission]:
     solution = graded.solution
     assert solution is not None
     sizes = {k: v for k, v in graded.published.items() if isinstance(v, int) and not isinstance(v, bool)}
-    variables = {v.name for ex in graded.rubric.exercises for v in ex.graded}
     answer_cells = {ex.cell for ex in graded.rubric.exercises}
     out = []
     folder = scratch / "mistakes"
@@ -314,6 +329,8 @@ def _derived(graded: Assignment, scratch: Path) -> list[_Submission]:
         gid = notebook.grade_id(cell)
         if cell.cell_type != "code" or gid not in answer_cells:
             continue
+        # (the variables of this cell's exercises: a name another exercise grades is a temporary here)
+        variables = {v.name for ex in graded.rubric.exercises if ex.cell == gid for v in ex.graded}
         for number, m in enumerate(derived.derive(gid, cell.source, variables, sizes)):
             nb = nbformat.reads(nbformat.writes(solution), 4)
             nb.cells[index].source = m.source
@@ -358,7 +375,7 @@ def _fingerprint(run: GradedRun) -> str:
     return digest.hexdigest()
 
 
-def _judge(graded: Assignment, sub: _Submission, report: Report, same_values: bool) -> MistakeResult:
+def _judge(graded: Assignment, sub: _Submission, report: Report, same_values: bool, zero: set[str]) -> MistakeResult:
     """The verdict on one graded mistake, read from the report's fields."""
     training = {
         ex.function.training.result.name for ex in graded.rubric.exercises if ex.function and ex.function.training
@@ -372,13 +389,19 @@ def _judge(graded: Assignment, sub: _Submission, report: Report, same_values: bo
     hint = focus.hint if focus else ""
     if not lost:
         why = "its values are the solution's (a symmetric tensor, a size-1 axis, a factor of 1?)" if same_values else ""
+        if not why and expected in zero:
+            why = f"{expected} is zero up to rounding (autograd's entries are within its atol): no mistake shows on it"
         if sub.kind == "written":
             why = why or "the author says it must cost " + (expected or "a variable")
         return MistakeResult(sub.name, sub.kind, expected, (), "", "not caught", why)
     if expected is not None and expected not in lost:
         return MistakeResult(sub.name, sub.kind, expected, lost, hint, "wrong variable", f"it cost {', '.join(lost)}")
+    raised = [v.name for v in report.variables if v.name in own and v.status in ("missing", "error")]
     if expected is not None and len(own) > 1:
         others = [n for n in own if n != expected]
+        if expected in raised or (raised and set(others) <= set(raised)):
+            # the changed line raises: the lines after it never ran (a shape error is caught as it should be)
+            return MistakeResult(sub.name, sub.kind, expected, lost, hint, "caught", "the changed line raises")
         return MistakeResult(sub.name, sub.kind, expected, lost, hint, "costs more", f"also {', '.join(others)}")
     if not hint or (sub.word and sub.word.lower() not in (focus.message if focus else "").lower()):
         why = f"its hint does not say {sub.word!r}" if hint and sub.word else "no hint names the mistake"

@@ -1,9 +1,11 @@
-"""nbgrader: the solutions are nbgrader source notebooks, `nbgrader generate_assignment` makes assignments/,
-and a real course autogrades them the way `grader check` does, except where a submission cheats inside
-its own kernel, which `grader gradebook` catches."""
+"""nbgrader: the solutions are nbgrader source notebooks, `nbgrader generate_assignment` makes assignments/
+(`grader release` runs it, then writes the copy of the assignment a student's `grader check` reads into the
+notebook's metadata), and a real course autogrades them the way `grader check` does, except where a
+submission cheats inside its own kernel, which `grader gradebook` catches."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,9 +18,25 @@ import pytest
 from conftest import RELEASE, ROOT, SOLUTION, answered, grader_command
 
 from grader import assignment as assignments
+from grader import embedded
+from grader.release import embed
 
-sys.path.insert(0, str(ROOT / "tools"))  # the maintainer's release tool is not part of the package
-from release import generate
+
+def generate(solution: Path, out: Path) -> Path:
+    """What `grader release` writes for the shipped assignment of `solution`, written to `out` instead."""
+    from grader import release
+
+    release.generate(solution, out, solution.stem)
+    # (at `out`, not in assignments/: the same files otherwise, the rubric and data beside the released one)
+    embed(out, dataclasses.replace(assignments.locate(solution.stem), released=out, origin="folder"))
+    return out
+
+
+def _without_copy(path: Path) -> nbformat.NotebookNode:
+    """The notebook at `path` without the copy of the assignment that `grader release` adds to nbgrader's."""
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.get("grader", {}).pop(embedded.KEY, None)
+    return nb
 
 pytest.importorskip("nbgrader")
 
@@ -26,9 +44,10 @@ RUBRIC = assignments.rubric_of("backprop_ninja")
 NAME = "backprop_ninja"
 
 
-def _differences(a: Path, b: Path) -> list[str]:
-    """Cells (by index) where two notebooks differ, and whether their metadata does."""
-    x, y = nbformat.read(a, as_version=4), nbformat.read(b, as_version=4)
+def _differences(a: Path, b: Path, copy: bool = True) -> list[str]:
+    """Cells (by index) where two notebooks differ, and whether their metadata does (`copy=False`: leaving
+    out the assignment's copy that `grader release` adds)."""
+    x, y = (nbformat.read(p, as_version=4) if copy else _without_copy(p) for p in (a, b))
     out = [] if x.metadata == y.metadata else ["notebook metadata"]
     if len(x.cells) != len(y.cells):
         out.append(f"{len(x.cells)} cells vs {len(y.cells)}")
@@ -68,7 +87,7 @@ def test_solutions_are_valid_nbgrader_source_notebooks(name):
 def test_nbgrader_generate_assignment_reproduces_the_release(tmp_path, name):
     generated = generate(ROOT / "solutions" / f"{name}.ipynb", tmp_path / "released.ipynb")
     assert _differences(generated, ROOT / "assignments" / f"{name}.ipynb") == [], (
-        "assignments/ is stale: run `python tools/release.py` after editing solutions/"
+        "assignments/ is stale: run `grader release NAME` after editing solutions/"
     )
 
 
@@ -133,7 +152,10 @@ def course(tmp_path_factory) -> Path:
     shutil.copyfile(SOLUTION, course / "source" / NAME / f"{NAME}.ipynb")
     shutil.copyfile(ROOT / "nbgrader_config.py", course / "nbgrader_config.py")
     _nbgrader(course, "generate_assignment", NAME)
-    assert _differences(course / "release" / NAME / f"{NAME}.ipynb", RELEASE) == []
+    # nbgrader's own release is ours but for the assignment's copy in the metadata, which grader release adds
+    made = course / "release" / NAME / f"{NAME}.ipynb"
+    assert _differences(made, RELEASE) == ["notebook metadata"]
+    assert _differences(made, RELEASE, copy=False) == []
     for student, make in SUBMISSIONS.items():
         folder = course / "submitted" / student / NAME
         folder.mkdir(parents=True)

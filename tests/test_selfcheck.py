@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import nbformat
 import pytest
 import torch
 
-from grader import check, check_training
+from grader import assets, check, check_training
 
 
 def _with_grad():
@@ -35,11 +36,25 @@ def test_stub_and_missing_reference_say_what_to_do(capsys):
     assert "y.grad is None" in capsys.readouterr().out
 
 
-def test_uses_the_rubric_tolerance_of_the_variable(capsys):
+def test_uses_the_rubric_tolerance_of_the_notebooks_own_assignment(capsys, monkeypatch):
+    # Jupyter tells the kernel which notebook it runs; the release carries its rubric (`grader release`)
+    monkeypatch.setenv("JPY_SESSION_NAME", str(assets.assignments_dir() / "backprop_ninja.ipynb"))
     b1 = torch.zeros(4, requires_grad=True)
     b1.grad = torch.tensor([1e-8, -1.4e-8, 0.0, 3e-9])  # rounding noise, as autograd returns for d_b1
     assert check("b1", torch.zeros(4), b1) is True  # the rubric's atol for d_b1
     assert check("other", torch.zeros(4), b1) is False  # plain allclose defaults
+
+
+def test_never_takes_a_tolerance_from_another_assignment_by_the_variables_name(capsys, monkeypatch, tmp_path):
+    # a notebook of another assignment (here one that carries no copy) with a d_b1 of its own: allclose's defaults
+    other = tmp_path / "mine.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(), other)
+    monkeypatch.setenv("JPY_SESSION_NAME", str(other))
+    b1 = torch.zeros(4, requires_grad=True)
+    b1.grad = torch.tensor([1e-8, -1.4e-8, 0.0, 3e-9])
+    assert check("b1", torch.zeros(4), b1) is False
+    monkeypatch.delenv("JPY_SESSION_NAME")  # no notebook known at all: the same
+    assert check("b1", torch.zeros(4), b1) is False
 
 
 def test_a_warning_never_reaches_stderr(capsys):

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from grader import assignment as assignments
 from grader.assignment import Assignment
-from grader.course import RUBRIC
 from grader.errors import GraderError
 
 TORCH = "2.13.0"
@@ -135,10 +134,8 @@ def write(graded: Assignment, out: Path, package: str = "backprop-grader") -> li
         # assignment folder (rubric.toml, the student notebook, the data), never the solution
         folder = out / CARRIED / assignment
         folder.mkdir(parents=True, exist_ok=True)
-        found = assignments.files(graded)
-        for path in (found.rubric, found.released, *found.data):
-            name = {found.rubric: RUBRIC, found.released: f"{assignment}.ipynb"}.get(path, path.name)
-            shutil.copyfile(path, folder / name)
+        for relative, path in assignments.folder_files(graded, private=False).items():
+            shutil.copyfile(path, folder / relative)
         written += sorted(p for p in folder.iterdir())
     for relative, text in files.items():
         path = out / relative

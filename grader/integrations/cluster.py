@@ -30,6 +30,7 @@ from pathlib import Path
 from grader import assignment as assignments
 from grader import batch, sandbox
 from grader.assignment import Assignment
+from grader.course import check_name, locate_dir
 from grader.errors import GraderError, RubricError, UsageError
 from grader.submissions import Submission
 
@@ -62,6 +63,9 @@ class Task:
     """The sandbox the worker must run it in (`--sandbox`): a worker where `linux` cannot work refuses."""
     hidden_runs: tuple[dict[str, object], ...] | None = None
     """The hidden re-runs' parameters (`--hidden-runs`); None for the rubric's."""
+    carried: tuple[tuple[str, bytes], ...] = ()
+    """An assignment the workers' package does not ship (a course's): its folder's files, relative path ->
+    bytes (`assignment.folder_files`), since no file system is shared; empty for a shipped one."""
 
 
 # --- on the worker -------------------------------------------------------------------------------
@@ -89,9 +93,31 @@ def _pool(limits: sandbox.Limits, hidden: tuple[str, ...], backend: str = "auto"
         return _POOLS[key]
 
 
+_CARRIED: dict[str, Assignment] = {}
+_CARRIED_LOCK = threading.Lock()
+
+
+def _assignment(task: Task) -> Assignment:
+    """The task's assignment: the worker's shipped one, or the folder the task carries, written once per digest
+    to a scratch folder of this process (hidden from runs like every rubric's folder)."""
+    if not task.carried:
+        return assignments.load(task.assignment)
+    with _CARRIED_LOCK:
+        if task.assignment_digest not in _CARRIED:
+            folder = Path(tempfile.mkdtemp(prefix="grader-dask-assignment-")) / check_name(task.assignment)
+            for relative, content in task.carried:
+                target = (folder / relative).resolve()
+                if folder.resolve() not in target.parents:  # (the grader's own task: a bug if it points out)
+                    raise RubricError(f"the task carries a file outside its assignment folder: {relative!r}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+            _CARRIED[task.assignment_digest] = assignments.load_at(locate_dir(folder))
+        return _CARRIED[task.assignment_digest]
+
+
 def grade_task(task: Task) -> tuple[dict, str | None]:
     """Grade one submission on a Dask worker: the report and feedback page `batch.grade_one` gives."""
-    assignment = assignments.load(task.assignment)
+    assignment = _assignment(task)
     if assignment.digest != task.assignment_digest:
         raise RubricError(
             f"this worker's copy of {task.assignment} differs from the grader's: install the same "
@@ -163,6 +189,9 @@ def grade(
         from dask.distributed import as_completed
 
         futures = {}
+        carried: tuple[tuple[str, bytes], ...] = ()
+        if assignment.location.origin != "shipped":
+            carried = tuple((k, p.read_bytes()) for k, p in assignments.folder_files(assignment).items())
         for s in submissions:
             task = Task(
                 s.student,
@@ -176,6 +205,7 @@ def grade(
                 hidden,
                 backend,
                 hidden_runs,
+                carried,
             )
             # pure=False: the same notebook handed in twice is graded twice, as a local run would
             futures[

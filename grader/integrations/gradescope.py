@@ -22,6 +22,8 @@ from pathlib import Path
 
 from grader import assets, sandbox
 from grader import assignment as assignments
+from grader.assignment import Assignment
+from grader.course import check_name
 from grader.errors import GraderError, NotANotebook, UsageError
 from grader.grade import grade_notebook
 from grader.verdicts import PASSING, Report
@@ -123,14 +125,13 @@ def find_notebook(submission: Path, expected: str) -> Path:
 def run(
     submission: Path,
     results_path: Path,
-    assignment: str,
+    graded: Assignment,
     hidden_visibility: str = "after_published",
     timeout: float | None = None,
 ) -> dict:
-    """Grade the notebook in `submission` as `assignment` and write results.json; return what was written."""
+    """Grade the notebook in `submission` as `graded` and write results.json; return what was written."""
     started = time.monotonic()
     try:
-        graded = assignments.load(assignment)
         notebook = find_notebook(submission, graded.rubric.released.name)
         # the zip's own copy of the package, rubric included, sits in the autograder's source folder
         results_folder = results_path.resolve().parent
@@ -189,6 +190,9 @@ exec "$PYTHON" -m grader gradescope run "$ROOT/submission" "$ROOT/results/result
   --assignment {assignment} --hidden-visibility {visibility}
 """
 
+CARRIED = "assignment"
+"""The zip's folder holding a course assignment (an assignment folder: `grader.course.locate_dir`)."""
+
 PYPROJECT = """[build-system]
 requires = ["hatchling>=1.24"]
 build-backend = "hatchling.build"
@@ -204,16 +208,27 @@ packages = ["grader"]
 """
 
 
-def _package_tree(dest: Path, assignment: str) -> None:
-    """Copy the installed `grader` package, with the assignment's release and data, into `dest`."""
+def _carry(graded: Assignment, folder: Path) -> None:
+    """Write a course assignment into `folder` as an assignment folder: its rubric, student notebook and data,
+    the instructor's private hidden runs, and the solution only where an answer is checked against it (the
+    autograder is the instructor's; runs never see the folder, which is hidden like the rubric's)."""
+    for relative, path in assignments.folder_files(graded).items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, folder / relative)
+
+
+def _package_tree(dest: Path, graded: Assignment) -> None:
+    """Copy the installed `grader` package, with a shipped assignment's release and data, into `dest`."""
     package = Path(__file__).resolve().parents[1]  # the grader package (this module is in its integrations/)
     shutil.copytree(package, dest / "grader", ignore=shutil.ignore_patterns("__pycache__", "_assets"))
     shipped = dest / "grader" / "_assets"
     (shipped / "assignments").mkdir(parents=True)
-    files = assignments.files(assignment)
+    shutil.copytree(assets.data_dir(), shipped / "data", ignore=shutil.ignore_patterns("*.py", "*.md", "__pycache__"))
+    if graded.location.origin != "shipped":
+        return  # (a course assignment travels beside the package: `_carry`)
+    files = assignments.files(graded)
     for path in (files.released, files.rubric):
         shutil.copyfile(path, shipped / "assignments" / path.name)
-    shutil.copytree(assets.data_dir(), shipped / "data", ignore=shutil.ignore_patterns("*.py", "*.md", "__pycache__"))
     if files.solution is not None:
         # answers whose reference is the instructor's solution: the autograder needs it (runs never see it:
         # the solutions folder is hidden from them like the rubric's)
@@ -231,23 +246,26 @@ def _package_tree(dest: Path, assignment: str) -> None:
 
 
 def build(
-    assignment: str, out: Path, hidden_visibility: str = "after_published", torch_index_url: str = TORCH_CPU_INDEX
+    graded: Assignment, out: Path, hidden_visibility: str = "after_published", torch_index_url: str = TORCH_CPU_INDEX
 ) -> Path:
-    """Write a Gradescope autograder zip for `assignment` to `out`."""
+    """Write a Gradescope autograder zip for `graded` (shipped, or a course's, which the zip carries) to `out`."""
     if hidden_visibility not in VISIBILITIES:
         raise UsageError(f"--hidden-visibility must be one of {', '.join(VISIBILITIES)}")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", assignment):
-        raise GraderError(f"not an assignment name: {assignment!r}")
+    name = check_name(graded.name)  # (it goes into run_autograder as is)
     if not re.fullmatch(r"[A-Za-z0-9:/._~%+-]*", torch_index_url):  # it goes into setup.sh as is
         raise GraderError(f"not a plain URL: {torch_index_url!r}")
-    assignments.rubric_path(assignment)  # an unknown name fails here, with the names we know
     torch_version = importlib.metadata.version("torch").split("+")[0]
+    shipped = graded.location.origin == "shipped"
     with tempfile.TemporaryDirectory(prefix="grader-gradescope-") as tmp:
         root = Path(tmp)
-        _package_tree(root / "backprop-grader", assignment)
+        _package_tree(root / "backprop-grader", graded)
+        if not shipped:
+            _carry(graded, root / CARRIED / name)
         scripts = {
             "setup.sh": SETUP.format(index=torch_index_url, torch=torch_version),
-            "run_autograder": RUN.format(assignment=assignment, visibility=hidden_visibility),
+            "run_autograder": RUN.format(
+                assignment=name if shipped else f'"$ROOT/source/{CARRIED}/{name}"', visibility=hidden_visibility
+            ),
         }
         out.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -255,7 +273,7 @@ def build(
                 info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
                 info.external_attr = (stat.S_IFREG | 0o755) << 16
                 zf.writestr(info, text)
-            for path in sorted((root / "backprop-grader").rglob("*")):
+            for path in sorted(root.rglob("*")):
                 if path.is_file():
                     zf.write(path, path.relative_to(root).as_posix())
     return out

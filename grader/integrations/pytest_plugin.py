@@ -1,6 +1,6 @@
 """Grades as pytest results: the `grader` pytest plugin (registered through the `pytest11` entry point).
 
-    pytest --grade NOTEBOOK [--grade-assignment NAME] [--grade-timeout S] [--grade-no-runs]
+    pytest --grade NOTEBOOK [--grade-assignment NAME|DIR] [--grade-course DIR] [--grade-timeout S] [--grade-no-runs]
 
 collects the notebook, and nothing else, as one test item per graded variable (`ex1::d_probs`) and one
 per hidden re-run (`hidden::run-1`). The first item to run grades the notebook, once, through the same
@@ -38,6 +38,8 @@ class _Grading:
     notebook: Path
     assignment: str | None
     timeout: float | None
+    course: str | None = None
+    """The course folder names are looked up in first (`--grade-course`, `grade_course`, $GRADER_COURSE)."""
     rubric: object = None
     """The rubric it is graded by (known before it runs: the items are its variables)."""
     report: object = None
@@ -52,7 +54,10 @@ class _Grading:
             from grader.grade import grade_notebook
 
             try:
-                self.report = grade_notebook(self.notebook, assignment=self.assignment, timeout=self.timeout)
+                assignment, course = _target(self.assignment, self.course)
+                self.report = grade_notebook(
+                    self.notebook, assignment=assignment, timeout=self.timeout, course=course, embedded=True
+                )
             except GraderError as e:
                 self.error = str(e)
             except Exception as e:  # the grader's own failure: every item says it, on one line
@@ -86,7 +91,12 @@ class _Grading:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("grader", "grading a backprop notebook (backprop-grader)")
     group.addoption("--grade", metavar="NOTEBOOK", help="grade this notebook: one test item per graded variable")
-    group.addoption("--grade-assignment", metavar="NAME", help="grade it as this assignment (default: its metadata)")
+    group.addoption(
+        "--grade-assignment", metavar="NAME|DIR", help="grade it as this assignment (default: its metadata)"
+    )
+    group.addoption(
+        "--grade-course", metavar="DIR", help="the course folder where assignments are looked up first ($GRADER_COURSE)"
+    )
     group.addoption("--grade-timeout", metavar="S", type=float, help="wall-clock limit per run (default: the rubric's)")
     group.addoption(
         "--grade-no-runs",
@@ -95,14 +105,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("grade_notebook", "the notebook the `grade` fixture grades (relative to the rootdir)")
     parser.addini("grade_assignment", "the assignment the `grade` fixture grades it as (default: its metadata)")
+    parser.addini("grade_course", "the course folder where assignment names are looked up first")
 
 
-def _rubric(path: Path, assignment: str | None):
+def _target(assignment: str | None, course: str | None):
+    """(what to grade as: None, `lecture`, or the loaded assignment; the course folder), as the CLI resolves it."""
+    from grader import assignment as assignments
+    from grader.course import course_dir, resolve
+
+    if assignment is None or assignment == assignments.LECTURE:
+        return assignment, course_dir(course)
+    location = resolve(assignment, course)
+    assert location is not None  # (a name is given)
+    return assignments.load_at(location), course_dir(course)
+
+
+def _rubric(path: Path, assignment: str | None, course: str | None):
     from grader.errors import GraderError
     from grader.grade import graded_rubric
 
     try:
-        return graded_rubric(path, assignment)
+        target, folder = _target(assignment, course)
+        return graded_rubric(path, target, folder, embedded=True)
     except GraderError as e:
         raise pytest.UsageError(f"--grade: {e}") from None
 
@@ -113,11 +137,12 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     path = Path(notebook)
     assignment = config.getoption("grade_assignment")
+    course = config.getoption("grade_course") or config.getini("grade_course") or None
     timeout = config.getoption("grade_timeout")
     if timeout is not None and not 0 < timeout < float("inf"):
         raise pytest.UsageError("--grade-timeout must be a positive number of seconds")
     # a usage error now (no such file, not a notebook, no assignment), not a failure of every item later
-    config.stash[_GRADING] = _Grading(path, assignment, timeout, rubric=_rubric(path, assignment))
+    config.stash[_GRADING] = _Grading(path, assignment, timeout, course, rubric=_rubric(path, assignment, course))
     # the notebook is all there is to collect (no test files); `NOTEBOOK::ex1::d_probs` still selects items
     mine = [a for a in config.args if Path(a.split("::")[0]).resolve() == path.resolve()]
     config.args[:] = mine or [str(path)]
@@ -220,7 +245,11 @@ def grade(request: pytest.FixtureRequest):
                 "the grade fixture needs a notebook: set grade_notebook in the ini file, or --grade"
             )
         path = Path(notebook) if Path(notebook).is_absolute() else Path(config.rootpath) / notebook
-        grading = config.stash[_INI_GRADING] = _Grading(path, config.getini("grade_assignment") or None, None)
+        assignment = config.getini("grade_assignment") or None
+        if assignment and ("/" in assignment or "\\" in assignment) and not Path(assignment).is_absolute():
+            assignment = str(Path(config.rootpath) / assignment)  # (a folder, as `grader classroom` writes it)
+        course = config.getini("grade_course") or None
+        grading = config.stash[_INI_GRADING] = _Grading(path, assignment, None, course)
 
     def check(exercise: str, variable: str) -> None:
         try:

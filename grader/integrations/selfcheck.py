@@ -14,28 +14,54 @@ Never broadcast, one line per variable.
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 
 from grader import assignment as assignments
 from grader import rubric
 from grader.compare import cmp_line, compare
+from grader.errors import GraderError
 from grader.hints import with_hint
-from grader.rubric import Tolerance
+from grader.rubric import Rubric, Tolerance
+
+
+def _own_rubric() -> Rubric | None:
+    """The rubric of the notebook this kernel runs, from the copy its release carries (`grader.embedded`): the
+    notebook is found where Jupyter (`JPY_SESSION_NAME`) or VS Code (`__vsc_ipynb_file__`) says it is. None
+    where neither says, or the notebook carries no copy."""
+    main = _notebook_namespace()
+    found = os.environ.get("JPY_SESSION_NAME") or main.get("__vsc_ipynb_file__") or main.get("__session__")
+    if not isinstance(found, str) or not found.endswith(".ipynb"):
+        return None
+    path = Path(found)
+    try:
+        return _rubric_in(path, path.stat().st_mtime_ns)
+    except (OSError, ValueError, GraderError):
+        return None
+
+
+@functools.lru_cache(maxsize=4)
+def _rubric_in(path: Path, stamp: int) -> Rubric | None:
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    grader = raw.get("metadata", {}).get("grader", {})
+    carried = grader.get("release", {}).get("rubric") if isinstance(grader, dict) else None
+    if not isinstance(carried, dict):
+        return None
+    return rubric.parse({"notebook": path.name, **carried}, path)
 
 
 def _tolerance_for(variable: str, loosest: bool = False) -> Tolerance:
-    # The rubric's tolerance for this variable, so that a self-check passes when the grader will pass it.
-    found = {
-        v.tolerance
-        for name in assignments.known()
-        for ex in assignments.rubric_of(name).exercises
-        for v in ex.variables
-        if v.name == variable
-    }
+    # The rubric's tolerance for this variable, so that a self-check passes when the grader will pass it: the
+    # notebook's own assignment's, never another assignment's found by the variable's name.
+    own = _own_rubric()
+    found = {v.tolerance for ex in (own.exercises if own else ()) for v in ex.variables if v.name == variable}
     if not found:
         return Tolerance(rubric.DEFAULT_RTOL, rubric.DEFAULT_ATOL)
     # the same name in two exercises (d_C in Exercises 1 and 4): check() is the plain exercises' self-check
@@ -45,6 +71,10 @@ def _tolerance_for(variable: str, loosest: bool = False) -> Tolerance:
 
 
 def _targets_names() -> set[str]:
+    own = _own_rubric()
+    if own is not None:
+        return {own.targets} if own.targets else set()
+    # (no copy to read: the names the shipped assignments give their targets, for hints only)
     return {t for name in assignments.known() if (t := assignments.rubric_of(name).targets)}
 
 
