@@ -294,14 +294,16 @@ TOP_KEYS = {
     "loss": 'the scalar every gradient is of (default: "loss")',
     "timeout": f"seconds of wall-clock time for each run of a submission (default: {DEFAULT_TIMEOUT:g})",
     "cell_timeout": f"seconds one cell may run before it is interrupted (default: {DEFAULT_CELL_TIMEOUT:g})",
-    "credit": '"local": a gradient earns its points when its own step is right; "chain": only when its value is',
+    "credit": '"local" (default): a gradient earns its points when its own step is right, even after an earlier '
+    'mistake; "chain": only when its value is right',
     "targets": "the forward pass's target classes (e.g. Yb), for hints that name the target entries",
     "forbidden": "names answer cells may not use (e.g. PyTorch's own layer the exercise asks to write)",
     "setup_cells": "grade_ids of locked cells that build the data, run once per value of setup_parameters",
     "setup_parameters": "the only parameters the setup cells read",
     "reference_cells": "grade_ids of locked cells the grader runs with autograd for the reference "
     "(default: the locked code cells before the first answer cell, bar setup and test cells)",
-    "no_grad_cells": "grade_ids of cells run with autograd off while grading (default: the reference cells)",
+    "no_grad_cells": "grade_ids of cells run with autograd off while grading (default: none; answer cells never "
+    "have autograd)",
     "skip_cells": "grade_ids of cells never run while grading (default: nbgrader test cells and cells that "
     "call .backward())",
     "data": "table: parameter = data file beside the rubric that the grader points the parameter at",

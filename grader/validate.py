@@ -220,14 +220,15 @@ def _full_marks(report: Report) -> list[str]:
 
 
 def _zero(report: Report) -> list[str]:
+    """The untouched release must earn nothing, every variable `missing` (its `d_x = None` lines)."""
     out = []
     if report.score > 0:
         earned = [v.name for v in report.variables if v.status in PASSING]
         out.append(f"the release earns {report.score:g} points untouched ({', '.join(earned)}): answers are given away")
-    # (a training run's result is never `missing`: the released loop runs, with a backward pass of Nones)
-    others = [f"{v.name} ({v.status})" for v in report.variables if v.status not in ("missing", *PASSING)]
-    if others and report.score == 0 and report.status != "graded":
-        out.append(f"the release does not run to the end untouched: {report.error}")
+    others = [f"{v.name} ({v.status})" for v in report.variables if v.status != "missing"]
+    if others:
+        why = f"; it did not run to the end: {report.error}" if report.status != "graded" else ""
+        out.append(f"the untouched release should leave every variable missing, but: {', '.join(others)}{why}")
     return out
 
 
