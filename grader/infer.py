@@ -5,7 +5,8 @@ already says is read from it, by nbgrader's cell metadata and the code of the ce
 
 - `loss`: `loss`;
 - an exercise's `cell`: its id; its `variables`: the `d_` names its released answer cell assigns at the top
-  level (the `d_x = None` lines), in order; its `test_cell`: the nbgrader test cell (`grade: true`, not an answer) after its answer cell;
+  level (the `d_x = None` lines), in order; its `test_cell`: the nbgrader test cell (`grade: true`, not an
+  answer) after its answer cell;
 - `skip_cells`: the test cells, and the locked cells that call `.backward()` (PyTorch's own backward
   pass, there for the self-checks);
 - `reference_cells`: the locked code cells before the first answer cell, bar the parameters cell, the
