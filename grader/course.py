@@ -166,11 +166,12 @@ def locate(name: str, course: Path | None) -> Location:
     check_name(name)
     found = (in_course(course, name) if course else None) or shipped(name)
     if found is None:
-        where = f"in {course} or " if course else ""
-        hint = "" if course else "; a course's assignment needs --course DIR (or $GRADER_COURSE)"
-        raise UnknownAssignment(
-            f"unknown assignment {name!r} {where}among the grader's (known: {', '.join(known(course)) or 'none'}){hint}"
+        hint = (
+            f"; looked in {course / 'source'} and among the grader's"
+            if course
+            else (f"; a course's assignment needs --course DIR (or ${ENVIRONMENT})")
         )
+        raise UnknownAssignment(f"unknown assignment {name!r} (known: {', '.join(known(course)) or 'none'}){hint}")
     return found
 
 
