@@ -307,7 +307,7 @@ def build(
         if not courses.NAME.fullmatch(Path(file).stem) or Path(file).name != file:
             raise broken(location, f"[data] {key} = {file!r}: a data file is named by its file name alone")
         data[key] = location.data / file
-    cells = {notebook.grade_id(c): c.source for c in released.cells if c.cell_type == "code" and notebook.grade_id(c)}
+    cells = {gid: c.source for c in released.cells if c.cell_type == "code" and (gid := notebook.grade_id(c))}
     data_digest = hashlib.sha256()
     for key, path in sorted(data.items()):
         data_digest.update(f"{key}={path.name}\0".encode() + _read(path, f"data file for {key}"))

@@ -36,10 +36,11 @@ import nbformat
 
 from grader import assignment as assignments
 from grader import mistakes as derived
-from grader import notebook, sandbox
+from grader import notebook
 from grader.assignment import Assignment
 from grader.course import Location
 from grader.errors import GraderError
+from grader.sandbox.pool import Backend, Pool
 from grader.verdicts import PASSING, GradedRun, Report
 
 SEED_NAMES = ("seed", "random_seed", "manual_seed")
@@ -121,7 +122,7 @@ def validate(
     seeds: int = 20,
     with_mistakes: bool = True,
     jobs: int = 3,
-    backend: sandbox.Backend | None = None,
+    backend: Backend | None = None,
 ) -> Validation:
     """Run the checks on the assignment at `location` (see the module's docstring)."""
     started = time.monotonic()
@@ -133,7 +134,7 @@ def validate(
     warnings: list[str] = []
     with (
         tempfile.TemporaryDirectory(prefix="grader-validate-") as tmp,
-        sandbox.Pool(backend=backend, jobs=jobs) as pool,
+        Pool(backend=backend, jobs=jobs) as pool,
     ):
         scratch = Path(tmp)
         solution = _solution_copy(graded, scratch)
@@ -240,7 +241,7 @@ def _seed_parameter(graded: Assignment) -> str | None:
 
 
 def _noise(
-    graded: Assignment, solution: Path, report: Report, runs: list[GradedRun], seeds: int, pool: sandbox.Pool
+    graded: Assignment, solution: Path, report: Report, runs: list[GradedRun], seeds: int, pool: Pool
 ) -> tuple[list[Noise], int]:
     """The solution's worst distance from autograd per variable, over its own runs and `seeds` seeds."""
     from grader.grade import grade_with_runs
@@ -248,7 +249,8 @@ def _noise(
     all_runs = list(runs)
     seed = _seed_parameter(graded)
     if seed is not None:
-        base = int(graded.published[seed])  # type: ignore[call-overload]  (an int: _seed_parameter checked)
+        base = graded.published[seed]
+        assert isinstance(base, int)  # (what _seed_parameter checked)
         for i in range(1, max(0, seeds - len(runs)) + 1):
             all_runs += grade_with_runs(
                 solution, assignment=graded, parameters={seed: base + i}, hidden_runs=(), pool=pool
@@ -298,7 +300,7 @@ def _untold(graded: Assignment, results: list[MistakeResult], zero: set[str]) ->
 
 
 def _mistakes(
-    graded: Assignment, runs: list[GradedRun], scratch: Path, pool: sandbox.Pool, jobs: int, zero: set[str]
+    graded: Assignment, runs: list[GradedRun], scratch: Path, pool: Pool, jobs: int, zero: set[str]
 ) -> list[MistakeResult]:
     """Grade every derived and written mistake through the pool, `jobs` at a time."""
     from grader.grade import grade_with_runs
