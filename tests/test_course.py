@@ -230,3 +230,95 @@ def test_no_run_reads_the_solution_even_when_the_grader_starts_in_the_course_fol
     proc = _run("check", str(path), "--json", "--course", ".", cwd=course)
     assert proc.returncode == 0, proc.stderr
     assert "LEAK" not in proc.stdout and "HIDDEN" in proc.stdout  # (the spy ran, and found nothing)
+
+
+def test_a_class_is_graded_from_the_course_and_from_the_assignments_folder(course, tmp_path):
+    submitted = tmp_path / "submitted"
+    for student, nb in {"ada": _answered(course), "ben": _answered(course, "d_a = d_diff", "d_a = 2 * d_diff")}.items():
+        (submitted / student / NAME).mkdir(parents=True)  # (nbgrader's layout: submitted/STUDENT/NAME/)
+        nbformat.write(nb, submitted / student / NAME / f"{NAME}.ipynb")
+    proc = _run(
+        "grade",
+        str(submitted),
+        "--assignment",
+        NAME,
+        "--out",
+        str(tmp_path / "out"),
+        env={
+            courses.ENVIRONMENT: str(course)  # (the environment variable, as an instructor's shell sets it)
+        },
+    )
+    assert proc.returncode == 0, proc.stderr
+    grades = (tmp_path / "out" / "grades.csv").read_text(encoding="utf-8")
+    assert "ada" in grades and "ben" in grades
+    folder = course / "source" / NAME  # --assignment DIR: the course's own folder, no --course needed
+    proc = _run("check", str(submitted / "ben" / NAME / f"{NAME}.ipynb"), "--json", "--assignment", str(folder))
+    report = json.loads(proc.stdout)
+    assert report["score"] == 4 and [v["name"] for v in report["variables"] if v["points"] == 0] == ["d_a"]
+
+
+def test_a_dask_task_carries_a_course_assignment_to_a_worker_without_the_course(course, tmp_path):
+    from dataclasses import asdict
+
+    from grader import sandbox
+    from grader.integrations import cluster
+
+    graded = assignments.load(NAME, course)
+    path = tmp_path / f"{NAME}.ipynb"
+    nbformat.write(_answered(course, "d_b = d_h.sum(0)", "d_b = d_h.sum(1)"), path)
+    carried = tuple((k, p.read_bytes()) for k, p in assignments.folder_files(graded).items())
+    assert not any("solution" in k for k, _ in carried)  # (no values exercise reads it)
+    task = cluster.Task(
+        "ada",
+        str(path),
+        path.read_bytes(),
+        "x",
+        NAME,
+        graded.digest,
+        None,
+        asdict(sandbox.DEFAULT_LIMITS),
+        carried=carried,
+    )
+    try:
+        report, _ = cluster.grade_task(task)  # as a worker runs it: nothing of the course is read
+        assert report["score"] == 4 and report["notebook"] == str(path)
+        with pytest.raises(RubricError, match="differs from the grader's"):
+            cluster.grade_task(dataclasses_replace(task, assignment_digest="0" * 64))
+    finally:  # (a worker keeps its pool for life; this process is not a worker)
+        for pool, scratch in cluster._POOLS.values():
+            pool.close()
+            shutil.rmtree(scratch, ignore_errors=True)
+        cluster._POOLS.clear()
+
+
+def dataclasses_replace(task, **changes):
+    import dataclasses
+
+    return dataclasses.replace(task, **changes)
+
+
+def test_pytest_grades_a_course_notebook_with_grade_course(course, tmp_path):
+    import sys
+
+    path = tmp_path / f"{NAME}.ipynb"
+    nbformat.write(_answered(course, "d_W = x.T @ d_h", "d_W = x.T @ d_h * 2"), path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--grade",
+            str(path),
+            "--grade-course",
+            str(course),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert "1 failed, 5 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "d_W" in proc.stdout and "times 2" in proc.stdout
