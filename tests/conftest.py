@@ -24,7 +24,40 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", help="also run the slow end-to-end tests (CI does)")
 
 
+# The end-to-end tests that take the longest, moved behind --runslow so that the default `pytest` stays
+# under five minutes on a 2-core machine (each took 8 s or more there; CI's `pytest --runslow` runs them all,
+# unchanged). Each is a node id or its prefix; a representative of each area stays in the default run.
+SLOW = (
+    "tests/test_fuzz.py::test_no_damaged_notebook_breaks_grader_check",  # 300 damaged notebooks (180 s)
+    "tests/test_fuzz.py::test_grade_gives_a_row_with_a_reason_to_every_damaged_file",  # a class of them (58 s)
+    "tests/test_fuzz.py::test_a_sample_through_the_console_script",
+    "tests/test_seeds.py::test_full_marks_and_a_caught_planted_error_for_50_seeds",  # 50 seeds (94 s)
+    "tests/test_behaviour.py::test_grader_grade_keeps_the_same_points_as_grader_check",  # every notebook twice
+    "tests/test_behaviour.py::test_behaviour_notebook[infinite_loop]",  # waits out its timeouts
+    "tests/test_behaviour.py::test_a_run_that_stops_part_way_keeps_what_it_finished[ex4_hangs]",
+    "tests/test_behaviour.py::test_a_run_that_stops_part_way_keeps_what_it_finished[ex2_endless]",
+    "tests/test_behaviour.py::test_a_run_that_stops_part_way_keeps_what_it_finished[hidden_run_hangs]",
+    "tests/test_behaviour.py::test_a_hung_cell_is_interrupted_and_the_run_goes_on",
+    "tests/test_behaviour.py::test_a_cell_that_swallows_the_interrupt_is_stopped_by_the_run_timeout",
+    "tests/test_hostile.py::test_the_batch_finishes_and_grades_everyone",  # a hostile class per backend
+    "tests/test_portability.py::test_the_portable_backend_gives_the_linux_backends_report[infinite_loop",
+    "tests/test_portability.py::test_the_pytest_plugin_grades_with_the_portable_backend",
+    "tests/test_portability.py::test_grader_grade_with_parallel_jobs_and_a_folder_name_with_spaces",
+    "tests/test_pytest_plugin.py::test_pytest_machinery_works_unchanged",  # pytest started a dozen times
+    "tests/test_pytest_plugin.py::test_a_notebook_whose_cell_hangs",
+    "tests/test_pytest_plugin.py::test_the_untouched_release_fails_every_variable_with_its_reason",
+    "tests/test_pytest_plugin.py::test_usage_mistakes_are_usage_errors",
+    "tests/test_pytest_plugin.py::test_junit_xml_from_both_paths_validates_with_points_as_properties",
+    "tests/test_pytest_plugin.py::test_two_wrong_gradients_fail_exactly_with_their_hints",
+    "tests/test_pytest_plugin.py::test_the_classroom_template_scores_as_grader_check",
+    "tests/test_sandbox.py::test_a_run_ends_when_its_grader_is_killed",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow")
