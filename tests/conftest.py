@@ -40,6 +40,7 @@ SLOW = (
     "tests/test_behaviour.py::test_a_hung_cell_is_interrupted_and_the_run_goes_on",
     "tests/test_behaviour.py::test_a_cell_that_swallows_the_interrupt_is_stopped_by_the_run_timeout",
     "tests/test_hostile.py::test_the_batch_finishes_and_grades_everyone",  # a hostile class per backend
+    "tests/test_hostile.py::test_honest_grades_hold",  # (the same class)
     "tests/test_portability.py::test_the_portable_backend_gives_the_linux_backends_report[infinite_loop",
     "tests/test_portability.py::test_the_pytest_plugin_grades_with_the_portable_backend",
     "tests/test_portability.py::test_grader_grade_with_parallel_jobs_and_a_folder_name_with_spaces",
