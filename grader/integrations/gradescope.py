@@ -224,12 +224,11 @@ def _package_tree(dest: Path, graded: Assignment) -> None:
     shipped = dest / "grader" / "_assets"
     (shipped / "assignments").mkdir(parents=True)
     shutil.copytree(assets.data_dir(), shipped / "data", ignore=shutil.ignore_patterns("*.py", "*.md", "__pycache__"))
-    if graded.location.origin != "shipped":
-        return  # (a course assignment travels beside the package: `_carry`)
     files = assignments.files(graded)
-    for path in (files.released, files.rubric):
+    # (a course assignment travels beside the package instead: `_carry`)
+    for path in (files.released, files.rubric) if graded.location.origin == "shipped" else ():
         shutil.copyfile(path, shipped / "assignments" / path.name)
-    if files.solution is not None:
+    if files.solution is not None and graded.location.origin == "shipped":
         # answers whose reference is the instructor's solution: the autograder needs it (runs never see it:
         # the solutions folder is hidden from them like the rubric's)
         (shipped / "solutions").mkdir()
