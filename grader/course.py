@@ -183,7 +183,8 @@ def locate_dir(path: Path) -> Location:
     folder = rubric.parent
     if not rubric.is_file():
         raise UsageError(f"{path}: no {RUBRIC} here; an assignment folder holds {RUBRIC} and NAME.ipynb")
-    name = check_name(folder.name, "assignment folder")
+    # (a rubric file of another name, NAME.toml, names its assignment as a shipped one's does)
+    name = check_name(folder.name if rubric.name == RUBRIC else rubric.stem, "assignment folder")
     if folder.parent.name == "source" and (folder / f"{name}.ipynb").is_file():
         located = in_course(folder.parent.parent, name)
         assert located is not None  # (the folder exists: it holds the rubric)

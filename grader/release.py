@@ -33,23 +33,33 @@ from grader.course import Location
 from grader.errors import GraderError, UsageError
 
 CONFIG = """\
-# Written by `grader release`: the answer cells keep their `d_x = None` lines; nbgrader's own stub would add
-# `raise NotImplementedError()`, which stops a student's notebook at the first exercise left undone.
+# nbgrader settings for a course the grader writes assignments into (`grader new` writes this file where a
+# course has none; `grader release` uses the same settings in a scratch course of its own).
 c = get_config()  # noqa: F821 -- provided by nbgrader
+# The answer cells keep their `d_x = None` lines; nbgrader's own stub would add `raise NotImplementedError()`,
+# which stops a student's notebook at the first exercise left undone.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+# Never released by `nbgrader generate_assignment` either: the author's mistakes are the solution with one
+# change each.
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "mistakes"]
 """
+
+
+def require_nbgrader() -> None:
+    """A `UsageError` saying what to install where nbgrader, which releases a notebook, is missing."""
+    try:
+        import nbgrader  # noqa: F401 -- only to say what to install when it is missing
+    except ImportError:
+        raise UsageError(
+            "releasing a notebook needs nbgrader: pip install 'backprop-grader[nbgrader]' (or pip install nbgrader)"
+        ) from None
 
 
 def generate(solution: Path, out: Path, name: str | None = None) -> Path:
     """Run `nbgrader generate_assignment` on `solution` (alone) and write the student notebook to `out`."""
     name = name or solution.stem
-    try:
-        import nbgrader  # noqa: F401 -- only to say what to install when it is missing
-    except ImportError:
-        raise UsageError(
-            "grader release needs nbgrader: pip install 'backprop-grader[nbgrader]' (or pip install nbgrader)"
-        ) from None
+    require_nbgrader()
     with tempfile.TemporaryDirectory(prefix="grader-release-") as tmp:
         course = Path(tmp)
         (course / "source" / name).mkdir(parents=True)

@@ -7,6 +7,8 @@ It writes, in the course folder (nbgrader's layout):
   self-checks, one answer cell with its `d_x = None` lines and a `### BEGIN SOLUTION` region, and its test
   cell worth one point per variable;
 - `source/NAME/rubric.toml`: a short rubric of choices only (what the notebook says is read from it);
+- `nbgrader_config.py`, where the course has none: the settings `grader release` uses, so that nbgrader's
+  own `generate_assignment` in the course releases the same notebook (and never the author's mistakes/);
 - `release/NAME/NAME.ipynb`, by `grader release`, so that `grader validate NAME` passes as written and the
   author edits from green.
 
@@ -156,6 +158,7 @@ def write(name: str, course: Path) -> list[Path]:
     """Write assignment `name`'s skeleton into the course folder `course`, release it; the paths written."""
     from grader import release
 
+    release.require_nbgrader()  # (before anything is written: the skeleton is released at once)
     source = course / "source" / name
     if source.exists():
         raise UsageError(f"{source} exists already: choose another name, or edit that one")
@@ -164,7 +167,11 @@ def write(name: str, course: Path) -> list[Path]:
     nbformat.validate(notebook(name))
     nbformat.write(notebook(name), solution)
     (source / RUBRIC).write_text(RUBRIC_TEXT.format(name=name), encoding="utf-8")
+    config = course / "nbgrader_config.py"
+    written = [solution, source / RUBRIC]
+    if not config.exists():  # (so that nbgrader's own generate_assignment releases it as grader release does)
+        config.write_text(release.CONFIG, encoding="utf-8")
+        written.append(config)
     location = in_course(course, name)
     assert location is not None  # (just made)
-    released = release.release(location)
-    return [solution, source / RUBRIC, released]
+    return [*written, release.release(location)]

@@ -322,3 +322,37 @@ def test_pytest_grades_a_course_notebook_with_grade_course(course, tmp_path):
     )
     assert "1 failed, 5 passed" in proc.stdout, proc.stdout[-2000:]
     assert "d_W" in proc.stdout and "times 2" in proc.stdout
+
+
+@pytest.mark.slow
+def test_nbgrader_releases_and_grader_gradebook_grades_the_courses_own_assignment(course, tmp_path):
+    import sys
+
+    from nbgrader.api import Gradebook
+
+    mine = _copy_course(course, tmp_path)
+    assert (mine / "nbgrader_config.py").is_file()  # (grader new wrote the course's nbgrader settings)
+    (mine / "source" / NAME / "mistakes").mkdir()
+    nbformat.write(_answered(course), mine / "source" / NAME / "mistakes" / "any.ipynb")
+    env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "nbgrader", "generate_assignment", NAME, "--force"],
+        cwd=mine,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (mine / "release" / NAME / "mistakes").exists()  # the author's mistakes are never released
+    for student, nb in {
+        "ada": _answered(course),
+        "ben": _answered(course, "d_h = (1 - a**2) * d_a", "d_h = (1 - a) * d_a"),
+    }.items():
+        (mine / "submitted" / student / NAME).mkdir(parents=True)
+        nbformat.write(nb, mine / "submitted" / student / NAME / f"{NAME}.ipynb")
+    proc = _run("gradebook", str(mine), NAME)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with Gradebook(f"sqlite:///{mine / 'gradebook.db'}") as gb:
+        scores = {s: gb.find_grade("check_ex1", NAME, NAME, s).score for s in ("ada", "ben")}
+    assert scores == {"ada": 5, "ben": 4}
