@@ -250,13 +250,18 @@ def grade_with_runs(
         ref.update(reference.replayed_calls(assignment, p, c))
         ref.update(reference.step_references(assignment, p, c, ref))
     graded = [
-        GradedRun(label, tuple(k for k in p if p[k] != main[k]), plan, c, ref)
+        GradedRun(label, tuple(k for k in p if p[k] != main[k]), plan, c, ref, _sizes(p))
         for label, p, plan, c, ref in zip(labels, settings, plans, captured, refs)
     ]
     report = score(rubric, str(path), graded, published)
     if assignment.location.origin == "embedded":
         report = dataclasses.replace(report, notes=(*report.notes, embedded_copy.NOTE.format(name=assignment.name)))
     return report, graded
+
+
+def _sizes(params: dict[str, object]) -> dict[str, int]:
+    """The whole-number parameters of a run (sizes, for hints), not true/false ones."""
+    return {k: v for k, v in params.items() if type(v) is int}
 
 
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}

@@ -45,6 +45,37 @@ def _factors(n: int | None) -> list[tuple[str, float]]:
     return named
 
 
+def _size_factors(sizes: Mapping[str, int], shape: tuple[int, ...], n: int | None) -> list[tuple[str, float]]:
+    """Factors made of the assignment's own sizes: each parameter's value (named by every parameter that has it:
+    `n_embd or head_size (= 16)`) and each dimension of the gradient no parameter names, as a factor, its inverse,
+    its square root and its inverse; and, for a size that is a dimension of the gradient (a normalisation over
+    it), v/(v-1) and (v-1)/v, Bessel's correction the wrong way round. (Any other size's v/(v-1) is too near 1
+    to tell from an arbitrary factor: 9/10 for a size of 10.)"""
+    named: dict[int, list[str]] = {}
+    for name, value in sizes.items():
+        if type(value) is int and value > 1 and value != n:  # (n has its own names, first)
+            named.setdefault(value, []).append(name)
+    for axis, value in enumerate(shape):
+        if value > 1 and value != n and value not in named:
+            named[value] = [f"the size of dimension {axis}"]
+    out = []
+    for value, names in named.items():
+        who = " or ".join(names)
+        root = value**0.5
+        out += [
+            (f"{who} (= {value})", float(value)),
+            (f"1/{who} (= 1/{value})", 1 / value),
+            (f"sqrt({who}) (= {root:.4g})", root),
+            (f"1/sqrt({who}) (= 1/{root:.4g})", 1 / root),
+        ]
+        if value in shape:
+            out += [
+                (f"{who}/({who}-1) (= {value}/{value - 1})", value / (value - 1)),
+                (f"({who}-1)/{who} (= {value - 1}/{value})", (value - 1) / value),
+            ]
+    return out
+
+
 def _some_rows_or_columns(bad: torch.Tensor, targets: torch.Tensor | None) -> str:
     """Where a 2-D answer is wrong, when that is a telling part of it."""
     rows, cols = bad.shape
@@ -76,6 +107,7 @@ def diagnose(
     n: int | None = None,
     targets: torch.Tensor | None = None,
     noun: str = "gradient",
+    sizes: Mapping[str, int] | None = None,
 ) -> str:
     """The likely mistake behind a wrong answer of the right shape and dtype, or "" when unsure.
 
@@ -89,6 +121,7 @@ def diagnose(
     n: the batch size, to name factors such as 1/n.
     targets: the batch's target classes (`Yb`), to recognise mistakes only at the target entries.
     noun: what the answer is (`gradient`, or `value` for a values exercise: no talk of flowing back).
+    sizes: the run's whole-number parameters (`n_embd` -> 16), to name a factor of a size by its parameter.
     """
     a, e = actual.detach().double(), expected.detach().double()
     if a.numel() == 0 or rounding(a, e):
@@ -103,9 +136,12 @@ def diagnose(
     if scale > 0:
         c = float((a * e).sum()) / scale
         if _close(a, c * e):
-            for label, value in _factors(n):
+            for label, value in _factors(n) + _size_factors(sizes or {}, tuple(e.shape), n):
                 if abs(c - value) <= 1e-4 * abs(value):
                     return f"it is the right {noun} times {label}: a factor too many or too few?"
+    if a.dim() >= 2 and a.shape[-1] == a.shape[-2] and _close(a, e.transpose(-2, -1)):
+        # (a square gradient: the shape cannot tell a transposed operand of a matrix product)
+        return f"it is the transpose of the right {noun}: an operand of a matrix product transposed, or one missing?"
     for part, gradient in (branches or {}).items():
         if _close(a, gradient.double()):
             return (
@@ -126,6 +162,29 @@ def rounding(actual: torch.Tensor, expected: torch.Tensor) -> bool:
     a, e = actual.detach().double(), expected.detach().double()
     scale = float(e.abs().max()) if e.numel() else 0.0
     return scale > 0 and float((a - e).abs().max()) <= NOISE * scale
+
+
+def missing_sum(actual: torch.Tensor, expected: torch.Tensor) -> str:
+    """For a shape mismatch: the answer is the right gradient before a sum over the dimensions a broadcast
+    added (leading ones, or size-1 ones kept), of any rank; said only where the sum gives the right values."""
+    a, e = actual.detach().double(), expected.detach().double()
+    extra = a.dim() - e.dim()
+    if extra < 0:
+        return ""
+    padded = (1,) * extra + tuple(e.shape)
+    if any(w != 1 and w != g for g, w in zip(a.shape, padded)):
+        return ""
+    axes = [i for i, (g, w) in enumerate(zip(a.shape, padded)) if w == 1 and g != 1]
+    if not axes:
+        return ""
+    summed = a.sum(dim=axes, keepdim=True).reshape(e.shape)
+    if not _close(summed, e):
+        return ""
+    which = ", ".join(f"{i} (size {a.shape[i]})" for i in axes)
+    return (
+        f"the sum over dimension{'s' if len(axes) > 1 else ''} {which} is missing: the tensor was broadcast "
+        "along them in the forward pass, so its gradient adds up what flows back along them"
+    )
 
 
 def wrong_axis(got: tuple[int, ...], want: tuple[int, ...], n: int | None) -> str:
@@ -150,18 +209,21 @@ def with_hint(
     n: int | None = None,
     targets: torch.Tensor | None = None,
     noun: str = "gradient",
+    sizes: Mapping[str, int] | None = None,
 ) -> Comparison:
     """`result` with the likely mistake named in its message, as every report words it (the grader's report and the
     self-check in the student's kernel): `d_W2: it is the right gradient times 2: ... (off by up to ...)`; a shape
     error gets the sum over the wrong axis. `result` itself where no hint is sure (see `diagnose`)."""
     if result.status == "wrong" and isinstance(actual, torch.Tensor):
-        hint = diagnose(name, actual, expected, others=others, branches=branches, n=n, targets=targets, noun=noun)
+        hint = diagnose(
+            name, actual, expected, others=others, branches=branches, n=n, targets=targets, noun=noun, sizes=sizes
+        )
         if hint:
             return dataclasses.replace(
                 result, message=f"{name}: {hint} ({result.message.partition(': ')[2]})", hint=hint
             )
     elif result.status == "shape" and not result.hint and isinstance(actual, torch.Tensor):
-        hint = wrong_axis(tuple(actual.shape), tuple(expected.shape), n)
+        hint = missing_sum(actual, expected) or wrong_axis(tuple(actual.shape), tuple(expected.shape), n)
         if hint:
             return dataclasses.replace(result, message=f"{result.message} -- {hint}", hint=hint)
     return result

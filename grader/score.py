@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 
 import torch
@@ -15,7 +16,7 @@ from grader.hints import with_hint
 from grader.plan import Plan
 from grader.rubric import Exercise, Rubric
 from grader.runs import TARGETS, Captured, GradientParts, LocalGradient, ReplayedCall, TrainingResult
-from grader.scan import scan, scan_forbidden
+from grader.scan import as_python, scan, scan_forbidden
 from grader.values import MISSING, UNCHANGED, Flag, Raised
 from grader.verdicts import PASSING, ExerciseResult, GradedRun, Report, RunSummary, VariableResult
 
@@ -128,6 +129,7 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
         n=_n(run),
         targets=_targets(run),
         noun=noun,
+        sizes=run.sizes,
     )
 
 
@@ -159,7 +161,8 @@ def _local_verdict(ex: Exercise, var, run: GradedRun, plain: Comparison) -> Comp
     result = compare(var.name, value, local, var.tolerance)
     if result.status != "wrong":
         return result
-    return with_hint(result, var.name, value, local, n=_n(run), targets=_targets(run))  # the step's own mistake
+    # the step's own mistake
+    return with_hint(result, var.name, value, local, n=_n(run), targets=_targets(run), sizes=run.sizes)
 
 
 def _below_a_mistake(ex: Exercise, var, run: GradedRun) -> bool:
@@ -289,17 +292,41 @@ def _only_just(first: Comparison, var, reference: object) -> bool:
     return first.maxdiff > 0.1 * allowed
 
 
-def _hint(changed: tuple[str, ...], defaults: dict[str, object]) -> str:
-    """A guess at why an answer is right for the published parameters only (no hidden value in it)."""
+def _hint(changed: tuple[str, ...], defaults: dict[str, object], literals: set[float] | None) -> str:
+    """A guess at why an answer is right for the published parameters only (no hidden value in it): a changed
+    parameter's published value written as a number in the answer cell (`literals`: the numbers it holds; None
+    where it cannot be read), named by the parameter; else numbers copied from one run."""
     guesses = []
-    if "batch_size" in changed and isinstance(defaults.get("batch_size"), int):
-        b = defaults["batch_size"]
-        guesses.append(f"a literal {b} or {b - 1} (use n, the batch size)")
-    if "n_hidden" in changed and isinstance(defaults.get("n_hidden"), int):
-        guesses.append(f"a literal {defaults['n_hidden']} (use the tensors' shapes)")
+    for name in changed:
+        value = defaults.get(name)
+        if type(value) is not int or value < 2:
+            continue
+        if name == "batch_size":
+            if literals is None or value in literals or value - 1 in literals:
+                guesses.append(f"a literal {value} or {value - 1} (use n, the batch size)")
+        elif literals is None and name == "n_hidden":
+            guesses.append(f"a literal {value} (use the tensors' shapes)")
+        elif literals is not None and value in literals:
+            guesses.append(
+                f"a literal {value} where {name} belongs ({name} = {value}: use {name} or the tensors' shapes)"
+            )
+    if guesses:
+        return f": is there {' or '.join(guesses)} in your code?"
     if "seed" in changed:
-        guesses.append("numbers copied from one run (compute them from the tensors)")
-    return f": is there {' or '.join(guesses)} in your code?" if guesses else ""
+        return ": are there numbers copied from one run in your code? Compute them from the tensors"
+    return ""
+
+
+def _literals(plan: Plan, ex: Exercise) -> set[float] | None:
+    """The numbers written in the exercise's answer cell (`32`, `31.0`), or None where it does not parse."""
+    sources = [c.source for c in plan.cells if c.grade_id == ex.cell]
+    out: set[float] = set()
+    for source in sources:
+        tree = as_python(source)[1]
+        if tree is None:
+            return None
+        out |= {float(n.value) for n in ast.walk(tree) if isinstance(n, ast.Constant) and type(n.value) in (int, float)}
+    return out
 
 
 LOCAL_ONLY = (
@@ -316,17 +343,17 @@ def _root_cause(ex: Exercise, results: list[VariableResult]) -> str:
     return first.name if first is not None and followers else ""
 
 
-def _credible_roots_only(rubric: Rubric, results: list[VariableResult], main: GradedRun) -> list[VariableResult]:
-    """Take back the step credit of an exercise whose first wrong step is not a near miss.
+def _credible_roots_only(rubric: Rubric, results: list[VariableResult], runs: list[GradedRun]) -> list[VariableResult]:
+    """Take back the step credit below a first wrong step whose answer is degenerate (`_degenerate`).
 
-    A chain of answers that are consistent with each other but not attempts at the gradient (all ones,
-    say: `d_emb` = ones is "right" for `d_embcat` = ones) must not earn credit. An honest first mistake
-    (a factor, a sign, a missing term) points the same way as the reference, or has the wrong shape.
+    A chain of answers consistent with each other but not computed (all zeros, all ones: `d_emb` = ones is what
+    `d_embcat` = ones sends back through the view) must not earn credit; an honest first mistake, however far
+    from the reference (a missing transpose, a dropped term), leaves the steps below it to be judged alone.
     """
     out = list(results)
     for ex in rubric.exercises:
         root = next((r for r in results if r.exercise == ex.id and r.local_status not in PASSING), None)
-        if root is None or root.status in ("shape", "dtype") or _near_miss(ex, root, main):
+        if root is None or root.status in ("shape", "dtype") or not _degenerate(ex, root, runs):
             continue
         for i, r in enumerate(out):
             if r.exercise == ex.id and r.status not in PASSING and r.points:
@@ -342,17 +369,27 @@ def _credible_roots_only(rubric: Rubric, results: list[VariableResult], main: Gr
     return out
 
 
-def _near_miss(ex: Exercise, root: VariableResult, main: GradedRun) -> bool:
+def _degenerate(ex: Exercise, root: VariableResult, runs: list[GradedRun]) -> bool:
+    """Whether the first wrong answer of `ex` carries nothing computed, by its values alone: not a tensor of the
+    reference's shape, all zeros, one constant where the reference is not, or the very same numbers in a run
+    whose reference differs (numbers copied from one run). Any other wrong answer is an attempt."""
+    main = runs[0]
     answer, reference = main.captured.values.get((ex.id, root.name)), main.reference.get(ex.reference_key(root))
     if type(answer) is not torch.Tensor or not isinstance(reference, torch.Tensor) or answer.shape != reference.shape:
-        return False
-    a, r = answer.double().flatten(), reference.double().flatten()
-    norms = float(a.norm() * r.norm())
-    return norms > 0 and abs(float(a @ r)) / norms >= NEAR_MISS
-
-
-NEAR_MISS = 0.5
-"""Least |cosine| between the first wrong answer and its reference for the steps after it to earn credit."""
+        return True
+    a, r = answer.detach().double(), reference.detach().double()
+    if not bool(a.any()):
+        return True
+    if a.numel() > 1 and bool((a == a.flatten()[0]).all()) and not bool((r == r.flatten()[0]).all()):
+        return True
+    for run in runs[1:]:
+        other, theirs = run.captured.values.get((ex.id, root.name)), run.reference.get(ex.reference_key(root))
+        if type(other) is not torch.Tensor or not isinstance(theirs, torch.Tensor):
+            continue
+        moved = theirs.shape != reference.shape or not torch.equal(theirs.detach(), reference.detach())
+        if moved and other.shape == answer.shape and torch.equal(other.detach(), answer.detach()):
+            return True
+    return False
 
 
 def _name_root_causes(rubric: Rubric, results: list[VariableResult]) -> list[VariableResult]:
@@ -397,7 +434,7 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                 run, v = failing
                 status = v.status
                 # no comparison text, shape or error message here: they could give a hidden value away
-                hint = _hint(run.changed, defaults) if ex.function is None else ""
+                hint = _hint(run.changed, defaults, _literals(main.plan, ex)) if ex.function is None else ""
                 if hint and v.status == "wrong" and _only_just(first, var, main.reference.get(ex.reference_key(var))):
                     # a formula a little off, not a copied number: it passes here within the tolerance only
                     hint = (
@@ -447,7 +484,7 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                     hint=hint_given,
                 )
             )
-    results = _credible_roots_only(rubric, results, main)
+    results = _credible_roots_only(rubric, results, runs)
     results = _name_root_causes(rubric, results)
     exercises = tuple(
         ExerciseResult(

@@ -14,7 +14,8 @@ what `score` judges and the feedback page draws. Guarantees:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from grader.runs import Captured, Key
@@ -159,3 +160,6 @@ class GradedRun:
     """What came back."""
     reference: dict[Key, object]
     """The reference for this run's parameters: gradients by forward name, and the entries of the other keys."""
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    """The run's whole-number parameters (`n_embd` -> 16), for hints that name a factor by its parameter; never
+    shown for a hidden run (its hints name only the notebook's own values)."""
