@@ -60,19 +60,39 @@ def _shade(values: torch.Tensor, signed: bool) -> torch.Tensor:
     return ((white * (1 - t) + colour * t) * 255).round().to(torch.uint8)
 
 
+SLICES = 4
+"""Most slices drawn of a gradient of three or more dimensions (one per leading index)."""
+
+
+def _slices(t: torch.Tensor) -> list[torch.Tensor]:
+    """A tensor as 2-D pictures: itself (a row for a vector), or for three or more dimensions its last two
+    dimensions for each of the first `SLICES` leading indices (a (B, T, C) gradient: B pictures of T x C)."""
+    t = t.detach().double()
+    if t.dim() <= 2:
+        return [_as_2d(t)]
+    return list(t.reshape(-1, t.shape[-2], t.shape[-1])[:SLICES])
+
+
 def heatmap(name: str, answer: torch.Tensor, reference: torch.Tensor) -> str:
-    """|answer - reference| (white to red) beside the reference (blue, white, red), as one PNG data URI.
+    """|answer - reference| (white to red) beside the reference (blue, white, red), as one PNG data URI; a
+    gradient of three or more dimensions as a column of such pairs, one per leading index (up to `SLICES`).
 
     Drawn here rather than with matplotlib: a batch draws one per wrong gradient of every student, and
     this takes a millisecond where a figure takes a tenth of a second."""
-    diff, ref = _as_2d((answer.double() - reference.double()).abs()), _as_2d(reference)
-    cell = max(2, min(12, 360 // max(diff.shape)))  # pixels per entry: small tensors drawn large
-    panels = [
-        _shade(d, signed).repeat_interleave(cell, 0).repeat_interleave(cell, 1)
-        for d, signed in ((diff, False), (ref, True))
-    ]
-    gap = torch.full((panels[0].shape[0], 3 * cell, 3), 255, dtype=torch.uint8)
-    image = torch.cat([panels[0], gap, panels[1]], dim=1)
+    diffs, refs = _slices((answer.double() - reference.double()).abs()), _slices(reference)
+    scale_diff = max(float(d.abs().max()) for d in diffs) or 1.0  # (one scale for every slice: comparable)
+    scale_ref = max(float(r.abs().max()) for r in refs) or 1.0
+    cell = max(2, min(12, 360 // max(diffs[0].shape)))  # pixels per entry: small tensors drawn large
+    rows = []
+    for d, r in zip(diffs, refs):
+        panels = [
+            _shade(x / scale, signed).repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+            for x, signed, scale in ((d, False, scale_diff), (r, True, scale_ref))
+        ]
+        gap = torch.full((panels[0].shape[0], 3 * cell, 3), 255, dtype=torch.uint8)
+        rows.append(torch.cat([panels[0], gap, panels[1]], dim=1))
+    between = torch.full((3 * cell, rows[0].shape[1], 3), 255, dtype=torch.uint8)
+    image = torch.cat([part for row in rows for part in (row, between)][:-1], dim=0)
     return "data:image/png;base64," + base64.b64encode(_png_rgb(image)).decode("ascii")
 
 
