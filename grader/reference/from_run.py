@@ -39,22 +39,31 @@ def step_references(assignment: Assignment, params: dict[str, object], captured,
     for ex in rubric.exercises:
         if not captured.reached(ex.id):  # stopped before it: nothing of it to judge
             continue
-        if ex.plain and len(ex.variables) > 1:
-            answers = {v.of: _fitted(captured.values.get((ex.id, v.name)), v, refs) for v in ex.variables}
-            for x, t in local_references(assignment, params, answers).items():
-                out[LocalGradient(ex.id, x)] = t
-        if ex.plain and ex.given:
-            # the student's own gradient of `given`, from the exercise that asks for it
+        if not ex.plain:
+            continue
+        answers = {v.of: _fitted(captured.values.get((ex.id, v.name)), v, refs) for v in ex.variables}
+        given = None
+        if ex.given:
+            # the student's own gradient of `given`, from the exercise that asks for it: the step into the
+            # exercise starts from it, as every later step starts from the student's own answers
             source = next(
                 ((e.id, v.name) for e in rubric.exercises for v in e.variables if v.of == ex.given and e.id != ex.id),
                 None,
             )
             source_var = next((v for e in rubric.exercises for v in e.variables if (e.id, v.name) == source), None)
-            gradient = _fitted(captured.values.get(source), source_var, refs) if source else None
+            given = _fitted(captured.values.get(source), source_var, refs) if source else None
+            answers[ex.given] = given
+        if len(answers) > 1:
+            for x, t in local_references(assignment, params, answers).items():
+                if x != ex.given:
+                    out[LocalGradient(ex.id, x)] = t
+        if ex.given:
+            # a variable whose users are not all answered here: the whole way back from `given`
             for v in ex.variables:
-                t = local_from(assignment, params, ex.given, gradient, v.of)
-                if t is not None:
-                    out[LocalGradient(ex.id, v.of)] = t
+                if LocalGradient(ex.id, v.of) not in out:
+                    t = local_from(assignment, params, ex.given, given, v.of)
+                    if t is not None:
+                        out[LocalGradient(ex.id, v.of)] = t
     return out
 
 
