@@ -36,7 +36,7 @@ import nbformat
 from grader import assets, infer, notebook
 from grader import course as courses
 from grader.course import Location
-from grader.errors import RubricError, UnknownAssignment, UsageError
+from grader.errors import BrokenAssignment, RubricError, UnknownAssignment, UsageError
 from grader.rubric import Rubric, hidden_runs, parse
 
 LECTURE = "lecture"
@@ -248,11 +248,15 @@ def _toml(path: Path, stamp: tuple) -> dict:
         raise RubricError(f"{path}: not valid TOML ({e})") from None
 
 
-def broken(location: Location, problem: str) -> RubricError:
-    """The error for an assignment its author must fix: it says the notebook being graded is not at fault."""
-    return RubricError(
-        f"assignment {location.name} is broken, not the notebook being graded ({location.rubric}: {problem}); "
-        f"its author must fix it (`grader validate {location.name}` lists every problem)"
+def broken(location: Location, *problems: str) -> BrokenAssignment:
+    """The error for an assignment its author must fix: it says the notebook being graded is not at fault, and
+    how to list every problem."""
+    course = f" --course {location.source.parent.parent}" if location.source else ""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return BrokenAssignment(
+        f"assignment {location.name} is broken, not the notebook being graded ({location.rubric}: {problems[0]}"
+        f"{more}); its author must fix it (`grader validate {location.name}{course}` lists every problem)",
+        problems,
     )
 
 
@@ -296,12 +300,19 @@ def build(
         if own_files:
             raise
         raise broken(location, str(e).removeprefix(f"{location.rubric}: ")) from None
-    if private:
-        rubric = dataclasses.replace(rubric, hidden_runs=rubric.hidden_runs + tuple(private))
     published = dict(released_parameters(released) if published is None else published)
     problems = infer.problems(rubric, released, solution, published) if location.origin != "lecture" else []
+    for run, values in enumerate(private, start=1):  # (named by their own file: they are not the rubric's)
+        problems += [
+            f"{location.hidden_runs}: hidden run {run}: {key!r} is not a parameter (the parameters: "
+            f"{', '.join(published)})"
+            for key in values
+            if key not in published
+        ]
+    if private:
+        rubric = dataclasses.replace(rubric, hidden_runs=rubric.hidden_runs + tuple(private))
     if problems:
-        raise broken(location, problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        raise broken(location, *problems)
     data = {}
     for key, file in rubric.data.items():
         if not courses.NAME.fullmatch(Path(file).stem) or Path(file).name != file:

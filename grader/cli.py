@@ -177,7 +177,11 @@ def _authoring(commands: argparse._SubParsersAction) -> None:
     )
     validate.add_argument("--no-mistakes", action="store_true", help="skip grading the derived and written mistakes")
     validate.add_argument(
-        "--jobs", type=int, default=(os.cpu_count() or 1) + 1, metavar="N", help="mistakes graded at once"
+        "--jobs",
+        type=int,
+        default=(os.cpu_count() or 1) + 1,
+        metavar="N",
+        help="mistakes graded at once (default: the number of cores plus one)",
     )
     _sandbox_option(validate)
     _course_option(validate)

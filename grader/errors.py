@@ -26,6 +26,15 @@ class RubricError(GraderError):
     """An assignment's rubric or released notebook is inconsistent (an instructor-side bug)."""
 
 
+class BrokenAssignment(RubricError):
+    """An assignment whose rubric names what its notebooks do not have, or holds an unknown key: the author's to
+    fix. `problems` lists each, one sentence naming the key and what exists."""
+
+    def __init__(self, message: str, problems: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
 class SandboxError(GraderError):
     """The grader could not start the child process at all (not the student's fault)."""
 

@@ -358,8 +358,12 @@ def _int_of(node: ast.expr) -> int | None:
 
 
 def _factor(node: ast.expr) -> bool:
-    """Whether `node` is what a student forgets to multiply or divide by: a name, a number, `n - 1`."""
-    return isinstance(node, ast.Name) or _literal(node) is not None or _minus_one(node) is not None
+    """Whether `node` is what a student forgets to multiply or divide by: a name, a number, `n - 1`, or a root
+    of a name (`head_size ** -0.5`, `math.sqrt(d)`: attention's scale)."""
+    if isinstance(node, ast.Name) or _literal(node) is not None or _minus_one(node) is not None:
+        return True
+    rooted = _rooted(node)
+    return rooted is not None and (isinstance(rooted, ast.Name) or _literal(rooted) is not None)
 
 
 def _is_factor_of(node: ast.expr, root: ast.expr, where: _Where) -> bool:

@@ -254,9 +254,14 @@ def parse(raw: dict, path: Path, released: Path | None = None) -> Rubric:
                 )
             )
         where = "at the top level"
-        unknown = set(overrides) - {v.name for e in exercises for v in e.variables}
-        if unknown:
-            raise RubricError(f"{path}: [variable] entries for ungraded names: {sorted(unknown)}")
+        graded = [v.name for e in exercises for v in e.variables]
+        for name in sorted(set(overrides) - set(graded)):
+            close = closest(name, graded)
+            also = f"did you mean [variable.{close}]? " if close else ""
+            raise RubricError(
+                f"{path}: [variable.{name}]: {name} is not a graded variable; {also}the graded ones are "
+                f"{', '.join(graded)}"
+            )
         if released is None:
             released = path.with_name(raw["notebook"])
             if released.parent != path.parent:
@@ -346,29 +351,45 @@ TRAINING_KEYS = {
 TOLERANCE_KEYS = {"rtol": "relative (1e-5)", "atol": "absolute (1e-8)", "broadcast": "true or false (false)"}
 
 
-def _unknown(keys: object, known: dict[str, str], where: str, path: Path) -> None:
+def closest(word: str, options: list[str]) -> str | None:
+    """The option `word` is most likely a slip for: one that differs only in case, else the closest spelling."""
+    same = [o for o in options if o.lower() == word.lower()]
+    if same:
+        return same[0]
+    lowered = {o.lower(): o for o in options}
+    found = difflib.get_close_matches(word.lower(), list(lowered), n=1)
+    return lowered[found[0]] if found else None
+
+
+def _unknown(keys: object, known: dict[str, str], where: str) -> list[str]:
+    """A sentence per key of the table `keys` that `known` lacks, naming it and the key it most resembles."""
     if not isinstance(keys, dict):
-        return  # (`_shapes` names what is not a table)
+        return []  # (`_shapes` names what is not a table)
+    found = []
     for key in keys:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            also = f"did you mean {close[0]!r}? " if close else ""
-            raise RubricError(f"{path}: unknown key {key!r} {where}; {also}the keys there are {', '.join(known)}")
+            close = closest(str(key), list(known))
+            also = f"did you mean {close!r}? " if close else ""
+            found.append(f"unknown key {key!r} {where}; {also}the keys there are {', '.join(known)}")
+    return found
 
 
 def _known_keys(raw: dict, path: Path) -> None:
-    """Refuse a key the rubric's format does not have, naming it and the keys it could be."""
-    _unknown(raw, TOP_KEYS, "at the top level", path)
-    _unknown(raw.get("tolerance", {}), TOLERANCE_KEYS, "in [tolerance]", path)
+    """Refuse every key the rubric's format does not have, naming each and the key it could be."""
+    found = _unknown(raw, TOP_KEYS, "at the top level") + _unknown(
+        raw.get("tolerance", {}), TOLERANCE_KEYS, "in [tolerance]"
+    )
     variables = raw.get("variable", {})
     for name, table in variables.items() if isinstance(variables, dict) else ():
-        _unknown(table, VARIABLE_KEYS, f"in [variable.{name}]", path)
+        found += _unknown(table, VARIABLE_KEYS, f"in [variable.{name}]")
     exercises = raw.get("exercise", [])
     for number, ex in enumerate(exercises if isinstance(exercises, list) else (), start=1):
         where = f"in exercise {ex.get('id')!r}" if isinstance(ex, dict) and "id" in ex else f"in [[exercise]] {number}"
-        _unknown(ex, EXERCISE_KEYS, where, path)
+        found += _unknown(ex, EXERCISE_KEYS, where)
         if isinstance(ex, dict):
-            _unknown(ex.get("training", {}), TRAINING_KEYS, f"{where}, [exercise.training]", path)
+            found += _unknown(ex.get("training", {}), TRAINING_KEYS, f"{where}, [exercise.training]")
+    if found:
+        raise RubricError(f"{path}: " + "; ".join(found))
 
 
 _LISTS = ("setup_cells", "setup_parameters", "reference_cells", "no_grad_cells", "skip_cells", "forbidden")

@@ -39,7 +39,8 @@ from grader import mistakes as derived
 from grader import notebook
 from grader.assignment import Assignment
 from grader.course import Location
-from grader.errors import GraderError
+from grader.errors import BrokenAssignment, GraderError
+from grader.infer import assigned
 from grader.sandbox.pool import Backend, Pool
 from grader.verdicts import PASSING, GradedRun, Report
 
@@ -110,6 +111,10 @@ class Validation:
     """How long it took."""
     stats: dict[str, int] = field(default_factory=dict)
     """Counts: mistakes derived, written, distinct, caught, hinted."""
+    solution: str = ""
+    """What the solution earned, in one line."""
+    release: str = ""
+    """What the untouched release earned, in one line."""
 
     def exit_code(self, strict: bool = False) -> int:
         """0 when it holds, 1 on errors (and on warnings when `strict`)."""
@@ -128,10 +133,12 @@ def validate(
     started = time.monotonic()
     try:
         graded = assignments.load_at(location)
+    except BrokenAssignment as e:  # (every problem, each on its own line)
+        return Validation(location.name, e.problems, ())
     except GraderError as e:
         return Validation(location.name, (str(e),), ())
-    errors: list[str] = _stale(graded)
-    warnings: list[str] = []
+    errors: list[str] = _stale(graded) + _test_points(graded)
+    warnings: list[str] = _ungraded(graded)
     with (
         tempfile.TemporaryDirectory(prefix="grader-validate-") as tmp,
         Pool(backend=backend, jobs=jobs) as pool,
@@ -145,7 +152,12 @@ def validate(
 
         report, runs = grade_with_runs(solution, assignment=graded, pool=pool)
         errors += _full_marks(report)
-        errors += _zero(grade_with_runs(graded.location.released, assignment=graded, pool=pool)[0])
+        untouched = grade_with_runs(graded.location.released, assignment=graded, pool=pool)[0]
+        errors += _zero(untouched)
+        hidden = len(report.runs) - 1
+        solved = f"{report.score:g}/{report.max_score:g} in its own run and {hidden} hidden run{'s' * (hidden != 1)}"
+        missing = sum(v.status == "missing" for v in untouched.variables)
+        released = f"{untouched.score:g}/{untouched.max_score:g}, {missing} of {len(untouched.variables)} missing"
         noise, count = _noise(graded, solution, report, runs, seeds, pool)
         for n in noise:
             if not n.fits:
@@ -176,11 +188,56 @@ def validate(
         tuple(results),
         time.monotonic() - started,
         stats,
+        solved,
+        released,
     )
 
 
 def _warn(m: MistakeResult) -> bool:
     return m.verdict not in ("caught", "same as")
+
+
+def _test_points(graded: Assignment) -> list[str]:
+    """An nbgrader test cell worth other points than its exercise grades: nbgrader's gradebook and the grader's
+    would disagree on the total."""
+    points = {}
+    for cell in graded.released.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if isinstance(meta, dict) and meta.get("grade") is True and notebook.grade_id(cell):
+            points[notebook.grade_id(cell)] = meta.get("points")
+    out = []
+    by_cell: dict[str, float] = {}
+    for ex in graded.rubric.exercises:
+        if ex.test_cell is not None:
+            by_cell[ex.test_cell] = by_cell.get(ex.test_cell, 0.0) + ex.max_score
+    for cell, total in by_cell.items():
+        given = points.get(cell)
+        if isinstance(given, int | float) and float(given) != total:
+            out.append(
+                f"test cell {cell} is worth {given:g} points in nbgrader, but its exercise grades {total:g}: set the "
+                f"cell's points to {total:g} (or the variables' points in the rubric)"
+            )
+    return out
+
+
+def _ungraded(graded: Assignment) -> list[str]:
+    """`d_` names the solution's answer cells assign that no exercise grades: a stub line left out of the
+    release, so students are not asked for it (and their check cell may still name it)."""
+    if graded.solution is None:
+        return []
+    graded_names = {v.name for ex in graded.rubric.exercises for v in ex.graded}
+    cells = {ex.cell for ex in graded.rubric.exercises if ex.plain}
+    out = []
+    for cell in graded.solution.cells:
+        gid = notebook.grade_id(cell)
+        if cell.cell_type == "code" and gid in cells:
+            for name in assigned(cell.source):
+                if name not in graded_names:
+                    out.append(
+                        f"the solution's cell {gid} assigns {name}, which is not graded: the release has no "
+                        f"`{name} = None` line for it"
+                    )
+    return out
 
 
 def _stale(graded: Assignment) -> list[str]:
@@ -283,6 +340,8 @@ class _Submission:
     expected: str | None
     word: str
     path: Path
+    problem: str = ""
+    """What is wrong with the author's own mistake notebook (reported instead of grading it)."""
 
 
 def _untold(graded: Assignment, results: list[MistakeResult], zero: set[str]) -> list[str]:
@@ -358,6 +417,10 @@ def _written(graded: Assignment) -> list[_Submission]:
         if not isinstance(said, dict) or not isinstance(said.get("variable"), str):
             out.append(_Submission(path.name, "written", None, "", path))
             continue
+        if said["variable"] not in {v.name for ex in graded.rubric.exercises for v in ex.graded}:
+            raise_later = f"names {said['variable']!r} in metadata.grader.mistake, which is not a graded variable"
+            out.append(_Submission(path.name, "written", said["variable"], "", path, raise_later))
+            continue
         out.append(_Submission(path.name, "written", said["variable"], str(said.get("hint", "")), path))
     return out
 
@@ -372,7 +435,9 @@ def _fingerprint(run: GradedRun) -> str:
         digest.update(repr(key).encode())
         if isinstance(value, torch.Tensor):
             digest.update(str((value.dtype, tuple(value.shape))).encode())
-            digest.update(value.detach().contiguous().cpu().numpy().tobytes())
+            # (+ 0 turns -0.0 into 0.0: equal numbers, equal bytes)
+            plain = value.detach() + 0 if value.is_floating_point() else value.detach()
+            digest.update(plain.contiguous().cpu().numpy().tobytes())
         else:
             digest.update(repr(type(value)).encode())
     return digest.hexdigest()
@@ -390,6 +455,8 @@ def _judge(graded: Assignment, sub: _Submission, report: Report, same_values: bo
     focus = next((v for v in report.variables if v.name == expected and v.points < v.max_points), None)
     focus = focus or next((v for v in report.variables if v.points < v.max_points), None)
     hint = focus.hint if focus else ""
+    if sub.problem:
+        return MistakeResult(sub.name, sub.kind, expected, lost, hint, "bad metadata", sub.problem)
     if not lost:
         why = "its values are the solution's (a symmetric tensor, a size-1 axis, a factor of 1?)" if same_values else ""
         if not why and expected in zero:
@@ -427,6 +494,8 @@ def to_text(result: Validation) -> str:
     lines = [f"grader validate {result.name}"]
     for e in result.errors:
         lines.append(f"  error: {e}")
+    if result.solution:
+        lines += [f"  the solution: {result.solution}", f"  the untouched release: {result.release}"]
     if result.noise:
         lines += ["", f"Tolerances (the solution against autograd over {result.seeds} runs):"]
         lines.append(f"  {'variable':<22} {'noise':>10} {'atol':>10}  ")
@@ -437,7 +506,8 @@ def to_text(result: Validation) -> str:
         lines.append(f"  {'verdict':<14} {'costs':<28} mistake / hint")
         for m in result.mistakes:
             costs = ", ".join(m.cost) or "-"
-            lines.append(f"  {m.verdict:<14} {costs[:28]:<28} {m.name}")
+            costs = costs if len(costs) <= 28 else costs[:26] + " …"
+            lines.append(f"  {m.verdict:<14} {costs:<28} {m.name}")
             if m.hint and m.verdict != "same as":
                 lines.append(f"  {'':<14} {'':<28}   hint: {m.hint}")
             if m.why:

@@ -356,3 +356,53 @@ def test_nbgrader_releases_and_grader_gradebook_grades_the_courses_own_assignmen
     with Gradebook(f"sqlite:///{mine / 'gradebook.db'}") as gb:
         scores = {s: gb.find_grade("check_ex1", NAME, NAME, s).score for s in ("ada", "ben")}
     assert scores == {"ada": 5, "ben": 4}
+
+
+def test_validate_names_every_author_slip_where_it_is(course, tmp_path):
+    mine = _broken(
+        course, tmp_path, 'credt = "local"\n\n[variable.d_w]\natol = 1e-6\n\n[[exercise]]\nid = "ex1"\nrtoll = 1\n'
+    )
+    result = validate.validate(courses.in_course(mine, NAME))
+    text = " ".join(result.errors)
+    assert "unknown key 'credt' at the top level; did you mean 'credit'?" in text
+    assert "unknown key 'rtoll' in exercise 'ex1'; did you mean 'rtol'?" in text  # every one, not the first
+    mine = _broken(course, tmp_path / "b", '[variable.d_w]\natol = 1e-6\n\n[[exercise]]\nid = "ex1"\n')
+    result = validate.validate(courses.in_course(mine, NAME))
+    assert "[variable.d_w]: d_w is not a graded variable; did you mean [variable.d_W]?" in result.errors[0]
+    # the instructor's private runs are named by their own file
+    mine = _copy_course(course, tmp_path / "c")
+    private = mine / "private" / NAME / "hidden_runs.toml"
+    private.parent.mkdir(parents=True)
+    private.write_text("[[hidden_run]]\nn_head = 2\n", encoding="utf-8")
+    result = validate.validate(courses.in_course(mine, NAME))
+    assert result.errors == (
+        f"{private}: hidden run 1: 'n_head' is not a parameter (the parameters: seed, batch_size, n_in, n_out)",
+    )
+
+
+def test_validate_catches_a_test_cell_worth_other_points_and_a_stub_left_out(course, tmp_path):
+    mine = _copy_course(course, tmp_path)
+    path = mine / "source" / NAME / f"{NAME}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid == "check_ex1":
+            cell.metadata["nbgrader"]["points"] = 7
+        if gid == "ex1":
+            cell.source = cell.source.replace("d_b = None\n", "")
+    nbformat.write(nb, path)
+    skeleton_release(mine)
+    result = validate.validate(courses.in_course(mine, NAME), seeds=2, with_mistakes=False)
+    assert result.errors == (
+        "test cell check_ex1 is worth 7 points in nbgrader, but its exercise grades 4: set the cell's points to 4 "
+        "(or the variables' points in the rubric)",
+    )
+    assert any("assigns d_b, which is not graded" in w for w in result.warnings)
+
+
+def skeleton_release(course: Path) -> None:
+    from grader import release
+
+    location = courses.in_course(course, NAME)
+    assert location is not None
+    release.release(location)
