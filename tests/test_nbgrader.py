@@ -38,6 +38,7 @@ def _without_copy(path: Path) -> nbformat.NotebookNode:
     nb.metadata.get("grader", {}).pop(embedded.KEY, None)
     return nb
 
+
 pytest.importorskip("nbgrader")
 
 RUBRIC = assignments.rubric_of("backprop_ninja")
