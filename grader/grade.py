@@ -71,8 +71,11 @@ def hidden_folders(assignment: Assignment) -> list[Path]:
     """Folders no run may read: the rubric and released notebook's, the solutions', and a checkout's
     tests and git history."""
     repository = assets.solutions_dir().parent  # a source checkout: its tests and history hold solutions too
+    # (the copy a student's notebook carries has no folder of its own: the notebook's is the student's, and a
+    # run sees it as it would under the instructor's grading)
+    own = [] if assignment.location.origin == "embedded" else [assignment.rubric.released.parent]
     return [
-        assignment.rubric.released.parent,
+        *own,
         assets.solutions_dir(),
         repository / "tests",
         repository / ".git",
