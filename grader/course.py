@@ -108,7 +108,7 @@ def course_dir(course: str | Path | None) -> Path | None:
 def in_course(course: Path, name: str) -> Location | None:
     """Assignment `name` of the course folder `course`, or None if the course has no source/NAME/."""
     source = course / "source" / check_name(name)
-    if not source.is_dir():
+    if not (source / RUBRIC).is_file():  # (an nbgrader-only assignment of the course: not the grader's)
         return None
     private = course / "private" / name / HIDDEN_RUNS
     return Location(
@@ -165,6 +165,11 @@ def locate(name: str, course: Path | None) -> Location:
     what exists. `name` is only looked up, never followed as a path."""
     check_name(name)
     found = (in_course(course, name) if course else None) or shipped(name)
+    if found is None and course and (course / "source" / name).is_dir():
+        raise UnknownAssignment(
+            f"{course / 'source' / name} has no {RUBRIC}: the grader grades an assignment of the course by its "
+            f"rubric (`grader new` writes one; docs/rubric.md lists its keys)"
+        )
     if found is None:
         hint = (
             f"; looked in {course / 'source'} and among the grader's"

@@ -92,10 +92,12 @@ def sandbox_processes(since: float, left_behind: bool = True) -> list:
             pass
         return False
 
+    # psutil dates a process from the boot time in /proc/stat, which is whole seconds: a process started after
+    # `since` can be dated up to a second before it (on a machine booted at hh:mm:ss.7, by 0.7 s)
     found = []
     for p in psutil.process_iter(["create_time", "cmdline", "status"]):
         if (
-            (p.info["create_time"] or 0) >= since - 0.01
+            (p.info["create_time"] or 0) >= since - 1.01
             and p.info["status"] != psutil.STATUS_ZOMBIE
             and any("grader.sandbox." in part for part in p.info["cmdline"] or [])
             and not (left_behind and attached(p))
