@@ -39,6 +39,9 @@ class Comparison:
     hint: str = ""
     """The likely mistake where one is named (`transposed?`, a factor, a sign...; see `grader.hints`), as
     data: the message says it too, but no decision reads the message."""
+    factors: tuple[str, ...] = ()
+    """Where the hint is a factor: every factor it could be, by symbol (`batch_size`, `sqrt(head_size)`), so
+    that the runs of a notebook can agree on the ones that fit in all of them."""
 
     @property
     def passed(self) -> bool:

@@ -10,7 +10,7 @@ wrong hint misleads more than none, so when nothing matches the message says onl
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 
@@ -27,53 +27,74 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a, b, rtol=MATCH_RTOL, atol=MATCH_ATOL))
 
 
-def _factors(n: int | None) -> list[tuple[str, float]]:
-    """Constant factors students get wrong, named as they would write them."""
-    named = [("2", 2.0), ("1/2", 0.5), ("-2", -2.0), ("-1/2", -0.5)]
+def _factors(n: int | None) -> list[tuple[str, str, float]]:
+    """Constant factors students get wrong, named as they would write them: (symbol, label, value)."""
+    named = [("2", "2", 2.0), ("1/2", "1/2", 0.5), ("-2", "-2", -2.0), ("-1/2", "-1/2", -0.5)]
     if n and n > 1:
         named = [
-            (f"n (= {n})", float(n)),
-            (f"1/n (= 1/{n})", 1 / n),
-            (f"n/(n-1) (= {n}/{n - 1})", n / (n - 1)),
-            (f"(n-1)/n (= {n - 1}/{n})", (n - 1) / n),
-            (f"1/(n-1) (= 1/{n - 1})", 1 / (n - 1)),
-            (f"n-1 (= {n - 1})", float(n - 1)),
-            (f"n² (= {n * n})", float(n * n)),
-            (f"1/n² (= 1/{n * n})", 1 / (n * n)),
+            ("n", f"n (= {n})", float(n)),
+            ("1/n", f"1/n (= 1/{n})", 1 / n),
+            ("n/(n-1)", f"n/(n-1) (= {n}/{n - 1})", n / (n - 1)),
+            ("(n-1)/n", f"(n-1)/n (= {n - 1}/{n})", (n - 1) / n),
+            ("1/(n-1)", f"1/(n-1) (= 1/{n - 1})", 1 / (n - 1)),
+            ("n-1", f"n-1 (= {n - 1})", float(n - 1)),
+            ("n²", f"n² (= {n * n})", float(n * n)),
+            ("1/n²", f"1/n² (= 1/{n * n})", 1 / (n * n)),
             *named,
         ]
     return named
 
 
-def _size_factors(sizes: Mapping[str, int], shape: tuple[int, ...], n: int | None) -> list[tuple[str, float]]:
-    """Factors made of the assignment's own sizes: each parameter's value (named by every parameter that has it:
-    `n_embd or head_size (= 16)`) and each dimension of the gradient no parameter names, as a factor, its inverse,
-    its square root and its inverse; and, for a size that is a dimension of the gradient (a normalisation over
-    it), v/(v-1) and (v-1)/v, Bessel's correction the wrong way round. (Any other size's v/(v-1) is too near 1
-    to tell from an arbitrary factor: 9/10 for a size of 10.)"""
-    named: dict[int, list[str]] = {}
+def _size_factors(sizes: Mapping[str, int], shape: tuple[int, ...], n: int | None) -> list[tuple[str, str, float]]:
+    """Factors made of the assignment's own sizes, (symbol, label, value): each parameter's value (named by its
+    parameter: `head_size (= 16)`) and each dimension of the gradient no parameter names, as a factor, its
+    inverse, its square root and its inverse; and, for a size that is a dimension of the gradient (a
+    normalisation over it), v/(v-1) and (v-1)/v, Bessel's correction the wrong way round. (Any other size's
+    v/(v-1) is too near 1 to tell from an arbitrary factor: 9/10 for a size of 10.)"""
+    # (n has its own names, first; a size of 2 is the plain factor 2, which is named as such)
+    named: dict[str, int] = {}
     for name, value in sizes.items():
-        if type(value) is int and value > 1 and value != n:  # (n has its own names, first)
-            named.setdefault(value, []).append(name)
+        if type(value) is int and value > 2 and value != n:
+            named[name] = value
     for axis, value in enumerate(shape):
-        if value > 1 and value != n and value not in named:
-            named[value] = [f"the size of dimension {axis}"]
+        if value > 2 and value != n and value not in named.values():
+            named[f"the size of dimension {axis}"] = value
     out = []
-    for value, names in named.items():
-        who = " or ".join(names)
+    for who, value in named.items():
         root = value**0.5
         out += [
-            (f"{who} (= {value})", float(value)),
-            (f"1/{who} (= 1/{value})", 1 / value),
-            (f"sqrt({who}) (= {root:.4g})", root),
-            (f"1/sqrt({who}) (= 1/{root:.4g})", 1 / root),
+            (who, f"{who} (= {value})", float(value)),
+            (f"1/{who}", f"1/{who} (= 1/{value})", 1 / value),
+            (f"sqrt({who})", f"sqrt({who}) (= {root:.4g})", root),
+            (f"1/sqrt({who})", f"1/sqrt({who}) (= 1/{root:.4g})", 1 / root),
         ]
         if value in shape:
             out += [
-                (f"{who}/({who}-1) (= {value}/{value - 1})", value / (value - 1)),
-                (f"({who}-1)/{who} (= {value - 1}/{value})", (value - 1) / value),
+                (f"{who}/({who}-1)", f"{who}/({who}-1) (= {value}/{value - 1})", value / (value - 1)),
+                (f"({who}-1)/{who}", f"({who}-1)/{who} (= {value - 1}/{value})", (value - 1) / value),
             ]
     return out
+
+
+def factor(
+    c: float, n: int | None, sizes: Mapping[str, int], shape: tuple[int, ...], only: Collection[str] | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """The factors `c` could be, worded (`batch_size (= 4) or sqrt(head_size) (= 4)`), and their symbols; ("", ())
+    where none fits. `only`: the symbols the other runs left (a candidate must fit in every run)."""
+    found: list[tuple[str, str]] = []
+    # the batch's n and the plain constants first: a size that only coincides with them (a dimension of 4 whose
+    # square root is 2) is not named beside them
+    for candidates in (_factors(n), _size_factors(sizes, shape, n)):
+        found = found or [
+            (symbol, label)
+            for symbol, label, value in candidates
+            if abs(c - value) <= 1e-4 * abs(value) and (only is None or symbol in only)
+        ]
+    if not found:
+        return "", ()
+    # the same value under several names: each named (a factor of 4 is batch_size, or sqrt(head_size)...)
+    labels = list(dict.fromkeys(label for _, label in found))
+    return " or ".join(labels), tuple(symbol for symbol, _ in found)
 
 
 def _some_rows_or_columns(bad: torch.Tensor, targets: torch.Tensor | None) -> str:
@@ -108,6 +129,7 @@ def diagnose(
     targets: torch.Tensor | None = None,
     noun: str = "gradient",
     sizes: Mapping[str, int] | None = None,
+    only: Collection[str] | None = None,
 ) -> str:
     """The likely mistake behind a wrong answer of the right shape and dtype, or "" when unsure.
 
@@ -122,6 +144,7 @@ def diagnose(
     targets: the batch's target classes (`Yb`), to recognise mistakes only at the target entries.
     noun: what the answer is (`gradient`, or `value` for a values exercise: no talk of flowing back).
     sizes: the run's whole-number parameters (`n_embd` -> 16), to name a factor of a size by its parameter.
+    only: the factors (by symbol) still possible after the other runs of the notebook; None: any.
     """
     a, e = actual.detach().double(), expected.detach().double()
     if a.numel() == 0 or rounding(a, e):
@@ -136,9 +159,9 @@ def diagnose(
     if scale > 0:
         c = float((a * e).sum()) / scale
         if _close(a, c * e):
-            for label, value in _factors(n) + _size_factors(sizes or {}, tuple(e.shape), n):
-                if abs(c - value) <= 1e-4 * abs(value):
-                    return f"it is the right {noun} times {label}: a factor too many or too few?"
+            label, _ = factor(c, n, sizes or {}, tuple(e.shape), only)
+            if label:
+                return f"it is the right {noun} times {label}: a factor too many or too few?"
     if a.dim() >= 2 and a.shape[-1] == a.shape[-2] and _close(a, e.transpose(-2, -1)):
         # (a square gradient: the shape cannot tell a transposed operand of a matrix product)
         return f"it is the transpose of the right {noun}: an operand of a matrix product transposed, or one missing?"
@@ -155,6 +178,18 @@ def diagnose(
         bad = ~torch.isclose(a, e, rtol=MATCH_RTOL, atol=MATCH_ATOL)
         return _some_rows_or_columns(bad, targets)
     return ""
+
+
+def _factor_symbols(
+    actual: torch.Tensor, expected: torch.Tensor, n: int | None, sizes: Mapping[str, int], only: Collection[str] | None
+) -> tuple[str, ...]:
+    """The symbols of every factor `actual` is of `expected` (empty where it is no multiple of it)."""
+    a, e = actual.detach().double(), expected.detach().double()
+    scale = float((e * e).sum())
+    if scale <= 0 or a.shape != e.shape:
+        return ()
+    c = float((a * e).sum()) / scale
+    return factor(c, n, sizes, tuple(e.shape), only)[1] if _close(a, c * e) else ()
 
 
 def rounding(actual: torch.Tensor, expected: torch.Tensor) -> bool:
@@ -210,17 +245,30 @@ def with_hint(
     targets: torch.Tensor | None = None,
     noun: str = "gradient",
     sizes: Mapping[str, int] | None = None,
+    only: Collection[str] | None = None,
 ) -> Comparison:
     """`result` with the likely mistake named in its message, as every report words it (the grader's report and the
     self-check in the student's kernel): `d_W2: it is the right gradient times 2: ... (off by up to ...)`; a shape
     error gets the sum over the wrong axis. `result` itself where no hint is sure (see `diagnose`)."""
     if result.status == "wrong" and isinstance(actual, torch.Tensor):
         hint = diagnose(
-            name, actual, expected, others=others, branches=branches, n=n, targets=targets, noun=noun, sizes=sizes
+            name,
+            actual,
+            expected,
+            others=others,
+            branches=branches,
+            n=n,
+            targets=targets,
+            noun=noun,
+            sizes=sizes,
+            only=only,
         )
         if hint:
             return dataclasses.replace(
-                result, message=f"{name}: {hint} ({result.message.partition(': ')[2]})", hint=hint
+                result,
+                message=f"{name}: {hint} ({result.message.partition(': ')[2]})",
+                hint=hint,
+                factors=_factor_symbols(actual, expected, n, sizes or {}, only),
             )
     elif result.status == "shape" and not result.hint and isinstance(actual, torch.Tensor):
         hint = missing_sum(actual, expected) or wrong_axis(tuple(actual.shape), tuple(expected.shape), n)

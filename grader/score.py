@@ -66,7 +66,9 @@ def _scan_flags(plan: Plan, ex: Exercise, forbidden: tuple[str, ...] = ()) -> di
     return flags
 
 
-def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Comparison:
+def _verdict(
+    ex: Exercise, var, run: GradedRun, flags: dict[str, Flag], only: frozenset[str] | None = None
+) -> Comparison:
     plan, captured = run.plan, run.captured
     found = any(c.exercise == ex.id for c in plan.captures)
     value = captured.values.get((ex.id, var.name), MISSING)
@@ -130,7 +132,18 @@ def _verdict(ex: Exercise, var, run: GradedRun, flags: dict[str, Flag]) -> Compa
         targets=_targets(run),
         noun=noun,
         sizes=run.sizes,
+        only=only,
     )
+
+
+def _agreed_factors(verdicts: list[Comparison]) -> frozenset[str] | None:
+    """The factors (by symbol) that every run's verdict could be, where the first is a factor and another run's
+    verdict narrows it; None where nothing narrows it."""
+    first = set(verdicts[0].factors)
+    if not first:
+        return None
+    agreed = first.intersection(*(v.factors for v in verdicts[1:] if v.factors))
+    return frozenset(agreed) if agreed != first else None
 
 
 def as_number(value: object, reference: torch.Tensor) -> object:
@@ -419,6 +432,9 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
             local = None
             if ex.function is None:
                 verdicts = [_verdict(ex, var, run, flags) for run in runs]
+                agreed = _agreed_factors(verdicts)
+                if agreed is not None:  # (a factor named must fit in every run where the answer is one)
+                    verdicts[0] = _verdict(ex, var, runs[0], flags, agreed)
                 local = [_local_verdict(ex, var, run, v) for run, v in zip(runs, verdicts)]
             elif j < len(ex.variables):
                 verdicts = [_function_verdict(ex, j, var, run, flags) for run in runs]

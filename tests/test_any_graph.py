@@ -52,14 +52,19 @@ MISTAKES = [
     ("d_Wq = (ln.transpose(-2, -1) @ d_q).sum(0)", "d_Wq = (ln.transpose(-2, -1) @ d_q).sum(0).T", "d_Wq", "transpose"),
     ("d_Wv = (ln.transpose(-2, -1) @ d_v).sum(0)", "d_Wv = (d_v.transpose(-2, -1) @ ln).sum(0)", "d_Wv", "transpose"),
     # attention's scale forgotten: a factor named by the parameters that are 16 here
-    ("d_q = (d_att @ k) * head_size**-0.5", "d_q = d_att @ k", "d_q", "sqrt(n_embd or head_size) (= 4)"),
+    (
+        "d_q = (d_att @ k) * head_size**-0.5",
+        "d_q = d_att @ k",
+        "d_q",
+        "times sqrt(n_embd) (= 4) or sqrt(head_size) (= 4):",
+    ),
     # a sum over the broadcast (B, T) dimensions missing, of rank 3, or of one of them
     ("d_beta = d_ln.sum((0, 1))", "d_beta = d_ln", "d_beta", "dimensions 0 (size 4), 1 (size 8) is missing"),
     ("d_gamma = (d_ln * xhat).sum((0, 1))", "d_gamma = (d_ln * xhat).sum(0)", "d_gamma", "dimension 0 (size 8)"),
     # a flipped sign, a factor 2, keepdim dropped
     ("d_att_p = d_out @ v.transpose(-2, -1)", "d_att_p = -(d_out @ v.transpose(-2, -1))", "d_att_p", "sign"),
     ("d_diff = 2 * diff / diff.numel()", "d_diff = diff / diff.numel()", "d_diff", "times 1/2"),
-    ("d_rstd = (d_xhat * xc).sum(-1, keepdim=True)", "d_rstd = (d_xhat * xc).sum(-1)", "d_rstd", "keep"),
+    ("d_gamma = (d_ln * xhat).sum((0, 1))", "d_gamma = (d_ln * xhat).sum((0, 1), keepdim=True)", "d_gamma", "keepdim"),
     # a variable used twice: the gradient of one use only (`=` for `+=`)
     ("d_xc += 2 * xc / n_embd * d_var", "pass", "d_xc", "+="),
     # a number copied from a parameter: named by it, on the hidden run where it shows
