@@ -475,7 +475,11 @@ def _judge(graded: Assignment, sub: _Submission, report: Report, same_values: bo
         if expected in raised or (raised and set(others) <= set(raised)):
             # the changed line raises: the lines after it never ran (a shape error is caught as it should be)
             return MistakeResult(sub.name, sub.kind, expected, lost, hint, "caught", "the changed line raises")
-        return MistakeResult(sub.name, sub.kind, expected, lost, hint, "costs more", f"also {', '.join(others)}")
+        own_status = next((v.status for v in report.variables if v.name == expected), "")
+        why = f"also {', '.join(others)}"
+        if own_status in ("shape", "dtype"):
+            why += f": its {own_status} is wrong, so the steps below it cannot be judged on their own"
+        return MistakeResult(sub.name, sub.kind, expected, lost, hint, "costs more", why)
     if not hint or (sub.word and sub.word.lower() not in (focus.message if focus else "").lower()):
         why = f"its hint does not say {sub.word!r}" if hint and sub.word else "no hint names the mistake"
         return MistakeResult(sub.name, sub.kind, expected, lost, hint, "no hint", why)
