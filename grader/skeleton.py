@@ -75,11 +75,17 @@ d_b = d_h.sum(0)
 ### END SOLUTION
 """
 
-CHECK = """\
+INSTALL = (
+    "The grader package is not installed in this kernel: run %pip install backprop-grader in a cell, then restart "
+    "the kernel."
+)
+"""What every check cell says where the grader is missing (the shipped notebooks say the same)."""
+
+CHECK = f"""\
 try:
     from grader import check
 except ModuleNotFoundError:  # not installed in this kernel: nothing is checked, no points
-    print("The grader is not installed in this kernel: run %pip install backprop-grader, then restart it.")
+    print({INSTALL!r})
     check = lambda *args, **kwargs: 0  # noqa: E731
 
 sum(int(check(name, grad, tensor)) for name, grad, tensor in [

@@ -16,7 +16,7 @@ from conftest import ROOT, answered
 from grader import assignment as assignments
 from grader import grade_notebook
 
-NEW = ["activations_batchnorm", "leaky_abstractions"]
+NEW = ["activations_batchnorm", "leaky_abstractions", "wavenet"]
 SIGN, TWICE, TRANSPOSED = "the sign is flipped", "times 2:", "transposed?"
 
 
@@ -246,6 +246,56 @@ MISTAKES = [
         "wrong",
         "off by up to",
     ),
+    # wavenet (written with grader new, release and validate): the (B, T, C) batch normalisation's parameters
+    # summed over the batch only, the time steps forgotten
+    (
+        "wavenet",
+        "ex1",
+        "d_bnbias1 = d_h1bn.sum((0, 1))",
+        "d_bnbias1 = d_h1bn.sum(0)",
+        "d_bnbias1",
+        "shape",
+        "the sum over dimension 0 (size 2) is missing",
+    ),
+    # ... its mean's gradient spread over n rows, not the n * 2 it was taken over
+    (
+        "wavenet",
+        "ex1",
+        "d_h1pre = d_bn1diff + d_bn1mean / (n * 2)",
+        "d_h1pre = d_bn1diff + d_bn1mean / n",
+        "d_h1pre",
+        "wrong",
+        "off by up to",
+    ),
+    # ... Bessel's correction left out of the second normalisation
+    (
+        "wavenet",
+        "ex1",
+        "d_bn2diff2 = torch.ones_like(bn2diff2) / (n - 1) * d_bn2var",
+        "d_bn2diff2 = torch.ones_like(bn2diff2) / n * d_bn2var",
+        "d_bn2diff2",
+        "wrong",
+        "times (n-1)/n (= 31/32)",
+    ),
+    # ... the first layer's weight transposed, and repeated characters overwritten instead of added up
+    (
+        "wavenet",
+        "ex1",
+        "d_W1 = (x1.transpose(1, 2) @ d_h1pre).sum(0)",
+        "d_W1 = (d_h1pre.transpose(1, 2) @ x1).sum(0)",
+        "d_W1",
+        "shape",
+        TRANSPOSED,
+    ),
+    (
+        "wavenet",
+        "ex1",
+        "d_C.index_add_(0, Xb.view(-1), d_emb.view(-1, n_embd))",
+        "d_C[Xb.view(-1)] = d_emb.view(-1, n_embd)",
+        "d_C",
+        "wrong",
+        "off by up to",
+    ),
 ]
 
 
@@ -272,6 +322,11 @@ NAMES = [
     "clipping_each_alone",
     "torch_clip_grad_norm",
     "clamp_gradient_as_huber",
+    "bnbias1_time_steps_not_summed",
+    "bn1_mean_spread_over_n",
+    "bn2_no_bessel",
+    "W1_transposed",
+    "C_rows_overwritten",
 ]
 assert len(NAMES) == len(MISTAKES) == len(set(NAMES))
 
@@ -376,3 +431,73 @@ def test_numbers_may_be_python_numpy_or_tensor_scalars(tmp_path, pool):
 
 if __name__ == "__main__":
     write_behaviour_notebooks()
+
+
+@pytest.mark.slow
+def test_wavenet_grades_through_grade_gradescope_and_the_pytest_plugin(tmp_path):
+    """The fourth assignment, written with the authoring commands, goes through every integration as the others."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import grader_command
+    from test_gradescope import _submit
+
+    from grader.integrations import gradescope
+
+    full = answered("wavenet")
+    slip = answered("wavenet", (MISTAKES[NAMES.index("bn2_no_bessel")][1:4],))
+    for student, nb in (("ada", full), ("ben", slip)):
+        (tmp_path / "class" / student / "wavenet").mkdir(parents=True)
+        nbformat.write(nb, tmp_path / "class" / student / "wavenet" / "wavenet.ipynb")
+    proc = subprocess.run(
+        [
+            *grader_command(),
+            "grade",
+            str(tmp_path / "class"),
+            "--assignment",
+            "wavenet",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = (tmp_path / "out" / "grades.csv").read_text(encoding="utf-8").splitlines()
+    assert any(r.startswith("ada,graded,31,31") for r in rows) and any(r.startswith("ben,graded,30,31") for r in rows)
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--grade",
+            str(tmp_path / "class" / "ben" / "wavenet" / "wavenet.ipynb"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert "1 failed, 32 passed" in proc.stdout, proc.stdout[-2000:]
+
+    root = tmp_path / "autograder"
+    root.mkdir()
+    proc = subprocess.run(
+        [*grader_command(), "gradescope", "build", "wavenet", "--out", str(root / "autograder.zip")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    gradescope.unpack(root / "autograder.zip", root / "source")
+    import shutil
+
+    shutil.copy2(root / "source" / "run_autograder", root / "run_autograder")
+    results = _submit(root, tmp_path / "class" / "ada" / "wavenet" / "wavenet.ipynb")
+    assert results["score"] == 31 and json.dumps(results)

@@ -54,7 +54,7 @@ def test_a_notebook_of_no_known_assignment_exits_1(tmp_path):
     proc = run("check", str(plain), "--assignment", "nonesuch")
     assert (
         proc.returncode == 1
-        and "unknown assignment 'nonesuch' (known: activations_batchnorm, backprop_ninja, leaky_abstractions)"
+        and "unknown assignment 'nonesuch' (known: activations_batchnorm, backprop_ninja, leaky_abstractions, wavenet)"
         in proc.stderr
     )
 
