@@ -41,6 +41,14 @@ SLOW = (
     "tests/test_behaviour.py::test_a_cell_that_swallows_the_interrupt_is_stopped_by_the_run_timeout",
     "tests/test_hostile.py::test_the_batch_finishes_and_grades_everyone",  # a hostile class per backend
     "tests/test_hostile.py::test_honest_grades_hold",  # (the same class)
+    "tests/test_hostile.py::test_every_attack_costs_its_exercise_with_a_reason",  # (the same class)
+    "tests/test_behaviour.py::test_behaviour_notebook[copied_numbers]",  # three runs of a whole notebook each
+    "tests/test_nbgrader.py::test_nbgrader_generate_assignment_reproduces_the_release[activations_batchnorm]",
+    "tests/test_nbgrader.py::test_nbgrader_generate_assignment_reproduces_the_release[leaky_abstractions]",
+    "tests/test_nbgrader.py::test_nbgrader_generate_assignment_reproduces_the_release[wavenet]",  # (ninja's stays)
+    "tests/test_nbgrader.py::test_an_edited_solution_no_longer_matches_the_release",
+    "tests/test_course.py::test_a_class_is_graded_from_the_course_and_from_the_assignments_folder",
+    "tests/test_course.py::test_validate_catches_a_test_cell_worth_other_points_and_a_stub_left_out",
     "tests/test_portability.py::test_the_portable_backend_gives_the_linux_backends_report[infinite_loop",
     "tests/test_portability.py::test_the_pytest_plugin_grades_with_the_portable_backend",
     "tests/test_portability.py::test_grader_grade_with_parallel_jobs_and_a_folder_name_with_spaces",
