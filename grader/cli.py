@@ -392,7 +392,9 @@ def _author(args: argparse.Namespace, backend) -> int:
         )
     except GraderError as e:
         return _fail(e)
-    print(validate.to_json(result) if args.json else validate.to_text(result))
+    from grader.reports import validation
+
+    print(validation.to_json(result) if args.json else validation.to_text(result))
     return result.exit_code(args.strict)
 
 

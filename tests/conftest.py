@@ -187,3 +187,20 @@ def answered(name: str, edits: tuple[tuple[str, str, str], ...] = ()):
         assert cell.source.count(old) == 1, old
         cell.source = cell.source.replace(old, new)
     return release
+
+
+def answered_in_course(course: Path, name: str, old: str = "", new: str = ""):
+    """A course assignment's release with its solution's answers typed in (one line changed, if asked), as a
+    student hands it in."""
+    import nbformat
+
+    solution = nbformat.read(course / "source" / name / f"{name}.ipynb", as_version=4)
+    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in solution.cells if "nbgrader" in c.metadata}
+    nb = nbformat.read(course / "release" / name / f"{name}.ipynb", as_version=4)
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            source = answers[meta["grade_id"]].replace("### BEGIN SOLUTION\n", "").replace("### END SOLUTION\n", "")
+            assert old in source, old
+            cell.source = source.replace(old, new) if old else source
+    return nb

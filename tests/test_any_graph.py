@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ROOT
+from conftest import ROOT, answered_in_course
 
 from grader import assignment as assignments
 from grader import course as courses
@@ -36,14 +36,7 @@ def course(tmp_path_factory) -> Path:
 
 
 def _answered(course: Path, old: str = "", new: str = "") -> nbformat.NotebookNode:
-    solution = nbformat.read(course / "source" / NAME / f"{NAME}.ipynb", as_version=4)
-    answer = next(c.source for c in solution.cells if c.metadata.get("nbgrader", {}).get("solution"))
-    assert old in answer, old
-    nb = nbformat.read(course / "release" / NAME / f"{NAME}.ipynb", as_version=4)
-    for cell in nb.cells:
-        if cell.metadata.get("nbgrader", {}).get("solution"):
-            cell.source = answer.replace(old, new) if old else answer
-    return nb
+    return answered_in_course(course, NAME, old, new)
 
 
 # (the solution's line, the line with the mistake, the variable it must cost, what its hint must say)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ROOT
+from conftest import ROOT, answered_in_course
 
 from grader import rubric_reference
 from grader.integrations import gradescope
@@ -65,14 +65,7 @@ def _shell(command: str, cwd: Path, env: dict, timeout: float = 1800) -> subproc
 
 
 def _answered(course: Path, old: str = "", new: str = "") -> nbformat.NotebookNode:
-    solution = nbformat.read(course / "source" / NAME / f"{NAME}.ipynb", as_version=4)
-    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in solution.cells if "nbgrader" in c.metadata}
-    nb = nbformat.read(course / "release" / NAME / f"{NAME}.ipynb", as_version=4)
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if meta.get("solution"):
-            cell.source = answers[meta["grade_id"]].replace(old, new) if old else answers[meta["grade_id"]]
-    return nb
+    return answered_in_course(course, NAME, old, new)
 
 
 @pytest.mark.slow

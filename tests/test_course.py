@@ -12,13 +12,14 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import grader_command, linux_sandbox
+from conftest import answered_in_course, grader_command, linux_sandbox
 
 from grader import assignment as assignments
 from grader import course as courses
 from grader import embedded, skeleton, validate
 from grader.errors import RubricError, UnknownAssignment, UsageError
 from grader.grade import grade_notebook
+from grader.reports import validation
 
 pytest.importorskip("nbgrader")  # (grader release runs nbgrader generate_assignment)
 
@@ -34,17 +35,7 @@ def course(tmp_path_factory) -> Path:
 
 
 def _answered(course: Path, old: str = "", new: str = "") -> nbformat.NotebookNode:
-    """The release with the solution's answers pasted in (one line changed, if asked), as a student hands it in."""
-    solution = nbformat.read(course / "source" / NAME / f"{NAME}.ipynb", as_version=4)
-    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in solution.cells if "nbgrader" in c.metadata}
-    nb = nbformat.read(course / "release" / NAME / f"{NAME}.ipynb", as_version=4)
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if meta.get("solution"):
-            source = answers[meta["grade_id"]].replace("### BEGIN SOLUTION\n", "").replace("### END SOLUTION\n", "")
-            assert old in source
-            cell.source = source.replace(old, new) if old else source
-    return nb
+    return answered_in_course(course, NAME, old, new)
 
 
 def _copy_course(course: Path, tmp_path: Path) -> Path:
@@ -72,7 +63,7 @@ def test_new_writes_an_nbgrader_course_that_validates_as_written(course):
     assert ex.test_cell == "check_ex1" and "autograd" in graded.rubric.skip_cells
     assert graded.rubric.reference_cells == ("setup", "forward")
     result = validate.validate(courses.in_course(course, NAME), seeds=3)
-    assert result.errors == () and result.exit_code() == 0, validate.to_text(result)
+    assert result.errors == () and result.exit_code() == 0, validation.to_text(result)
     assert result.stats["derived"] > 15 and result.stats["caught"] > 10
     caught = {m.name: m for m in result.mistakes}
     sign = next(m for name, m in caught.items() if name.startswith("d_W: sign flipped"))
