@@ -249,9 +249,10 @@ def grade_with_runs(
     finally:
         if own_pool:
             pool.close()
-    for p, c, ref in zip(with_data, captured, refs):
+    for p, plan, c, ref in zip(with_data, plans, captured, refs):
         ref.update(reference.replayed_calls(assignment, p, c))
         ref.update(reference.step_references(assignment, p, c, ref))
+        ref.update(reference.operand_hints(assignment, p, plan, c, ref))
     graded = [
         GradedRun(label, tuple(k for k in p if p[k] != main[k]), plan, c, ref, _sizes(p))
         for label, p, plan, c, ref in zip(labels, settings, plans, captured, refs)

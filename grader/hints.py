@@ -265,13 +265,18 @@ def with_hint(
         )
         if hint:
             return dataclasses.replace(
-                result,
-                message=f"{name}: {hint} ({result.message.partition(': ')[2]})",
-                hint=hint,
-                factors=_factor_symbols(actual, expected, n, sizes or {}, only),
+                named(result, name, hint), factors=_factor_symbols(actual, expected, n, sizes or {}, only)
             )
     elif result.status == "shape" and not result.hint and isinstance(actual, torch.Tensor):
         hint = missing_sum(actual, expected) or wrong_axis(tuple(actual.shape), tuple(expected.shape), n)
         if hint:
-            return dataclasses.replace(result, message=f"{result.message} -- {hint}", hint=hint)
+            return named(result, name, hint)
     return result
+
+
+def named(result: Comparison, name: str, hint: str) -> Comparison:
+    """`result` (wrong, or of the wrong shape) with `hint` as its likely mistake, worded as every report words it:
+    `d_W2: <hint> (off by up to ...)`, `d_b: shape (4, 16), expected (16,) -- <hint>`."""
+    if result.status == "shape":
+        return dataclasses.replace(result, message=f"{result.message} -- {hint}", hint=hint)
+    return dataclasses.replace(result, message=f"{name}: {hint} ({result.message.partition(': ')[2]})", hint=hint)

@@ -96,6 +96,17 @@ class GradientParts:
 
 
 @dataclass(frozen=True)
+class OperandHint:
+    """A wrong gradient's mistake named in the student's own line (a str): one transpose or one sum's dimensions
+    changed in it gives the right step."""
+
+    exercise: str
+    """Exercise id."""
+    name: str
+    """The student's variable, e.g. `d_k`."""
+
+
+@dataclass(frozen=True)
 class ReplayedCall:
     """Autograd's gradients at one recorded call of a function exercise's answer (a tuple of tensors), or why
     that call could not be replayed (a string)."""
@@ -124,7 +135,7 @@ class Targets:
 TARGETS = Targets()
 """The one key of the batch's target classes."""
 
-Key = str | ValueOf | LocalGradient | GradientParts | ReplayedCall | TrainingResult | Targets
+Key = str | ValueOf | LocalGradient | GradientParts | OperandHint | ReplayedCall | TrainingResult | Targets
 """Where a run's reference keeps an entry: a forward tensor's name (autograd's gradient of it), or a typed key."""
 
 

@@ -12,10 +12,10 @@ import dataclasses
 import torch
 
 from grader.compare import Comparison, compare
-from grader.hints import rounding, with_hint
+from grader.hints import named, rounding, with_hint
 from grader.plan import Plan
 from grader.rubric import Exercise, Rubric
-from grader.runs import TARGETS, Captured, GradientParts, LocalGradient, ReplayedCall, TrainingResult
+from grader.runs import TARGETS, Captured, GradientParts, LocalGradient, OperandHint, ReplayedCall, TrainingResult
 from grader.scan import as_python, scan, scan_forbidden
 from grader.values import MISSING, UNCHANGED, Flag, Raised
 from grader.verdicts import PASSING, ExerciseResult, GradedRun, Report, RunSummary, VariableResult
@@ -121,7 +121,7 @@ def _verdict(
         if ex.plain
         else None
     )
-    return with_hint(
+    hinted = with_hint(
         result,
         var.name,
         value,
@@ -134,6 +134,16 @@ def _verdict(
         sizes=run.sizes,
         only=only,
     )
+    return _own_line_hint(hinted, ex, var, run)
+
+
+def _own_line_hint(result: Comparison, ex: Exercise, var, run: GradedRun) -> Comparison:
+    """`result` with the mistake named in the student's own line (`grader.reference.operands`) where the values
+    named none."""
+    hint = run.reference.get(OperandHint(ex.id, var.name))
+    if result.status not in ("wrong", "shape") or result.hint or not isinstance(hint, str):
+        return result
+    return named(result, var.name, hint)
 
 
 def _agreed_factors(verdicts: list[Comparison]) -> frozenset[str] | None:
@@ -180,7 +190,8 @@ def _local_verdict(ex: Exercise, var, run: GradedRun, plain: Comparison) -> Comp
         # from are right, the tolerance alone decides: a small slip of its own is not rounding)
         return dataclasses.replace(result, status="approximate", approximate=True, message="")
     # the step's own mistake
-    return with_hint(result, var.name, value, local, n=_n(run), targets=_targets(run), sizes=run.sizes)
+    hinted = with_hint(result, var.name, value, local, n=_n(run), targets=_targets(run), sizes=run.sizes)
+    return _own_line_hint(hinted, ex, var, run)
 
 
 def _below_a_mistake(ex: Exercise, var, run: GradedRun) -> bool:

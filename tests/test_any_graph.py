@@ -44,6 +44,33 @@ MISTAKES = [
     # a transpose too many on a square gradient: the shape cannot tell
     ("d_Wq = (ln.transpose(-2, -1) @ d_q).sum(0)", "d_Wq = (ln.transpose(-2, -1) @ d_q).sum(0).T", "d_Wq", "transpose"),
     ("d_Wv = (ln.transpose(-2, -1) @ d_v).sum(0)", "d_Wv = (d_v.transpose(-2, -1) @ ln).sum(0)", "d_Wv", "transpose"),
+    # a transpose missing inside a matrix product, of a square operand too: named in the student's own line
+    (
+        "d_k = (d_att.transpose(-2, -1) @ q) * head_size**-0.5",
+        "d_k = (d_att @ q) * head_size**-0.5",
+        "d_k",
+        "a transpose missing in the matrix product `d_att @ q`",
+    ),
+    ("d_v = att_p.transpose(-2, -1) @ d_out", "d_v = att_p @ d_out", "d_v", "`att_p` transposed"),
+    (
+        "d_ln = d_q @ Wq.T + d_k @ Wk.T + d_v @ Wv.T",
+        "d_ln = d_q @ Wq + d_k @ Wk.T + d_v @ Wv.T",
+        "d_ln",
+        "a transpose missing in the matrix product `d_q @ Wq`",
+    ),
+    # a sum over the wrong dimension: the softmax's correction term (same shape), and a shape error
+    (
+        "d_att_m = att_p * (d_att_p - (att_p * d_att_p).sum(-1, keepdim=True))",
+        "d_att_m = att_p * (d_att_p - (att_p * d_att_p).sum(-2, keepdim=True))",
+        "d_att_m",
+        "is over the wrong dimension: over dimension 2 it gives the right gradient",
+    ),
+    (
+        "d_beta = d_ln.sum((0, 1))",
+        "d_beta = d_ln.sum((0, 2))",
+        "d_beta",
+        "the sum in `d_ln.sum((0, 2))` is over the wrong dimensions: over dimensions 0 and 1 it gives",
+    ),
     # attention's scale forgotten: a factor named by the parameters that are 16 here
     (
         "d_q = (d_att @ k) * head_size**-0.5",

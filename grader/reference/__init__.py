@@ -12,6 +12,7 @@ are keyed by the typed keys of `grader.runs`.
 - `steps`: each step of the chain on its own: step credit, the learner's own forward values, the graph.
 - `calls`: function exercises: each recorded call replayed with autograd.
 - `from_run`: the references a run's own values decide (its recorded calls, step credit), after it.
+- `operands`: a wrong gradient's mistake named in the student's own line (one transpose or sum changed).
 
 `forward`'s names (its lock, its memos) are what the other modules build on; outside the package, only the
 names below are used.
@@ -21,6 +22,7 @@ from grader.reference.calls import call_gradients
 from grader.reference.expected import as_reference, gradients
 from grader.reference.forward import forward_values
 from grader.reference.from_run import replayed_calls, step_references
+from grader.reference.operands import operand_hints
 from grader.reference.steps import forward_edges, local_from, local_references, own_gradients
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "gradients",
     "local_from",
     "local_references",
+    "operand_hints",
     "own_gradients",
     "replayed_calls",
     "step_references",
