@@ -336,15 +336,24 @@ def _grade_lecture(
         (LECTURE, str(data_path.resolve())),
         lambda: ((), [lecture.warm_up_source(lectures)], {f: data_path for f in lecture.DATA_FILES}),
     )
+    own_run = None
     try:
         job = worker.start([plan], ["the notebook as it is"], timeout or rubric.timeout, cell_timeout(rubric, timeout))
         job.release()
         captured = job.wait()[0]
+        if lecture_grading.differing(assignment, recognised, plan, captured):
+            # a forward pass of its own: the reference is autograd through it, in a run of its own (autograd on)
+            own = lecture.own_forward(plan, recognised, rubric.loss)
+            job = worker.start(
+                [own], ["your own forward pass"], timeout or rubric.timeout, cell_timeout(rubric, timeout)
+            )
+            job.release()
+            own_run = job.wait()[0]
     finally:
         if own_pool:
             pool.close()
 
-    return lecture_grading.graded(str(path), student, recognised, assignment, plan, captured)
+    return lecture_grading.graded(str(path), student, recognised, assignment, plan, captured, own_run)
 
 
 def feedback_edges(assignment: Assignment) -> dict[str, tuple[str, ...]]:

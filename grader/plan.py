@@ -30,6 +30,8 @@ class PlannedCell:
     """Student code: run with autograd refused (`autograd is not allowed in this exercise`)."""
     grade_id: str | None = None
     """The nbgrader grade_id of the cell it came from, if any (`<parameters>` for the injected one)."""
+    cell: int | None = None
+    """The index of the notebook cell it came from (None for the grader's own cells)."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,9 @@ def plan(student: nbformat.NotebookNode, assignment: Assignment, params: dict[st
             seen.add(gid)
         if gid in skip:
             continue
-        cells.append(PlannedCell(label, source, no_grad=gid in no_grad, guarded=gid not in locked, grade_id=gid))
+        cells.append(
+            PlannedCell(label, source, no_grad=gid in no_grad, guarded=gid not in locked, grade_id=gid, cell=number - 1)
+        )
         gids.append(gid if first_time else None)
         if has_tag(cell, "parameters") and PARAMS not in gids:
             cells.append(PlannedCell("injected parameters", injected_source(params), no_grad=False, grade_id=PARAMS))

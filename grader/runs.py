@@ -31,6 +31,10 @@ class CellOutcome:
     """The cell's label, e.g. `cell 9 (ex1)`."""
     error: str
     """`ExceptionType: message (line N)`, or empty if the cell ran without raising."""
+    line: int | None = None
+    """The line of the cell the error was raised at, where it was raised in the cell's own code."""
+    kind: str = ""
+    """The exception's type name (`NameError`), or empty."""
 
 
 @dataclass(frozen=True)

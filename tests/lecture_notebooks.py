@@ -542,6 +542,79 @@ def forward_pass_only() -> nbformat.NotebookNode:
     return _notebook(cells)
 
 
+# --- issue 26: the last few percent (written to tests/notebooks/lecture as well) --------------------------------
+
+LECTURE_EX1_TEMPLATE = """# Exercise 1: backprop through the whole thing manually,
+# backpropagating through exactly all of the variables
+# as they are defined in the forward pass above, one by one
+
+# -----------------
+# YOUR CODE HERE :)
+# -----------------
+"""
+"""The head of the lecture's Exercise 1 cell as it is handed out, kept by learners who write below it."""
+
+
+def _ex1(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    return next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("# Exercise 1"))
+
+
+def exercise_comment_block() -> nbformat.NotebookNode:
+    """Exercise 1 under the lecture's own comment block, the first six gradients (`dlogprobs` to `dnorm_logits`)
+    each followed by its cmp, the other checks still commented out; the saved printout shows the six exact."""
+    nb = lecture_notebook()
+    lines = [LECTURE_EX1_TEMPLATE]
+    for name, line in STEPS[:6]:
+        lines.append(f"{line.format(d='d')}\ncmp({name!r}, d{name}, {name})")
+    lines += [f"# cmp({name!r}, d{name}, {name})" for name, _ in STEPS[6:]]
+    cell = _ex1(nb)
+    cell.source = "\n".join(lines)
+    cell.outputs = [new_output("stream", name="stdout", text="".join(_printout(n) for n, _ in STEPS[:6]))]
+    cell.execution_count = 10
+    return nb
+
+
+def forward_slip() -> nbformat.NotebookNode:
+    """The learner's own slip in the forward pass (`bnvar - 1e-5`, not `+`), and every gradient written for the
+    forward pass they ran: their saved cmp printouts say all exact."""
+    nb = lecture_notebook(
+        mistakes={"bnvar": "{d}bnvar = (-0.5 * (bnvar - 1e-5)**-1.5) * {d}bnvar_inv"},
+        saved_outputs=dict.fromkeys(ORDER, True),
+    )
+    forward = next(c for c in nb.cells if c.source.startswith("# forward pass"))
+    forward.source = forward.source.replace("bnvar_inv = (bnvar + 1e-5)**-0.5", "bnvar_inv = (bnvar - 1e-5)**-0.5")
+    assert "(bnvar - 1e-5)**-0.5" in forward.source
+    return nb
+
+
+def own_tensor_name() -> nbformat.NotebookNode:
+    """`bndiffsq` for the lecture's `bndiff2`, everywhere but the label of its check: `cmp('bndiff2', dbndiffsq,
+    bndiffsq)`."""
+    nb = lecture_notebook(saved_outputs=dict.fromkeys(ORDER, True))
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.source = cell.source.replace("bndiff2", "bndiffsq").replace("cmp('bndiffsq'", "cmp('bndiff2'")
+    assert "cmp('bndiff2', dbndiffsq, bndiffsq)" in _ex1(nb).source
+    return nb
+
+
+def deleted_lines() -> nbformat.NotebookNode:
+    """Exercise 1 run and saved with every check right, then two of its lines deleted (`dbnvar_inv = ...`,
+    `dbndiff = ...`): the cell as kept uses dbnvar_inv before any line assigns it."""
+    nb = lecture_notebook(saved_outputs=dict.fromkeys(ORDER, True))
+    cell = _ex1(nb)
+    kept = [line for line in cell.source.splitlines() if not line.startswith(("dbnvar_inv = ", "dbndiff = bnvar_inv"))]
+    assert len(kept) == len(cell.source.splitlines()) - 2
+    cell.source = "\n".join(kept)
+    return nb
+
+
+def older_printout() -> nbformat.NotebookNode:
+    """A saved printout from an older version of the Exercise 1 cell: dW2 not close there (maxdiff 0.0123), where
+    the code as kept is right."""
+    return lecture_notebook(saved_outputs={**dict.fromkeys(ORDER, True), "W2": False})
+
+
 LEARNERS = {
     "batchnorm_ones_and_zeros": batchnorm_ones_and_zeros,
     "one_gradient_per_cell": one_gradient_per_cell,
@@ -549,8 +622,14 @@ LEARNERS = {
     "equivalent_forward": equivalent_forward,
     "alias_changed_after_its_check": lambda: one_gradient_per_cell(alias=True, chain_again=False, markers=True),
     "forward_pass_only": forward_pass_only,
+    "exercise_comment_block": exercise_comment_block,
+    "forward_slip": forward_slip,
+    "own_tensor_name": own_tensor_name,
+    "deleted_lines": deleted_lines,
+    "older_printout": older_printout,
 }
-"""Issue 19's behaviour notebooks by name (one per pattern), as `python tests/lecture_notebooks.py` writes them."""
+"""The behaviour notebooks of issues 19 and 26 by name (one per pattern), as `python tests/lecture_notebooks.py`
+writes them."""
 
 
 if __name__ == "__main__":

@@ -385,7 +385,9 @@ def _run_in_a_kernel(nb, cwd):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [k[0] for k in LEARNER_VERDICTS[:-1]] + ["lambda_cmp_interleaved"])
+@pytest.mark.parametrize(
+    "name", [k[0] for k in LEARNER_VERDICTS[:-1]] + ["lambda_cmp_interleaved", "forward_slip", "own_tensor_name"]
+)
 def test_learner_notebooks_run_in_a_kernel_agree_with_their_own_cmp(tmp_path, pool, name):
     # acceptance 4 in small: the printouts a real run saves are what the grader's verdicts are compared with
     nb = _run_in_a_kernel(nbformat.read(NOTEBOOKS / "lecture" / f"{name}.ipynb", as_version=4), tmp_path)
@@ -419,3 +421,99 @@ def test_exercise_1_half_done_one_gradient_per_cell_then_exercises_2_and_3():
     assert "dhprebn = bngain*bnvar_inv/n" in nb.cells[starts["ex3"]].source
     found = {g.of for g in rec.gradients if g.exercise == "ex1" and g.how}
     assert found == set(ORDER[: ORDER.index("logits") + 1])
+
+
+# --- issue 26: the last few percent, one notebook per pattern (tests/lecture_notebooks.py writes them) ------------
+
+ISSUE_26 = [  # (notebook, total, the variables that lose their point with their status, phrases of the report)
+    # the lecture's own comment block heads Exercise 1, the first six gradients each with its cmp: all six right
+    # (this pattern already graded right here; see the closing note on what was tried to find the trigger)
+    ("exercise_comment_block", 7, None, ["your saved cmp printouts agree with the grader on all 6 checks"]),
+    # the learner's own slip in the forward pass, every gradient consistent with it: graded against it, all right
+    (
+        "forward_slip",
+        28,
+        {},
+        [
+            "graded against your own forward pass: `bnvar_inv = (bnvar - 1e-5)**-0.5` (cell 10, line 11) is not the "
+            "lecture's `bnvar_inv = (bnvar + 1e-5) ** -0.5`",
+            "your saved cmp printouts agree with the grader on all 26 checks",
+        ],
+    ),
+    # bndiffsq for bndiff2, checked as cmp('bndiff2', dbndiffsq, bndiffsq): the third argument decides
+    (
+        "own_tensor_name",
+        28,
+        {},
+        ["the notebook's own names for the lecture's tensors: bndiffsq for bndiff2", "agree with the grader on all 26"],
+    ),
+    # two lines deleted after the cell ran: what the cell computed before the error is graded, the rest are errors
+    (
+        "deleted_lines",
+        17,
+        dict.fromkeys(
+            [
+                "dbnvar_inv",
+                "dbnvar",
+                "dbndiff2",
+                "dbndiff",
+                "dbnmeani",
+                "dhprebn",
+                "dembcat",
+                "dW1",
+                "db1",
+                "demb",
+                "dC",
+            ],
+            "error",
+        ),
+        [
+            "`dbnvar_inv` is used on line 23 of cell 11 but never assigned above it; the saved output was made before "
+            "a line was deleted or by cells run out of order"
+        ],
+    ),
+    # a printout of an older version of the cell: the report says which of the two to trust
+    (
+        "older_printout",
+        28,
+        {},
+        [
+            "dW2 (saved approximate: False, graded: True); was the cell edited after it ran? Trust the grader's "
+            "verdicts: it ran the code as the notebook keeps it now"
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("name, total, lost, phrases", ISSUE_26, ids=[k[0] for k in ISSUE_26])
+def test_the_last_few_percent_of_lecture_notebooks(pool, name, total, lost, phrases):
+    started = time.monotonic()
+    report = grade.grade_notebook(NOTEBOOKS / "lecture" / f"{name}.ipynb", pool=pool)
+    assert time.monotonic() - started < 30  # the issue's bound for `grader check` on a lecture notebook
+    assert report.assignment == "lecture" and report.status == "graded", report.error
+    assert report.score == total, [v.message for v in report.variables if v.points < v.max_points][:3]
+    if lost is not None:
+        assert {v.name: v.status for v in report.variables if v.points < v.max_points} == lost
+    text = "\n".join([*report.notes, *(v.message for v in report.variables)])
+    for phrase in phrases:
+        assert phrase in text
+    assert "no cells for Exercise 1 were found" not in text
+
+
+def test_a_forward_pass_of_its_own_cannot_choose_its_own_reference(tmp_path, pool):
+    # the slip, and a hook that doubles what flows back into h (tried in vain where autograd is refused): in the
+    # run that gives the reference it would change every gradient below h. The grader's own steps disagree where
+    # the forward pass is the lecture's, so that run is not used, and dbnvar is judged by the lecture's steps
+    from lecture_notebooks import forward_slip
+
+    nb = forward_slip()
+    forward = next(c for c in nb.cells if c.source.startswith("# forward pass"))
+    forward.source = forward.source.replace(
+        "logits = h @ W2 + b2",
+        "logits = h @ W2 + b2\ntry:\n    h.register_hook(lambda g: 2 * g)\nexcept RuntimeError:\n    pass",
+    )
+    assert "register_hook" in forward.source
+    report = _grade(nb, tmp_path, pool)
+    text = "\n".join(report.notes)
+    assert "but the gradients of your own forward pass could not be used: autograd's gradient of" in text, text
+    assert report.score < 28

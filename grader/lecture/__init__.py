@@ -23,25 +23,32 @@ underscore belong to the package: its modules share them (`cells._Cell`, `cells.
 it uses them.
 """
 
+from grader.lecture.cells import assigning_line, first_unassigned
 from grader.lecture.own_checks import Check, SavedCheck, checks, saved_checks, saved_note
 from grader.lecture.recognition import Gradient, Recognised, Section, is_ours, recognise, rubric_for
 from grader.lecture.rewrite import DATA_FILES
-from grader.lecture.run_plan import FORWARD, plan
+from grader.lecture.run_plan import FORWARD, OWN, OWN_LEAVES, OWN_PREFIX, own_forward, plan
 from grader.lecture.tensors import LEAVES, example_leaves, leaves, warm_up_source
 
 __all__ = [
     "DATA_FILES",
     "FORWARD",
     "LEAVES",
+    "OWN",
+    "OWN_LEAVES",
+    "OWN_PREFIX",
     "Check",
     "Gradient",
     "Recognised",
     "SavedCheck",
     "Section",
+    "assigning_line",
     "checks",
     "example_leaves",
+    "first_unassigned",
     "is_ours",
     "leaves",
+    "own_forward",
     "plan",
     "recognise",
     "rubric_for",

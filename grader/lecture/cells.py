@@ -185,3 +185,58 @@ def _calls_in(tree: ast.AST, index: int, checkers: set[str], tensors: set[str]) 
 def _cell_range(indices: tuple[int, ...]) -> str:
     first, last = indices[0] + 1, indices[-1] + 1
     return f"cell {first}" if first == last else f"cells {first}-{last}"
+
+
+_ALWAYS_THERE = frozenset(dir(__import__("builtins"))) | {"get_ipython", "display", "In", "Out", "exit", "quit"}
+"""Names a cell can read without any cell assigning them (Python's builtins, IPython's own)."""
+
+
+def first_unassigned(nb: nbformat.NotebookNode, index: int) -> tuple[str, int] | None:
+    """(name, line) for the first name the notebook's cell at `index` reads that no line above it assigns: not any
+    earlier cell (in any way: assignment, import, definition, loop), nor an earlier statement of its own. Generous on
+    purpose: a name assigned anywhere above, even in a function, counts as assigned."""
+
+    def defined(tree: ast.AST) -> set[str]:
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+                names.add(node.id)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.arg):
+                names.add(node.arg)
+            elif isinstance(node, (ast.Global, ast.Nonlocal)):
+                names.update(node.names)
+        return names
+
+    cells = _read(nb)
+    cell = next((c for c in cells if c.index == index), None)
+    if cell is None or cell.tree is None:
+        return None
+    known = set(_ALWAYS_THERE)
+    for c in cells:
+        if c.index < index and c.tree is not None:
+            if any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in ast.walk(c.tree)):
+                return None  # (a star import: what it defines is not in the text)
+            known |= defined(c.tree)
+    for statement in cell.tree.body:
+        here = known | defined(statement)
+        used = [n for n in ast.walk(statement) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
+        for name in sorted(used, key=lambda n: (n.lineno, n.col_offset)):
+            if name.id not in here:
+                return name.id, name.lineno
+        known = here
+    return None
+
+
+def assigning_line(nb: nbformat.NotebookNode, name: str, before: int) -> tuple[int, int, str] | None:
+    """(cell index, line, the line's text) of the last top-level statement above cell `before` that assigns
+    `name`; None where none does."""
+    for c in reversed([c for c in _read(nb) if c.index < before and c.tree is not None]):
+        assert c.tree is not None
+        for statement in reversed(c.tree.body):
+            if name in _stored(statement):
+                return c.index, statement.lineno, c.source.splitlines()[statement.lineno - 1].strip()
+    return None

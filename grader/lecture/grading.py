@@ -16,6 +16,7 @@ Nothing here runs the notebook's code: values in, a `Report` out (the reference'
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 from dataclasses import dataclass
 
@@ -44,9 +45,17 @@ class Changed:
 
 
 def graded(
-    path: str, student, recognised: lecture.Recognised, assignment: Assignment, plan: Plan, captured: Captured
+    path: str,
+    student,
+    recognised: lecture.Recognised,
+    assignment: Assignment,
+    plan: Plan,
+    captured: Captured,
+    own_run: Captured | None = None,
 ) -> tuple[Report, list[GradedRun]]:
-    """The `Report` of a lecture notebook's run, and the run with its values and references (for pictures)."""
+    """The `Report` of a lecture notebook's run, and the run with its values and references (for pictures).
+    `own_run`: the run of `lecture.own_forward`'s plan, where `differing` found steps of the notebook's forward pass
+    that are not the lecture's."""
     rubric = assignment.rubric
     refs: dict[Key, object] = {}
     notes: list[str] = []
@@ -63,6 +72,10 @@ def graded(
             try:
                 refs.update(reference.own_gradients(assignment, params, own))
                 notes += forward_differences(assignment, recognised, own, params)
+                if own_run is not None:
+                    notes.append(
+                        _graded_against_own(assignment, student, recognised, params, own, refs, captured, own_run)
+                    )
             except Exception as e:  # (the grader's own failure: the lecture's values still give a reference)
                 notes.append(
                     f"the reference is autograd's at the lecture's forward values, not the notebook's own "
@@ -77,6 +90,7 @@ def graded(
             except Exception as e:  # (the grader's own failure: every step is then judged on its value alone)
                 notes.append(f"no step was judged on its own ({type(e).__name__}: {e})")
             zero = zero_references(rubric, refs, recognised, captured)
+    notes += unassigned_notes(student, plan, captured)
     run = GradedRun("the notebook as it is", (), plan, captured, refs)
     result = _with_warnings(score(rubric, path, [run], {}), changed, zero)
     graded_flags = {(v.exercise, v.name): v.approximate for v in result.variables}
@@ -123,6 +137,94 @@ def parameters(
     return {"leaves": lecture.leaves(values)}, own, ""
 
 
+def differing(assignment: Assignment, recognised: lecture.Recognised, plan: Plan, captured: Captured) -> list[str]:
+    """The lecture tensors whose step in the notebook's forward pass is not the lecture's (`reference.differing_steps`):
+    then the reference is autograd through the notebook's own forward pass (`lecture.own_forward`). Empty where the
+    run did not get that far."""
+    if not captured.finished or not recognised.sections:
+        return []
+    params, own, problem = parameters(recognised, plan, captured)
+    if problem:
+        return []
+    try:
+        return reference.differing_steps(assignment, params, own)
+    except Exception:  # (the lecture's forward pass does not run on these tensors: graded() says why)
+        return []
+
+
+def _graded_against_own(
+    assignment: Assignment,
+    student,
+    recognised: lecture.Recognised,
+    params: dict[str, object],
+    own: dict[str, torch.Tensor],
+    refs: dict[Key, object],
+    captured: Captured,
+    own_run: Captured,
+) -> str:
+    """Put autograd's gradients through the notebook's own forward pass (from `own_run`) in `refs`, where that run
+    is confirmed; the note that says so, naming the first line that differs from the lecture's, or why not.
+
+    Confirmed: the run made the same parameters and minibatch as the graded run, and where the notebook's forward
+    pass is the lecture's (every tensor whose gradient does not flow back through a differing step), its gradients
+    are those the grader computes through the lecture's steps at the notebook's values. So the run, which ran the
+    notebook's code with autograd on, can only tell the grader what its own differing steps send back."""
+    forward = dict(recognised.forward)
+    steps = reference.differing_steps(assignment, params, own)
+    first = steps[0]
+    start = recognised.sections[0].cells[0]
+    where = lecture.assigning_line(student, forward.get(first, first), start)
+    released = _released_line(assignment, first)
+    line = (
+        f"`{where[2]}` (cell {where[0] + 1}, line {where[1]}) is not the lecture's `{released}`"
+        if where and released
+        else f"your {forward.get(first, first)} is not computed as the lecture computes it"
+    )
+    not_used = f"{line}, but the gradients of your own forward pass could not be used"
+    if not own_run.finished:
+        return f"{not_used}: {own_run.reason}"
+    for ours in lecture.LEAVES:
+        theirs = forward.get(ours, ours)
+        again, graded_run = (
+            own_run.values.get((lecture.OWN_LEAVES, theirs)),
+            captured.values.get((lecture.FORWARD, theirs)),
+        )
+        if not (type(again) is torch.Tensor and type(graded_run) is torch.Tensor and torch.equal(again, graded_run)):
+            return f"{not_used}: run again, the notebook made another {theirs}"
+    gradients: dict[str, torch.Tensor] = {}
+    for name in {v.of for ex in assignment.rubric.exercises if ex.plain for v in ex.variables}:
+        g, ref = own_run.values.get((lecture.OWN, lecture.OWN_PREFIX + name)), refs.get(name)
+        if type(g) is torch.Tensor and isinstance(ref, torch.Tensor) and g.shape == ref.shape and g.dtype == ref.dtype:
+            gradients[name] = g
+    edges = reference.forward_edges(assignment, params)
+    through: set[str] = set()  # the tensors whose gradient flows back through a differing step (its inputs, theirs)
+    for name in reversed(list(edges)):
+        if name in through or name in steps:
+            through.update(edges[name])
+    for name, g in gradients.items():
+        ref = refs[name]
+        assert isinstance(ref, torch.Tensor)
+        scale = float(ref.abs().max()) if ref.numel() else 0.0
+        if name not in through and not torch.allclose(g, ref, rtol=1e-4, atol=1e-5 * scale):
+            theirs = forward.get(name, name)
+            return f"{not_used}: autograd's gradient of {theirs} there is not what the lecture's steps give"
+    refs.update(gradients)
+    return (
+        f"graded against your own forward pass: {line}; every gradient is checked against autograd through "
+        "the forward pass as your notebook has it, as your own cmp checks it"
+    )
+
+
+def _released_line(assignment: Assignment, name: str) -> str:
+    """The lecture's own statement that computes `name`."""
+    for gid in assignment.rubric.reference_cells:
+        source = assignment.cells[gid]
+        for statement in ast.parse(source).body:
+            if any(isinstance(t, ast.Name) and t.id == name for t in getattr(statement, "targets", [])):
+                return ast.get_source_segment(source, statement) or ast.unparse(statement)
+    return ""
+
+
 def forward_differences(
     assignment: Assignment, recognised: lecture.Recognised, own: dict[str, torch.Tensor], params: dict[str, object]
 ) -> list[str]:
@@ -152,6 +254,27 @@ def forward_differences(
                 f"of what {name} is computed from may differ from what your own autograd says"
             ]
     return []
+
+
+def unassigned_notes(student, plan: Plan, captured: Captured) -> list[str]:
+    """For a cell that stopped on a name no line above it assigns (a line deleted after the cell ran, or cells run
+    out of order), one line saying so; what the cell computed before that line is graded as usual."""
+    notes = []
+    for cell, outcome in zip(plan.cells, captured.cells):
+        if outcome.kind != "NameError" or cell.cell is None:
+            continue
+        found = lecture.first_unassigned(student, cell.cell)
+        if found is None or (outcome.line is not None and outcome.line != found[1]):
+            continue
+        name, line = found
+        kept = student.cells[cell.cell]
+        why = (
+            "the saved output was made before a line was deleted or by cells run out of order"
+            if kept.get("outputs") or kept.get("execution_count")
+            else "was a line that assigns it deleted, or is it assigned in a cell further down?"
+        )
+        notes.append(f"`{name}` is used on line {line} of cell {cell.cell + 1} but never assigned above it; {why}")
+    return notes
 
 
 def as_checked(recognised: lecture.Recognised, student, captured: Captured) -> tuple[Captured, tuple[Changed, ...]]:

@@ -217,7 +217,10 @@ def saved_checks(
     cells = {c.index: c for c in _read(nb)}
     checkers = _checkers(list(cells.values()))
     tensors = {_key(ours) for ours, _ in rec.forward}
+    theirs = dict(rec.forward)
     names = {(g.exercise, _key(g.of)): g.name for g in rec.gradients}
+    # (a tensor under the notebook's own name, `bndiffsq` for `bndiff2`, is the variable of the lecture's)
+    names |= {(g.exercise, _key(theirs[g.of])): g.name for g in rec.gradients if g.of in theirs}
     found: dict[tuple[str, str], bool] = {}
     for section in rec.sections:
         for i in section.cells:
@@ -255,5 +258,7 @@ def saved_note(nb: nbformat.NotebookNode, checks: tuple[SavedCheck, ...]) -> str
     )
     return (
         f"your saved cmp printouts disagree with the grader on {len(disagree)} of {len(checks)} checks: {shown}; "
-        f"was the cell edited after it ran?{stale}"
+        f"was the cell edited after it ran?{stale} Trust the grader's verdicts: it ran the code as the notebook keeps "
+        "it now, where a printout shows what an earlier version printed; run the cell again to bring the printouts "
+        "up to date"
     )

@@ -179,7 +179,7 @@ def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -
             if found is not None:
                 starts[k] = (found.index, f"its gradient of {key}, in {found.label}")
 
-    forward = _forward_names(cells, wanted, starts.get(1, (len(nb.cells), ""))[0])
+    forward = _forward_names(cells, wanted, starts.get(1, (len(nb.cells), ""))[0], calls)
     found_forward = sum(1 for w in wanted if w in forward)
     if found_forward < len(wanted) // 2 or (1 not in starts and not _forward_pass_alone(forward)):
         raise UnknownAssignment(
@@ -310,9 +310,13 @@ def _trains(cell: _Cell, parameters: set[str]) -> bool:
     return False
 
 
-def _forward_names(cells: list[_Cell], wanted: list[str], before: int) -> dict[str, str]:
+def _forward_names(
+    cells: list[_Cell], wanted: list[str], before: int, calls: dict[int, list[_Call]] | None = None
+) -> dict[str, str]:
     """The lecture's name -> the notebook's, for the tensors assigned before Exercise 1 (the last assignment wins,
-    a name spelled exactly as in the lecture first)."""
+    a name spelled exactly as in the lecture first); then, for a lecture tensor not found by its name, the tensor a
+    check call labelled with the lecture's name passes (`cmp('bndiff2', dbndiffsq, bndiffsq)`): the label says
+    which lecture tensor it stands for, the third argument which of the notebook's it is."""
     assigned: list[str] = []
     for c in cells:
         if c.index < before and c.tree is not None:
@@ -326,6 +330,17 @@ def _forward_names(cells: list[_Cell], wanted: list[str], before: int) -> dict[s
         candidates = [n for n in assigned if _key(n) == _key(w)]
         if candidates:
             out[w] = candidates[-1]
+    wanted_keys = {_key(w) for w in wanted}
+    for call in (k for i in sorted(calls or {}) for k in (calls or {})[i]):
+        w = next((w for w in wanted if call.label is not None and _key(call.label) == _key(w)), None)
+        if (
+            w is not None
+            and w not in out
+            and call.tensor in named
+            and _key(call.tensor) not in wanted_keys
+            and call.tensor not in out.values()
+        ):
+            out[w] = call.tensor
     return out
 
 
@@ -348,7 +363,7 @@ def _gradient(
     guess = style + forward.get(of, of)
     if section is None:
         return Gradient(exercise, of, guess, "")
-    checked = [k for i in section.cells for k in calls[i] if _key(k.tensor) == _key(of)]
+    checked = [k for i in section.cells for k in calls[i] if _key(k.tensor) in (_key(of), _key(forward.get(of, of)))]
     if checked:
         return Gradient(exercise, of, checked[-1].gradient, "cmp")
     named = [n for i in section.cells for n in stores[i] if _gradient_key(n) == _key(of)]

@@ -17,6 +17,7 @@ Pure functions of the notebook: nothing here runs its code.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 
 import nbformat
@@ -26,10 +27,36 @@ from grader.lecture.cells import _Cell, _cell_range, _checkers, _key, _read
 from grader.lecture.own_checks import _snapshots, checks
 from grader.lecture.recognition import Recognised
 from grader.lecture.rewrite import COPY_SOURCE, STAND_IN_SOURCE, _rewrite
+from grader.lecture.tensors import LEAVES
 from grader.plan import Capture, Plan, PlannedCell
 
 FORWARD = "#forward"
 """Id of the capture that takes the forward pass's tensors, just before Exercise 1."""
+OWN = "#own"
+"""Id of the capture that takes autograd's gradients through the notebook's own forward pass (`own_forward`)."""
+OWN_LEAVES = "#own-leaves"
+"""Id of the capture that takes that run's parameters and minibatch, to confirm it ran the same forward pass."""
+OWN_PREFIX = "_grader_own_"
+"""The names the grader's own cell keeps those gradients under (`_grader_own_bnvar_inv`)."""
+
+_OWN_SOURCE = """# The grader's own cell: autograd's gradients through the notebook's own forward pass, from its loss
+def _grader_own_gradients(names, loss):
+    import torch
+    tensors = {{ours: globals().get(theirs) for ours, theirs in names}}
+    for t in tensors.values():
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            if t.is_leaf:
+                t.grad = None  # (nothing accumulated before counts)
+            else:
+                t.retain_grad()
+    torch.autograd.backward(globals()[loss])
+    for ours, t in tensors.items():
+        globals()[{prefix!r} + ours] = t.grad if isinstance(t, torch.Tensor) else None
+
+
+_grader_own_gradients({names!r}, {loss!r})
+del _grader_own_gradients
+"""
 
 
 def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> Plan:
@@ -56,11 +83,13 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
         needs_stand_in |= stand_in
         positions[c.index] = len(planned)
         if role == "before":  # autograd refused here too: no gradient can be taken early and kept for later
-            planned.append(PlannedCell(c.label, source, no_grad=True, guarded=True))
+            planned.append(PlannedCell(c.label, source, no_grad=True, guarded=True, cell=c.index))
         else:
             exercise = section_of.get(c.index) or _section_before(rec, c.index)
             planned.append(
-                PlannedCell(f"{c.label} ({exercise})", source, no_grad=False, guarded=True, grade_id=exercise)
+                PlannedCell(
+                    f"{c.label} ({exercise})", source, no_grad=False, guarded=True, grade_id=exercise, cell=c.index
+                )
             )
     if checked_lines:  # one note for all cells (one gradient per cell: dozens of them)
         where = (
@@ -152,3 +181,32 @@ def _numbers(numbers: list[int]) -> str:
 
 def _section_before(rec: Recognised, index: int) -> str:
     return max((s for s in rec.sections if s.cells[0] <= index), key=lambda s: s.cells[0]).exercise
+
+
+def own_forward(plan: Plan, rec: Recognised, loss: str) -> Plan:
+    """The run that gives the reference where the notebook's forward pass is not the lecture's: its cells up to
+    Exercise 1 as `plan` runs them (rewritten: no backward pass of its own, no check), with autograd on and no
+    guard, then the grader's own cell, which asks autograd for the gradient of every forward tensor from `loss`.
+    A run of its own, in a process of its own: the answers are graded from the other run, where autograd is
+    refused, so a `.grad` copied into an answer is still caught there."""
+    forward = next(c for c in plan.captures if c.exercise == FORWARD)
+    names = tuple((ours, theirs) for ours, theirs in rec.forward)
+    cells = [dataclasses.replace(c, no_grad=False, guarded=False) for c in plan.cells[: forward.before]]
+    cells.append(
+        PlannedCell(
+            "the grader's autograd through your forward pass",
+            _OWN_SOURCE.format(names=names, loss=dict(rec.forward).get(loss, loss), prefix=OWN_PREFIX),
+            no_grad=False,
+            guarded=False,
+        )
+    )
+    end = len(cells)
+    leaves = tuple(theirs for ours, theirs in names if ours in LEAVES)
+    return Plan(
+        tuple(cells),
+        (
+            Capture(OWN, tuple(OWN_PREFIX + ours for ours, _ in names), end, end),
+            Capture(OWN_LEAVES, leaves, end, end),
+        ),
+        (),
+    )

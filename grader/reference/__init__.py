@@ -23,11 +23,12 @@ from grader.reference.expected import as_reference, gradients
 from grader.reference.forward import forward_values
 from grader.reference.from_run import replayed_calls, step_references
 from grader.reference.operands import operand_hints
-from grader.reference.steps import forward_edges, local_from, local_references, own_gradients
+from grader.reference.steps import differing_steps, forward_edges, local_from, local_references, own_gradients
 
 __all__ = [
     "as_reference",
     "call_gradients",
+    "differing_steps",
     "forward_edges",
     "forward_values",
     "gradients",

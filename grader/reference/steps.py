@@ -74,7 +74,22 @@ def own_gradients(
     its own autograd gives (as the lecture's `cmp` checks them), not those of the released values: checked
     against those, rounding is amplified where sums cancel (`dW2`, whose rows of `dlogits` sum to zero).
     """
+    return _own_walk(assignment, params, own)[0]
+
+
+def differing_steps(assignment: Assignment, params: dict[str, object], own: dict[str, torch.Tensor]) -> list[str]:
+    """The graded forward tensors (in forward order) whose own step differs from the released one beyond float32
+    rounding: the released statement, run on the student's values of its inputs, does not give the student's value
+    (`bnvar_inv = (bnvar - 1e-5)**-0.5` where the release has `+`). A formula equal to the release's up to the last
+    bits (`1.0 / torch.sqrt(...)` for `**-0.5`) differs by a few units in the last place, and is not listed."""
+    return _own_walk(assignment, params, own)[1]
+
+
+def _own_walk(
+    assignment: Assignment, params: dict[str, object], own: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     rubric = assignment.rubric
+    differing: list[str] = []
     with LOCK:
         params = dict(params)
         wanted = {v.of for ex in rubric.exercises if ex.plain for v in ex.variables} | {rubric.loss}
@@ -100,6 +115,8 @@ def own_gradients(
                             and theirs.dtype == value.dtype
                             and bool(torch.isfinite(theirs).all())
                         )
+                        if fits and value.grad_fn is not None and not _same_step(value.detach(), theirs):
+                            differing.append(name)
                         if value.grad_fn is None:  # a parameter: autograd's leaf already
                             leaf = value
                         else:
@@ -123,7 +140,17 @@ def own_gradients(
                 for (x, _), g in zip(inputs, sent):
                     if g is not None:
                         grads[x] = g.detach() if x not in grads else grads[x] + g.detach()
-        return {name: g for name, g in grads.items() if name != rubric.loss}
+        return {name: g for name, g in grads.items() if name != rubric.loss}, differing
+
+
+_STEP_RTOL = 1e-6
+"""How far one step's value may be from the released formula's on the same inputs (relative to its largest entry)
+and still be the same formula: float32 rounding of an equivalent one is a few parts in 10^7."""
+
+
+def _same_step(released: torch.Tensor, theirs: torch.Tensor) -> bool:
+    scale = float(released.abs().max()) if released.numel() else 0.0
+    return bool(torch.allclose(theirs, released, rtol=_STEP_RTOL, atol=_STEP_RTOL * scale))
 
 
 def forward_edges(assignment: Assignment, params: dict[str, object]) -> dict[str, tuple[str, ...]]:

@@ -216,10 +216,7 @@ class Run:
             return "the notebook's results could not be read (no frame)"
         if final and len(cells) != len(self.plan.cells):
             return "the notebook's results could not be read (the summary does not match the plan)"
-        outcomes = tuple(
-            CellOutcome(c.label, str(o.get("error", ""))[:500] if isinstance(o, dict) else "")
-            for c, o in zip(self.plan.cells, cells)
-        )
+        outcomes = tuple(_outcome(c.label, o) for c, o in zip(self.plan.cells, cells))
         return outcomes, _values(kinds, tensors, exercises), tuple(dict.fromkeys(done)), final
 
 
@@ -297,3 +294,16 @@ def collect(runs: list[Run], report: dict | None, timeout: float) -> list[Captur
     ):
         current = None
     return [r.captured(report, timeout, current) for r in runs]
+
+
+def _outcome(label: str, o: object) -> CellOutcome:
+    """One cell's outcome as the child wrote it, each field checked (the child ran student code)."""
+    if not isinstance(o, dict):
+        return CellOutcome(label, "")
+    line, kind = o.get("line"), o.get("kind")
+    return CellOutcome(
+        label,
+        str(o.get("error", ""))[:500],
+        line if type(line) is int and line > 0 else None,
+        kind[:100] if isinstance(kind, str) and kind.isidentifier() else "",
+    )

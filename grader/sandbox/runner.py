@@ -23,14 +23,18 @@ from grader.sandbox.clock import CellClock
 from grader.sandbox.guard import Guard
 
 
-def error_line(exc: BaseException) -> str:
-    """`NameError: name 'x' is not defined (line 3)`, the line counted within the cell."""
-    line = None
-    if isinstance(exc, SyntaxError):
-        line = exc.lineno
+def error_at(exc: BaseException) -> int | None:
+    """The line of the cell the error was raised at (the innermost frame still in the cell), if any."""
+    line = exc.lineno if isinstance(exc, SyntaxError) else None
     for frame in traceback.extract_tb(exc.__traceback__):
         if frame.filename.startswith("<ipython-input-"):
-            line = frame.lineno  # the innermost frame that is still in the cell itself
+            line = frame.lineno
+    return line
+
+
+def error_line(exc: BaseException) -> str:
+    """`NameError: name 'x' is not defined (line 3)`, the line counted within the cell."""
+    line = error_at(exc)
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     where = f" (line {line})" if line else ""
     return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
@@ -207,7 +211,10 @@ class Runner:
                 "status": "error",
                 "error": f"interrupted after {self.cell_timeout:g} s (a cell's share of the time)",
             }
-        return {"status": "error" if error else "ok", "error": error_line(error) if error else ""}
+        if not error:
+            return {"status": "ok", "error": ""}
+        # (the kind and the line as data too: the grader reads them, never the sentence)
+        return {"status": "error", "error": error_line(error), "kind": type(error).__name__, "line": error_at(error)}
 
     def run(self, cells: list[dict], captures: list[dict], start: int, progress, out=None) -> None:
         """Run `cells` from position `start` to the end, taking the captures on the way; with `out`, each
