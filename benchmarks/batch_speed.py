@@ -192,6 +192,40 @@ def physical_floor(submitted: Path, kinds: dict[str, str], timeout: float) -> fl
     return total
 
 
+PHASES = [  # (from, to, what): the steps of one run on the Linux backend, as its processes stamp them
+    ("cap", "capped", "the run's cgroup made (grader)"),
+    ("capped", "sent", "the job handed to the worker (grader)"),
+    ("sent", "received", "the worker forks the run's supervisor"),
+    ("received", "namespaces", "namespaces (unshare)"),
+    ("namespaces", "process1", "process 1 forked"),
+    ("process1", "cgroup", "the cgroup joined"),
+    ("cgroup", "view", "mounts and pivot_root (the run's view of the files)"),
+    ("view", "job", "the run's process forked"),
+    ("job", "data", "the data files written"),
+    ("data", "privileges", "privileges dropped (rlimits, ids)"),
+    ("privileges", "filter", "the seccomp filter loaded"),
+    ("filter", "ended", "the cells, and the results written"),
+    ("ended", "counted", "process 1 reaps it and counts strays"),
+    ("counted", "reported", "the supervisor reports"),
+    ("reported", "report", "the report reaches the grader"),
+    ("report", "uncapped", "the cgroup read and removed (grader)"),
+    ("uncapped", "collected", "the results read (grader)"),
+]
+
+
+def breakdown(path: Path) -> list[tuple[str, float, float]]:
+    """Per step of a run (`PHASES`): (what, median milliseconds, seconds in all), from `GRADER_TIMINGS`'s file."""
+    import statistics
+
+    runs = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    out = []
+    for start, end, what in PHASES:
+        spans = [r[end] - r[start] for r in runs if start in r and end in r]
+        if spans:
+            out.append((what, 1000 * statistics.median(spans), sum(spans)))
+    return out
+
+
 def class_report_time(out: Path, submitted: Path, rounds: int = 5) -> tuple[float, int]:
     """Median seconds `grader grade` spends on the class report (class.json, class.html) once the reports are
     graded: the same calls `batch.write_outputs` makes, on the finished output folder, in this process; and
@@ -270,7 +304,10 @@ def main() -> None:
         kinds = make_class(submitted, args.students)
         counts = {k: list(kinds.values()).count(k) for k in ("correct", "wrong", "shared", "crash", "timeout")}
         print(f"{args.students} submissions: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+        ENV["GRADER_TIMINGS"] = str(Path(tmp) / "timings.jsonl")  # (the Linux backend's breakdown of each run)
         ours = grader_grade(submitted, Path(tmp) / "out", args.jobs, args.timeout, "--sandbox", args.sandbox)
+        del ENV["GRADER_TIMINGS"]
+        steps = breakdown(Path(tmp) / "timings.jsonl")
         as_root = None
         if args.userns and os.geteuid() == 0:  # the same batch in root's mode, for the comparison
             del ENV["GRADER_LINUX_MODE"]
@@ -317,6 +354,10 @@ def main() -> None:
     if dask is not None:
         print(f"throughput local:{args.dask} Dask workers / local pool:  {ours / dask:6.2f}")
     print(f"largest peak memory of a run:               {peak:6.0f} MB (target: under 500)")
+    if steps:
+        print("where a run's time goes (Linux backend; median per run, and in all over the batch):")
+        for what, median_ms, total in steps:
+            print(f"  {what:55s} {median_ms:8.2f} ms  {total:7.2f} s")
 
 
 if __name__ == "__main__":

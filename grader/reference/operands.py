@@ -81,14 +81,11 @@ def operand_hints(assignment: Assignment, params: dict[str, object], plan, captu
             tree = parse(plan.cells[capture.start].source)
         except SyntaxError:
             continue
-        answers = {
-            v.name: captured.values.get((ex.id, v.name))
-            for v in ex.variables
-            if type(captured.values.get((ex.id, v.name))) is torch.Tensor
-        }
+        answers = _answers(rubric, ex, captured)
         env = {**forward, **{k: v for k, v in params.items() if type(v) in (int, float)}, **answers}
         for var in ex.variables:
-            value = answers.get(var.name)
+            value = captured.values.get((ex.id, var.name))
+            value = value if type(value) is torch.Tensor else None
             target = refs.get(LocalGradient(ex.id, var.of), refs.get(var.of))
             if value is None or not isinstance(target, torch.Tensor) or _matches(value, target):
                 continue
@@ -97,6 +94,18 @@ def operand_hints(assignment: Assignment, params: dict[str, object], plan, captu
                 hint = _named_change(statements, var.name, env, value, target)
                 if hint:
                     out[OperandHint(ex.id, var.name)] = hint
+    return out
+
+
+def _answers(rubric, ex, captured) -> dict[str, torch.Tensor]:
+    """The student's gradients a line of `ex` may read: every plain exercise's answers the run brought back (a
+    later exercise reads an earlier one's, `d_hpreact` in a BatchNorm in one go), `ex`'s own over the others."""
+    out: dict[str, torch.Tensor] = {}
+    for other in [*(e for e in rubric.exercises if e.plain and e.id != ex.id), ex]:
+        for v in other.variables:
+            value = captured.values.get((other.id, v.name))
+            if type(value) is torch.Tensor:
+                out[v.name] = value
     return out
 
 
