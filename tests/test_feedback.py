@@ -35,7 +35,8 @@ def test_the_page_holds_the_hints_the_pictures_and_nothing_from_elsewhere(page):
     assert "it is the right gradient times 2" in page  # d_probs
     assert "d_W2: it is the right gradient times 1/n (= 1/32)" in page  # its own step, below the root cause
     assert "The first wrong step is <strong>d_probs</strong>" in page
-    assert page.count("<img ") == page.count("src='data:image/png;base64,") >= 3  # graph + two heatmaps
+    assert page.count("src='data:image/svg+xml;base64,") >= 1  # the graph
+    assert page.count("<img ") == page.count("src='data:image/png;base64,") + 1 >= 3  # graph + two heatmaps
     assert "http://" not in page and "https://" not in page  # self-contained: no server, no other file
 
 
