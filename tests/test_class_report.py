@@ -20,7 +20,7 @@ import nbformat
 import pytest
 from conftest import ROOT, answered, grader_command
 
-from grader import assets, batch, submissions
+from grader import assets, batch, regrade, submissions
 from grader import assignment as assignments
 from grader.reports import class_report
 
@@ -298,15 +298,15 @@ def test_the_time_limit_and_the_memory_cap_are_inputs_of_a_grade():
 
     from grader import sandbox
 
-    given = batch.grading_inputs(ASSIGNMENT)
+    given = regrade.grading_inputs(ASSIGNMENT)
     assert given["timeout"] == f"{RUBRIC.timeout:g}" and given["memory"] == f"{sandbox.DEFAULT_LIMITS.memory / 2**20:g}"
-    assert batch.grading_inputs(ASSIGNMENT, timeout=RUBRIC.timeout) == given  # the rubric's, said or not
+    assert regrade.grading_inputs(ASSIGNMENT, timeout=RUBRIC.timeout) == given  # the rubric's, said or not
     s = batch.Submission("amy", Path("amy.ipynb"), "d1")
     kept = {"sha256": "d1", "inputs": given}
-    longer = batch.grading_inputs(ASSIGNMENT, timeout=RUBRIC.timeout * 2)
-    assert batch.regrade_reason(kept, s, longer) == "time limit changed"
-    more = batch.grading_inputs(ASSIGNMENT, limits=dataclasses.replace(sandbox.DEFAULT_LIMITS, memory=4096 * 2**20))
-    assert more["memory"] == "4096" and batch.regrade_reason(kept, s, more) == "memory limit changed"
+    longer = regrade.grading_inputs(ASSIGNMENT, timeout=RUBRIC.timeout * 2)
+    assert regrade.regrade_reason(kept, s, longer) == "time limit changed"
+    more = regrade.grading_inputs(ASSIGNMENT, limits=dataclasses.replace(sandbox.DEFAULT_LIMITS, memory=4096 * 2**20))
+    assert more["memory"] == "4096" and regrade.regrade_reason(kept, s, more) == "memory limit changed"
 
 
 def test_the_grader_input_follows_its_templates_and_torch(tmp_path):
@@ -316,17 +316,17 @@ def test_the_grader_input_follows_its_templates_and_torch(tmp_path):
     (package / "templates").mkdir(parents=True)
     (package / "grade.py").write_text("x = 1\n")
     (package / "templates" / "feedback.html").write_text("<p>{{ x }}</p>\n")
-    before = batch.code_digest(package)
+    before = regrade.code_digest(package)
     (package / "templates" / "feedback.html").write_text("<p>{{ x }}!</p>\n")
-    after = batch.code_digest(package)
+    after = regrade.code_digest(package)
     assert after != before
     (package / "notes.txt").write_text("not code\n")  # only code and templates count
-    assert batch.code_digest(package) == after
-    inputs = batch.grading_inputs(ASSIGNMENT)
+    assert regrade.code_digest(package) == after
+    inputs = regrade.grading_inputs(ASSIGNMENT)
     assert inputs["torch"] == torch.__version__
     s = batch.Submission("amy", Path("amy.ipynb"), "d1")
     assert (
-        batch.regrade_reason({"sha256": "d1", "inputs": {**inputs, "torch": "1.0.0"}}, s, inputs) == "PyTorch changed"
+        regrade.regrade_reason({"sha256": "d1", "inputs": {**inputs, "torch": "1.0.0"}}, s, inputs) == "PyTorch changed"
     )
 
 
@@ -343,12 +343,12 @@ def test_regrade_reasons_name_every_input_that_changed():
         "grader": "0.1.0+abc",
     }
     kept = {"sha256": "d1", "inputs": dict(inputs)}
-    assert batch.regrade_reason(kept, s, inputs) is None
-    assert batch.regrade_reason(None, s, inputs) == ""
-    assert batch.regrade_reason({**kept, "sha256": "d0"}, s, inputs) == "submission changed"
-    assert batch.regrade_reason({"sha256": "d1"}, s, inputs) == "its report does not say what graded it"
+    assert regrade.regrade_reason(kept, s, inputs) is None
+    assert regrade.regrade_reason(None, s, inputs) == ""
+    assert regrade.regrade_reason({**kept, "sha256": "d0"}, s, inputs) == "submission changed"
+    assert regrade.regrade_reason({"sha256": "d1"}, s, inputs) == "its report does not say what graded it"
     changed = {**inputs, "data": "d2", "grader": "0.2.0+def", "released": "n2"}
-    assert batch.regrade_reason(kept, s, changed) == "released notebook, data and grader changed"
+    assert regrade.regrade_reason(kept, s, changed) == "released notebook, data and grader changed"
 
 
 def _outcomes() -> list:

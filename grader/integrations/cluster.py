@@ -2,7 +2,7 @@
 
 grader (the Dask client) -> one `Task` per submission: its bytes, its student id, the digest of the
 assignment's rubric and released notebook, the limits -> a Dask worker grades it exactly as the local
-pool does (`batch.grade_one`), in a warm pool that its process keeps between tasks (torch imported
+pool does (`one_submission.grade_one`), in a warm pool that its process keeps between tasks (torch imported
 once, the setup cells run once, the reference caches filled) -> (report, feedback page) come back
 -> `batch.grade_all` writes them as it writes a local run's.
 
@@ -17,8 +17,6 @@ Only `batch.grade_all(..., scheduler=...)` imports this module; a local batch ne
 
 from __future__ import annotations
 
-import html
-import json
 import shutil
 import tempfile
 import threading
@@ -28,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from grader import assignment as assignments
-from grader import batch, sandbox
+from grader import one_submission, sandbox
 from grader.assignment import Assignment
 from grader.course import check_name, locate_dir
 from grader.errors import GraderError, RubricError, UsageError
@@ -116,7 +114,8 @@ def _assignment(task: Task) -> Assignment:
 
 
 def grade_task(task: Task) -> tuple[dict, str | None]:
-    """Grade one submission on a Dask worker: the report and feedback page `batch.grade_one` gives."""
+    """Grade one submission on a Dask worker: the report and feedback page `one_submission.grade_one` gives, naming
+    the notebook as the grader found it (the worker grades a copy of its own)."""
     assignment = _assignment(task)
     if assignment.digest != task.assignment_digest:
         raise RubricError(
@@ -128,17 +127,16 @@ def grade_task(task: Task) -> tuple[dict, str | None]:
     path = folder / (Path(task.notebook).name or "submission.ipynb")
     try:
         path.write_bytes(task.content)
-        report, page = batch.grade_one(
-            Submission(task.student, path, task.digest), assignment, task.timeout, pool, hidden_runs=task.hidden_runs
+        return one_submission.grade_one(
+            Submission(task.student, path, task.digest),
+            assignment,
+            task.timeout,
+            pool,
+            hidden_runs=task.hidden_runs,
+            shown_as=task.notebook,
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    # the report and page name the notebook as the grader found it, not as this worker's copy
-    mine, theirs = str(path), task.notebook
-    report = json.loads(json.dumps(report).replace(json.dumps(mine)[1:-1], json.dumps(theirs)[1:-1]))
-    if page is not None:
-        page = page.replace(html.escape(mine), html.escape(theirs)).replace(mine, theirs)
-    return report, page
 
 
 # --- on the grader -------------------------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""Issue 28: rules of the codebase that a reviewer would otherwise check by hand."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from grader import assignment as assignments
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "grader"
+
+
+def _modules() -> dict[str, Path]:
+    """`grader.reference.steps` -> its file, for every module of the package."""
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package's modules `name` imports, anywhere in it (inside functions too: a cycle through a late import
+    is a cycle all the same). `from grader import x` imports the module `grader.x`, not the package's own file."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{up}.{base}" if base else up
+            submodules = {f"{base}.{a.name}" for a in node.names} & set(modules)
+            found |= submodules if len(submodules) == len(node.names) else {base, *submodules}
+    return {m for m in found if m in modules and m != name}
+
+
+def test_the_package_imports_no_module_that_imports_it_back():
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    state: dict[str, str] = {}  # grey while on the path being walked, black when done
+
+    def walk(name: str, path: list[str]) -> None:
+        state[name] = "grey"
+        for other in sorted(graph[name]):
+            if state.get(other) == "grey":
+                cycle = [*path[path.index(other) :], other] if other in path else [name, other]
+                raise AssertionError("an import cycle: " + " -> ".join(cycle))
+            if other not in state:
+                walk(other, [*path, other])
+        state[name] = "black"
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name, [name])
+
+
+def test_no_grader_module_names_an_assignment():
+    names = set(assignments.known())
+    assert {"backprop_ninja", "wavenet"} <= names
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in names:
+                raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} names the assignment {node.value!r}")
