@@ -285,7 +285,7 @@ def _transposes(nodes: list[ast.expr]) -> list[_Edit]:
         elif isinstance(node, ast.Call) and _called(node) in ("matmul", "mm") and len(node.args) == 2:
             operands = node.args
         for operand in operands:
-            if (bare := _untransposed(operand)) is not None:
+            if (bare := untransposed(operand)) is not None:
                 edits.append(_Edit("transpose", "transpose", "transpose dropped", operand, bare))
             elif isinstance(operand, ast.Name | ast.Attribute):
                 added = ast.Attribute(operand, "T", ast.Load())
@@ -293,7 +293,7 @@ def _transposes(nodes: list[ast.expr]) -> list[_Edit]:
     return edits
 
 
-def _untransposed(node: ast.expr) -> ast.expr | None:
+def untransposed(node: ast.expr) -> ast.expr | None:
     """X for `X.T`, `X.mT`, `X.t()`, `X.transpose(a, b)`; None for anything else."""
     if isinstance(node, ast.Attribute) and node.attr in ("T", "mT"):
         return node.value

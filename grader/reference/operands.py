@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from grader.assignment import Assignment
+from grader.mistakes import untransposed
 from grader.reference.forward import LOCK, reference_namespace
 from grader.runs import Key, LocalGradient, OperandHint
 from grader.scan import parse
@@ -181,7 +182,7 @@ def _changes(statements: list[ast.stmt], name: str, env: Mapping[str, object]) -
         if _is_matmul(node):
             left, right = _operands(node)
             for side, operand in (("left", left), ("right", right)):
-                inner = _untransposed(operand)
+                inner = untransposed(operand)
                 text = ast.unparse(operand)
                 product = ast.unparse(node)
                 if inner is not None:
@@ -265,23 +266,6 @@ def _is_reduction(node: ast.AST) -> bool:
     return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("sum", "mean")
 
 
-def _untransposed(operand: ast.expr) -> ast.expr | None:
-    """`x` for an operand written as `x` transposed in its last two dimensions; None for any other operand."""
-    if isinstance(operand, ast.Attribute) and operand.attr in ("T", "mT"):
-        return operand.value
-    if isinstance(operand, ast.Call) and isinstance(operand.func, ast.Attribute):
-        if operand.func.attr == "t" and not operand.args:
-            return operand.func.value
-        if operand.func.attr == "transpose" and len(operand.args) == 2:
-            try:
-                pair = sorted(ast.literal_eval(a) for a in operand.args)
-            except ValueError:
-                return None
-            if pair in ([-2, -1], [0, 1]):
-                return operand.func.value
-    return None
-
-
 def _run(
     statements: list[ast.stmt],
     name: str,
@@ -360,7 +344,7 @@ class _Evaluator:
         raise _Unsupported
 
     def _toggled(self, operand: ast.expr, value: torch.Tensor) -> torch.Tensor:
-        inner = _untransposed(operand)
+        inner = untransposed(operand)
         return self.eval(inner) if inner is not None else _transposed(value)  # type: ignore[return-value]
 
     def _method(self, node: ast.Call, func: ast.Attribute) -> object:
