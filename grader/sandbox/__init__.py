@@ -23,8 +23,23 @@ summary, read and checked by `results`: the same report on every backend.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-_EXPORTS = (
+if TYPE_CHECKING:  # (for the type checker only: at run time the names load on first use, below)
+    from grader.sandbox.pool import (
+        DEFAULT_LIMITS,
+        FILE_LIMIT,
+        MEMORY_LIMIT,
+        Backend,
+        Job,
+        Limits,
+        Pool,
+        Worker,
+        choose,
+        warm_start,
+    )
+
+__all__ = [  # as `grader.sandbox.pool.__all__`
     "DEFAULT_LIMITS",
     "FILE_LIMIT",
     "MEMORY_LIMIT",
@@ -35,8 +50,8 @@ _EXPORTS = (
     "Worker",
     "choose",
     "warm_start",
-)  # as `grader.sandbox.pool.__all__`
-__all__ = list(_EXPORTS)
+]
+_EXPORTS = frozenset(__all__)
 
 
 def __getattr__(name: str) -> object:
