@@ -111,6 +111,7 @@ def grade_all(
         earlier = regrade.read_report(folder / f"{s.student}.json")
         reason = "--force" if force and earlier is not None else regrade.regrade_reason(earlier, s, inputs)
         if reason is None:
+            assert earlier is not None  # (kept: there is a report to keep)
             outcomes.append(Outcome(s, earlier, reused=True))
             if progress:
                 progress(outcomes[-1])

@@ -6,10 +6,18 @@ import argparse
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from grader.errors import GraderError
+
+if TYPE_CHECKING:  # (annotations only: the modules they come from import torch, which `--help` must not wait for)
+    from pathlib import Path
+
+    from grader.assignment import Assignment
+    from grader.batch import Outcome
+    from grader.sandbox import Backend, Limits
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -242,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         from grader.integrations import classroom
 
         try:
-            written = classroom.write(_assignment(args.assignment, args.course), Path(args.out), args.package)
+            written = classroom.write(_one_of_ours(args.assignment, args.course), Path(args.out), args.package)
         except GraderError as e:
             return _fail(e)
         print("\n".join(str(p) for p in written))
@@ -288,14 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _course(given: str | None):
+def _course(given: str | None) -> Path | None:
     """The course folder from --course or $GRADER_COURSE (None: neither), checked."""
     from grader import course
 
     return course.course_dir(given)
 
 
-def _assignment(given: str, course_given: str | None):
+def _assignment(given: str, course_given: str | None) -> str | Assignment:
     """The assignment --assignment (or ASSIGNMENT) names: a name looked up in the course then among the shipped
     ones, or an assignment's folder; `lecture` stays a name (lecture notebooks are recognised, not loaded)."""
     from grader import assignment, course
@@ -305,6 +313,20 @@ def _assignment(given: str, course_given: str | None):
     location = course.resolve(given, course_given)
     assert location is not None  # (given is not None)
     return assignment.load_at(location)
+
+
+def _one_of_ours(given: str, course_given: str | None) -> Assignment:
+    """`_assignment` for the commands that grade a class or package an assignment: not the lecture's notebook,
+    which has no release to hand out and is graded one notebook at a time (`grader check`)."""
+    from grader.errors import UsageError
+
+    found = _assignment(given, course_given)
+    if isinstance(found, str):
+        raise UsageError(
+            f"--assignment {given}: lecture notebooks are checked one at a time with grader check; this command "
+            "needs one of the assignments (a shipped one, or one of your course's)"
+        )
+    return found
 
 
 def _fail(error: GraderError) -> int:
@@ -318,7 +340,7 @@ def _fail(error: GraderError) -> int:
 _ONE_LINE = {**{c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}, 0x0A: "\\n", 0x0D: "\\r"}
 
 
-def _limits(args: argparse.Namespace):
+def _limits(args: argparse.Namespace) -> Limits:
     """The sandbox's limits, with --memory if given."""
     import dataclasses
 
@@ -341,7 +363,7 @@ class _Progress:
             tqdm(total=total, file=sys.stderr, unit="notebook", dynamic_ncols=True) if sys.stderr.isatty() else None
         )
 
-    def __call__(self, outcome) -> None:
+    def __call__(self, outcome: Outcome) -> None:
         self.done += 1
         r = outcome.report
         if outcome.why:
@@ -365,7 +387,7 @@ class _Progress:
             print(f"graded again: {why} ({count})", file=sys.stderr, flush=True)
 
 
-def _author(args: argparse.Namespace, backend) -> int:
+def _author(args: argparse.Namespace, backend: Backend | None) -> int:
     """grader new, release and validate."""
     from grader import course
 
@@ -398,7 +420,7 @@ def _author(args: argparse.Namespace, backend) -> int:
     return result.exit_code(args.strict)
 
 
-def _grade(args: argparse.Namespace, backend) -> int:
+def _grade(args: argparse.Namespace, backend: Backend | None) -> int:
     import tempfile
     from pathlib import Path
 
@@ -409,7 +431,7 @@ def _grade(args: argparse.Namespace, backend) -> int:
         _parser().error("--jobs must be at least 1")
     out = Path(args.out)
     try:
-        graded = _assignment(args.assignment, args.course)  # once for the whole class (an unknown name fails here)
+        graded = _one_of_ours(args.assignment, args.course)  # once for the whole class (an unknown name fails here)
         hidden = assignment.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
         if not any(
             Path(s).exists() for s in args.submissions
@@ -481,13 +503,13 @@ def _gradescope(args: argparse.Namespace) -> int:
     try:
         if args.step == "build":
             index = gradescope.TORCH_CPU_INDEX if args.torch_index_url is None else args.torch_index_url
-            graded = _assignment(args.assignment, args.course)
+            graded = _one_of_ours(args.assignment, args.course)
             print(gradescope.build(graded, Path(args.out), args.hidden_visibility, index))
             return 0
         out = gradescope.run(
             Path(args.submission),
             Path(args.results),
-            _assignment(args.assignment, args.course),
+            _one_of_ours(args.assignment, args.course),
             args.hidden_visibility,
             args.timeout,
         )
@@ -504,7 +526,7 @@ def run() -> None:
     """
     # jsonschema (under nbformat) imports rfc3987_syntax where it is installed, only to check "iri" formats,
     # which the notebook schema does not use; building that package's grammar takes most of a second.
-    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]  (None: "not importable")
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]  # None: "not importable"
     # SIGTERM (a scheduler's `kill`, a CI timeout) unwinds like Ctrl-C: the runs going on end and their
     # cgroups are removed on the way out, instead of left behind as by SIGKILL
     signal.signal(signal.SIGTERM, _terminated)

@@ -19,6 +19,7 @@ from grader import plan as planning
 from grader import rubric as rubrics
 from grader.assignment import LECTURE, Assignment
 from grader.errors import GraderError, RubricError, UnknownAssignment, UsageError
+from grader.plan import PlannedCell
 from grader.runs import Key
 from grader.verdicts import GradedRun, Report
 
@@ -61,7 +62,7 @@ def for_notebook(
     return embedded_copy.load(student, path)
 
 
-def _as_lecture(student, assignment: str | Assignment | None) -> bool:
+def _as_lecture(student: nbformat.NotebookNode, assignment: str | Assignment | None) -> bool:
     """Whether to grade `student` as the lecture's own notebook: asked for, or it is not one of ours."""
     name = assignment.name if isinstance(assignment, Assignment) else assignment
     return name == LECTURE or (name is None and not lecture.is_ours(student))
@@ -96,7 +97,7 @@ def _worker(
     rubric = assignment.rubric
     key = (assignment.digest, tuple(repr(params.get(k)) for k in rubric.setup_parameters))
 
-    def make():
+    def make() -> tuple[tuple[PlannedCell, ...], list[str], dict[str, Path]]:
         cells = planning.plan(assignment.released, assignment, params).cells
         last = max((i for i, c in enumerate(cells) if c.grade_id in rubric.setup_cells), default=-1)
         return cells[: last + 1], [c.source for c in cells[last + 1 :]], data_files
@@ -315,8 +316,13 @@ def _reference(
 
 
 def _grade_lecture(
-    path: Path, student, *, data: str | Path | None, timeout: float | None, pool: sandbox.Pool | None
-) -> tuple[Report, list]:
+    path: Path,
+    student: nbformat.NotebookNode,
+    *,
+    data: str | Path | None,
+    timeout: float | None,
+    pool: sandbox.Pool | None,
+) -> tuple[Report, list[GradedRun]]:
     """A lecture notebook: recognise it, run it up to Exercise 3, and grade it against the lecture's
     forward pass run here on the parameters and minibatch its run produced."""
     from grader.lecture import grading as lecture_grading

@@ -16,7 +16,7 @@ from grader.errors import NotANotebook
 from grader.reports import text as reports
 from grader.rubric import Rubric
 from grader.submissions import Submission
-from grader.verdicts import PASSING, ungradable
+from grader.verdicts import PASSING, GradedRun, Report, ungradable
 
 
 def failed_report(rubric: Rubric, notebook: str, reason: str) -> dict:
@@ -36,7 +36,7 @@ def _digest(value: object) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def answer_digests(rubric: Rubric, graded, main) -> dict[str, str]:
+def answer_digests(rubric: Rubric, graded: Report, main: GradedRun) -> dict[str, str]:
     """`exercise/name` -> a digest of the answer the notebook's own run gave (`main`), for every variable of the
     `graded` report that is wrong in that run: what the class report compares between students (identical wrong
     values)."""

@@ -96,3 +96,12 @@ def test_usage_errors_exit_2_with_one_line(tmp_path):
         proc = run(*args)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
         assert proc.stderr.startswith("grader: ")
+
+
+def test_a_class_of_lecture_notebooks_is_a_usage_error_not_a_traceback(tmp_path):
+    # the lecture's notebooks are checked one at a time; `grade`, `gradescope` and `classroom` need an assignment
+    (tmp_path / "submitted").mkdir()
+    result = run("grade", str(tmp_path / "submitted"), "--assignment", "lecture", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "lecture notebooks are checked one at a time" in result.stderr
+    assert "Traceback" not in result.stderr
