@@ -12,6 +12,7 @@ import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from grader.errors import RubricError
 from grader.runs import Key, ValueOf
@@ -21,6 +22,13 @@ DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-8
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_CELL_TIMEOUT = 30.0  # as nbgrader's per-cell default
+
+
+class OfATensor(Protocol):
+    """What names a graded tensor: a `Variable`, or a verdict on one (`verdicts.VariableResult`)."""
+
+    @property
+    def of(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -108,9 +116,9 @@ class Exercise:
         """Gradients of forward tensors, from autograd (not a function, not values)."""
         return self.function is None and self.kind == "gradients"
 
-    def reference_key(self, var: Variable) -> Key:
-        """Where a run's reference keeps `var`'s: under its forward tensor's name (autograd's gradient), or for a
-        values exercise its own `ValueOf` key."""
+    def reference_key(self, var: OfATensor) -> Key:
+        """Where a run's reference keeps `var`'s (a variable, or its verdict): under its forward tensor's name
+        (autograd's gradient), or for a values exercise its own `ValueOf` key."""
         return var.of if self.kind == "gradients" else ValueOf(self.id, var.of)
 
     @property

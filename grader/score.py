@@ -14,7 +14,7 @@ import torch
 from grader.compare import Comparison, compare
 from grader.hints import named, rounding, with_hint
 from grader.plan import Plan
-from grader.rubric import Exercise, Rubric
+from grader.rubric import Exercise, Rubric, Variable
 from grader.runs import TARGETS, Captured, GradientParts, LocalGradient, OperandHint, ReplayedCall, TrainingResult
 from grader.scan import as_python, scan, scan_forbidden
 from grader.values import MISSING, UNCHANGED, Flag, Raised
@@ -67,7 +67,7 @@ def _scan_flags(plan: Plan, ex: Exercise, forbidden: tuple[str, ...] = ()) -> di
 
 
 def _verdict(
-    ex: Exercise, var, run: GradedRun, flags: dict[str, Flag], only: frozenset[str] | None = None
+    ex: Exercise, var: Variable, run: GradedRun, flags: dict[str, Flag], only: frozenset[str] | None = None
 ) -> Comparison:
     plan, captured = run.plan, run.captured
     found = any(c.exercise == ex.id for c in plan.captures)
@@ -113,11 +113,7 @@ def _verdict(
     parts = run.reference.get(GradientParts(var.of)) if ex.plain else None
     # (values are not checked for a mix-up of names: two values of an exercise can be equal by design)
     others = (
-        {
-            v.name: run.reference[ex.reference_key(v)]
-            for v in ex.variables
-            if isinstance(run.reference.get(ex.reference_key(v)), torch.Tensor)
-        }
+        {v.name: r for v in ex.variables if isinstance(r := run.reference.get(ex.reference_key(v)), torch.Tensor)}
         if ex.plain
         else None
     )
@@ -137,7 +133,7 @@ def _verdict(
     return _own_line_hint(hinted, ex, var, run)
 
 
-def _own_line_hint(result: Comparison, ex: Exercise, var, run: GradedRun) -> Comparison:
+def _own_line_hint(result: Comparison, ex: Exercise, var: Variable, run: GradedRun) -> Comparison:
     """`result` with the mistake named in the student's own line (`grader.reference.operands`) where the values
     named none."""
     hint = run.reference.get(OperandHint(ex.id, var.name))
@@ -170,7 +166,7 @@ def as_number(value: object, reference: torch.Tensor) -> object:
     return value
 
 
-def _local_verdict(ex: Exercise, var, run: GradedRun, plain: Comparison) -> Comparison:
+def _local_verdict(ex: Exercise, var: Variable, run: GradedRun, plain: Comparison) -> Comparison:
     """The step judged on its own: the answer against what it should be given the student's gradients
     of the tensors that use it. The plain verdict where that cannot be judged or does not differ."""
     if plain.status != "wrong":
@@ -179,7 +175,12 @@ def _local_verdict(ex: Exercise, var, run: GradedRun, plain: Comparison) -> Comp
     value = run.captured.values.get((ex.id, var.name))
     if not isinstance(local, torch.Tensor) or type(value) is not torch.Tensor:
         return plain
-    if not bool(value.any()) and bool(run.reference[var.of].abs().gt(var.tolerance.atol).any()):
+    reference = run.reference.get(var.of)
+    if (
+        not bool(value.any())
+        and isinstance(reference, torch.Tensor)
+        and bool(reference.abs().gt(var.tolerance.atol).any())
+    ):
         return plain  # zeros all the way down are "consistent" too: they never earn a step's credit
     result = compare(var.name, value, local, var.tolerance)
     if result.status != "wrong":
@@ -194,7 +195,7 @@ def _local_verdict(ex: Exercise, var, run: GradedRun, plain: Comparison) -> Comp
     return _own_line_hint(hinted, ex, var, run)
 
 
-def _below_a_mistake(ex: Exercise, var, run: GradedRun) -> bool:
+def _below_a_mistake(ex: Exercise, var: Variable, run: GradedRun) -> bool:
     """Whether the gradients this step was computed from are wrong (its local reference is not the reference)."""
     local, reference = run.reference.get(LocalGradient(ex.id, var.of)), run.reference.get(var.of)
     if not isinstance(local, torch.Tensor) or not isinstance(reference, torch.Tensor):
@@ -212,7 +213,7 @@ def _n(run: GradedRun) -> int | None:
     return targets.numel() if targets is not None else None
 
 
-def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str, Flag]) -> Comparison:
+def _function_verdict(ex: Exercise, j: int, var: Variable, run: GradedRun, flags: dict[str, Flag]) -> Comparison:
     """A value the answer's function returned: right at every recorded call, or the first call it is not."""
     captured = run.captured
     if not captured.reached(ex.id) or not any(c.exercise == ex.id for c in run.plan.captures):
@@ -220,9 +221,11 @@ def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str
     flag = flags.get(var.name)
     if flag is not None:
         return Comparison(flag.status, False, False, None, f"{var.name}: {flag.reason}")
-    fn = ex.function.name
-    verdicts = []
-    for call in ex.function.calls:
+    function = ex.function
+    assert function is not None  # (called for a function exercise only)
+    fn = function.name
+    verdicts: list[Comparison] = []
+    for call in function.calls:
         step = "the first step" if call == 0 else f"step {call + 1}, after the weights moved"
         raised = captured.values.get((ex.id, f"{call}/!error"))
         value = captured.values.get((ex.id, f"{call}/{var.name}"), MISSING)
@@ -235,8 +238,9 @@ def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str
             v = Comparison("missing", False, False, None, f"{var.name}: {fn}() was not called {call + 1} times{why}")
         elif isinstance(value, Flag):
             v = Comparison(value.status, False, False, None, f"{var.name}: {value.reason}")
-        elif isinstance(ref, str) or ref is None:
-            v = Comparison("error", False, False, None, f"{var.name}: at {step}, {ref or 'no reference'}")
+        elif not isinstance(ref, tuple):
+            why = ref if isinstance(ref, str) and ref else "no reference"
+            v = Comparison("error", False, False, None, f"{var.name}: at {step}, {why}")
         else:
             c = compare(var.name, value, ref[j], var.tolerance)
             # the hints check_training prints too: the other parameters' gradients at this call, and its batch
@@ -264,7 +268,9 @@ def _function_verdict(ex: Exercise, j: int, var, run: GradedRun, flags: dict[str
 
 
 def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> Comparison:
-    result = ex.function.training.result
+    function = ex.function
+    assert function is not None and function.training is not None  # (called for a training run only)
+    result = function.training.result
     if result.name in flags and run.captured.reached(ex.id):
         return Comparison(flags[result.name].status, False, False, None, f"{result.name}: {flags[result.name].reason}")
     if not run.captured.reached(ex.id):
@@ -278,7 +284,7 @@ def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> C
             False,
             False,
             None,
-            f"{result.name}: `{ex.function.name}` returns None: write {_exercise_name(ex)} first",
+            f"{result.name}: `{function.name}` returns None: write {_exercise_name(ex)} first",
         )
     errors = _span_errors(run.plan, run.captured, ex.id) if any(c.exercise == ex.id for c in run.plan.captures) else []
     if errors:  # the training stopped early: its loss says nothing
@@ -287,7 +293,10 @@ def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> C
         )
     if value is MISSING:
         return Comparison("missing", False, False, None, f"{result.name} was not computed")
-    c = compare(result.name, value, run.reference[TrainingResult(ex.id, result.name)], result.tolerance)
+    reference = run.reference.get(TrainingResult(ex.id, result.name))
+    if not isinstance(reference, torch.Tensor):
+        return Comparison("error", False, False, None, f"{result.name}: no reference here")
+    c = compare(result.name, value, reference, result.tolerance)
     message = c.message
     if c.status == "wrong":
         message = (
@@ -299,7 +308,8 @@ def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> C
 
 def _returned_nothing(ex: Exercise, captured: Captured) -> bool:
     """Whether the answer's function was called and its first graded call returned None, or None for every value."""
-    call = ex.function.calls[0] if ex.function.calls else 0
+    calls = ex.function.calls if ex.function else ()
+    call = calls[0] if calls else 0
     made = any(e == ex.id and name.startswith(f"{call}/") for e, name in captured.values)
     if not made or (ex.id, f"{call}/!error") in captured.values:
         return False
@@ -313,7 +323,7 @@ def _exercise_name(ex: Exercise) -> str:
     return f"Exercise {number}" if number.isdigit() else f"exercise {ex.id}"
 
 
-def _only_just(first: Comparison, var, reference: object) -> bool:
+def _only_just(first: Comparison, var: Variable, reference: object) -> bool:
     """Whether an approximate answer uses more than a tenth of its tolerance (a near miss, not rounding)."""
     if first.exact or first.maxdiff is None or not isinstance(reference, torch.Tensor) or not reference.numel():
         return False
@@ -354,7 +364,11 @@ def _literals(plan: Plan, ex: Exercise) -> set[float] | None:
         tree = as_python(source)[1]
         if tree is None:
             return None
-        out |= {float(n.value) for n in ast.walk(tree) if isinstance(n, ast.Constant) and type(n.value) in (int, float)}
+        out |= {
+            float(n.value)
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, int | float) and not isinstance(n.value, bool)
+        }
     return out
 
 

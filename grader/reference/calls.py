@@ -18,6 +18,7 @@ def call_gradients(
 ) -> dict[int, tuple[torch.Tensor, ...] | str]:
     """For each recorded call (inputs, weights at that step): autograd's gradients, or why it cannot replay."""
     f = ex.function
+    assert f is not None  # (called for a function exercise only)
     out: dict[int, tuple[torch.Tensor, ...] | str] = {}
     key = (assignment.digest, ex.id, repr(sorted(params.items())))
     digests = {call: _digest([*args, *recorded]) for call, (args, recorded) in calls.items()}

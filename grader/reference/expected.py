@@ -37,8 +37,8 @@ def _gradients(assignment: Assignment, params_items: tuple) -> tuple[tuple[Key, 
     if any(ex.plain for ex in rubric.exercises):
         with LOCK:
             graph = forward_graph(assignment, params_items)
-            named = {k: t for k, t in graph.items() if k != TARGETS}
-            out += [(name, t.grad.detach().clone()) for name, t in named.items()]
+            named = {k: t for k, t in graph.items() if isinstance(k, str)}
+            out += [(name, t.grad.detach().clone()) for name, t in named.items() if t.grad is not None]
             if TARGETS in graph:
                 out.append((TARGETS, graph[TARGETS].clone()))
             out += [(GradientParts(name), parts) for name, parts in parts_by_use(assignment, params_items).items()]
@@ -139,16 +139,18 @@ def _solution_values(assignment: Assignment, params_items: tuple) -> dict[Key, o
 def _training(assignment: Assignment, ex: Exercise, params: dict[str, object]) -> torch.Tensor:
     """The training run of a function exercise, with autograd standing in for the student's function."""
     f = ex.function
+    assert f is not None and f.training is not None  # (called for a function exercise with a training run only)
+    training = f.training
     ns = namespace_with(assignment, params, f.reference_cells)
 
-    def with_autograd(Xb, Yb, *rest):
+    def with_autograd(Xb: torch.Tensor, Yb: torch.Tensor, *rest: object) -> tuple[torch.Tensor, ...]:
         with torch.enable_grad():
             loss = ns[f.forward](Xb, Yb)[0]
             return torch.autograd.grad(loss, ns[f.wrt])
 
     ns[f.name] = with_autograd
-    run_cells(ns, assignment.cells, f.training.cells, str(assignment.rubric.released))
-    result = ns[f.training.result.name]
+    run_cells(ns, assignment.cells, training.cells, str(assignment.rubric.released))
+    result = ns[training.result.name]
     if isinstance(result, torch.Tensor):
         return result.detach().clone()
     return torch.tensor(float(result), dtype=torch.float64)  # the child sends plain numbers the same way

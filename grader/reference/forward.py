@@ -85,10 +85,10 @@ def forward_graph(assignment: Assignment, params_items: tuple) -> dict[Key, torc
     plain = [ex for ex in rubric.exercises if ex.plain]
     ns = reference_namespace(assignment, params_items)
     wanted = sorted({v.of for ex in plain for v in ex.variables})
-    tensors = {name: ns.get(name) for name in wanted}
-    absent = [name for name, t in tensors.items() if not isinstance(t, torch.Tensor)]
+    absent = [name for name in wanted if not isinstance(ns.get(name), torch.Tensor)]
     if absent or not isinstance(ns.get(rubric.loss), torch.Tensor):
         raise RubricError(f"{where}: the reference cells do not define {absent or [rubric.loss]}")
+    tensors: dict[Key, torch.Tensor] = {name: ns[name] for name in wanted}
     with torch.enable_grad():
         for t in tensors.values():
             if t.requires_grad and not t.is_leaf:
@@ -105,4 +105,5 @@ def forward_graph(assignment: Assignment, params_items: tuple) -> dict[Key, torc
 def forward_values(assignment: Assignment, params: dict[str, object]) -> dict[str, torch.Tensor]:
     """The graded forward tensors' values (detached), as the reference's forward pass made them."""
     with LOCK:
-        return {k: t.detach() for k, t in forward_graph(assignment, tuple(params.items())).items() if k != TARGETS}
+        graph = forward_graph(assignment, tuple(params.items()))
+        return {k: t.detach() for k, t in graph.items() if isinstance(k, str)}

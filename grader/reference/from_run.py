@@ -11,10 +11,11 @@ from grader.assignment import Assignment
 from grader.compare import same_but_ones
 from grader.reference.calls import call_gradients
 from grader.reference.steps import local_from, local_references
-from grader.runs import Key, LocalGradient, ReplayedCall
+from grader.rubric import Variable
+from grader.runs import Captured, Key, LocalGradient, ReplayedCall
 
 
-def replayed_calls(assignment: Assignment, params: dict[str, object], captured) -> dict[Key, object]:
+def replayed_calls(assignment: Assignment, params: dict[str, object], captured: Captured) -> dict[Key, object]:
     """Autograd's answers to the recorded calls of function exercises: `ReplayedCall` -> gradients."""
     out: dict[Key, object] = {}
     for ex in assignment.rubric.exercises:
@@ -31,7 +32,9 @@ def replayed_calls(assignment: Assignment, params: dict[str, object], captured) 
     return out
 
 
-def step_references(assignment: Assignment, params: dict[str, object], captured, refs: dict) -> dict[Key, object]:
+def step_references(
+    assignment: Assignment, params: dict[str, object], captured: Captured, refs: dict[Key, object]
+) -> dict[Key, object]:
     """Per plain exercise, what each gradient should be given the student's own gradients below it in the
     chain (`LocalGradient` -> tensor): each step judged on its own."""
     rubric = assignment.rubric
@@ -61,13 +64,13 @@ def step_references(assignment: Assignment, params: dict[str, object], captured,
             # a variable whose users are not all answered here: the whole way back from `given`
             for v in ex.variables:
                 if LocalGradient(ex.id, v.of) not in out:
-                    t = local_from(assignment, params, ex.given, given, v.of)
-                    if t is not None:
-                        out[LocalGradient(ex.id, v.of)] = t
+                    whole = local_from(assignment, params, ex.given, given, v.of)
+                    if whole is not None:
+                        out[LocalGradient(ex.id, v.of)] = whole
     return out
 
 
-def _fitted(value: object, var, refs: dict) -> object:
+def _fitted(value: object, var: Variable | None, refs: dict[Key, object]) -> object:
     """`value`, reshaped to its reference's shape where the rubric credits broadcastable shapes."""
     ref = refs.get(var.of) if var is not None else None
     if (
@@ -82,8 +85,8 @@ def _fitted(value: object, var, refs: dict) -> object:
     return value
 
 
-def _numbered(values: dict, exercise: str, prefix: str) -> list:
-    found = []
+def _numbered(values: dict[tuple[str, str], object], exercise: str, prefix: str) -> list[object]:
+    found: list[object] = []
     while (exercise, f"{prefix}{len(found)}") in values:
         found.append(values[(exercise, f"{prefix}{len(found)}")])
     return found

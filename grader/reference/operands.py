@@ -33,8 +33,10 @@ import torch
 
 from grader.assignment import Assignment
 from grader.mistakes import untransposed
+from grader.plan import Plan
 from grader.reference.forward import LOCK, reference_namespace
-from grader.runs import Key, LocalGradient, OperandHint
+from grader.rubric import Exercise, Rubric
+from grader.runs import Captured, Key, LocalGradient, OperandHint
 from grader.scan import parse
 
 _GROWTH = 64
@@ -60,7 +62,9 @@ class _Change:
     dims: tuple[int, ...] = ()
 
 
-def operand_hints(assignment: Assignment, params: dict[str, object], plan, captured, refs: dict) -> dict[Key, object]:
+def operand_hints(
+    assignment: Assignment, params: dict[str, object], plan: Plan, captured: Captured, refs: dict[Key, object]
+) -> dict[Key, object]:
     """Per wrong gradient of a plain exercise whose line can be read (see the module's guarantees): the mistake
     named in the student's own code (`OperandHint` -> str)."""
     rubric = assignment.rubric
@@ -98,7 +102,7 @@ def operand_hints(assignment: Assignment, params: dict[str, object], plan, captu
     return out
 
 
-def _answers(rubric, ex, captured) -> dict[str, torch.Tensor]:
+def _answers(rubric: Rubric, ex: Exercise, captured: Captured) -> dict[str, torch.Tensor]:
     """The student's gradients a line of `ex` may read: every plain exercise's answers the run brought back (a
     later exercise reads an earlier one's, `d_hpreact` in a BatchNorm in one go), `ex`'s own over the others."""
     out: dict[str, torch.Tensor] = {}
@@ -290,7 +294,9 @@ def _run(
 class _Evaluator:
     """Arithmetic, matrix products, transposes and reductions on the values of `env`; nothing else."""
 
-    def __init__(self, env: Mapping[str, object], positions: dict[int, int], change: _Change | None, dims_seen):
+    def __init__(
+        self, env: Mapping[str, object], positions: dict[int, int], change: _Change | None, dims_seen: dict[int, int]
+    ):
         self.env = dict(env)
         self.positions = positions
         self.change = change
@@ -324,13 +330,13 @@ class _Evaluator:
             return -operand if isinstance(node.op, ast.USub) else operand  # type: ignore[operator]
         if _is_matmul(node):
             left, right = (self.eval(x) for x in _operands(node))
+            if not isinstance(left, torch.Tensor) or not isinstance(right, torch.Tensor):
+                raise _Unsupported
             change = self._changed(node)
             if change is not None and change.kind == "left":
                 left = self._toggled(_operands(node)[0], left)
             elif change is not None and change.kind == "right":
                 right = self._toggled(_operands(node)[1], right)
-            if not isinstance(left, torch.Tensor) or not isinstance(right, torch.Tensor):
-                raise _Unsupported
             try:
                 return left @ right
             except RuntimeError:

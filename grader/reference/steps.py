@@ -50,7 +50,7 @@ def _cut(assignment: Assignment, params_items: tuple) -> dict[str, tuple[torch.T
                             ns[name] = leaves[name] = value.detach().requires_grad_(True)
                         else:
                             leaves[name] = value  # a parameter: a leaf already
-    out = {}
+    out: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
     for name, value in made.items():
         inputs = {x: leaf for x, leaf in leaves.items() if x != name}
         if value.grad_fn is None:
@@ -109,18 +109,19 @@ def _own_walk(
                         if not isinstance(value, torch.Tensor) or not value.requires_grad or value is leaves.get(name):
                             continue
                         theirs = own.get(name)
-                        fits = (
+                        if not (
                             type(theirs) is torch.Tensor
                             and theirs.shape == value.shape
                             and theirs.dtype == value.dtype
                             and bool(torch.isfinite(theirs).all())
-                        )
-                        if fits and value.grad_fn is not None and not _same_step(value.detach(), theirs):
+                        ):
+                            theirs = None  # (theirs does not fit: the released value stands in)
+                        if theirs is not None and value.grad_fn is not None and not _same_step(value.detach(), theirs):
                             differing.append(name)
                         if value.grad_fn is None:  # a parameter: autograd's leaf already
                             leaf = value
                         else:
-                            leaf = (theirs if fits else value).detach().clone().requires_grad_(True)
+                            leaf = (value if theirs is None else theirs).detach().clone().requires_grad_(True)
                             made[name] = value
                         ns[name] = leaves[name] = leaf
                         if name in order:
@@ -153,13 +154,19 @@ def _same_step(released: torch.Tensor, theirs: torch.Tensor) -> bool:
     return bool(torch.allclose(theirs, released, rtol=_STEP_RTOL, atol=_STEP_RTOL * scale))
 
 
+def _grad(t: torch.Tensor) -> torch.Tensor:
+    """A forward tensor's gradient, which `forward_graph` made sure there is."""
+    assert t.grad is not None
+    return t.grad
+
+
 def forward_edges(assignment: Assignment, params: dict[str, object]) -> dict[str, tuple[str, ...]]:
     """Graded forward tensor -> the graded tensors it is computed from directly (for pictures)."""
     with LOCK:
         return {name: tuple(inputs) for name, (_, inputs) in _cut(assignment, tuple(params.items())).items()}
 
 
-def _flow(assignment: str, params_items: tuple, y: str, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+def _flow(assignment: Assignment, params_items: tuple, y: str, grad: torch.Tensor) -> dict[str, torch.Tensor]:
     """The gradient that `grad`, put on graded tensor `y`, sends to each named tensor `y` is made from."""
     value, inputs = _cut(assignment, params_items)[y]
     if not inputs:
@@ -172,17 +179,17 @@ def _flow(assignment: str, params_items: tuple, y: str, grad: torch.Tensor) -> d
 
 
 @functools.lru_cache(maxsize=8)
-def _uses(assignment: str, params_items: tuple) -> dict[str, dict[str, torch.Tensor]]:
+def _uses(assignment: Assignment, params_items: tuple) -> dict[str, dict[str, torch.Tensor]]:
     """x -> {y: the part of x's gradient that comes back through y}, for every named x and its users y."""
     references = dict(forward_graph(assignment, params_items))
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for y in _cut(assignment, params_items):
-        for x, g in _flow(assignment, params_items, y, references[y].grad).items():
+        for x, g in _flow(assignment, params_items, y, _grad(references[y])).items():
             parts.setdefault(x, {})[y] = g
     return parts
 
 
-def parts_by_use(assignment: str, params_items: tuple) -> dict[str, dict[str, torch.Tensor]]:
+def parts_by_use(assignment: Assignment, params_items: tuple) -> dict[str, dict[str, torch.Tensor]]:
     """For each named tensor used by two or more named tensors, the gradient flowing back from each use.
 
     A use whose part is negligible (the max path into `logits`) is left out.
@@ -190,7 +197,7 @@ def parts_by_use(assignment: str, params_items: tuple) -> dict[str, dict[str, to
     named = forward_graph(assignment, params_items)
     out = {}
     for x, by_use in _uses(assignment, params_items).items():
-        total = named[x].grad
+        total = _grad(named[x])
         scale = float(total.abs().max()) or 1.0
         kept = {y: g for y, g in by_use.items() if g.shape == total.shape and float(g.abs().max()) > 1e-6 * scale}
         if len(kept) >= 2:
@@ -217,13 +224,16 @@ def local_references(
         sent: dict[str, dict[str, torch.Tensor] | None] = {}
         for y in {y for by_use in users.values() for y in by_use}:
             answer = answers.get(y)
-            ok = type(answer) is torch.Tensor and answer.shape == named[y].shape and answer.dtype == named[y].dtype
-            sent[y] = _flow(*key, y, answer.detach()) if ok else None
+            if type(answer) is torch.Tensor and answer.shape == named[y].shape and answer.dtype == named[y].dtype:
+                sent[y] = _flow(*key, y, answer.detach())
+            else:
+                sent[y] = None
         out: dict[str, torch.Tensor] = {}
         for x, by_use in users.items():
             parts = [(sent[y] or {}).get(x) for y in by_use]
-            if x in answers and all(p is not None for p in parts):
-                out[x] = sum(parts[1:], parts[0])
+            found = [p for p in parts if p is not None]
+            if x in answers and found and len(found) == len(parts):
+                out[x] = sum(found[1:], found[0])
         return out
 
 
