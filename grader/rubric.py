@@ -84,6 +84,10 @@ class Function:
     """Which calls (0 = the first) are graded."""
     training: Training | None
     """The training run to grade too, if any."""
+    batch: tuple[str, ...] = ()
+    """The minibatch's shape, each dimension named by a parameter or a name the reference cells define
+    (`batch_size`, `block_size`): a recorded call with another input shape is not one of the training loop's,
+    and is not replayed. Empty: any shape is replayed."""
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,7 @@ def parse(raw: dict, path: Path, released: Path | None = None) -> Rubric:
                     reference_cells=tuple(ex["reference_cells"]),
                     calls=tuple(int(c) for c in ex["calls"]),
                     training=training,
+                    batch=tuple(str(b) for b in ex.get("batch", ())),
                 )
             exercises.append(
                 Exercise(
@@ -341,6 +346,7 @@ EXERCISE_KEYS = {
     "wrt": "for a function: the list of tensors its gradients are of",
     "reference_cells": "for a function: released cells that define forward and wrt",
     "calls": "for a function: which calls (0 = the first) are graded",
+    "batch": "for a function: the minibatch's shape by parameter names; a call with another batch is not replayed",
     "training": "for a function: table {cells, result, points, rtol, atol}: a training run graded by its result",
 }
 VARIABLE_KEYS = {

@@ -331,19 +331,27 @@ def _only_just(first: Comparison, var: Variable, reference: object) -> bool:
     return first.maxdiff > 0.1 * allowed
 
 
-def _hint(changed: tuple[str, ...], defaults: dict[str, object], literals: set[float] | None) -> str:
-    """A guess at why an answer is right for the published parameters only (no hidden value in it): a changed
-    parameter's published value written as a number in the answer cell (`literals`: the numbers it holds; None
-    where it cannot be read), named by the parameter; else numbers copied from one run."""
+def _hint(
+    changed: tuple[str, ...],
+    defaults: dict[str, object],
+    literals: set[float] | None,
+    n: int | None,
+    dims: frozenset[int],
+) -> str:
+    """A guess at why an answer is right for the published parameters only (no hidden value in it), from the
+    values alone, never a parameter's name: a changed parameter's published value written as a number in the
+    answer cell (`literals`: the numbers it holds; None where it cannot be read), named by the parameter, the
+    batch's size `n` as n; else, where a changed parameter is no size of the exercise's tensors (`dims`: a seed, a
+    scale), numbers copied from one run."""
     guesses = []
     for name in changed:
         value = defaults.get(name)
         if type(value) is not int or value < 2:
             continue
-        if name == "batch_size":
+        if value == n:  # the batch's size: the lecture's n, and n - 1 with Bessel's correction
             if literals is None or value in literals or value - 1 in literals:
                 guesses.append(f"a literal {value} or {value - 1} (use n, the batch size)")
-        elif literals is None and name == "n_hidden":
+        elif literals is None and value in dims:
             guesses.append(f"a literal {value} (use the tensors' shapes)")
         elif literals is not None and value in literals:
             guesses.append(
@@ -351,9 +359,19 @@ def _hint(changed: tuple[str, ...], defaults: dict[str, object], literals: set[f
             )
     if guesses:
         return f": is there {' or '.join(guesses)} in your code?"
-    if "seed" in changed:
+    if any(defaults.get(name) not in dims for name in changed):
         return ": are there numbers copied from one run in your code? Compute them from the tensors"
     return ""
+
+
+def _dims(ex: Exercise, run: GradedRun) -> frozenset[int]:
+    """The sizes of the dimensions of the exercise's reference tensors in `run`."""
+    sizes: set[int] = set()
+    for v in ex.variables:
+        reference = run.reference.get(ex.reference_key(v))
+        if isinstance(reference, torch.Tensor):
+            sizes.update(reference.shape)
+    return frozenset(sizes)
 
 
 def _literals(plan: Plan, ex: Exercise) -> set[float] | None:
@@ -480,7 +498,11 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
                 run, v = failing
                 status = v.status
                 # no comparison text, shape or error message here: they could give a hidden value away
-                hint = _hint(run.changed, defaults, _literals(main.plan, ex)) if ex.function is None else ""
+                hint = (
+                    _hint(run.changed, defaults, _literals(main.plan, ex), _n(main), _dims(ex, main))
+                    if ex.function is None
+                    else ""
+                )
                 if hint and v.status == "wrong" and _only_just(first, var, main.reference.get(ex.reference_key(var))):
                     # a formula a little off, not a copied number: it passes here within the tolerance only
                     hint = (

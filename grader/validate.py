@@ -21,6 +21,7 @@ not pure; the verdicts are read from the reports' fields, never from their messa
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import copy
 import hashlib
@@ -40,10 +41,8 @@ from grader.course import Location
 from grader.errors import BrokenAssignment, GraderError
 from grader.infer import assigned
 from grader.sandbox.pool import Backend, Pool
+from grader.scan import parse
 from grader.verdicts import PASSING, GradedRun, Report
-
-SEED_NAMES = ("seed", "random_seed", "manual_seed")
-"""Parameters that choose the random draw, tried in order for the tolerance runs."""
 
 
 @dataclass(frozen=True)
@@ -289,9 +288,23 @@ def _zero(report: Report) -> list[str]:
 
 
 def _seed_parameter(graded: Assignment) -> str | None:
-    for name in SEED_NAMES:
-        if isinstance(graded.published.get(name), int):
-            return name
+    """The parameter that chooses the random draw, read from the release: the first whole-number parameter its
+    cells pass to a `manual_seed(...)` (`torch.Generator().manual_seed(seed)`, `torch.manual_seed(seed)`)."""
+    for source in graded.cells.values():
+        try:
+            tree = parse(source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "manual_seed"
+                and node.args
+                and isinstance(node.args[0], ast.Name)
+                and type(graded.published.get(node.args[0].id)) is int
+            ):
+                return node.args[0].id
     return None
 
 

@@ -65,3 +65,22 @@ def test_no_grader_module_names_an_assignment():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and node.value in names:
                 raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} names the assignment {node.value!r}")
+
+
+def test_no_grader_module_reads_an_assignments_parameter_by_its_name():
+    # Everything particular to an assignment is in its rubric or read from its notebook: no module outside the
+    # lecture's (the lecture is makemore by definition) holds a parameter's name as a string, as
+    # `params.get("batch_size")` would. (A one-letter name, wavenet's `T`, cannot be told from `x.T` here.)
+    parameters = set()
+    for name in assignments.known():
+        parameters |= {p for p in assignments.load(name).published if len(p) > 1}
+    assert {"batch_size", "n_hidden", "seed", "n_embd"} <= parameters
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "lecture" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in parameters:
+                raise AssertionError(
+                    f"{path.relative_to(ROOT)}:{node.lineno} reads the parameter {node.value!r} by its name: say it "
+                    "in the rubric, or read it from the notebook"
+                )

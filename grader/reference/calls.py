@@ -33,10 +33,12 @@ def call_gradients(
         ns = namespace_with(assignment, params, f.reference_cells)
         weights = list(ns[f.wrt])
         homes = [[k for k, v in ns.items() if v is w] for w in weights]  # the globals the forward pass reads
-        batch = (params.get("batch_size"), ns.get("block_size"))
+        # the minibatch's shape as the rubric names it: a parameter, else a name of the reference cells
+        batch = tuple(params.get(name, ns.get(name)) for name in f.batch)
         for call, (args, recorded) in calls.items():
             if (
                 len(args) >= 2
+                and batch
                 and all(isinstance(b, int) for b in batch)
                 and not (
                     isinstance(args[0], torch.Tensor)
