@@ -8,6 +8,7 @@ caller's: text, JSON, a page).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -19,8 +20,8 @@ from grader import plan as planning
 from grader import rubric as rubrics
 from grader.assignment import LECTURE, Assignment
 from grader.errors import GraderError, RubricError, UnknownAssignment, UsageError
-from grader.plan import PlannedCell
-from grader.runs import Key
+from grader.plan import Plan, PlannedCell
+from grader.runs import Captured, Key
 from grader.verdicts import GradedRun, Report
 
 # torch, and the modules that import it (reference, score, the lecture's grading), are imported inside the
@@ -174,44 +175,12 @@ def grade_with_runs(
     if data is not None:
         raise UsageError("--data is for lecture notebooks; an assignment reads the data set its rubric names")
     assignment = for_notebook(student, path, assignment, course, embedded)
-    rubric, published = assignment.rubric, dict(assignment.published)
-    hidden = rubric.hidden_runs if hidden_runs is None else tuple(hidden_runs)
-    overrides = [parameters or {}, *hidden]
-    wheres = ["parameters"] + [f"hidden run {i}" for i in range(1, len(hidden) + 1)]
-    for where, changed in zip(wheres, overrides):
-        _check_parameters(rubric, published, changed, where)
-    main = published | (rubric.grading_parameters or {}) | (parameters or {})
-    settings = [main] + [main | h for h in hidden]
-    labels = ["the notebook's parameters"] + [f"hidden run {i}" for i in range(1, len(settings))]
-    data_files = dict(assignment.data)
-    copies = {rubric.data[k]: p for k, p in data_files.items()}
-    with_data = [
-        p | {k: str(f) for k, f in data_files.items()} for p in settings
-    ]  # as the grader's references read them
-
+    runs = _Runs.of(assignment, parameters, hidden_runs)
     # The run reads its own copy of each data file, under the file's name in its working directory.
-    plans = [planning.plan(student, assignment, p | rubric.data) for p in settings]
+    plans = [planning.plan(student, assignment, p | assignment.rubric.data) for p in runs.settings]
     own_pool = pool is None
     pool = pool or sandbox.Pool()
     pool.hide(hidden_folders(assignment))
-    # One job per worker (per data set): the runs of a job go one after another in one process.
-    groups: dict[int, tuple[sandbox.Worker, list[int]]] = {}
-    for i, p in enumerate(settings):
-        worker = _worker(pool, assignment, p | rubric.data, copies)
-        groups.setdefault(id(worker), (worker, []))[1].append(i)
-    jobs = [
-        (
-            w.start(
-                [plans[i] for i in runs],
-                [labels[i] for i in runs],
-                timeout or rubric.timeout,
-                cell_timeout(rubric, timeout),
-            ),
-            runs,
-        )
-        for w, runs in groups.values()
-    ]
-    captured: list = [None] * len(settings)
     try:
         # Everything this process will need is imported before the notebook's first cell may run.
         import safetensors.torch  # noqa: F401 -- imported for its side effect: loaded before student code runs
@@ -219,49 +188,126 @@ def grade_with_runs(
         from grader import reference
         from grader.score import score
 
-        try:
-            # The references first: they take about as long as the worker takes to start, the first time.
-            refs = [
-                _reference(assignment, p, where, changed) for p, where, changed in zip(with_data, wheres, overrides)
-            ]
-            for job, _ in jobs:
-                job.release()
-        finally:
-            for job, runs in jobs:
-                for i, c in zip(runs, job.wait()):
-                    captured[i] = c
-        # A run that never began because an earlier one ended their process (it hung past its time, exited,
-        # was killed) begins again in a process of its own: each run is judged on what it reached.
-        while not all(c.started for c in captured):
-            again = [i for i, c in enumerate(captured) if not c.started]
-            worker = _worker(pool, assignment, settings[again[0]] | rubric.data, copies)
-            same = [i for i in again if _worker(pool, assignment, settings[i] | rubric.data, copies) is worker]
-            job = worker.start(
-                [plans[i] for i in same],
-                [labels[i] for i in same],
-                timeout or rubric.timeout,
-                cell_timeout(rubric, timeout),
-            )
-            job.release()
-            for i, c in zip(same, job.wait()):
-                captured[i] = c
-            if not captured[same[0]].started:  # the worker itself is gone: say so rather than try forever
-                break
+        captured, refs = _run(pool, assignment, runs, plans, timeout)
     finally:
         if own_pool:
             pool.close()
-    for p, plan, c, ref in zip(with_data, plans, captured, refs):
+    for p, plan, c, ref in zip(runs.with_data, plans, captured, refs):
         ref.update(reference.replayed_calls(assignment, p, c))
         ref.update(reference.step_references(assignment, p, c, ref))
         ref.update(reference.operand_hints(assignment, p, plan, c, ref))
     graded = [
-        GradedRun(label, tuple(k for k in p if p[k] != main[k]), plan, c, ref, _sizes(p))
-        for label, p, plan, c, ref in zip(labels, settings, plans, captured, refs)
+        GradedRun(label, tuple(k for k in p if p[k] != runs.main[k]), plan, c, ref, _sizes(p))
+        for label, p, plan, c, ref in zip(runs.labels, runs.settings, plans, captured, refs)
     ]
-    report = score(rubric, str(path), graded, published)
+    report = score(assignment.rubric, str(path), graded, dict(assignment.published))
     if assignment.location.origin == "embedded":
         report = dataclasses.replace(report, notes=(*report.notes, embedded_copy.NOTE.format(name=assignment.name)))
     return report, graded
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """The runs of one notebook: its own parameters, then each hidden run's, checked against the release."""
+
+    main: dict[str, object]
+    """The notebook's own run's parameters (the published ones, the rubric's grading ones, the caller's)."""
+    settings: list[dict[str, object]]
+    """Each run's parameters, the notebook's own first."""
+    labels: list[str]
+    """How the report names each run."""
+    wheres: list[str]
+    """How an error names where each run's parameters came from (`hidden run 2`)."""
+    overrides: list[dict[str, object]]
+    """What each run changes."""
+    with_data: list[dict[str, object]]
+    """Each run's parameters with the data files' paths, as the grader's references read them."""
+
+    @staticmethod
+    def of(
+        assignment: Assignment,
+        parameters: dict[str, object] | None,
+        hidden_runs: tuple[dict[str, object], ...] | None,
+    ) -> _Runs:
+        rubric, published = assignment.rubric, dict(assignment.published)
+        hidden = rubric.hidden_runs if hidden_runs is None else tuple(hidden_runs)
+        overrides = [parameters or {}, *hidden]
+        wheres = ["parameters"] + [f"hidden run {i}" for i in range(1, len(hidden) + 1)]
+        for where, changed in zip(wheres, overrides):
+            _check_parameters(rubric, published, changed, where)
+        main = published | (rubric.grading_parameters or {}) | (parameters or {})
+        settings = [main] + [main | h for h in hidden]
+        labels = ["the notebook's parameters"] + [f"hidden run {i}" for i in range(1, len(settings))]
+        with_data = [p | {k: str(f) for k, f in assignment.data.items()} for p in settings]
+        return _Runs(main, settings, labels, wheres, overrides, with_data)
+
+
+def _run(
+    pool: sandbox.Pool, assignment: Assignment, runs: _Runs, plans: list[Plan], timeout: float | None
+) -> tuple[list[Captured], list[dict[Key, object]]]:
+    """Every run of the notebook, and the grader's references meanwhile: what each run brought back, and the
+    references of each run's parameters.
+
+    One job per worker (per data set): the runs of a job go one after another in one process. The references
+    are computed while the workers start (they take about as long, the first time), then the jobs are released.
+    """
+    rubric = assignment.rubric
+    copies = {rubric.data[k]: p for k, p in assignment.data.items()}
+    groups: dict[int, tuple[sandbox.Worker, list[int]]] = {}
+    for i, p in enumerate(runs.settings):
+        worker = _worker(pool, assignment, p | rubric.data, copies)
+        groups.setdefault(id(worker), (worker, []))[1].append(i)
+    jobs = [
+        (_start(w, [plans[i] for i in group], [runs.labels[i] for i in group], rubric, timeout), group)
+        for w, group in groups.values()
+    ]
+    captured: list[Captured | None] = [None] * len(runs.settings)
+    try:
+        refs = [
+            _reference(assignment, p, where, changed)
+            for p, where, changed in zip(runs.with_data, runs.wheres, runs.overrides)
+        ]
+        for job, _ in jobs:
+            job.release()
+    finally:
+        for job, group in jobs:
+            for i, c in zip(group, job.wait()):
+                captured[i] = c
+    done = [c for c in captured if c is not None]
+    assert len(done) == len(captured)  # (every job's wait() returns one per run)
+    return _again_where_not_started(pool, assignment, runs, plans, done, copies, timeout), refs
+
+
+def _again_where_not_started(
+    pool: sandbox.Pool,
+    assignment: Assignment,
+    runs: _Runs,
+    plans: list[Plan],
+    captured: list[Captured],
+    copies: dict[str, Path],
+    timeout: float | None,
+) -> list[Captured]:
+    """A run that never began because an earlier one ended their process (it hung past its time, exited, was
+    killed) begins again in a process of its own: each run is judged on what it reached."""
+    rubric = assignment.rubric
+    while not all(c.started for c in captured):
+        again = [i for i, c in enumerate(captured) if not c.started]
+        worker = _worker(pool, assignment, runs.settings[again[0]] | rubric.data, copies)
+        same = [i for i in again if _worker(pool, assignment, runs.settings[i] | rubric.data, copies) is worker]
+        job = _start(worker, [plans[i] for i in same], [runs.labels[i] for i in same], rubric, timeout)
+        job.release()
+        for i, c in zip(same, job.wait()):
+            captured[i] = c
+        if not captured[same[0]].started:  # the worker itself is gone: say so rather than try forever
+            break
+    return captured
+
+
+def _start(
+    worker: sandbox.Worker, plans: list[Plan], labels: list[str], rubric: rubrics.Rubric, timeout: float | None
+) -> sandbox.Job:
+    """A job of `plans` on `worker`, not yet released, with the run's and each cell's time limits."""
+    return worker.start(plans, labels, timeout or rubric.timeout, cell_timeout(rubric, timeout))
 
 
 def _sizes(params: dict[str, object]) -> dict[str, int]:
