@@ -463,7 +463,7 @@ def _grade(args: argparse.Namespace, backend: Backend | None) -> int:
         print(
             f"note: canvas.csv's score column is named {graded.name!r}, and Canvas's import matches it to an "
             "assignment by name (or creates one); --canvas-assignment 'Name (assignment id)' sends the scores to "
-            "the assignment you mean (README: Back to Canvas)",
+            "the assignment you mean (docs/instructors.md: Back to Canvas)",
             file=sys.stderr,
         )
     print(class_files.summary_text(summary, found.problems))

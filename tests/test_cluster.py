@@ -69,7 +69,7 @@ def local_gradebook(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
 
 
 class Cluster:
-    """A real Dask scheduler and workers, started by hand on loopback as the README shows."""
+    """A real Dask scheduler and workers, started by hand on loopback as docs/integrations.md shows."""
 
     def __init__(self, folder: Path, workers: int) -> None:
         dask = str(Path(sys.executable).parent / "dask")

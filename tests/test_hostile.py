@@ -5,7 +5,7 @@ Each hostile notebook is the released assignment with the attack written into th
 cell, the way a student would; a few attack from an otherwise perfect notebook, so that a 0 can only
 come from the attack being stopped. On the Linux backend the attacks get nothing; on the portable one
 (run here with the calls macOS and Windows lack taken away) the attacks that only an operating system's
-isolation can stop are asserted as the README documents them: the notebook reads the rubric, writes a
+isolation can stop are asserted as docs/isolation.md documents them: the notebook reads the rubric, writes a
 file, reaches a listener on 127.0.0.1 and signals the grader, and the warning line says so. Every attack
 is bounded by itself: the fork bomb stops at 256 processes, the memory bomb is capped.
 """
@@ -39,7 +39,7 @@ from conftest import (
 RUBRIC_FILE = ROOT / "assignments" / "backprop_ninja.toml"
 RUBRIC_START = RUBRIC_FILE.read_text(encoding="utf-8")[:30]
 HONEST = {"full_marks": 36, "wrong_d_W2": 35, "half_done": 8}
-# what the portable backend cannot stop, as the README says (file, network and process isolation)
+# what the portable backend cannot stop, as docs/isolation.md says (file, network and process isolation)
 PORTABLE_LEAKS = {"writes_solutions", "reads_rubric", "opens_socket", "spies"}
 
 
