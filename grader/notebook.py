@@ -11,7 +11,7 @@ import contextlib
 import json
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import nbformat
@@ -154,7 +154,7 @@ def _kind(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _depth(value: object) -> int:
+def _depth(value: dict | list) -> int:
     """How deep `value` nests (without recursion), counting up to just past `MAX_DEPTH`."""
     deepest, todo = 0, [(value, 1)]
     while todo and deepest <= MAX_DEPTH:
@@ -217,7 +217,7 @@ _QUIET = threading.Lock()
 
 
 @contextlib.contextmanager
-def _quiet_ids():
+def _quiet_ids() -> Iterator[None]:
     """nbformat replaces missing and repeated cell ids with a warning each. The grader finds cells by grade_id and
     never writes the notebook back: nothing to tell anyone. (Warning filters are process-wide: one read at a time.)"""
     with _QUIET, warnings.catch_warnings():

@@ -89,8 +89,8 @@ def _targets(stmt: ast.stmt) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _flags(node: ast.AST) -> list[tuple[str, str]]:
-    """(status, what) for one node."""
+def _flags(node: ast.AST, called: set[int]) -> list[tuple[str, str]]:
+    """(status, what) for one node; `called`: the ids of the names in call position."""
     if isinstance(node, ast.Attribute):
         if node.attr in AUTOGRAD_ATTRIBUTES:
             dotted = _dotted(node)
@@ -113,7 +113,7 @@ def _flags(node: ast.AST) -> list[tuple[str, str]]:
         isinstance(node, ast.Name)
         and node.id in DYNAMIC_ATTRIBUTE_CALLS | DYNAMIC_CALLS
         and isinstance(node.ctx, ast.Load)
-        and not getattr(node, "_called", False)
+        and id(node) not in called
     ):
         return [("suspicious", f"`{node.id}` used as a value")]
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
@@ -204,9 +204,10 @@ def scan(source: str) -> tuple[Finding, ...]:
         return ()  # the run reports the error
     findings: list[Finding] = []
 
-    for node in ast.walk(tree):  # mark names in call position, so that only other uses count as "a value"
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            node.func._called = True
+    # names in call position, so that only other uses count as "a value"
+    called = {
+        id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
 
     # Depth first with a list, not recursion: a tree deeper than Python's stack (`x = 1 + 1 + ...` a thousand
     # times parses) must be scanned all the same.
@@ -215,7 +216,7 @@ def scan(source: str) -> tuple[Finding, ...]:
         node, targets = todo.pop()
         if isinstance(node, ast.stmt):
             targets = _targets(node) or targets
-        for status, what in _flags(node):
+        for status, what in _flags(node, called):
             findings.append(Finding(getattr(node, "lineno", 0), status, what, targets))
         todo += [(child, targets) for child in reversed(list(ast.iter_child_nodes(node)))]
     return tuple(sorted(findings, key=lambda f: f.line))
@@ -254,6 +255,7 @@ def scan_forbidden(source: str, names: tuple[str, ...]) -> tuple[Finding, ...]:
                     and sub.func.id in ("getattr", "setattr")
                     and len(sub.args) >= 2
                     and isinstance(sub.args[1], ast.Constant)
+                    and isinstance(sub.args[1].value, str)
                 ):
                     used = sub.args[1].value  # getattr(torch.nn, "BatchNorm1d"): the same use, spelled out
                 if used in names:

@@ -134,8 +134,8 @@ def write(graded: Assignment, out: Path, package: str = "backprop-grader") -> li
         # assignment folder (rubric.toml, the student notebook, the data), never the solution
         folder = out / CARRIED / assignment
         folder.mkdir(parents=True, exist_ok=True)
-        for relative, path in assignments.folder_files(graded, private=False).items():
-            shutil.copyfile(path, folder / relative)
+        for name, source in assignments.folder_files(graded, private=False).items():
+            shutil.copyfile(source, folder / name)
         written += sorted(p for p in folder.iterdir())
     for relative, text in files.items():
         path = out / relative

@@ -21,9 +21,10 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from grader import assignment as assignments
 from grader import one_submission, sandbox
@@ -31,6 +32,9 @@ from grader.assignment import Assignment
 from grader.course import check_name, locate_dir
 from grader.errors import GraderError, RubricError, UsageError
 from grader.submissions import Submission
+
+if TYPE_CHECKING:
+    from dask.distributed import Client, LocalCluster
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ def grade_task(task: Task) -> tuple[dict, str | None]:
 # --- on the grader -------------------------------------------------------------------------------
 
 
-def _client(scheduler: str):
+def _client(scheduler: str) -> tuple[Client, LocalCluster | None]:
     """A Dask client for `tcp://HOST:PORT` (a running scheduler) or `local:N` (a LocalCluster of N workers)."""
     try:
         from dask.distributed import Client, LocalCluster
@@ -167,7 +171,7 @@ def _client(scheduler: str):
 
 
 def grade(
-    submissions,
+    submissions: Iterable[Submission],
     assignment: Assignment,
     scheduler: str,
     *,
@@ -176,7 +180,7 @@ def grade(
     hidden: tuple[str, ...] = (),
     backend: str = "auto",
     hidden_runs: tuple[dict[str, object], ...] | None = None,
-) -> Iterator[tuple[object, dict, str | None]]:
+) -> Iterator[tuple[Submission, dict, str | None]]:
     """Grade `submissions` (`Submission`s) on the cluster: (submission, report, page) as each finishes.
     `hidden`: paths of this machine no run may read, wherever a worker shares it. `backend`: the sandbox
     each worker must use (`auto`: the best that works there). `hidden_runs`: the hidden re-runs (default: the

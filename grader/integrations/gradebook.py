@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from grader import assignment as assignments
 from grader import notebook as notebooks
@@ -23,6 +24,11 @@ from grader.assignment import Assignment
 from grader.errors import GraderError, NotANotebook
 from grader.grade import grade_notebook, hidden_folders
 from grader.verdicts import Report
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from nbgrader.api import Gradebook
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ def _comment(report: Report, exercise: str) -> str | None:
     return "\n".join(lines) or None
 
 
-def _timestamp(submission: Submission):
+def _timestamp(submission: Submission) -> datetime | None:
     """The submission time nbgrader's collect recorded in timestamp.txt, if any (for late penalties)."""
     from nbgrader.utils import parse_utc
 
@@ -75,7 +81,12 @@ def _timestamp(submission: Submission):
 
 
 def record(
-    gradebook, assignment: str, submission: Submission, report: Report | None, rubric: rubrics.Rubric, error: str = ""
+    gradebook: Gradebook,
+    assignment: str,
+    submission: Submission,
+    report: Report | None,
+    rubric: rubrics.Rubric,
+    error: str = "",
 ) -> None:
     """Write one graded submission into an open nbgrader `Gradebook` (no report: 0 points, and `error` says why)."""
     from nbgrader.api import MissingEntry
@@ -101,7 +112,7 @@ def record(
     gradebook.db.commit()
 
 
-def _ours(gradebook, course: Path, assignment: str) -> dict[str, Assignment]:
+def _ours(gradebook: Gradebook, course: Path, assignment: str) -> dict[str, Assignment]:
     """The assignment's notebooks that are ours (by the course's own release), each with our assignment it is.
 
     Raises `GraderError` when one of them lacks a test cell its rubric scores (an older course version).

@@ -16,12 +16,19 @@ classroom` writes such a file, reading the notebook from the `grade_notebook` in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from grader.reports import junit
+
+if TYPE_CHECKING:
+    from grader.assignment import Assignment
+    from grader.rubric import Rubric
+    from grader.verdicts import Report
 
 _GRADING = pytest.StashKey["_Grading"]()
 _INI_GRADING = pytest.StashKey["_Grading"]()
@@ -40,13 +47,13 @@ class _Grading:
     timeout: float | None
     course: str | None = None
     """The course folder names are looked up in first (`--grade-course`, `grade_course`, $GRADER_COURSE)."""
-    rubric: object = None
+    rubric: Rubric | None = None
     """The rubric it is graded by (known before it runs: the items are its variables)."""
-    report: object = None
+    report: Report | None = None
     error: str = ""
     done: bool = field(default=False)
 
-    def result(self):
+    def result(self) -> Report:
         """The notebook's `Report` (graded on first use), or raise `GradeFailure` with why it cannot be graded."""
         if not self.done:
             self.done = True
@@ -108,7 +115,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("grade_course", "the course folder where assignment names are looked up first")
 
 
-def _target(assignment: str | None, course: str | None):
+def _target(assignment: str | None, course: str | None) -> tuple[Assignment | str | None, Path | None]:
     """(what to grade as: None, `lecture`, or the loaded assignment; the course folder), as the CLI resolves it."""
     from grader import assignment as assignments
     from grader.course import course_dir, resolve
@@ -120,7 +127,7 @@ def _target(assignment: str | None, course: str | None):
     return assignments.load_at(location), course_dir(course)
 
 
-def _rubric(path: Path, assignment: str | None, course: str | None):
+def _rubric(path: Path, assignment: str | None, course: str | None) -> Rubric:
     from grader.errors import GraderError
     from grader.grade import graded_rubric
 
@@ -158,12 +165,13 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 class NotebookFile(pytest.File):
     """The graded notebook: an exercise per collector, its variables (and the hidden re-runs) its test items."""
 
-    def __init__(self, *, grading: _Grading, **kwargs) -> None:
+    def __init__(self, *, grading: _Grading, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.grading = grading
 
-    def collect(self):
+    def collect(self) -> Iterator[Group]:
         rubric = self.grading.rubric
+        assert rubric is not None  # (collected only for `--grade`, whose rubric `pytest_configure` read)
         for ex in rubric.exercises:
             yield Group.from_parent(
                 self,
@@ -183,35 +191,36 @@ class NotebookFile(pytest.File):
 class Group(pytest.Collector):
     """An exercise (or the hidden re-runs): `NOTEBOOK::ex1::d_probs` selects one of its items."""
 
-    def __init__(self, *, grading: _Grading, items: list[tuple[str, dict]], **kwargs) -> None:
+    def __init__(self, *, grading: _Grading, items: list[tuple[str, dict]], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.grading, self.entries = grading, items
 
-    def collect(self):
+    def collect(self) -> Iterator[_GradeItem]:
         for name, fields in self.entries:
             kind = HiddenRunItem if "index" in fields else VariableItem
             yield kind.from_parent(self, name=name, grading=self.grading, **fields)
 
 
 class _GradeItem(pytest.Item):
-    def __init__(self, *, grading: _Grading, **kwargs) -> None:
+    def __init__(self, *, grading: _Grading, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.grading = grading
 
-    def repr_failure(self, excinfo, style=None) -> str:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: str | None = None) -> str:
         if isinstance(excinfo.value, GradeFailure):
             return str(excinfo.value)
         # the grader's own failure: one line, no traceback of its internals
         return f"grader error: {excinfo.typename}: {excinfo.value}"
 
-    def reportinfo(self):
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        assert self.parent is not None  # (an item is made by its `Group`)
         return self.grading.notebook, None, f"{self.parent.name}::{self.name}"
 
 
 class VariableItem(_GradeItem):
     """One graded variable of the notebook."""
 
-    def __init__(self, *, exercise: str, variable: str, **kwargs) -> None:
+    def __init__(self, *, exercise: str, variable: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.exercise, self.variable = exercise, variable
 
@@ -222,7 +231,7 @@ class VariableItem(_GradeItem):
 class HiddenRunItem(_GradeItem):
     """One hidden re-run of the notebook, with other parameters."""
 
-    def __init__(self, *, index: int, **kwargs) -> None:
+    def __init__(self, *, index: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.index = index
 
@@ -231,7 +240,7 @@ class HiddenRunItem(_GradeItem):
 
 
 @pytest.fixture
-def grade(request: pytest.FixtureRequest):
+def grade(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
     """`grade(exercise, variable)`: fail the test with the variable's message unless it earns all its points.
 
     The notebook is the `grade_notebook` ini option (or --grade), graded once per session.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import nbformat
@@ -107,7 +108,7 @@ def _comment_marker(text: str) -> int | None:
     return None
 
 
-def _walk(node: ast.AST):
+def _walk(node: ast.AST) -> Iterator[ast.AST]:
     """Every node below `node`, in source order, not descending into function and class bodies."""
     todo = list(
         reversed(list(ast.iter_child_nodes(node)))
@@ -176,9 +177,9 @@ def _calls_in(tree: ast.AST, index: int, checkers: set[str], tensors: set[str]) 
         label, gradient, tensor = node.args[:3]
         if not (isinstance(gradient, ast.Name) and isinstance(tensor, ast.Name)):
             continue
-        labelled = isinstance(label, ast.Constant) and isinstance(label.value, str)
-        if node.func.id in checkers or (labelled and _key(tensor.id) in tensors):
-            out.append(_Call(index, label.value if labelled else None, gradient.id, tensor.id))
+        text = label.value if isinstance(label, ast.Constant) and isinstance(label.value, str) else None
+        if node.func.id in checkers or (text is not None and _key(tensor.id) in tensors):
+            out.append(_Call(index, text, gradient.id, tensor.id))
     return out
 
 

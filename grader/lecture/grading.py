@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +31,9 @@ from grader.runs import Captured, Key
 from grader.score import score
 from grader.values import UNCHANGED
 from grader.verdicts import GradedRun, Report, VariableResult
+
+if TYPE_CHECKING:
+    import nbformat
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class Changed:
 
 def graded(
     path: str,
-    student,
+    student: nbformat.NotebookNode,
     recognised: lecture.Recognised,
     assignment: Assignment,
     plan: Plan,
@@ -109,7 +113,8 @@ def parameters(
     by the lecture's names, or why there are none."""
     forward = dict(recognised.forward)
     values = {w: captured.values.get((lecture.FORWARD, forward[w])) if w in forward else None for w in lecture.LEAVES}
-    bad = [forward.get(w, w) for w, v in values.items() if type(v) is not torch.Tensor]
+    tensors = {w: v for w, v in values.items() if type(v) is torch.Tensor}
+    bad = [forward.get(w, w) for w in values if w not in tensors]
     if bad:
         before = next((c.before for c in plan.captures if c.exercise == lecture.FORWARD), len(captured.cells))
         first = next((o for o in captured.cells[:before] if o.error), None)
@@ -123,8 +128,8 @@ def parameters(
                 "with underscores)"
             ),
         )
-    wrong = [forward[w] for w in lecture.LEAVES[:7] if not values[w].is_floating_point()] + [
-        forward[w] for w in lecture.LEAVES[7:] if values[w].is_floating_point()
+    wrong = [forward[w] for w in lecture.LEAVES[:7] if not tensors[w].is_floating_point()] + [
+        forward[w] for w in lecture.LEAVES[7:] if tensors[w].is_floating_point()
     ]
     if wrong:
         return (
@@ -132,9 +137,9 @@ def parameters(
             {},
             (f"{', '.join(wrong)} in the notebook do not have the lecture's kinds (float parameters, integer batch)"),
         )
-    own = {ours: captured.values.get((lecture.FORWARD, theirs)) for ours, theirs in recognised.forward}
-    own = {k: v for k, v in own.items() if type(v) is torch.Tensor}
-    return {"leaves": lecture.leaves(values)}, own, ""
+    found = {ours: captured.values.get((lecture.FORWARD, theirs)) for ours, theirs in recognised.forward}
+    own = {k: v for k, v in found.items() if type(v) is torch.Tensor}
+    return {"leaves": lecture.leaves(tensors)}, own, ""
 
 
 def differing(assignment: Assignment, recognised: lecture.Recognised, plan: Plan, captured: Captured) -> list[str]:
@@ -154,7 +159,7 @@ def differing(assignment: Assignment, recognised: lecture.Recognised, plan: Plan
 
 def _graded_against_own(
     assignment: Assignment,
-    student,
+    student: nbformat.NotebookNode,
     recognised: lecture.Recognised,
     params: dict[str, object],
     own: dict[str, torch.Tensor],
@@ -256,7 +261,7 @@ def forward_differences(
     return []
 
 
-def unassigned_notes(student, plan: Plan, captured: Captured) -> list[str]:
+def unassigned_notes(student: nbformat.NotebookNode, plan: Plan, captured: Captured) -> list[str]:
     """For a cell that stopped on a name no line above it assigns (a line deleted after the cell ran, or cells run
     out of order), one line saying so; what the cell computed before that line is graded as usual."""
     notes = []
@@ -277,7 +282,9 @@ def unassigned_notes(student, plan: Plan, captured: Captured) -> list[str]:
     return notes
 
 
-def as_checked(recognised: lecture.Recognised, student, captured: Captured) -> tuple[Captured, tuple[Changed, ...]]:
+def as_checked(
+    recognised: lecture.Recognised, student: nbformat.NotebookNode, captured: Captured
+) -> tuple[Captured, tuple[Changed, ...]]:
     """The run's values with each checked gradient as its last check call saw it, and those that changed after."""
     values = dict(captured.values)
     changed = []

@@ -161,7 +161,7 @@ def _aliases(cells: list[_Cell]) -> dict[str, str]:
                 if isinstance(node, ast.Assign):  # rebound: no longer the same tensor as before
                     for name in [t.id for t in node.targets if isinstance(t, ast.Name)]:
                         bound.pop(name, None)
-                target = node.target if isinstance(node, ast.AugAssign) else None
+                target: ast.expr | None = node.target if isinstance(node, ast.AugAssign) else None
                 if isinstance(node, ast.Assign):
                     target = next((t for t in node.targets if isinstance(t, ast.Subscript)), None)
                 if (

@@ -332,15 +332,15 @@ def _forward_names(
             out[w] = candidates[-1]
     wanted_keys = {_key(w) for w in wanted}
     for call in (k for i in sorted(calls or {}) for k in (calls or {})[i]):
-        w = next((w for w in wanted if call.label is not None and _key(call.label) == _key(w)), None)
+        labelled = next((w for w in wanted if call.label is not None and _key(call.label) == _key(w)), None)
         if (
-            w is not None
-            and w not in out
+            labelled is not None
+            and labelled not in out
             and call.tensor in named
             and _key(call.tensor) not in wanted_keys
             and call.tensor not in out.values()
         ):
-            out[w] = call.tensor
+            out[labelled] = call.tensor
     return out
 
 

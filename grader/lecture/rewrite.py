@@ -103,13 +103,23 @@ class _Span:
     end_col_offset: int
 
 
+def _span(node: ast.AST | _Span) -> _Span:
+    """Where `node` is in its cell's text."""
+    if isinstance(node, _Span):
+        return node
+    # every edit is of a statement or an expression that `ast.parse` made, which gives each its end too
+    assert isinstance(node, (ast.stmt, ast.expr)) and node.end_lineno is not None and node.end_col_offset is not None
+    return _Span(node.lineno, node.col_offset, node.end_lineno, node.end_col_offset)
+
+
 def _edit(text: str, edits: list[tuple[ast.AST | _Span, str]]) -> str:
     """`text` with each span replaced (the line count kept, so line numbers in errors stay right).
     Spans inside another edited span are dropped: the outer edit wins."""
     lines = text.split("\n")
     replacement: dict[tuple[int, int, int, int], str] = {}
     for node, new in edits:  # (the first edit of a span wins)
-        replacement.setdefault((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset), new)
+        span = _span(node)
+        replacement.setdefault((span.lineno, span.col_offset, span.end_lineno, span.end_col_offset), new)
     done: list[tuple[tuple[int, int], tuple[int, int]]] = []
     furthest = (0, 0)
     # In order of their beginnings, longest first, every kept span begins before this one: this one lies inside one of
@@ -202,7 +212,7 @@ def _rewrite(cell: _Cell, role: str, checkers: set[str], keys: set[str]) -> tupl
             and node.func.attr == "cuda"
             and not node.args
         ):
-            f = node.func  # just the name: `x.cuda()` -> `x.cpu()`, whatever `x` is
+            f = _span(node.func)  # just the name: `x.cuda()` -> `x.cpu()`, whatever `x` is
             edits.append((_Span(f.end_lineno, f.end_col_offset - 4, f.end_lineno, f.end_col_offset), "cpu"))
             notes.append(f"{cell.label}: `.cuda()` ran as `.cpu()` (no GPU while grading)")
         elif (

@@ -8,13 +8,18 @@ Nothing here reads a learner's notebook; torch is imported only inside the funct
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from grader.assignment import Assignment
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 LEAVES = ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias", "Xb", "Yb")
 """The tensors the grader's reference needs from the run: the parameters and the minibatch."""
 
 
-def leaves(tensors: dict[str, object]) -> bytes:
+def leaves(tensors: dict[str, Tensor]) -> bytes:
     """The parameters and minibatch as the lecture reference reads them (its `leaves` parameter):
     safetensors bytes, so that the same tensors give the same parameter (and the reference's caches hit)."""
     from safetensors.torch import save
@@ -22,7 +27,7 @@ def leaves(tensors: dict[str, object]) -> bytes:
     return save({k: t.detach().contiguous() for k, t in tensors.items()})
 
 
-def example_leaves(n_hidden: int = 64, batch: int = 32) -> dict[str, object]:
+def example_leaves(n_hidden: int = 64, batch: int = 32) -> dict[str, Tensor]:
     """Parameters and a minibatch of the lecture's shapes (for the warm-up and the picture of the graph)."""
     import torch
 

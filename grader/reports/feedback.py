@@ -185,17 +185,18 @@ def page(report: Report, runs: list[GradedRun], edges: dict[str, tuple[str, ...]
         ):
             picture = graph(report, ex.id, edges)
         heatmaps = []
-        for v in variables if main is not None and main.captured.finished else ():
-            if v.status in PASSING or v.local_status in PASSING:
-                continue
-            answer = main.captured.values.get((ex.id, v.name))
-            reference = main.reference.get(answer_key(main.reference, ex.id, v.of))
-            if (
-                type(answer) is torch.Tensor
-                and isinstance(reference, torch.Tensor)
-                and answer.shape == reference.shape
-                and answer.numel() > 0
-            ):
-                heatmaps.append((v, heatmap(v.name, answer, reference), tuple(reference.shape)))
+        if main is not None and main.captured.finished:
+            for v in variables:
+                if v.status in PASSING or v.local_status in PASSING:
+                    continue
+                answer = main.captured.values.get((ex.id, v.name))
+                reference = main.reference.get(answer_key(main.reference, ex.id, v.of))
+                if (
+                    type(answer) is torch.Tensor
+                    and isinstance(reference, torch.Tensor)
+                    and answer.shape == reference.shape
+                    and answer.numel() > 0
+                ):
+                    heatmaps.append((v, heatmap(v.name, answer, reference), tuple(reference.shape)))
         sections.append({"exercise": ex, "rows": rows, "graph": picture, "heatmaps": heatmaps})
     return _templates().get_template("feedback.html").render(report=report, sections=sections)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from grader.verdicts import PASSING
 
 if TYPE_CHECKING:
-    from grader.verdicts import Report
+    from grader.verdicts import Report, VariableResult
 
 
 def _case(suite: ET.Element, classname: str, name: str, properties: list[tuple[str, str]], failure: str) -> None:
@@ -27,7 +27,7 @@ def _case(suite: ET.Element, classname: str, name: str, properties: list[tuple[s
         ET.SubElement(case, "failure", message=failure).text = failure
 
 
-def variable_failure(v) -> str:
+def variable_failure(v: VariableResult) -> str:
     """Why a report's variable fails as a test (it does not earn all its points), or "" when it passes."""
     if v.points >= v.max_points:
         return ""

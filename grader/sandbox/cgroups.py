@@ -250,7 +250,7 @@ class Cap:
             reached = (_read_int(self._file("memory.max_usage_in_bytes")) or 0) >= self.memory - 2**20
         else:
             events = _counts(self._file("memory.events"))
-            oom, reached = events.get("oom_kill", 0), events.get("max", 0)
+            oom, reached = events.get("oom_kill", 0), events.get("max", 0) > 0
         refused = _counts(self._file("pids.events")).get("max", 0)
         memory = ("memory" if reached else "outer-memory") if oom else ""
         return " ".join(filter(None, (memory, "processes" if refused else "")))

@@ -10,6 +10,11 @@ import _thread
 import contextlib
 import signal
 import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 
 class CellClock:
@@ -32,7 +37,7 @@ class CellClock:
     def install() -> None:
         """In the main thread, before the first cell: our handler for the interrupt."""
 
-        def handler(signum, frame):
+        def handler(signum: int, frame: FrameType | None) -> None:
             clock = CellClock.current
             if clock is not None and clock.running:
                 raise KeyboardInterrupt
@@ -40,7 +45,7 @@ class CellClock:
         signal.signal(signal.SIGINT, handler)
 
     @contextlib.contextmanager
-    def budget(self, seconds: float | None):
+    def budget(self, seconds: float | None) -> Iterator[None]:
         self.rang = False
         if not seconds:
             yield
@@ -63,6 +68,8 @@ class CellClock:
                 return
             self.rang = True
             if hasattr(signal, "pthread_kill"):  # a real signal: it also ends a blocking call (sleep, read)
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                main = threading.main_thread().ident
+                assert main is not None  # the main thread is running: it has an ident
+                signal.pthread_kill(main, signal.SIGINT)
             else:
                 _thread.interrupt_main()

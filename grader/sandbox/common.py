@@ -127,9 +127,8 @@ def needed() -> list[Path]:
 
     Each as given and as resolved: a module imported through a symlinked path must be found there too.
     """
-    given = [
-        Path(os.path.abspath(p)) for p in (sys.prefix, sys.base_prefix, *sys.path, Path(__file__).parent.parent) if p
-    ]
+    roots: list[str | Path] = [sys.prefix, sys.base_prefix, *sys.path, Path(__file__).parent.parent]
+    given = [Path(os.path.abspath(p)) for p in roots if p]
     return list(dict.fromkeys([*given, *(p.resolve() for p in given)]))
 
 

@@ -37,6 +37,10 @@ import resource
 import signal
 import subprocess
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from grader.sandbox.common import Limits
 
 _CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = (
     0x00020000,
@@ -305,7 +309,7 @@ def _status_bytes(field: str) -> int:
     return 0
 
 
-def drop_privileges(limits, workdir: str, uid: int, mode: str) -> None:
+def drop_privileges(limits: Limits, workdir: str, uid: int, mode: str) -> None:
     """Set the limits (a `Limits`), then keep no privilege: as root become `uid`, which owns nothing but
     `workdir` and belongs to no group; as an ordinary user enter a nested user namespace as `RUN_UID`."""
     _limit(resource.RLIMIT_CORE, 0)

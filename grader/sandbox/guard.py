@@ -12,6 +12,12 @@ Runs in the child: it imports only `sys` and the torch submodules it patches (to
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from torch import Tensor, no_grad
 
 REFUSED = "autograd is not allowed in this exercise: write the gradient by hand"
 
@@ -24,15 +30,15 @@ def _refuse(*args: object, **kwargs: object) -> None:
     raise AutogradRefused(REFUSED)
 
 
-def _autograd_patches(torch) -> list[tuple[object, str, object]]:
+def _autograd_patches(torch: ModuleType) -> list[tuple[object, str, object]]:
     """(owner, attribute, replacement) for every public way into autograd."""
 
-    def set_grad_enabled(mode: bool):
+    def set_grad_enabled(mode: bool) -> no_grad:
         if mode:
             _refuse()
         return torch.no_grad()
 
-    def requires_grad_(self, requires_grad: bool = True):
+    def requires_grad_(self: Tensor, requires_grad: bool = True) -> Tensor:
         if requires_grad:
             _refuse()
         return self
@@ -43,7 +49,7 @@ def _autograd_patches(torch) -> list[tuple[object, str, object]]:
 
     set_grad_mode = torch._C._set_grad_enabled
 
-    def private_set_grad_enabled(mode: bool):
+    def private_set_grad_enabled(mode: bool) -> None:
         if mode:
             _refuse()
         return set_grad_mode(False)
@@ -82,7 +88,7 @@ def _autograd_patches(torch) -> list[tuple[object, str, object]]:
 class Guard:
     """While active: grad mode off and every public autograd entry point raises `AutogradRefused`."""
 
-    def __init__(self, torch) -> None:
+    def __init__(self, torch: ModuleType) -> None:
         self.torch = torch
         self.patches = _autograd_patches(torch)
         self.originals = [(owner, name, getattr(owner, name)) for owner, name, _ in self.patches]

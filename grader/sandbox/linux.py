@@ -254,6 +254,7 @@ class Job:
     def _wait_one(self, run: Run) -> Captured:
         report = self._report()
         self.stamps["report"] = time.monotonic()
+        assert self.status is not None  # `_send` opened it; only this and `wait`'s cleanup close it
         os.close(self.status)
         self.status = None
         held = self._end_cap()

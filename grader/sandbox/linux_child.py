@@ -20,12 +20,16 @@ import os
 import signal
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 from grader.sandbox import confine
 from grader.sandbox.common import Limits
 from grader.sandbox.runner import error_line
 from grader.sandbox.syscalls import Filter
 from grader.sandbox.warm import MAX_RUNS, Warm
+
+if TYPE_CHECKING:
+    import socket
 
 
 def _unless_orphaned(supervisor: int, job: int) -> None:
@@ -106,7 +110,7 @@ def _stray_processes() -> int:
 class Server(Warm):
     """The worker: the warm state, and a supervisor forked from it per job."""
 
-    def serve(self, sock) -> None:
+    def serve(self, sock: socket.socket) -> None:
         """Fork a supervisor for each job until the grader closes the socket."""
         import gc
         import socket

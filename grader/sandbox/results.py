@@ -32,6 +32,9 @@ MAX_HEADER_BYTES = 8 * 2**20
 MAX_ENTRIES = 20_000
 """Most tensors a result may hold (a few hundred values and recorded calls are what a run sends)."""
 
+_Frames = tuple[tuple[CellOutcome, ...], dict, tuple[str, ...], bool]
+"""A result file's frames, merged (`Run._frames`): cells, values, exercises done, whether the last frame came."""
+
 
 class Run:
     """One run of a job: its plan, and the files its output, progress and values go to.
@@ -164,7 +167,7 @@ class Run:
             how = f"exited with code {code}"
         return f"the notebook's process {how} in {where} (os._exit, a crash or running out of memory?)"
 
-    def _unfinished(self, reason: str, frames=None) -> Captured:
+    def _unfinished(self, reason: str, frames: _Frames | str | None = None) -> Captured:
         """The run did not end well: what it finished before, graded; the rest, `reason`. `frames`: the
         result file as `_frames` read it, where the caller has read it already."""
         frames = self._frames() if frames is None else frames
@@ -185,7 +188,7 @@ class Run:
             return self._unfinished(self._death(), frames)
         return Captured(True, "", cells, values, self.peak_memory_mb, self.notes, done)
 
-    def _frames(self) -> tuple[tuple[CellOutcome, ...], dict, tuple[str, ...], bool] | str:
+    def _frames(self) -> _Frames | str:
         """The frames of the result file, merged: (cells, values, exercises done, whether the last frame
         came), or why nothing could be read. A frame cut short (the run ended while writing it) ends
         the reading; so does one that does not check out, after which nothing is trusted."""

@@ -18,9 +18,18 @@ import json
 import os
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 from grader.sandbox.clock import CellClock
 from grader.sandbox.guard import Guard
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import ModuleType
+    from typing import BinaryIO, SupportsFloat, TextIO, TypeGuard
+
+    from IPython.core.interactiveshell import InteractiveShell
+    from torch import Tensor
 
 
 def error_at(exc: BaseException) -> int | None:
@@ -55,13 +64,15 @@ class Runner:
     made before any notebook code has run, so `pristine` holds torch's own functions.
     """
 
-    def __init__(self, torch, shell, pristine: list[tuple[object, dict]]) -> None:
+    def __init__(
+        self, torch: ModuleType, shell: InteractiveShell, pristine: Sequence[tuple[object, dict[str, object]]]
+    ) -> None:
         self.torch, self.shell, self.ns, self.pristine = torch, shell, shell.user_ns, pristine
         self.guard = Guard(torch)
         self.cells: list[dict] = []
         self.captures: list[dict] = []
         self.outcomes: list[dict] = []
-        self.tensors: dict[str, object] = {}
+        self.tensors: dict[str, Tensor] = {}
         self.values: dict[str, str] = {}
         self.baselines: dict[str, dict[str, tuple[object, object]]] = {}
         self.locked_names: dict[str, object] = {}
@@ -78,33 +89,36 @@ class Runner:
     # --- values -----------------------------------------------------------------------------------
     def snapshot(self, value: object) -> tuple[object, object]:
         # the object and, for tensors, a copy: an answer cell may also update an earlier tensor in place
-        return value, value.detach().clone() if type(value) is self.torch.Tensor else None
+        tensor_type: type[Tensor] = self.torch.Tensor
+        return value, value.detach().clone() if type(value) is tensor_type else None
 
     def unchanged(self, value: object, before: tuple[object, object] | None) -> bool:
         torch = self.torch
-        if before is None or not isinstance(value, torch.Tensor) or value is not before[0]:
+        tensor_type: type[Tensor] = torch.Tensor
+        if before is None or not isinstance(value, tensor_type) or value is not before[0]:
             return False
         copy = before[1]
-        return isinstance(copy, torch.Tensor) and copy.shape == value.shape and bool(torch.equal(copy, value.detach()))
+        return isinstance(copy, tensor_type) and copy.shape == value.shape and bool(torch.equal(copy, value.detach()))
 
     def record(self, key: str, value: object, numbers: bool = False) -> None:
         """Store one value for the grader: a plain tensor, or a word on what it was instead."""
         torch, values = self.torch, self.values
+        tensor_type: type[Tensor] = torch.Tensor
         if value is _ABSENT:
             values[key] = "absent"
         elif value is None:
             values[key] = "none"
-        elif numbers and (type(value) in (int, float, bool) or _numpy_number(value)):
+        elif numbers and (_plain_number(value) or _numpy_number(value)):
             self.tensors[key] = torch.tensor(float(value), dtype=torch.float64)
             values[key] = "tensor"
-        elif type(value) is torch.Tensor and value.layout == torch.strided and value.device.type == "cpu":
+        elif type(value) is tensor_type and value.layout == torch.strided and value.device.type == "cpu":
             # clone: safetensors refuses tensors that share storage (d_emb is a view of d_embcat)
             self.tensors[key] = value.detach().clone().contiguous()
             # answers are computed with grad mode off: a graph behind one means autograd was switched back on
             values[key] = "tensor+graph" if value.grad_fn is not None else "tensor"
-        elif isinstance(value, torch.Tensor) and type(value) is not torch.Tensor:
+        elif isinstance(value, tensor_type) and type(value) is not tensor_type:
             values[key] = f"other:a subclass of torch.Tensor ({type(value).__name__})"
-        elif isinstance(value, torch.Tensor):
+        elif isinstance(value, tensor_type):
             values[key] = f"other:a {value.layout} tensor on {value.device}"
         else:
             values[key] = "other:" + _describe(value)
@@ -129,7 +143,7 @@ class Runner:
         counter = self.counters.setdefault(exercise, [0])
         record, values = self.record, self.values
 
-        def recorder(*args, **kwargs):
+        def recorder(*args: object, **kwargs: object) -> object:
             if inside[0]:  # a call from within the function itself is not a training step
                 with guard:
                     return fn(*args, **kwargs)
@@ -178,7 +192,7 @@ class Runner:
         """Put back torch's and the builtins' own functions, and the output streams: our code uses them too."""
         restore(self.pristine)
 
-    def run_cell(self, position: int, progress) -> dict:
+    def run_cell(self, position: int, progress: TextIO) -> dict:
         """Run one planned cell; returns its outcome."""
         torch, cell = self.torch, self.cells[position]
         first_answer = min((cap["start"] for cap in self.captures), default=len(self.cells))
@@ -216,7 +230,9 @@ class Runner:
         # (the kind and the line as data too: the grader reads them, never the sentence)
         return {"status": "error", "error": error_line(error), "kind": type(error).__name__, "line": error_at(error)}
 
-    def run(self, cells: list[dict], captures: list[dict], start: int, progress, out=None) -> None:
+    def run(
+        self, cells: list[dict], captures: list[dict], start: int, progress: TextIO, out: BinaryIO | None = None
+    ) -> None:
         """Run `cells` from position `start` to the end, taking the captures on the way; with `out`, each
         exercise's values go to it as soon as they are taken (`emit`), and a last frame when all is done."""
         self.cells, self.captures = cells, captures
@@ -242,7 +258,7 @@ class Runner:
             if os.getpid() != self.owner:  # a copy the notebook forked: it must not go on and write results
                 os._exit(0)
 
-    def emit(self, out, final: bool) -> None:
+    def emit(self, out: BinaryIO, final: bool) -> None:
         """Append one frame to the result file: what was taken since the last frame, as safetensors (the
         tensors, and a JSON summary as metadata), after its length in 8 bytes. A run that ends before its
         last cell leaves the frames of the exercises it finished: the grader grades those."""
@@ -259,21 +275,26 @@ class Runner:
         self.sent.update(new)
 
 
-def _numpy_number(value: object) -> bool:
+def _plain_number(value: object) -> TypeGuard[float]:
+    """An int, float or bool itself (not a subclass)."""
+    return type(value) in (int, float, bool)
+
+
+def _numpy_number(value: object) -> TypeGuard[SupportsFloat]:
     """A numpy scalar or 0-d array of a real number (`np.float64(3.29)`, `arr.mean()`): a number too."""
     kind = type(value)
     return (
         kind.__module__ == "numpy"
         and getattr(value, "ndim", None) == 0
-        and getattr(value, "dtype", None) is not None
-        and value.dtype.kind in "biuf"
+        and (dtype := getattr(value, "dtype", None)) is not None
+        and dtype.kind in "biuf"
     )
 
 
 _ABSENT = object()  # a name the namespace lacks (`None` is a value a student can assign)
 
 
-def restore(pristine: list[tuple[object, dict]]) -> None:
+def restore(pristine: Sequence[tuple[object, dict[str, object]]]) -> None:
     """Put back the attributes of each module as they were when `pristine` was taken, and the output streams."""
     import types
 

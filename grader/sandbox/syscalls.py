@@ -32,6 +32,10 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyseccomp
 
 REFUSED = (
     # namespaces and the file-system view
@@ -107,7 +111,7 @@ SOCKET_FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16}
 class Filter:
     """A seccomp filter built once in the warm worker; `load()` applies it to the calling process."""
 
-    compiled: object
+    compiled: pyseccomp.SyscallFilter
     """The `pyseccomp.SyscallFilter`, rules added, not yet loaded."""
 
     @staticmethod

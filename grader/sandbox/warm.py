@@ -41,7 +41,8 @@ class Warm:
         from traitlets.config import Config
 
         class Shell(InteractiveShell):
-            def enable_gui(self, gui=None):  # `%matplotlib inline`: no event loop to start, figures render off screen
+            # `%matplotlib inline`: no event loop to start, figures render off screen
+            def enable_gui(self, gui: str | None = None) -> None:
                 pass
 
         torch.set_num_threads(1)
