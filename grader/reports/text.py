@@ -15,7 +15,7 @@ def _points(x: float) -> str:
 
 
 def to_dict(report: Report) -> dict:
-    """The `grader check --json` object (see the README for its fields)."""
+    """The `grader check --json` object (its fields: docs/instructors.md, "Statuses, JSON and exit codes")."""
     return asdict(report)
 
 
