@@ -382,7 +382,7 @@ def build(rubric: Rubric, reports: Iterable[dict], answer_cells: Callable[[str],
 
 
 def to_dict(report: ClassReport) -> dict:
-    """The `class.json` object (its fields: docs/instructors.md, "Statuses, JSON and exit codes")."""
+    """The `class.json` object (its fields: docs/instructors.md, "The class report")."""
     return asdict(report)
 
 
