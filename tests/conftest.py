@@ -42,6 +42,7 @@ SLOW = (
     "tests/test_hostile.py::test_the_batch_finishes_and_grades_everyone",  # a hostile class per backend
     "tests/test_hostile.py::test_honest_grades_hold",  # (the same class)
     "tests/test_hostile.py::test_every_attack_costs_its_exercise_with_a_reason",  # (the same class)
+    "tests/test_hostile.py::test_nothing_is_left_running",  # (the same class: 50 s of the default run alone)
     "tests/test_behaviour.py::test_behaviour_notebook[copied_numbers]",  # three runs of a whole notebook each
     "tests/test_nbgrader.py::test_nbgrader_generate_assignment_reproduces_the_release[activations_batchnorm]",
     "tests/test_nbgrader.py::test_nbgrader_generate_assignment_reproduces_the_release[leaky_abstractions]",
@@ -60,6 +61,12 @@ SLOW = (
     "tests/test_pytest_plugin.py::test_two_wrong_gradients_fail_exactly_with_their_hints",
     "tests/test_pytest_plugin.py::test_the_classroom_template_scores_as_grader_check",
     "tests/test_sandbox.py::test_a_run_ends_when_its_grader_is_killed",
+    # each 6 s or more, and each behaviour also held by a faster test that stays in the default run
+    "tests/test_colab.py::test_every_test_cell_is_among_the_cells_checked[activations_batchnorm]",  # 12 s
+    "tests/test_portability.py::test_the_portable_backend_gives_the_linux_backends_report[wrong_d_W2",  # (full_marks)
+    "tests/test_course.py::test_a_students_copy_alone_gets_the_report_the_instructor_gets",
+    "tests/test_course.py::test_pytest_grades_a_course_notebook_with_grade_course",
+    "tests/test_class_report.py::test_reports_are_graded_again_when_the_hidden_runs_or_the_rubric_change",
 )
 
 
