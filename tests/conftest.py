@@ -67,6 +67,15 @@ SLOW = (
     "tests/test_course.py::test_a_students_copy_alone_gets_the_report_the_instructor_gets",
     "tests/test_course.py::test_pytest_grades_a_course_notebook_with_grade_course",
     "tests/test_class_report.py::test_reports_are_graded_again_when_the_hidden_runs_or_the_rubric_change",
+    # 4 to 6 s each, starting the command line, nbgrader or a killed grader: CI runs them, the loop does without
+    "tests/test_class_report.py::test_without_canvas_assignment_a_canvas_download_gets_a_note_on_its_column",
+    "tests/test_cli.py::test_renamed_notebook_without_metadata_grades_with_assignment_flag",
+    "tests/test_cli.py::test_table_from_an_unrelated_directory",
+    "tests/test_course.py::test_new_writes_an_nbgrader_course_that_validates_as_written",
+    "tests/test_gradescope.py::test_a_notebook_that_kills_its_kernel_still_gets_results",
+    "tests/test_lecture.py::test_grader_check_on_a_lecture_notebook_with_data",
+    "tests/test_limits.py::test_a_memory_bomb_under_gradescope_s_768_mb_gives_a_valid_results_json[seven_processes]",
+    "tests/test_limits.py::test_a_grader_stopped_mid_run_leaves_no_cgroup_behind",
 )
 
 
