@@ -66,3 +66,11 @@ def test_a_line_cannot_make_the_grader_allocate_much_more_than_its_tensors():
     env = {"column": column, "row": row}
     # 16 million entries from two of 4,000: not evaluated, so no hint (and no 64 MB allocated per try)
     assert _hint("d_w = (column * row).sum(0)", "d_w", env, torch.full((4000,), 4000.0), torch.ones(4000)) == ""
+
+
+def test_values_that_are_not_finite_name_nothing_and_break_nothing():
+    nan = torch.full((2, 5, 3), float("nan"))
+    env = {"d_att": d_att, "q": q}
+    assert _hint("d_k = d_att @ q", "d_k", env, d_att @ q, nan) == ""  # a reference of NaNs (a mutant's)
+    env = {"d_att": torch.full_like(d_att, float("inf")), "q": q}
+    assert _hint("d_k = d_att @ q", "d_k", env, env["d_att"] @ q, right) == ""  # an answer that overflowed

@@ -95,10 +95,14 @@ def operand_hints(
             if value is None or not isinstance(target, torch.Tensor) or _matches(value, target):
                 continue
             statements = _assignments(tree, var.name)
-            if statements:
+            if not statements:
+                continue
+            try:
                 hint = _named_change(statements, var.name, env, value, target)
-                if hint:
-                    out[OperandHint(ex.id, var.name)] = hint
+            except Exception:  # (a hint is never worth a grade: whatever the values do here, the verdict stands)
+                hint = ""
+            if hint:
+                out[OperandHint(ex.id, var.name)] = hint
     return out
 
 
@@ -159,23 +163,22 @@ def _named_change(
 
 
 def _reproduces(a: object, b: torch.Tensor) -> bool:
-    return (
-        isinstance(a, torch.Tensor)
-        and a.shape == b.shape
-        and bool(torch.allclose(a.double(), b.double(), rtol=_REPRODUCE_RTOL, atol=_atol(b, _REPRODUCE_RTOL)))
-    )
+    return _close(a, b, _REPRODUCE_RTOL)
 
 
 def _matches(a: object, b: torch.Tensor) -> bool:
-    return (
-        isinstance(a, torch.Tensor)
-        and a.shape == b.shape
-        and bool(torch.allclose(a.double(), b.double(), rtol=_MATCH_RTOL, atol=_atol(b, _MATCH_RTOL)))
-    )
+    return _close(a, b, _MATCH_RTOL)
 
 
-def _atol(t: torch.Tensor, rtol: float) -> float:
-    return rtol * float(t.detach().abs().max()) if t.numel() else 0.0
+def _close(a: object, b: torch.Tensor, rtol: float) -> bool:
+    """`a` equals `b` within `rtol`, relative to `b`'s largest entry too; never for values that are not finite (a
+    NaN or an infinity in an answer or a reference is no value to name a mistake by)."""
+    if not isinstance(a, torch.Tensor) or a.shape != b.shape or not b.numel():
+        return False
+    x, y = a.detach().double(), b.detach().double()
+    if not bool(torch.isfinite(x).all()) or not bool(torch.isfinite(y).all()):
+        return False
+    return bool(torch.allclose(x, y, rtol=rtol, atol=rtol * float(y.abs().max())))
 
 
 def _changes(statements: list[ast.stmt], name: str, env: Mapping[str, object]) -> Iterator[tuple[_Change, str]]:
