@@ -182,13 +182,15 @@ def grade_with_runs(
     pool = pool or sandbox.Pool()
     pool.hide(hidden_folders(assignment))
     try:
+        # The workers first: their `import torch` overlaps this process's own, just below.
+        jobs = _jobs(pool, assignment, runs, plans, timeout)
         # Everything this process will need is imported before the notebook's first cell may run.
         import safetensors.torch  # noqa: F401 -- imported for its side effect: loaded before student code runs
 
         from grader import reference
         from grader.score import score
 
-        captured, refs = _run(pool, assignment, runs, plans, timeout)
+        captured, refs = _run(jobs, pool, assignment, runs, plans, timeout)
     finally:
         if own_pool:
             pool.close()
@@ -242,25 +244,38 @@ class _Runs:
         return _Runs(main, settings, labels, wheres, overrides, with_data)
 
 
-def _run(
+def _jobs(
     pool: sandbox.Pool, assignment: Assignment, runs: _Runs, plans: list[Plan], timeout: float | None
-) -> tuple[list[Captured], list[dict[Key, object]]]:
-    """Every run of the notebook, and the grader's references meanwhile: what each run brought back, and the
-    references of each run's parameters.
-
-    One job per worker (per data set): the runs of a job go one after another in one process. The references
-    are computed while the workers start (they take about as long, the first time), then the jobs are released.
-    """
+) -> list[tuple[sandbox.Job, list[int]]]:
+    """The runs' jobs, not yet released, with the runs each holds: one job per worker (per data set), whose runs
+    go one after another in one process. Starts the workers that are not running yet."""
     rubric = assignment.rubric
-    copies = {rubric.data[k]: p for k, p in assignment.data.items()}
     groups: dict[int, tuple[sandbox.Worker, list[int]]] = {}
     for i, p in enumerate(runs.settings):
-        worker = _worker(pool, assignment, p | rubric.data, copies)
+        worker = _worker(pool, assignment, p | rubric.data, _copies(assignment))
         groups.setdefault(id(worker), (worker, []))[1].append(i)
-    jobs = [
+    return [
         (_start(w, [plans[i] for i in group], [runs.labels[i] for i in group], rubric, timeout), group)
         for w, group in groups.values()
     ]
+
+
+def _copies(assignment: Assignment) -> dict[str, Path]:
+    """The data files a run reads, by the name it reads them under."""
+    return {assignment.rubric.data[k]: p for k, p in assignment.data.items()}
+
+
+def _run(
+    jobs: list[tuple[sandbox.Job, list[int]]],
+    pool: sandbox.Pool,
+    assignment: Assignment,
+    runs: _Runs,
+    plans: list[Plan],
+    timeout: float | None,
+) -> tuple[list[Captured], list[dict[Key, object]]]:
+    """Every run of the notebook, and the grader's references meanwhile: what each run brought back, and the
+    references of each run's parameters. The references are computed while the workers start (they take about
+    as long, the first time), then the jobs are released."""
     captured: list[Captured | None] = [None] * len(runs.settings)
     try:
         refs = [
@@ -275,7 +290,7 @@ def _run(
                 captured[i] = c
     done = [c for c in captured if c is not None]
     assert len(done) == len(captured)  # (every job's wait() returns one per run)
-    return _again_where_not_started(pool, assignment, runs, plans, done, copies, timeout), refs
+    return _again_where_not_started(pool, assignment, runs, plans, done, timeout), refs
 
 
 def _again_where_not_started(
@@ -284,12 +299,11 @@ def _again_where_not_started(
     runs: _Runs,
     plans: list[Plan],
     captured: list[Captured],
-    copies: dict[str, Path],
     timeout: float | None,
 ) -> list[Captured]:
     """A run that never began because an earlier one ended their process (it hung past its time, exited, was
     killed) begins again in a process of its own: each run is judged on what it reached."""
-    rubric = assignment.rubric
+    rubric, copies = assignment.rubric, _copies(assignment)
     while not all(c.started for c in captured):
         again = [i for i, c in enumerate(captured) if not c.started]
         worker = _worker(pool, assignment, runs.settings[again[0]] | rubric.data, copies)
