@@ -74,3 +74,18 @@ def test_values_that_are_not_finite_name_nothing_and_break_nothing():
     assert _hint("d_k = d_att @ q", "d_k", env, d_att @ q, nan) == ""  # a reference of NaNs (a mutant's)
     env = {"d_att": torch.full_like(d_att, float("inf")), "q": q}
     assert _hint("d_k = d_att @ q", "d_k", env, env["d_att"] @ q, right) == ""  # an answer that overflowed
+
+
+def test_a_cell_that_does_not_parse_gives_no_hint_and_no_error():
+    # what the fuzzer's damaged notebooks hold: a null byte, nesting deeper than the parser goes
+    from grader import assignment as assignments
+    from grader.plan import Capture, Plan, PlannedCell
+    from grader.reference.operands import operand_hints
+    from grader.runs import Captured
+
+    graded = assignments.load("backprop_ninja")
+    # (a chain of additions deeper than the parser's recursion: the fuzzer's case that raised RecursionError)
+    for source in ("d_probs = 1\x00", "d_probs = " + "(" * 5000 + ")" * 5000, "x = " + " + ".join(["1"] * 100_000)):
+        plan = Plan((PlannedCell("cell 1 (ex1)", source, no_grad=False),), (Capture("ex1", ("d_probs",), 0, 1),), ())
+        captured = Captured(True, "", (), {("ex1", "d_probs"): torch.ones(3)})
+        assert operand_hints(graded, dict(graded.published), plan, captured, {}) == {}

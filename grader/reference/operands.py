@@ -37,7 +37,7 @@ from grader.plan import Plan
 from grader.reference.forward import LOCK, reference_namespace
 from grader.rubric import Exercise, Rubric
 from grader.runs import Captured, Key, LocalGradient, OperandHint
-from grader.scan import parse
+from grader.scan import as_python
 
 _GROWTH = 64
 """How many times the largest tensor a line reads its intermediates may be."""
@@ -82,9 +82,8 @@ def operand_hints(
         capture = next((c for c in plan.captures if c.exercise == ex.id), None)
         if capture is None or capture.start >= len(plan.cells):
             continue
-        try:
-            tree = parse(plan.cells[capture.start].source)
-        except SyntaxError:
+        tree = as_python(plan.cells[capture.start].source)[1]  # (None: it does not parse, whatever is in it)
+        if tree is None:
             continue
         answers = _answers(rubric, ex, captured)
         env = {**forward, **{k: v for k, v in params.items() if type(v) in (int, float)}, **answers}
