@@ -48,9 +48,25 @@ class Comparison:
         """Whether the answer earns its points."""
         return self.status in PASSING
 
+    @classmethod
+    def failed(cls, status: str, message: str, hint: str = "") -> Comparison:
+        """A verdict reached without comparing values (missing, an error, a shape...): no difference to give."""
+        return cls(status=status, exact=False, approximate=False, maxdiff=None, message=message, hint=hint)
 
-def _fail(status: str, message: str, hint: str = "") -> Comparison:
-    return Comparison(status=status, exact=False, approximate=False, maxdiff=None, message=message, hint=hint)
+    @classmethod
+    def equal(cls, maxdiff: float, warning: str = "") -> Comparison:
+        """Same shape, dtype and values; `warning` says what was credited anyway (a broadcast shape)."""
+        return cls(status="exact", exact=True, approximate=True, maxdiff=maxdiff, message=warning)
+
+    @classmethod
+    def close(cls, maxdiff: float, warning: str = "") -> Comparison:
+        """Within the tolerance, not equal."""
+        return cls(status="approximate", exact=False, approximate=True, maxdiff=maxdiff, message=warning)
+
+    @classmethod
+    def off(cls, maxdiff: float, message: str) -> Comparison:
+        """Compared, and outside the tolerance by up to `maxdiff`."""
+        return cls(status="wrong", exact=False, approximate=False, maxdiff=maxdiff, message=message)
 
 
 def describe(value: object) -> str:
@@ -83,13 +99,15 @@ def compare(
     """Compare the student's value `actual` for variable `name` with the reference `expected` (a `noun`:
     `gradient`, or `value` for a values exercise)."""
     if actual is None:
-        return _fail(
+        return Comparison.failed(
             "missing", f"{name} is None: replace the stub with your {'gradient' if noun == 'gradient' else 'answer'}"
         )
     if type(actual) is not torch.Tensor:
-        return _fail("not_tensor", f"{name} is {describe(actual)}; it must be a plain torch.Tensor")
+        return Comparison.failed("not_tensor", f"{name} is {describe(actual)}; it must be a plain torch.Tensor")
     if actual.layout != torch.strided or actual.device.type != "cpu":
-        return _fail("not_tensor", f"{name} is a {actual.layout} tensor on {actual.device}; use a dense CPU tensor")
+        return Comparison.failed(
+            "not_tensor", f"{name} is a {actual.layout} tensor on {actual.device}; use a dense CPU tensor"
+        )
     actual = actual.detach()
     got, want = tuple(actual.shape), tuple(expected.shape)
     warning = ""
@@ -103,25 +121,24 @@ def compare(
         )
     elif got != want:
         hint = _shape_hint(got, want)
-        return _fail("shape", f"{name}: shape {got}, expected {want}" + (f" -- {hint}" if hint else ""), hint)
+        return Comparison.failed(
+            "shape", f"{name}: shape {got}, expected {want}" + (f" -- {hint}" if hint else ""), hint
+        )
     if actual.dtype != expected.dtype:
-        return _fail("dtype", f"{name}: dtype {actual.dtype}, expected {expected.dtype}")
+        return Comparison.failed("dtype", f"{name}: dtype {actual.dtype}, expected {expected.dtype}")
     finite = torch.isfinite(actual)
     if not bool(finite.all()):
         bad = int((~finite).sum())
-        return _fail("not_finite", f"{name}: {bad} of {actual.numel()} elements are NaN or infinite")
+        return Comparison.failed("not_finite", f"{name}: {bad} of {actual.numel()} elements are NaN or infinite")
     exact = bool(torch.equal(actual, expected))
     maxdiff = float((actual.double() - expected.double()).abs().max()) if actual.numel() else 0.0
     approximate = exact or bool(torch.allclose(actual, expected, rtol=tolerance.rtol, atol=tolerance.atol))
     if exact:
-        return Comparison("exact", True, True, maxdiff, warning)
+        return Comparison.equal(maxdiff, warning)
     if approximate:
-        return Comparison("approximate", False, True, maxdiff, warning)
+        return Comparison.close(maxdiff, warning)
     scale = float(expected.double().abs().max()) if expected.numel() else 0.0
-    return Comparison(
-        "wrong",
-        False,
-        False,
+    return Comparison.off(
         maxdiff,
         f"{name}: off by up to {maxdiff:.3g} where the {'gradient' if noun == 'gradient' else 'expected value'}'s "
         f"entries are up to {scale:.3g} in size",

@@ -15,6 +15,7 @@ from grader.assignment import Assignment
 from grader.errors import NotANotebook
 from grader.reports import text as reports
 from grader.rubric import Rubric
+from grader.runs import CallReturned, ValueKey
 from grader.submissions import Submission
 from grader.verdicts import PASSING, GradedRun, Report, ungradable
 
@@ -46,9 +47,9 @@ def answer_digests(rubric: Rubric, graded: Report, main: GradedRun) -> dict[str,
         ex = exercises.get(v.exercise)
         if ex is None or v.status in PASSING or (v.runs and v.runs[0] in PASSING):
             continue  # (right in the notebook's own run, wrong only in a hidden one: the value here is a right one)
-        key = (ex.id, v.name)
+        key: ValueKey = (ex.id, v.name)
         if ex.function is not None and v.name in {x.name for x in ex.variables} and ex.function.calls:
-            key = (ex.id, f"{ex.function.calls[0]}/{v.name}")  # the first recorded call of the answer's function
+            key = CallReturned(ex.id, ex.function.calls[0], v.name)  # the first recorded call of the answer's function
         digest = _digest(main.captured.values.get(key))
         if digest:
             out[f"{ex.id}/{v.name}"] = digest

@@ -10,8 +10,11 @@ Guarantees:
 * every type is a frozen dataclass: built once, read by every later stage, changed by none;
 * a reference entry is found by a key whose type says what it holds (a forward tensor's plain name for
   autograd's gradient of it, a typed key for anything else), never by the format of a string: no code
-  builds a reference key by hand or takes one apart. (The names of a run's recorded calls in `values`,
-  `<call>/arg<j>` and `<call>/param<j>`, are still strings: the child writes them.)
+  builds a reference key by hand or takes one apart;
+* the same holds for what a run brings back (`Captured.values`): a variable after its answer cell is found
+  under `(exercise, variable)`, a recorded call's inputs, weights, returns and error under a typed key. The
+  one text form, the names in a run's result file, is made by `wire` and read by `unwire`, here and nowhere
+  else; `unwire` takes any string the notebook's process could have written and gives a key or None.
 
 Portable: the sandbox's results reader imports this module; nothing here may need more than the
 standard library.
@@ -47,8 +50,8 @@ class Captured:
     """Why not, naming the cell, when `finished` is False."""
     cells: tuple[CellOutcome, ...]
     """One per planned cell that ran (empty when not finished)."""
-    values: dict[tuple[str, str], object]
-    """(exercise, variable) -> a tensor, None, `MISSING`, `UNCHANGED`, a `NotTensor`, a `Raised` or a `Flag`."""
+    values: dict[ValueKey, object]
+    """`ValueKey` -> a tensor, None, `MISSING`, `UNCHANGED`, a `NotTensor`, a `Raised` or a `Flag`."""
     peak_memory_mb: float = 0.0
     """Largest resident memory of the run (its process under Linux; its whole process tree under the watchdog)."""
     notes: tuple[str, ...] = ()
@@ -62,6 +65,107 @@ class Captured:
     def reached(self, exercise: str) -> bool:
         """Whether the run's values for `exercise` came back: it ran to the end, or stopped after that exercise."""
         return self.finished or exercise in self.done
+
+
+# --- where a run's values are kept ------------------------------------------------------------------------------
+# A variable after its answer cell, the entry most exercises read, is kept under `(exercise, variable)`; what a
+# function exercise's recorded calls saw and did, under a key whose type says which.
+
+
+@dataclass(frozen=True)
+class CallArgument:
+    """A positional argument of a recorded call of an answer's function, as it was before the call."""
+
+    exercise: str
+    """Exercise id."""
+    call: int
+    """Which call, 0 the first."""
+    position: int
+    """Which argument, 0 the first."""
+
+
+@dataclass(frozen=True)
+class CallWeight:
+    """One of the weights (the rubric's `wrt` list) as it was before a recorded call of an answer's function."""
+
+    exercise: str
+    """Exercise id."""
+    call: int
+    """Which call, 0 the first."""
+    position: int
+    """Which weight in the list, 0 the first."""
+
+
+@dataclass(frozen=True)
+class CallReturned:
+    """A value a recorded call of an answer's function returned, by the rubric's name for it."""
+
+    exercise: str
+    """Exercise id."""
+    call: int
+    """Which call, 0 the first."""
+    name: str
+    """The rubric's variable, e.g. `d_W1`."""
+
+
+@dataclass(frozen=True)
+class CallRaised:
+    """The exception a recorded call of an answer's function raised (a `Raised`)."""
+
+    exercise: str
+    """Exercise id."""
+    call: int
+    """Which call, 0 the first."""
+
+
+ValueKey = tuple[str, str] | CallArgument | CallWeight | CallReturned | CallRaised
+"""Where a run's values keep an entry: `(exercise, variable)` for a variable, a typed key for a recorded call."""
+
+# The text forms of the typed keys' last parts start with "!": no rubric variable (an identifier) can be one.
+_ARGUMENT, _WEIGHT, _RAISED = "!arg", "!param", "!error"
+
+
+def wire(key: ValueKey) -> str:
+    """The name `key` has in a run's result file (a safetensors tensor name), read back by `unwire`."""
+    if isinstance(key, CallArgument):
+        return f"{key.exercise}/{key.call}/{_ARGUMENT}{key.position}"
+    if isinstance(key, CallWeight):
+        return f"{key.exercise}/{key.call}/{_WEIGHT}{key.position}"
+    if isinstance(key, CallReturned):
+        return f"{key.exercise}/{key.call}/{key.name}"
+    if isinstance(key, CallRaised):
+        return f"{key.exercise}/{key.call}/{_RAISED}"
+    return f"{key[0]}/{key[1]}"
+
+
+def _count(text: str) -> int | None:
+    """A call's or a position's number as `wire` writes it (plain ASCII digits, no sign, no leading zero)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or str(int(text)) != text:
+        return None
+    return int(text)
+
+
+def unwire(name: object) -> ValueKey | None:
+    """The key a result file's `name` stands for, or None where it is none that `wire` makes (the file was
+    written next to student code: anything may be in it)."""
+    if not isinstance(name, str):
+        return None
+    parts = name.split("/")
+    if len(parts) == 2 and all(parts):
+        return parts[0], parts[1]
+    call = _count(parts[1]) if len(parts) == 3 and parts[0] else None
+    if call is None:
+        return None
+    exercise, rest = parts[0], parts[2]
+    if rest == _RAISED:
+        return CallRaised(exercise, call)
+    if rest.isidentifier():
+        return CallReturned(exercise, call, rest)
+    for prefix, kind in ((_ARGUMENT, CallArgument), (_WEIGHT, CallWeight)):
+        position = _count(rest.removeprefix(prefix)) if rest.startswith(prefix) else None
+        if position is not None:
+            return kind(exercise, call, position)
+    return None
 
 
 # --- where a run's reference keeps each entry ----------------------------------------------------------------

@@ -15,7 +15,19 @@ from grader.compare import Comparison, compare
 from grader.hints import named, rounding, with_hint
 from grader.plan import Plan
 from grader.rubric import Exercise, Rubric, Variable
-from grader.runs import TARGETS, Captured, GradientParts, LocalGradient, OperandHint, ReplayedCall, TrainingResult
+from grader.runs import (
+    TARGETS,
+    CallArgument,
+    CallRaised,
+    CallReturned,
+    CallWeight,
+    Captured,
+    GradientParts,
+    LocalGradient,
+    OperandHint,
+    ReplayedCall,
+    TrainingResult,
+)
 from grader.scan import as_python, scan, scan_forbidden
 from grader.values import MISSING, UNCHANGED, Flag, Raised
 from grader.verdicts import PASSING, ExerciseResult, GradedRun, Report, RunSummary, VariableResult
@@ -74,36 +86,27 @@ def _verdict(
     value = captured.values.get((ex.id, var.name), MISSING)
     flag = flags.get(var.name) or (value if isinstance(value, Flag) else None)
     if not captured.reached(ex.id):
-        return Comparison(
-            "error", False, False, None, f"{var.name}: the notebook did not run to the end ({captured.reason})"
-        )
+        return Comparison.failed("error", f"{var.name}: the notebook did not run to the end ({captured.reason})")
     unfound = {(e, v): why for e, v, why in plan.unfound}
     if (ex.id, "") in unfound or (ex.id, var.name) in unfound:
-        return Comparison(
-            "missing", False, False, None, f"{var.name}: {unfound.get((ex.id, var.name)) or unfound[(ex.id, '')]}"
-        )
+        return Comparison.failed("missing", f"{var.name}: {unfound.get((ex.id, var.name)) or unfound[(ex.id, '')]}")
     if not found:
-        return Comparison(
+        return Comparison.failed(
             "missing",
-            False,
-            False,
-            None,
             f"{var.name}: the notebook has no answer cell {ex.cell} (was it deleted, or its metadata lost?)",
         )
     if flag is not None:
-        return Comparison(flag.status, False, False, None, f"{var.name}: {flag.reason}")
+        return Comparison.failed(flag.status, f"{var.name}: {flag.reason}")
     errors = _span_errors(plan, captured, ex.id)
     if value is MISSING or value is UNCHANGED or (value is None and errors):
         if errors:
-            return Comparison("error", False, False, None, f"{var.name} was not computed: {errors[0]}")
+            return Comparison.failed("error", f"{var.name} was not computed: {errors[0]}")
         if value is UNCHANGED:
-            return Comparison(
-                "missing", False, False, None, f"{var.name} was not assigned in the {ex.cell} answer cell"
-            )
-        return Comparison("missing", False, False, None, f"{var.name} is not defined")
+            return Comparison.failed("missing", f"{var.name} was not assigned in the {ex.cell} answer cell")
+        return Comparison.failed("missing", f"{var.name} is not defined")
     reference = run.reference.get(ex.reference_key(var))
     if not isinstance(reference, torch.Tensor):
-        return Comparison("error", False, False, None, f"{var.name}: no reference here ({reference or 'none'})")
+        return Comparison.failed("error", f"{var.name}: no reference here ({reference or 'none'})")
     noun = "gradient" if ex.kind == "gradients" else "value"
     if ex.kind == "values":
         value = as_number(value, reference)
@@ -220,31 +223,31 @@ def _function_verdict(ex: Exercise, j: int, var: Variable, run: GradedRun, flags
         return _verdict(ex, var, run, flags)
     flag = flags.get(var.name)
     if flag is not None:
-        return Comparison(flag.status, False, False, None, f"{var.name}: {flag.reason}")
+        return Comparison.failed(flag.status, f"{var.name}: {flag.reason}")
     function = ex.function
     assert function is not None  # (called for a function exercise only)
     fn = function.name
     verdicts: list[Comparison] = []
     for call in function.calls:
         step = "the first step" if call == 0 else f"step {call + 1}, after the weights moved"
-        raised = captured.values.get((ex.id, f"{call}/!error"))
-        value = captured.values.get((ex.id, f"{call}/{var.name}"), MISSING)
+        raised = captured.values.get(CallRaised(ex.id, call))
+        value = captured.values.get(CallReturned(ex.id, call, var.name), MISSING)
         ref = run.reference.get(ReplayedCall(ex.id, call))
         if isinstance(raised, Raised):
-            v = Comparison("error", False, False, None, f"{var.name}: {fn}() raised {raised.error} at {step}")
+            v = Comparison.failed("error", f"{var.name}: {fn}() raised {raised.error} at {step}")
         elif value is MISSING:
             errors = _span_errors(run.plan, captured, ex.id)
             why = f": {errors[0]}" if errors else ""
-            v = Comparison("missing", False, False, None, f"{var.name}: {fn}() was not called {call + 1} times{why}")
+            v = Comparison.failed("missing", f"{var.name}: {fn}() was not called {call + 1} times{why}")
         elif isinstance(value, Flag):
-            v = Comparison(value.status, False, False, None, f"{var.name}: {value.reason}")
+            v = Comparison.failed(value.status, f"{var.name}: {value.reason}")
         elif not isinstance(ref, tuple):
             why = ref if isinstance(ref, str) and ref else "no reference"
-            v = Comparison("error", False, False, None, f"{var.name}: at {step}, {why}")
+            v = Comparison.failed("error", f"{var.name}: at {step}, {why}")
         else:
             c = compare(var.name, value, ref[j], var.tolerance)
             # the hints check_training prints too: the other parameters' gradients at this call, and its batch
-            batch = captured.values.get((ex.id, f"{call}/arg1"))
+            batch = captured.values.get(CallArgument(ex.id, call, 1))
             c = with_hint(
                 c,
                 var.name,
@@ -272,30 +275,23 @@ def _training_verdict(ex: Exercise, run: GradedRun, flags: dict[str, Flag]) -> C
     assert function is not None and function.training is not None  # (called for a training run only)
     result = function.training.result
     if result.name in flags and run.captured.reached(ex.id):
-        return Comparison(flags[result.name].status, False, False, None, f"{result.name}: {flags[result.name].reason}")
+        return Comparison.failed(flags[result.name].status, f"{result.name}: {flags[result.name].reason}")
     if not run.captured.reached(ex.id):
-        return Comparison(
-            "error", False, False, None, f"{result.name}: the notebook did not run to the end ({run.captured.reason})"
-        )
+        return Comparison.failed("error", f"{result.name}: the notebook did not run to the end ({run.captured.reason})")
     value = run.captured.values.get((ex.id, result.name), MISSING)
     if _returned_nothing(ex, run.captured):  # the stub as released: the training fails on it, but that is no news
-        return Comparison(
+        return Comparison.failed(
             "missing",
-            False,
-            False,
-            None,
             f"{result.name}: `{function.name}` returns None: write {_exercise_name(ex)} first",
         )
     errors = _span_errors(run.plan, run.captured, ex.id) if any(c.exercise == ex.id for c in run.plan.captures) else []
     if errors:  # the training stopped early: its loss says nothing
-        return Comparison(
-            "error", False, False, None, f"{result.name}: the training did not run to the end: {errors[0]}"
-        )
+        return Comparison.failed("error", f"{result.name}: the training did not run to the end: {errors[0]}")
     if value is MISSING:
-        return Comparison("missing", False, False, None, f"{result.name} was not computed")
+        return Comparison.failed("missing", f"{result.name} was not computed")
     reference = run.reference.get(TrainingResult(ex.id, result.name))
     if not isinstance(reference, torch.Tensor):
-        return Comparison("error", False, False, None, f"{result.name}: no reference here")
+        return Comparison.failed("error", f"{result.name}: no reference here")
     c = compare(result.name, value, reference, result.tolerance)
     message = c.message
     if c.status == "wrong":
@@ -310,10 +306,11 @@ def _returned_nothing(ex: Exercise, captured: Captured) -> bool:
     """Whether the answer's function was called and its first graded call returned None, or None for every value."""
     calls = ex.function.calls if ex.function else ()
     call = calls[0] if calls else 0
-    made = any(e == ex.id and name.startswith(f"{call}/") for e, name in captured.values)
-    if not made or (ex.id, f"{call}/!error") in captured.values:
+    recorded = (k for k in captured.values if isinstance(k, CallArgument | CallWeight | CallReturned))
+    made = any((k.exercise, k.call) == (ex.id, call) for k in recorded)
+    if not made or CallRaised(ex.id, call) in captured.values:
         return False
-    returned = [captured.values.get((ex.id, f"{call}/{v.name}"), MISSING) for v in ex.variables]
+    returned = [captured.values.get(CallReturned(ex.id, call, v.name), MISSING) for v in ex.variables]
     return all(r is None or r is MISSING for r in returned)
 
 

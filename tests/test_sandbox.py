@@ -183,7 +183,7 @@ def test_a_forged_result_is_refused_before_it_is_loaded(bomb):
     are otherwise well-formed: without the check they would be read as a finished run."""
     import json
 
-    from grader.sandbox.results import MAX_ENTRIES, MAX_HEADER_BYTES, Run
+    from grader.sandbox.results import MAX_ENTRIES, MAX_HEADER_BYTES, Ended, Run
 
     _, plans = _prefix_and_plans(notebook.read(NOTEBOOKS / "full_marks.ipynb"))
     summary = {"cells": [{"status": "ok", "error": ""}] * len(plans[0].cells), "values": {}}
@@ -196,7 +196,7 @@ def test_a_forged_result_is_refused_before_it_is_loaded(bomb):
     raw = json.dumps(header).encode()
     run.result.write(len(raw).to_bytes(8, "little") + raw)
     run.progress.write(b"0\n")
-    captured = run.captured({"returncode": 0}, 10.0, None)
+    captured = run.captured(Ended(returncode=0), 10.0, None)
     run.close()
     assert not captured.finished and "could not be read" in captured.reason
 

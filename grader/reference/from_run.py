@@ -12,7 +12,7 @@ from grader.compare import same_but_ones
 from grader.reference.calls import call_gradients
 from grader.reference.steps import local_from, local_references
 from grader.rubric import Variable
-from grader.runs import Captured, Key, LocalGradient, ReplayedCall
+from grader.runs import CallArgument, CallWeight, Captured, Key, LocalGradient, ReplayedCall, ValueKey
 
 
 def replayed_calls(assignment: Assignment, params: dict[str, object], captured: Captured) -> dict[Key, object]:
@@ -23,8 +23,8 @@ def replayed_calls(assignment: Assignment, params: dict[str, object], captured: 
             continue
         calls = {}
         for call in ex.function.calls:
-            args = _numbered(captured.values, ex.id, f"{call}/arg")
-            weights = _numbered(captured.values, ex.id, f"{call}/param")
+            args = _numbered(captured.values, CallArgument, ex.id, call)
+            weights = _numbered(captured.values, CallWeight, ex.id, call)
             if args or weights:
                 calls[call] = (args, weights)
         for call, grads in call_gradients(assignment, ex, params, calls).items():
@@ -85,8 +85,11 @@ def _fitted(value: object, var: Variable | None, refs: dict[Key, object]) -> obj
     return value
 
 
-def _numbered(values: dict[tuple[str, str], object], exercise: str, prefix: str) -> list[object]:
+def _numbered(
+    values: dict[ValueKey, object], kind: type[CallArgument | CallWeight], exercise: str, call: int
+) -> list[object]:
+    """A recorded call's arguments or weights in order, up to the first one the run did not send."""
     found: list[object] = []
-    while (exercise, f"{prefix}{len(found)}") in values:
-        found.append(values[(exercise, f"{prefix}{len(found)}")])
+    while (key := kind(exercise, call, len(found))) in values:
+        found.append(values[key])
     return found

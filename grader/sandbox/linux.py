@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from grader.errors import SandboxError
@@ -40,7 +40,7 @@ from grader.sandbox.common import (
     warm_start,
     worker_folder,
 )
-from grader.sandbox.results import Run, collect
+from grader.sandbox.results import Ended, Run, collect
 
 
 def _worker_limits() -> None:  # runs in the worker between fork and exec
@@ -220,7 +220,7 @@ class Job:
                 os.close(fd)
             job.close()
 
-    def _report(self) -> dict | None:
+    def _report(self) -> Ended | None:
         """The supervisor's report on the run going on, or None if it never came."""
         assert self.status is not None
         deadline = self.started + self.timeout + SUPERVISOR_GRACE
@@ -236,10 +236,9 @@ class Job:
                 break
             data += chunk
         try:
-            report = json.loads(data)
-        except ValueError:
+            return Ended.from_json(json.loads(data))
+        except (ValueError, RecursionError, OverflowError):  # (JSON allows Infinity and numbers of any size)
             return None
-        return report if isinstance(report, dict) else None
 
     def _end_cap(self) -> str:
         """Which of the run's cgroup caps stopped something (`Cap.held`); the cgroup is removed."""
@@ -259,22 +258,23 @@ class Job:
         self.status = None
         held = self._end_cap()
         self.stamps["uncapped"] = time.monotonic()
-        if report is not None and report.get("sandbox_error"):
-            raise SandboxError(f"could not confine the notebook's run: {report['sandbox_error']}")
+        if report is not None and report.sandbox_error:
+            raise SandboxError(f"could not confine the notebook's run: {report.sandbox_error}")
         if report is not None and held:
-            report |= {"held": held, "memory_limit": self.worker.limits.memory + self.worker.limits.tmp_size}
-            killed = report.get("returncode") == -9 and not report.get("timed_out")
-            if killed and "memory" in held.split():  # the OOM killer chose the notebook's own process
-                report |= {"over": "memory", "cap": "cgroup"}
-            elif killed and "outer-memory" in held.split():
-                report |= {"over": "memory", "cap": "outer"}
+            caps = tuple(held.split())
+            report = replace(report, held=caps, memory_limit=self.worker.limits.memory + self.worker.limits.tmp_size)
+            killed = report.returncode == -9 and not report.timed_out
+            if killed and "memory" in caps:  # the OOM killer chose the notebook's own process
+                report = replace(report, over="memory", cap="cgroup")
+            elif killed and "outer-memory" in caps:
+                report = replace(report, over="memory", cap="outer")
         captured = collect([run], report, self.timeout)[0]
         self.stamps["collected"] = time.monotonic()
         timings = os.environ.get("GRADER_TIMINGS")
-        if timings and report is not None and isinstance(report.get("stamps"), dict):
+        if timings and report is not None and report.stamps:
             # (benchmarks/batch_speed.py's breakdown of where a run's time goes; one JSON line per run)
             with open(timings, "a", encoding="utf-8") as f:
-                f.write(json.dumps(self.stamps | report["stamps"]) + "\n")
+                f.write(json.dumps(self.stamps | dict(report.stamps)) + "\n")
         return captured
 
     def wait(self) -> list[Captured]:

@@ -35,7 +35,7 @@ from grader.errors import SandboxError
 from grader.plan import Plan, PlannedCell
 from grader.runs import Captured
 from grader.sandbox.common import OUTPUT_TAIL, WORKER_START_TIMEOUT, Limits, child_env, plain, warm_start, worker_folder
-from grader.sandbox.results import Run, collect
+from grader.sandbox.results import Ended, Run, collect
 
 POLL = 0.05
 """Seconds between two looks at a job's interpreter (its memory, its output, the time)."""
@@ -256,7 +256,7 @@ class Job:
         self.interpreter: _Interpreter | None = None
         self.started = time.monotonic()
         self.watcher: threading.Thread | None = None
-        self.report: dict | None = None
+        self.report: Ended | None = None
 
     def release(self) -> None:
         """Hand the job to a warm interpreter: from here on the notebook's cells run, watched by a thread
@@ -306,15 +306,15 @@ class Job:
         ended_by_us = timed_out or bool(over)
         stray = _kill(root, seen, interpreter)
         returncode = process.wait()
-        self.report = {
-            "returncode": returncode,
-            "timed_out": timed_out,
-            "over": over,
-            "memory_limit": limits.memory,
-            "stray": 0 if ended_by_us else stray,
-            "max_rss_kb": peak // 1024,
-            "seconds": time.monotonic() - self.started,
-        }
+        self.report = Ended(
+            returncode=returncode,
+            timed_out=timed_out,
+            over=over,
+            memory_limit=limits.memory,
+            stray=0 if ended_by_us else stray,
+            max_rss_kb=peak // 1024,
+            seconds=time.monotonic() - self.started,
+        )
 
     def wait(self) -> list[Captured]:
         """Wait for the job (at most the timeout per run), then read each run's values."""

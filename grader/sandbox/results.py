@@ -18,11 +18,11 @@ import json
 import os
 import signal
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from grader.plan import Plan, describe_cell
-from grader.runs import Captured, CellOutcome
+from grader.runs import Captured, CellOutcome, ValueKey, unwire
 from grader.sandbox.common import FILE_LIMIT, MAX_RESULT_BYTES, plain
 from grader.values import MISSING, UNCHANGED, Flag, NotTensor, Raised
 
@@ -34,6 +34,63 @@ MAX_ENTRIES = 20_000
 
 _Frames = tuple[tuple[CellOutcome, ...], dict, tuple[str, ...], bool]
 """A result file's frames, merged (`Run._frames`): cells, values, exercises done, whether the last frame came."""
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a job's process ended, as its backend saw it: one schema for every backend. A backend builds it, or
+    reads its supervisor's JSON with `from_json`, which checks every field once; the rest only reads fields."""
+
+    returncode: int = 1
+    """The notebook's process's exit code (negative: the signal that ended it)."""
+    timed_out: bool = False
+    """The run went over its time and was ended for it."""
+    over: str = ""
+    """`"memory"` or `"file"` where the backend ended the run for that limit; empty otherwise."""
+    cap: str = ""
+    """Which cap held where `over` is `"memory"`: `"cgroup"` (the run's), `"outer"` (the machine's or
+    container's), or empty for the portable backend's watchdog."""
+    held: tuple[str, ...] = ()
+    """The run's cgroup caps that stopped something (`Cap.held`: `memory`, `outer-memory`, `processes`)."""
+    memory_limit: int = 0
+    """The run's memory cap in bytes, as the notes state it."""
+    stray: int = 0
+    """Processes the notebook left running when it ended (killed since)."""
+    max_rss_kb: int = 0
+    """Peak resident memory of the run, in KiB."""
+    seconds: float = 0.0
+    """How long the job took, as the backend timed it."""
+    sandbox_error: str = ""
+    """Why the run could not be confined; a non-empty one stops the grading (`SandboxError`)."""
+    stamps: tuple[tuple[str, float], ...] = ()
+    """When each step of the run's start and end happened (the Linux supervisor's; `batch_speed.py`)."""
+
+    @classmethod
+    def from_json(cls, data: object) -> Ended | None:
+        """The report a supervisor wrote as JSON, each field checked; None where it is not an object."""
+        if not isinstance(data, dict):
+            return None
+
+        def number(name: str, default: float = 0.0) -> float:
+            value = data.get(name)
+            return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+        stamps = data.get("stamps")
+        return cls(
+            returncode=int(number("returncode", 1)),  # (no exit code read: not a clean exit)
+            timed_out=data.get("timed_out") is True,
+            stray=int(number("stray")),
+            max_rss_kb=int(number("max_rss_kb")),
+            seconds=float(number("seconds")),
+            sandbox_error=str(data.get("sandbox_error") or "")[:500],
+            stamps=tuple((str(k), float(v)) for k, v in stamps.items() if type(v) in (int, float))
+            if isinstance(stamps, dict)
+            else (),
+        )
+
+    def limited(self) -> bool:
+        """Whether the run was ended from outside: for its time or a limit."""
+        return self.timed_out or bool(self.over)
 
 
 class Run:
@@ -80,20 +137,17 @@ class Run:
         for f in (self.output, self.progress, self.result):
             f.close()
 
-    def captured(self, report: dict | None, timeout: float, current: Run | None) -> Captured:
-        """What came back from this run, given the backend's `report` and the run that was going on last.
-
-        `report`: `returncode`, `timed_out`, `stray` (processes left running), `max_rss_kb`,
-        `over` ("memory" or "file") where a watchdog or a cgroup ended the run for a limit, `cap`
-        ("cgroup" where it was the cgroup) and `held` (which cgroup caps stopped something).
-        """
-        self.peak_memory_mb = round(float((report or {}).get("max_rss_kb", 0)) / 1024, 1)
-        self.returncode = int((report or {}).get("returncode", 1))
-        stray = int((report or {}).get("stray", 0))
+    def captured(self, ended: Ended | None, timeout: float, current: Run | None) -> Captured:
+        """What came back from this run, given how its job ended (`ended`, None where nobody reported) and
+        the run that was going on last."""
+        report = ended or Ended()
+        self.peak_memory_mb = round(report.max_rss_kb / 1024, 1)
+        self.returncode = report.returncode
+        stray = report.stray
         self.notes = (f"the notebook left {stray} processes running when it ended; they were killed",) if stray else ()
-        held = str((report or {}).get("held", "")).split()
-        if (report or {}).get("over") != "memory":
-            megabytes = int((report or {}).get("memory_limit", 0)) // 2**20
+        held = report.held
+        if report.over != "memory":
+            megabytes = report.memory_limit // 2**20
             if "memory" in held:
                 self.notes += (
                     f"a process the notebook started was killed for memory: together its processes "
@@ -108,7 +162,7 @@ class Run:
             self.notes += (
                 "the run reached its cap on processes and threads (its cgroup's): starting another one failed",
             )
-        if report is None:
+        if ended is None:
             return self._unfinished("the run's supervisor did not report back (the worker was stopped?)")
         if self.result.seek(0, os.SEEK_END) > 0 and self is not current:
             return self._read()
@@ -116,11 +170,11 @@ class Run:
             return dataclasses.replace(
                 self._unfinished(f"it did not run: the notebook's process ended in {current.label}"), started=False
             )
-        if report.get("timed_out") and self is current:
+        if report.timed_out and self is current:
             return self._unfinished(f"timed out after {timeout:g} s in {self._current_cell()}")
-        if report.get("over") == "memory" and self is current:
-            megabytes = int(report.get("memory_limit", 0)) // 2**20
-            if report.get("cap") == "outer":
+        if report.over == "memory" and self is current:
+            megabytes = report.memory_limit // 2**20
+            if report.cap == "outer":
                 return self._unfinished(
                     "the notebook ran out of memory (the machine or container the grader runs in "
                     f"ran out before the run's own cap of {megabytes} MB) "
@@ -128,14 +182,14 @@ class Run:
                 )
             which = (
                 "the cap on the run's whole process tree, its cgroup, held"
-                if report.get("cap") == "cgroup"
+                if report.cap == "cgroup"
                 else "the watchdog's cap on the run's whole process tree held"
             )
             return self._unfinished(
                 f"the notebook ran out of memory (its processes used more than {megabytes} MB "
                 f"together: {which}) in {self._current_cell()}"
             )
-        if report.get("over") == "file" and self is current:
+        if report.over == "file" and self is current:
             return self._unfinished(self._too_much_written())
         if self.returncode != 0:
             return self._unfinished(self._death())
@@ -253,16 +307,16 @@ def _frame(blob: bytes, planned: int, room: int) -> tuple[list, dict, dict, list
     return cells, kinds, tensors, [str(e) for e in done], final
 
 
-def _values(kinds: dict, tensors: dict, exercises: set[str]) -> dict[tuple[str, str], object]:
-    """(exercise, variable) -> what the run sent for it, checked: a plain CPU tensor, or a word on what it was."""
+def _values(kinds: dict, tensors: dict, exercises: set[str]) -> dict[ValueKey, object]:
+    """Each key -> what the run sent for it, checked: a plain CPU tensor, or a word on what it was."""
     import torch
 
-    values: dict[tuple[str, str], object] = {}
-    for key, kind in list(kinds.items())[:MAX_ENTRIES]:
-        exercise, _, name = str(key).partition("/")
-        if exercise not in exercises or not name:
+    values: dict[ValueKey, object] = {}
+    for name, kind in list(kinds.items())[:MAX_ENTRIES]:
+        key = unwire(name)
+        if key is None or (key[0] if isinstance(key, tuple) else key.exercise) not in exercises:
             continue
-        tensor = tensors.get(key)
+        tensor = tensors.get(name)
         if kind in ("tensor", "tensor+graph") and not (type(tensor) is torch.Tensor and tensor.device.type == "cpu"):
             value: object = MISSING
         elif kind == "tensor":
@@ -279,24 +333,18 @@ def _values(kinds: dict, tensors: dict, exercises: set[str]) -> dict[tuple[str, 
             value = Raised(kind.removeprefix("error:")[:500])
         else:
             value = MISSING
-        values[(exercise, name)] = value
+        values[key] = value
     return values
 
 
-def collect(runs: list[Run], report: dict | None, timeout: float) -> list[Captured]:
-    """Each run's values, given how the job ended (`report`, None if nobody reported)."""
+def collect(runs: list[Run], ended: Ended | None, timeout: float) -> list[Captured]:
+    """Each run's values, given how the job ended (`ended`, None if nobody reported)."""
     # the run that was going on when the process ended: the last one that started
     current = next((r for r in reversed(runs) if r.started()), None)
     finished = all(r.result.seek(0, os.SEEK_END) > 0 for r in runs)
-    if (
-        report is not None
-        and not report.get("timed_out")
-        and not report.get("over")
-        and report.get("returncode") == 0
-        and finished
-    ):
+    if ended is not None and not ended.limited() and ended.returncode == 0 and finished:
         current = None
-    return [r.captured(report, timeout, current) for r in runs]
+    return [r.captured(ended, timeout, current) for r in runs]
 
 
 def _outcome(label: str, o: object) -> CellOutcome:

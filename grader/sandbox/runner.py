@@ -20,6 +20,7 @@ import sys
 import traceback
 from typing import TYPE_CHECKING
 
+from grader.runs import CallArgument, CallRaised, CallReturned, CallWeight, ValueKey, wire
 from grader.sandbox.clock import CellClock
 from grader.sandbox.guard import Guard
 
@@ -100,9 +101,9 @@ class Runner:
         copy = before[1]
         return isinstance(copy, tensor_type) and copy.shape == value.shape and bool(torch.equal(copy, value.detach()))
 
-    def record(self, key: str, value: object, numbers: bool = False) -> None:
+    def record(self, where: ValueKey, value: object, numbers: bool = False) -> None:
         """Store one value for the grader: a plain tensor, or a word on what it was instead."""
-        torch, values = self.torch, self.values
+        torch, values, key = self.torch, self.values, wire(where)
         tensor_type: type[Tensor] = torch.Tensor
         if value is _ABSENT:
             values[key] = "absent"
@@ -127,10 +128,10 @@ class Runner:
         start_values = self.baselines.get(cap["exercise"], {})
         for name in cap["variables"]:
             value = self.ns.get(name, _ABSENT)
-            key = f"{cap['exercise']}/{name}"
+            key = (cap["exercise"], name)
             if self.unchanged(value, start_values.get(name)):
                 # the very tensor there was before the answer cell: another exercise's answer, not this one's
-                self.values[key] = "unchanged"
+                self.values[wire(key)] = "unchanged"
             else:
                 self.record(key, value, numbers=cap["function"] is not None or cap.get("numbers", False))
 
@@ -152,23 +153,23 @@ class Runner:
             if call in cap["calls"]:
                 # inputs and weights as they are before the call: the function cannot change what is recorded
                 for j, arg in enumerate(args):
-                    record(f"{exercise}/{call}/arg{j}", arg)
+                    record(CallArgument(exercise, call, j), arg)
                 for j, weight in enumerate(list(ns.get(cap["wrt"]) or [])):
-                    record(f"{exercise}/{call}/param{j}", weight)
+                    record(CallWeight(exercise, call, j), weight)
             inside[0] = True
             try:
                 with guard:  # the student's code, even when a locked cell calls it
                     out = fn(*args, **kwargs)
             except BaseException as exc:
                 if call in cap["calls"]:
-                    values[f"{exercise}/{call}/!error"] = "error:" + error_line(exc)
+                    values[wire(CallRaised(exercise, call))] = "error:" + error_line(exc)
                 raise
             finally:
                 inside[0] = False
             if call in cap["calls"]:
                 outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
                 for j, returned in enumerate(cap["returns"]):
-                    record(f"{exercise}/{call}/{returned}", outs[j] if j < len(outs) else _ABSENT)
+                    record(CallReturned(exercise, call, returned), outs[j] if j < len(outs) else _ABSENT)
             return out
 
         self.recorders.add(id(recorder))
