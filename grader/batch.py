@@ -33,7 +33,7 @@ from grader.reports.class_files import (
 )
 from grader.reports.files import write_atomically
 from grader.rubric import Rubric
-from grader.sandbox import common
+from grader.sandbox.limits import MIN_RUN_MEMORY
 from grader.submissions import Found, Submission
 
 # torch, and the modules that import it (grade's stages, compare, score, feedback, class_report), are imported
@@ -64,7 +64,7 @@ def _at_once(jobs: int, workers: sandbox.Pool) -> int:
         return jobs
     print(
         f"grader: warning: grading {workers.most_at_once} at once, not {jobs}: more runs would not fit the "
-        f"memory limit the grader runs under with {common.MIN_RUN_MEMORY // 2**20} MB each",
+        f"memory limit the grader runs under with {MIN_RUN_MEMORY // 2**20} MB each",
         file=sys.stderr,
     )
     return workers.most_at_once

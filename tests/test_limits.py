@@ -21,7 +21,7 @@ from conftest import NOTEBOOKS, ROOT, SOLUTION, linux_sandbox
 
 from grader import assignment as assignments
 from grader import grade_notebook, sandbox
-from grader.sandbox import common
+from grader.sandbox import limits as caps
 from grader.sandbox.cgroups import Hierarchy
 
 pytestmark = pytest.mark.skipif(not linux_sandbox(), reason="the Linux backend's layers")
@@ -139,19 +139,19 @@ def test_no_run_leaves_its_cgroup_behind(tmp_path, pool):
 
 
 def test_caps_are_lowered_to_fit_a_container():
-    limits = common.DEFAULT_LIMITS
-    assert common.fit(limits, 3, None) == (limits, None)  # no container limit: as asked
-    assert common.fit(limits, 1, 64 * 2**30) == (limits, 1)  # room enough: as asked
-    room = 768 * 2**20 - common.GRADER_MEMORY - common.WORKER_MEMORY  # Gradescope's default
-    small, at_once = common.fit(limits, 1, 768 * 2**20)
+    limits = caps.DEFAULT_LIMITS
+    assert caps.fit(limits, 3, None) == (limits, None)  # no container limit: as asked
+    assert caps.fit(limits, 1, 64 * 2**30) == (limits, 1)  # room enough: as asked
+    room = 768 * 2**20 - caps.GRADER_MEMORY - caps.WORKER_MEMORY  # Gradescope's default
+    small, at_once = caps.fit(limits, 1, 768 * 2**20)
     assert at_once == 1 and small.memory + small.tmp_size == room
-    shared, at_once = common.fit(limits, 2, 768 * 2**20)
+    shared, at_once = caps.fit(limits, 2, 768 * 2**20)
     assert at_once == 2 and shared.memory + shared.tmp_size == room // 2
-    crowded, at_once = common.fit(limits, 14, 768 * 2**20)  # fewer at once rather than less than a run needs
-    assert at_once == room // common.MIN_RUN_MEMORY and crowded.memory + crowded.tmp_size == common.MIN_RUN_MEMORY
-    assert at_once * common.MIN_RUN_MEMORY <= room
-    tiny, at_once = common.fit(limits, 4, 256 * 2**20)  # smaller than the grader needs: one run, the least
-    assert at_once == 1 and tiny.memory + tiny.tmp_size == common.MIN_RUN_MEMORY
+    crowded, at_once = caps.fit(limits, 14, 768 * 2**20)  # fewer at once rather than less than a run needs
+    assert at_once == room // caps.MIN_RUN_MEMORY and crowded.memory + crowded.tmp_size == caps.MIN_RUN_MEMORY
+    assert at_once * caps.MIN_RUN_MEMORY <= room
+    tiny, at_once = caps.fit(limits, 4, 256 * 2**20)  # smaller than the grader needs: one run, the least
+    assert at_once == 1 and tiny.memory + tiny.tmp_size == caps.MIN_RUN_MEMORY
     assert shared.file_size == limits.file_size and shared.processes == limits.processes
 
 

@@ -29,17 +29,9 @@ from grader.errors import SandboxError
 from grader.plan import Plan, PlannedCell
 from grader.runs import Captured
 from grader.sandbox.cgroups import Cap, Hierarchy
-from grader.sandbox.common import (
-    OUTPUT_TAIL,
-    SUPERVISOR_GRACE,
-    WORKER_START_TIMEOUT,
-    Limits,
-    child_env,
-    hideable,
-    plain,
-    warm_start,
-    worker_folder,
-)
+from grader.sandbox.environment import child_env, hideable, worker_folder
+from grader.sandbox.jobs import plain, warm_start
+from grader.sandbox.limits import OUTPUT_TAIL, SUPERVISOR_GRACE, WORKER_START_TIMEOUT, Limits
 from grader.sandbox.results import Ended, Run, collect
 
 

@@ -23,7 +23,7 @@ import traceback
 from typing import TYPE_CHECKING
 
 from grader.sandbox import confine
-from grader.sandbox.common import Limits
+from grader.sandbox.limits import Limits
 from grader.sandbox.runner import error_line
 from grader.sandbox.syscalls import Filter
 from grader.sandbox.warm import MAX_RUNS, Warm

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Protocol
 from grader.errors import SandboxError, UsageError
 from grader.runs import Captured
 from grader.sandbox.cgroups import memory_limit
-from grader.sandbox.common import DEFAULT_LIMITS, FILE_LIMIT, MEMORY_LIMIT, Limits, fit, warm_start
+from grader.sandbox.jobs import warm_start
+from grader.sandbox.limits import DEFAULT_LIMITS, FILE_LIMIT, MEMORY_LIMIT, Limits, fit
 
 if TYPE_CHECKING:
     from grader.plan import PlannedCell
@@ -114,7 +115,7 @@ class Pool:
     ) -> None:
         """`jobs`: how many runs the caller means to have going on at once. Where the grader runs under a
         memory limit (a container), each run's `limits` are lowered to fit and `most_at_once` says how
-        many runs fit at once (`common.fit`); None: no limit."""
+        many runs fit at once (`limits.fit`); None: no limit."""
         self.hidden = list(hidden)
         self.limits, self.most_at_once = fit(limits, jobs, memory_limit())
         self.backend = backend or choose()

@@ -34,7 +34,9 @@ import psutil
 from grader.errors import SandboxError
 from grader.plan import Plan, PlannedCell
 from grader.runs import Captured
-from grader.sandbox.common import OUTPUT_TAIL, WORKER_START_TIMEOUT, Limits, child_env, plain, warm_start, worker_folder
+from grader.sandbox.environment import child_env, worker_folder
+from grader.sandbox.jobs import plain, warm_start
+from grader.sandbox.limits import OUTPUT_TAIL, WORKER_START_TIMEOUT, Limits
 from grader.sandbox.results import Ended, Run, collect
 
 POLL = 0.05

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from grader.plan import Plan, describe_cell
 from grader.runs import Captured, CellOutcome, ValueKey, unwire
-from grader.sandbox.common import FILE_LIMIT, MAX_RESULT_BYTES, plain
+from grader.sandbox.jobs import plain
+from grader.sandbox.limits import FILE_LIMIT, MAX_RESULT_BYTES
 from grader.values import MISSING, UNCHANGED, Flag, NotTensor, Raised
 
 _SIGXFSZ = getattr(signal, "SIGXFSZ", None)  # no such signal on Windows
