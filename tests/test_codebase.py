@@ -84,3 +84,23 @@ def test_no_grader_module_reads_an_assignments_parameter_by_its_name():
                     f"{path.relative_to(ROOT)}:{node.lineno} reads the parameter {node.value!r} by its name: say it "
                     "in the rubric, or read it from the notebook"
                 )
+
+
+def test_no_module_imports_a_private_name_of_another():
+    # A name another module uses is part of its module's interface: it goes without the leading underscore, with a
+    # docstring (or a comment) saying what it guarantees. `from grader.x import _y` shares a private name instead.
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level or (node.module or "").partition(".")[0] == "grader":
+                offenders += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.endswith("__")  # (a dunder is no private name)
+                ]
+    assert not offenders, (
+        "private names imported from another module of the package (make each public, with a docstring saying what "
+        "it guarantees, or keep its use inside its module):\n" + "\n".join(offenders)
+    )

@@ -18,9 +18,9 @@ in the order a lecture notebook meets them:
 
 The lecture's data (its rubric, its released notebook) is in `data/`, which student runs cannot see; no code
 lives there. Nothing in this package runs the notebook's code: `grader/grade.py` does, in the sandbox. The names
-below are the package's interface; `grading` is imported on its own (it imports torch). Names with a leading
-underscore belong to the package: its modules share them (`cells._Cell`, `cells._read`, ...), nothing outside
-it uses them.
+below are the package's interface; `grading` is imported on its own (it imports torch). The modules' other public
+names (`cells.Cell`, `cells.read`, `own_checks.check_statements`, ...) are what they offer each other, not the
+package's interface; a name with a leading underscore is its own module's alone.
 """
 
 from grader.lecture.cells import assigning_line, first_unassigned

@@ -25,16 +25,16 @@ import nbformat
 
 from grader.lecture.cells import (
     GRAD_ATTRIBUTES,
-    _Call,
-    _calls,
-    _calls_in,
-    _Cell,
-    _checkers,
-    _gradient_key,
-    _key,
-    _read,
-    _stored,
-    _walk,
+    Cell,
+    CheckCall,
+    check_calls,
+    check_calls_in,
+    checkers_in,
+    gradient_key,
+    name_key,
+    read,
+    stored,
+    walk,
 )
 from grader.lecture.recognition import Recognised
 
@@ -61,7 +61,9 @@ class SavedCheck:
         return self.saved_approximate == self.graded_approximate
 
 
-def _snapshots(cell: _Cell, checkers: set[str], keys: set[str]) -> list[tuple[ast.stmt, list[tuple[_Call, str]]]]:
+def check_statements(
+    cell: Cell, checkers: set[str], keys: set[str]
+) -> list[tuple[ast.stmt, list[tuple[CheckCall, str]]]]:
     """The check statements of an exercise cell (those the run leaves out), each with its calls that name one of
     the lecture's tensors and the variable the run records that call's gradient in (`_grader_checked_<cell>_<k>`,
     k counting the cell's check calls)."""
@@ -69,15 +71,15 @@ def _snapshots(cell: _Cell, checkers: set[str], keys: set[str]) -> list[tuple[as
         return []
     out, k = [], 0
     for stmt in cell.tree.body:
-        calls = _calls_in(ast.Module([stmt], []), cell.index, checkers, keys)
-        if _is_check(stmt, checkers, keys):
+        calls = check_calls_in(ast.Module([stmt], []), cell.index, checkers, keys)
+        if is_check(stmt, checkers, keys):
             out.append(
                 (
                     stmt,
                     [
                         (call, f"{CHECKED}{cell.index}_{k + j}")
                         for j, call in enumerate(calls)
-                        if _key(call.tensor) in keys
+                        if name_key(call.tensor) in keys
                     ],
                 )
             )
@@ -85,17 +87,17 @@ def _snapshots(cell: _Cell, checkers: set[str], keys: set[str]) -> list[tuple[as
     return out
 
 
-def _is_check(stmt: ast.stmt, checkers: set[str], keys: set[str]) -> bool:
+def is_check(stmt: ast.stmt, checkers: set[str], keys: set[str]) -> bool:
     """A statement of a learner's own checking, in an exercise: it calls a checker or touches autograd
     (`.grad`, `retain_grad()`, `loss.backward()`), and assigns no gradient (a name `d<tensor>`). A
     gradient assigned from `.grad` stays: the scan flags it."""
     if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)):
         return False
-    nodes = [stmt, *_walk(stmt)]
+    nodes = [stmt, *walk(stmt)]
     checks = any(
         isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in checkers for n in nodes
     ) or any(isinstance(n, ast.Attribute) and n.attr in GRAD_ATTRIBUTES for n in nodes)
-    return checks and not any(_gradient_key(n) in keys for n in _stored(stmt))
+    return checks and not any(gradient_key(n) in keys for n in stored(stmt))
 
 
 @dataclass(frozen=True)
@@ -117,22 +119,24 @@ class Check:
 
 def checks(nb: nbformat.NotebookNode, rec: Recognised) -> tuple[Check, ...]:
     """For each graded gradient that a check call in its exercise names: the last such call."""
-    cells = _read(nb)
-    checkers = _checkers(cells)
-    keys = {_key(ours) for ours, _ in rec.forward} | {_key(g.of) for g in rec.gradients}
+    cells = read(nb)
+    checkers = checkers_in(cells)
+    keys = {name_key(ours) for ours, _ in rec.forward} | {name_key(g.of) for g in rec.gradients}
     section_of = {i: s.exercise for s in rec.sections for i in range(s.cells[0], s.cells[-1] + 1)}
     found: dict[tuple[str, str], Check] = {}
     for c in cells:
         exercise = section_of.get(c.index)
         if exercise is None:
             continue
-        for _, names in _snapshots(c, checkers, keys):
+        for _, names in check_statements(c, checkers, keys):
             for call, snapshot in names:
                 gradient = next(
                     (
                         g
                         for g in rec.gradients
-                        if g.exercise == exercise and g.name == call.gradient and _key(g.of) == _key(call.tensor)
+                        if g.exercise == exercise
+                        and g.name == call.gradient
+                        and name_key(g.of) == name_key(call.tensor)
                     ),
                     None,
                 )
@@ -142,14 +146,14 @@ def checks(nb: nbformat.NotebookNode, rec: Recognised) -> tuple[Check, ...]:
     return tuple(dataclasses.replace(k, alias=aliases.get(k.name, "")) for k in found.values())
 
 
-def _aliases(cells: list[_Cell]) -> dict[str, str]:
+def _aliases(cells: list[Cell]) -> dict[str, str]:
     """Name -> `other = name` for each `other = name` (one tensor, two names) after which `other` is changed in place
     (`other += ...`, `other[i] = ...`, `other.add_(...)`)."""
     out: dict[str, str] = {}
     bound: dict[str, str] = {}  # other -> name, for the plain `other = name` seen so far
     for c in cells:
         for stmt in c.tree.body if c.tree else []:
-            for node in [stmt, *_walk(stmt)]:
+            for node in [stmt, *walk(stmt)]:
                 if (
                     isinstance(node, ast.Assign)
                     and len(node.targets) == 1
@@ -214,17 +218,19 @@ def saved_checks(
     A printout is matched to a variable through the check call in the cell's source whose label it
     prints (labels have typos; the tensor passed to the call says which variable it is).
     """
-    cells = {c.index: c for c in _read(nb)}
-    checkers = _checkers(list(cells.values()))
-    tensors = {_key(ours) for ours, _ in rec.forward}
+    cells = {c.index: c for c in read(nb)}
+    checkers = checkers_in(list(cells.values()))
+    tensors = {name_key(ours) for ours, _ in rec.forward}
     theirs = dict(rec.forward)
-    names = {(g.exercise, _key(g.of)): g.name for g in rec.gradients}
+    names = {(g.exercise, name_key(g.of)): g.name for g in rec.gradients}
     # (a tensor under the notebook's own name, `bndiffsq` for `bndiff2`, is the variable of the lecture's)
-    names |= {(g.exercise, _key(theirs[g.of])): g.name for g in rec.gradients if g.of in theirs}
+    names |= {(g.exercise, name_key(theirs[g.of])): g.name for g in rec.gradients if g.of in theirs}
     found: dict[tuple[str, str], bool] = {}
     for section in rec.sections:
         for i in section.cells:
-            by_label = {k.label.strip(): _key(k.tensor) for k in _calls(cells[i], checkers, tensors) if k.label}
+            by_label = {
+                k.label.strip(): name_key(k.tensor) for k in check_calls(cells[i], checkers, tensors) if k.label
+            }
             text = "".join(
                 o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
                 for o in nb.cells[i].get("outputs", [])

@@ -26,16 +26,16 @@ import nbformat
 from grader import rubric as rubrics
 from grader.errors import UnknownAssignment
 from grader.lecture.cells import (
-    _Call,
-    _calls,
-    _Cell,
-    _cell_range,
-    _checkers,
-    _gradient_key,
-    _key,
-    _read,
-    _stored,
-    _walk,
+    Cell,
+    CheckCall,
+    cell_range,
+    check_calls,
+    checkers_in,
+    gradient_key,
+    name_key,
+    read,
+    stored,
+    walk,
 )
 from grader.lecture.tensors import LEAVES
 
@@ -97,19 +97,19 @@ def is_ours(nb: nbformat.NotebookNode) -> bool:
 def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -> Recognised:
     """Map a lecture-style notebook onto the lecture's `rubric` (`grader.assignment.lecture()`'s), or raise
     `UnknownAssignment`."""
-    cells = _read(nb)
+    cells = read(nb)
     wanted = list(dict.fromkeys([*LEAVES, *(v.of for ex in rubric.exercises for v in ex.variables), rubric.loss]))
-    keys = {_key(w) for w in wanted}
-    checkers = _checkers(cells)
-    calls = {c.index: _calls(c, checkers, keys) for c in cells}
-    stores = {c.index: [n for s in (c.tree.body if c.tree else []) for n in _stored(s)] for c in cells}
+    keys = {name_key(w) for w in wanted}
+    checkers = checkers_in(cells)
+    calls = {c.index: check_calls(c, checkers, keys) for c in cells}
+    stores = {c.index: [n for s in (c.tree.body if c.tree else []) for n in stored(s)] for c in cells}
 
-    ex1_keys = {_key(v.of) for v in rubric.exercises[0].variables} - {"logits", "hprebn"}
+    ex1_keys = {name_key(v.of) for v in rubric.exercises[0].variables} - {"logits", "hprebn"}
     by_index = {c.index: c for c in cells}
 
-    def answers(c: _Cell, allowed: set[str]) -> bool:
-        return any(_gradient_key(n) in allowed for n in stores[c.index]) or any(
-            _key(k.tensor) in allowed for k in calls[c.index]
+    def answers(c: Cell, allowed: set[str]) -> bool:
+        return any(gradient_key(n) in allowed for n in stores[c.index]) or any(
+            name_key(k.tensor) in allowed for k in calls[c.index]
         )
 
     # Sections: by their `# Exercise N` comments (or markdown headings); else by what the cells compute.
@@ -161,7 +161,7 @@ def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -
                 continue
             after = max(s for kk, (s, _) in starts.items() if kk < k)
             until = min((s for s, _ in starts.values() if s > after), default=len(nb.cells))
-            later = {_key(v.of) for v in rubric.exercises[0].variables[_position(rubric, key) + 1 :]} & ex1_keys
+            later = {name_key(v.of) for v in rubric.exercises[0].variables[_position(rubric, key) + 1 :]} & ex1_keys
             found = next(
                 (
                     c
@@ -196,7 +196,7 @@ def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -
             continue
         end = next((s for kk, (s, _) in order if s > start), len(nb.cells))
         ex = rubric.exercises[k - 1]
-        mine = {_key(v.of) for v in ex.variables}
+        mine = {name_key(v.of) for v in ex.variables}
         in_section = [c for c in cells if start <= c.index < end]
         needed = [c.index for c in in_section if answers(c, mine) or calls[c.index]]
         if not needed:
@@ -212,7 +212,7 @@ def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -
     notes.append(
         "graded as the lecture's own notebook (it names no assignment): "
         + (
-            "; ".join(f"Exercise {s.exercise[2:]} in {_cell_range(s.cells)} (found by {s.found_by})" for s in sections)
+            "; ".join(f"Exercise {s.exercise[2:]} in {cell_range(s.cells)} (found by {s.found_by})" for s in sections)
             or "it has the lecture's forward pass, and no gradient of Exercise 1 yet"
         )
     )
@@ -241,18 +241,17 @@ def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -
     return Recognised(tuple(sections), tuple(forward.items()), tuple(gradients), last, tuple(notes))
 
 
-def _in_one_go(cell: _Cell, chain: set[str]) -> bool:
+def _in_one_go(cell: Cell, chain: set[str]) -> bool:
     """Whether the cell reads no gradient of `chain` (the lecture's names): it computes its own from the forward
     tensors (Exercise 2's dlogits from softmax; Exercise 3's dhprebn from dhpreact, the one it is given)."""
     return cell.tree is not None and not any(
-        isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and _gradient_key(n.id) in chain
-        for n in _walk(cell.tree)
+        isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and gradient_key(n.id) in chain for n in walk(cell.tree)
     )
 
 
 def _position(rubric: rubrics.Rubric, of: str) -> int:
     """Where the gradient of `of` comes in Exercise 1's chain (from the loss back)."""
-    return next(i for i, v in enumerate(rubric.exercises[0].variables) if _key(v.of) == _key(of))
+    return next(i for i, v in enumerate(rubric.exercises[0].variables) if name_key(v.of) == name_key(of))
 
 
 def _forward_pass_alone(forward: dict[str, str]) -> bool:
@@ -261,7 +260,7 @@ def _forward_pass_alone(forward: dict[str, str]) -> bool:
     return all(w in forward for w in (*LEAVES, "hprebn", "bnraw", "hpreact", "h", "logits", "probs", "loss"))
 
 
-def _trains(cell: _Cell, parameters: set[str]) -> bool:
+def _trains(cell: Cell, parameters: set[str]) -> bool:
     """Whether the cell has a loop that updates the parameters (a training loop: `p.data += -lr * grad`,
     `W1 -= lr * dW1`, `p.data.add_(...)`, `optimizer.step()`); a loop that builds the data set updates none."""
     for loop in ast.walk(cell.tree) if cell.tree else ():
@@ -269,12 +268,12 @@ def _trains(cell: _Cell, parameters: set[str]) -> bool:
             continue
         # names that stand for a parameter inside the loop: the lecture's, and loop variables over `parameters`
         params = set(parameters)
-        for inner in [loop, *_walk(loop)]:
+        for inner in [loop, *walk(loop)]:
             if isinstance(inner, ast.For) and any(
                 isinstance(n, ast.Name) and n.id in parameters for n in ast.walk(inner.iter)
             ):
                 params |= {n.id for n in ast.walk(inner.target) if isinstance(n, ast.Name)}
-        for node in _walk(loop):
+        for node in walk(loop):
             if (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Attribute)
@@ -311,7 +310,7 @@ def _trains(cell: _Cell, parameters: set[str]) -> bool:
 
 
 def _forward_names(
-    cells: list[_Cell], wanted: list[str], before: int, calls: dict[int, list[_Call]] | None = None
+    cells: list[Cell], wanted: list[str], before: int, calls: dict[int, list[CheckCall]] | None = None
 ) -> dict[str, str]:
     """The lecture's name -> the notebook's, for the tensors assigned before Exercise 1 (the last assignment wins,
     a name spelled exactly as in the lecture first); then, for a lecture tensor not found by its name, the tensor a
@@ -320,31 +319,31 @@ def _forward_names(
     assigned: list[str] = []
     for c in cells:
         if c.index < before and c.tree is not None:
-            assigned += [n for s in c.tree.body for n in _stored(s)]
+            assigned += [n for s in c.tree.body for n in stored(s)]
     named = set(assigned)
     out = {}
     for w in wanted:
         if w in named:
             out[w] = w
             continue
-        candidates = [n for n in assigned if _key(n) == _key(w)]
+        candidates = [n for n in assigned if name_key(n) == name_key(w)]
         if candidates:
             out[w] = candidates[-1]
-    wanted_keys = {_key(w) for w in wanted}
+    wanted_keys = {name_key(w) for w in wanted}
     for call in (k for i in sorted(calls or {}) for k in (calls or {})[i]):
-        labelled = next((w for w in wanted if call.label is not None and _key(call.label) == _key(w)), None)
+        labelled = next((w for w in wanted if call.label is not None and name_key(call.label) == name_key(w)), None)
         if (
             labelled is not None
             and labelled not in out
             and call.tensor in named
-            and _key(call.tensor) not in wanted_keys
+            and name_key(call.tensor) not in wanted_keys
             and call.tensor not in out.values()
         ):
             out[labelled] = call.tensor
     return out
 
 
-def _style(stores: dict[int, list[str]], calls: dict[int, list[_Call]]) -> str:
+def _style(stores: dict[int, list[str]], calls: dict[int, list[CheckCall]]) -> str:
     names = [n for ns in stores.values() for n in ns] + [k.gradient for ks in calls.values() for k in ks]
     underscored = sum(n.startswith("d_") for n in names)
     plain = sum(n.startswith("d") and not n.startswith("d_") for n in names)
@@ -355,7 +354,7 @@ def _gradient(
     exercise: str,
     of: str,
     section: Section | None,
-    calls: dict[int, list[_Call]],
+    calls: dict[int, list[CheckCall]],
     stores: dict[int, list[str]],
     forward: dict[str, str],
     style: str,
@@ -363,10 +362,15 @@ def _gradient(
     guess = style + forward.get(of, of)
     if section is None:
         return Gradient(exercise, of, guess, "")
-    checked = [k for i in section.cells for k in calls[i] if _key(k.tensor) in (_key(of), _key(forward.get(of, of)))]
+    checked = [
+        k
+        for i in section.cells
+        for k in calls[i]
+        if name_key(k.tensor) in (name_key(of), name_key(forward.get(of, of)))
+    ]
     if checked:
         return Gradient(exercise, of, checked[-1].gradient, "cmp")
-    named = [n for i in section.cells for n in stores[i] if _gradient_key(n) == _key(of)]
+    named = [n for i in section.cells for n in stores[i] if gradient_key(n) == name_key(of)]
     if named:
         return Gradient(exercise, of, named[-1], "name")
     return Gradient(exercise, of, guess, "")

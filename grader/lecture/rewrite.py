@@ -19,8 +19,8 @@ import ast
 import importlib.util
 from dataclasses import dataclass
 
-from grader.lecture.cells import GRAD_ATTRIBUTES, _Cell, _walk
-from grader.lecture.own_checks import _is_check, _snapshots
+from grader.lecture.cells import GRAD_ATTRIBUTES, Cell, walk
+from grader.lecture.own_checks import check_statements, is_check
 
 DATA_FILES = ("names.txt", "data/names.txt")
 """Where the run finds the data set (both hold the file given with --data)."""
@@ -79,7 +79,7 @@ def _is_autograd(stmt: ast.stmt) -> bool:
     """A statement of PyTorch's own backward pass (`loss.backward()`, `t.retain_grad()`, `p.grad = None`)."""
     if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)):
         return False
-    return any(isinstance(n, ast.Attribute) and n.attr in GRAD_ATTRIBUTES for n in [stmt, *_walk(stmt)])
+    return any(isinstance(n, ast.Attribute) and n.attr in GRAD_ATTRIBUTES for n in [stmt, *walk(stmt)])
 
 
 def _missing(module: str) -> bool:
@@ -146,7 +146,7 @@ def _opened_for_reading(call: ast.Call) -> bool:
     )
 
 
-def _rewrite(cell: _Cell, role: str, checkers: set[str], keys: set[str]) -> tuple[str, list[str], bool, str]:
+def rewrite_cell(cell: Cell, role: str, checkers: set[str], keys: set[str]) -> tuple[str, list[str], bool, str]:
     """What the run executes for `cell` (role `before` Exercise 1, or `exercise`), what changed, whether the
     stand-in is needed, and the lines of the notebook's own checks left out (`lines 3-5`, for one note on all cells)."""
     notes = [f"{cell.label}: `{s[:60]}` was not run (no shell or network while grading)" for s in cell.shell]
@@ -154,10 +154,10 @@ def _rewrite(cell: _Cell, role: str, checkers: set[str], keys: set[str]) -> tupl
         return cell.source, notes, False, ""
     edits: list[tuple[ast.AST | _Span, str]] = []
     stand_in = False
-    stripped = [s for s in cell.tree.body if (_is_autograd(s) if role == "before" else _is_check(s, checkers, keys))]
+    stripped = [s for s in cell.tree.body if (_is_autograd(s) if role == "before" else is_check(s, checkers, keys))]
     # a check call leaves the run, but the gradient it checked is recorded as it was then (a later change in place,
     # through another name that is the same tensor, does not reach the copy): the grader grades what was checked
-    snapshots = {id(s): names for s, names in _snapshots(cell, checkers, keys)} if role == "exercise" else {}
+    snapshots = {id(s): names for s, names in check_statements(cell, checkers, keys)} if role == "exercise" else {}
     for s in stripped:
         edits.append(
             (

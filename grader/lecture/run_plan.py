@@ -23,10 +23,10 @@ import re
 import nbformat
 
 from grader import rubric as rubrics
-from grader.lecture.cells import _Cell, _cell_range, _checkers, _key, _read
-from grader.lecture.own_checks import _snapshots, checks
+from grader.lecture.cells import Cell, cell_range, checkers_in, name_key, read
+from grader.lecture.own_checks import check_statements, checks
 from grader.lecture.recognition import Recognised
-from grader.lecture.rewrite import COPY_SOURCE, STAND_IN_SOURCE, _rewrite
+from grader.lecture.rewrite import COPY_SOURCE, STAND_IN_SOURCE, rewrite_cell
 from grader.lecture.tensors import LEAVES
 from grader.plan import Capture, Plan, PlannedCell
 
@@ -62,21 +62,21 @@ del _grader_own_gradients
 def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> Plan:
     """The run of a lecture notebook: its cells up to Exercise 3, all with autograd refused (the forward
     pass without PyTorch's backward pass, the exercises without their check calls)."""
-    cells = _read(nb)
-    checkers = _checkers(cells)
-    keys = {_key(ours) for ours, _ in rec.forward} | {_key(g.of) for g in rec.gradients}
+    cells = read(nb)
+    checkers = checkers_in(cells)
+    keys = {name_key(ours) for ours, _ in rec.forward} | {name_key(g.of) for g in rec.gradients}
     first = rec.sections[0].cells[0] if rec.sections else len(nb.cells)
     section_of = {i: s.exercise for s in rec.sections for i in range(s.cells[0], s.cells[-1] + 1)}
     planned: list[PlannedCell] = []
     positions: dict[int, int] = {}
     notes: list[str] = list(rec.notes)
     needs_stand_in = False
-    checked_lines: list[tuple[_Cell, str]] = []
+    checked_lines: list[tuple[Cell, str]] = []
     for c in cells:
         if c.index > rec.last:
             continue
         role = "before" if c.index < first else "exercise"
-        source, changed, stand_in, checked = _rewrite(c, role, checkers, keys)
+        source, changed, stand_in, checked = rewrite_cell(c, role, checkers, keys)
         notes += changed
         if checked:
             checked_lines.append((c, checked))
@@ -117,7 +117,7 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
         loops.sort(key=lambda cl: not re.search(r"range\(.*(steps|\d{4,})", cl[1][:200]))
         what = f", among them the loop `{loops[0][1][:60]}` in {loops[0][0].label}" if loops else ""
         notes.append(
-            f"{_cell_range((skipped[0].index, skipped[-1].index))} not run{what}: lecture notebooks are "
+            f"{cell_range((skipped[0].index, skipped[-1].index))} not run{what}: lecture notebooks are "
             "graded on Exercises 1-3"
         )
     if needs_stand_in:
@@ -126,7 +126,9 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
         )
         positions = {i: p + 1 for i, p in positions.items()}
     recorded = checks(nb, rec)
-    copies = any(names for c in cells if first <= c.index <= rec.last for _, names in _snapshots(c, checkers, keys))
+    copies = any(
+        names for c in cells if first <= c.index <= rec.last for _, names in check_statements(c, checkers, keys)
+    )
     if copies:  # (guarded like the notebook's cells: it only defines the function its check statements call)
         planned.insert(0, PlannedCell("the grader's record of your checks", COPY_SOURCE, no_grad=False, guarded=True))
         positions = {i: p + 1 for i, p in positions.items()}
