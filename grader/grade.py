@@ -178,6 +178,16 @@ def grade_with_runs(
     runs = _Runs.of(assignment, parameters, hidden_runs)
     # The run reads its own copy of each data file, under the file's name in its working directory.
     plans = [planning.plan(student, assignment, p | assignment.rubric.data) for p in runs.settings]
+    captured, refs = _in_pool(pool, assignment, runs, plans, timeout)
+    graded = _graded(assignment, runs, plans, captured, refs)
+    return _scored(path, assignment, graded), graded
+
+
+def _in_pool(
+    pool: sandbox.Pool | None, assignment: Assignment, runs: _Runs, plans: list[Plan], timeout: float | None
+) -> tuple[list[Captured], list[dict[Key, object]]]:
+    """Every run in `pool` (by default a pool of its own, closed after), and the references meanwhile: what
+    each run brought back, and the references of each run's parameters."""
     own_pool = pool is None
     pool = pool or sandbox.Pool()
     pool.hide(hidden_folders(assignment))
@@ -187,25 +197,42 @@ def grade_with_runs(
         # Everything this process will need is imported before the notebook's first cell may run.
         import safetensors.torch  # noqa: F401 -- imported for its side effect: loaded before student code runs
 
-        from grader import reference
-        from grader.score import score
+        from grader import reference, score  # noqa: F401 -- the same (they import torch: not before the workers)
 
-        captured, refs = _run(jobs, pool, assignment, runs, plans, timeout)
+        return _run(jobs, pool, assignment, runs, plans, timeout)
     finally:
         if own_pool:
             pool.close()
+
+
+def _graded(
+    assignment: Assignment,
+    runs: _Runs,
+    plans: list[Plan],
+    captured: list[Captured],
+    refs: list[dict[Key, object]],
+) -> list[GradedRun]:
+    """Each run as score judges it, with the references that need the run's own values added to its own."""
+    from grader import reference  # (torch: see the note at the top; loaded by now, in `_in_pool`)
+
     for p, plan, c, ref in zip(runs.with_data, plans, captured, refs):
         ref.update(reference.replayed_calls(assignment, p, c))
         ref.update(reference.step_references(assignment, p, c, ref))
         ref.update(reference.operand_hints(assignment, p, plan, c, ref))
-    graded = [
+    return [
         GradedRun(label, tuple(k for k in p if p[k] != runs.main[k]), plan, c, ref, _sizes(p))
         for label, p, plan, c, ref in zip(runs.labels, runs.settings, plans, captured, refs)
     ]
+
+
+def _scored(path: Path, assignment: Assignment, graded: list[GradedRun]) -> Report:
+    """The notebook's `Report`, with a note where the copy it carries graded it."""
+    from grader.score import score  # (torch: see the note at the top; loaded by now, in `_in_pool`)
+
     report = score(assignment.rubric, str(path), graded, dict(assignment.published))
     if assignment.location.origin == "embedded":
         report = dataclasses.replace(report, notes=(*report.notes, embedded_copy.NOTE.format(name=assignment.name)))
-    return report, graded
+    return report
 
 
 @dataclass(frozen=True)
@@ -360,7 +387,7 @@ def _reference(
 ) -> dict[Key, object]:
     """The reference of one run. The released cells run with the published values; where they fail with values a
     caller set (a batch size of 0, a negative width), a `RubricError` that names them."""
-    from grader import reference
+    from grader import reference  # (torch: see the note at the top; loaded by `_in_pool` once the workers start)
 
     if not overrides:
         return reference.gradients(assignment, params)  # (a failure here is the grader's own bug)
@@ -385,7 +412,7 @@ def _grade_lecture(
 ) -> tuple[Report, list[GradedRun]]:
     """A lecture notebook: recognise it, run it up to Exercise 3, and grade it against the lecture's
     forward pass run here on the parameters and minibatch its run produced."""
-    from grader.lecture import grading as lecture_grading
+    from grader.lecture import grading as lecture_grading  # (torch: see the note at the top)
 
     lectures = assignments.lecture()
     recognised = lecture.recognise(student, path, lectures.rubric)
@@ -424,7 +451,7 @@ def _grade_lecture(
 
 def feedback_edges(assignment: Assignment) -> dict[str, tuple[str, ...]]:
     """The graded forward tensors and those each is computed from, with the published parameters."""
-    from grader import reference
+    from grader import reference  # (torch: see the note at the top)
 
     if assignment.name == LECTURE:
         return reference.forward_edges(assignment, {"leaves": lecture.leaves(lecture.example_leaves())})
