@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from grader.errors import GraderError
+from grader import course, sandbox
+from grader.errors import GraderError, UsageError
 
-if TYPE_CHECKING:  # (annotations only: the modules they come from import torch, which `--help` must not wait for)
-    from pathlib import Path
+# The modules that import nbformat or torch (the assignment's, grade's, batch's, the integrations', the
+# authors' commands'), and those only one command needs (its reports), are imported inside the commands that
+# need them: `grader --help` does not wait for them, and `grader check`'s workers start before this process
+# imports torch, so that their import overlaps its own.
 
+if TYPE_CHECKING:  # (annotations only: the modules they come from import nbformat or torch, as above)
     from grader.assignment import Assignment
     from grader.batch import Outcome
     from grader.sandbox import Backend, Limits
@@ -23,6 +30,17 @@ if TYPE_CHECKING:  # (annotations only: the modules they come from import torch,
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grader", description="Grade hand-written backprop homework.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _check_command(commands)
+    _grade_command(commands)
+    _gradebook_command(commands)
+    _classroom_command(commands)
+    _gradescope_command(commands)
+    _authoring(commands)
+    return parser
+
+
+def _check_command(commands: argparse._SubParsersAction) -> None:
+    """grader check NOTEBOOK."""
     check = commands.add_parser("check", help="grade one notebook and print points per gradient variable")
     check.add_argument("notebook", metavar="NOTEBOOK", help="the .ipynb file to grade")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -53,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     _sandbox_option(check)
     _course_option(check)
+
+
+def _grade_command(commands: argparse._SubParsersAction) -> None:
+    """grader grade SUBMISSION... --assignment --out."""
     grade = commands.add_parser("grade", help="grade a whole class into a folder of reports, grades.csv and a summary")
     grade.add_argument(
         "submissions",
@@ -102,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     _sandbox_option(grade)
     _course_option(grade)
 
+
+def _gradebook_command(commands: argparse._SubParsersAction) -> None:
+    """grader gradebook COURSE ASSIGNMENT."""
     gradebook = commands.add_parser(
         "gradebook", help="grade an nbgrader course's submitted/ folder and write the scores into its gradebook"
     )
@@ -114,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)"
     )
 
+
+def _classroom_command(commands: argparse._SubParsersAction) -> None:
+    """grader classroom ASSIGNMENT."""
     classroom = commands.add_parser("classroom", help="write a GitHub Classroom student repository's autograding files")
     classroom.add_argument("assignment", metavar="ASSIGNMENT", help="the assignment, e.g. backprop_ninja")
     _course_option(classroom)
@@ -126,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
         "e.g. 'backprop-grader @ git+https://github.com/you/grader'",
     )
 
+
+def _gradescope_command(commands: argparse._SubParsersAction) -> None:
+    """grader gradescope build ASSIGNMENT, and grader gradescope run SUBMISSION RESULTS."""
     gradescope = commands.add_parser("gradescope", help="build a Gradescope autograder, or run it on a submission")
     steps = gradescope.add_subparsers(dest="step", required=True, metavar="STEP")
     build = steps.add_parser("build", help="write an autograder zip to upload to Gradescope")
@@ -153,8 +184,6 @@ def _parser() -> argparse.ArgumentParser:
             choices=["hidden", "after_due_date", "after_published", "visible"],
             help="when students see the hidden re-runs' details (default: after_published)",
         )
-    _authoring(commands)
-    return parser
 
 
 def _authoring(commands: argparse._SubParsersAction) -> None:
@@ -221,9 +250,6 @@ def main(argv: list[str] | None = None) -> int:
     timeout = getattr(args, "timeout", None)
     if timeout is not None and not 0 < timeout < float("inf"):
         _parser().error("--timeout must be a positive number of seconds")
-    from grader import assignment, grade, sandbox  # after parsing: `--help` should not wait for torch
-    from grader.reports import text as report
-
     backend = None
     if args.command in ("check", "grade", "gradebook", "validate"):
         try:
@@ -245,19 +271,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gradescope":
         return _gradescope(args)
     if args.command == "classroom":
-        from pathlib import Path
+        return _classroom(args)
+    return _check(args, backend)
 
-        from grader.integrations import classroom
 
-        try:
-            written = classroom.write(_one_of_ours(args.assignment, args.course), Path(args.out), args.package)
-        except GraderError as e:
-            return _fail(e)
-        print("\n".join(str(p) for p in written))
-        return 0
+def _check(args: argparse.Namespace, backend: Backend | None) -> int:
+    """grader check: the notebook's report printed, its JUnit XML and feedback page written where asked for."""
+    # (nbformat, and one command's report: see the note at the top)
+    from grader import assignment, grade
+    from grader.reports import text as report
+
     try:
         graded = _assignment(args.assignment, args.course) if args.assignment else None
-        course = _course(args.course)
+        course_folder = _course(args.course)
         hidden = assignment.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
         with sandbox.Pool(limits=_limits(args), backend=backend) as pool:
             result, runs = grade.grade_with_runs(
@@ -267,28 +293,23 @@ def main(argv: list[str] | None = None) -> int:
                 hidden_runs=hidden,
                 pool=pool,
                 data=args.data,
-                course=course,
+                course=course_folder,
                 embedded=True,
             )
         if args.junit:
-            from pathlib import Path
-
-            from grader.reports import junit
+            from grader.reports import junit  # (only --junit writes XML)
 
             Path(args.junit).write_text(junit.to_junit(result), encoding="utf-8")
         if args.html:
-            from pathlib import Path
+            from grader import notebook  # (nbformat: see the note at the top)
+            from grader.reports import feedback  # (torch and jinja2: only a page needs them)
 
-            from grader import notebook
-            from grader.reports import feedback
-
-            graded = grade.for_notebook(notebook.read(Path(args.notebook)), Path(args.notebook), graded, course, True)
+            nb = notebook.read(Path(args.notebook))
+            graded = grade.for_notebook(nb, Path(args.notebook), graded, course_folder, True)
             Path(args.html).write_text(feedback.page(result, runs, grade.feedback_edges(graded)), encoding="utf-8")
     except GraderError as e:
         if args.junit:  # CI reads a failure, not a missing file
-            from pathlib import Path
-
-            from grader.reports import junit
+            from grader.reports import junit  # (only --junit writes XML)
 
             Path(args.junit).write_text(junit.ungradable(args.notebook, str(e)), encoding="utf-8")
         return _fail(e)
@@ -296,17 +317,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _classroom(args: argparse.Namespace) -> int:
+    """grader classroom: the autograding files written into a student repository."""
+    from grader.integrations import classroom  # (nbformat: see the note at the top)
+
+    try:
+        written = classroom.write(_one_of_ours(args.assignment, args.course), Path(args.out), args.package)
+    except GraderError as e:
+        return _fail(e)
+    print("\n".join(str(p) for p in written))
+    return 0
+
+
 def _course(given: str | None) -> Path | None:
     """The course folder from --course or $GRADER_COURSE (None: neither), checked."""
-    from grader import course
-
     return course.course_dir(given)
 
 
 def _assignment(given: str, course_given: str | None) -> str | Assignment:
     """The assignment --assignment (or ASSIGNMENT) names: a name looked up in the course then among the shipped
     ones, or an assignment's folder; `lecture` stays a name (lecture notebooks are recognised, not loaded)."""
-    from grader import assignment, course
+    from grader import assignment  # (nbformat: see the note at the top)
 
     if given == assignment.LECTURE:
         return given
@@ -318,8 +349,6 @@ def _assignment(given: str, course_given: str | None) -> str | Assignment:
 def _one_of_ours(given: str, course_given: str | None) -> Assignment:
     """`_assignment` for the commands that grade a class or package an assignment: not the lecture's notebook,
     which has no release to hand out and is graded one notebook at a time (`grader check`)."""
-    from grader.errors import UsageError
-
     found = _assignment(given, course_given)
     if isinstance(found, str):
         raise UsageError(
@@ -342,10 +371,6 @@ _ONE_LINE = {**{c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0
 
 def _limits(args: argparse.Namespace) -> Limits:
     """The sandbox's limits, with --memory if given."""
-    import dataclasses
-
-    from grader import sandbox
-
     if getattr(args, "memory", None) is None:
         return sandbox.DEFAULT_LIMITS
     return dataclasses.replace(sandbox.DEFAULT_LIMITS, memory=int(args.memory * 2**20))
@@ -389,11 +414,9 @@ class _Progress:
 
 def _author(args: argparse.Namespace, backend: Backend | None) -> int:
     """grader new, release and validate."""
-    from grader import course
-
     try:
         if args.command == "new":
-            from grader import skeleton
+            from grader import skeleton  # (nbformat: see the note at the top)
 
             written = skeleton.write(course.check_name(args.name), course.course_dir_for_new(args.course))
             print("\n".join(str(p) for p in written))
@@ -401,11 +424,11 @@ def _author(args: argparse.Namespace, backend: Backend | None) -> int:
         location = course.resolve(args.name, args.course)
         assert location is not None  # (a name is given)
         if args.command == "release":
-            from grader import release
+            from grader import release  # (nbformat: see the note at the top)
 
             print(release.release(location))
             return 0
-        from grader import validate
+        from grader import validate  # (nbformat: see the note at the top)
 
         if args.seeds < 1 or args.jobs < 1:
             _parser().error("--seeds and --jobs must be at least 1")
@@ -414,16 +437,15 @@ def _author(args: argparse.Namespace, backend: Backend | None) -> int:
         )
     except GraderError as e:
         return _fail(e)
-    from grader.reports import validation
+    from grader.reports import validation  # (nbformat: see the note at the top)
 
     print(validation.to_json(result) if args.json else validation.to_text(result))
     return result.exit_code(args.strict)
 
 
 def _grade(args: argparse.Namespace, backend: Backend | None) -> int:
-    import tempfile
-    from pathlib import Path
-
+    """grader grade: a class graded into --out, and what was written said."""
+    # (nbformat, and one command's modules: see the note at the top)
     from grader import assignment, batch, submissions
     from grader.reports import class_files
 
@@ -476,7 +498,8 @@ def _grade(args: argparse.Namespace, backend: Backend | None) -> int:
 
 
 def _gradebook(args: argparse.Namespace) -> int:
-    from grader.integrations import gradebook
+    """grader gradebook: an nbgrader course's submissions graded into its gradebook."""
+    from grader.integrations import gradebook  # (nbformat: see the note at the top)
 
     def progress(done: gradebook.Recorded) -> None:
         r, s = done.report, done.submission
@@ -496,9 +519,8 @@ def _gradebook(args: argparse.Namespace) -> int:
 
 
 def _gradescope(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from grader.integrations import gradescope
+    """grader gradescope build and run."""
+    from grader.integrations import gradescope  # (nbformat: see the note at the top)
 
     try:
         if args.step == "build":
