@@ -22,6 +22,8 @@ from grader import assignment as assignments
 from grader import notebook, one_submission, regrade, sandbox
 from grader.assignment import Assignment
 from grader.errors import GraderError
+from grader.grade import feedback_edges, hidden_folders
+from grader.reports import class_report
 from grader.reports.class_files import (
     Summary,
     canvas_csv,
@@ -36,8 +38,8 @@ from grader.rubric import Rubric
 from grader.sandbox.limits import MIN_RUN_MEMORY
 from grader.submissions import Found, Submission
 
-# torch, and the modules that import it (grade's stages, compare, score, feedback, class_report), are imported
-# where they are used: the pool's worker starts first, and its `import torch` overlaps the grader's own.
+# torch, and the modules that import it (grade's stages, compare, score, feedback), are imported where they are
+# used: the pool's worker starts first, and its `import torch` overlaps the grader's own.
 
 
 @dataclass(frozen=True)
@@ -96,14 +98,37 @@ def grade_all(
     (default: a pool of the batch's own, which hides the batch's folders from every run; a pool given here
     hides them only from workers it starts from now on).
     """
-    from grader.grade import feedback_edges, hidden_folders
-
     if not isinstance(assignment, Assignment):
         assignment = assignments.load(assignment)
     inputs = regrade.grading_inputs(assignment, hidden_runs, timeout, limits)
     folder = out / "reports"
     for stale in folder.glob(".*.json.*"):  # a write that a killed batch left half done
         stale.unlink(missing_ok=True)
+    outcomes, todo, why = _kept(found, folder, inputs, force, progress)
+    if not todo:
+        return sorted(outcomes, key=lambda o: o.submission.student)
+    record = _recorder(out, inputs, why, outcomes, progress)
+    # No run may read the solutions, the rubric, the other submissions or what this batch writes.
+    folders = [*hidden_folders(assignment), out.resolve(), *found.roots]
+    if scheduler is not None:
+        # the folders only (every submission is in one of them): a task's size must not grow with the class
+        backend_name = backend.requested if backend else "auto"
+        _on_cluster(todo, assignment, scheduler, folders, record, timeout, limits, backend_name, hidden_runs)
+    else:
+        hidden = [*folders, *(s.path.resolve() for s in found.submissions)]
+        _in_pool(todo, assignment, hidden, record, jobs, timeout, limits, backend, hidden_runs, pool)
+    return sorted(outcomes, key=lambda o: o.submission.student)
+
+
+_Record = Callable[[Submission, dict, str | None], None]
+"""What takes one graded submission's report and feedback page (None: none) as they come."""
+
+
+def _kept(
+    found: Found, folder: Path, inputs: dict, force: bool, progress: Callable[[Outcome], None] | None
+) -> tuple[list[Outcome], list[Submission], dict[str, str]]:
+    """The outcomes of the submissions whose earlier report in `folder` stands (each told to `progress`), the
+    submissions to grade, and why each of those is graded again."""
     outcomes: list[Outcome] = []
     todo: list[Submission] = []
     why: dict[str, str] = {}
@@ -118,38 +143,71 @@ def grade_all(
         else:
             todo.append(s)
             why[s.student] = reason
-    if not todo:
-        return sorted(outcomes, key=lambda o: o.submission.student)
+    return outcomes, todo, why
+
+
+def _recorder(
+    out: Path,
+    inputs: dict,
+    why: dict[str, str],
+    outcomes: list[Outcome],
+    progress: Callable[[Outcome], None] | None,
+) -> _Record:
+    """What writes each graded submission's page and report under `out` and adds its outcome to `outcomes`."""
 
     def record(s: Submission, report: dict, page: str | None) -> None:
         report = {**report, "inputs": inputs}
         if page is not None:  # before the report: a report on disk means its page is there too
             write_atomically(out / "feedback" / f"{s.student}.html", page)
-        write_atomically(folder / f"{s.student}.json", json.dumps(report, indent=2))
+        write_atomically(out / "reports" / f"{s.student}.json", json.dumps(report, indent=2))
         outcomes.append(Outcome(s, report, reused=False, why=why[s.student]))
         if progress:
             progress(outcomes[-1])
 
-    # No run may read the solutions, the rubric, the other submissions or what this batch writes.
-    hidden = [*hidden_folders(assignment), out.resolve(), *found.roots, *(s.path.resolve() for s in found.submissions)]
-    if scheduler is not None:
-        from grader.integrations import cluster
+    return record
 
-        # the folders only (every submission is in one of them): a task's size must not grow with the class
-        folders = [*hidden_folders(assignment), out.resolve(), *found.roots]
-        for s, report, page in cluster.grade(
-            todo,
-            assignment,
-            scheduler,
-            timeout=timeout,
-            limits=limits,
-            hidden=tuple(str(p) for p in folders),
-            backend=backend.requested if backend else "auto",
-            hidden_runs=hidden_runs,
-        ):
-            record(s, report, page)
-        return sorted(outcomes, key=lambda o: o.submission.student)
 
+def _on_cluster(
+    todo: list[Submission],
+    assignment: Assignment,
+    scheduler: str,
+    hidden: list[Path],
+    record: _Record,
+    timeout: float | None,
+    limits: sandbox.Limits,
+    backend: str,
+    hidden_runs: tuple[dict[str, object], ...] | None,
+) -> None:
+    """Grade `todo` on the Dask cluster at `scheduler`, `hidden` hidden from every run."""
+    from grader.integrations import cluster  # (Dask, an optional extra: a local batch never imports this module)
+
+    for s, report, page in cluster.grade(
+        todo,
+        assignment,
+        scheduler,
+        timeout=timeout,
+        limits=limits,
+        hidden=tuple(str(p) for p in hidden),
+        backend=backend,
+        hidden_runs=hidden_runs,
+    ):
+        record(s, report, page)
+
+
+def _in_pool(
+    todo: list[Submission],
+    assignment: Assignment,
+    hidden: list[Path],
+    record: _Record,
+    jobs: int,
+    timeout: float | None,
+    limits: sandbox.Limits,
+    backend: sandbox.Backend | None,
+    hidden_runs: tuple[dict[str, object], ...] | None,
+    pool: sandbox.Pool | None,
+) -> None:
+    """Grade `todo` here, `jobs` at a time, in `pool` (default: a pool of the batch's own), `hidden` hidden from
+    every run."""
     if pool is not None:
         pool.hide(hidden)
     with (
@@ -165,7 +223,6 @@ def grade_all(
         }
         for future in as_completed(futures):
             record(futures[future], *future.result())
-    return sorted(outcomes, key=lambda o: o.submission.student)
 
 
 # --- what the instructor reads ------------------------------------------------------------------------
@@ -185,8 +242,6 @@ def write_outputs(out: Path, assignment: str | Assignment, found: Found, canvas_
     """Rebuild grades.csv, the feedback files, the summary and the class report (class.json, class.html) from
     the reports of `found`'s students; and canvas.csv where submissions came from a Canvas download
     (`canvas_column`: the assignment's column there, default its name)."""
-    from grader.reports import class_report
-
     if not isinstance(assignment, Assignment):
         assignment = assignments.load(assignment)
     rubric = assignment.rubric
