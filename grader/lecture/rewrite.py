@@ -152,96 +152,141 @@ def rewrite_cell(cell: Cell, role: str, checkers: set[str], keys: set[str]) -> t
     notes = [f"{cell.label}: `{s[:60]}` was not run (no shell or network while grading)" for s in cell.shell]
     if cell.tree is None:
         return cell.source, notes, False, ""
-    edits: list[tuple[ast.AST | _Span, str]] = []
-    stand_in = False
     stripped = [s for s in cell.tree.body if (_is_autograd(s) if role == "before" else is_check(s, checkers, keys))]
-    # a check call leaves the run, but the gradient it checked is recorded as it was then (a later change in place,
-    # through another name that is the same tensor, does not reach the copy): the grader grades what was checked
-    snapshots = {id(s): names for s, names in check_statements(cell, checkers, keys)} if role == "exercise" else {}
-    for s in stripped:
-        edits.append(
-            (
-                s,
-                "; ".join(f"{name} = {COPY}(lambda: {call.gradient})" for call, name in snapshots.get(id(s), []))
-                or "pass",
-            )
-        )
-    lines = (
-        ""
-        if not stripped
-        else f"line {stripped[0].lineno}"
-        if len(stripped) == 1
-        else f"lines {stripped[0].lineno}-{stripped[-1].end_lineno}"
-    )
+    edits = _left_out(cell, role, stripped, checkers, keys)
+    lines = _lines(stripped)
     if stripped and role == "before":
         notes.append(
             f"{cell.label}: {lines} not run: PyTorch's own backward pass (the grader asks autograd itself, "
             "from your tensors)"
         )
     skipped = {id(n) for s in stripped for n in ast.walk(s)}
+    stand_in = False
     for node in ast.walk(cell.tree):
-        if id(node) in skipped:
-            continue
-        shell = _shell_call(node)
-        if shell is not None:
-            edits.append((node, "None"))
-            notes.append(
-                f"{cell.label}: `{shell[:60]}` was not run (no shell or network while grading; the data "
-                "set comes from --data)"
-            )
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            module = node.module if isinstance(node, ast.ImportFrom) else None
-            if isinstance(node, ast.ImportFrom):
-                gone = (node.level > 0 or _missing(module or "")) and module != "__future__"
-                names = [a.asname or a.name for a in node.names if a.name != "*"]
-                shown = f"from {'.' * node.level}{module or ''} import ..."
-            else:
-                gone = any(_missing(a.name) for a in node.names)
-                names = [a.asname or a.name.split(".")[0] for a in node.names]
-                shown = "import " + ", ".join(a.name for a in node.names)
-            if gone and names:
-                edits.append((node, " = ".join(names) + f" = {STAND_IN}"))
-                stand_in = True
-                notes.append(
-                    f"{cell.label}: `{shown}`: not installed here; {', '.join(names)} stand"
-                    f"{'s' if len(names) == 1 else ''} in as a no-op"
-                )
-        elif (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "cuda"
-            and not node.args
-        ):
-            f = _span(node.func)  # just the name: `x.cuda()` -> `x.cpu()`, whatever `x` is
-            edits.append((_Span(f.end_lineno, f.end_col_offset - 4, f.end_lineno, f.end_col_offset), "cpu"))
-            notes.append(f"{cell.label}: `.cuda()` ran as `.cpu()` (no GPU while grading)")
-        elif (
-            role == "before"
-            and isinstance(node, ast.Constant)
-            and isinstance(node.value, str)
-            and _is_data_path(node.value)
-        ):
-            edits.append((node, repr("names.txt")))
-            notes.append(f"{cell.label}: reads {node.value!r}: it read the data set given with --data instead")
-        elif (
-            role == "before"
-            and isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id == "open"
-            and node.args
-            and _opened_for_reading(node)
-        ):
-            arg = node.args[0]
-            if (
-                isinstance(arg, ast.Constant)
-                and isinstance(arg.value, str)
-                and arg.value.endswith(".txt")
-                and not _is_data_path(arg.value)
-                and arg.value.removeprefix("./") not in DATA_FILES
-            ):
-                edits.append((arg, repr("names.txt")))
-                notes.append(f"{cell.label}: reads {arg.value!r}: it read the data set given with --data instead")
+        edit = None if id(node) in skipped else _node_edit(node, role)
+        if edit is not None:
+            edits.append((edit.where, edit.new))
+            notes.append(f"{cell.label}: {edit.note}")
+            stand_in |= edit.stand_in
     return _edit(cell.source, edits), notes, stand_in, lines if role == "exercise" else ""
+
+
+def _left_out(
+    cell: Cell, role: str, stripped: list[ast.stmt], checkers: set[str], keys: set[str]
+) -> list[tuple[ast.AST | _Span, str]]:
+    """The edits that leave the `stripped` statements out: each becomes `pass`, or in an exercise the copies of the
+    gradients its check calls named."""
+    # a check call leaves the run, but the gradient it checked is recorded as it was then (a later change in place,
+    # through another name that is the same tensor, does not reach the copy): the grader grades what was checked
+    snapshots = {id(s): names for s, names in check_statements(cell, checkers, keys)} if role == "exercise" else {}
+    return [
+        (s, "; ".join(f"{name} = {COPY}(lambda: {call.gradient})" for call, name in snapshots.get(id(s), [])) or "pass")
+        for s in stripped
+    ]
+
+
+def _lines(stripped: list[ast.stmt]) -> str:
+    """`line 3` or `lines 3-5`: where the statements are in their cell (empty for none)."""
+    if not stripped:
+        return ""
+    if len(stripped) == 1:
+        return f"line {stripped[0].lineno}"
+    return f"lines {stripped[0].lineno}-{stripped[-1].end_lineno}"
+
+
+@dataclass(frozen=True)
+class _NodeEdit:
+    """The edit of one node of a cell."""
+
+    where: ast.AST | _Span
+    """What it replaces."""
+    new: str
+    """The text put there."""
+    note: str
+    """What it did, for the report (after the cell's label)."""
+    stand_in: bool = False
+    """Whether the new text needs the stand-in for missing modules."""
+
+
+def _node_edit(node: ast.AST, role: str) -> _NodeEdit | None:
+    """The edit of one node that is not left out, if it needs one: a shell escape, an import of a missing module, a
+    `.cuda()`; before Exercise 1, the data set read from a path of its own."""
+    edit = _shell_edit(node) or _import_edit(node) or _cuda_edit(node)
+    if edit is None and role == "before":
+        edit = _data_path_edit(node) or _opened_data_edit(node)
+    return edit
+
+
+def _shell_edit(node: ast.AST) -> _NodeEdit | None:
+    """A shell escape (`!wget ...`, `%pip install ...`): `None`, not run."""
+    shell = _shell_call(node)
+    if shell is None:
+        return None
+    return _NodeEdit(
+        node, "None", f"`{shell[:60]}` was not run (no shell or network while grading; the data set comes from --data)"
+    )
+
+
+def _import_edit(node: ast.AST) -> _NodeEdit | None:
+    """An import of a module not installed here: its names stand in as the no-op `STAND_IN`."""
+    if isinstance(node, ast.ImportFrom):
+        module = node.module
+        gone = (node.level > 0 or _missing(module or "")) and module != "__future__"
+        names = [a.asname or a.name for a in node.names if a.name != "*"]
+        shown = f"from {'.' * node.level}{module or ''} import ..."
+    elif isinstance(node, ast.Import):
+        gone = any(_missing(a.name) for a in node.names)
+        names = [a.asname or a.name.split(".")[0] for a in node.names]
+        shown = "import " + ", ".join(a.name for a in node.names)
+    else:
+        return None
+    if not (gone and names):
+        return None
+    note = f"`{shown}`: not installed here; {', '.join(names)} stand{'s' if len(names) == 1 else ''} in as a no-op"
+    return _NodeEdit(node, " = ".join(names) + f" = {STAND_IN}", note, stand_in=True)
+
+
+def _cuda_edit(node: ast.AST) -> _NodeEdit | None:
+    """`x.cuda()`: `x.cpu()`."""
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "cuda"
+        and not node.args
+    ):
+        return None
+    f = _span(node.func)  # just the name: `x.cuda()` -> `x.cpu()`, whatever `x` is
+    where = _Span(f.end_lineno, f.end_col_offset - 4, f.end_lineno, f.end_col_offset)
+    return _NodeEdit(where, "cpu", "`.cuda()` ran as `.cpu()` (no GPU while grading)")
+
+
+def _data_path_edit(node: ast.AST) -> _NodeEdit | None:
+    """A string that is a path of the data set other than the run's (`'/content/names.txt'`)."""
+    if not (isinstance(node, ast.Constant) and isinstance(node.value, str) and _is_data_path(node.value)):
+        return None
+    return _NodeEdit(node, repr("names.txt"), f"reads {node.value!r}: it read the data set given with --data instead")
+
+
+def _opened_data_edit(node: ast.AST) -> _NodeEdit | None:
+    """`open('words.txt')`: a text file read under another name is the data set."""
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "open"
+        and node.args
+        and _opened_for_reading(node)
+    ):
+        return None
+    arg = node.args[0]
+    if not (
+        isinstance(arg, ast.Constant)
+        and isinstance(arg.value, str)
+        and arg.value.endswith(".txt")
+        and not _is_data_path(arg.value)
+        and arg.value.removeprefix("./") not in DATA_FILES
+    ):
+        return None
+    return _NodeEdit(arg, repr("names.txt"), f"reads {arg.value!r}: it read the data set given with --data instead")
 
 
 def _is_data_path(value: str) -> bool:

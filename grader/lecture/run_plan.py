@@ -19,12 +19,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
+from dataclasses import dataclass
 
 import nbformat
 
 from grader import rubric as rubrics
 from grader.lecture.cells import Cell, cell_range, checkers_in, name_key, read
-from grader.lecture.own_checks import check_statements, checks
+from grader.lecture.own_checks import Check, check_statements, checks
 from grader.lecture.recognition import Recognised
 from grader.lecture.rewrite import COPY_SOURCE, STAND_IN_SOURCE, rewrite_cell
 from grader.lecture.tensors import LEAVES
@@ -66,10 +67,36 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
     checkers = checkers_in(cells)
     keys = {name_key(ours) for ours, _ in rec.forward} | {name_key(g.of) for g in rec.gradients}
     first = rec.sections[0].cells[0] if rec.sections else len(nb.cells)
+    rewritten = _rewritten(cells, rec, checkers, keys, first)
+    copies = any(
+        names for c in cells if first <= c.index <= rec.last for _, names in check_statements(c, checkers, keys)
+    )
+    planned = [*_grader_cells(rewritten.stand_in, copies), *rewritten.cells]
+    notes = [*rec.notes, *rewritten.notes, *_checks_note(rewritten.checked_lines), *_not_run_note(cells, rec)]
+    captures = _captures(rec, rubric, planned, checks(nb, rec))
+    return Plan(tuple(planned), captures, tuple(notes), _unfound(rec, rubric))
+
+
+@dataclass(frozen=True)
+class _Rewritten:
+    """The notebook's cells that the run executes, as `rewrite_cell` made them."""
+
+    cells: tuple[PlannedCell, ...]
+    """Each cell up to the last one the run needs, in order."""
+    notes: tuple[str, ...]
+    """What changed, cell by cell."""
+    stand_in: bool
+    """Whether a cell needs the stand-in for missing modules."""
+    checked_lines: tuple[tuple[Cell, str], ...]
+    """Each exercise cell with checks left out, and their lines (`lines 3-5`)."""
+
+
+def _rewritten(cells: list[Cell], rec: Recognised, checkers: set[str], keys: set[str], first: int) -> _Rewritten:
+    """The cells up to `rec.last`, each rewritten: those before Exercise 1 (`first`) without autograd, the others
+    each given its exercise's id."""
     section_of = {i: s.exercise for s in rec.sections for i in range(s.cells[0], s.cells[-1] + 1)}
     planned: list[PlannedCell] = []
-    positions: dict[int, int] = {}
-    notes: list[str] = list(rec.notes)
+    notes: list[str] = []
     needs_stand_in = False
     checked_lines: list[tuple[Cell, str]] = []
     for c in cells:
@@ -81,7 +108,6 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
         if checked:
             checked_lines.append((c, checked))
         needs_stand_in |= stand_in
-        positions[c.index] = len(planned)
         if role == "before":  # autograd refused here too: no gradient can be taken early and kept for later
             planned.append(PlannedCell(c.label, source, no_grad=True, guarded=True, cell=c.index))
         else:
@@ -91,57 +117,89 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
                     f"{c.label} ({exercise})", source, no_grad=False, guarded=True, grade_id=exercise, cell=c.index
                 )
             )
-    if checked_lines:  # one note for all cells (one gradient per cell: dozens of them)
-        where = (
-            f"{checked_lines[0][0].label}, {checked_lines[0][1]}"
-            if len(checked_lines) == 1
-            else "cells " + _numbers([c.number for c, _ in checked_lines])
-        )
-        notes.append(
-            f"your checks against autograd's gradients ({where}) were not run: the grader compares every "
-            "gradient itself, as each check saw it"
-        )
+    return _Rewritten(tuple(planned), tuple(notes), needs_stand_in, tuple(checked_lines))
+
+
+def _checks_note(checked_lines: tuple[tuple[Cell, str], ...]) -> list[str]:
+    """One note for all cells whose checks were left out (one gradient per cell: dozens of them)."""
+    if not checked_lines:
+        return []
+    where = (
+        f"{checked_lines[0][0].label}, {checked_lines[0][1]}"
+        if len(checked_lines) == 1
+        else "cells " + _numbers([c.number for c, _ in checked_lines])
+    )
+    return [
+        f"your checks against autograd's gradients ({where}) were not run: the grader compares every "
+        "gradient itself, as each check saw it"
+    ]
+
+
+def _not_run_note(cells: list[Cell], rec: Recognised) -> list[str]:
+    """The note on the cells after the last one the run needs, naming the training loop among them."""
     skipped = [c for c in cells if c.index > rec.last]
     if skipped and not rec.sections:
-        notes.append("nothing was run: there is no answer to grade yet")
-    elif skipped:
-        loops = [
-            (c, c.source.splitlines()[n.lineno - 1].strip())
-            for c in skipped
-            if c.tree
-            for n in ast.walk(c.tree)
-            if isinstance(n, (ast.For, ast.While))
-        ]
-        # the training loop: the one over `max_steps` or a large literal, if there is one (read in the loop's
-        # first 200 characters: the pattern takes time quadratic in a line's length)
-        loops.sort(key=lambda cl: not re.search(r"range\(.*(steps|\d{4,})", cl[1][:200]))
-        what = f", among them the loop `{loops[0][1][:60]}` in {loops[0][0].label}" if loops else ""
-        notes.append(
-            f"{cell_range((skipped[0].index, skipped[-1].index))} not run{what}: lecture notebooks are "
-            "graded on Exercises 1-3"
-        )
-    if needs_stand_in:
-        planned.insert(
-            0, PlannedCell("the grader's stand-in for missing modules", STAND_IN_SOURCE, no_grad=False, guarded=False)
-        )
-        positions = {i: p + 1 for i, p in positions.items()}
-    recorded = checks(nb, rec)
-    copies = any(
-        names for c in cells if first <= c.index <= rec.last for _, names in check_statements(c, checkers, keys)
-    )
-    if copies:  # (guarded like the notebook's cells: it only defines the function its check statements call)
-        planned.insert(0, PlannedCell("the grader's record of your checks", COPY_SOURCE, no_grad=False, guarded=True))
-        positions = {i: p + 1 for i, p in positions.items()}
+        return ["nothing was run: there is no answer to grade yet"]
+    if not skipped:
+        return []
+    loops = [
+        (c, c.source.splitlines()[n.lineno - 1].strip())
+        for c in skipped
+        if c.tree
+        for n in ast.walk(c.tree)
+        if isinstance(n, (ast.For, ast.While))
+    ]
+    # the training loop: the one over `max_steps` or a large literal, if there is one (read in the loop's
+    # first 200 characters: the pattern takes time quadratic in a line's length)
+    loops.sort(key=lambda cl: not re.search(r"range\(.*(steps|\d{4,})", cl[1][:200]))
+    what = f", among them the loop `{loops[0][1][:60]}` in {loops[0][0].label}" if loops else ""
+    return [
+        f"{cell_range((skipped[0].index, skipped[-1].index))} not run{what}: lecture notebooks are "
+        "graded on Exercises 1-3"
+    ]
 
+
+def _grader_cells(stand_in: bool, copies: bool) -> list[PlannedCell]:
+    """The grader's own cells the notebook's need, which run first: the copy function for its check statements
+    (guarded like the notebook's cells: it only defines the function they call), the stand-in for missing modules."""
+    out = []
+    if copies:
+        out.append(PlannedCell("the grader's record of your checks", COPY_SOURCE, no_grad=False, guarded=True))
+    if stand_in:
+        out.append(
+            PlannedCell("the grader's stand-in for missing modules", STAND_IN_SOURCE, no_grad=False, guarded=False)
+        )
+    return out
+
+
+def _captures(
+    rec: Recognised, rubric: rubrics.Rubric, planned: list[PlannedCell], recorded: tuple[Check, ...]
+) -> tuple[Capture, ...]:
+    """The forward tensors just before Exercise 1, then each exercise found: its gradients and the copies its check
+    calls `recorded`, over its cells (in `planned`), up to the next exercise."""
+    positions = {p.cell: i for i, p in enumerate(planned) if p.cell is not None}
     forward_names = tuple(dict.fromkeys(theirs for _, theirs in rec.forward))
     starts = sorted(positions[s.cells[0]] for s in rec.sections)
-    captures = [
-        Capture(FORWARD, forward_names, starts[0] if starts else len(planned), starts[0] if starts else len(planned))
-    ]
-    unfound = []
+    before = starts[0] if starts else len(planned)
+    captures = [Capture(FORWARD, forward_names, before, before)]
     for ex in rubric.exercises:
         section = next((s for s in rec.sections if s.exercise == ex.id), None)
         if section is None:
+            continue
+        start = positions[section.cells[0]]
+        later = [p for p in starts if p > start]
+        snapshots = tuple(k.snapshot for k in recorded if k.exercise == ex.id)
+        captures.append(
+            Capture(ex.id, tuple(v.name for v in ex.variables) + snapshots, start, later[0] if later else len(planned))
+        )
+    return tuple(captures)
+
+
+def _unfound(rec: Recognised, rubric: rubrics.Rubric) -> tuple[tuple[str, str, str], ...]:
+    """(exercise, variable, why) for each exercise with no cells and each gradient not found in its exercise."""
+    unfound = []
+    for ex in rubric.exercises:
+        if not any(s.exercise == ex.id for s in rec.sections):
             unfound.append(
                 (
                     ex.id,
@@ -151,12 +209,6 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
                 )
             )
             continue
-        start = positions[section.cells[0]]
-        later = [p for p in starts if p > start]
-        snapshots = tuple(k.snapshot for k in recorded if k.exercise == ex.id)
-        captures.append(
-            Capture(ex.id, tuple(v.name for v in ex.variables) + snapshots, start, later[0] if later else len(planned))
-        )
         for g in rec.gradients:
             if g.exercise == ex.id and not g.how:
                 unfound.append(
@@ -167,7 +219,7 @@ def plan(nb: nbformat.NotebookNode, rec: Recognised, rubric: rubrics.Rubric) -> 
                         f"no d{g.of} or d_{g.of} is assigned)",
                     )
                 )
-    return Plan(tuple(planned), tuple(captures), tuple(notes), tuple(unfound))
+    return tuple(unfound)
 
 
 def _numbers(numbers: list[int]) -> str:
