@@ -176,30 +176,37 @@ def grade_with_runs(
         raise UsageError("--data is for lecture notebooks; an assignment reads the data set its rubric names")
     assignment = for_notebook(student, path, assignment, course, embedded)
     runs = _Runs.of(assignment, parameters, hidden_runs)
-    # The run reads its own copy of each data file, under the file's name in its working directory.
-    plans = [planning.plan(student, assignment, p | assignment.rubric.data) for p in runs.settings]
-    captured, refs = _in_pool(pool, assignment, runs, plans, timeout)
+    plans, captured, refs = _in_pool(pool, assignment, runs, student, timeout)
     graded = _graded(assignment, runs, plans, captured, refs)
     return _scored(path, assignment, graded), graded
 
 
 def _in_pool(
-    pool: sandbox.Pool | None, assignment: Assignment, runs: _Runs, plans: list[Plan], timeout: float | None
-) -> tuple[list[Captured], list[dict[Key, object]]]:
-    """Every run in `pool` (by default a pool of its own, closed after), and the references meanwhile: what
-    each run brought back, and the references of each run's parameters."""
+    pool: sandbox.Pool | None,
+    assignment: Assignment,
+    runs: _Runs,
+    student: nbformat.NotebookNode,
+    timeout: float | None,
+) -> tuple[list[Plan], list[Captured], list[dict[Key, object]]]:
+    """Every run of the `student`'s notebook in `pool` (by default a pool of its own, closed after), and the
+    references meanwhile: each run's plan, what each run brought back, and the references of each run's
+    parameters."""
     own_pool = pool is None
     pool = pool or sandbox.Pool()
     pool.hide(hidden_folders(assignment))
     try:
-        # The workers first: their `import torch` overlaps this process's own, just below.
+        # The workers first: their `import torch` and setup overlap the planning and this process's own import.
+        for p in runs.settings:
+            _worker(pool, assignment, p | assignment.rubric.data, _copies(assignment))
+        # The run reads its own copy of each data file, under the file's name in its working directory.
+        plans = [planning.plan(student, assignment, p | assignment.rubric.data) for p in runs.settings]
         jobs = _jobs(pool, assignment, runs, plans, timeout)
         # Everything this process will need is imported before the notebook's first cell may run.
         import safetensors.torch  # noqa: F401 -- imported for its side effect: loaded before student code runs
 
         from grader import reference, score  # noqa: F401 -- the same (they import torch: not before the workers)
 
-        return _run(jobs, pool, assignment, runs, plans, timeout)
+        return plans, *_run(jobs, pool, assignment, runs, plans, timeout)
     finally:
         if own_pool:
             pool.close()
