@@ -43,9 +43,11 @@ def _autograd_patches(torch: ModuleType) -> list[tuple[object, str, object]]:
             _refuse()
         return self
 
+    # torch's own entry points to autograd, loaded before they are wrapped (the guard is built in the worker,
+    # where torch is imported; importing them at the top would import torch wherever this module is read)
     import torch.autograd.forward_ad
-    import torch.autograd.functional
-    import torch.func
+    import torch.autograd.functional  # (see above)
+    import torch.func  # (see above)
 
     set_grad_mode = torch._C._set_grad_enabled
 

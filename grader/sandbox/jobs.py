@@ -25,7 +25,7 @@ def warm_start(plan: Plan, prefix: tuple[PlannedCell, ...]) -> tuple[int, list[i
     Only where the plan begins with exactly the worker's cells (the released parameters cell and the
     setup cells, byte for byte); the injected parameters may differ, and are then run again.
     """
-    from grader.plan import PARAMS
+    from grader.plan import PARAMS  # (not at the top: grader.plan imports nbformat, which the worker must not pay for)
 
     if len(plan.cells) < len(prefix):
         return 0, []

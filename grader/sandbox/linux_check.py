@@ -36,7 +36,7 @@ def works_here() -> tuple[str, str]:
     missing = _linux_apis_missing()
     if missing:
         return "", missing
-    from grader.sandbox import confine
+    from grader.sandbox import confine  # (Linux only: imported once the Linux calls are known to be there)
 
     why = ""
     # `userns` measures, as root, the mode an ordinary user gets (benchmarks/batch_speed.py --userns)
@@ -53,6 +53,6 @@ def works_here() -> tuple[str, str]:
 @functools.cache
 def filter_problem() -> str:
     """Why the system-call filter cannot be built here (no libseccomp), or ''."""
-    from grader.sandbox.syscalls import Filter
+    from grader.sandbox.syscalls import Filter  # (Linux only, as above)
 
     return Filter.make()[1]

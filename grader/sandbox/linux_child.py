@@ -15,12 +15,15 @@ Linux only: fork, pidfd, `send_fds`, namespaces.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import select
 import signal
+import socket
 import sys
+import time
 import traceback
-from typing import TYPE_CHECKING
 
 from grader.sandbox import confine
 from grader.sandbox.limits import Limits
@@ -28,14 +31,9 @@ from grader.sandbox.runner import error_line
 from grader.sandbox.syscalls import Filter
 from grader.sandbox.warm import MAX_RUNS, Warm
 
-if TYPE_CHECKING:
-    import socket
-
 
 def _unless_orphaned(supervisor: int, job: int) -> None:
     """Return when the job ends; if the supervisor ends first (the grader was killed), end the job and exit."""
-    import select
-
     try:
         child = os.pidfd_open(job)
     except OSError:
@@ -55,8 +53,6 @@ def _unless_orphaned(supervisor: int, job: int) -> None:
 
 def _ends_within(pid: int, seconds: float) -> bool:
     """Whether child `pid` ends within `seconds` (a job is one run: one clock). The child is left to be reaped."""
-    import select
-
     pidfd = os.pidfd_open(pid)  # sleep until it ends
     try:
         return bool(select.select([pidfd], [], [], seconds)[0])
@@ -67,8 +63,6 @@ def _ends_within(pid: int, seconds: float) -> bool:
 def _stamp(fd: int, name: str) -> None:
     """Note when a step of the run's start and end happened (`name seconds`, the system's monotonic clock, which
     every process reads alike), for `batch_speed.py`'s breakdown; a closed pipe is no error."""
-    import time
-
     try:
         os.write(fd, f"{name} {time.monotonic():.6f}\n".encode())
     except OSError:
@@ -112,9 +106,6 @@ class Server(Warm):
 
     def serve(self, sock: socket.socket) -> None:
         """Fork a supervisor for each job until the grader closes the socket."""
-        import gc
-        import socket
-
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
         # built once here, loaded by each job; the grader checked that it can be built (`linux_check`)
         self.filter, _ = Filter.make()
@@ -140,8 +131,6 @@ class Server(Warm):
 
     def _supervise(self, fds: list[int]) -> None:
         """The supervisor: starts the job in its confinement, gives each run at most the timeout, reports."""
-        import time
-
         received = time.monotonic()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         confine.die_with_parent()
@@ -285,8 +274,6 @@ class Server(Warm):
 def main(argv: list[str]) -> int:
     """`python -m grader.sandbox.linux_child SPEC_JSON SOCKET_FD`: become a worker for the grader at the
     socket's end."""
-    import socket
-
     spec_path, fd = argv
     sock = socket.socket(fileno=int(fd))
     with open(spec_path, encoding="utf-8") as f:

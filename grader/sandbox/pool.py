@@ -91,7 +91,7 @@ def choose(requested: str | None = None) -> Backend:
         raise UsageError(f"{source}: {name!r} is not a sandbox; choose one of {', '.join(CHOICES)}")
     if name == "portable":
         return Backend("portable", warning=portable_warning("as asked"), requested=name)
-    from grader.sandbox.linux_check import filter_problem, works_here
+    from grader.sandbox.linux_check import filter_problem, works_here  # (a backend chosen at run time)
 
     mode, why = works_here()
     if mode:
@@ -135,13 +135,13 @@ class Pool:
             if key not in self.workers:
                 prefix, warm_up, data_files = make()
                 if self.backend.name == "linux":
-                    from grader.sandbox import linux
+                    from grader.sandbox import linux  # (a backend chosen at run time: Linux's only where it works)
 
                     self.workers[key] = linux.Worker(
                         prefix, warm_up, data_files, self.hidden, self.limits, self.backend.mode
                     )
                 else:
-                    from grader.sandbox import portable
+                    from grader.sandbox import portable  # (a backend chosen at run time)
 
                     self.workers[key] = portable.Worker(prefix, warm_up, data_files, self.hidden, self.limits)
             return self.workers[key]

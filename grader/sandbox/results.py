@@ -281,8 +281,9 @@ class Run:
 def _frame(blob: bytes, planned: int, room: int) -> tuple[list, dict, dict, list, bool] | str:
     """One frame: safetensors bytes whose metadata is the run's JSON summary. Its header is read first:
     a forged file of a million empty tensors would cost seconds and a gigabyte to load."""
+    # (safetensors.torch imports torch: not at the top, which the portable backend's start reads before torch)
     from safetensors import SafetensorError
-    from safetensors.torch import load
+    from safetensors.torch import load  # (see above)
 
     try:
         # safetensors' own layout: an 8-byte little-endian header length, then the JSON header
@@ -310,7 +311,7 @@ def _frame(blob: bytes, planned: int, room: int) -> tuple[list, dict, dict, list
 
 def _values(kinds: dict, tensors: dict, exercises: set[str]) -> dict[ValueKey, object]:
     """Each key -> what the run sent for it, checked: a plain CPU tensor, or a word on what it was."""
-    import torch
+    import torch  # (as for safetensors above)
 
     values: dict[ValueKey, object] = {}
     for name, kind in list(kinds.items())[:MAX_ENTRIES]:

@@ -13,11 +13,13 @@ Portable: nothing here may use an API that macOS or Windows lacks (the backends 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
 import sys
 import traceback
+import types
 from typing import TYPE_CHECKING
 
 from grader.runs import CallArgument, CallRaised, CallReturned, CallWeight, ValueKey, wire
@@ -179,8 +181,6 @@ class Runner:
     # --- cells ------------------------------------------------------------------------------------
     def restore_for_locked_cell(self) -> None:
         """Locked cells see what earlier locked cells left, not what student code made of it."""
-        import builtins
-
         ns = self.ns
         for name in [n for n in ns if hasattr(builtins, n) and n not in self.locked_names and not n.startswith("_")]:
             del ns[name]  # a builtin the notebook shadowed
@@ -263,7 +263,7 @@ class Runner:
         """Append one frame to the result file: what was taken since the last frame, as safetensors (the
         tensors, and a JSON summary as metadata), after its length in 8 bytes. A run that ends before its
         last cell leaves the frames of the exercises it finished: the grader grades those."""
-        from safetensors.torch import save
+        from safetensors.torch import save  # (imported by the worker before any run: here it is a lookup)
 
         self.restore_modules()
         new = [k for k in self.values if k not in self.sent]
@@ -297,8 +297,6 @@ _ABSENT = object()  # a name the namespace lacks (`None` is a value a student ca
 
 def restore(pristine: Sequence[tuple[object, dict[str, object]]]) -> None:
     """Put back the attributes of each module as they were when `pristine` was taken, and the output streams."""
-    import types
-
     for module, attributes in pristine:
         current = module.__dict__
         if current.keys() != attributes.keys():

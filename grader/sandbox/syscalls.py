@@ -118,7 +118,7 @@ class Filter:
     def make() -> tuple[Filter | None, str]:
         """The filter, or None and why it cannot be built here (no libseccomp)."""
         try:
-            import pyseccomp
+            import pyseccomp  # (Linux only, and may be missing: its absence is an answer, not an error)
         except (ImportError, RuntimeError, OSError) as e:  # pyseccomp raises RuntimeError without libseccomp
             return None, f"no seccomp filter ({type(e).__name__}: {e}; install libseccomp2 and pyseccomp)"
         compiled = pyseccomp.SyscallFilter(pyseccomp.ALLOW)

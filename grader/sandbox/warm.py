@@ -10,7 +10,11 @@ Portable: nothing here may use an API that macOS or Windows lacks (the backends 
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import io
 import os
+import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,14 +35,13 @@ class Warm:
     """
 
     def __init__(self, spec: dict) -> None:
-        import builtins
-        import random
-
+        # The heavy imports are the worker's start itself, made here (not at the top) so that the grader's
+        # process, which imports this module's names too, never pays for them.
         import safetensors.torch  # (every run needs it: import it once, here)
-        import torch
-        import torch.nn.functional
-        from IPython.core.interactiveshell import InteractiveShell
-        from traitlets.config import Config
+        import torch  # (see above)
+        import torch.nn.functional  # (see above)
+        from IPython.core.interactiveshell import InteractiveShell  # (see above)
+        from traitlets.config import Config  # (see above)
 
         class Shell(InteractiveShell):
             # `%matplotlib inline`: no event loop to start, figures render off screen
@@ -87,9 +90,6 @@ class Warm:
         The first call of many torch operations is slow (lazy initialisation); doing it here once saves
         it in every run forked later.
         """
-        import contextlib
-        import io
-
         scratch = dict(self.shell.user_ns)
         grad_was = self.torch.is_grad_enabled()
         with contextlib.redirect_stdout(io.StringIO()):
