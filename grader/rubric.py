@@ -205,76 +205,9 @@ def parse(raw: dict, path: Path, released: Path | None = None) -> Rubric:
         exercises = []
         for ex in raw["exercise"]:
             where = f"in exercise {ex['id']!r}"
-            variables = []
-            # an exercise may set its own default tolerance; [variable.NAME] still overrides it
-            ex_tol = Tolerance(
-                rtol=float(ex.get("rtol", default_tol.rtol)),
-                atol=float(ex.get("atol", default_tol.atol)),
-                broadcast=default_tol.broadcast,
-            )
-            kind = ex.get("kind", "gradients")
-            if kind not in ("gradients", "values") or ex.get("source", "reference") not in ("reference", "solution"):
-                raise RubricError(
-                    f"{path}: exercise {ex.get('id')}: kind must be gradients or values, source reference or solution"
-                )
-            for name in ex["variables"]:
-                o = overrides.get(name, {})
-                variables.append(
-                    Variable(
-                        name=name,
-                        of=o.get("of", name.removeprefix("d_") if kind == "gradients" else name),
-                        points=float(o.get("points", 1)),
-                        tolerance=Tolerance(
-                            rtol=float(o.get("rtol", ex_tol.rtol)),
-                            atol=float(o.get("atol", ex_tol.atol)),
-                            broadcast=ex_tol.broadcast,
-                        ),
-                    )
-                )
-            function = None
-            if "function" in ex:
-                training = None
-                if "training" in ex:
-                    t = ex["training"]
-                    result = Variable(
-                        name=t["result"],
-                        of=t["result"],
-                        points=float(t.get("points", 1)),
-                        tolerance=Tolerance(
-                            rtol=float(t.get("rtol", default_tol.rtol)), atol=float(t.get("atol", 0.0))
-                        ),
-                    )
-                    training = Training(cells=tuple(t["cells"]), result=result)
-                function = Function(
-                    name=ex["function"],
-                    forward=ex["forward"],
-                    wrt=ex["wrt"],
-                    reference_cells=tuple(ex["reference_cells"]),
-                    calls=tuple(int(c) for c in ex["calls"]),
-                    training=training,
-                    batch=tuple(str(b) for b in ex.get("batch", ())),
-                )
-            exercises.append(
-                Exercise(
-                    id=ex["id"],
-                    cell=ex.get("cell", ex["id"]),
-                    variables=tuple(variables),
-                    function=function,
-                    test_cell=ex.get("test_cell"),
-                    given=ex.get("given"),
-                    kind=kind,
-                    source=ex.get("source", "reference"),
-                )
-            )
+            exercises.append(_exercise(ex, default_tol, overrides, path))
         where = "at the top level"
-        graded = [v.name for e in exercises for v in e.variables]
-        for name in sorted(set(overrides) - set(graded)):
-            close = closest(name, graded)
-            also = f"did you mean [variable.{close}]? " if close else ""
-            raise RubricError(
-                f"{path}: [variable.{name}]: {name} is not a graded variable; {also}the graded ones are "
-                f"{', '.join(graded)}"
-            )
+        _graded_overrides(overrides, exercises, path)
         if released is None:
             released = path.with_name(raw["notebook"])
             if released.parent != path.parent:
@@ -301,6 +234,81 @@ def parse(raw: dict, path: Path, released: Path | None = None) -> Rubric:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         what = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
         raise RubricError(f"{path}: malformed rubric {where} ({what})") from e
+
+
+def _exercise(ex: dict, default_tol: Tolerance, overrides: dict, path: Path) -> Exercise:
+    """One [[exercise]] table (`parse` names it in the message of what it raises)."""
+    # an exercise may set its own default tolerance; [variable.NAME] still overrides it
+    ex_tol = Tolerance(
+        rtol=float(ex.get("rtol", default_tol.rtol)),
+        atol=float(ex.get("atol", default_tol.atol)),
+        broadcast=default_tol.broadcast,
+    )
+    kind = ex.get("kind", "gradients")
+    if kind not in ("gradients", "values") or ex.get("source", "reference") not in ("reference", "solution"):
+        raise RubricError(
+            f"{path}: exercise {ex.get('id')}: kind must be gradients or values, source reference or solution"
+        )
+    variables = []
+    for name in ex["variables"]:
+        o = overrides.get(name, {})
+        variables.append(
+            Variable(
+                name=name,
+                of=o.get("of", name.removeprefix("d_") if kind == "gradients" else name),
+                points=float(o.get("points", 1)),
+                tolerance=Tolerance(
+                    rtol=float(o.get("rtol", ex_tol.rtol)),
+                    atol=float(o.get("atol", ex_tol.atol)),
+                    broadcast=ex_tol.broadcast,
+                ),
+            )
+        )
+    function = _function(ex, default_tol) if "function" in ex else None
+    return Exercise(
+        id=ex["id"],
+        cell=ex.get("cell", ex["id"]),
+        variables=tuple(variables),
+        function=function,
+        test_cell=ex.get("test_cell"),
+        given=ex.get("given"),
+        kind=kind,
+        source=ex.get("source", "reference"),
+    )
+
+
+def _function(ex: dict, default_tol: Tolerance) -> Function:
+    """The function an exercise's answer defines, and the training run that calls it."""
+    training = None
+    if "training" in ex:
+        t = ex["training"]
+        result = Variable(
+            name=t["result"],
+            of=t["result"],
+            points=float(t.get("points", 1)),
+            tolerance=Tolerance(rtol=float(t.get("rtol", default_tol.rtol)), atol=float(t.get("atol", 0.0))),
+        )
+        training = Training(cells=tuple(t["cells"]), result=result)
+    return Function(
+        name=ex["function"],
+        forward=ex["forward"],
+        wrt=ex["wrt"],
+        reference_cells=tuple(ex["reference_cells"]),
+        calls=tuple(int(c) for c in ex["calls"]),
+        training=training,
+        batch=tuple(str(b) for b in ex.get("batch", ())),
+    )
+
+
+def _graded_overrides(overrides: dict, exercises: list[Exercise], path: Path) -> None:
+    """Raise `RubricError` for a [variable.NAME] table of a variable no exercise grades (a typo, most likely)."""
+    graded = [v.name for e in exercises for v in e.variables]
+    for name in sorted(set(overrides) - set(graded)):
+        close = closest(name, graded)
+        also = f"did you mean [variable.{close}]? " if close else ""
+        raise RubricError(
+            f"{path}: [variable.{name}]: {name} is not a graded variable; {also}the graded ones are {', '.join(graded)}"
+        )
 
 
 # Every key a rubric may hold, with what it means: `grader validate` and parse refuse any other (a typo such as
