@@ -287,47 +287,16 @@ def build(
     """The `Assignment` of files already read: what the rubric leaves out read from the notebooks, the rubric
     checked against them (a `RubricError` that blames the assignment, not the student), the digests taken."""
     written = raw  # (the digest is of the rubric as written: what is inferred follows from the notebooks)
-    if location.origin in ("course", "folder", "embedded"):
-        raw = {"assignment": location.name, **raw}
-        if raw["assignment"] != location.name:
-            raise broken(location, f"assignment = {raw['assignment']!r}, but its folder is {location.name!r}")
-    own_files = location.origin in ("shipped", "lecture")  # (the notebook the rubric names, beside it)
-    if location.origin != "lecture":  # (the lecture's notebook is not an nbgrader one: nothing to read from it)
-        raw = infer.defaults(raw, released, solution)
-    try:
-        rubric = parse(raw, location.rubric, None if own_files else location.released)
-    except RubricError as e:
-        if own_files:
-            raise
-        raise broken(location, str(e).removeprefix(f"{location.rubric}: ")) from None
+    raw, rubric = _parsed(location, raw, released, solution)
     published = dict(released_parameters(released) if published is None else published)
-    problems = infer.problems(rubric, released, solution, published) if location.origin != "lecture" else []
-    for run, values in enumerate(private, start=1):  # (named by their own file: they are not the rubric's)
-        problems += [
-            f"{location.hidden_runs}: hidden run {run}: {key!r} is not a parameter (the parameters: "
-            f"{', '.join(published)})"
-            for key in values
-            if key not in published
-        ]
+    problems = _problems(location, rubric, released, solution, published, private)
     if private:
         rubric = dataclasses.replace(rubric, hidden_runs=rubric.hidden_runs + tuple(private))
     if problems:
         raise broken(location, *problems)
-    data = {}
-    for key, file in rubric.data.items():
-        if not courses.NAME.fullmatch(Path(file).stem) or Path(file).name != file:
-            raise broken(location, f"[data] {key} = {file!r}: a data file is named by its file name alone")
-        data[key] = location.data / file
+    data = _data_files(location, rubric)
     cells = {gid: c.source for c in released.cells if c.cell_type == "code" and (gid := notebook.grade_id(c))}
-    data_digest = hashlib.sha256()
-    for key, path in sorted(data.items()):
-        data_digest.update(f"{key}={path.name}\0".encode() + _read(path, f"data file for {key}"))
-    inputs = {
-        "rubric": value_digest([written, list(private)]) if private else value_digest(written),
-        "released": _sha256(released_bytes),
-        "solution": _sha256(solution_bytes) if rubric.reads_solution and solution_bytes is not None else "",
-        "data": data_digest.hexdigest(),
-    }
+    inputs = _inputs(written, private, released_bytes, solution_bytes, rubric, data)
     return Assignment(
         rubric=rubric,
         released=released,
@@ -340,6 +309,78 @@ def build(
         location=location,
         raw=MappingProxyType(raw),
     )
+
+
+def _parsed(
+    location: Location, raw: dict, released: nbformat.NotebookNode, solution: nbformat.NotebookNode | None
+) -> tuple[dict, Rubric]:
+    """The raw rubric (with its name, and what it leaves out read from the notebooks) and the `Rubric` parsed from
+    it: a course's or a folder's broken rubric is the assignment's error (`BrokenAssignment`), a shipped one's
+    `RubricError` is raised as it is."""
+    if location.origin in ("course", "folder", "embedded"):
+        raw = {"assignment": location.name, **raw}
+        if raw["assignment"] != location.name:
+            raise broken(location, f"assignment = {raw['assignment']!r}, but its folder is {location.name!r}")
+    own_files = location.origin in ("shipped", "lecture")  # (the notebook the rubric names, beside it)
+    if location.origin != "lecture":  # (the lecture's notebook is not an nbgrader one: nothing to read from it)
+        raw = infer.defaults(raw, released, solution)
+    try:
+        return raw, parse(raw, location.rubric, None if own_files else location.released)
+    except RubricError as e:
+        if own_files:
+            raise
+        raise broken(location, str(e).removeprefix(f"{location.rubric}: ")) from None
+
+
+def _problems(
+    location: Location,
+    rubric: Rubric,
+    released: nbformat.NotebookNode,
+    solution: nbformat.NotebookNode | None,
+    published: dict[str, object],
+    private: tuple[dict[str, object], ...],
+) -> list[str]:
+    """What the rubric and the private hidden runs name that the notebooks do not have."""
+    problems = infer.problems(rubric, released, solution, published) if location.origin != "lecture" else []
+    for run, values in enumerate(private, start=1):  # (named by their own file: they are not the rubric's)
+        problems += [
+            f"{location.hidden_runs}: hidden run {run}: {key!r} is not a parameter (the parameters: "
+            f"{', '.join(published)})"
+            for key in values
+            if key not in published
+        ]
+    return problems
+
+
+def _data_files(location: Location, rubric: Rubric) -> dict[str, Path]:
+    """The rubric's data files, each by its key, in the assignment's data folder."""
+    data = {}
+    for key, file in rubric.data.items():
+        if not courses.NAME.fullmatch(Path(file).stem) or Path(file).name != file:
+            raise broken(location, f"[data] {key} = {file!r}: a data file is named by its file name alone")
+        data[key] = location.data / file
+    return data
+
+
+def _inputs(
+    written: dict,
+    private: tuple[dict[str, object], ...],
+    released_bytes: bytes,
+    solution_bytes: bytes | None,
+    rubric: Rubric,
+    data: dict[str, Path],
+) -> dict[str, str]:
+    """The digests of what grades a submission: the rubric as written (with the private hidden runs), the
+    released notebook, the solution where the rubric reads it, the data files."""
+    data_digest = hashlib.sha256()
+    for key, path in sorted(data.items()):
+        data_digest.update(f"{key}={path.name}\0".encode() + _read(path, f"data file for {key}"))
+    return {
+        "rubric": value_digest([written, list(private)]) if private else value_digest(written),
+        "released": _sha256(released_bytes),
+        "solution": _sha256(solution_bytes) if rubric.reads_solution and solution_bytes is not None else "",
+        "data": data_digest.hexdigest(),
+    }
 
 
 def _read(path: Path, what: str) -> bytes:
