@@ -14,6 +14,7 @@ import nbformat
 
 from grader.assignment import Assignment
 from grader.notebook import grade_id, has_tag, is_locked
+from grader.rubric import Rubric
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,30 @@ def plan(student: nbformat.NotebookNode, assignment: Assignment, params: dict[st
     """Plan the grading run of `student` against the released notebook of `assignment`, with `params` injected."""
     released, rubric = assignment.released, assignment.rubric
     locked = {grade_id(c): c for c in released.cells if c.cell_type == "code" and is_locked(c) and grade_id(c)}
-    released_order = [
-        PARAMS if has_tag(c, "parameters") else grade_id(c) for c in released.cells if c.cell_type == "code"
-    ]
+    cells, gids, notes, seen = _student_cells(student, rubric, locked, params)
+    _restore_deleted(released, rubric, locked, seen, cells, gids, notes)
+    if PARAMS not in gids:
+        # No tagged cell: inject right before the first cell that uses the parameters, so that an
+        # untagged cell of the student's own setting them cannot override them.
+        at = min((gids.index(g) for g in rubric.setup_cells + rubric.reference_cells if g in gids), default=0)
+        cells.insert(at, PlannedCell("injected parameters", injected_source(params), no_grad=False, grade_id=PARAMS))
+        gids.insert(at, PARAMS)
+        notes.append("no cell is tagged `parameters`: the grader's parameters were set before the setup cell")
+    captures = _captures(rubric, gids, len(cells), notes)
+    return Plan(tuple(cells), tuple(captures), tuple(notes))
+
+
+def _student_cells(
+    student: nbformat.NotebookNode,
+    rubric: Rubric,
+    locked: dict[str | None, nbformat.NotebookNode],
+    params: dict[str, object],
+) -> tuple[list[PlannedCell], list[str | None], list[str], set[str]]:
+    """The student's code cells as they will run (locked ones as released, skipped and repeated ones left out, the
+    parameters injected after the tagged cell); the grade_id of each (None: none, or not its first time); the notes
+    on what changed; and the grade_ids seen."""
     no_grad, skip = set(rubric.no_grad_cells), set(rubric.skip_cells)
     protected = set(locked) | skip | no_grad | set(rubric.reference_cells)
-
     cells: list[PlannedCell] = []
     gids: list[str | None] = []  # grade_id of each planned cell, for placing missing locked cells
     notes: list[str] = []
@@ -125,8 +144,24 @@ def plan(student: nbformat.NotebookNode, assignment: Assignment, params: dict[st
         if has_tag(cell, "parameters") and PARAMS not in gids:
             cells.append(PlannedCell("injected parameters", injected_source(params), no_grad=False, grade_id=PARAMS))
             gids.append(PARAMS)
+    return cells, gids, notes, seen
 
-    # Locked cells the student deleted go back in after the cell that precedes them in the release.
+
+def _restore_deleted(
+    released: nbformat.NotebookNode,
+    rubric: Rubric,
+    locked: dict[str | None, nbformat.NotebookNode],
+    seen: set[str],
+    cells: list[PlannedCell],
+    gids: list[str | None],
+    notes: list[str],
+) -> None:
+    """Locked cells the student deleted go back in (into `cells`, `gids` and `notes`) after the cell that precedes
+    them in the release."""
+    released_order = [
+        PARAMS if has_tag(c, "parameters") else grade_id(c) for c in released.cells if c.cell_type == "code"
+    ]
+    no_grad, skip = set(rubric.no_grad_cells), set(rubric.skip_cells)
     for i, gid in enumerate(released_order):
         if gid in locked and gid not in seen and gid not in skip:
             previous = [g for g in released_order[:i] if g in gids]
@@ -137,14 +172,10 @@ def plan(student: nbformat.NotebookNode, assignment: Assignment, params: dict[st
             gids.insert(at, gid)
             notes.append(f"locked cell {gid} was missing: the released version was run in its place")
 
-    if PARAMS not in gids:
-        # No tagged cell: inject right before the first cell that uses the parameters, so that an
-        # untagged cell of the student's own setting them cannot override them.
-        at = min((gids.index(g) for g in rubric.setup_cells + rubric.reference_cells if g in gids), default=0)
-        cells.insert(at, PlannedCell("injected parameters", injected_source(params), no_grad=False, grade_id=PARAMS))
-        gids.insert(at, PARAMS)
-        notes.append("no cell is tagged `parameters`: the grader's parameters were set before the setup cell")
 
+def _captures(rubric: Rubric, gids: list[str | None], count: int, notes: list[str]) -> list[Capture]:
+    """When to capture each exercise's variables in a plan of `count` cells with these grade_ids (an exercise
+    without its answer cell gets none, and a note in `notes`)."""
     starts = sorted(gids.index(ex.cell) for ex in rubric.exercises if ex.cell in gids)
     captures = []
     for ex in rubric.exercises:
@@ -153,7 +184,7 @@ def plan(student: nbformat.NotebookNode, assignment: Assignment, params: dict[st
             continue
         start = gids.index(ex.cell)
         later = [p for p in starts if p > start]
-        before = later[0] if later else len(cells)
+        before = later[0] if later else count
         f = ex.function
         if f is None:
             captures.append(
@@ -164,7 +195,7 @@ def plan(student: nbformat.NotebookNode, assignment: Assignment, params: dict[st
             # it, so that a scratch cell of the student's further down cannot stop or change its result
             training = [i for i, g in enumerate(gids) if f.training and g in f.training.cells and i > start]
             result = (f.training.result.name,) if f.training else ()
-            end = training[-1] + 1 if training else len(cells)
+            end = training[-1] + 1 if training else count
             captures.append(
                 Capture(
                     ex.id,
@@ -177,7 +208,7 @@ def plan(student: nbformat.NotebookNode, assignment: Assignment, params: dict[st
                     wrt=f.wrt,
                 )
             )
-    return Plan(tuple(cells), tuple(captures), tuple(notes))
+    return captures
 
 
 def describe_cell(cell: PlannedCell) -> str:
