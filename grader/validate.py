@@ -39,6 +39,7 @@ from grader import notebook
 from grader.assignment import Assignment
 from grader.course import Location
 from grader.errors import BrokenAssignment, GraderError
+from grader.grade import grade_with_runs
 from grader.infer import assigned
 from grader.sandbox.pool import Backend, Pool
 from grader.scan import parse
@@ -145,37 +146,16 @@ def validate(
         if solution is None:
             errors.append(f"{location.name}: no solution notebook here ({location.solution}): nothing to check")
             return Validation(location.name, tuple(errors), ())
-        from grader.grade import grade_with_runs
-
-        report, runs = grade_with_runs(solution, assignment=graded, pool=pool)
-        errors += _full_marks(report)
-        untouched = grade_with_runs(graded.location.released, assignment=graded, pool=pool)[0]
-        errors += _zero(untouched)
-        hidden = len(report.runs) - 1
-        solved = f"{report.score:g}/{report.max_score:g} in its own run and {hidden} hidden run{'s' * (hidden != 1)}"
-        missing = sum(v.status == "missing" for v in untouched.variables)
-        released = f"{untouched.score:g}/{untouched.max_score:g}, {missing} of {len(untouched.variables)} missing"
+        report, runs, wrong, solved, released = _solution_and_release(graded, solution, pool)
+        errors += wrong
         noise, count = _noise(graded, solution, report, runs, seeds, pool)
-        for n in noise:
-            if not n.fits:
-                near = " (its entries are all near zero: rounding noise is all there is)" if n.scale < 1e-6 else ""
-                errors.append(
-                    f"{n.variable}: the solution differs from autograd by up to {n.excess:.2g} over {count} runs, "
-                    f"above its atol {n.atol:g}{near}: set [variable.{n.variable}] atol = {n.suggestion():g}"
-                )
+        errors += _noisy(noise, count)
         results: list[MistakeResult] = []
         if with_mistakes and not errors:
             zero = {n.variable for n in noise if n.scale <= n.atol}
             results = _mistakes(graded, runs, scratch, pool, jobs, zero)
             warnings += [f"{m.name}: {m.verdict}" + (f" ({m.why})" if m.why else "") for m in results if _warn(m)]
             warnings += _untold(graded, results, zero)
-    stats = {
-        "derived": sum(m.kind != "written" for m in results),
-        "written": sum(m.kind == "written" for m in results),
-        "distinct": sum(m.verdict != "same as" for m in results),
-        "caught": sum(m.verdict in ("caught", "no hint", "costs more") for m in results),
-        "hinted": sum(bool(m.hint) for m in results if m.verdict != "same as"),
-    }
     return Validation(
         location.name,
         tuple(errors),
@@ -184,10 +164,50 @@ def validate(
         count,
         tuple(results),
         time.monotonic() - started,
-        stats,
+        _stats(results),
         solved,
         released,
     )
+
+
+def _solution_and_release(
+    graded: Assignment, solution: Path, pool: Pool
+) -> tuple[Report, list[GradedRun], list[str], str, str]:
+    """The solution graded (its report and runs); what is wrong with its grade and the untouched release's (full
+    marks and zero expected); and each grade in one line."""
+    report, runs = grade_with_runs(solution, assignment=graded, pool=pool)
+    errors = _full_marks(report)
+    untouched = grade_with_runs(graded.location.released, assignment=graded, pool=pool)[0]
+    errors += _zero(untouched)
+    hidden = len(report.runs) - 1
+    solved = f"{report.score:g}/{report.max_score:g} in its own run and {hidden} hidden run{'s' * (hidden != 1)}"
+    missing = sum(v.status == "missing" for v in untouched.variables)
+    released = f"{untouched.score:g}/{untouched.max_score:g}, {missing} of {len(untouched.variables)} missing"
+    return report, runs, errors, solved, released
+
+
+def _noisy(noise: list[Noise], count: int) -> list[str]:
+    """A variable whose rounding noise over `count` runs is above its atol, with the atol to set instead."""
+    errors = []
+    for n in noise:
+        if not n.fits:
+            near = " (its entries are all near zero: rounding noise is all there is)" if n.scale < 1e-6 else ""
+            errors.append(
+                f"{n.variable}: the solution differs from autograd by up to {n.excess:.2g} over {count} runs, "
+                f"above its atol {n.atol:g}{near}: set [variable.{n.variable}] atol = {n.suggestion():g}"
+            )
+    return errors
+
+
+def _stats(results: list[MistakeResult]) -> dict[str, int]:
+    """The counts of the mistakes: derived, written, distinct, caught, hinted."""
+    return {
+        "derived": sum(m.kind != "written" for m in results),
+        "written": sum(m.kind == "written" for m in results),
+        "distinct": sum(m.verdict != "same as" for m in results),
+        "caught": sum(m.verdict in ("caught", "no hint", "costs more") for m in results),
+        "hinted": sum(bool(m.hint) for m in results if m.verdict != "same as"),
+    }
 
 
 def _warn(m: MistakeResult) -> bool:
@@ -312,8 +332,6 @@ def _noise(
     graded: Assignment, solution: Path, report: Report, runs: list[GradedRun], seeds: int, pool: Pool
 ) -> tuple[list[Noise], int]:
     """The solution's worst distance from autograd per variable, over its own runs and `seeds` seeds."""
-    from grader.grade import grade_with_runs
-
     all_runs = list(runs)
     seed = _seed_parameter(graded)
     if seed is not None:
@@ -323,7 +341,7 @@ def _noise(
             all_runs += grade_with_runs(
                 solution, assignment=graded, parameters={seed: base + i}, hidden_runs=(), pool=pool
             )[1]
-    import torch
+    import torch  # (not before the pool's workers start, as in grader.grade: loaded by now)
 
     out = []
     for ex in graded.rubric.exercises:
@@ -373,8 +391,6 @@ def _mistakes(
     graded: Assignment, runs: list[GradedRun], scratch: Path, pool: Pool, jobs: int, zero: set[str]
 ) -> list[MistakeResult]:
     """Grade every derived and written mistake through the pool, `jobs` at a time."""
-    from grader.grade import grade_with_runs
-
     todo = _derived(graded, scratch) + _written(graded)
     right = _fingerprint(runs[0]) if runs else ""
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as threads:
@@ -438,7 +454,7 @@ def _written(graded: Assignment) -> list[_Submission]:
 
 def _fingerprint(run: GradedRun) -> str:
     """A digest of every value a run brought back: equal for two mistakes that give the same values."""
-    import torch
+    import torch  # (not before the pool's workers start, as in grader.grade: loaded by now)
 
     digest = hashlib.sha256()
     for key in sorted(run.captured.values, key=str):
