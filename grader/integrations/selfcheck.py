@@ -20,6 +20,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +30,9 @@ from grader import rubric
 from grader.compare import cmp_line, compare
 from grader.errors import GraderError
 from grader.hints import with_hint
+from grader.reference import as_reference
 from grader.rubric import Rubric, Tolerance
+from grader.score import as_number
 
 
 def _own_rubric() -> Rubric | None:
@@ -158,9 +161,6 @@ def check(
 def check_value(name: str, actual: object, expected: object, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
     """Print one cmp-style line comparing a value (a number, a tensor, a mask) with `expected`; return whether
     it passes. For the test cells of values exercises, whose expected values nbgrader keeps hidden."""
-    from grader.reference import as_reference
-    from grader.score import as_number
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         want = as_reference(expected)
@@ -207,75 +207,114 @@ def check_training(
     if len(names) != len(parameters):
         raise ValueError(f"{len(names)} names for {len(parameters)} parameters")
     start = [p.detach().clone() for p in parameters]
+    run = _Training(forward, backward, parameters, names, X, Y, batch_size, generator, steps, lr, start)
     state = generator.get_state()
-    checked = (0, steps - 1)
     passed = dict.fromkeys(names, True)
-
-    def autograd_gradients(Xb: torch.Tensor, Yb: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with torch.enable_grad():
-            return torch.autograd.grad(forward(Xb, Yb)[0], list(parameters), allow_unused=True)
-
-    def train(yours: bool) -> float:
-        loss = torch.tensor(float("nan"))
-        for step in range(steps):
-            ix = torch.randint(0, X.shape[0], (batch_size,), generator=generator)
-            Xb, Yb = X[ix], Y[ix]
-            with torch.no_grad():
-                loss, intermediates = forward(Xb, Yb)
-            if not yours:
-                grads = autograd_gradients(Xb, Yb)
-            else:
-                with torch.no_grad():
-                    grads = tuple(backward(Xb, Yb, *intermediates))
-                if len(grads) != len(parameters):
-                    raise ValueError(f"backward() returned {len(grads)} gradients for {len(parameters)} parameters")
-                if step in checked:
-                    wants = [
-                        torch.zeros_like(s) if w is None else w.detach()
-                        for s, w in zip(start, autograd_gradients(Xb, Yb))
-                    ]
-                    for name, got, want in zip(names, grads, wants):
-                        result = compare(f"d_{name}", got, want, _tolerance_for(f"d_{name}", loosest=True))
-                        # the other parameters' gradients at this step, and this batch: as the grader's hints
-                        result = with_hint(
-                            result,
-                            f"d_{name}",
-                            got,
-                            want,
-                            n=batch_size,
-                            targets=Yb,
-                            others={f"d_{o}": w for o, w in zip(names, wants) if o != name},
-                        )
-                        print(cmp_line(f"{name} @{step + 1}", result))
-                        passed[name] = passed[name] and result.passed
-            with torch.no_grad():
-                for p, grad in zip(parameters, grads):
-                    p.data += -lr * grad
-        return float(loss)
-
-    def restore() -> None:
-        with torch.no_grad():
-            for p, s in zip(parameters, start):
-                p.data.copy_(s)
-        generator.set_state(state)
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             try:
-                mine = train(yours=True)
+                mine = run.train(passed, yours=True)
             except Exception as e:  # the student's mistake, not ours: say so on stdout
                 # the run stopped before its last step, so no gradient was checked there: no points
                 print(f"backward() or the update with its gradients raised {type(e).__name__}: {e}")
                 return 0
             finally:
-                restore()
-            reference = train(yours=False)
+                run.restore(state)
+            reference = run.train(passed, yours=False)
         finally:
-            restore()
+            run.restore(state)
     loss_ok = abs(mine - reference) <= loss_rtol * abs(reference)
     print(
         f"{'loss @' + str(steps):15s} | yours: {mine:.6f} | autograd: {reference:.6f} | "
         f"{'close' if loss_ok else 'too far apart'}"
     )
     return sum(passed.values()) + int(loss_ok)
+
+
+@dataclass(frozen=True)
+class _Training:
+    """`check_training`'s arguments: a short training run, with the student's `backward` or with autograd."""
+
+    forward: Callable
+    """`(Xb, Yb) -> (loss, intermediates)`, reading the weights in `parameters`."""
+    backward: Callable
+    """The student's `(Xb, Yb, *intermediates) -> gradients`, one per parameter."""
+    parameters: Sequence[torch.Tensor]
+    """The weights, updated in place."""
+    names: Sequence[str]
+    """A label per parameter."""
+    X: torch.Tensor
+    """The training set's inputs."""
+    Y: torch.Tensor
+    """The training set's targets."""
+    batch_size: int
+    """Rows drawn per step."""
+    generator: torch.Generator
+    """What draws them."""
+    steps: int
+    """Steps per run."""
+    lr: float
+    """The learning rate of the update."""
+    start: list[torch.Tensor]
+    """The weights before training, as both runs start."""
+
+    def autograd_gradients(self, Xb: torch.Tensor, Yb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Autograd's gradients of the loss on this batch at the current weights (None where one is unused)."""
+        with torch.enable_grad():
+            return torch.autograd.grad(self.forward(Xb, Yb)[0], list(self.parameters), allow_unused=True)
+
+    def train(self, passed: dict[str, bool], yours: bool) -> float:
+        """The loss at the last step of a run with your gradients (each checked at the first and last step, the
+        verdicts printed and kept in `passed`) or autograd's."""
+        loss = torch.tensor(float("nan"))
+        for step in range(self.steps):
+            ix = torch.randint(0, self.X.shape[0], (self.batch_size,), generator=self.generator)
+            Xb, Yb = self.X[ix], self.Y[ix]
+            with torch.no_grad():
+                loss, intermediates = self.forward(Xb, Yb)
+            if not yours:
+                grads = self.autograd_gradients(Xb, Yb)
+            else:
+                with torch.no_grad():
+                    grads = tuple(self.backward(Xb, Yb, *intermediates))
+                if len(grads) != len(self.parameters):
+                    raise ValueError(
+                        f"backward() returned {len(grads)} gradients for {len(self.parameters)} parameters"
+                    )
+                if step in (0, self.steps - 1):
+                    self.check(step, Xb, Yb, grads, passed)
+            with torch.no_grad():
+                for p, grad in zip(self.parameters, grads):
+                    p.data += -self.lr * grad
+        return float(loss)
+
+    def check(
+        self, step: int, Xb: torch.Tensor, Yb: torch.Tensor, grads: tuple[torch.Tensor, ...], passed: dict[str, bool]
+    ) -> None:
+        """Compare your gradients at `step` with autograd's, print a line for each, and keep the verdicts."""
+        wants = [
+            torch.zeros_like(s) if w is None else w.detach()
+            for s, w in zip(self.start, self.autograd_gradients(Xb, Yb))
+        ]
+        for name, got, want in zip(self.names, grads, wants):
+            result = compare(f"d_{name}", got, want, _tolerance_for(f"d_{name}", loosest=True))
+            # the other parameters' gradients at this step, and this batch: as the grader's hints
+            result = with_hint(
+                result,
+                f"d_{name}",
+                got,
+                want,
+                n=self.batch_size,
+                targets=Yb,
+                others={f"d_{o}": w for o, w in zip(self.names, wants) if o != name},
+            )
+            print(cmp_line(f"{name} @{step + 1}", result))
+            passed[name] = passed[name] and result.passed
+
+    def restore(self, state: torch.Tensor) -> None:
+        """The weights and the generator put back as they were before training."""
+        with torch.no_grad():
+            for p, s in zip(self.parameters, self.start):
+                p.data.copy_(s)
+        self.generator.set_state(state)
