@@ -469,88 +469,113 @@ def score(rubric: Rubric, notebook: str, runs: list[GradedRun], defaults: dict[s
     `runs[0]` is the run with the notebook's published parameters; the others are hidden re-runs.
     `defaults` are the published parameters (for hints; never a hidden value).
     """
-    main = runs[0]
     results: list[VariableResult] = []
     for ex in rubric.exercises:
-        flags = _scan_flags(main.plan, ex, rubric.forbidden)
+        flags = _scan_flags(runs[0].plan, ex, rubric.forbidden)
         for j, var in enumerate(ex.graded):
-            local = None
-            if ex.function is None:
-                verdicts = [_verdict(ex, var, run, flags) for run in runs]
-                agreed = _agreed_factors(verdicts)
-                if agreed is not None:  # (a factor named must fit in every run where the answer is one)
-                    verdicts[0] = _verdict(ex, var, runs[0], flags, agreed)
-                local = [_local_verdict(ex, var, run, v) for run, v in zip(runs, verdicts)]
-            elif j < len(ex.variables):
-                verdicts = [_function_verdict(ex, j, var, run, flags) for run in runs]
-            else:
-                verdicts = [_training_verdict(ex, run, flags) for run in runs]
-            first = verdicts[0]
-            # (a hidden run that did not reach this exercise fails it too: a notebook that stops its hidden runs
-            # on purpose, at any exercise, must not escape their checks of the exercises after it)
-            failing = next(((run, v) for run, v in zip(runs[1:], verdicts[1:]) if not v.passed), None)
-            status, message, hint_given = first.status, first.message, first.hint
-            if first.passed and failing is not None:
-                hint_given = ""
-                run, v = failing
-                status = v.status
-                # no comparison text, shape or error message here: they could give a hidden value away
-                hint = (
-                    _hint(run.changed, defaults, _literals(main.plan, ex), _n(main), _dims(ex, main))
-                    if ex.function is None
-                    else ""
-                )
-                if hint and v.status == "wrong" and _only_just(first, var, main.reference.get(ex.reference_key(var))):
-                    # a formula a little off, not a copied number: it passes here within the tolerance only
-                    hint = (
-                        ": it passes with the notebook's parameters only just (within the tolerance), so a small "
-                        "error in the formula shows with other values"
-                    )
-                if run.captured.reached(ex.id):
-                    message = (
-                        f"{var.name} is right with the notebook's parameters but {v.status.replace('_', ' ')} "
-                        f"in {run.label} (other {', '.join(run.changed)}){hint}"
-                    )
-                else:
-                    message = (
-                        f"{var.name} is right with the notebook's parameters "
-                        f"but {run.label} did not run to the end{hint}"
-                    )
-            passed = all(v.passed for v in verdicts)
-            local_status = status
-            if local is not None:
-                local_failing = next((v for v in local if not v.passed), None)
-                local_status = local_failing.status if local_failing else local[0].status
-                if rubric.credit == "local" and local_failing is None and not passed:
-                    passed, message, hint_given = True, LOCAL_ONLY.format(name=var.name), ""
-                elif (
-                    first.status == local[0].status == "wrong"
-                    and local[0] is not first
-                    and local[0].hint
-                    and (not first.hint or _below_a_mistake(ex, var, main))
-                ):
-                    # below an earlier mistake: say what is wrong with this step (its value's hint would mix
-                    # in the earlier mistake: a factor 2 seen through a flipped sign reads as -2)
-                    message, hint_given = local[0].message, local[0].hint
-            results.append(
-                VariableResult(
-                    ex.id,
-                    var.name,
-                    var.of,
-                    status,
-                    first.exact,
-                    first.approximate,
-                    first.maxdiff,
-                    var.points if passed else 0.0,
-                    var.points,
-                    message,  # (a passing answer's: a warning, or empty)
-                    runs=tuple(v.status for v in verdicts),
-                    local_status=local_status,
-                    hint=hint_given,
-                )
-            )
+            results.append(_variable_result(rubric, ex, j, var, runs, flags, defaults))
     results = _credible_roots_only(rubric, results, runs)
     results = _name_root_causes(rubric, results)
+    return _report(rubric, notebook, runs, results)
+
+
+def _variable_result(
+    rubric: Rubric,
+    ex: Exercise,
+    j: int,
+    var: Variable,
+    runs: list[GradedRun],
+    flags: dict[str, Flag],
+    defaults: dict[str, object],
+) -> VariableResult:
+    """One graded variable (the `j`-th of `ex`) judged in every run: its points, and the message that explains them."""
+    main = runs[0]
+    verdicts, local = _verdicts(ex, j, var, runs, flags)
+    first = verdicts[0]
+    status, message, hint_given = _across_runs(ex, var, runs, verdicts, defaults)
+    passed = all(v.passed for v in verdicts)
+    local_status = status
+    if local is not None:
+        local_failing = next((v for v in local if not v.passed), None)
+        local_status = local_failing.status if local_failing else local[0].status
+        if rubric.credit == "local" and local_failing is None and not passed:
+            passed, message, hint_given = True, LOCAL_ONLY.format(name=var.name), ""
+        elif (
+            first.status == local[0].status == "wrong"
+            and local[0] is not first
+            and local[0].hint
+            and (not first.hint or _below_a_mistake(ex, var, main))
+        ):
+            # below an earlier mistake: say what is wrong with this step (its value's hint would mix
+            # in the earlier mistake: a factor 2 seen through a flipped sign reads as -2)
+            message, hint_given = local[0].message, local[0].hint
+    return VariableResult(
+        ex.id,
+        var.name,
+        var.of,
+        status,
+        first.exact,
+        first.approximate,
+        first.maxdiff,
+        var.points if passed else 0.0,
+        var.points,
+        message,  # (a passing answer's: a warning, or empty)
+        runs=tuple(v.status for v in verdicts),
+        local_status=local_status,
+        hint=hint_given,
+    )
+
+
+def _verdicts(
+    ex: Exercise, j: int, var: Variable, runs: list[GradedRun], flags: dict[str, Flag]
+) -> tuple[list[Comparison], list[Comparison] | None]:
+    """The variable's verdict in each run, and (plain exercises only) its step judged on its own in each run."""
+    if ex.function is not None and j < len(ex.variables):
+        return [_function_verdict(ex, j, var, run, flags) for run in runs], None
+    if ex.function is not None:
+        return [_training_verdict(ex, run, flags) for run in runs], None
+    verdicts = [_verdict(ex, var, run, flags) for run in runs]
+    agreed = _agreed_factors(verdicts)
+    if agreed is not None:  # (a factor named must fit in every run where the answer is one)
+        verdicts[0] = _verdict(ex, var, runs[0], flags, agreed)
+    return verdicts, [_local_verdict(ex, var, run, v) for run, v in zip(runs, verdicts)]
+
+
+def _across_runs(
+    ex: Exercise, var: Variable, runs: list[GradedRun], verdicts: list[Comparison], defaults: dict[str, object]
+) -> tuple[str, str, str]:
+    """(status, message, hint) of the variable over every run: the notebook's own run's, unless it passes there
+    and fails in a hidden run, which is then named without giving any of that run's values away."""
+    main, first = runs[0], verdicts[0]
+    # (a hidden run that did not reach this exercise fails it too: a notebook that stops its hidden runs
+    # on purpose, at any exercise, must not escape their checks of the exercises after it)
+    failing = next(((run, v) for run, v in zip(runs[1:], verdicts[1:]) if not v.passed), None)
+    if not first.passed or failing is None:
+        return first.status, first.message, first.hint
+    run, v = failing
+    # no comparison text, shape or error message here: they could give a hidden value away
+    hint = (
+        _hint(run.changed, defaults, _literals(main.plan, ex), _n(main), _dims(ex, main)) if ex.function is None else ""
+    )
+    if hint and v.status == "wrong" and _only_just(first, var, main.reference.get(ex.reference_key(var))):
+        # a formula a little off, not a copied number: it passes here within the tolerance only
+        hint = (
+            ": it passes with the notebook's parameters only just (within the tolerance), so a small "
+            "error in the formula shows with other values"
+        )
+    if run.captured.reached(ex.id):
+        message = (
+            f"{var.name} is right with the notebook's parameters but {v.status.replace('_', ' ')} "
+            f"in {run.label} (other {', '.join(run.changed)}){hint}"
+        )
+    else:
+        message = f"{var.name} is right with the notebook's parameters but {run.label} did not run to the end{hint}"
+    return v.status, message, ""
+
+
+def _report(rubric: Rubric, notebook: str, runs: list[GradedRun], results: list[VariableResult]) -> Report:
+    """The notebook's report from its variables' results: the exercises' scores, the notes, the runs."""
+    main = runs[0]
     exercises = tuple(
         ExerciseResult(
             ex.id, sum(r.points for r in results if r.exercise == ex.id), ex.max_score, _root_cause(ex, results)
