@@ -176,18 +176,40 @@ def _graded_against_own(
     notebook's code with autograd on, can only tell the grader what its own differing steps send back."""
     forward = dict(recognised.forward)
     steps = reference.differing_steps(assignment, params, own)
-    first = steps[0]
-    start = recognised.sections[0].cells[0]
-    where = lecture.assigning_line(student, forward.get(first, first), start)
-    released = _released_line(assignment, first)
-    line = (
-        f"`{where[2]}` (cell {where[0] + 1}, line {where[1]}) is not the lecture's `{released}`"
-        if where and released
-        else f"your {forward.get(first, first)} is not computed as the lecture computes it"
-    )
+    line = _differing_line(assignment, student, recognised, steps[0])
     not_used = f"{line}, but the gradients of your own forward pass could not be used"
     if not own_run.finished:
         return f"{not_used}: {own_run.reason}"
+    remade = _remade_leaf(forward, captured, own_run)
+    if remade:
+        return f"{not_used}: run again, the notebook made another {remade}"
+    gradients = _own_run_gradients(assignment, refs, own_run)
+    unconfirmed = _unconfirmed(assignment, params, steps, refs, gradients)
+    if unconfirmed:
+        theirs = forward.get(unconfirmed, unconfirmed)
+        return f"{not_used}: autograd's gradient of {theirs} there is not what the lecture's steps give"
+    refs.update(gradients)
+    return (
+        f"graded against your own forward pass: {line}; every gradient is checked against autograd through "
+        "the forward pass as your notebook has it, as your own cmp checks it"
+    )
+
+
+def _differing_line(
+    assignment: Assignment, student: nbformat.NotebookNode, recognised: lecture.Recognised, first: str
+) -> str:
+    """The notebook's line computing `first` (the first differing step) beside the lecture's, where both are found."""
+    forward = dict(recognised.forward)
+    where = lecture.assigning_line(student, forward.get(first, first), recognised.sections[0].cells[0])
+    released = _released_line(assignment, first)
+    if where and released:
+        return f"`{where[2]}` (cell {where[0] + 1}, line {where[1]}) is not the lecture's `{released}`"
+    return f"your {forward.get(first, first)} is not computed as the lecture computes it"
+
+
+def _remade_leaf(forward: dict[str, str], captured: Captured, own_run: Captured) -> str:
+    """The first parameter or minibatch tensor (the notebook's name) that `own_run` did not make as the graded run
+    did; empty where it made them all the same."""
     for ours in lecture.LEAVES:
         theirs = forward.get(ours, ours)
         again, graded_run = (
@@ -195,12 +217,30 @@ def _graded_against_own(
             captured.values.get((lecture.FORWARD, theirs)),
         )
         if not (type(again) is torch.Tensor and type(graded_run) is torch.Tensor and torch.equal(again, graded_run)):
-            return f"{not_used}: run again, the notebook made another {theirs}"
+            return theirs
+    return ""
+
+
+def _own_run_gradients(assignment: Assignment, refs: dict[Key, object], own_run: Captured) -> dict[str, torch.Tensor]:
+    """The gradients `own_run` brought back of the plain exercises' tensors, those of their references' shape and
+    dtype."""
     gradients: dict[str, torch.Tensor] = {}
     for name in {v.of for ex in assignment.rubric.exercises if ex.plain for v in ex.variables}:
         g, ref = own_run.values.get((lecture.OWN, lecture.OWN_PREFIX + name)), refs.get(name)
         if type(g) is torch.Tensor and isinstance(ref, torch.Tensor) and g.shape == ref.shape and g.dtype == ref.dtype:
             gradients[name] = g
+    return gradients
+
+
+def _unconfirmed(
+    assignment: Assignment,
+    params: dict[str, object],
+    steps: list[str],
+    refs: dict[Key, object],
+    gradients: dict[str, torch.Tensor],
+) -> str:
+    """The first of `gradients` (the lecture's name) that does not flow back through a differing step of `steps` and
+    is not what the lecture's steps give (in `refs`); empty where there is none."""
     edges = reference.forward_edges(assignment, params)
     through: set[str] = set()  # the tensors whose gradient flows back through a differing step (its inputs, theirs)
     for name in reversed(list(edges)):
@@ -211,13 +251,8 @@ def _graded_against_own(
         assert isinstance(ref, torch.Tensor)
         scale = float(ref.abs().max()) if ref.numel() else 0.0
         if name not in through and not torch.allclose(g, ref, rtol=1e-4, atol=1e-5 * scale):
-            theirs = forward.get(name, name)
-            return f"{not_used}: autograd's gradient of {theirs} there is not what the lecture's steps give"
-    refs.update(gradients)
-    return (
-        f"graded against your own forward pass: {line}; every gradient is checked against autograd through "
-        "the forward pass as your notebook has it, as your own cmp checks it"
-    )
+            return name
+    return ""
 
 
 def _released_line(assignment: Assignment, name: str) -> str:

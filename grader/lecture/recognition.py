@@ -97,30 +97,106 @@ def is_ours(nb: nbformat.NotebookNode) -> bool:
 def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -> Recognised:
     """Map a lecture-style notebook onto the lecture's `rubric` (`grader.assignment.lecture()`'s), or raise
     `UnknownAssignment`."""
+    notebook = _read_notebook(nb, rubric)
+    starts = _starts(notebook, rubric)
+    wanted = notebook.wanted
+    forward = _forward_names(notebook.cells, wanted, starts.get(1, (notebook.length, ""))[0], notebook.calls)
+    found_forward = sum(1 for w in wanted if w in forward)
+    if found_forward < len(wanted) // 2 or (1 not in starts and not _forward_pass_alone(forward)):
+        raise UnknownAssignment(
+            f"{path}: the notebook's metadata names no assignment, and it does not look like the lecture's backprop "
+            f"notebook either ({'no Exercise 1 cell' if 1 not in starts else 'too few of its tensors'} found); "
+            "pass --assignment NAME to grade it as one of ours"
+        )
+    sections = _sections(notebook, rubric, starts)
+    gradients = _gradients(notebook, rubric, sections, forward)
+    last = max((s.cells[-1] for s in sections), default=-1)
+    notes = _notes(notebook, sections, gradients, forward)
+    return Recognised(tuple(sections), tuple(forward.items()), tuple(gradients), last, tuple(notes))
+
+
+@dataclass(frozen=True)
+class _Notebook:
+    """A notebook as recognition reads it: its code cells, and what each assigns and checks."""
+
+    cells: list[Cell]
+    """Its code cells (`cells.read`)."""
+    length: int
+    """How many cells it has (of every kind): where the last section ends at the latest."""
+    wanted: list[str]
+    """The lecture's names it should have: the parameters and the batch, the graded tensors, the loss."""
+    checkers: set[str]
+    """The functions it defines to check a gradient (`cmp`, renamed or not)."""
+    calls: dict[int, list[CheckCall]]
+    """Cell index -> its check calls."""
+    stores: dict[int, list[str]]
+    """Cell index -> the names its statements assign."""
+
+    def answers(self, cell: Cell, allowed: set[str]) -> bool:
+        """Whether `cell` assigns or checks a gradient of one of `allowed` (the lecture's tensors, as `name_key`s)."""
+        return any(gradient_key(n) in allowed for n in self.stores[cell.index]) or any(
+            name_key(k.tensor) in allowed for k in self.calls[cell.index]
+        )
+
+    def after_forward(self, index: int) -> bool:
+        """Whether at least half of the lecture's tensors are assigned before the cell at `index`."""
+        return len(_forward_names(self.cells, self.wanted, index)) >= len(self.wanted) // 2
+
+
+def _read_notebook(nb: nbformat.NotebookNode, rubric: rubrics.Rubric) -> _Notebook:
+    """`nb` as recognition reads it, looking for the lecture's names in `rubric`."""
     cells = read(nb)
     wanted = list(dict.fromkeys([*LEAVES, *(v.of for ex in rubric.exercises for v in ex.variables), rubric.loss]))
     keys = {name_key(w) for w in wanted}
     checkers = checkers_in(cells)
     calls = {c.index: check_calls(c, checkers, keys) for c in cells}
     stores = {c.index: [n for s in (c.tree.body if c.tree else []) for n in stored(s)] for c in cells}
+    return _Notebook(cells, len(nb.cells), wanted, checkers, calls, stores)
 
-    ex1_keys = {name_key(v.of) for v in rubric.exercises[0].variables} - {"logits", "hprebn"}
-    by_index = {c.index: c for c in cells}
 
-    def answers(c: Cell, allowed: set[str]) -> bool:
-        return any(gradient_key(n) in allowed for n in stores[c.index]) or any(
-            name_key(k.tensor) in allowed for k in calls[c.index]
+def _ex1_keys(rubric: rubrics.Rubric) -> set[str]:
+    """The tensors (`name_key`s) whose gradients only Exercise 1 computes: its chain but logits and hprebn, which
+    Exercises 2 and 3 compute again."""
+    return {name_key(v.of) for v in rubric.exercises[0].variables} - {"logits", "hprebn"}
+
+
+def _starts(notebook: _Notebook, rubric: rubrics.Rubric) -> dict[int, tuple[int, str]]:
+    """Exercise number -> (index of its first cell, how it was found): by their `# Exercise N` comments (or markdown
+    headings); else by what the cells compute."""
+    ex1_keys = _ex1_keys(rubric)
+    starts = _marked_starts(notebook)
+    if 1 not in starts:
+        first = next(
+            (c for c in notebook.cells if notebook.answers(c, ex1_keys) and notebook.after_forward(c.index)), None
         )
+        if first is not None:
+            starts[1] = (first.index, f"its gradients, from {first.label}")
+    if 4 not in starts and 1 in starts:  # Exercise 4 begins with the cell of the training loop
+        named = _forward_names(notebook.cells, notebook.wanted, starts[1][0])
+        parameters = {named.get(p, p) for p in LEAVES[:7]} | {"parameters"}
+        loop = next((c for c in notebook.cells if c.index > starts[1][0] and _trains(c, parameters)), None)
+        if loop is not None:
+            starts[4] = (loop.index, f"its training loop, in {loop.label}")
+    if 1 in starts:
+        end = starts.get(4, (notebook.length, ""))[0]
+        chain = [c.index for c in notebook.cells if starts[1][0] <= c.index < end and notebook.answers(c, ex1_keys)]
+        for k, key in ((2, "logits"), (3, "hprebn")):
+            found = None if k in starts else _computed_again(notebook, rubric, starts, chain, k, key)
+            if found is not None:
+                starts[k] = (found.index, f"its gradient of {key}, in {found.label}")
+    return starts
 
-    # Sections: by their `# Exercise N` comments (or markdown headings); else by what the cells compute.
-    # Exercise 1 begins at the first of its markers with most of the forward pass before it (a summary at the
-    # top, or a comment in the forward cell that mentions "Exercise 1", is not where it begins).
+
+def _marked_starts(notebook: _Notebook) -> dict[int, tuple[int, str]]:
+    """The exercises' starts by their markers. Exercise 1 begins at the first of its markers with most of the forward
+    pass before it (a summary at the top, or a comment in the forward cell that mentions "Exercise 1", is not where it
+    begins); the others, only where Exercise 1 is found so, each at its first marker after every start found."""
     starts: dict[int, tuple[int, str]] = {}
-    for c in cells:
-        if c.marker == 1 and len(_forward_names(cells, wanted, c.index)) >= len(wanted) // 2:
+    for c in notebook.cells:
+        if c.marker == 1 and notebook.after_forward(c.index):
             starts[1] = (c.index, f"`Exercise 1` in or above {c.label}")
             break
-    for c in cells:
+    for c in notebook.cells:
         if (
             c.marker
             and c.marker > 1
@@ -129,99 +205,88 @@ def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -
             and all(c.index > s for s, _ in starts.values())
         ):
             starts[c.marker] = (c.index, f"`Exercise {c.marker}` in or above {c.label}")
-    if 1 not in starts:
-        first = next(
-            (
-                c
-                for c in cells
-                if answers(c, ex1_keys) and len(_forward_names(cells, wanted, c.index)) >= len(wanted) // 2
-            ),
-            None,
-        )
-        if first is not None:
-            starts[1] = (first.index, f"its gradients, from {first.label}")
-    if 4 not in starts and 1 in starts:  # Exercise 4 begins with the cell of the training loop
-        named = _forward_names(cells, wanted, starts[1][0])
-        parameters = {named.get(p, p) for p in LEAVES[:7]} | {"parameters"}
-        loop = next((c for c in cells if c.index > starts[1][0] and _trains(c, parameters)), None)
-        if loop is not None:
-            starts[4] = (loop.index, f"its training loop, in {loop.label}")
-    if 1 in starts:
-        # Exercises 2 and 3 each compute one gradient of Exercise 1's chain again, in one go. Learners who work one
-        # gradient per cell compute dlogits and dhprebn alone inside Exercise 1 too: such a cell begins Exercise 2
-        # (3) only once Exercise 1 is past that step of the chain, or (Exercise 1 left half done) when no cell of the
-        # chain follows and it reads no gradient of the chain (dlogits from softmax, dhprebn from dhpreact alone).
-        chain = [
-            c.index
-            for c in cells
-            if c.index >= starts[1][0] and answers(c, ex1_keys) and c.index < starts.get(4, (len(nb.cells), ""))[0]
-        ]
-        for k, key in ((2, "logits"), (3, "hprebn")):
-            if k in starts:
-                continue
-            after = max(s for kk, (s, _) in starts.items() if kk < k)
-            until = min((s for s, _ in starts.values() if s > after), default=len(nb.cells))
-            later = {name_key(v.of) for v in rubric.exercises[0].variables[_position(rubric, key) + 1 :]} & ex1_keys
-            found = next(
-                (
-                    c
-                    for c in cells
-                    if after < c.index < until
-                    and answers(c, {key})
-                    and not answers(c, ex1_keys)
-                    and (
-                        any(i < c.index and answers(by_index[i], later) for i in chain)
-                        or (not any(i > c.index for i in chain) and _in_one_go(c, ex1_keys - {"hpreact"}))
-                    )
-                ),
-                None,
+    return starts
+
+
+def _computed_again(
+    notebook: _Notebook, rubric: rubrics.Rubric, starts: dict[int, tuple[int, str]], chain: list[int], k: int, key: str
+) -> Cell | None:
+    """The first cell of Exercise `k` (2 or 3) found by what it computes: the gradient of `key` (`logits`, `hprebn`),
+    one gradient of Exercise 1's `chain` (its cells), again, in one go. Learners who work one gradient per cell compute
+    dlogits and dhprebn alone inside Exercise 1 too: such a cell begins Exercise 2 (3) only once Exercise 1 is past that
+    step of the chain, or (Exercise 1 left half done) when no cell of the chain follows and it reads no gradient of the
+    chain (dlogits from softmax, dhprebn from dhpreact alone)."""
+    ex1_keys = _ex1_keys(rubric)
+    by_index = {c.index: c for c in notebook.cells}
+    after = max(s for kk, (s, _) in starts.items() if kk < k)
+    until = min((s for s, _ in starts.values() if s > after), default=notebook.length)
+    later = {name_key(v.of) for v in rubric.exercises[0].variables[_position(rubric, key) + 1 :]} & ex1_keys
+    return next(
+        (
+            c
+            for c in notebook.cells
+            if after < c.index < until
+            and notebook.answers(c, {key})
+            and not notebook.answers(c, ex1_keys)
+            and (
+                any(i < c.index and notebook.answers(by_index[i], later) for i in chain)
+                or (not any(i > c.index for i in chain) and _in_one_go(c, ex1_keys - {"hpreact"}))
             )
-            if found is not None:
-                starts[k] = (found.index, f"its gradient of {key}, in {found.label}")
+        ),
+        None,
+    )
 
-    forward = _forward_names(cells, wanted, starts.get(1, (len(nb.cells), ""))[0], calls)
-    found_forward = sum(1 for w in wanted if w in forward)
-    if found_forward < len(wanted) // 2 or (1 not in starts and not _forward_pass_alone(forward)):
-        raise UnknownAssignment(
-            f"{path}: the notebook's metadata names no assignment, and it does not look like the lecture's backprop "
-            f"notebook either ({'no Exercise 1 cell' if 1 not in starts else 'too few of its tensors'} found); "
-            "pass --assignment NAME to grade it as one of ours"
-        )
 
+def _sections(notebook: _Notebook, rubric: rubrics.Rubric, starts: dict[int, tuple[int, str]]) -> list[Section]:
+    """Exercises 1-3, those found, in the order of their starts: each from its start up to its last cell that answers
+    or checks, before the next exercise's start (an exercise with no such cell is left out)."""
     order = sorted(starts.items(), key=lambda kv: kv[1][0])
-    sections, gradients, notes = [], [], []
-    style = _style(stores, calls)
+    sections = []
     for k, (start, how) in order:
         if k == 4:
             continue
-        end = next((s for kk, (s, _) in order if s > start), len(nb.cells))
+        end = next((s for kk, (s, _) in order if s > start), notebook.length)
         ex = rubric.exercises[k - 1]
         mine = {name_key(v.of) for v in ex.variables}
-        in_section = [c for c in cells if start <= c.index < end]
-        needed = [c.index for c in in_section if answers(c, mine) or calls[c.index]]
+        in_section = [c for c in notebook.cells if start <= c.index < end]
+        needed = [c.index for c in in_section if notebook.answers(c, mine) or notebook.calls[c.index]]
         if not needed:
             continue
         sections.append(Section(ex.id, tuple(c.index for c in in_section if c.index <= needed[-1]), how))
-    found_ids = {s.exercise for s in sections}
+    return sections
+
+
+def _gradients(
+    notebook: _Notebook, rubric: rubrics.Rubric, sections: list[Section], forward: dict[str, str]
+) -> list[Gradient]:
+    """One per graded variable of the lecture rubric, in its order, found in its exercise's section."""
+    style = _style(notebook.stores, notebook.calls)
+    gradients = []
     for ex in rubric.exercises:
         section = next((s for s in sections if s.exercise == ex.id), None)
         for v in ex.variables:
-            gradients.append(_gradient(ex.id, v.of, section, calls, stores, forward, style))
-    last = max((s.cells[-1] for s in sections), default=-1)
+            gradients.append(_gradient(ex.id, v.of, section, notebook.calls, notebook.stores, forward, style))
+    return gradients
 
-    notes.append(
+
+def _notes(
+    notebook: _Notebook, sections: list[Section], gradients: list[Gradient], forward: dict[str, str]
+) -> list[str]:
+    """How the mapping was made, and what could not be found, for the report."""
+    notes = [
         "graded as the lecture's own notebook (it names no assignment): "
         + (
             "; ".join(f"Exercise {s.exercise[2:]} in {cell_range(s.cells)} (found by {s.found_by})" for s in sections)
             or "it has the lecture's forward pass, and no gradient of Exercise 1 yet"
         )
-    )
+    ]
     by_cmp = sum(g.how == "cmp" for g in gradients)
     by_name = sum(g.how == "name" for g in gradients)
     notes.append(
         f"gradients matched to the lecture's tensors: {by_cmp} by the tensor passed to a check call "
-        f"({', '.join(sorted(checkers)) or 'cmp'}), {by_name} by their names"
+        f"({', '.join(sorted(notebook.checkers)) or 'cmp'}), {by_name} by their names"
     )
+    found_ids = {s.exercise for s in sections}
     lost = [g for g in gradients if not g.how and g.exercise in found_ids]
     if lost:
         notes.append(
@@ -235,10 +300,10 @@ def recognise(nb: nbformat.NotebookNode, path: object, rubric: rubrics.Rubric) -
         notes.append(
             "the notebook's own names for the lecture's tensors: " + ", ".join(f"{t} for {o}" for o, t in renamed)
         )
-    absent = [w for w in wanted if w not in forward]
+    absent = [w for w in notebook.wanted if w not in forward]
     if absent:
         notes.append(f"not found in the forward pass (before Exercise 1): {', '.join(absent)}")
-    return Recognised(tuple(sections), tuple(forward.items()), tuple(gradients), last, tuple(notes))
+    return notes
 
 
 def _in_one_go(cell: Cell, chain: set[str]) -> bool:
