@@ -25,11 +25,11 @@ __all__ = ["check", "check_training", "check_value", "grade_notebook", "names_pa
 
 def __getattr__(name: str) -> object:  # lazy: `grader --help` and friends should not pay for importing torch
     if name in ("check", "check_training", "check_value"):
-        from grader.integrations import selfcheck
+        from grader.integrations import selfcheck  # (torch: on first use, as the line above says)
 
         return getattr(selfcheck, name)
     if name == "grade_notebook":
-        from grader.grade import grade_notebook
+        from grader.grade import grade_notebook  # (nbformat, and torch once it grades: on first use, the same)
 
         return grade_notebook
     raise AttributeError(name)

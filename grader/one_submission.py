@@ -13,6 +13,7 @@ import hashlib
 from grader import sandbox
 from grader.assignment import Assignment
 from grader.errors import NotANotebook
+from grader.grade import feedback_edges, grade_with_runs
 from grader.reports import text as reports
 from grader.rubric import Rubric
 from grader.runs import CallReturned, ValueKey
@@ -27,7 +28,7 @@ def failed_report(rubric: Rubric, notebook: str, reason: str) -> dict:
 
 def _digest(value: object) -> str:
     """A short digest of a tensor's dtype, shape and bytes: equal only for identical answers."""
-    import torch
+    import torch  # (see the note at the top of grader.batch, which imports this module)
 
     if type(value) is not torch.Tensor:
         return ""
@@ -69,8 +70,7 @@ def grade_one(
     cannot be read, which gets a failed report). `edges`: `grade.feedback_edges(assignment)`; `hidden_runs`:
     the hidden re-runs' parameters (default: the rubric's); `shown_as`: the notebook's path as the report and the
     page name it (default: `submission.path`; a Dask worker grades a copy under a path of its own)."""
-    from grader.grade import feedback_edges, grade_with_runs
-    from grader.reports import feedback
+    from grader.reports import feedback  # (torch, jinja2: see the note at the top of grader.batch)
 
     rubric = assignment.rubric
     shown = shown_as or str(submission.path)

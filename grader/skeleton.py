@@ -21,6 +21,7 @@ from pathlib import Path
 
 import nbformat
 
+from grader import release
 from grader.course import RUBRIC, in_course
 from grader.errors import UsageError
 
@@ -162,8 +163,6 @@ def notebook(name: str) -> nbformat.NotebookNode:
 
 def write(name: str, course: Path) -> list[Path]:
     """Write assignment `name`'s skeleton into the course folder `course`, release it; the paths written."""
-    from grader import release
-
     release.require_nbgrader()  # (before anything is written: the skeleton is released at once)
     source = course / "source" / name
     if source.exists():
