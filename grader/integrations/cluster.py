@@ -149,7 +149,7 @@ def grade_task(task: Task) -> tuple[dict, str | None]:
 def _client(scheduler: str) -> tuple[Client, LocalCluster | None]:
     """A Dask client for `tcp://HOST:PORT` (a running scheduler) or `local:N` (a LocalCluster of N workers)."""
     try:
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client, LocalCluster  # (Dask: an optional extra, the `dask` one)
     except ImportError:
         raise GraderError("--scheduler needs Dask: pip install 'backprop-grader[dask]'") from None
     if scheduler.startswith("local:"):
@@ -188,7 +188,7 @@ def grade(
     batch = uuid.uuid4().hex[:8]  # keys of this batch's own: another batch's results are not this one's
     client, cluster = _client(scheduler)  # first: without Dask, it says how to install it
     try:
-        from dask.distributed import as_completed
+        from dask.distributed import as_completed  # (Dask: an optional extra; importable, `_client` found)
 
         futures = {}
         carried: tuple[tuple[str, bytes], ...] = ()

@@ -72,7 +72,7 @@ def _comment(report: Report, exercise: str) -> str | None:
 
 def _timestamp(submission: Submission) -> datetime | None:
     """The submission time nbgrader's collect recorded in timestamp.txt, if any (for late penalties)."""
-    from nbgrader.utils import parse_utc
+    from nbgrader.utils import parse_utc  # (nbgrader: an optional extra, the `nbgrader` one)
 
     try:
         return parse_utc((submission.path.parent / "timestamp.txt").read_text().strip())
@@ -89,7 +89,7 @@ def record(
     error: str = "",
 ) -> None:
     """Write one graded submission into an open nbgrader `Gradebook` (no report: 0 points, and `error` says why)."""
-    from nbgrader.api import MissingEntry
+    from nbgrader.api import MissingEntry  # (nbgrader: an optional extra; importable, its gradebook is open)
 
     gradebook.update_or_create_student(submission.student)
     timestamp = _timestamp(submission)
@@ -160,7 +160,7 @@ def grade_course(
     progress: called with each submission's outcome as soon as it is recorded.
     """
     try:
-        from nbgrader.api import Gradebook, MissingEntry
+        from nbgrader.api import Gradebook, MissingEntry  # (nbgrader: an optional extra, the `nbgrader` one)
     except ImportError:
         raise GraderError(
             "writing to an nbgrader gradebook needs nbgrader: pip install 'backprop-grader[nbgrader]'"

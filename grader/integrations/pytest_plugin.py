@@ -23,7 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from grader.course import course_dir, resolve
+from grader.errors import GraderError
 from grader.reports import junit
+
+# The modules that import nbformat or torch (the assignment's, grade's) are imported where they are first used:
+# every pytest run where the grader is installed imports this plugin, grading or not.
 
 if TYPE_CHECKING:
     from grader.assignment import Assignment
@@ -57,8 +62,7 @@ class _Grading:
         """The notebook's `Report` (graded on first use), or raise `GradeFailure` with why it cannot be graded."""
         if not self.done:
             self.done = True
-            from grader.errors import GraderError
-            from grader.grade import grade_notebook
+            from grader.grade import grade_notebook  # (nbformat, torch: see the note at the top)
 
             try:
                 assignment, course = _target(self.assignment, self.course)
@@ -117,8 +121,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _target(assignment: str | None, course: str | None) -> tuple[Assignment | str | None, Path | None]:
     """(what to grade as: None, `lecture`, or the loaded assignment; the course folder), as the CLI resolves it."""
-    from grader import assignment as assignments
-    from grader.course import course_dir, resolve
+    from grader import assignment as assignments  # (nbformat: see the note at the top)
 
     if assignment is None or assignment == assignments.LECTURE:
         return assignment, course_dir(course)
@@ -128,8 +131,7 @@ def _target(assignment: str | None, course: str | None) -> tuple[Assignment | st
 
 
 def _rubric(path: Path, assignment: str | None, course: str | None) -> Rubric:
-    from grader.errors import GraderError
-    from grader.grade import graded_rubric
+    from grader.grade import graded_rubric  # (nbformat: see the note at the top)
 
     try:
         target, folder = _target(assignment, course)
