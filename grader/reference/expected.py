@@ -108,7 +108,7 @@ def _solution_values(assignment: Assignment, params_items: tuple) -> dict[Key, o
             "does not have (a student's copy never does: it is graded where the solution is, by `grader "
             "grade` in a source checkout, nbgrader or the Gradescope autograder)"
         }
-    import matplotlib
+    import matplotlib  # (matplotlib: only a solution's run needs it, with its Agg backend chosen first)
 
     matplotlib.use("Agg")  # a solution cell may plot
     params = dict(params_items)

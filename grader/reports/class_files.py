@@ -146,10 +146,10 @@ def summary_text(summary: Summary, problems: Iterable[str] = ()) -> str:
 def summary_png(summary: Summary, path: Path) -> bytes:
     """The same summary as a picture: the score histogram and the share right per variable (written to
     `path`, and returned as PNG bytes)."""
-    import matplotlib
+    import matplotlib  # (matplotlib: only the picture needs it, and its Agg backend is chosen before pyplot)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (now that the backend is chosen)
 
     names = [n for n, _ in summary.right]
     fig, (left, right) = plt.subplots(

@@ -9,6 +9,7 @@ and hint; one testcase per hidden re-run.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from grader.verdicts import PASSING
@@ -60,8 +61,6 @@ def run_failure(report: Report, index: int) -> str:
 
 def ungradable(notebook: str, reason: str) -> str:
     """The JUnit XML of a notebook that could not be graded at all: one failing testcase with the reason."""
-    from pathlib import Path
-
     root = ET.Element("testsuites", name="grader", tests="1", failures="1", errors="0", time="0.000")
     suite = ET.SubElement(
         root, "testsuite", name=Path(notebook).name, tests="1", failures="1", errors="0", skipped="0", time="0.000"
@@ -73,8 +72,6 @@ def ungradable(notebook: str, reason: str) -> str:
 
 def to_junit(report: Report, seconds: float = 0.0) -> str:
     """The report as a JUnit XML document (a string)."""
-    from pathlib import Path
-
     # classnames as pytest's --junitxml writes them for `pytest --grade NOTEBOOK`: `<notebook file>.<exercise>`
     prefix = Path(report.notebook).name + "."
     root = ET.Element("testsuites", name="grader")
