@@ -86,6 +86,81 @@ def test_no_grader_module_reads_an_assignments_parameter_by_its_name():
                 )
 
 
+# The team's decisions: a function over this many lines is several functions, unless its comment says why not.
+LONGEST = 60
+ONE_FUNCTION = "# One function:"
+
+
+def _sources() -> list[tuple[str, list[str], ast.Module]]:
+    """Each module of the package: its path from the repository's root, its lines, its tree."""
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        out.append((str(path.relative_to(ROOT)), source.splitlines(), ast.parse(source)))
+    return out
+
+
+def _comments_above(lines: list[str], lineno: int) -> list[str]:
+    """The comment lines directly above line `lineno` (1-based), top first: none where that line is not one."""
+    above = []
+    while lineno > 1 and lines[lineno - 2].lstrip().startswith("#"):
+        lineno -= 1
+        above.append(lines[lineno - 1].strip())
+    return above[::-1]
+
+
+def test_no_function_is_over_60_lines_unless_its_comment_says_why():
+    # "No function over 60 lines in grader/ unless its comment says why it must be one": counted from the def
+    # (or its first decorator) to its last line, and excused by a line starting `# One function:` in the comment
+    # directly above. A long driver reads better as a few named steps (nbclient's `NotebookClient.execute()`).
+    offenders = []
+    for path, lines, tree in _sources():
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            length = (node.end_lineno or node.lineno) - first + 1
+            excused = any(line.startswith(ONE_FUNCTION) for line in _comments_above(lines, first))
+            if length > LONGEST and not excused:
+                offenders.append(f"{path}:{first} {node.name} ({length} lines)")
+    assert not offenders, (
+        f"functions over {LONGEST} lines: split each into named steps, or say why it must be one in a comment "
+        f"directly above it that starts with {ONE_FUNCTION!r}\n" + "\n".join(offenders)
+    )
+
+
+def _imports_in_functions(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements inside a function (a nested one's counted once), in the order of their lines."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for statement in node.body:
+                found += [n for n in ast.walk(statement) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    # (a nested function's imports are walked once from it and once from each function around it)
+    return sorted({id(n): n for n in found}.values(), key=lambda n: n.lineno)
+
+
+def test_every_import_inside_a_function_says_why():
+    # ARCHITECTURE.md, "Imports at the top": an import inside a function says why (torch after the workers start,
+    # matplotlib after its backend, an optional extra, ...), in a comment on its line, or in the comment line
+    # directly above it or above the run of imports it is one of (consecutive lines, no blank line between).
+    offenders = []
+    for path, lines, tree in _sources():
+        imports = _imports_in_functions(tree)
+        starts = {n.end_lineno or n.lineno: n.lineno for n in imports}  # an import's last line -> its first
+        for node in imports:
+            own = lines[node.lineno - 1 : node.end_lineno or node.lineno]
+            top = node.lineno
+            while top - 1 in starts:
+                top = starts[top - 1]  # (an import of the same run, just above)
+            if not any("#" in line for line in own) and not _comments_above(lines, top):
+                offenders.append(f"{path}:{node.lineno} {own[0].strip()}")
+    assert not offenders, (
+        "imports inside functions that do not say why (move each to the top of its module, or give the reason "
+        "in a comment on its line or directly above it):\n" + "\n".join(offenders)
+    )
+
+
 def test_no_module_imports_a_private_name_of_another():
     # A name another module uses is part of its module's interface: it goes without the leading underscore, with a
     # docstring (or a comment) saying what it guarantees. `from grader.x import _y` shares a private name instead.
