@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 from grader import assignment as assignments
@@ -91,8 +92,9 @@ LONGEST = 60
 ONE_FUNCTION = "# One function:"
 
 
+@functools.cache
 def _sources() -> list[tuple[str, list[str], ast.Module]]:
-    """Each module of the package: its path from the repository's root, its lines, its tree."""
+    """Each module of the package: its path from the repository's root, its lines, its tree (read once)."""
     out = []
     for path in sorted(PACKAGE.rglob("*.py")):
         source = path.read_text(encoding="utf-8")
