@@ -26,6 +26,8 @@ DATA_FILES = ("names.txt", "data/names.txt")
 """Where the run finds the data set (both hold the file given with --data)."""
 STAND_IN = "_grader_stand_in"
 COPY = "_grader_copy"
+# (`import torch` inside the function: in the notebook's namespace, `torch` may be unbound (`import torch as t`)
+# or something else; and this cell runs before the notebook's)
 COPY_SOURCE = f'''\
 def {COPY}(value):
     """The grader's copy of a gradient as a check call saw it; None where it could not be read (as cmp would fail)."""

@@ -40,6 +40,8 @@ OWN_LEAVES = "#own-leaves"
 OWN_PREFIX = "_grader_own_"
 """The names the grader's own cell keeps those gradients under (`_grader_own_bnvar_inv`)."""
 
+# (`import torch` inside the function: in the notebook's namespace, `torch` may be unbound (`import torch as t`)
+# or something else)
 _OWN_SOURCE = """# The grader's own cell: autograd's gradients through the notebook's own forward pass, from its loss
 def _grader_own_gradients(names, loss):
     import torch

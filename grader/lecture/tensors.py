@@ -3,7 +3,8 @@
 Guarantees: the same tensors always give the same bytes (so the reference's caches hit), and the warm-up runs
 the lecture's own forward pass, read from the released lecture notebook, on tensors of the lecture's shapes.
 
-Nothing here reads a learner's notebook; torch is imported only inside the functions that need it.
+Nothing here reads a learner's notebook. torch is imported only inside the functions that need it: `grader.grade`
+imports this package at its top, and torch only once its workers have started, so that its import overlaps theirs.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ LEAVES = ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias", "Xb", "Yb")
 def leaves(tensors: dict[str, Tensor]) -> bytes:
     """The parameters and minibatch as the lecture reference reads them (its `leaves` parameter):
     safetensors bytes, so that the same tensors give the same parameter (and the reference's caches hit)."""
-    from safetensors.torch import save
+    from safetensors.torch import save  # (it imports torch: see the module's docstring)
 
     return save({k: t.detach().contiguous() for k, t in tensors.items()})
 
 
 def example_leaves(n_hidden: int = 64, batch: int = 32) -> dict[str, Tensor]:
     """Parameters and a minibatch of the lecture's shapes (for the warm-up and the picture of the graph)."""
-    import torch
+    import torch  # (not at the top: see the module's docstring)
 
     g = torch.Generator().manual_seed(1)
     return {
