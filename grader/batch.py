@@ -22,7 +22,7 @@ from grader import assignment as assignments
 from grader import notebook, one_submission, regrade, sandbox
 from grader.assignment import Assignment
 from grader.errors import GraderError
-from grader.grade import feedback_edges, hidden_folders
+from grader.grade import feedback_edges, hidden_folders, start_workers
 from grader.reports import class_report
 from grader.reports.class_files import (
     Summary,
@@ -216,6 +216,7 @@ def _in_pool(
         ) as workers,
         ThreadPoolExecutor(max_workers=_at_once(max(1, jobs), workers)) as threads,
     ):
+        start_workers(workers, assignment, hidden_runs)  # before this process imports torch (just below)
         edges = feedback_edges(assignment)
         futures = {
             threads.submit(one_submission.grade_one, s, assignment, timeout, workers, edges, hidden_runs): s

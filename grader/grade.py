@@ -106,6 +106,18 @@ def _worker(
     return pool.worker(key, make)
 
 
+def start_workers(
+    pool: sandbox.Pool, assignment: Assignment, hidden_runs: tuple[dict[str, object], ...] | None = None
+) -> None:
+    """Start (if need be) the workers every run of a notebook of `assignment` will use: their `import torch` and
+    setup then overlap whatever the caller does next (a batch's own torch import, its feedback graph)."""
+    if assignment.name == LECTURE:
+        return  # (a lecture notebook's worker depends on the notebook: it starts with its grading)
+    pool.hide(hidden_folders(assignment))
+    for p in _Runs.of(assignment, None, hidden_runs).settings:
+        _worker(pool, assignment, p | assignment.rubric.data, _copies(assignment))
+
+
 def grade_notebook(
     path: str | Path,
     *,
@@ -193,9 +205,9 @@ def _in_pool(
     parameters."""
     own_pool = pool is None
     pool = pool or sandbox.Pool()
-    pool.hide(hidden_folders(assignment))
     try:
         # The workers first: their `import torch` and setup overlap the planning and this process's own import.
+        pool.hide(hidden_folders(assignment))
         for p in runs.settings:
             _worker(pool, assignment, p | assignment.rubric.data, _copies(assignment))
         # The run reads its own copy of each data file, under the file's name in its working directory.

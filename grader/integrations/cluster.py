@@ -31,6 +31,7 @@ from grader import one_submission, sandbox
 from grader.assignment import Assignment
 from grader.course import check_name, locate_dir
 from grader.errors import GraderError, RubricError, UsageError
+from grader.grade import start_workers
 from grader.submissions import Submission
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ def grade_task(task: Task) -> tuple[dict, str | None]:
             "version of backprop-grader on every worker"
         )
     pool, scratch = _pool(sandbox.Limits(**task.limits), task.hidden, task.sandbox)
+    start_workers(pool, assignment, task.hidden_runs)  # (a worker's first task: before grade_one imports torch)
     folder = Path(tempfile.mkdtemp(dir=scratch))
     path = folder / (Path(task.notebook).name or "submission.ipynb")
     try:
