@@ -237,7 +237,7 @@ def _course_option(command: argparse.ArgumentParser, required: bool = False) -> 
 def _sandbox_option(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--sandbox",
-        choices=["auto", "linux", "portable"],
+        choices=sandbox.CHOICES,
         help="how notebooks are isolated: linux (namespaces, as root or an ordinary user), portable "
         "(any platform: timeout, memory cap, process tree), auto (default, or $GRADER_SANDBOX: "
         "the best that works here)",

@@ -36,8 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from itertools import combinations
 
-import jinja2
-
+from grader.reports.pages import templates
 from grader.rubric import Rubric
 from grader.verdicts import PASSING
 
@@ -394,17 +393,12 @@ def to_json(report: ClassReport) -> str:
 def to_html(report: ClassReport, summary_png: bytes | None = None, pages: Iterable[str] = ()) -> str:
     """The class page: one self-contained HTML file (`summary_png` inlined), each student linked to their
     feedback page (`feedback/<student>.html`, for the students in `pages`)."""
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("grader.reports", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
     picture = "data:image/png;base64," + base64.b64encode(summary_png).decode("ascii") if summary_png else ""
     by_exercise: dict[str, list[VariableMistakes]] = {}
     for v in report.variables:
         by_exercise.setdefault(v.exercise, []).append(v)
-    return env.get_template("class.html").render(
-        report=report, picture=picture, pages=set(pages), exercises=by_exercise
+    return (
+        templates()
+        .get_template("class.html")
+        .render(report=report, picture=picture, pages=set(pages), exercises=by_exercise)
     )

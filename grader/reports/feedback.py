@@ -14,10 +14,10 @@ import functools
 import html
 import io
 
-import jinja2
 import torch
 from PIL import Image
 
+from grader.reports.pages import templates
 from grader.runs import answer_key
 from grader.verdicts import PASSING, GradedRun, Report
 
@@ -155,18 +155,6 @@ def _graph_svg(
     return "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
 
 
-@functools.lru_cache(maxsize=1)
-def _templates() -> jinja2.Environment:
-    """The package's page templates (`grader/reports/templates/`), escaping every value put into them."""
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("grader.reports", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-
-
 def page(report: Report, runs: list[GradedRun], edges: dict[str, tuple[str, ...]] | None = None) -> str:
     """The feedback page of `report`; `runs[0]` holds the answers and references of the notebook's own run."""
     main = runs[0] if runs else None
@@ -199,4 +187,4 @@ def page(report: Report, runs: list[GradedRun], edges: dict[str, tuple[str, ...]
                 ):
                     heatmaps.append((v, heatmap(v.name, answer, reference), tuple(reference.shape)))
         sections.append({"exercise": ex, "rows": rows, "graph": picture, "heatmaps": heatmaps})
-    return _templates().get_template("feedback.html").render(report=report, sections=sections)
+    return templates().get_template("feedback.html").render(report=report, sections=sections)

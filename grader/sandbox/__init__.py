@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # (for the type checker only: at run time the names load on first use, below)
     from grader.sandbox.pool import (
+        CHOICES,
         DEFAULT_LIMITS,
         FILE_LIMIT,
         MEMORY_LIMIT,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # (for the type checker only: at run time the names load on f
     )
 
 __all__ = [  # as `grader.sandbox.pool.__all__`
+    "CHOICES",
     "DEFAULT_LIMITS",
     "FILE_LIMIT",
     "MEMORY_LIMIT",

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "CHOICES",
     "DEFAULT_LIMITS",
     "FILE_LIMIT",
     "MEMORY_LIMIT",
