@@ -19,7 +19,7 @@ import torch
 
 from grader.rubric import Tolerance
 from grader.values import NotTensor
-from grader.verdicts import PASSING, STATUSES  # noqa: F401  (STATUSES: the ones `Comparison.status` takes)
+from grader.verdicts import PASSING, STATUSES  # noqa: F401 -- STATUSES: the ones `Comparison.status` takes
 
 
 @dataclass(frozen=True)

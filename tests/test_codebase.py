@@ -181,3 +181,20 @@ def test_no_module_imports_a_private_name_of_another():
         "private names imported from another module of the package (make each public, with a docstring saying what "
         "it guarantees, or keep its use inside its module):\n" + "\n".join(offenders)
     )
+
+
+def test_every_silenced_finding_says_why():
+    """A `# noqa` or `# type: ignore` names what it silences and says why, on the same line."""
+    import re
+
+    pragma = re.compile(r"#\s*(noqa|type:\s*ignore)(?P<codes>(:\s*[A-Z]+[0-9]+(,\s*[A-Z]+[0-9]+)*|\[[a-z-, ]+\]))?")
+    bare = []
+    for path in sorted((ROOT / "grader").rglob("*.py")):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            found = pragma.search(line)
+            if found is None:
+                continue
+            reason = line[found.end() :].strip(" #-()")
+            if not found.group("codes") or len(reason) < 8:
+                bare.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not bare, "silenced without a code or a reason:\n" + "\n".join(bare)

@@ -329,7 +329,7 @@ class _Evaluator:
             return self.env[node.id]
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
             operand = self.eval(node.operand)
-            return -operand if isinstance(node.op, ast.USub) else operand  # type: ignore[operator]
+            return -operand if isinstance(node.op, ast.USub) else operand  # type: ignore[operator]  # a tensor or a number, as eval returns; anything else raised above
         if _is_matmul(node):
             left, right = (self.eval(x) for x in _operands(node))
             if not isinstance(left, torch.Tensor) or not isinstance(right, torch.Tensor):
@@ -353,7 +353,7 @@ class _Evaluator:
 
     def _toggled(self, operand: ast.expr, value: torch.Tensor) -> torch.Tensor:
         inner = untransposed(operand)
-        return self.eval(inner) if inner is not None else _transposed(value)  # type: ignore[return-value]
+        return self.eval(inner) if inner is not None else _transposed(value)  # type: ignore[return-value]  # the operand's own value: a tensor
 
     def _method(self, node: ast.Call, func: ast.Attribute) -> object:
         receiver = self.eval(func.value)
@@ -366,7 +366,7 @@ class _Evaluator:
         if func.attr == "transpose" and len(node.args) == 2 and not node.keywords:
             a, b = (self._constant(x) for x in node.args)
             try:
-                return receiver.transpose(a, b)  # type: ignore[arg-type]
+                return receiver.transpose(a, b)  # type: ignore[arg-type]  # constants; a wrong one raises, caught below
             except (IndexError, RuntimeError):
                 raise _Unsupported from None
         if func.attr in ("sum", "mean"):
