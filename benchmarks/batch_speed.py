@@ -128,12 +128,14 @@ def dask_grade(submitted: Path, out: Path, args: argparse.Namespace) -> tuple[fl
     time includes too: each worker's warm sandbox worker, started by its first task."""
     from dask.distributed import LocalCluster
 
+    from grader.integrations.cluster import LOCAL_THREADS
+
     kept = dict(os.environ)
     os.environ.clear()
     os.environ.update(ENV)  # the workers' environment: the one every `grader grade` here runs with
     started = time.perf_counter()
     cluster = LocalCluster(
-        n_workers=args.dask, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+        n_workers=args.dask, threads_per_worker=LOCAL_THREADS, processes=True, dashboard_address=None, host="127.0.0.1"
     )
     startup = time.perf_counter() - started
     os.environ.clear()
