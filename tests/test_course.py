@@ -276,10 +276,7 @@ def test_a_dask_task_carries_a_course_assignment_to_a_worker_without_the_course(
         with pytest.raises(RubricError, match="differs from the grader's"):
             cluster.grade_task(dataclasses_replace(task, assignment_digest="0" * 64))
     finally:  # (a worker keeps its pool for life; this process is not a worker)
-        for pool, scratch in cluster._POOLS.values():
-            pool.close()
-            shutil.rmtree(scratch, ignore_errors=True)
-        cluster._POOLS.clear()
+        cluster.close_pools()
 
 
 def dataclasses_replace(task, **changes):

@@ -107,6 +107,16 @@ def _pool(
         return _POOLS[key]
 
 
+def close_pools() -> None:
+    """Close this process's warm pools and remove their scratch folders. A Dask worker keeps them for life; a
+    process that ran tasks itself (a test) closes them when done."""
+    with _POOLS_LOCK:
+        for pool, scratch, _ in _POOLS.values():
+            pool.close()
+            shutil.rmtree(scratch, ignore_errors=True)
+        _POOLS.clear()
+
+
 def _threads() -> int:
     """How many tasks this Dask worker runs at once (its `--nthreads`; 1 outside a worker)."""
     from dask.distributed import get_worker  # (Dask: an optional extra, there on every worker)
