@@ -113,8 +113,13 @@ def start_workers(
     setup then overlap whatever the caller does next (a batch's own torch import, its feedback graph)."""
     if assignment.name == LECTURE:
         return  # (a lecture notebook's worker depends on the notebook: it starts with its grading)
+    _warm(pool, assignment, _Runs.of(assignment, None, hidden_runs).settings)
+
+
+def _warm(pool: sandbox.Pool, assignment: Assignment, settings: list[dict[str, object]]) -> None:
+    """Start the workers of runs with these `settings` (parameters), each with the assignment's folders hidden."""
     pool.hide(hidden_folders(assignment))
-    for p in _Runs.of(assignment, None, hidden_runs).settings:
+    for p in settings:
         _worker(pool, assignment, p | assignment.rubric.data, _copies(assignment))
 
 
@@ -207,9 +212,7 @@ def _in_pool(
     pool = pool or sandbox.Pool()
     try:
         # The workers first: their `import torch` and setup overlap the planning and this process's own import.
-        pool.hide(hidden_folders(assignment))
-        for p in runs.settings:
-            _worker(pool, assignment, p | assignment.rubric.data, _copies(assignment))
+        _warm(pool, assignment, runs.settings)
         # The run reads its own copy of each data file, under the file's name in its working directory.
         plans = [planning.plan(student, assignment, p | assignment.rubric.data) for p in runs.settings]
         jobs = _jobs(pool, assignment, runs, plans, timeout)
