@@ -6,6 +6,7 @@ import os
 
 os.environ["ATEN_CPU_CAPABILITY"] = "default"
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -95,6 +96,19 @@ def grader_command() -> list[str]:
     """The installed `grader` console script of the environment running the tests."""
     script = Path(sys.executable).parent / "grader"
     return [str(script)] if script.exists() else [sys.executable, "-m", "grader"]
+
+
+def user_pytest(
+    cwd: Path, *args: str, python: str = sys.executable, env: dict[str, str] | None = None, timeout: float = 600
+):
+    """pytest as a user runs it in a folder of their own: `cwd`'s own `pytest.ini`, never this repository's
+    configuration. Without `-c`, pytest looks for its configuration above the arguments' common folder, so
+    a notebook under `tests/` would bring this repository's `-n auto` into the inner run. Its own
+    `--basetemp` keeps the inner session from cleaning the numbered folders the outer sessions share."""
+    ini = cwd / "pytest.ini"
+    ini.exists() or ini.write_text("[pytest]\n", encoding="utf-8")
+    command = [python, "-m", "pytest", "-c", str(ini), "-p", "no:cacheprovider", f"--basetemp={cwd / '.pytest-tmp'}"]
+    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def sandbox_processes(since: float, left_behind: bool = True) -> list:

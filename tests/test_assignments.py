@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ROOT, answered
+from conftest import ROOT, answered, user_pytest
 
 from grader import assignment as assignments
 from grader import grade_notebook
@@ -428,7 +428,6 @@ def test_wavenet_grades_through_grade_gradescope_and_the_pytest_plugin(tmp_path)
     """The fourth assignment, written with the authoring commands, goes through every integration as the others."""
     import json
     import subprocess
-    import sys
 
     from conftest import grader_command
     from test_gradescope import _submit
@@ -458,22 +457,7 @@ def test_wavenet_grades_through_grade_gradescope_and_the_pytest_plugin(tmp_path)
     rows = (tmp_path / "out" / "grades.csv").read_text(encoding="utf-8").splitlines()
     assert any(r.startswith("ada,graded,31,31") for r in rows) and any(r.startswith("ben,graded,30,31") for r in rows)
 
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--grade",
-            str(tmp_path / "class" / "ben" / "wavenet" / "wavenet.ipynb"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    proc = user_pytest(tmp_path, "-q", "--grade", str(tmp_path / "class" / "ben" / "wavenet" / "wavenet.ipynb"))
     assert "1 failed, 32 passed" in proc.stdout, proc.stdout[-2000:]
 
     root = tmp_path / "autograder"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import answered_in_course, grader_command, linux_sandbox
+from conftest import answered_in_course, grader_command, linux_sandbox, user_pytest
 
 from grader import assignment as assignments
 from grader import course as courses
@@ -286,28 +286,10 @@ def dataclasses_replace(task, **changes):
 
 
 def test_pytest_grades_a_course_notebook_with_grade_course(course, tmp_path):
-    import sys
 
     path = tmp_path / f"{NAME}.ipynb"
     nbformat.write(_answered(course, "d_W = x.T @ d_h", "d_W = x.T @ d_h * 2"), path)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--grade",
-            str(path),
-            "--grade-course",
-            str(course),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    proc = user_pytest(tmp_path, "-q", "--grade", str(path), "--grade-course", str(course))
     assert "1 failed, 5 passed" in proc.stdout, proc.stdout[-2000:]
     assert "d_W" in proc.stdout and "times 2" in proc.stdout
 

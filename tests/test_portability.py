@@ -17,7 +17,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NOTEBOOKS, ROOT, SOLUTION, grader_command, linux_sandbox, sandbox_processes, without_linux_calls
+from conftest import (
+    NOTEBOOKS,
+    ROOT,
+    SOLUTION,
+    grader_command,
+    linux_sandbox,
+    sandbox_processes,
+    user_pytest,
+    without_linux_calls,
+)
 
 pytestmark = pytest.mark.portable
 
@@ -142,25 +151,8 @@ def test_the_portable_backend_gives_the_linux_backends_report(name, extra):
 
 
 def test_the_pytest_plugin_grades_with_the_portable_backend(tmp_path):
-    (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     env = without_linux_calls() | {"GRADER_SANDBOX": "portable"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "--grade",
-            str(NOTEBOOKS / "wrong_d_W2.ipynb"),
-            "-q",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    done = user_pytest(tmp_path, "--grade", str(NOTEBOOKS / "wrong_d_W2.ipynb"), "-q", env=env, timeout=300)
     assert done.returncode == 1, done.stdout[-2000:]
     assert "1 failed, 37 passed" in done.stdout and "d_W2: it is the right gradient times 1/n" in done.stdout
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from conftest import NOTEBOOKS, RELEASE, ROOT, SOLUTION, grader_command
+from conftest import NOTEBOOKS, RELEASE, ROOT, SOLUTION, grader_command, user_pytest
 
 xmlschema = pytest.importorskip("xmlschema")
 SCHEMA = Path(__file__).parent / "junit.xsd"
@@ -21,10 +21,7 @@ SCHEMA = Path(__file__).parent / "junit.xsd"
 
 def _pytest(cwd: Path, *args: str, python: str = sys.executable) -> subprocess.CompletedProcess:
     """pytest as a user runs it, in a folder of their own (not this repository's test configuration)."""
-    (cwd / "pytest.ini").exists() or (cwd / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
-    return subprocess.run(
-        [python, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
+    return user_pytest(cwd, *args, python=python)
 
 
 def _cases(xml_path: Path) -> dict[str, ET.Element]:
