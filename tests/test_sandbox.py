@@ -8,7 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import NOTEBOOKS, RELEASE
+from conftest import NOTEBOOKS, RELEASE, linux_sandbox
 
 from grader import assignment as assignments
 from grader import grade_notebook, notebook, sandbox
@@ -214,3 +214,33 @@ def test_a_worker_outlives_the_thread_that_started_it():
         starter.join()
         report = grade_notebook(SOLUTION, hidden_runs=(), pool=workers)
     assert report.score == report.max_score, report.error
+
+
+def _kernel_collapses_huge_pages() -> bool:
+    """MADV_COLLAPSE came with Linux 6.1; the administrator can still turn transparent huge pages off."""
+    try:
+        release = tuple(int(x) for x in os.uname().release.split(".")[:2])
+        enabled = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text(encoding="ascii")
+    except (OSError, ValueError):
+        return False
+    return release >= (6, 1) and "[never]" not in enabled
+
+
+@pytest.mark.skipif(not _kernel_collapses_huge_pages(), reason="no MADV_COLLAPSE on this kernel")
+def test_the_linux_worker_forks_from_huge_pages(tmp_path, pool):
+    # each run forks the worker three times: its memory in 2 MB pages makes each fork and exit about a third as
+    # dear (the step times in benchmarks/batch_speed.py); the worker must really have them
+    import psutil
+
+    if not linux_sandbox():
+        pytest.skip("the Linux backend does not run here")
+    report = grade_notebook(NOTEBOOKS / "full_marks.ipynb", pool=pool)
+    assert report.status == "graded"
+    workers = [
+        p for p in psutil.Process().children(recursive=True) if "grader.sandbox.linux_child" in " ".join(p.cmdline())
+    ]
+    assert workers
+    for worker in workers:
+        rollup = Path(f"/proc/{worker.pid}/smaps_rollup").read_text(encoding="ascii")
+        huge = int(rollup.split("AnonHugePages:")[1].split()[0])
+        assert huge >= 64 * 1024, rollup  # kB: most of what `import torch` wrote (about 140 MB)

@@ -15,6 +15,7 @@ Linux only: fork, pidfd, `send_fds`, namespaces.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
@@ -98,6 +99,41 @@ def _stray_processes() -> int:
     return sum(1 for p in os.listdir("/proc") if p.isdigit() and p != "1")
 
 
+_MADV_COLLAPSE = 25  # Linux 6.1
+_HUGE_PAGE = 2 << 20
+
+
+def huge_pages() -> int:
+    """Back the worker's own writable memory with 2 MB pages where the kernel can; the bytes so backed.
+
+    Every run forks this process three times, and a fork copies one page-table entry per 4 kB page the
+    parent has written (about 40,000 after `import torch`: its heap of C++ registrations, Python's objects),
+    then each exit frees them again: a third of a run's time went there. A 2 MB page is one entry, so fork
+    and exit cost about a third as much. The memory is the same; a run that writes to a huge page gets its
+    own copy of the 4 kB it writes, as before (the kernel splits the mapping). Where the kernel lacks
+    `MADV_COLLAPSE` or has no huge page to spare, nothing changes: runs are only slower.
+    """
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        with open("/proc/self/maps", encoding="ascii") as f:
+            maps = f.read().splitlines()
+    except (OSError, AttributeError):
+        return 0
+    collapsed = 0
+    for line in maps:  # `start-end perms offset dev inode [name]`: private writable memory of no file
+        fields = line.split(maxsplit=5)
+        name = fields[5] if len(fields) > 5 else ""
+        if not fields[1].startswith("rw") or name not in ("", "[heap]"):
+            continue
+        low, _, high = fields[0].partition("-")
+        start, end = int(low, 16), int(high, 16)
+        first, last = -(-start // _HUGE_PAGE) * _HUGE_PAGE, end // _HUGE_PAGE * _HUGE_PAGE
+        if last > first and madvise(first, last - first, _MADV_COLLAPSE) == 0:
+            collapsed += last - first
+    return collapsed
+
+
 # --- the worker -------------------------------------------------------------------------------------
 
 
@@ -111,6 +147,7 @@ class Server(Warm):
         self.filter, _ = Filter.make()
         gc.collect()
         gc.freeze()  # keeps the objects made so far out of later collections: fewer pages copied per fork
+        huge_pages()
         sock.sendall(b"ready\n")
         while True:
             try:
