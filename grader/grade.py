@@ -100,10 +100,17 @@ def _worker(
 
     def make() -> tuple[tuple[PlannedCell, ...], list[str], dict[str, Path]]:
         cells = planning.plan(assignment.released, assignment, params).cells
-        last = max((i for i, c in enumerate(cells) if c.grade_id in rubric.setup_cells), default=-1)
-        return cells[: last + 1], [c.source for c in cells[last + 1 :]], data_files
+        setup = setup_cells(assignment, params)
+        return setup, [c.source for c in cells[len(setup) :]], data_files
 
     return pool.worker(key, make)
+
+
+def setup_cells(assignment: Assignment, params: dict[str, object]) -> tuple[PlannedCell, ...]:
+    """The released notebook's cells up to its last setup cell, planned with `params`: what a worker runs once."""
+    cells = planning.plan(assignment.released, assignment, params).cells
+    last = max((i for i, c in enumerate(cells) if c.grade_id in assignment.rubric.setup_cells), default=-1)
+    return cells[: last + 1]
 
 
 def start_workers(

@@ -34,6 +34,7 @@ import psutil
 from grader.errors import SandboxError
 from grader.plan import Plan, PlannedCell
 from grader.runs import Captured
+from grader.sandbox import snapshot as snapshots
 from grader.sandbox.environment import child_env, worker_folder
 from grader.sandbox.jobs import plain, warm_start
 from grader.sandbox.limits import OUTPUT_TAIL, WORKER_START_TIMEOUT, Limits
@@ -58,6 +59,7 @@ class _Interpreter:
     """One fresh interpreter for one job, started before the job is known."""
 
     def __init__(self, spec_path: Path, env: dict[str, str]) -> None:
+        self.snapshot_made = ""  # the digest of the setup snapshot it saved, once ready
         self.folder = Path(tempfile.mkdtemp(prefix="grader-run-"))  # its working folder once its job starts
         self.token = secrets.token_hex(16)
         self.wall_started = time.time()
@@ -85,11 +87,13 @@ class _Interpreter:
             line = self.process.stdout.readline().decode("utf-8", "replace").strip()
         finally:
             timer.cancel()
-        if line != "ready":
+        word, _, made = line.partition(" ")
+        if word != "ready":
             self.kill()
             self.log.seek(0)
             stderr = self.log.read().decode("utf-8", "replace")[-OUTPUT_TAIL:]
             raise SandboxError(f"the worker process did not start: {line or 'it exited'} {stderr}".strip())
+        self.snapshot_made = made
         self.ready = True
 
     def send(self, job: dict) -> None:
@@ -187,7 +191,9 @@ def _unique(processes: list[psutil.Process]) -> int:
 class Worker:
     """Fresh interpreters for one assignment and data set, each warmed up ahead of its job.
 
-    The first starts at once; from the second job on (a batch), each job taken starts the next one.
+    The first starts at once; from the second job on (a batch), each job taken starts the next one. The
+    first saves the setup snapshot (`snapshot`) and says its digest when ready, before any notebook ran in
+    it; the ones started after load it instead of running the setup cells, if it is still that one.
     """
 
     def __init__(
@@ -210,11 +216,15 @@ class Worker:
         self.env = child_env(self.workdir, own_path=True)
         self.lock = threading.Lock()
         self.taken = 0
+        self.snapshot: dict[str, str] | None = {"path": str(self.workdir / snapshots.FILE)}
+        """What the next interpreter is told of the snapshot: where to save one, then where it is and its digest;
+        None once the first said it saved none (the setup cannot be saved: every interpreter runs it)."""
         self.spares = [self._start()]
 
     def _start(self) -> _Interpreter:
+        env = self.env if self.snapshot is None else self.env | {snapshots.ENVIRONMENT: json.dumps(self.snapshot)}
         try:
-            return _Interpreter(self.spec_path, self.env)
+            return _Interpreter(self.spec_path, env)
         except OSError as e:
             raise SandboxError(f"could not start the worker process: {e}") from e
 
@@ -226,6 +236,10 @@ class Worker:
             if self.taken > 1:
                 self.spares.append(self._start())
         interpreter.wait_ready()
+        with self.lock:
+            if self.snapshot is not None and "digest" not in self.snapshot:  # the first to be ready: it was asked
+                made = interpreter.snapshot_made
+                self.snapshot = {"path": self.snapshot["path"], "digest": made} if made else None
         return interpreter
 
     def start(self, plans: list[Plan], labels: list[str], timeout: float, cell_timeout: float | None = None) -> Job:

@@ -2,10 +2,12 @@
 
     python -m grader.sandbox.portable_child SPEC_JSON
 
-It imports torch and runs the released setup cells (`warm.Warm`), says `ready` on its standard
-output, then reads one job (a line of JSON) from its standard input. Every run's files are opened
-before the notebook's first cell, so a notebook that renames or replaces them changes nothing the
-grader reads. Nothing here needs more than what Python has on macOS, Windows and Linux.
+It imports torch and runs the released setup cells (`warm.Warm`), or loads what they left from the
+setup snapshot the grader names (`snapshot`), says `ready` on its standard output (with the digest of
+a snapshot it saved, for the grader to hand the next interpreters), then reads one job (a line of
+JSON) from its standard input. Every run's files are opened before the notebook's first cell, so a
+notebook that renames or replaces them changes nothing the grader reads. Nothing here needs more than
+what Python has on macOS, Windows and Linux.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import threading
 
 from grader.sandbox.runner import error_line
+from grader.sandbox.snapshot import ENVIRONMENT
 from grader.sandbox.warm import Warm
 
 
@@ -40,13 +43,15 @@ def main(argv: list[str]) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what the setup cells print goes to the log, not the channel
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
+    # where the setup snapshot is (and its digest, once the grader knows one): not for the notebook to see
+    spec["snapshot"] = json.loads(os.environ.pop(ENVIRONMENT, "{}"))
     try:
         warm = Warm(spec)
     except BaseException as e:
         channel.write(f"error {error_line(e)}\n")
         channel.close()
         return 1
-    channel.write("ready\n")
+    channel.write(f"ready {warm.snapshot_made}".strip() + "\n")  # the digest of a snapshot it saved, if any
     channel.close()
     line = sys.stdin.buffer.readline()
     if not line.strip():

@@ -14,11 +14,13 @@ import builtins
 import contextlib
 import io
 import os
+import pickle
 import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from grader.sandbox import snapshot as snapshots
 from grader.sandbox.clock import CellClock
 from grader.sandbox.runner import Runner, restore
 
@@ -64,11 +66,11 @@ class Warm:
         self.rng = self._rng_state()
         self.data = {name: Path(path).read_bytes() for name, path in spec["data"].items()}
         self.warm = Runner(torch, self.shell, self.pristine)
-        with open(os.devnull, "w") as quiet:
-            self.warm.run(spec["prefix"], [], 0, quiet)  # stops at the end of the prefix: no captures in it
-        failed = [o["error"] for o in self.warm.outcomes if o["error"]]
-        if failed:
-            raise RuntimeError(f"the released setup cells failed in the worker: {failed[0]}")
+        self.snapshot_made = ""
+        """The digest of the setup snapshot this process saved (`snapshot.take`), for the grader; "" if none."""
+        snapshot = spec.get("snapshot") or {}
+        if not self._load_setup(snapshot):
+            self._run_setup(spec["prefix"], snapshot)
         self.warmed_rng = self._rng_state()
         self.after_setup = dict(self.shell.user_ns)
         # copies of the data the setup made: a run that changes it in place must not change the next run's
@@ -76,6 +78,52 @@ class Warm:
             k: (v, v._version, v.clone()) for k, v in self.after_setup.items() if type(v) is torch.Tensor
         }
         self._warm_up(spec.get("warm_up", []))
+
+    def _load_setup(self, snapshot: dict) -> bool:
+        """The setup's state from the snapshot the grader named (`path`, `digest`), if it is there and is that one."""
+        if not snapshot.get("digest"):
+            return False
+        data = snapshots.read(snapshot["path"])
+        loaded = snapshots.load(self.torch, data, snapshot["digest"], self.shell.user_ns) if data else None
+        if loaded is None:
+            return False
+        self.warm.locked_names, self.warm.outcomes = loaded["locked"], loaded["outcomes"]
+        return True
+
+    def _run_setup(self, prefix: list[dict], snapshot: dict) -> None:
+        """Run the released setup cells; where the grader asked for a snapshot (`path`, no digest yet), save one."""
+        before, modules = self._globals(), set(sys.modules)
+        with open(os.devnull, "w") as quiet:
+            self.warm.run(prefix, [], 0, quiet)  # stops at the end of the prefix: no captures in it
+        failed = [o["error"] for o in self.warm.outcomes if o["error"]]
+        if failed:
+            raise RuntimeError(f"the released setup cells failed in the worker: {failed[0]}")
+        if not snapshot.get("path") or snapshot.get("digest"):
+            return
+        after = self._globals()
+        state = {
+            "outcomes": self.warm.outcomes,
+            "modules": set(sys.modules) - modules,
+            # what the namespace does not show: a setup that changed any of it runs in every process
+            "globals_changed": before != after,
+            "magics": any(self.shell.transform_cell(c["source"]).strip() != c["source"].strip() for c in prefix),
+        }
+        data = snapshots.take(self.torch, self.shell.user_ns, self.initial, self.warm.locked_names, state)
+        if data is not None and snapshots.write(snapshot["path"], data):
+            self.snapshot_made = snapshots.digest(data)
+
+    def _globals(self) -> dict[str, object]:
+        """State outside the namespace a setup cell could change: compared before and after it."""
+        numpy = sys.modules.get("numpy")
+        return {
+            "numpy": pickle.dumps(numpy.random.get_state()) if numpy is not None else b"",
+            "grad": self.torch.is_grad_enabled(),
+            "dtype": self.torch.get_default_dtype(),
+            "threads": self.torch.get_num_threads(),
+            "environ": dict(os.environ),
+            "path": list(sys.path),
+            "cwd": os.getcwd(),
+        }
 
     def _rng_state(self) -> tuple:
         return self.torch.get_rng_state(), self.random.getstate()

@@ -1,0 +1,181 @@
+"""Issue 27: the setup snapshot. An interpreter that loads what the released setup cells left has the same
+namespace, bit for bit, as one that ran them; where the setup leaves what cannot be saved, or the file is
+not the one the grader was told of, the setup runs as before."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import NOTEBOOKS
+
+from grader import assignment as assignments
+from grader import grade
+from grader.plan import PlannedCell
+from grader.sandbox import snapshot as snapshots
+from grader.sandbox.jobs import plain
+
+# A fresh interpreter builds `Warm` from the spec in argv[1] (as the portable backend's child does) and prints
+# a description of its namespace that two processes can compare: every value, tensors as their bytes.
+DESCRIBE = r"""
+import io, json, os, pickle, random, sys, types
+os.environ["ATEN_CPU_CAPABILITY"] = "default"
+from grader.sandbox.warm import Warm
+spec = json.loads(sys.argv[1])
+warm = Warm(spec)
+import torch
+ns = warm.shell.user_ns
+
+def code_of(c):
+    consts = tuple(code_of(k) if isinstance(k, types.CodeType) else k for k in c.co_consts)
+    return (c.co_code, consts, c.co_names, c.co_varnames, c.co_freevars, c.co_cellvars, c.co_argcount,
+            c.co_posonlyargcount, c.co_kwonlyargcount, c.co_flags, c.co_filename, c.co_name, c.co_qualname,
+            c.co_firstlineno, c.co_linetable, c.co_exceptiontable)
+
+def describe(v):
+    if type(v) is torch.Tensor:
+        raw = bytes(v.detach().reshape(-1).view(torch.uint8).numpy())
+        return ("tensor", str(v.dtype), tuple(v.shape), v.stride(), v.requires_grad, v.is_leaf, raw)
+    if isinstance(v, types.ModuleType):
+        return ("module", v.__name__, sys.modules.get(v.__name__) is v)
+    if type(v) is types.FunctionType:
+        return ("function", code_of(v.__code__), v.__name__, v.__qualname__, v.__defaults__,
+                v.__kwdefaults__, v.__module__, v.__doc__, v.__globals__ is ns, v.__closure__)
+    if type(v) is torch.Generator:
+        return ("generator", bytes(v.get_state().numpy()), v.initial_seed())
+    if isinstance(v, io.IOBase):
+        return ("file", type(v).__name__, v.name, v.mode, v.closed, getattr(v, "encoding", None))
+    if isinstance(v, type):
+        return ("class", v.__module__, v.__qualname__)
+    if type(v).__module__ != "builtins":
+        return ("other", type(v).__module__, type(v).__qualname__)
+    return ("value", type(v).__name__, v)
+
+names = sorted(k for k, v in ns.items() if warm.initial.get(k, ns) is not v)
+out = {
+    "names": {k: describe(ns[k]) for k in names},
+    "locked": sorted(warm.warm.locked_names),
+    "outcomes": warm.warm.outcomes,
+    "rng": (bytes(torch.get_rng_state().numpy()), random.getstate()),
+    "made": warm.snapshot_made,
+}
+open(sys.argv[2], "wb").write(pickle.dumps(out))
+"""
+
+
+def _warm(folder: Path, prefix: tuple[PlannedCell, ...], snapshot: dict) -> dict:
+    spec = {"prefix": plain(prefix), "warm_up": [], "data": {}, "snapshot": snapshot}
+    done = subprocess.run(
+        [sys.executable, "-c", DESCRIBE, json.dumps(spec), "described"], cwd=folder, capture_output=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return pickle.loads((folder / "described").read_bytes())
+
+
+def _setup_of(name: str, tmp_path: Path) -> tuple[Path, tuple[PlannedCell, ...]]:
+    """The worker's folder (the data files under the names the notebook reads) and the released setup cells, as
+    `grade` gives a worker of `name`'s."""
+    assignment = assignments.load(name)
+    folder = tmp_path / name
+    folder.mkdir()
+    for copy, path in grade._copies(assignment).items():
+        shutil.copy(path, folder / copy)
+    params = grade._Runs.of(assignment, None, None).settings[0] | assignment.rubric.data
+    return folder, grade.setup_cells(assignment, params)
+
+
+@pytest.mark.parametrize("name", ["backprop_ninja", "activations_batchnorm", "leaky_abstractions", "wavenet"])
+def test_a_loaded_setup_is_the_setup_bit_for_bit(tmp_path, name):
+    folder, prefix = _setup_of(name, tmp_path)
+    path = str(folder / snapshots.FILE)
+    ran = _warm(folder, prefix, {"path": path})
+    assert ran["made"], f"{name}: its setup left something the snapshot cannot hold"
+    loaded = _warm(folder, prefix, {"path": path, "digest": ran["made"]})
+    assert loaded["made"] == ""  # it loaded: it had nothing to save
+    assert loaded["names"].keys() == ran["names"].keys()
+    for key, value in ran["names"].items():
+        assert loaded["names"][key] == value, key
+    assert (loaded["locked"], loaded["outcomes"], loaded["rng"]) == (ran["locked"], ran["outcomes"], ran["rng"])
+
+
+def test_a_snapshot_that_is_not_the_one_named_is_not_read(tmp_path):
+    folder, prefix = _setup_of("backprop_ninja", tmp_path)
+    path = folder / snapshots.FILE
+    made = _warm(folder, prefix, {"path": str(path)})["made"]
+    honest = _warm(folder, prefix, {})  # no snapshot at all: the setup as it always ran
+    # a notebook replaced it: the same snapshot with the training data zeroed, or something else entirely
+    doctored = pickle.loads(path.read_bytes())
+    entry = doctored["entries"]["Xtr"]
+    doctored["entries"]["Xtr"] = (*entry[:4], bytes(len(entry[4])))
+    for replaced in (pickle.dumps(doctored), b"junk"):
+        path.write_bytes(replaced)
+        again = _warm(folder, prefix, {"path": str(path), "digest": made})
+        assert again["names"] == honest["names"]  # it ran the setup itself
+    path.unlink()
+    path.mkdir()  # not even a file
+    assert _warm(folder, prefix, {"path": str(path), "digest": made})["names"] == honest["names"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "class Point:\n    pass\n",  # a class: not saved
+        "import numpy as np\nnp.random.seed(3)\n",  # numpy's generator changed: the namespace does not show it
+        "torch.set_default_dtype(torch.float64)\n",  # the same for torch's settings
+        "view = Xtr[:10]\n",  # a view shares Xtr's memory: two copies would not
+    ],
+)
+def test_a_setup_that_leaves_more_than_values_is_not_saved(tmp_path, extra):
+    folder, prefix = _setup_of("backprop_ninja", tmp_path)
+    last = prefix[-1]
+    changed = (*prefix[:-1], dataclasses.replace(last, source=last.source + "\n" + extra))
+    path = folder / snapshots.FILE
+    assert _warm(folder, changed, {"path": str(path)})["made"] == ""
+    assert not path.exists()
+
+
+def test_the_plain_check_refuses_subclasses_and_bounds_its_walk():
+    class Sneaky(str):
+        pass
+
+    assert snapshots._plain(["a", ("b", {1: {2.0, 3j}}), None, b"x"], [0])
+    assert not snapshots._plain(["a", Sneaky("b")], [0])
+    assert not snapshots._plain([object()], [0])
+    assert not snapshots._plain(list(range(10)), [snapshots.MOST_PLAIN_OBJECTS - 5])
+
+
+DOCTOR = """
+import pathlib, pickle, sys
+path = pathlib.Path(sys.argv[-1]).parent / "setup.snapshot"  # the worker's folder: beside its spec
+saved = pickle.loads(path.read_bytes())
+entry = saved["entries"]["Xtr"]
+saved["entries"]["Xtr"] = (*entry[:4], bytes(len(entry[4])))  # every training example the same
+path.write_bytes(pickle.dumps(saved))
+"""
+
+
+def test_a_notebook_that_replaces_the_snapshot_changes_no_one_elses_grade(tmp_path):
+    # on the portable backend a notebook can write the worker's folder (docs/isolation.md): the interpreters
+    # after it must notice that the snapshot is not the one the first interpreter made, and run the setup
+    from grader import grade_notebook, notebook, sandbox
+
+    doctoring = notebook.read(NOTEBOOKS / "full_marks.ipynb")
+    doctoring.cells.append(nbformat.v4.new_code_cell(DOCTOR))
+    nbformat.write(doctoring, tmp_path / "doctoring.ipynb")
+    assignment = assignments.load("backprop_ninja")
+    portable = sandbox.Backend("portable", requested="portable")
+    with sandbox.Pool(grade.hidden_folders(assignment), backend=portable) as pool:
+        first = grade_notebook(tmp_path / "doctoring.ipynb", pool=pool)
+        (worker,) = pool.workers.values()
+        told = worker.snapshot  # type: ignore[attr-defined]  # (a portable worker)
+        assert told is not None and told["digest"], "the first interpreter saved no snapshot"
+        assert snapshots.digest(Path(told["path"]).read_bytes()) != told["digest"], "the attack did not happen"
+        second = grade_notebook(NOTEBOOKS / "full_marks.ipynb", pool=pool)
+    assert (first.score, second.score) == (first.max_score, second.max_score), second.notes
