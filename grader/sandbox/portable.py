@@ -58,7 +58,8 @@ def _session() -> dict:
 class _Interpreter:
     """One fresh interpreter for one job, started before the job is known."""
 
-    def __init__(self, spec_path: Path, env: dict[str, str]) -> None:
+    def __init__(self, spec_path: Path, env: dict[str, str], snapshot: dict[str, str] | None = None) -> None:
+        self.snapshot = snapshot  # what it was told of the setup snapshot (`Worker.snapshot`)
         self.snapshot_made = ""  # the digest of the setup snapshot it saved, once ready
         self.folder = Path(tempfile.mkdtemp(prefix="grader-run-"))  # its working folder once its job starts
         self.token = secrets.token_hex(16)
@@ -69,7 +70,9 @@ class _Interpreter:
             [sys.executable, "-P", "-m", "grader.sandbox.portable_child", str(spec_path)],
             # the setup cells run in the worker's folder, beside the data files, as on Linux
             cwd=spec_path.parent,
-            env=env | {"HOME": str(self.folder), "USERPROFILE": str(self.folder), TOKEN: self.token},
+            env=env
+            | {"HOME": str(self.folder), "USERPROFILE": str(self.folder), TOKEN: self.token}
+            | ({snapshots.ENVIRONMENT: json.dumps(snapshot)} if snapshot else {}),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -216,15 +219,18 @@ class Worker:
         self.env = child_env(self.workdir, own_path=True)
         self.lock = threading.Lock()
         self.taken = 0
-        self.snapshot: dict[str, str] | None = {"path": str(self.workdir / snapshots.FILE)}
-        """What the next interpreter is told of the snapshot: where to save one, then where it is and its digest;
-        None once the first said it saved none (the setup cannot be saved: every interpreter runs it)."""
+        self.snapshot: dict[str, str] | None = {}
+        """What interpreters are told of the setup snapshot: {} until the first is ready (each started meanwhile
+        saves one, in a file of its own: two processes need not pickle alike), then where the first's is and its
+        digest; None if the first saved none (the setup cannot be saved: every interpreter runs it)."""
         self.spares = [self._start()]
 
     def _start(self) -> _Interpreter:
-        env = self.env if self.snapshot is None else self.env | {snapshots.ENVIRONMENT: json.dumps(self.snapshot)}
+        told = self.snapshot
+        if told == {}:
+            told = {"path": str(self.workdir / f"setup-{secrets.token_hex(8)}.snapshot")}
         try:
-            return _Interpreter(self.spec_path, env)
+            return _Interpreter(self.spec_path, self.env, told)
         except OSError as e:
             raise SandboxError(f"could not start the worker process: {e}") from e
 
@@ -237,9 +243,9 @@ class Worker:
                 self.spares.append(self._start())
         interpreter.wait_ready()
         with self.lock:
-            if self.snapshot is not None and "digest" not in self.snapshot:  # the first to be ready: it was asked
+            if self.snapshot == {} and interpreter.snapshot is not None:  # the first to be ready
                 made = interpreter.snapshot_made
-                self.snapshot = {"path": self.snapshot["path"], "digest": made} if made else None
+                self.snapshot = {"path": interpreter.snapshot["path"], "digest": made} if made else None
         return interpreter
 
     def start(self, plans: list[Plan], labels: list[str], timeout: float, cell_timeout: float | None = None) -> Job:

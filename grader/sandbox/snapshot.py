@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 ENVIRONMENT = "GRADER_SETUP_SNAPSHOT"
 """How the portable backend tells an interpreter where the snapshot is: JSON, `path` and `digest` (none yet: save
 one there)."""
-FILE = "setup.snapshot"
-"""Its name in the worker's folder."""
 PLAIN_ATOMS = (type(None), bool, int, float, complex, str, bytes)
 MOST_PLAIN_OBJECTS = 5_000_000
 """A bound on the plain objects a snapshot walks (a data set as a list of strings is well under)."""
