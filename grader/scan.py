@@ -175,10 +175,13 @@ def parse(source: str) -> ast.Module:
         return ast.parse(source)
 
 
+# A submission's answer cells are read again for each of its runs (its hints, the numbers it writes): its last few
+# trees kept. Shared: no caller changes a tree.
+@functools.lru_cache(maxsize=32)
 def as_python(source: str) -> tuple[str, ast.Module | None]:
     """A cell as IPython runs it (magics and shell escapes turned into calls, a `%%time` body plain) and its syntax
     tree; the tree is None where it does not parse (it will not run either). Every cell of a student's the grader
-    reads is parsed here, under the one lock."""
+    reads is parsed here, under the one lock. The tree is shared between callers: never change it."""
     plain = python_body(source)
     try:
         with _PARSING:
