@@ -59,8 +59,14 @@ def describe(v):
     return ("value", type(v).__name__, v)
 
 names = sorted(k for k, v in ns.items() if warm.initial.get(k, ns) is not v)
+containers = [k for k in names if type(ns[k]) in (list, dict, set)]
+defaults = {k: [[n for n in containers if d is ns[n]] for d in ns[k].__defaults__ or ()]
+            for k in names if type(ns[k]) is types.FunctionType}
 out = {
     "names": {k: describe(ns[k]) for k in names},
+    # which names share one object, and which function defaults are objects the namespace names
+    "aliases": sorted({g for k in containers if len(g := tuple(n for n in containers if ns[n] is ns[k])) > 1}),
+    "defaults": defaults,
     "locked": sorted(warm.warm.locked_names),
     "outcomes": warm.warm.outcomes,
     "rng": (bytes(torch.get_rng_state().numpy()), random.getstate()),
@@ -103,6 +109,32 @@ def test_a_loaded_setup_is_the_setup_bit_for_bit(tmp_path, name):
     for key, value in ran["names"].items():
         assert loaded["names"][key] == value, key
     assert (loaded["locked"], loaded["outcomes"], loaded["rng"]) == (ran["locked"], ran["outcomes"], ran["rng"])
+    assert (loaded["aliases"], loaded["defaults"]) == (ran["aliases"], ran["defaults"])
+
+
+SAVED_ALL_THE_SAME = """
+g = torch.Generator().manual_seed(7)
+first = torch.randn(3, generator=g)  # the generator in use: its state, not its seed, is what comes next
+CACHE = {"hits": [1, 2]}
+same = CACHE
+def lookup(key, cache=CACHE, *, scale=2.0):
+    "A function whose default is the namespace's own dict."
+    return cache.get(key)
+"""
+
+
+def test_generators_shared_objects_and_defaults_come_back_as_the_setup_left_them(tmp_path):
+    folder, prefix = _setup_of("backprop_ninja", tmp_path)
+    last = prefix[-1]
+    changed = (*prefix[:-1], dataclasses.replace(last, source=last.source + "\n" + SAVED_ALL_THE_SAME))
+    path = str(folder / "setup.snapshot")
+    ran = _warm(folder, changed, {"path": path})
+    assert ran["made"]
+    loaded = _warm(folder, changed, {"path": path, "digest": ran["made"]})
+    assert loaded["names"] == ran["names"]
+    assert ran["aliases"] == [("CACHE", "same")]
+    assert ran["defaults"]["lookup"] == [["CACHE", "same"]]
+    assert (loaded["aliases"], loaded["defaults"], loaded["rng"]) == (ran["aliases"], ran["defaults"], ran["rng"])
 
 
 def test_a_snapshot_that_is_not_the_one_named_is_not_read(tmp_path):

@@ -255,7 +255,7 @@ def write(path: str, data: bytes) -> bool:
     """`data` to `path` in one piece (a temporary file renamed over it); whether it was written."""
     partial = f"{path}.{os.getpid()}.partial"
     try:
-        with open(partial, "wb") as f:
+        with open(partial, "xb") as f:  # made here, never a file or a link someone put there
             f.write(data)
         os.replace(partial, path)
     except OSError:
