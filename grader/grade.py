@@ -100,7 +100,7 @@ def _worker(
 
     def make() -> tuple[tuple[PlannedCell, ...], list[str], dict[str, Path]]:
         cells = planning.plan(assignment.released, assignment, params).cells
-        setup = setup_cells(assignment, params)
+        setup = _through_setup(cells, rubric)
         return setup, [c.source for c in cells[len(setup) :]], data_files
 
     return pool.worker(key, make)
@@ -108,8 +108,11 @@ def _worker(
 
 def setup_cells(assignment: Assignment, params: dict[str, object]) -> tuple[PlannedCell, ...]:
     """The released notebook's cells up to its last setup cell, planned with `params`: what a worker runs once."""
-    cells = planning.plan(assignment.released, assignment, params).cells
-    last = max((i for i, c in enumerate(cells) if c.grade_id in assignment.rubric.setup_cells), default=-1)
+    return _through_setup(planning.plan(assignment.released, assignment, params).cells, assignment.rubric)
+
+
+def _through_setup(cells: tuple[PlannedCell, ...], rubric: rubrics.Rubric) -> tuple[PlannedCell, ...]:
+    last = max((i for i, c in enumerate(cells) if c.grade_id in rubric.setup_cells), default=-1)
     return cells[: last + 1]
 
 

@@ -76,7 +76,7 @@ def take(
         if entry is not None and entry[0] == "refuse":
             return None
         if entry is None:
-            if not _plain(value, [0]):
+            if not _plain(value):
                 return None
             plain[name] = value
         else:
@@ -139,18 +139,19 @@ def _function_entry(ns: dict[str, Any], fn: types.FunctionType) -> tuple:
     if fn.__globals__ is not ns or fn.__closure__ is not None or fn.__dict__ or fn.__module__ != ns.get("__name__"):
         return ("refuse",)
     parts = (fn.__defaults__, fn.__kwdefaults__, fn.__annotations__, fn.__doc__)
-    if not all(_plain(part, [0]) for part in parts):
+    if not all(_plain(part) for part in parts):
         return ("refuse",)
     return ("function", marshal.dumps(fn.__code__), fn.__name__, fn.__qualname__, *parts)
 
 
-def _plain(value: object, seen: list[int]) -> bool:
-    """Whether `value` is a plain value all the way down (exact types only: a subclass may hold anything)."""
+def _plain(value: object, limit: int = MOST_PLAIN_OBJECTS) -> bool:
+    """Whether `value` is a plain value all the way down, in at most `limit` objects (exact types only: a subclass
+    may hold anything)."""
     todo = [value]
     while todo:
         item = todo.pop()
-        seen[0] += 1
-        if seen[0] > MOST_PLAIN_OBJECTS:
+        limit -= 1
+        if limit < 0:
             return False
         kind = type(item)
         if kind in PLAIN_ATOMS:
