@@ -211,3 +211,44 @@ def test_a_notebook_that_replaces_the_snapshot_changes_no_one_elses_grade(tmp_pa
         assert snapshots.digest(Path(told["path"]).read_bytes()) != told["digest"], "the attack did not happen"
         second = grade_notebook(NOTEBOOKS / "full_marks.ipynb", pool=pool)
     assert (first.score, second.score) == (first.max_score, second.max_score), second.notes
+
+
+KNOWN_CELLS = r"""
+import json, os, sys
+os.environ["ATEN_CPU_CAPABILITY"] = "default"
+from IPython.core.interactiveshell import InteractiveShell
+from grader.sandbox.warm import Warm
+warm = Warm(json.loads(sys.argv[1]))
+shell, sources = warm.shell, json.loads(sys.argv[1])["warm_up"]
+plain = lambda source: InteractiveShell.transform_cell(shell, source)  # IPython's own, asked afresh
+out = {
+    "known": len(shell.known),
+    "same": all(shell.transform_cell(s) == plain(s) for s in sources),
+    "awaits": [shell.should_run_async(s, transformed_cell=shell.transform_cell(s)) for s in sources],
+    "one_line": "exit" in shell.known,
+}
+known = next(iter(shell.known))
+shell.input_transformers_cleanup.append(lambda lines: ["changed = True\n"])  # a cell may add its own
+out["after_a_new_transformer"] = shell.transform_cell(known)
+print(json.dumps(out))
+"""
+
+
+def test_the_released_cells_are_transformed_ahead_as_ipython_would(tmp_path):
+    # the worker transforms each released cell once (IPython tokenizes every cell, a millisecond each); a run
+    # gets exactly what IPython would give, and IPython's own answer where the transformers changed since
+    folder, prefix = _setup_of("backprop_ninja", tmp_path)
+    assignment = assignments.load("backprop_ninja")
+    params = grade._Runs.of(assignment, None, None).settings[0] | assignment.rubric.data
+    cells = grade.planning.plan(assignment.released, assignment, params).cells
+    sources = [c.source for c in cells[len(prefix) :]] + ["exit", "%time x = 1\ny = 2", "await something()\nz = 1"]
+    spec = {"prefix": plain(prefix), "warm_up": sources, "data": {}}
+    done = subprocess.run(
+        [sys.executable, "-c", KNOWN_CELLS, json.dumps(spec)], cwd=folder, capture_output=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    out = json.loads(done.stdout.decode().splitlines()[-1])
+    assert out["known"] >= len(sources) - 3  # every multi-line cell (stubs included); not the single-line one
+    assert out["same"] and not out["one_line"]
+    assert out["awaits"][-1] is True and not any(out["awaits"][:-1])  # top-level await still seen
+    assert out["after_a_new_transformer"] == "changed = True\n"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -32,6 +34,9 @@ class CellClock:
         self.running = False
         self.rang = False
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.deadline: float | None = None  # while a cell runs with a budget: when it has had its share
+        self.watcher: tuple[int, threading.Thread] | None = None  # (the process it watches for, the thread)
 
     @staticmethod
     def install() -> None:
@@ -50,26 +55,50 @@ class CellClock:
         if not seconds:
             yield
             return
-        timer = threading.Timer(seconds, self._ring)
-        timer.daemon = True
+        self._watch()
         CellClock.current = self
-        self.running = True
-        timer.start()
+        with self.lock:
+            self.running = True
+            self.deadline = time.monotonic() + seconds
+            self.changed.notify()
         try:
             yield
         finally:
             with self.lock:
                 self.running = False
-            timer.cancel()
+                self.deadline = None
+                self.changed.notify()
+
+    def _watch(self) -> None:
+        """Start the thread that watches the cells' budgets, once per process: a thread per cell cost about as
+        much as a short cell (its start and end, ten times a run), and a fork has none of its parent's threads."""
+        if self.watcher is not None and self.watcher[0] == os.getpid() and self.watcher[1].is_alive():
+            return
+        thread = threading.Thread(target=self._wait, name="cell clock", daemon=True)
+        self.watcher = (os.getpid(), thread)
+        thread.start()
+
+    def _wait(self) -> None:
+        with self.lock:
+            while True:
+                if self.deadline is None:
+                    self.changed.wait()
+                    continue
+                left = self.deadline - time.monotonic()
+                if left > 0:
+                    self.changed.wait(left)
+                    continue
+                self.deadline = None
+                self._ring()
 
     def _ring(self) -> None:
-        with self.lock:
-            if not self.running:
-                return
-            self.rang = True
-            if hasattr(signal, "pthread_kill"):  # a real signal: it also ends a blocking call (sleep, read)
-                main = threading.main_thread().ident
-                assert main is not None  # the main thread is running: it has an ident
-                signal.pthread_kill(main, signal.SIGINT)
-            else:
-                _thread.interrupt_main()
+        """With the lock held: interrupt the cell still running."""
+        if not self.running:
+            return
+        self.rang = True
+        if hasattr(signal, "pthread_kill"):  # a real signal: it also ends a blocking call (sleep, read)
+            main = threading.main_thread().ident
+            assert main is not None  # the main thread is running: it has an ident
+            signal.pthread_kill(main, signal.SIGINT)
+        else:
+            _thread.interrupt_main()
