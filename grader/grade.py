@@ -8,6 +8,7 @@ caller's: text, JSON, a page).
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -333,23 +334,49 @@ def _run(
     timeout: float | None,
 ) -> tuple[list[Captured], list[dict[Key, object]]]:
     """Every run of the notebook, and the grader's references meanwhile: what each run brought back, and the
-    references of each run's parameters. The references are computed while the workers start (they take about
-    as long, the first time), then the jobs are released."""
+    references of each run's parameters. Each job is released as soon as its worker is ready, by a thread of
+    its own, while this one computes the references: a run no longer waits for them (`grader check` waited
+    about half a second), and everything this process needs is imported before (`_in_pool`)."""
     captured: list[Captured | None] = [None] * len(runs.settings)
+    going = [_Going(job) for job, _ in jobs]
     try:
         refs = [
             _reference(assignment, p, where, changed)
             for p, where, changed in zip(runs.with_data, runs.wheres, runs.overrides)
         ]
-        for job, _ in jobs:
-            job.release()
     finally:
-        for job, group in jobs:
-            for i, c in zip(group, job.wait()):
+        for (_, group), job in zip(jobs, going):
+            for i, c in zip(group, job.result()):
                 captured[i] = c
     done = [c for c in captured if c is not None]
     assert len(done) == len(captured)  # (every job's wait() returns one per run)
     return _again_where_not_started(pool, assignment, runs, plans, done, timeout), refs
+
+
+class _Going:
+    """A job released and waited for by a thread of its own; `result()` joins it (and raises what it raised)."""
+
+    def __init__(self, job: sandbox.Job) -> None:
+        self.job = job
+        self.captured: list[Captured] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._go, name="grader job", daemon=True)
+        self.thread.start()
+
+    def _go(self) -> None:
+        try:
+            try:
+                self.job.release()
+            finally:  # released or not, wait() says what each run reached and closes the job's files
+                self.captured = self.job.wait()
+        except BaseException as e:  # handed to the caller's thread by result()
+            self.error = e
+
+    def result(self) -> list[Captured]:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.captured
 
 
 def _again_where_not_started(

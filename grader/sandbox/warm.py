@@ -19,6 +19,7 @@ import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from grader.sandbox import snapshot as snapshots
 from grader.sandbox.clock import CellClock
@@ -42,59 +43,7 @@ class Warm:
         import safetensors.torch  # (every run needs it: import it once, here)
         import torch  # (see above)
         import torch.nn.functional  # (see above)
-        from IPython.core.interactiveshell import InteractiveShell  # (see above)
         from traitlets.config import Config  # (see above)
-
-        class Shell(InteractiveShell):
-            """IPython's shell, which knows the released cells' transformed source ahead (`remember`).
-
-            IPython tokenizes every cell to transform it (magics, `!commands`) and compiles it once more to see
-            whether it awaits at top level: about a millisecond a cell, as long as a short cell runs. The
-            worker does both once for each released cell; every run forked from it reads the answers, while
-            the transformers are the ones they were found with. Single-line cells are left to IPython: their
-            transformation depends on the namespace (autocall, `exit`).
-            """
-
-            known: dict[str, tuple[str, bool]]  # raw cell -> (transformed, whether it awaits at top level)
-            found_with: tuple = ()
-
-            # `%matplotlib inline`: no event loop to start, figures render off screen
-            def enable_gui(self, gui: str | None = None) -> None:
-                pass
-
-            def _transformers(self) -> tuple:
-                manager = self.input_transformer_manager
-                lists = (manager.cleanup_transforms, manager.line_transforms, manager.token_transformers)
-                return (manager, *(tuple(x) for x in lists), tuple(self.input_transformers_post))
-
-            def remember(self, raw_cell: str) -> str:
-                """`raw_cell` transformed; kept for later runs where that cannot depend on the namespace."""
-                transformed = self.transform_cell(raw_cell)
-                if len(self.input_transformer_manager.transform_cell(raw_cell).splitlines()) > 1:
-                    if not hasattr(self, "known"):
-                        self.known, self.found_with = {}, self._transformers()
-                    if self._transformers() == self.found_with and self.autoawait:
-                        awaits = InteractiveShell.should_run_async(self, raw_cell, transformed_cell=transformed)
-                        self.known[raw_cell] = (transformed, awaits)
-                return transformed
-
-            def _hit(self, raw_cell: str) -> tuple[str, bool] | None:
-                hit = getattr(self, "known", {}).get(raw_cell)
-                return hit if hit is not None and self._transformers() == self.found_with else None
-
-            def transform_cell(self, raw_cell: str) -> str:
-                hit = self._hit(raw_cell)
-                return hit[0] if hit is not None else super().transform_cell(raw_cell)
-
-            def should_run_async(
-                self, raw_cell: str, *, transformed_cell: str | None = None, preprocessing_exc_tuple: object = None
-            ) -> bool:
-                hit = self._hit(raw_cell)
-                if hit is not None and preprocessing_exc_tuple is None and transformed_cell == hit[0]:
-                    return bool(self.autoawait) and hit[1]
-                return super().should_run_async(
-                    raw_cell, transformed_cell=transformed_cell, preprocessing_exc_tuple=preprocessing_exc_tuple
-                )
 
         torch.set_num_threads(1)
         safetensors.torch.save({"warm": torch.zeros(1)})  # imports what saving needs (numpy) here, not in a run
@@ -105,7 +54,7 @@ class Warm:
         # run that raised (its lexers compiled again in each fork), more than the run's cells.
         config.InteractiveShell.xmode = "Plain"
         # cache_size=0: no Out[] history, so no cell's displayed value can keep a forward graph alive.
-        self.shell = Shell.instance(config=config, cache_size=0)
+        self.shell = _shell_class().instance(config=config, cache_size=0)
         self.torch, self.random, self.spec = torch, random, spec
         self.pristine = [(m, dict(vars(m))) for m in (torch, torch.nn.functional, torch.Tensor, builtins)]
         self.initial = dict(self.shell.user_ns)
@@ -266,3 +215,61 @@ class Warm:
             self.write_data(workdir)
         except OSError:
             pass  # e.g. the last run filled its disk: this run will say so itself
+
+
+def _shell_class() -> type[Any]:  # (Any: the class is made where IPython is imported, at run time)
+    """IPython's shell class as the worker uses it (imported here: the grader's process never pays for IPython)."""
+    from IPython.core.interactiveshell import InteractiveShell  # (the worker only: see the docstring)
+
+    class Shell(InteractiveShell):
+        """IPython's shell, which knows the released cells' transformed source ahead (`remember`).
+
+        IPython tokenizes every cell to transform it (magics, `!commands`) and compiles it once more to see
+        whether it awaits at top level: about a millisecond a cell, as long as a short cell runs. The
+        worker does both once for each released cell; every run forked from it reads the answers, while
+        the transformers are the ones they were found with. Single-line cells are left to IPython: their
+        transformation depends on the namespace (autocall, `exit`).
+        """
+
+        known: dict[str, tuple[str, bool]]  # raw cell -> (transformed, whether it awaits at top level)
+        found_with: tuple = ()
+
+        # `%matplotlib inline`: no event loop to start, figures render off screen
+        def enable_gui(self, gui: str | None = None) -> None:
+            pass
+
+        def _transformers(self) -> tuple:
+            manager = self.input_transformer_manager
+            lists = (manager.cleanup_transforms, manager.line_transforms, manager.token_transformers)
+            return (manager, *(tuple(x) for x in lists), tuple(self.input_transformers_post))
+
+        def remember(self, raw_cell: str) -> str:
+            """`raw_cell` transformed; kept for later runs where that cannot depend on the namespace."""
+            transformed = self.transform_cell(raw_cell)
+            if len(self.input_transformer_manager.transform_cell(raw_cell).splitlines()) > 1:
+                if not hasattr(self, "known"):
+                    self.known, self.found_with = {}, self._transformers()
+                if self._transformers() == self.found_with and self.autoawait:
+                    awaits = InteractiveShell.should_run_async(self, raw_cell, transformed_cell=transformed)
+                    self.known[raw_cell] = (transformed, awaits)
+            return transformed
+
+        def _hit(self, raw_cell: str) -> tuple[str, bool] | None:
+            hit = getattr(self, "known", {}).get(raw_cell)
+            return hit if hit is not None and self._transformers() == self.found_with else None
+
+        def transform_cell(self, raw_cell: str) -> str:
+            hit = self._hit(raw_cell)
+            return hit[0] if hit is not None else super().transform_cell(raw_cell)
+
+        def should_run_async(
+            self, raw_cell: str, *, transformed_cell: str | None = None, preprocessing_exc_tuple: object = None
+        ) -> bool:
+            hit = self._hit(raw_cell)
+            if hit is not None and preprocessing_exc_tuple is None and transformed_cell == hit[0]:
+                return bool(self.autoawait) and hit[1]
+            return super().should_run_async(
+                raw_cell, transformed_cell=transformed_cell, preprocessing_exc_tuple=preprocessing_exc_tuple
+            )
+
+    return Shell
