@@ -562,6 +562,10 @@ def run() -> None:
         code = 130
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
+    if sys.platform == "linux":  # runs still going (interrupted, or abandoned on an error) end with their cgroups
+        from grader.sandbox.cgroups import remove_live  # (Linux only, and only now)
+
+        remove_live()
     os._exit(code)
 
 

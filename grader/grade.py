@@ -339,15 +339,15 @@ def _run(
     about half a second), and everything this process needs is imported before (`_in_pool`)."""
     captured: list[Captured | None] = [None] * len(runs.settings)
     going = [_Going(job) for job, _ in jobs]
-    try:
-        refs = [
-            _reference(assignment, p, where, changed)
-            for p, where, changed in zip(runs.with_data, runs.wheres, runs.overrides)
-        ]
-    finally:
-        for (_, group), job in zip(jobs, going):
-            for i, c in zip(group, job.result()):
-                captured[i] = c
+    # (where this raises, or is interrupted, the runs are left to their threads: they end with their worker
+    # or their timeout, and the command line removes their cgroups on its way out)
+    refs = [
+        _reference(assignment, p, where, changed)
+        for p, where, changed in zip(runs.with_data, runs.wheres, runs.overrides)
+    ]
+    for (_, group), job in zip(jobs, going):
+        for i, c in zip(group, job.result()):
+            captured[i] = c
     done = [c for c in captured if c is not None]
     assert len(done) == len(captured)  # (every job's wait() returns one per run)
     return _again_where_not_started(pool, assignment, runs, plans, done, timeout), refs

@@ -3,6 +3,7 @@ submission starts from that state however the run before it left things."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -248,3 +249,48 @@ def test_the_linux_worker_forks_from_huge_pages(tmp_path, pool):
             rollup = Path(f"/proc/{worker.pid}/smaps_rollup").read_text(encoding="ascii")
             huge = int(rollup.split("AnonHugePages:")[1].split()[0])
         assert huge >= 64 * 1024, rollup
+
+
+DAEMON = """
+import os, time
+marks = ("/tmp/an-earlier-run-was-here", "/dev/shm/an-earlier-run-was-here")
+found = [m for m in marks if os.path.exists(m)]
+if found:  # a hidden run that sees anything of the run before it gets Exercise 1 wrong
+    raise RuntimeError(f"left by an earlier run: {found}")
+for m in marks:
+    open(m, "w").write("run 1")
+if os.fork() == 0:  # a daemon of its own session that marks every run after this one, for 20 s at most
+    os.setsid()
+    if os.fork() == 0:
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            for m in marks:
+                try:
+                    open(m, "a").write("daemon")
+                except OSError:
+                    pass
+            time.sleep(0.01)
+# (a copy of the notebook's process ends after this cell: the runner sees it is not the run's own process)
+"""
+
+
+def test_a_daemon_of_one_run_never_reaches_the_next(tmp_path, pool, monkeypatch):
+    # The runs of a submission share one set of namespaces (one supervisor and process 1 for the three): between
+    # two runs every process of the last is killed and its /tmp and /dev/shm replaced. A run that leaves a daemon
+    # writing marks, and files of its own, must leave the hidden runs nothing: they would fail Exercise 1.
+    from conftest import SOLUTION
+
+    if not linux_sandbox():
+        pytest.skip("the Linux backend does not run here")
+    nb = nbformat.read(str(SOLUTION), as_version=4)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex1")
+    cell.source = DAEMON + "\n" + cell.source
+    path = tmp_path / "daemon.ipynb"
+    nbformat.write(nb, str(path))
+    timings = tmp_path / "timings.jsonl"
+    monkeypatch.setenv("GRADER_TIMINGS", str(timings))
+    report = grade_notebook(path, pool=pool)
+    assert report.score == report.max_score == 36, [v.message for v in report.variables if v.message][:3]
+    assert any("processes running when it ended" in note for note in report.notes), report.notes  # the daemon, killed
+    runs = [json.loads(line) for line in timings.read_text().splitlines()]
+    assert len(runs) == 3 and sum("cleaning" in r for r in runs) == 2  # one set of namespaces, renewed twice

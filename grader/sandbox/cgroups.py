@@ -26,6 +26,7 @@ import itertools
 import os
 import secrets
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,8 @@ class Hierarchy:
             for folder in reversed(made):
                 _remove(folder)
             raise
+        with _LIVE_LOCK:
+            _LIVE.add(cap)
         return cap
 
 
@@ -255,16 +258,31 @@ class Cap:
         memory = ("memory" if reached else "outer-memory") if oom else ""
         return " ".join(filter(None, (memory, "processes" if refused else "")))
 
-    def remove(self) -> None:
+    def remove(self, seconds: float = 1.0) -> None:
         """Kill what is still in the cgroup (a grader interrupted mid-run), then remove it (its killed processes
-        may take a moment to leave)."""
+        may take a moment to leave: up to `seconds` for each folder)."""
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
         for folder in self.folders:
-            _remove(folder)
+            _remove(folder, seconds)
 
 
-def _remove(folder: Path) -> bool:
+_LIVE: set[Cap] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def remove_live() -> None:
+    """Remove every cgroup this process made and has not removed yet, killing what is in each: for a grader
+    about to exit (SIGTERM, Ctrl-C, an error) while runs it started may still be going, on threads of its own."""
+    with _LIVE_LOCK:
+        caps = list(_LIVE)
+    for cap in caps:  # (a process killed while the machine is busy may take seconds to leave its cgroup)
+        cap.remove(seconds=10.0)
+
+
+def _remove(folder: Path, seconds: float = 1.0) -> bool:
     """Remove one cgroup folder, killing its processes first; whether it is gone."""
-    for attempt in range(100):
+    for attempt in range(max(1, int(seconds * 100))):
         try:
             folder.rmdir()
             return True

@@ -235,8 +235,9 @@ def _mirror_links(path: str, depth: int = 0) -> None:
         return
 
 
-def private_view(hidden: list[str], workdir: str, tmp_size: int) -> None:
-    """In process 1 of the job's namespaces: a root file system holding only what the run needs.
+def private_view(hidden: list[str], workdir: str, tmp_size: int) -> bool:
+    """In process 1 of the job's namespaces: a root file system holding only what the run needs. Returns
+    whether `renew_tmp` can give a later run an empty /tmp (nothing of the host's is bound inside it).
 
     An empty tmpfs becomes the root; the old one, moved to /oldroot, lends it the system folders and
     `needed()`: each real path bound read-only at its own place (mounts below it included), each other
@@ -267,6 +268,25 @@ def private_view(hidden: list[str], workdir: str, tmp_size: int) -> None:
             _mirror_links(path)
     for path in _mount_points(keep):
         _read_only(path)
+    _devices(tmp_size)
+    for path in hidden:
+        if not any(_inside(path, k) for k in keep) or not os.path.lexists(path):
+            continue  # not in the view at all
+        if os.path.isdir(path):
+            _mount("hidden", path, "tmpfs", _MS_RDONLY | safe | _MS_NOEXEC, "size=4k,nr_inodes=16,mode=0555")
+        else:  # a file in a folder the run needs (a notebook beside the grader): empty it
+            _mount("/dev/null", path, None, _MS_BIND)
+    os.makedirs("/proc", exist_ok=True)
+    _mount("proc", "/proc", "proc", safe | _MS_NOEXEC)  # while the old /proc is still there: the kernel wants one
+    _check(_LIBC.umount2(b"/oldroot", _MNT_DETACH), "umount /oldroot")
+    os.rmdir("/oldroot")
+    _mount("none", "/", None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | safe)
+    os.makedirs(workdir, mode=0o700)
+    return not any(_inside(path, "/tmp") for path in (*keep, *given))
+
+
+def _devices(tmp_size: int) -> None:
+    """A /dev of the few device nodes a run needs (bound from the old root), read-only, with its own /dev/shm."""
     os.mkdir("/dev")
     _mount("dev", "/dev", "tmpfs", _MS_NOSUID | _MS_NOEXEC, "size=64k,nr_inodes=64,mode=0755")
     for device in DEVICES:
@@ -280,20 +300,18 @@ def private_view(hidden: list[str], workdir: str, tmp_size: int) -> None:
     ):
         os.symlink(target, f"/dev/{name}")
     os.mkdir("/dev/shm")
-    _mount("shm", "/dev/shm", "tmpfs", safe, f"size={tmp_size},nr_inodes=4k,mode=1777")
+    _mount("shm", "/dev/shm", "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={tmp_size},nr_inodes=4k,mode=1777")
     _mount("none", "/dev", None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NOEXEC)  # its nodes only
-    for path in hidden:
-        if not any(_inside(path, k) for k in keep) or not os.path.lexists(path):
-            continue  # not in the view at all
-        if os.path.isdir(path):
-            _mount("hidden", path, "tmpfs", _MS_RDONLY | safe | _MS_NOEXEC, "size=4k,nr_inodes=16,mode=0555")
-        else:  # a file in a folder the run needs (a notebook beside the grader): empty it
-            _mount("/dev/null", path, None, _MS_BIND)
-    os.makedirs("/proc", exist_ok=True)
-    _mount("proc", "/proc", "proc", safe | _MS_NOEXEC)  # while the old /proc is still there: the kernel wants one
-    _check(_LIBC.umount2(b"/oldroot", _MNT_DETACH), "umount /oldroot")
-    os.rmdir("/oldroot")
-    _mount("none", "/", None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | safe)
+
+
+def renew_tmp(workdir: str, tmp_size: int) -> None:
+    """In process 1, between two runs (every process of the last one gone): an empty /tmp and /dev/shm in place
+    of the last run's, whatever it left there; the tmpfs it wrote goes, and its memory with it. Only where
+    `private_view` said nothing of the host's lies inside /tmp."""
+    safe = _MS_NOSUID | _MS_NODEV
+    for name, path, inodes in (("tmp", "/tmp", "16k"), ("shm", "/dev/shm", "4k")):  # as `private_view` made them
+        _check(_LIBC.umount2(os.fsencode(path), _MNT_DETACH), f"umount {path}")
+        _mount(name, path, "tmpfs", safe, f"size={tmp_size},nr_inodes={inodes},mode=1777")
     os.makedirs(workdir, mode=0o700)
 
 

@@ -10,6 +10,7 @@ Linux only (fork, pidfd, namespaces): `grader.sandbox` imports this module only 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -163,67 +164,78 @@ class Worker:
 
 
 class Job:
-    """All runs of one submission: `release()` starts the first, `wait()` the others in turn and returns
-    what each brought back.
+    """All runs of one submission on one worker: `release()` starts them, `wait()` returns what each brought back.
 
-    Each run is a confined process of its own, forked from the worker, holding only its own result
-    files and its own clock (`timeout` seconds), and, where the machine allows, a cgroup of its own
-    that caps its whole process tree (`cgroups`).
+    Each run is a confined process of its own, forked in turn by process 1 of one set of namespaces made
+    for the job, holding only its own result files and its own clock (`timeout` seconds), and, where the
+    machine allows, a cgroup of its own that caps its whole process tree (`cgroups`). Between two runs
+    process 1 kills and reaps every process of the last and gives the next an empty /tmp and /dev/shm.
     """
 
     def __init__(self, worker: Worker, runs: list[Run], timeout: float, cell_timeout: float | None = None) -> None:
         self.worker, self.runs, self.timeout, self.cell_timeout = worker, runs, timeout, cell_timeout
         self.released = False
-        self.status: int | None = None
-        self.cap: Cap | None = None
+        self.status: list[int] = []
+        self.caps: list[Cap | None] = []
+        self.stamps: list[dict[str, float]] = []
         self.started = time.monotonic()
 
     def release(self) -> None:
-        """Start the first run: from here on the notebook's cells run."""
-        self._send(self.runs[0])
+        """Start the runs: from here on the notebook's cells run."""
+        self._send()
         self.released = True
 
-    def _send(self, run: Run) -> None:
-        """Hand the worker one run: the job file, the status pipe, the cgroup's files, the run's three files."""
-        job = tempfile.TemporaryFile()  # noqa: SIM115 -- handed to the run's process, closed after it
-        self.stamps = {"cap": time.monotonic()}
-        self.cap = self.worker.cap()
-        self.stamps["capped"] = time.monotonic()
-        joins = self.cap.join_files() if self.cap else []
-        job.write(
-            json.dumps(
-                {"runs": [run.job()], "timeout": self.timeout, "cell_timeout": self.cell_timeout, "cgroups": len(joins)}
-            ).encode()
-        )
-        job.seek(0)
-        status_read, status_write = os.pipe()
+    def _send(self) -> None:
+        """Hand the worker the job: the job file, each run's status pipe, each run's cgroup files, each run's
+        three files."""
+        job = tempfile.TemporaryFile()  # noqa: SIM115 -- handed to the job's supervisor, closed after it
+        joins: list[int] = []
+        theirs: list[int] = []
         try:
+            for _ in self.runs:
+                stamps = {"cap": time.monotonic()}
+                cap = self.worker.cap()
+                self.caps.append(cap)
+                stamps["capped"] = time.monotonic()
+                self.stamps.append(stamps)
+                joins += cap.join_files() if cap else []
+                read, write = os.pipe()
+                self.status.append(read)
+                theirs.append(write)
+            job.write(
+                json.dumps(
+                    {
+                        "runs": [run.job() for run in self.runs],
+                        "timeout": self.timeout,
+                        "cell_timeout": self.cell_timeout,
+                        "cgroups": len(joins) // len(self.runs),
+                    }
+                ).encode()
+            )
+            job.seek(0)
             self.started = time.monotonic()
-            self.worker.submit([job.fileno(), status_write, *joins, *run.fds()])
-            self.stamps["sent"] = time.monotonic()
-            self.status = status_read
+            self.worker.submit([job.fileno(), *theirs, *joins, *(fd for run in self.runs for fd in run.fds())])
+            for stamps in self.stamps:
+                stamps["sent"] = time.monotonic()
         except BaseException:
-            os.close(status_read)
-            self._end_cap()
+            self._close()
             raise
         finally:
-            os.close(status_write)
-            for fd in joins:
+            for fd in (*theirs, *joins):
                 os.close(fd)
             job.close()
 
-    def _report(self) -> Ended | None:
-        """The supervisor's report on the run going on, or None if it never came."""
-        assert self.status is not None
+    def _report(self, i: int) -> Ended | None:
+        """The supervisor's report on run `i`, or None if it never came."""
         deadline = self.started + self.timeout + SUPERVISOR_GRACE
         data = b""
         watch = select.poll()  # not select(): a large batch has descriptors past 1024
-        watch.register(self.status, select.POLLIN)
+        watch.register(self.status[i], select.POLLIN)
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not watch.poll(left * 1000):
                 return None
-            chunk = os.read(self.status, 4096)
+            chunk = os.read(self.status[i], 4096)
             if not chunk:
                 break
             data += chunk
@@ -232,26 +244,30 @@ class Job:
         except (ValueError, RecursionError, OverflowError):  # (JSON allows Infinity and numbers of any size)
             return None
 
-    def _end_cap(self) -> str:
-        """Which of the run's cgroup caps stopped something (`Cap.held`); the cgroup is removed."""
-        if self.cap is None:
+    def _end_cap(self, i: int) -> str:
+        """Which of run `i`'s cgroup caps stopped something (`Cap.held`); the cgroup is removed."""
+        cap = self.caps[i] if i < len(self.caps) else None
+        if cap is None:
             return ""
+        self.caps[i] = None
         try:
-            return self.cap.held()
+            return cap.held()
         finally:
-            self.cap.remove()
-            self.cap = None
+            cap.remove()
 
-    def _wait_one(self, run: Run) -> Captured:
-        report = self._report()
-        self.stamps["report"] = time.monotonic()
-        assert self.status is not None  # `_send` opened it; only this and `wait`'s cleanup close it
-        os.close(self.status)
-        self.status = None
-        held = self._end_cap()
-        self.stamps["uncapped"] = time.monotonic()
+    def _wait_one(self, i: int) -> Captured:
+        run, stamps = self.runs[i], self.stamps[i]
+        report = self._report(i)
+        stamps["report"] = time.monotonic()
+        self.started = time.monotonic()  # the next run's clock starts when this one is done
+        os.close(self.status[i])
+        self.status[i] = -1
+        held = self._end_cap(i)
+        stamps["uncapped"] = time.monotonic()
         if report is not None and report.sandbox_error:
             raise SandboxError(f"could not confine the notebook's run: {report.sandbox_error}")
+        if report is not None and not report.began:
+            return dataclasses.replace(run._unfinished("it did not run: its process 1 ended first"), started=False)
         if report is not None and held:
             caps = tuple(held.split())
             report = replace(report, held=caps, memory_limit=self.worker.limits.memory + self.worker.limits.tmp_size)
@@ -261,30 +277,29 @@ class Job:
             elif killed and "outer-memory" in caps:
                 report = replace(report, over="memory", cap="outer")
         captured = collect([run], report, self.timeout)[0]
-        self.stamps["collected"] = time.monotonic()
+        stamps["collected"] = time.monotonic()
         timings = os.environ.get("GRADER_TIMINGS")
         if timings and report is not None and report.stamps:
             # (benchmarks/batch_speed.py's breakdown of where a run's time goes; one JSON line per run)
             with open(timings, "a", encoding="utf-8") as f:
-                f.write(json.dumps(self.stamps | dict(report.stamps)) + "\n")
+                f.write(json.dumps(stamps | dict(report.stamps)) + "\n")
         return captured
 
     def wait(self) -> list[Captured]:
         """Each run in turn (at most the timeout each), then what each brought back."""
-        captured: list[Captured] = []
         try:
-            for i, run in enumerate(self.runs):
-                if not self.released:
-                    captured.append(run._unfinished("the run was never started"))
-                    continue
-                if i > 0:
-                    self._send(run)
-                captured.append(self._wait_one(run))
-            return captured
+            if not self.released:
+                return [run._unfinished("the run was never started") for run in self.runs]
+            return [self._wait_one(i) for i in range(len(self.runs))]
         finally:
-            if self.status is not None:
-                os.close(self.status)
-                self.status = None
-            self._end_cap()
-            for r in self.runs:
-                r.close()
+            self._close()
+
+    def _close(self) -> None:
+        for i, fd in enumerate(self.status):
+            if fd >= 0:
+                os.close(fd)
+                self.status[i] = -1
+        for i in range(len(self.caps)):
+            self._end_cap(i)
+        for r in self.runs:
+            r.close()

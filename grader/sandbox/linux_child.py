@@ -33,16 +33,21 @@ from grader.sandbox.syscalls import Filter
 from grader.sandbox.warm import MAX_RUNS, Warm
 
 
-def _unless_orphaned(supervisor: int, job: int) -> None:
-    """Return when the job ends; if the supervisor ends first (the grader was killed), end the job and exit."""
+def _unless_orphaned(supervisor: int, job: int, seconds: float | None = None) -> bool:
+    """Whether the job ends within `seconds` (None: however long it takes); if the supervisor ends first (the
+    grader was killed), end the job and exit. The job is left to be reaped."""
     try:
         child = os.pidfd_open(job)
     except OSError:
-        return  # it has ended already
-    ready, _, _ = select.select([supervisor, child], [], [])
-    if child in ready:
+        return True  # it has ended already
+    try:
+        ready, _, _ = select.select([supervisor, child], [], [], seconds)
+    finally:
         os.close(child)
-        return
+    if not ready:
+        return False
+    if supervisor not in ready:
+        return True
     try:  # everything of the job: every process of its PID namespace (or, outside one, of its group)
         if os.getpid() == 1:
             os.kill(-1, signal.SIGKILL)
@@ -50,15 +55,6 @@ def _unless_orphaned(supervisor: int, job: int) -> None:
             os.killpg(os.getpid(), signal.SIGKILL)
     finally:
         os._exit(0)
-
-
-def _ends_within(pid: int, seconds: float) -> bool:
-    """Whether child `pid` ends within `seconds` (a job is one run: one clock). The child is left to be reaped."""
-    pidfd = os.pidfd_open(pid)  # sleep until it ends
-    try:
-        return bool(select.select([pidfd], [], [], seconds)[0])
-    finally:
-        os.close(pidfd)
 
 
 def _stamp(fd: int, name: str) -> None:
@@ -98,6 +94,47 @@ def _stray_processes() -> int:
             break
     return sum(1 for p in os.listdir("/proc") if p.isdigit() and p != "1")
 
+
+def _end_all_but_me() -> None:
+    """In process 1 of a PID namespace: kill every other process of it and reap them all, so that nothing of
+    one run is left when the next begins. Orphans become children of process 1, so when `wait` says there
+    are no children left and /proc lists no other process, there are none; a fork racing the kill is refused
+    by the kernel (its parent has the signal pending), and the loop kills again whatever appears all the same."""
+    while True:
+        try:
+            os.kill(-1, signal.SIGKILL)  # from process 1: every process of the namespace but itself
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            if _stray_processes() == 0:
+                return
+
+
+def _line(fd: int, pending: bytearray, deadline: float) -> bytes | None:
+    """The next line process 1 writes on `fd` (`pending`: what was read past the last one), or None if it
+    closed the pipe or `deadline` (the system's monotonic clock) passed first."""
+    while b"\n" not in pending:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None
+        pending += chunk
+        if len(pending) > 1 << 20:  # (only our process 1 writes here: a bound all the same)
+            return None
+    line, _, rest = bytes(pending).partition(b"\n")
+    pending[:] = rest
+    return line
+
+
+_SET_GRACE = 10.0
+"""Seconds past a run's timeout the supervisor waits for process 1's report on it: process 1 sets up the view of
+the files before the first run and renews /tmp between runs, which take milliseconds, not seconds."""
+_MOST_CONTROLLERS = 4
+"""Most cgroup controllers a run joins (one file each): the job message's descriptors are bounded by it."""
 
 _MADV_COLLAPSE = 25  # Linux 6.1
 _HUGE_PAGE = 2 << 20
@@ -155,7 +192,7 @@ class Server(Warm):
         served = 0
         while True:
             try:
-                message, fds, _, _ = socket.recv_fds(sock, 64, 4 + 3 * MAX_RUNS)
+                message, fds, _, _ = socket.recv_fds(sock, 64, 1 + MAX_RUNS * (4 + _MOST_CONTROLLERS))
             except (ConnectionError, OSError):
                 return
             if not message:
@@ -174,64 +211,79 @@ class Server(Warm):
                 huge_pages()
 
     def _supervise(self, fds: list[int]) -> None:
-        """The supervisor: starts the job in its confinement, gives each run at most the timeout, reports."""
+        """The supervisor: starts the job's runs in their confinement, one after another in one set of namespaces,
+        gives each at most its timeout, and reports each on its own status pipe as it ends."""
         received = time.monotonic()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         confine.die_with_parent()
         os.setsid()
-        job_fd, status_fd, *rest = fds
+        job_fd, *rest = fds
         with os.fdopen(job_fd, "rb") as f:
             job = json.loads(f.read())
-        joins, run_fds = rest[: job["cgroups"]], rest[job["cgroups"] :]  # the run's cgroup files, then its own
+        runs, joins_each = len(job["runs"]), job["cgroups"]
+        status_fds, rest = rest[:runs], rest[runs:]
+        joins, run_fds = rest[: runs * joins_each], rest[runs * joins_each :]  # each run's cgroup files, its own
         mode = self.spec["mode"]
         try:
             confine.new_namespaces(mode)
         except OSError as e:  # the grader chose this backend because it worked: say so, never run unconfined
-            os.write(status_fd, json.dumps({"sandbox_error": f"{mode} namespaces: {e}"}).encode())
+            os.write(status_fds[0], json.dumps({"sandbox_error": f"{mode} namespaces: {e}"}).encode())
             os._exit(0)
         uid = confine.UID_BASE + os.getpid()
         started = time.monotonic()
-        stamp_read, stamp_write = os.pipe()  # when each step of the run's start and end happened (no student writes)
-        os.write(stamp_write, f"received {received:.6f}\nnamespaces {started:.6f}\n".encode())
-        init_read, init_write = os.pipe()
+        init_read, init_write = os.pipe()  # process 1's report on each run, a line each, as each ends
         # Process 1 of a PID namespace is spared the parent-death signal: it watches this process instead,
         # through a pidfd (which, unlike a pid, means the same thing inside the namespace).
         me = os.pidfd_open(os.getpid())
         pid = os.fork()
         if pid == 0:
             try:
-                os.close(status_fd)
-                os.close(init_read)
-                os.close(stamp_read)
-                self._init(job, uid, joins, run_fds, init_write, me, stamp_write)
+                for fd in (*status_fds, init_read):
+                    os.close(fd)
+                self._init(job, uid, joins, run_fds, init_write, me)
             finally:
                 os._exit(71)
-        for fd in (*joins, *run_fds, init_write, me, stamp_write):
+        for fd in (*joins, *run_fds, init_write, me):
             os.close(fd)
-        timed_out = not _ends_within(pid, job["timeout"])
-        if timed_out:
-            os.kill(pid, signal.SIGKILL)  # process 1 of its namespace: everything in it dies too
-        os.waitpid(pid, 0)
-        with os.fdopen(init_read, "rb") as f:
-            ended = json.loads(f.read() or b"{}")
-        stamps = _stamps(stamp_read)
-        stamps["reported"] = time.monotonic()
-        report = {
-            "returncode": ended.get("returncode", -signal.SIGKILL),
-            "timed_out": timed_out,
-            "stray": ended.get("stray", 0),
-            "sandbox_error": ended.get("sandbox_error", ""),
-            "seconds": time.monotonic() - started,
-            "max_rss_kb": ended.get("max_rss_kb", 0),
-            "stamps": stamps,
-        }
-        os.write(status_fd, json.dumps(report).encode() + b"\n")
+        first = {"received": received, "namespaces": started}
+        self._relay(pid, init_read, status_fds, job["timeout"], first)
         os._exit(0)
 
-    def _init(
-        self, job: dict, uid: int, joins: list[int], run_fds: list[int], init_write: int, supervisor: int, stamps: int
-    ) -> None:
-        """Process 1 of the job's namespaces: sets up its view of the files, starts the job, reports how it ended.
+    def _relay(self, init: int, reports: int, status_fds: list[int], timeout: float, first: dict) -> None:
+        """Pass process 1's report on each run to that run's status pipe as it comes. Process 1 keeps each run's
+        clock; this process keeps one over process 1 too: where a report is late past the run's timeout (and
+        the time process 1 needs to set up or clean up), process 1 is killed, and with it everything of the job;
+        that run is reported timed out, and the runs after it as never begun (the grader starts them again)."""
+        pending, ended, began = bytearray(), False, time.monotonic()
+        for i, status in enumerate(status_fds):
+            line = None if ended else _line(reports, pending, began + timeout + _SET_GRACE)
+            if ended:
+                report: dict = {"began": False}
+            elif line is None:  # process 1 is late, or gone: it and everything it started end here
+                ended, late = True, time.monotonic() >= began + timeout + _SET_GRACE
+                os.kill(init, signal.SIGKILL)
+                report = {"returncode": -signal.SIGKILL, "timed_out": late, "seconds": time.monotonic() - began}
+            else:
+                try:
+                    report = json.loads(line)
+                except ValueError:
+                    report = {}
+                # (process 1 runs no more: it could not confine the run, or renew /tmp for the next)
+                ended = report.get("last") is True or bool(report.get("sandbox_error"))
+            stamps = (first if i == 0 else {}) | report.get("stamps", {}) | {"reported": time.monotonic()}
+            os.write(status, json.dumps(report | {"stamps": stamps}).encode() + b"\n")
+            os.close(status)
+            began = time.monotonic()
+        try:
+            os.kill(init, signal.SIGKILL)  # (it has ended already, unless it failed to: never leave it behind)
+        except ProcessLookupError:
+            pass
+        os.waitpid(init, 0)
+
+    def _init(self, job: dict, uid: int, joins: list[int], run_fds: list[int], reports: int, supervisor: int) -> None:
+        """Process 1 of the job's namespaces: sets up its view of the files, then runs each run in turn in a process
+        of its own, and reports each as it ends. Before the next run begins, every process of the last is killed
+        and reaped and its /tmp and /dev/shm are replaced with empty ones: nothing of one run reaches the next.
 
         The notebook does not run as process 1 itself: the kernel spares process 1 the signals it sends
         itself, and a notebook should behave as it would anywhere else.
@@ -240,60 +292,87 @@ class Server(Warm):
         # Signals from inside the namespace reach process 1 only where it has a handler: Python's for
         # SIGINT would let the notebook end its own job with a KeyboardInterrupt here.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        workdir = "/tmp/run"
+        workdir, runs = "/tmp/run", len(job["runs"])
+        stamps = {"process1": time.monotonic()}
         try:
-            _stamp(stamps, "process1")
-            for fd in joins:  # first: everything this process starts is in the run's cgroup
-                os.write(fd, b"0")
-                os.close(fd)
-            _stamp(stamps, "cgroup")
-            confine.private_view(self.spec["hidden"], workdir, self.spec["limits"]["tmp_size"])
-            _stamp(stamps, "view")
+            renewable = confine.private_view(self.spec["hidden"], workdir, self.spec["limits"]["tmp_size"])
         except (OSError, ValueError) as e:  # ours, not the notebook's: the grader stops with this message
-            os.write(init_write, json.dumps({"sandbox_error": f"{type(e).__name__}: {e}"}).encode())
+            os.write(reports, json.dumps({"sandbox_error": f"{type(e).__name__}: {e}"}).encode() + b"\n")
             os._exit(0)
-        setup_read, setup_write = os.pipe()  # what went wrong in the job before its first cell: ours too
+        stamps["view"] = time.monotonic()
+        joins_each = len(joins) // runs
+        for i in range(runs):
+            if i > 0:
+                stamps = {"cleaning": time.monotonic()}
+                _end_all_but_me()
+                if not renewable:  # a Python under the host's /tmp is bound inside it: the next runs go elsewhere
+                    os.write(reports, json.dumps({"began": False, "last": True}).encode() + b"\n")
+                    os._exit(0)
+                confine.renew_tmp(workdir, self.spec["limits"]["tmp_size"])
+                stamps["view"] = time.monotonic()
+            mine = [*joins[i * joins_each : (i + 1) * joins_each], *run_fds[3 * i : 3 * i + 3]]
+            # never the run's to write: the reports, and the files of the runs after it (those before are closed)
+            others = [reports, *joins[(i + 1) * joins_each :], *run_fds[3 * (i + 1) :]]
+            report = self._one_run(job, i, uid, workdir, mine, others, supervisor)
+            for fd in mine:
+                os.close(fd)
+            os.write(reports, json.dumps(report | {"stamps": stamps | report["stamps"]}).encode() + b"\n")
+        os._exit(0)
+
+    def _one_run(
+        self, job: dict, i: int, uid: int, workdir: str, mine: list[int], others: list[int], supervisor: int
+    ) -> dict:
+        """In process 1: run `i` of the job in a process of its own, at most its timeout; how it ended."""
+        setup_read, setup_write = os.pipe()  # what went wrong in the job before its first cell: ours
+        stamp_read, stamp_write = os.pipe()  # when each step of its start happened (written before any cell)
+        started = time.monotonic()
         pid = os.fork()
         if pid == 0:
             try:
-                os.close(init_write)
-                os.close(supervisor)
-                os.close(setup_read)
-                self._run_all(job, uid, workdir, run_fds, setup_write, stamps)
+                for fd in (*others, supervisor, setup_read, stamp_read):
+                    os.close(fd)  # nothing of the other runs: their files, their cgroups
+                self._run_all(job, i, uid, workdir, mine, setup_write, stamp_write)
             except BaseException:  # the notebook's doing: the run's output shows the traceback
                 traceback.print_exc()
             finally:
                 os._exit(71)
-        for fd in (*run_fds, setup_write):
-            os.close(fd)
-        _unless_orphaned(supervisor, pid)
+        os.close(setup_write)
+        os.close(stamp_write)
+        timed_out = not _unless_orphaned(supervisor, pid, job["timeout"])
+        if timed_out:
+            os.kill(pid, signal.SIGKILL)
         _, status, usage = os.wait4(pid, 0)
-        _stamp(stamps, "ended")
+        stamps = {"job": started} | _stamps(stamp_read) | {"ended": time.monotonic()}
         stray = _stray_processes()
-        _stamp(stamps, "counted")
-        os.close(stamps)
+        stamps["counted"] = time.monotonic()
         with os.fdopen(setup_read, "rb") as f:
             failed = f.read(4096).decode("utf-8", "replace")
         if failed:
-            os.write(init_write, json.dumps({"sandbox_error": failed}).encode())
-            os._exit(0)
-        os.write(
-            init_write,
-            json.dumps(
-                {"returncode": os.waitstatus_to_exitcode(status), "max_rss_kb": usage.ru_maxrss, "stray": stray}
-            ).encode(),
-        )
-        os._exit(0)
+            return {"sandbox_error": failed, "stamps": stamps, "last": True}
+        return {
+            "returncode": -signal.SIGKILL if timed_out else os.waitstatus_to_exitcode(status),
+            "timed_out": timed_out,
+            "max_rss_kb": usage.ru_maxrss,
+            "stray": stray,
+            "seconds": time.monotonic() - started,
+            "stamps": stamps,
+        }
 
-    def _run_all(self, job: dict, uid: int, workdir: str, run_fds: list[int], setup_write: int, stamps: int) -> None:
-        """The job itself: drop privileges, then its run, from the state after the setup.
+    def _run_all(
+        self, job: dict, i: int, uid: int, workdir: str, mine: list[int], setup_write: int, stamps: int
+    ) -> None:
+        """The job's run `i` itself: join its cgroup, drop privileges, then run, from the state after the setup.
 
-        What fails before the first cell is the grader's problem, not the student's: it goes to
-        `setup_write` for process 1 to report, and the job ends.
+        `mine` holds the run's cgroup files, then its own three. What fails before the first cell is the
+        grader's problem, not the student's: it goes to `setup_write` for process 1 to report, and the job ends.
         """
         confine.die_with_parent()
+        joins, run_fds = mine[:-3], mine[-3:]
         try:
-            _stamp(stamps, "job")
+            for fd in joins:  # first: everything this process starts is in the run's cgroup
+                os.write(fd, b"0")
+                os.close(fd)
+            _stamp(stamps, "cgroup")
             self.write_data(workdir)
             _stamp(stamps, "data")
             confine.drop_privileges(Limits(**self.spec["limits"]), workdir, uid, self.spec["mode"])
@@ -309,8 +388,8 @@ class Server(Warm):
         # Python ignores SIGXFSZ; restored, writing past the file-size cap ends the run with a clear reason
         # instead of an error inside the error handler that would print the error
         signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-        # one run per job (the grader sends each run on its own): nothing starts a second one here
-        self.run_job(job["runs"], workdir, run_fds, lambda: None, job.get("cell_timeout"))
+        # one run per process: the next run of the job is another process, forked by process 1
+        self.run_job([job["runs"][i]], workdir, run_fds, lambda: None, job.get("cell_timeout"))
         # Skip the interpreter's clean-up: tearing down torch takes half a second and nothing is left to save.
         os._exit(0)
 

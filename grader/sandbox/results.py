@@ -65,6 +65,9 @@ class Ended:
     """Why the run could not be confined; a non-empty one stops the grading (`SandboxError`)."""
     stamps: tuple[tuple[str, float], ...] = ()
     """When each step of the run's start and end happened (the Linux supervisor's; `batch_speed.py`)."""
+    began: bool = True
+    """False where the run never began: an earlier run of its job ended the processes it would have run in
+    (the grader starts it again in processes of its own)."""
 
     @classmethod
     def from_json(cls, data: object) -> Ended | None:
@@ -84,6 +87,7 @@ class Ended:
             max_rss_kb=int(number("max_rss_kb")),
             seconds=float(number("seconds")),
             sandbox_error=str(data.get("sandbox_error") or "")[:500],
+            began=data.get("began") is not False,
             stamps=tuple((str(k), float(v)) for k, v in stamps.items() if type(v) in (int, float))
             if isinstance(stamps, dict)
             else (),
