@@ -126,17 +126,13 @@ def dask_grade(submitted: Path, out: Path, args: argparse.Namespace) -> tuple[fl
     """`grader grade --scheduler` on a cluster of `args.dask` local workers started here first, as `local:N` would
     start it: (the grading's wall time, the cluster's start-up), apart. The grading includes what the local pool's
     time includes too: each worker's warm sandbox worker, started by its first task."""
-    from dask.distributed import LocalCluster
-
-    from grader.integrations.cluster import LOCAL_THREADS
+    from grader.integrations.cluster import local_cluster
 
     kept = dict(os.environ)
     os.environ.clear()
     os.environ.update(ENV)  # the workers' environment: the one every `grader grade` here runs with
     started = time.perf_counter()
-    cluster = LocalCluster(
-        n_workers=args.dask, threads_per_worker=LOCAL_THREADS, processes=True, dashboard_address=None, host="127.0.0.1"
-    )
+    cluster = local_cluster(args.dask)
     startup = time.perf_counter() - started
     os.environ.clear()
     os.environ.update(kept)

@@ -149,6 +149,31 @@ def _assignment(task: Task) -> Assignment:
         return _CARRIED[task.assignment_digest]
 
 
+def dask_setup(worker: object) -> None:
+    """Dask's preload hook, run as a worker process starts (`dask worker --preload grader.integrations.cluster`;
+    `--scheduler local:N` asks for it itself): import what every task needs, torch, the references and the
+    scoring (about two seconds), while the cluster starts rather than in each worker's first task."""
+    import safetensors.torch  # noqa: F401 -- imported for its side effect (a warm worker), as _in_pool does
+    import torch  # noqa: F401 -- the same
+
+    from grader import reference, score  # noqa: F401 -- the same
+
+
+def local_cluster(n: int) -> LocalCluster:
+    """The cluster `--scheduler local:N` starts: `n` worker processes on this machine, each grading
+    `LOCAL_THREADS` tasks at once, each warmed by `dask_setup` as it starts."""
+    from dask.distributed import LocalCluster  # (Dask: an optional extra; the caller checked it is there)
+
+    return LocalCluster(
+        n_workers=n,
+        threads_per_worker=LOCAL_THREADS,
+        processes=True,
+        dashboard_address=None,
+        host="127.0.0.1",
+        preload=[__name__],
+    )
+
+
 def grade_task(task: Task) -> tuple[dict, str | None]:
     """Grade one submission on a Dask worker: the report and feedback page `one_submission.grade_one` gives, naming
     the notebook as the grader found it (the worker grades a copy of its own)."""
@@ -183,7 +208,7 @@ def grade_task(task: Task) -> tuple[dict, str | None]:
 def _client(scheduler: str) -> tuple[Client, LocalCluster | None]:
     """A Dask client for `tcp://HOST:PORT` (a running scheduler) or `local:N` (a LocalCluster of N workers)."""
     try:
-        from dask.distributed import Client, LocalCluster  # (Dask: an optional extra, the `dask` one)
+        from dask.distributed import Client  # (Dask: an optional extra, the `dask` one)
     except ImportError:
         raise GraderError("--scheduler needs Dask: pip install 'backprop-grader[dask]'") from None
     if scheduler.startswith("local:"):
@@ -193,10 +218,7 @@ def _client(scheduler: str) -> tuple[Client, LocalCluster | None]:
             n = 0
         if n < 1:
             raise UsageError(f"--scheduler {scheduler}: local:N needs a number of workers N >= 1")
-        # two tasks at a time per worker process (LOCAL_THREADS), one process per core asked for
-        cluster = LocalCluster(
-            n_workers=n, threads_per_worker=LOCAL_THREADS, processes=True, dashboard_address=None, host="127.0.0.1"
-        )
+        cluster = local_cluster(n)  # one process per core asked for
         return Client(cluster), cluster
     try:
         return Client(scheduler, timeout=30), None
