@@ -1,9 +1,11 @@
-"""The Linux backend, grader side: a warm worker that forks each run into namespaces of its own.
+"""The Linux backend, grader side: a warm worker that forks each run, confined, a submission's runs in one set
+of namespaces.
 
 The worker (`grader.sandbox.linux_child`) imports torch and runs the released setup cells once; each
-job is a fork of it, confined as `grader.sandbox.confine` describes, so no run pays for Python's start,
-`import torch` or the data again (20-25 ms a run). Jobs are handed over on a Unix `SOCK_SEQPACKET`
-socket with their files as descriptors; a supervisor per job reports how it ended on a pipe.
+run is a fork of it, confined as `grader.sandbox.confine` describes, so no run pays for Python's start,
+`import torch` or the data again (20-25 ms a run). A job (a submission's runs on one worker) is handed over
+on a Unix `SOCK_SEQPACKET` socket with its files as descriptors; its supervisor reports each run on a pipe of
+the run's own.
 
 Linux only (fork, pidfd, namespaces): `grader.sandbox` imports this module only where it works.
 """

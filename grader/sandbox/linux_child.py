@@ -1,14 +1,17 @@
-"""The Linux backend's worker process: a warm child that forks one confined process per job (one run).
+"""The Linux backend's worker process: a warm child that forks one confined process per run.
 
     python -m grader.sandbox.linux_child SPEC_JSON SOCKET_FD
 
-The worker imports torch and runs the released setup cells once (`warm.Warm`). For each job the
-grader sends (a `SOCK_SEQPACKET` message carrying the job's files as descriptors) it forks a
-supervisor, which puts itself into new namespaces (`confine.new_namespaces`: as root, or in a user
-namespace of its own as an ordinary user) and forks process 1 of them; process 1 builds the run's
-view of the files and forks the job itself, which drops what it may not keep and runs the notebook.
-The supervisor gives each run its timeout (a pidfd says when the job ends) and reports to the grader
-how it ended; killing process 1 kills everything the notebook started.
+The worker imports torch and runs the released setup cells once (`warm.Warm`). For each job (a
+submission's runs on this worker) the grader sends a `SOCK_SEQPACKET` message carrying the job's files as
+descriptors, and the worker forks a supervisor, which puts itself into new namespaces
+(`confine.new_namespaces`: as root, or in a user namespace of its own as an ordinary user) and forks
+process 1 of them. Process 1 builds the view of the files once, then forks each run in turn: the run joins
+its own cgroup, drops what it may not keep and runs the notebook. Process 1 gives each run its timeout (a
+pidfd says when it ends), and before the next one kills and reaps every process of the last and renews
+/tmp and /dev/shm. The supervisor, outside the namespaces, passes each run's report to the grader on that
+run's own pipe, and keeps a clock over process 1 itself; killing process 1 kills everything the notebook
+started.
 
 Linux only: fork, pidfd, `send_fds`, namespaces.
 """
@@ -353,7 +356,7 @@ class Server(Warm):
             "returncode": -signal.SIGKILL if timed_out else os.waitstatus_to_exitcode(status),
             "timed_out": timed_out,
             "max_rss_kb": usage.ru_maxrss,
-            "stray": stray,
+            "stray": 0 if timed_out else stray,  # (ended for its time: its processes went with it, as always)
             "seconds": time.monotonic() - started,
             "stamps": stamps,
         }
