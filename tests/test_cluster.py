@@ -182,3 +182,18 @@ def test_a_worker_killed_mid_batch_loses_nothing(tmp_path, local_gradebook):
     assert len(outcomes) == len(MIXED) + 1
     got = _gradebook(out)
     assert [name for name in expected if got.get(name) != expected[name]] == []
+
+
+@pytest.mark.slow
+def test_the_workers_of_local_n_are_warm_before_their_first_task():
+    # `--scheduler local:N` preloads `grader.integrations.cluster` (its `dask_setup`): each worker imports torch
+    # and the grader's references as it starts, in the cluster's start-up, not in its first task
+    from dask.distributed import Client
+
+    from grader.integrations.cluster import local_cluster
+
+    with local_cluster(1) as cluster, Client(cluster) as client:
+        loaded = client.run(
+            lambda: sorted(m for m in ("torch", "grader.reference", "grader.score") if m in sys.modules)
+        )
+    assert list(loaded.values()) == [["grader.reference", "grader.score", "torch"]]
