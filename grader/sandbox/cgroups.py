@@ -261,10 +261,10 @@ class Cap:
     def remove(self, seconds: float = 1.0) -> None:
         """Kill what is still in the cgroup (a grader interrupted mid-run), then remove it (its killed processes
         may take a moment to leave: up to `seconds` for each folder)."""
-        with _LIVE_LOCK:
-            _LIVE.discard(self)
         for folder in self.folders:
             _remove(folder, seconds)
+        with _LIVE_LOCK:  # only now: a grader exiting meanwhile (`remove_live`) must still wait for it
+            _LIVE.discard(self)
 
 
 _LIVE: set[Cap] = set()
