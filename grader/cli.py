@@ -277,7 +277,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check(args: argparse.Namespace, backend: Backend | None) -> int:
     """grader check: the notebook's report printed, its JUnit XML and feedback page written where asked for."""
-    # (nbformat, and one command's report: see the note at the top)
+    with sandbox.Pool(limits=_limits(args), backend=backend) as pool:
+        pool.start_ahead()  # its `import torch` overlaps everything up to the notebook's first run
+        return _check_in(args, pool)
+
+
+def _check_in(args: argparse.Namespace, pool: sandbox.Pool) -> int:
+    # (nbformat, and one command's report: see the note at the top; imported once the worker has started)
     from grader import assignment, grade
     from grader.reports import text as report
 
@@ -285,17 +291,16 @@ def _check(args: argparse.Namespace, backend: Backend | None) -> int:
         graded = _assignment(args.assignment, args.course) if args.assignment else None
         course_folder = _course(args.course)
         hidden = assignment.load_hidden_runs(args.hidden_runs) if args.hidden_runs else None
-        with sandbox.Pool(limits=_limits(args), backend=backend) as pool:
-            result, runs = grade.grade_with_runs(
-                args.notebook,
-                assignment=graded,
-                timeout=args.timeout,
-                hidden_runs=hidden,
-                pool=pool,
-                data=args.data,
-                course=course_folder,
-                embedded=True,
-            )
+        result, runs = grade.grade_with_runs(
+            args.notebook,
+            assignment=graded,
+            timeout=args.timeout,
+            hidden_runs=hidden,
+            pool=pool,
+            data=args.data,
+            course=course_folder,
+            embedded=True,
+        )
         if args.junit:
             from grader.reports import junit  # (only --junit writes XML)
 

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.portable
 
 LINUX_BACKEND = {
     "grader/sandbox/linux.py",
+    "grader/sandbox/linux_start.py",
     "grader/sandbox/linux_child.py",
     "grader/sandbox/confine.py",
     "grader/sandbox/syscalls.py",

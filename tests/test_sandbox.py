@@ -16,6 +16,7 @@ from grader import assignment as assignments
 from grader import grade_notebook, notebook, sandbox
 from grader import plan as plans
 from grader.assignment import released_parameters
+from grader.errors import NotANotebook
 from grader.plan import PARAMS
 
 RUBRIC = assignments.rubric_of("backprop_ninja")
@@ -216,6 +217,35 @@ def test_a_worker_outlives_the_thread_that_started_it():
         starter.join()
         report = grade_notebook(SOLUTION, hidden_runs=(), pool=workers)
     assert report.score == report.max_score, report.error
+
+
+@pytest.mark.skipif(not linux_sandbox(), reason="only the Linux backend starts a worker ahead")
+def test_a_worker_started_ahead_is_the_one_that_grades():
+    """`grader check` starts its worker before the notebook is read (`Pool.start_ahead`): the first worker the pool
+    needs is that process, told its setup then, and its runs grade as any other worker's."""
+    from conftest import SOLUTION
+
+    with sandbox.Pool() as workers:
+        workers.start_ahead()
+        (started,) = workers.spare
+        report = grade_notebook(SOLUTION, pool=workers)
+        assert not workers.spare
+        assert [w.process.pid for w in workers.workers.values()] == [started.process.pid]
+    assert report.score == report.max_score, report.error
+    assert started.process.returncode is not None and not started.workdir.exists()
+
+
+@pytest.mark.skipif(not linux_sandbox(), reason="only the Linux backend starts a worker ahead")
+def test_a_worker_started_ahead_and_never_needed_ends_with_its_pool():
+    """A notebook that cannot be graded (no such file) leaves the worker started for it unused: it ends with the
+    pool, folder and all, without waiting for its `import torch` to finish."""
+    with sandbox.Pool() as workers:
+        workers.start_ahead()
+        (started,) = workers.spare
+        with pytest.raises(NotANotebook):
+            grade_notebook(Path("no such notebook.ipynb"), pool=workers)
+    assert started.process.returncode is not None and not started.workdir.exists()
+    assert not workers.workers and not workers.spare
 
 
 def _kernel_collapses_huge_pages() -> bool:

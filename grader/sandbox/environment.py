@@ -50,10 +50,15 @@ def child_env(workdir: Path, own_path: bool = False) -> dict[str, str]:
 def worker_folder(data_files: dict[str, Path]) -> Path:
     """A new folder for a worker, holding its copy of each data file under the name the cells read."""
     folder = Path(tempfile.mkdtemp(prefix="grader-worker-"))
+    copy_data(folder, data_files)
+    return folder
+
+
+def copy_data(folder: Path, data_files: dict[str, Path]) -> None:
+    """Copy each data file into `folder` under the name the cells read it by."""
     for name, source in data_files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)  # `data/names.txt`
         shutil.copyfile(source, folder / name)
-    return folder
 
 
 def python_paths() -> list[Path]:

@@ -16,12 +16,10 @@ import dataclasses
 import functools
 import json
 import os
-import resource
 import select
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,17 +30,11 @@ from grader.errors import SandboxError
 from grader.plan import Plan, PlannedCell
 from grader.runs import Captured
 from grader.sandbox.cgroups import Cap, Hierarchy
-from grader.sandbox.environment import child_env, hideable, worker_folder
+from grader.sandbox.environment import copy_data, hideable
 from grader.sandbox.jobs import plain, warm_start
 from grader.sandbox.limits import OUTPUT_TAIL, SUPERVISOR_GRACE, WORKER_START_TIMEOUT, Limits
+from grader.sandbox.linux_start import Started
 from grader.sandbox.results import Ended, Run, collect
-
-
-def _worker_limits() -> None:  # runs in the worker between fork and exec
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    # No parent-death signal here: it follows the *thread* that started the worker, and a pool outlives the
-    # threads of a batch or a Dask task. The worker ends when its socket closes instead, which the grader's
-    # death does too (even by SIGKILL); its jobs die with the worker.
 
 
 @functools.cache
@@ -66,12 +58,18 @@ class Worker:
         hidden: list[Path],
         limits: Limits,
         mode: str,
+        started: Started | None = None,
     ) -> None:
+        """`started`: a worker process started before its assignment was known (`Started`), given its setup
+        here; by default one started now."""
         self.prefix, self.limits = prefix, limits
         self.hierarchy = _hierarchy()
-        self.workdir = worker_folder(data_files)
+        self.started = started or Started()
+        self.sock, self.process, self.log = self.started.sock, self.started.process, self.started.log
+        self.workdir = self.started.workdir
         self.lock = threading.Lock()
         self.ready = False
+        copy_data(self.workdir, data_files)
         spec = {
             "prefix": plain(prefix),
             "warm_up": warm_up,
@@ -82,27 +80,11 @@ class Worker:
         }
         spec_path = self.workdir / "spec.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # a file, not a pipe: what the worker and its forks print is read only if it fails to start, and a
-        # pipe nobody reads would block them once full
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the worker, closed in close()
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-P", "-m", "grader.sandbox.linux_child", str(spec_path), str(theirs.fileno())],
-                cwd=self.workdir,
-                env=child_env(self.workdir),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=self.log,
-                start_new_session=True,
-                preexec_fn=_worker_limits,
-                pass_fds=(theirs.fileno(),),
-            )
+        try:  # read by the worker once its torch is imported
+            self.sock.send(os.fsencode(spec_path))
         except OSError as e:
             self.close()
-            raise SandboxError(f"could not start the worker process: {e}") from e
-        finally:
-            theirs.close()
+            raise SandboxError(f"the worker process is gone ({e})") from e
 
     def _wait_ready(self) -> None:
         if self.ready:

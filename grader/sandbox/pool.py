@@ -121,7 +121,20 @@ class Pool:
         self.limits, self.most_at_once = fit(limits, jobs, memory_limit())
         self.backend = backend or choose()
         self.workers: dict[tuple, Worker] = {}
+        self.spare: list = []  # (linux_start.Started: that module loads only where Linux's backend works)
         self.lock = threading.Lock()
+
+    def start_ahead(self) -> None:
+        """Start a worker process now, before it is known what it will run, for the next new worker to take: its
+        `import torch` then overlaps what the caller does meanwhile (`grader check` reading and planning the
+        notebook). The Linux backend only; the portable one starts its interpreters once their setup is known."""
+        if self.backend.name != "linux":
+            return
+        # (a backend chosen at run time: Linux's only where it works; this module, unlike `linux`, is light)
+        from grader.sandbox import linux_start
+
+        with self.lock:
+            self.spare.append(linux_start.Started())
 
     def hide(self, paths: list[Path]) -> None:
         """Also hide `paths` from the runs of workers started from now on (where the backend can hide)."""
@@ -138,8 +151,9 @@ class Pool:
                 if self.backend.name == "linux":
                     from grader.sandbox import linux  # (a backend chosen at run time: Linux's only where it works)
 
+                    started = self.spare.pop() if self.spare else None
                     self.workers[key] = linux.Worker(
-                        prefix, warm_up, data_files, self.hidden, self.limits, self.backend.mode
+                        prefix, warm_up, data_files, self.hidden, self.limits, self.backend.mode, started
                     )
                 else:
                     from grader.sandbox import portable  # (a backend chosen at run time)
@@ -153,6 +167,9 @@ class Pool:
             for worker in self.workers.values():
                 worker.close()
             self.workers.clear()
+            for started in self.spare:
+                started.close()
+            self.spare.clear()
 
     def __enter__(self) -> Pool:
         return self

@@ -29,6 +29,20 @@ MAX_RUNS = 16
 """Most runs in one job (a submission's own parameters and its hidden re-runs)."""
 
 
+def preload() -> None:
+    """Import what every worker needs whatever it will run (torch, safetensors, IPython's shell): a worker started
+    before its setup is known (`linux.Started`) does this while it waits."""
+    # The heavy imports are the worker's start itself, made here (not at the top) so that the grader's
+    # process, which imports this module's names too, never pays for them.
+    import safetensors.torch  # (every run needs it: import it once, here)
+    import torch  # (see above)
+    import torch.nn.functional  # (see above: the functions every notebook calls)
+    from IPython.core import interactiveshell  # noqa: F401 -- (see above) the shell every run's cells go through
+
+    torch.set_num_threads(1)
+    safetensors.torch.save({"warm": torch.zeros(1)})  # imports what saving needs (numpy) here, not in a run
+
+
 class Warm:
     """torch imported and the released setup cells run: the state every run of a job starts from.
 
@@ -38,15 +52,12 @@ class Warm:
     """
 
     def __init__(self, spec: dict) -> None:
-        # The heavy imports are the worker's start itself, made here (not at the top) so that the grader's
-        # process, which imports this module's names too, never pays for them.
-        import safetensors.torch  # (every run needs it: import it once, here)
+        preload()
+        # (imported by preload() already; named here for this function)
         import torch  # (see above)
         import torch.nn.functional  # (see above)
         from traitlets.config import Config  # (see above)
 
-        torch.set_num_threads(1)
-        safetensors.torch.save({"warm": torch.zeros(1)})  # imports what saving needs (numpy) here, not in a run
         config = Config()
         config.HistoryManager.enabled = False  # no SQLite file and no saving thread to carry across fork()
         # Plain tracebacks: the grader reads the error itself (`runner.error_line`), and the run's output keeps the
