@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from grader import course, sandbox
 from grader.errors import GraderError, UsageError
+from grader.sandbox.limits import default_jobs
 
 # The modules that import nbformat or torch (the assignment's, grade's, batch's, the integrations', the
 # authors' commands'), and those only one command needs (its reports), are imported inside the commands that
@@ -86,13 +87,12 @@ def _grade_command(commands: argparse._SubParsersAction) -> None:
         "--assignment", metavar="NAME|DIR", required=True, help="the assignment to grade them as (a name or a folder)"
     )
     grade.add_argument("--out", metavar="DIR", required=True, help="where the reports and the gradebook go")
-    # one more than the cores: while one submission's results are being scored here, the cores stay busy
     grade.add_argument(
         "--jobs",
         type=int,
-        default=(os.cpu_count() or 1) + 1,
+        default=default_jobs(),
         metavar="N",
-        help="submissions graded at once (default: the number of cores plus one)",
+        help="submissions graded at once (default: the number of cores plus two)",
     )
     grade.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
     grade.add_argument(
@@ -216,9 +216,9 @@ def _authoring(commands: argparse._SubParsersAction) -> None:
     validate.add_argument(
         "--jobs",
         type=int,
-        default=(os.cpu_count() or 1) + 1,
+        default=default_jobs(),
         metavar="N",
-        help="mistakes graded at once (default: the number of cores plus one)",
+        help="mistakes graded at once (default: the number of cores plus two)",
     )
     _sandbox_option(validate)
     _course_option(validate)

@@ -9,6 +9,7 @@ Portable: nothing here may use an API that macOS or Windows lacks (`tests/test_p
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 
 MAX_RESULT_BYTES = 64 * 2**20
@@ -23,6 +24,14 @@ MEMORY_LIMIT = 2 * 2**30
 """Bytes of memory a run may use (per process under an rlimit, the whole process tree under a watchdog)."""
 OUTPUT_TAIL = 2000
 """Characters of the child's own output kept for diagnostics."""
+
+
+def default_jobs() -> int:
+    """How many submissions a batch grades at once unless told: the cores plus two. While one submission is
+    scored in the grader's process and another's run waits on the kernel (joining its cgroup waits for an RCU
+    grace period, about 12 ms of wall time and no CPU), the cores stay busy: 120 submissions on 2 cores took
+    19.0 s with 4 at once against 20.4 s with 3 (three runs each, `/proc/stat` over the batch)."""
+    return (os.cpu_count() or 1) + 2
 
 
 @dataclass(frozen=True)
