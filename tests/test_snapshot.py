@@ -220,10 +220,14 @@ from IPython.core.interactiveshell import InteractiveShell
 from grader.sandbox.warm import Warm
 warm = Warm(json.loads(sys.argv[1]))
 shell, sources = warm.shell, json.loads(sys.argv[1])["warm_up"]
+released = len(shell.known)
+student = json.loads(sys.argv[2])  # a job's own cells, learned by process 1 before its runs are forked
+warm.learn([{"cells": [{"source": s} for s in student], "start": 0}] * 3)
 plain = lambda source: InteractiveShell.transform_cell(shell, source)  # IPython's own, asked afresh
 out = {
-    "known": len(shell.known),
-    "same": all(shell.transform_cell(s) == plain(s) for s in sources),
+    "known": released,
+    "learned": [s in shell.known for s in student],
+    "same": all(shell.transform_cell(s) == plain(s) for s in sources + student),
     "awaits": [shell.should_run_async(s, transformed_cell=shell.transform_cell(s)) for s in sources],
     "one_line": "exit" in shell.known,
 }
@@ -235,20 +239,33 @@ print(json.dumps(out))
 
 
 def test_the_released_cells_are_transformed_ahead_as_ipython_would(tmp_path):
-    # the worker transforms each released cell once (IPython tokenizes every cell, a millisecond each); a run
-    # gets exactly what IPython would give, and IPython's own answer where the transformers changed since
+    # the worker transforms each released cell once (IPython tokenizes every cell, a millisecond each), and
+    # process 1 a job's own cells once for all its runs; a run gets exactly what IPython would give, and
+    # IPython's own answer where the transformers changed since
     folder, prefix = _setup_of("backprop_ninja", tmp_path)
     assignment = assignments.load("backprop_ninja")
     params = grade._Runs.of(assignment, None, None).settings[0] | assignment.rubric.data
     cells = grade.planning.plan(assignment.released, assignment, params).cells
     sources = [c.source for c in cells[len(prefix) :]] + ["exit", "%time x = 1\ny = 2", "await something()\nz = 1"]
     spec = {"prefix": plain(prefix), "warm_up": sources, "data": {}}
+    # a student's cells: an answer, a magic, brackets never closed, one too long to learn ahead, one line
+    student = [
+        "dlogits = F.softmax(logits, 1)\ndlogits[range(n), Yb] -= 1\ndlogits /= n",
+        "%time a = 1\nb = a + 1",
+        "s = (1,\nx = [1",
+        "x = 1\n" * 5000,
+        "exit",
+    ]
     done = subprocess.run(
-        [sys.executable, "-c", KNOWN_CELLS, json.dumps(spec)], cwd=folder, capture_output=True, timeout=300
+        [sys.executable, "-c", KNOWN_CELLS, json.dumps(spec), json.dumps(student)],
+        cwd=folder,
+        capture_output=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     out = json.loads(done.stdout.decode().splitlines()[-1])
     assert out["known"] >= len(sources) - 3  # every multi-line cell (stubs included); not the single-line one
+    assert out["learned"][:2] == [True, True] and out["learned"][3:] == [False, False]
     assert out["same"] and not out["one_line"]
     assert out["awaits"][-1] is True and not any(out["awaits"][:-1])  # top-level await still seen
     assert out["after_a_new_transformer"] == "changed = True\n"

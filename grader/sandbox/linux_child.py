@@ -305,6 +305,8 @@ class Server(Warm):
             os.write(reports, json.dumps({"sandbox_error": f"{type(e).__name__}: {e}"}).encode() + b"\n")
             os._exit(0)
         stamps["view"] = time.monotonic()
+        if runs > 1:  # (for one run it would only move the work)
+            self.learn(job["runs"])
         joins_each = len(joins) // runs
         for i in range(runs):
             if i > 0:
