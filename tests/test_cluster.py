@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NOTEBOOKS, grader_command
+from conftest import NOTEBOOKS, grader_command, linux_sandbox
 
 pytest.importorskip("distributed")
 
@@ -184,10 +184,25 @@ def test_a_worker_killed_mid_batch_loses_nothing(tmp_path, local_gradebook):
     assert [name for name in expected if got.get(name) != expected[name]] == []
 
 
+def _spare_pids() -> list[int]:
+    """On a Dask worker: the sandbox worker processes `dask_setup` started and no pool has taken yet."""
+    from grader.integrations import cluster
+
+    return [started.process.pid for started in cluster._SPARE]
+
+
+def _pool_worker_pids() -> list[int]:
+    """On a Dask worker: the sandbox worker processes of its pools."""
+    from grader.integrations import cluster
+
+    return [w.process.pid for pool, _, _ in cluster._POOLS.values() for w in pool.workers.values()]
+
+
 @pytest.mark.slow
-def test_the_workers_of_local_n_are_warm_before_their_first_task():
+def test_the_workers_of_local_n_are_warm_before_their_first_task(tmp_path):
     # `--scheduler local:N` preloads `grader.integrations.cluster` (its `dask_setup`): each worker imports torch
-    # and the grader's references as it starts, in the cluster's start-up, not in its first task
+    # and the grader's references as it starts, in the cluster's start-up, not in its first task; where the Linux
+    # sandbox works, the sandbox worker process of its first batch starts then too, and that batch uses it
     from dask.distributed import Client
 
     from grader.integrations.cluster import local_cluster
@@ -196,4 +211,20 @@ def test_the_workers_of_local_n_are_warm_before_their_first_task():
         loaded = client.run(
             lambda: sorted(m for m in ("torch", "grader.reference", "grader.score") if m in sys.modules)
         )
+        (spare,) = client.run(_spare_pids).values()
+        notebook, out = str(NOTEBOOKS / "full_marks.ipynb"), str(tmp_path / "out")
+        options = ["--assignment", "backprop_ninja", "--out", out, "--timeout", TIMEOUT]
+        proc = subprocess.run(
+            [*grader_command(), "grade", notebook, *options, "--scheduler", cluster.scheduler_address],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr
+        (used,) = client.run(_pool_worker_pids).values()
+        (left,) = client.run(_spare_pids).values()
     assert list(loaded.values()) == [["grader.reference", "grader.score", "torch"]]
+    if linux_sandbox():
+        assert len(spare) == 1 and used == spare and left == []
+    else:
+        assert spare == []

@@ -102,6 +102,7 @@ def _pool(
             scratch = Path(tempfile.mkdtemp(prefix="grader-dask-"))
             threads = _threads()
             pool = sandbox.Pool([scratch, *map(Path, hidden)], limits, sandbox.choose(backend), jobs=threads)
+            _hand_over_spare(pool)
             _POOLS[key] = (pool, scratch, threading.BoundedSemaphore(min(threads, pool.most_at_once or threads)))
         _POOLS[key] = _POOLS.pop(key)  # the most recently used last
         return _POOLS[key]
@@ -149,10 +150,33 @@ def _assignment(task: Task) -> Assignment:
         return _CARRIED[task.assignment_digest]
 
 
+_SPARE: list = []  # (linux_start.Started, from `dask_setup`: that module loads only where Linux's backend works)
+
+
+def _hand_over_spare(pool: sandbox.Pool) -> None:
+    """Give `pool` the sandbox worker process `dask_setup` started, where it is of the pool's backend (else end it)."""
+    while _SPARE:
+        started = _SPARE.pop()
+        if pool.backend.name == "linux":
+            pool.take(started)
+        else:
+            started.close()
+
+
 def dask_setup(worker: object) -> None:
     """Dask's preload hook, run as a worker process starts (`dask worker --preload grader.integrations.cluster`;
     `--scheduler local:N` asks for it itself): import what every task needs, torch, the references and the
-    scoring (about two seconds), while the cluster starts rather than in each worker's first task."""
+    scoring (about two seconds), while the cluster starts rather than in each worker's first task. Where the
+    Linux sandbox works here, its worker process for the first batch starts too (`Pool.start_ahead`): its own
+    `import torch` overlaps this one, and the first task sends it its setup."""
+    try:
+        linux = sandbox.choose(None).name == "linux"
+    except GraderError:  # (no sandbox works here: the first task says so)
+        linux = False
+    if linux:
+        from grader.sandbox import linux_start  # (Linux's backend only, and light: see `sandbox.Pool.start_ahead`)
+
+        _SPARE.append(linux_start.Started())
     import safetensors.torch  # noqa: F401 -- imported for its side effect (a warm worker), as _in_pool does
     import torch  # noqa: F401 -- the same
 

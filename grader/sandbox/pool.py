@@ -133,8 +133,13 @@ class Pool:
         # (a backend chosen at run time: Linux's only where it works; this module, unlike `linux`, is light)
         from grader.sandbox import linux_start
 
+        self.take(linux_start.Started())
+
+    def take(self, started: object) -> None:
+        """Use a worker process started ahead elsewhere (`linux_start.Started`: a Dask worker's, started as that
+        worker started) for the next new worker; closed with the pool if none needs it."""
         with self.lock:
-            self.spare.append(linux_start.Started())
+            self.spare.append(started)
 
     def hide(self, paths: list[Path]) -> None:
         """Also hide `paths` from the runs of workers started from now on (where the backend can hide)."""
