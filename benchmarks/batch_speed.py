@@ -46,6 +46,7 @@ import nbformat  # noqa: E402 -- after the environment above, which torch reads 
 from grader import assets, notebook  # noqa: E402 -- from the checkout put on sys.path above
 from grader import assignment as assignments  # noqa: E402 -- as above
 from grader import plan as plans  # noqa: E402 -- as above
+from grader.sandbox.cgroups import memory_limit  # noqa: E402 -- as above
 from grader.sandbox.limits import default_jobs  # noqa: E402 -- as above
 
 NAME = "backprop_ninja"
@@ -303,7 +304,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--students", type=int, default=40)
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per notebook (nbgrader: per cell)")
-    parser.add_argument("--jobs", type=int, default=default_jobs(), help="as `grader grade`'s default")
+    parser.add_argument("--jobs", type=int, default=default_jobs(memory_limit()), help="as `grader grade`'s default")
     parser.add_argument("--skip-nbgrader", action="store_true", help="do not run nbgrader (it takes minutes)")
     parser.add_argument(
         "--nbgrader-students", type=int, metavar="N", help="run nbgrader on about N of them (every k-th), not all"

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from grader import course, sandbox
 from grader.errors import GraderError, UsageError
+from grader.sandbox.cgroups import memory_limit
 from grader.sandbox.limits import default_jobs
 
 # The modules that import nbformat or torch (the assignment's, grade's, batch's, the integrations', the
@@ -91,9 +92,10 @@ def _grade_command(commands: argparse._SubParsersAction) -> None:
     grade.add_argument(
         "--jobs",
         type=int,
-        default=default_jobs(),
+        default=default_jobs(memory_limit()),
         metavar="N",
-        help="submissions graded at once (default: the number of cores plus two)",
+        help="submissions graded at once (default: the number of cores plus two; plus one under a container's memory "
+        "limit)",
     )
     grade.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
     grade.add_argument(
@@ -217,9 +219,10 @@ def _authoring(commands: argparse._SubParsersAction) -> None:
     validate.add_argument(
         "--jobs",
         type=int,
-        default=default_jobs(),
+        default=default_jobs(memory_limit()),
         metavar="N",
-        help="mistakes graded at once (default: the number of cores plus two)",
+        help="mistakes graded at once (default: the number of cores plus two; plus one under a container's "
+        "memory limit)",
     )
     _sandbox_option(validate)
     _course_option(validate)
@@ -278,15 +281,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check(args: argparse.Namespace, backend: Backend | None) -> int:
     """grader check: the notebook's report printed, its JUnit XML and feedback page written where asked for."""
-    # One notebook, then the process exits: the collector stays off. Its first full pass over torch's objects (about
-    # 0.1 s) fell on the way to the report; what one notebook's grading leaves in cycles goes with the process.
+    # One notebook: the collector stays off meanwhile. Its first full pass over torch's objects (about 0.1 s) fell
+    # on the way to the report; what one notebook's grading leaves in cycles is collected after (or goes with the
+    # process, which the console script ends at once).
     gc.disable()
-    with sandbox.Pool(limits=_limits(args), backend=backend) as pool:
-        pool.start_ahead()  # its `import torch` overlaps everything up to the notebook's first run
-        return _check_in(args, pool)
+    try:
+        with sandbox.Pool(limits=_limits(args), backend=backend) as pool:
+            pool.start_ahead()  # its `import torch` overlaps everything up to the notebook's first run
+            return _check_in(args, pool)
+    finally:
+        gc.enable()
 
 
 def _check_in(args: argparse.Namespace, pool: sandbox.Pool) -> int:
+    """grader check in `pool`, whose worker may have started already (the assignment's modules import after)."""
     # (nbformat, and one command's report: see the note at the top; imported once the worker has started)
     from grader import assignment, grade
     from grader.reports import text as report
@@ -560,7 +568,8 @@ def run() -> None:
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]  # None: "not importable"
     # torch in this process, once imported, computes on one thread unless told otherwise: its references and
     # comparisons are of small tensors, while the runs use the cores. Two threads spun against a run on a 2-core
-    # machine and made a check's hidden runs' references 7 times slower (0.16 s instead of 0.023 s).
+    # machine and made a check's hidden runs' references 7 times slower (0.16 s instead of 0.023 s). (Inherited
+    # by `--scheduler local:N`'s Dask workers, whose nanny sets the same by default.)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # SIGTERM (a scheduler's `kill`, a CI timeout) unwinds like Ctrl-C: the runs going on end and their
     # cgroups are removed on the way out, instead of left behind as by SIGKILL

@@ -16,7 +16,7 @@ from grader import assignment as assignments
 from grader import grade_notebook, notebook, sandbox
 from grader import plan as plans
 from grader.assignment import released_parameters
-from grader.errors import NotANotebook
+from grader.errors import NotANotebook, SandboxError
 from grader.plan import PARAMS
 
 RUBRIC = assignments.rubric_of("backprop_ninja")
@@ -246,6 +246,34 @@ def test_a_worker_started_ahead_and_never_needed_ends_with_its_pool():
             grade_notebook(Path("no such notebook.ipynb"), pool=workers)
     assert started.process.returncode is not None and not started.workdir.exists()
     assert not workers.workers and not workers.spare
+
+
+@pytest.mark.skipif(not linux_sandbox(), reason="only the Linux backend starts a worker ahead")
+def test_a_worker_that_cannot_be_given_its_setup_ends_at_once(tmp_path):
+    """The process started ahead is told its setup only once its folder holds the data: where that fails (a data
+    file gone), the grader says so in one line and the process is ended, not left waiting for a setup."""
+    from grader.sandbox import linux, linux_start
+
+    started = linux_start.Started()
+    backend = sandbox.choose("linux")
+    with pytest.raises(SandboxError, match="could not prepare the worker's folder"):
+        linux.Worker((), [], {"names.txt": tmp_path / "gone.txt"}, [], sandbox.DEFAULT_LIMITS, backend.mode, started)
+    assert started.process.returncode is not None and not started.workdir.exists()
+
+
+@pytest.mark.skipif(not linux_sandbox(), reason="only the Linux backend starts a worker ahead")
+def test_a_head_start_that_fails_is_no_error(monkeypatch):
+    """`Pool.start_ahead` is a head start only: where the process cannot be started then (no folder, no process
+    left), the pool starts its worker when needed, as without it, and that start says what is wrong."""
+    from grader.sandbox import linux_start
+
+    def cannot(self: object) -> None:
+        raise SandboxError("could not start the worker process: [Errno 24] Too many open files")
+
+    monkeypatch.setattr(linux_start.Started, "__init__", cannot)
+    with sandbox.Pool() as workers:
+        workers.start_ahead()
+        assert workers.spare == []
 
 
 def _kernel_collapses_huge_pages() -> bool:

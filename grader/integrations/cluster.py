@@ -17,6 +17,7 @@ Only `batch.grade_all(..., scheduler=...)` imports this module; a local batch ne
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import threading
@@ -36,6 +37,8 @@ from grader.submissions import Submission
 
 if TYPE_CHECKING:
     from dask.distributed import Client, LocalCluster
+
+    from grader.sandbox.linux_start import Started  # (Linux's backend only: imported where it works)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,8 @@ def close_pools() -> None:
             pool.close()
             shutil.rmtree(scratch, ignore_errors=True)
         _POOLS.clear()
+        while _SPARE:
+            _SPARE.pop().close()
 
 
 def _threads() -> int:
@@ -150,7 +155,7 @@ def _assignment(task: Task) -> Assignment:
         return _CARRIED[task.assignment_digest]
 
 
-_SPARE: list = []  # (linux_start.Started, from `dask_setup`: that module loads only where Linux's backend works)
+_SPARE: list[Started] = []  # (from `dask_setup`)
 
 
 def _hand_over_spare(pool: sandbox.Pool) -> None:
@@ -167,8 +172,9 @@ def dask_setup(worker: object) -> None:
     """Dask's preload hook, run as a worker process starts (`dask worker --preload grader.integrations.cluster`;
     `--scheduler local:N` asks for it itself): import what every task needs, torch, the references and the
     scoring (about two seconds), while the cluster starts rather than in each worker's first task. Where the
-    Linux sandbox works here, its worker process for the first batch starts too (`Pool.start_ahead`): its own
-    `import torch` overlaps this one, and the first task sends it its setup."""
+    Linux sandbox works here, the sandbox's worker process for the first batch starts too (`linux_start.Started`,
+    handed to the batch's pool by `_pool`): its own `import torch` overlaps this one, and the first task sends it
+    its setup. A head start only: where it cannot start, the first task starts one as usual."""
     try:
         linux = sandbox.choose(None).name == "linux"
     except GraderError:  # (no sandbox works here: the first task says so)
@@ -176,7 +182,8 @@ def dask_setup(worker: object) -> None:
     if linux:
         from grader.sandbox import linux_start  # (Linux's backend only, and light: see `sandbox.Pool.start_ahead`)
 
-        _SPARE.append(linux_start.Started())
+        with contextlib.suppress(GraderError):
+            _SPARE.append(linux_start.Started())
     import safetensors.torch  # noqa: F401 -- imported for its side effect (a warm worker), as _in_pool does
     import torch  # noqa: F401 -- the same
 

@@ -26,12 +26,15 @@ OUTPUT_TAIL = 2000
 """Characters of the child's own output kept for diagnostics."""
 
 
-def default_jobs() -> int:
+def default_jobs(memory_limit: int | None) -> int:
     """How many submissions a batch grades at once unless told: the cores plus two. While one submission is
     scored in the grader's process and another's run waits on the kernel (joining its cgroup waits for an RCU
     grace period, about 12 ms of wall time and no CPU), the cores stay busy: 120 submissions on 2 cores took
-    19.0 s with 4 at once against 20.4 s with 3 (three runs each, `/proc/stat` over the batch)."""
-    return (os.cpu_count() or 1) + 2
+    19.0 s with 4 at once against 20.4 s with 3 (three runs each, `/proc/stat` over the batch).
+
+    Under a `memory_limit` (a container's, `cgroups.memory_limit()`) the cores plus one: there the limit is shared
+    among the runs at once (`fit`), and one more would lower every run's cap, and could change a grade."""
+    return (os.cpu_count() or 1) + (1 if memory_limit is not None else 2)
 
 
 @dataclass(frozen=True)

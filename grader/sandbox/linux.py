@@ -12,6 +12,7 @@ Linux only (fork, pidfd, namespaces): `grader.sandbox` imports this module only 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -69,22 +70,27 @@ class Worker:
         self.workdir = self.started.workdir
         self.lock = threading.Lock()
         self.ready = False
-        copy_data(self.workdir, data_files)
-        spec = {
-            "prefix": plain(prefix),
-            "warm_up": warm_up,
-            "data": {name: str(self.workdir / name) for name in data_files},
-            "hidden": hideable([*hidden, self.workdir]),
-            "limits": asdict(limits),
-            "mode": mode,
-        }
-        spec_path = self.workdir / "spec.json"
-        spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        try:  # read by the worker once its torch is imported
+        try:
+            copy_data(self.workdir, data_files)
+            spec = {
+                "prefix": plain(prefix),
+                "warm_up": warm_up,
+                "data": {name: str(self.workdir / name) for name in data_files},
+                "hidden": hideable([*hidden, self.workdir]),
+                "limits": asdict(limits),
+                "mode": mode,
+            }
+            spec_path = self.workdir / "spec.json"
+            spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        except BaseException as e:  # (nothing of it reached the process: end it rather than leave it waiting)
+            self.started.close()
+            if isinstance(e, OSError):
+                raise SandboxError(f"could not prepare the worker's folder: {e}") from e
+            raise
+        # Read by the worker once its torch is imported. A worker already gone (its start failed) is said so by
+        # `_wait_ready`, with the worker's own last words, when the first job needs it.
+        with contextlib.suppress(OSError):
             self.sock.send(os.fsencode(spec_path))
-        except OSError as e:
-            self.close()
-            raise SandboxError(f"the worker process is gone ({e})") from e
 
     def _wait_ready(self) -> None:
         if self.ready:

@@ -22,6 +22,7 @@ import ctypes
 import gc
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -135,7 +136,8 @@ def _line(fd: int, pending: bytearray, deadline: float) -> bytes | None:
 
 _SET_GRACE = 10.0
 """Seconds past a run's timeout the supervisor waits for process 1's report on it: process 1 sets up the view of
-the files before the first run and renews /tmp between runs, which take milliseconds, not seconds."""
+the files and transforms the job's cells (`Warm.learn`, 0.05 s at most) before the first run and renews /tmp
+between runs, which take milliseconds, not seconds."""
 _MOST_CONTROLLERS = 4
 """Most cgroup controllers a run joins (one file each): the job message's descriptors are bounded by it."""
 
@@ -404,6 +406,7 @@ class Server(Warm):
 def main(argv: list[str]) -> int:
     """`python -m grader.sandbox.linux_child SOCKET_FD`: import torch, then become a worker for the grader at the
     socket's end with the setup its first message names (the path of a JSON spec, `linux.Worker`)."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file of the worker or any run, ever
     (fd,) = argv
     sock = socket.socket(fileno=int(fd))
     try:

@@ -17,6 +17,7 @@ from grader.sandbox.limits import DEFAULT_LIMITS, FILE_LIMIT, MEMORY_LIMIT, Limi
 
 if TYPE_CHECKING:
     from grader.plan import PlannedCell
+    from grader.sandbox.linux_start import Started  # (Linux's backend only: imported where it works)
 
 
 __all__ = [
@@ -121,7 +122,7 @@ class Pool:
         self.limits, self.most_at_once = fit(limits, jobs, memory_limit())
         self.backend = backend or choose()
         self.workers: dict[tuple, Worker] = {}
-        self.spare: list = []  # (linux_start.Started: that module loads only where Linux's backend works)
+        self.spare: list[Started] = []
         self.lock = threading.Lock()
 
     def start_ahead(self) -> None:
@@ -133,11 +134,14 @@ class Pool:
         # (a backend chosen at run time: Linux's only where it works; this module, unlike `linux`, is light)
         from grader.sandbox import linux_start
 
-        self.take(linux_start.Started())
+        try:
+            self.take(linux_start.Started())
+        except SandboxError:  # a head start only: the worker is started when needed, and says so if it cannot
+            pass
 
-    def take(self, started: object) -> None:
-        """Use a worker process started ahead elsewhere (`linux_start.Started`: a Dask worker's, started as that
-        worker started) for the next new worker; closed with the pool if none needs it."""
+    def take(self, started: Started) -> None:
+        """Use a worker process started ahead elsewhere (a Dask worker's, started as that worker started) for
+        the next new worker; closed with the pool if none needs it."""
         with self.lock:
             self.spare.append(started)
 

@@ -17,6 +17,8 @@ import os
 import pickle
 import random
 import sys
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,13 @@ MAX_RUNS = 16
 """Most runs in one job (a submission's own parameters and its hidden re-runs)."""
 LEARN_AT_MOST = 20_000
 """Characters of the longest cell `Warm.learn` transforms ahead."""
+LEARN_SECONDS = 0.05
+"""Seconds `Warm.learn` may take (makemore's notebooks need about 5 ms)."""
 
 
 def preload() -> None:
     """Import what every worker needs whatever it will run (torch, safetensors, IPython's shell): a worker started
-    before its setup is known (`linux.Started`) does this while it waits."""
+    before its setup is known (`linux_start.Started`) does this while it waits."""
     # The heavy imports are the worker's start itself, made here (not at the top) so that the grader's
     # process, which imports this module's names too, never pays for them.
     import safetensors.torch  # (every run needs it: import it once, here)
@@ -160,12 +164,17 @@ class Warm:
     def learn(self, runs: list[dict]) -> None:
         """Transform, once, the cells a job's runs will run (`Shell.remember`): every run of a submission runs the
         same cells, and each run, a fork made after this, then skips IPython's tokenizing of them (about 3 ms a
-        run). Only text is read here, nothing run; a cell that cannot be transformed, or a long one, is left to
-        the run, where IPython does it as always."""
+        run). Only text is read here, nothing run, and for `LEARN_SECONDS` at most: this process has none of a
+        run's limits, and the cells are the student's. A cell not transformed here (a long one, one that cannot
+        be, those past the time) is left to the run, where IPython does it as always."""
         seen = set(getattr(self.shell, "known", {}))
-        for run in runs:
-            for cell in run["cells"][run["start"] :]:
-                source = cell["source"]
+        stop = time.monotonic() + LEARN_SECONDS
+        # (compiling a cell warns of some of its lines, `x is 1`: that is the run's to print, in its own output)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for source in (cell["source"] for run in runs for cell in run["cells"][run["start"] :]):
+                if time.monotonic() > stop:
+                    return
                 if source in seen or len(source) > LEARN_AT_MOST:
                     continue
                 seen.add(source)
