@@ -12,8 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 from grader import course, sandbox
 from grader.errors import GraderError, UsageError
 from grader.sandbox.cgroups import memory_limit
@@ -25,6 +23,8 @@ from grader.sandbox.limits import default_jobs
 # imports torch, so that their import overlaps its own.
 
 if TYPE_CHECKING:  # (annotations only: the modules they come from import nbformat or torch, as above)
+    from tqdm import tqdm
+
     from grader.assignment import Assignment
     from grader.batch import Outcome
     from grader.sandbox import Backend, Limits
@@ -401,9 +401,11 @@ class _Progress:
     def __init__(self, total: int) -> None:
         self.total, self.done = total, 0
         self.again: dict[str, int] = {}
-        self.bar = (
-            tqdm(total=total, file=sys.stderr, unit="notebook", dynamic_ncols=True) if sys.stderr.isatty() else None
-        )
+        self.bar: tqdm | None = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm  # (a batch's bar only: `grader check` starts its worker before this would load)
+
+            self.bar = tqdm(total=total, file=sys.stderr, unit="notebook", dynamic_ncols=True)
 
     def __call__(self, outcome: Outcome) -> None:
         self.done += 1

@@ -227,10 +227,13 @@ def test_a_worker_started_ahead_is_the_one_that_grades():
 
     with sandbox.Pool() as workers:
         workers.start_ahead()
+        workers.start_ahead()  # one waits at a time
         (started,) = workers.spare
         report = grade_notebook(SOLUTION, pool=workers)
         assert not workers.spare
         assert [w.process.pid for w in workers.workers.values()] == [started.process.pid]
+        workers.start_ahead()  # a pool with its worker needs none (a pool shared by many checks)
+        assert not workers.spare
     assert report.score == report.max_score, report.error
     assert started.process.returncode is not None and not started.workdir.exists()
 

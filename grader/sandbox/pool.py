@@ -128,9 +128,13 @@ class Pool:
     def start_ahead(self) -> None:
         """Start a worker process now, before it is known what it will run, for the next new worker to take: its
         `import torch` then overlaps what the caller does meanwhile (`grader check` reading and planning the
-        notebook). The Linux backend only; the portable one starts its interpreters once their setup is known."""
-        if self.backend.name != "linux":
-            return
+        notebook). The Linux backend only; the portable one starts its interpreters once their setup is known.
+
+        At most one is waiting at a time, and none where the pool has a worker already: a pool shared by many
+        checks (a test's, a library caller's) would otherwise gather one idle process, with torch, per check."""
+        with self.lock:
+            if self.backend.name != "linux" or self.workers or self.spare:
+                return
         # (a backend chosen at run time: Linux's only where it works; this module, unlike `linux`, is light)
         from grader.sandbox import linux_start
 
