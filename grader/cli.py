@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import os
 import signal
@@ -89,14 +90,7 @@ def _grade_command(commands: argparse._SubParsersAction) -> None:
         "--assignment", metavar="NAME|DIR", required=True, help="the assignment to grade them as (a name or a folder)"
     )
     grade.add_argument("--out", metavar="DIR", required=True, help="where the reports and the gradebook go")
-    grade.add_argument(
-        "--jobs",
-        type=int,
-        default=default_jobs(memory_limit()),
-        metavar="N",
-        help="submissions graded at once (default: the number of cores plus two; plus one under a container's memory "
-        "limit)",
-    )
+    _jobs_option(grade, "submissions")
     grade.add_argument("--timeout", type=float, metavar="S", help="wall-clock limit per run (default: the rubric's)")
     grade.add_argument(
         "--memory", type=float, metavar="MB", help="memory cap per process of a notebook (default: 2048)"
@@ -216,14 +210,7 @@ def _authoring(commands: argparse._SubParsersAction) -> None:
         "--seeds", type=int, default=20, metavar="N", help="seeds to measure autograd's noise over (default: 20)"
     )
     validate.add_argument("--no-mistakes", action="store_true", help="skip grading the derived and written mistakes")
-    validate.add_argument(
-        "--jobs",
-        type=int,
-        default=default_jobs(memory_limit()),
-        metavar="N",
-        help="mistakes graded at once (default: the number of cores plus two; plus one under a container's "
-        "memory limit)",
-    )
+    _jobs_option(validate, "mistakes")
     _sandbox_option(validate)
     _course_option(validate)
 
@@ -236,6 +223,23 @@ def _course_option(command: argparse.ArgumentParser, required: bool = False) -> 
         help="the course folder (nbgrader's layout: source/NAME/NAME.ipynb and rubric.toml) where assignment names "
         "are looked up first (default: $GRADER_COURSE)",
     )
+
+
+def _jobs_option(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument(
+        "--jobs",
+        type=int,
+        default=_default_jobs(),
+        metavar="N",
+        help=f"{what} graded at once (default: the number of cores plus two; plus one under a container's memory "
+        "limit)",
+    )
+
+
+@functools.cache
+def _default_jobs() -> int:
+    """`limits.default_jobs` here (the container's memory limit read once, whichever commands are built)."""
+    return default_jobs(memory_limit())
 
 
 def _sandbox_option(command: argparse.ArgumentParser) -> None:

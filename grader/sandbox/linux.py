@@ -82,10 +82,11 @@ class Worker:
             }
             spec_path = self.workdir / "spec.json"
             spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        except BaseException as e:  # (nothing of it reached the process: end it rather than leave it waiting)
+        except OSError as e:  # (nothing of it reached the process: end it rather than leave it waiting)
             self.started.close()
-            if isinstance(e, OSError):
-                raise SandboxError(f"could not prepare the worker's folder: {e}") from e
+            raise SandboxError(f"could not prepare the worker's folder: {e}") from e
+        except BaseException:  # (the same, for anything else: a bug of ours, raised as it is)
+            self.started.close()
             raise
         # Read by the worker once its torch is imported. A worker already gone (its start failed) is said so by
         # `_wait_ready`, with the worker's own last words, when the first job needs it.
